@@ -1,0 +1,236 @@
+//! The one error model: every failure is classified once, here, as an
+//! [`ErrorKind`] with a stable [`ErrorCode`]; each adapter maps the kind to its
+//! protocol in one function and carries the code in its body.
+
+use std::fmt;
+
+/// How a failure is classified, whatever protocol carried the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Invalid,
+    Conflict,
+    NotFound,
+    Unauthenticated,
+    Forbidden,
+    TooMany,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "Invalid",
+            ErrorKind::Conflict => "Conflict",
+            ErrorKind::NotFound => "NotFound",
+            ErrorKind::Unauthenticated => "Unauthenticated",
+            ErrorKind::Forbidden => "Forbidden",
+            ErrorKind::TooMany => "TooMany",
+            ErrorKind::Unavailable => "Unavailable",
+            ErrorKind::Internal => "Internal",
+        }
+    }
+}
+
+macro_rules! error_codes {
+    ($($variant:ident => ($code:literal, $kind:ident, $message:literal),)+) => {
+        /// A stable, machine-readable error code. Clients match on these strings;
+        /// they never change meaning once published (see docs/ERRORS.md).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($variant,)+
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order docs/ERRORS.md lists them.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)+
+                }
+            }
+
+            pub const fn kind(self) -> ErrorKind {
+                match self {
+                    $(ErrorCode::$variant => ErrorKind::$kind,)+
+                }
+            }
+
+            /// The message a client sees when nothing more specific is said.
+            pub const fn default_message(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $message,)+
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidRequest => ("INVALID_REQUEST", Invalid, "the request is malformed"),
+    InvalidUsername => ("INVALID_USERNAME", Invalid, "username must be 3 to 32 characters of a-z, 0-9, '.', '_' or '-'"),
+    InvalidEmail => ("INVALID_EMAIL", Invalid, "email is not a valid address"),
+    WeakPassword => ("WEAK_PASSWORD", Invalid, "password must be 8 to 128 characters and differ from the username"),
+    InvalidUserId => ("INVALID_USER_ID", Invalid, "user id is not a valid identifier"),
+    UsernameTaken => ("USERNAME_TAKEN", Conflict, "username is already registered"),
+    EmailTaken => ("EMAIL_TAKEN", Conflict, "email is already registered"),
+    UserNotFound => ("USER_NOT_FOUND", NotFound, "no such user"),
+    NotFound => ("NOT_FOUND", NotFound, "no such resource"),
+    InvalidCredentials => ("INVALID_CREDENTIALS", Unauthenticated, "username or password is wrong"),
+    InvalidToken => ("INVALID_TOKEN", Unauthenticated, "the token is missing, invalid or expired"),
+    Forbidden => ("FORBIDDEN", Forbidden, "not allowed"),
+    Overloaded => ("OVERLOADED", TooMany, "the server is busy; retry shortly"),
+    TooManyAttempts => ("TOO_MANY_ATTEMPTS", TooMany, "too many attempts; retry later"),
+    Unavailable => ("UNAVAILABLE", Unavailable, "a backing service is unavailable; retry shortly"),
+    Internal => ("INTERNAL", Internal, "internal error"),
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A classified failure: a stable code, a message safe to show a client, and
+/// optionally the internal cause, which is logged and never sent.
+#[derive(Debug)]
+pub struct Error {
+    code: ErrorCode,
+    message: String,
+    source: Option<Source>,
+}
+
+impl Error {
+    /// An error with the code's default client message.
+    pub fn new(code: ErrorCode) -> Self {
+        Self {
+            code,
+            message: code.default_message().to_owned(),
+            source: None,
+        }
+    }
+
+    /// An error with a specific client-facing message.
+    pub fn with_message(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure of infrastructure: the cause is kept for the log, the client
+    /// sees only the code's default message.
+    pub fn from_source(
+        code: ErrorCode,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            code,
+            message: code.default_message().to_owned(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn unavailable(source: impl Into<Source>) -> Self {
+        Self::from_source(ErrorCode::Unavailable, source)
+    }
+
+    pub fn internal(source: impl Into<Source>) -> Self {
+        Self::from_source(ErrorCode::Internal, source)
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.code.kind()
+    }
+
+    /// The message that is safe to show a client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The internal cause, for logs only.
+    pub fn internal_cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, " ({source})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<ErrorCode> for Error {
+    fn from(code: ErrorCode) -> Self {
+        Error::new(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_upper_snake_case() {
+        let mut seen = HashSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "duplicate code {s}");
+            assert!(
+                s.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+                "{s} is not UPPER_SNAKE_CASE"
+            );
+        }
+    }
+
+    /// docs/ERRORS.md is what client developers read: it must list exactly the
+    /// codes the code has, each with its kind.
+    #[test]
+    fn docs_table_matches_the_codes() {
+        let doc = include_str!("../../docs/ERRORS.md");
+        let documented: Vec<(String, String)> = doc
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                // | `CODE` | Kind | meaning |
+                let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                let kind = cells.get(2)?;
+                Some((code.to_owned(), (*kind).to_owned()))
+            })
+            .collect();
+        let actual: Vec<(String, String)> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.as_str().to_owned(), c.kind().as_str().to_owned()))
+            .collect();
+        assert_eq!(documented, actual);
+    }
+
+    #[test]
+    fn internal_cause_is_not_in_the_client_message() {
+        let err = Error::unavailable(std::io::Error::other("connection refused to 10.0.0.5"));
+        assert_eq!(err.code(), ErrorCode::Unavailable);
+        assert!(!err.message().contains("10.0.0.5"));
+        assert!(err.to_string().contains("10.0.0.5"), "the log line keeps it");
+    }
+}

@@ -1,0 +1,197 @@
+//! The bounded blocking pool that password hashing runs on.
+//!
+//! PBKDF2 at production parameters costs a core for a few hundred milliseconds,
+//! so it never runs on the async workers. At most `workers` hashes run at once
+//! and at most `max_waiting` more wait, each for at most `max_wait`; anything
+//! past that is refused at once with `OVERLOADED` (TooMany) instead of joining
+//! an unbounded queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, ErrorCode};
+use crate::password::PasswordHasher;
+
+/// Sizes of the hashing pool.
+#[derive(Debug, Clone, Copy)]
+pub struct HashingPoolConfig {
+    /// Hashes that run at once; by default one per core.
+    pub workers: usize,
+    /// Requests that may wait for a worker before new ones are refused.
+    pub max_waiting: usize,
+    /// How long one request may wait for a worker.
+    pub max_wait: Duration,
+}
+
+impl Default for HashingPoolConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            workers: cores,
+            max_waiting: cores * 32,
+            max_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs password hashing on a bounded set of blocking threads.
+#[derive(Debug, Clone)]
+pub struct HashingPool {
+    hasher: Arc<PasswordHasher>,
+    admission: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+    config: HashingPoolConfig,
+}
+
+/// How busy the pool is now, for metrics and readiness details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLoad {
+    pub running: usize,
+    pub waiting: usize,
+    pub capacity: usize,
+}
+
+impl HashingPool {
+    pub fn new(hasher: PasswordHasher, config: HashingPoolConfig) -> Self {
+        let workers = config.workers.max(1);
+        let config = HashingPoolConfig { workers, ..config };
+        Self {
+            hasher: Arc::new(hasher),
+            admission: Arc::new(Semaphore::new(workers + config.max_waiting)),
+            running: Arc::new(Semaphore::new(workers)),
+            config,
+        }
+    }
+
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
+    pub fn load(&self) -> PoolLoad {
+        let capacity = self.config.workers + self.config.max_waiting;
+        let admitted = capacity - self.admission.available_permits();
+        let running = self.config.workers - self.running.available_permits();
+        PoolLoad {
+            running,
+            waiting: admitted.saturating_sub(running),
+            capacity,
+        }
+    }
+
+    /// Runs `work` on a blocking thread once a worker is free, or refuses with
+    /// `OVERLOADED` when the pool and its queue are full or the wait is too long.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&PasswordHasher) -> T + Send + 'static,
+    {
+        let overloaded = || Error::new(ErrorCode::Overloaded);
+        let admitted = Arc::clone(&self.admission)
+            .try_acquire_owned()
+            .map_err(|_| {
+                tracing::warn!(load = ?self.load(), "hashing pool full, request refused");
+                overloaded()
+            })?;
+        let worker = tokio::time::timeout(
+            self.config.max_wait,
+            Arc::clone(&self.running).acquire_owned(),
+        )
+        .await
+        .map_err(|_| {
+            tracing::warn!(wait = ?self.config.max_wait, "no hashing worker free in time");
+            overloaded()
+        })?
+        .map_err(Error::internal)?;
+        let hasher = Arc::clone(&self.hasher);
+        // The permits move into the blocking task: if the caller goes away, the
+        // slot stays taken until the hash really finishes.
+        tokio::task::spawn_blocking(move || {
+            let _slots = (admitted, worker);
+            work(&hasher)
+        })
+        .await
+        .map_err(Error::internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refuses_at_once_when_full() {
+        let pool = HashingPool::new(
+            PasswordHasher::insecure_for_tests(1),
+            HashingPoolConfig {
+                workers: 1,
+                max_waiting: 1,
+                max_wait: Duration::from_secs(30),
+            },
+        );
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = Arc::new(std::sync::Mutex::new(gate));
+        let blockers: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                let gate = Arc::clone(&gate);
+                tokio::spawn(async move {
+                    pool.run(move |_| {
+                        let _ = gate.lock().unwrap().recv();
+                    })
+                    .await
+                })
+            })
+            .collect();
+        // Wait until one runs and one waits.
+        for _ in 0..200 {
+            if pool.load().running == 1 && pool.load().waiting == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(pool.load(), PoolLoad { running: 1, waiting: 1, capacity: 2 });
+        let started = std::time::Instant::now();
+        let refused = pool.run(|_| ()).await.unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::Overloaded);
+        assert!(started.elapsed() < Duration::from_secs(1), "refusal must not queue");
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        for b in blockers {
+            b.await.unwrap().unwrap();
+        }
+        assert_eq!(pool.load().running, 0);
+        pool.run(|_| ()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn refuses_after_waiting_too_long() {
+        let pool = HashingPool::new(
+            PasswordHasher::insecure_for_tests(1),
+            HashingPoolConfig {
+                workers: 1,
+                max_waiting: 4,
+                max_wait: Duration::from_millis(50),
+            },
+        );
+        let (release, gate) = mpsc::channel::<()>();
+        let busy = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.run(move |_| {
+                    let _ = gate.recv();
+                })
+                .await
+            })
+        };
+        while pool.load().running == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let refused = pool.run(|_| ()).await.unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::Overloaded);
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+    }
+}

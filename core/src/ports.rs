@@ -1,0 +1,147 @@
+//! Ports: the narrow capabilities the use cases need from the outside world,
+//! spoken in domain types only. hub-store implements them for real.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::error::Error;
+use crate::password::PasswordHash;
+use crate::user::{Email, Role, UserId, Username};
+
+/// A user as stored.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: UserId,
+    pub username: Username,
+    pub email: Email,
+    pub password_hash: PasswordHash,
+    pub role: Role,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A user about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: UserId,
+    pub username: Username,
+    pub email: Email,
+    pub password_hash: PasswordHash,
+    pub role: Role,
+    pub created_at: OffsetDateTime,
+}
+
+/// Where users live. Implementations map a unique-key violation to
+/// `USERNAME_TAKEN` or `EMAIL_TAKEN` and a lost connection to `UNAVAILABLE`.
+#[async_trait]
+pub trait UserRepository: Send + Sync + 'static {
+    async fn insert(&self, user: NewUser) -> Result<User, Error>;
+    async fn find_by_id(&self, id: UserId) -> Result<Option<User>, Error>;
+    async fn find_by_username(&self, username: &Username) -> Result<Option<User>, Error>;
+    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, Error>;
+    /// Replaces the stored hash; `USER_NOT_FOUND` when no such user.
+    async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error>;
+    /// Changes the user's role; `USER_NOT_FOUND` when no such user.
+    async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error>;
+}
+
+/// The time, as the domain sees it.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system's wall clock, truncated to microseconds (what PostgreSQL keeps),
+/// so a value read back equals the value written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        let now = OffsetDateTime::now_utc();
+        let micros = now.microsecond();
+        now.replace_microsecond(micros).unwrap_or(now)
+    }
+}
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod memory {
+    //! An in-memory [`UserRepository`] for unit tests of the use cases.
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[derive(Debug, Default)]
+    pub struct InMemoryUsers {
+        users: Mutex<HashMap<UserId, User>>,
+    }
+
+    impl InMemoryUsers {
+        fn with<T>(&self, f: impl FnOnce(&mut HashMap<UserId, User>) -> T) -> Result<T, Error> {
+            let mut guard = self
+                .users
+                .lock()
+                .map_err(|_| Error::internal("in-memory user store poisoned"))?;
+            Ok(f(&mut guard))
+        }
+    }
+
+    #[async_trait]
+    impl UserRepository for InMemoryUsers {
+        async fn insert(&self, new: NewUser) -> Result<User, Error> {
+            self.with(|users| {
+                if users.values().any(|u| u.username == new.username) {
+                    return Err(Error::new(ErrorCode::UsernameTaken));
+                }
+                if users.values().any(|u| u.email == new.email) {
+                    return Err(Error::new(ErrorCode::EmailTaken));
+                }
+                let user = User {
+                    id: new.id,
+                    username: new.username,
+                    email: new.email,
+                    password_hash: new.password_hash,
+                    role: new.role,
+                    created_at: new.created_at,
+                    updated_at: new.created_at,
+                };
+                users.insert(user.id, user.clone());
+                Ok(user)
+            })?
+        }
+
+        async fn find_by_id(&self, id: UserId) -> Result<Option<User>, Error> {
+            self.with(|users| users.get(&id).cloned())
+        }
+
+        async fn find_by_username(&self, username: &Username) -> Result<Option<User>, Error> {
+            self.with(|users| users.values().find(|u| &u.username == username).cloned())
+        }
+
+        async fn find_by_email(&self, email: &Email) -> Result<Option<User>, Error> {
+            self.with(|users| users.values().find(|u| &u.email == email).cloned())
+        }
+
+        async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error> {
+            self.with(|users| match users.get_mut(&id) {
+                Some(u) => {
+                    u.password_hash = hash.clone();
+                    Ok(())
+                }
+                None => Err(Error::new(ErrorCode::UserNotFound)),
+            })?
+        }
+
+        async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error> {
+            self.with(|users| match users.get_mut(&id) {
+                Some(u) => {
+                    u.role = role;
+                    Ok(())
+                }
+                None => Err(Error::new(ErrorCode::UserNotFound)),
+            })?
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! hub-store: the real implementations of hub-core's ports.
+//!
+//! PostgreSQL through sqlx, with the schema's migrations embedded in the binary.
+//! Every storage error is classified here, once, into hub-core's error model.
+
+pub mod postgres;
+
+pub use postgres::{MIGRATOR, PgUserRepository, PoolSettings};
