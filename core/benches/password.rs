@@ -5,9 +5,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use hub_core::{Password, PasswordHasher, Username};
 
 fn pbkdf2(c: &mut Criterion) {
-    let hasher = PasswordHasher::new(PasswordHasher::MIN_ITERATIONS).unwrap_or_else(|e| panic!("{e}"));
+    let hasher =
+        PasswordHasher::new(PasswordHasher::MIN_ITERATIONS).unwrap_or_else(|e| panic!("{e}"));
     let user = Username::parse("bench.user").unwrap_or_else(|e| panic!("{e}"));
-    let password = Password::parse("correct horse battery", &user).unwrap_or_else(|e| panic!("{e}"));
+    let password =
+        Password::parse("correct horse battery", &user).unwrap_or_else(|e| panic!("{e}"));
     let stored = hasher.hash(&password).unwrap_or_else(|e| panic!("{e}"));
 
     let mut group = c.benchmark_group("pbkdf2_sha256_600k");

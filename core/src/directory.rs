@@ -62,7 +62,10 @@ mod tests {
     #[tokio::test]
     async fn finds_case_insensitively_and_reports_missing_users() {
         let users = Arc::new(InMemoryUsers::default());
-        let pool = HashingPool::new(PasswordHasher::insecure_for_tests(1), HashingPoolConfig::default());
+        let pool = HashingPool::new(
+            PasswordHasher::insecure_for_tests(1),
+            HashingPoolConfig::default(),
+        );
         let registered = Registration::new(users.clone(), pool, Arc::new(SystemClock))
             .register(RegisterUser {
                 username: "carol".into(),

@@ -231,6 +231,9 @@ mod tests {
         let err = Error::unavailable(std::io::Error::other("connection refused to 10.0.0.5"));
         assert_eq!(err.code(), ErrorCode::Unavailable);
         assert!(!err.message().contains("10.0.0.5"));
-        assert!(err.to_string().contains("10.0.0.5"), "the log line keeps it");
+        assert!(
+            err.to_string().contains("10.0.0.5"),
+            "the log line keeps it"
+        );
     }
 }

@@ -152,11 +152,21 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(pool.load(), PoolLoad { running: 1, waiting: 1, capacity: 2 });
+        assert_eq!(
+            pool.load(),
+            PoolLoad {
+                running: 1,
+                waiting: 1,
+                capacity: 2
+            }
+        );
         let started = std::time::Instant::now();
         let refused = pool.run(|_| ()).await.unwrap_err();
         assert_eq!(refused.code(), ErrorCode::Overloaded);
-        assert!(started.elapsed() < Duration::from_secs(1), "refusal must not queue");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refusal must not queue"
+        );
         release.send(()).unwrap();
         release.send(()).unwrap();
         for b in blockers {

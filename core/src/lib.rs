@@ -17,6 +17,6 @@ pub use directory::Directory;
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig};
 pub use password::{PasswordHash, PasswordHasher};
-pub use ports::{Clock, NewUser, SystemClock, User, UserRepository};
+pub use ports::{Clock, DependencyProbe, NewUser, SystemClock, User, UserRepository};
 pub use registration::{RegisterUser, Registration};
 pub use user::{Email, Password, Role, UserId, Username};

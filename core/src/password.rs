@@ -111,7 +111,8 @@ impl PasswordHash {
     /// Reads a PHC string as stored. A malformed one is an internal error: it can
     /// only come from a damaged row, never from a client.
     pub fn parse(phc: &str) -> Result<Self, Error> {
-        let corrupt = |why: &str| Error::internal(format!("stored password hash is corrupt: {why}"));
+        let corrupt =
+            |why: &str| Error::internal(format!("stored password hash is corrupt: {why}"));
         let mut parts = phc.split('$');
         let (Some(""), Some(alg), Some(params), Some(salt), Some(hash), None) = (
             parts.next(),
@@ -162,7 +163,11 @@ impl PasswordHash {
 
 impl fmt::Debug for PasswordHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PasswordHash({ALGORITHM}, i={}, <redacted>)", self.iterations)
+        write!(
+            f,
+            "PasswordHash({ALGORITHM}, i={}, <redacted>)",
+            self.iterations
+        )
     }
 }
 
@@ -240,7 +245,10 @@ mod tests {
         let hasher = PasswordHasher::insecure_for_tests(1);
         let user = Username::parse("alice").unwrap();
         let password = Password::parse("s3cret-enough", &user).unwrap();
-        assert_ne!(hasher.hash(&password).unwrap(), hasher.hash(&password).unwrap());
+        assert_ne!(
+            hasher.hash(&password).unwrap(),
+            hasher.hash(&password).unwrap()
+        );
     }
 
     #[test]

@@ -145,3 +145,13 @@ pub mod memory {
         }
     }
 }
+
+/// A backing service a use case depends on, as readiness checks and operators
+/// see it: reachable or not, and how long one round trip took.
+#[async_trait]
+pub trait DependencyProbe: Send + Sync + 'static {
+    /// A short stable name for logs and readiness details ("postgres").
+    fn name(&self) -> &'static str;
+    /// One cheap round trip; `UNAVAILABLE` when the service cannot be reached.
+    async fn probe(&self) -> Result<std::time::Duration, Error>;
+}

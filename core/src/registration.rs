@@ -41,7 +41,11 @@ impl std::fmt::Debug for Registration {
 }
 
 impl Registration {
-    pub fn new(users: Arc<dyn UserRepository>, hashing: HashingPool, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        users: Arc<dyn UserRepository>,
+        hashing: HashingPool,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             users,
             hashing,
@@ -60,7 +64,11 @@ impl Registration {
     }
 
     /// As [`Self::register`], with a chosen role: for operators' tooling.
-    pub async fn register_with_role(&self, request: RegisterUser, role: Role) -> Result<User, Error> {
+    pub async fn register_with_role(
+        &self,
+        request: RegisterUser,
+        role: Role,
+    ) -> Result<User, Error> {
         let username = Username::parse(&request.username)?;
         let email = Email::parse(&request.email)?;
         let password = Password::parse(&request.password, &username)?;
@@ -142,8 +150,14 @@ mod tests {
         let cases = [
             (request("a", "bad", "short"), ErrorCode::InvalidUsername),
             (request("alice", "bad", "short"), ErrorCode::InvalidEmail),
-            (request("alice", "a@b.com", "short"), ErrorCode::WeakPassword),
-            (request("alice", "a@b.com", "ALICE"), ErrorCode::WeakPassword),
+            (
+                request("alice", "a@b.com", "short"),
+                ErrorCode::WeakPassword,
+            ),
+            (
+                request("alice", "a@b.com", "ALICE"),
+                ErrorCode::WeakPassword,
+            ),
         ];
         for (req, code) in cases {
             assert_eq!(reg.register(req).await.unwrap_err().code(), code);

@@ -22,9 +22,8 @@ impl Username {
 
     pub fn parse(raw: &str) -> Result<Self, Error> {
         let len = raw.chars().count();
-        let allowed = |c: char| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-        };
+        let allowed =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
         let folded = raw.to_ascii_lowercase();
         if !(Self::MIN_CHARS..=Self::MAX_CHARS).contains(&len) || !folded.chars().all(allowed) {
             return Err(Error::new(ErrorCode::InvalidUsername));
@@ -251,7 +250,11 @@ mod tests {
         for bad in [
             "al ice", "alice!", "alicé", "al@ice", " alice", "alice\n", "ali\0ce", "ålice",
         ] {
-            assert_eq!(code(Username::parse(bad)), ErrorCode::InvalidUsername, "{bad:?}");
+            assert_eq!(
+                code(Username::parse(bad)),
+                ErrorCode::InvalidUsername,
+                "{bad:?}"
+            );
         }
     }
 
@@ -270,7 +273,11 @@ mod tests {
 
     #[test]
     fn email_accepts_real_addresses_and_folds_case() {
-        for ok in ["a@b.co", "first.last+tag@example.com", "x_y@sub.domain.example.org"] {
+        for ok in [
+            "a@b.co",
+            "first.last+tag@example.com",
+            "x_y@sub.domain.example.org",
+        ] {
             assert!(Email::parse(ok).is_ok(), "{ok}");
         }
         assert_eq!(
@@ -305,7 +312,10 @@ mod tests {
     #[test]
     fn password_length_boundaries() {
         let user = Username::parse("alice").unwrap();
-        assert_eq!(code(Password::parse("1234567", &user)), ErrorCode::WeakPassword);
+        assert_eq!(
+            code(Password::parse("1234567", &user)),
+            ErrorCode::WeakPassword
+        );
         assert!(Password::parse("12345678", &user).is_ok());
         assert!(Password::parse(&"p".repeat(128), &user).is_ok());
         assert_eq!(

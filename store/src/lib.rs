@@ -5,4 +5,6 @@
 
 pub mod postgres;
 
-pub use postgres::{MIGRATOR, PgUserRepository, PoolSettings};
+pub use postgres::{
+    MIGRATOR, PgProbe, PgUserRepository, PoolSettings, connect_lazy, migrate, ping,
+};

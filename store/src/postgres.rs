@@ -154,7 +154,6 @@ impl TryFrom<UserRow> for User {
     }
 }
 
-
 #[async_trait]
 impl UserRepository for PgUserRepository {
     async fn insert(&self, user: NewUser) -> Result<User, Error> {
@@ -215,14 +214,13 @@ impl UserRepository for PgUserRepository {
     }
 
     async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error> {
-        let done = sqlx::query(
-            "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
-        )
-        .bind(id.as_uuid())
-        .bind(hash.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| classify("updating a password hash", e))?;
+        let done =
+            sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+                .bind(id.as_uuid())
+                .bind(hash.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| classify("updating a password hash", e))?;
         found(done.rows_affected())
     }
 
@@ -242,5 +240,28 @@ fn found(rows: u64) -> Result<(), Error> {
         Err(Error::new(ErrorCode::UserNotFound))
     } else {
         Ok(())
+    }
+}
+
+/// PostgreSQL as a readiness dependency.
+#[derive(Debug, Clone)]
+pub struct PgProbe {
+    pool: PgPool,
+}
+
+impl PgProbe {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl hub_core::DependencyProbe for PgProbe {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn probe(&self) -> Result<Duration, Error> {
+        ping(&self.pool).await
     }
 }

@@ -1,0 +1,278 @@
+//! Typed configuration, in one place: defaults, then an optional TOML file, then
+//! `POLYHUB_*` environment variables (`POLYHUB_DATABASE__URL` sets
+//! `database.url`). Unknown keys are errors, so a misspelt setting fails the
+//! start instead of being silently ignored.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The environment variable that names the config file (read by the binaries).
+pub const CONFIG_FILE_VAR: &str = "POLYHUB_CONFIG";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    pub hashing: HashingConfig,
+    pub http: HttpConfig,
+    pub services: ServicesConfig,
+}
+
+impl Config {
+    /// Defaults, then `file` when given, then `POLYHUB_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(Env::prefixed("POLYHUB_").ignore(&["config"]).split("__"))
+            .extract()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/database`; never printed.
+    pub url: Secret<String>,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    /// How long a request waits for a pooled connection before UNAVAILABLE.
+    pub acquire_timeout_ms: u64,
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/polyhub".to_owned()),
+            max_connections: 16,
+            min_connections: 0,
+            acquire_timeout_ms: 3_000,
+            idle_timeout_secs: 300,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive (`info`, `hub_core=debug,info`); `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Plain,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HashingConfig {
+    /// PBKDF2 iterations; may only be raised above hub-core's floor (600,000).
+    pub iterations: u32,
+    /// Hashes running at once; 0 means one per core.
+    pub workers: usize,
+    /// Requests that may wait for a hashing worker; 0 means 32 per worker.
+    pub max_waiting: usize,
+    pub max_wait_ms: u64,
+}
+
+impl Default for HashingConfig {
+    fn default() -> Self {
+        Self {
+            iterations: hub_core::PasswordHasher::MIN_ITERATIONS,
+            workers: 0,
+            max_waiting: 0,
+            max_wait_ms: 10_000,
+        }
+    }
+}
+
+impl HashingConfig {
+    pub fn pool_config(&self) -> hub_core::HashingPoolConfig {
+        let defaults = hub_core::HashingPoolConfig::default();
+        let workers = if self.workers == 0 {
+            defaults.workers
+        } else {
+            self.workers
+        };
+        hub_core::HashingPoolConfig {
+            workers,
+            max_waiting: if self.max_waiting == 0 {
+                workers * 32
+            } else {
+                self.max_waiting
+            },
+            max_wait: Duration::from_millis(self.max_wait_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request body any HTTP service reads.
+    pub max_body_bytes: usize,
+    /// How long a readiness check may take before the dependency counts as down.
+    pub ready_timeout_ms: u64,
+    /// How long in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            ready_timeout_ms: 2_000,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+/// Where each service listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServicesConfig {
+    /// The address every listener binds; `0.0.0.0` in containers.
+    pub bind_address: IpAddr,
+    pub rest_auth: ServiceConfig,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            bind_address: IpAddr::from([127, 0, 0, 1]),
+            rest_auth: ServiceConfig::on_port(5001),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub port: u16,
+    /// The URL clients reach this service at (behind a proxy, its public
+    /// address); defaults to `http://localhost:<port>`.
+    #[serde(default)]
+    pub external_url: Option<String>,
+}
+
+impl ServiceConfig {
+    pub fn on_port(port: u16) -> Self {
+        Self {
+            port,
+            external_url: None,
+        }
+    }
+
+    pub fn external_url(&self) -> String {
+        self.external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://localhost:{}", self.port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "polyhub.toml",
+                r#"
+                [database]
+                max_connections = 4
+                url = "postgres://file@db/polyhub"
+                [services.rest_auth]
+                port = 6001
+                "#,
+            )?;
+            jail.set_env("POLYHUB_DATABASE__URL", "postgres://env:pw@db/polyhub");
+            jail.set_env("POLYHUB_LOG__FORMAT", "json");
+            let config = Config::load(Some(Path::new("polyhub.toml")))?;
+            assert_eq!(config.database.max_connections, 4);
+            assert_eq!(config.database.url.expose(), "postgres://env:pw@db/polyhub");
+            assert_eq!(config.log.format, LogFormat::Json);
+            assert_eq!(config.services.rest_auth.port, 6001);
+            assert_eq!(config.database.acquire_timeout_ms, 3_000, "default kept");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_from_file_and_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file("polyhub.toml", "[database]\nmax_conections = 4\n")?;
+            let err = Config::load(Some(Path::new("polyhub.toml"))).unwrap_err();
+            assert!(err.to_string().contains("max_conections"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("POLYHUB_DATABSE__URL", "postgres://x");
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().contains("databse"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_named_file_is_an_error() {
+        Jail::expect_with(|_| {
+            assert!(Config::load(Some(Path::new("nope.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        Jail::expect_with(|jail| {
+            jail.set_env("POLYHUB_DATABASE__URL", "postgres://u:hunter2@db/p");
+            let config = Config::load(None)?;
+            assert!(!format!("{config:?}").contains("hunter2"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn hashing_pool_sizes_default_from_the_cores() {
+        let pool = HashingConfig::default().pool_config();
+        assert!(pool.workers >= 1);
+        assert_eq!(pool.max_waiting, pool.workers * 32);
+    }
+}

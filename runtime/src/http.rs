@@ -1,0 +1,257 @@
+//! The HTTP side every service shares: one request id per request, one JSON
+//! error shape `{"error":{"code","message"},"request_id"}`, and rejections,
+//! unknown routes, wrong methods and panics all answered in that shape.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use hub_core::{Error, ErrorCode, ErrorKind};
+use serde::de::DeserializeOwned;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::HttpConfig;
+use crate::health::{self, Readiness};
+
+/// The header that carries the request id, both ways.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The HTTP status for each kind of error: the one mapping, used by every
+/// HTTP service (docs/ERRORS.md shows the same table).
+pub fn status_for(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::TooMany => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An error on its way to an HTTP client.
+#[derive(Debug)]
+pub struct HttpError {
+    error: Error,
+    status: Option<StatusCode>,
+    retry_after: Option<Duration>,
+}
+
+impl HttpError {
+    /// An error whose status is not its kind's (405, 415): the code stays the same.
+    pub fn with_status(status: StatusCode, error: Error) -> Self {
+        Self {
+            error,
+            status: Some(status),
+            retry_after: None,
+        }
+    }
+
+    /// Tells the client when to come back (sent as `Retry-After`).
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+}
+
+impl From<Error> for HttpError {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            status: None,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<ErrorCode> for HttpError {
+    fn from(code: ErrorCode) -> Self {
+        Error::new(code).into()
+    }
+}
+
+/// What the request-context middleware needs to write the error body with the
+/// request id in it.
+#[derive(Debug, Clone)]
+struct RenderedError {
+    code: &'static str,
+    message: String,
+}
+
+fn error_body(code: &str, message: &str, request_id: Option<&str>) -> String {
+    serde_json::json!({
+        "error": { "code": code, "message": message },
+        "request_id": request_id,
+    })
+    .to_string()
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let kind = self.error.kind();
+        let status = self.status.unwrap_or_else(|| status_for(kind));
+        match kind {
+            ErrorKind::Internal => {
+                tracing::error!(code = %self.error.code(), error = %self.error, "request failed");
+            }
+            ErrorKind::Unavailable => {
+                tracing::warn!(code = %self.error.code(), error = %self.error, "dependency unavailable");
+            }
+            _ => tracing::debug!(code = %self.error.code(), "request refused"),
+        }
+        let code = self.error.code().as_str();
+        let message = self.error.message().to_owned();
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            error_body(code, &message, None),
+        )
+            .into_response();
+        let retry_after = self
+            .retry_after
+            .or_else(|| (kind == ErrorKind::TooMany).then_some(Duration::from_secs(1)));
+        if let Some(after) = retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        response
+            .extensions_mut()
+            .insert(RenderedError { code, message });
+        response
+    }
+}
+
+/// A JSON request body whose every rejection (wrong content type, bad syntax,
+/// missing or mistyped fields, too large) is a 400 `INVALID_REQUEST` in the
+/// hub's error shape, never the framework's plain-text default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::JsonRejection;
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => {
+                let message = match &rejection {
+                    JsonRejection::MissingJsonContentType(_) => {
+                        "expected a body with Content-Type: application/json".to_owned()
+                    }
+                    JsonRejection::JsonSyntaxError(_) => "the body is not valid JSON".to_owned(),
+                    JsonRejection::JsonDataError(e) => e.body_text(),
+                    JsonRejection::BytesRejection(_) => {
+                        "the body is too large or could not be read".to_owned()
+                    }
+                    other => other.body_text(),
+                };
+                Err(Error::with_message(ErrorCode::InvalidRequest, message).into())
+            }
+        }
+    }
+}
+
+/// Keeps a client's request id when it is a sane token (so a caller can
+/// correlate across services), and makes a new one otherwise.
+fn request_id_of(req: &Request) -> String {
+    req.headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map_or_else(|| uuid_v7_string(), str::to_owned)
+}
+
+fn uuid_v7_string() -> String {
+    hub_core::UserId::generate().to_string()
+}
+
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = request_id_of(&req);
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    let mut response = next.run(req).await;
+    if let Some(rendered) = response.extensions_mut().remove::<RenderedError>() {
+        let body = error_body(rendered.code, &rendered.message, Some(&id));
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        *response.body_mut() = Body::from(body);
+    }
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+async fn not_found() -> HttpError {
+    Error::with_message(ErrorCode::NotFound, "no such route").into()
+}
+
+async fn method_not_allowed() -> HttpError {
+    HttpError::with_status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Error::with_message(
+            ErrorCode::InvalidRequest,
+            "method not allowed on this route",
+        ),
+    )
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    HttpError::from(Error::internal("a request handler panicked")).into_response()
+}
+
+/// Wraps a service's own routes with what every service has: `/health`,
+/// `/ready`, request ids, tracing, body limits, and JSON errors for unknown
+/// routes, wrong methods and panics.
+pub fn service_router(routes: Router, readiness: Readiness, config: &HttpConfig) -> Router {
+    let service = readiness.service();
+    routes
+        .merge(health::routes(readiness))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(move |req: &Request| {
+                    let request_id = req
+                        .headers()
+                        .get(&REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        service,
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        request_id,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(middleware::from_fn(request_context))
+}

@@ -1,0 +1,19 @@
+//! hub-runtime: what every polyhub service shares.
+//!
+//! Typed configuration, tracing with one request id per request, the JSON
+//! error shape, `/health` and `/ready`, and graceful shutdown. Adapters build
+//! their routers on top of [`http::service_router`] so every service answers
+//! the same way.
+
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::Config;
+pub use health::Readiness;
+pub use http::{HttpError, JsonBody, service_router};
+pub use secret::Secret;
+pub use shutdown::Shutdown;
