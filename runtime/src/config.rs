@@ -28,7 +28,7 @@ pub struct Config {
 
 impl Config {
     /// Defaults, then `file` when given, then `POLYHUB_*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::new();
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
@@ -36,6 +36,7 @@ impl Config {
         figment
             .merge(Env::prefixed("POLYHUB_").ignore(&["config"]).split("__"))
             .extract()
+            .map_err(Box::new)
     }
 }
 
@@ -206,6 +207,8 @@ impl ServiceConfig {
 }
 
 #[cfg(test)]
+// figment's Jail closures must return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -225,7 +228,7 @@ mod tests {
             )?;
             jail.set_env("POLYHUB_DATABASE__URL", "postgres://env:pw@db/polyhub");
             jail.set_env("POLYHUB_LOG__FORMAT", "json");
-            let config = Config::load(Some(Path::new("polyhub.toml")))?;
+            let config = Config::load(Some(Path::new("polyhub.toml"))).map_err(|e| *e)?;
             assert_eq!(config.database.max_connections, 4);
             assert_eq!(config.database.url.expose(), "postgres://env:pw@db/polyhub");
             assert_eq!(config.log.format, LogFormat::Json);
@@ -263,7 +266,7 @@ mod tests {
     fn secrets_never_print() {
         Jail::expect_with(|jail| {
             jail.set_env("POLYHUB_DATABASE__URL", "postgres://u:hunter2@db/p");
-            let config = Config::load(None)?;
+            let config = Config::load(None).map_err(|e| *e)?;
             assert!(!format!("{config:?}").contains("hunter2"));
             Ok(())
         });

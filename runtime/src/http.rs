@@ -182,11 +182,7 @@ fn request_id_of(req: &Request) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         })
-        .map_or_else(|| uuid_v7_string(), str::to_owned)
-}
-
-fn uuid_v7_string() -> String {
-    hub_core::UserId::generate().to_string()
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
 async fn request_context(mut req: Request, next: Next) -> Response {

@@ -1,4 +1,6 @@
-//! Logging: plain or JSON lines, filtered by config or `RUST_LOG`.
+//! Logging: plain or JSON lines on standard error, filtered by config or
+//! `RUST_LOG`. Standard output is left to commands' own output (the URLs
+//! `hub serve` prints, what `hub users create` made).
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,6 +13,7 @@ pub fn init(config: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_target(true);
     let _ = match config.format {
         LogFormat::Plain => builder.try_init(),

@@ -1,0 +1,169 @@
+//! `hub`: wires configuration, stores and use cases into every polyhub service,
+//! and runs them in one process. The service crates are libraries; this crate
+//! is the one place where they are assembled, so the binary and the tests run
+//! the same thing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hub_core::{
+    DependencyProbe, Directory, HashingPool, PasswordHasher, Registration, SystemClock,
+    UserRepository,
+};
+use hub_runtime::{Config, Readiness, Shutdown};
+use hub_store::{PgProbe, PgUserRepository, PoolSettings};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// Everything the services share: one pool, one hashing pool, the use cases.
+#[derive(Clone)]
+pub struct Hub {
+    config: Config,
+    pool: PgPool,
+    users: Arc<dyn UserRepository>,
+    hashing: HashingPool,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One listener of a running hub.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub service: &'static str,
+    pub local_addr: SocketAddr,
+    pub external_url: String,
+}
+
+impl Hub {
+    /// Builds the shared parts; connects to nothing yet (the pool is lazy).
+    pub fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = hub_store::connect_lazy(&PoolSettings {
+            url: config.database.url.expose().clone(),
+            max_connections: config.database.max_connections,
+            min_connections: config.database.min_connections,
+            acquire_timeout: config.database.acquire_timeout(),
+            idle_timeout: config.database.idle_timeout(),
+        })
+        .context("configuring the PostgreSQL pool")?;
+        let hasher = PasswordHasher::new(config.hashing.iterations)
+            .context("configuring password hashing")?;
+        let hashing = HashingPool::new(hasher, config.hashing.pool_config());
+        Ok(Self {
+            users: Arc::new(PgUserRepository::new(pool.clone())),
+            config,
+            pool,
+            hashing,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies every pending database migration.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        hub_store::migrate(&self.pool)
+            .await
+            .context("migrating the PostgreSQL schema")
+    }
+
+    pub fn users(&self) -> Arc<dyn UserRepository> {
+        Arc::clone(&self.users)
+    }
+
+    pub fn registration(&self) -> Registration {
+        Registration::new(self.users(), self.hashing.clone(), Arc::new(SystemClock))
+    }
+
+    pub fn directory(&self) -> Directory {
+        Directory::new(self.users())
+    }
+
+    fn postgres_probe(&self) -> Arc<dyn DependencyProbe> {
+        Arc::new(PgProbe::new(self.pool.clone()))
+    }
+
+    fn readiness(&self, service: &'static str) -> Readiness {
+        Readiness::new(
+            service,
+            std::time::Duration::from_millis(self.config.http.ready_timeout_ms),
+        )
+        .with(self.postgres_probe())
+    }
+
+    /// Binds every service's port and serves until `shutdown` fires; returns
+    /// the listeners as soon as they are bound, and a handle that ends when
+    /// every service has drained.
+    pub async fn start(
+        &self,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<(Vec<Listener>, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+        let services = &self.config.services;
+        let http = &self.config.http;
+        let rest_auth = rest_auth::router(
+            rest_auth::RestAuthState {
+                database: self.postgres_probe(),
+            },
+            self.readiness(rest_auth::SERVICE),
+            http,
+        );
+        let planned = [(rest_auth::SERVICE, &services.rest_auth, rest_auth)];
+
+        let mut listeners = Vec::new();
+        let mut tasks = JoinSet::new();
+        for (service, service_config, router) in planned {
+            let addr = SocketAddr::new(services.bind_address, service_config.port);
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {service} to {addr}"))?;
+            let local_addr = listener.local_addr()?;
+            let external_url = service_config
+                .external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{local_addr}"));
+            tracing::info!(service, %local_addr, %external_url, "listening");
+            listeners.push(Listener {
+                service,
+                local_addr,
+                external_url,
+            });
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(shutdown.wait())
+                .await
+                .with_context(|| format!("serving {service}"))
+            });
+        }
+
+        let grace = std::time::Duration::from_secs(http.shutdown_grace_secs);
+        let handle = tokio::spawn(async move {
+            let drained = async {
+                while let Some(done) = tasks.join_next().await {
+                    done.context("a service task failed")??;
+                }
+                anyhow::Ok(())
+            };
+            // Draining starts with the signal; past the grace period, stop anyway.
+            tokio::select! {
+                result = drained => result,
+                () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+                    tracing::warn!(?grace, "in-flight requests did not finish in time");
+                    Ok(())
+                }
+            }
+        });
+        Ok((listeners, handle))
+    }
+}

@@ -1,0 +1,276 @@
+//! The real `hub` binary as an operator runs it, against the real PostgreSQL:
+//! migrate, create users, grant admin, serve, answer probes, stop on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection};
+
+/// A database of its own for this test, on the server `DATABASE_URL` names.
+async fn fresh_database() -> String {
+    let admin_url =
+        std::env::var("DATABASE_URL").expect("DATABASE_URL names the test PostgreSQL server");
+    let name = format!("hub_cli_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+fn hub(database_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hub"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("POLYHUB_DATABASE__URL", database_url)
+        .env("POLYHUB_DATABASE__ACQUIRE_TIMEOUT_MS", "1000");
+    cmd
+}
+
+fn hub_with(database_url: &str, args: &[&str]) -> Command {
+    let mut cmd = hub(database_url);
+    cmd.args(args);
+    cmd
+}
+
+fn run(mut cmd: Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `hub serve`, killed when the test ends. Its stdout stays open
+/// for as long as it runs, as a terminal's would.
+struct Serving {
+    child: Child,
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Serving {
+    fn start(mut cmd: Command) -> (Self, String) {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first_line = String::new();
+        stdout.read_line(&mut first_line).unwrap();
+        (
+            Self {
+                child,
+                _stdout: stdout,
+            },
+            first_line,
+        )
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_workflow_end_to_end() {
+    let db = fresh_database().await;
+
+    let out = run(hub_with(&db, &["migrate"]), "");
+    assert!(out.status.success(), "migrate: {}", text(&out.stderr));
+    let again = run(hub_with(&db, &["migrate"]), "");
+    assert!(
+        again.status.success(),
+        "migrate is idempotent: {}",
+        text(&again.stderr)
+    );
+
+    let create = hub_with(
+        &db,
+        &[
+            "users",
+            "create",
+            "--username",
+            "Olivia",
+            "--email",
+            "olivia@example.com",
+        ],
+    );
+    let out = run(create, "correct horse battery\n");
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("created olivia"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let duplicate = hub_with(
+        &db,
+        &[
+            "users",
+            "create",
+            "--username",
+            "OLIVIA",
+            "--email",
+            "o2@example.com",
+        ],
+    );
+    let out = run(duplicate, "correct horse battery\n");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("USERNAME_TAKEN"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let weak = hub_with(
+        &db,
+        &[
+            "users",
+            "create",
+            "--username",
+            "pat",
+            "--email",
+            "pat@example.com",
+        ],
+    );
+    let out = run(weak, "short\n");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("WEAK_PASSWORD"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(hub_with(&db, &["users", "grant-admin", "olivia"]), "");
+    assert!(out.status.success(), "grant-admin: {}", text(&out.stderr));
+    let out = run(hub_with(&db, &["users", "grant-admin", "nobody"]), "");
+    assert!(
+        text(&out.stderr).contains("USER_NOT_FOUND"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let mut conn = PgConnection::connect(&db).await.unwrap();
+    let (role, hash): (String, String) =
+        sqlx::query_as("SELECT role, password_hash FROM users WHERE username = 'olivia'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(role, "admin");
+    assert!(hash.starts_with("$pbkdf2-sha256$i=600000,l=32$"), "{hash}");
+
+    // Serve, probe, stop with SIGTERM.
+    let port = free_port();
+    let mut serve = hub(&db);
+    serve
+        .env("POLYHUB_SERVICES__REST_AUTH__PORT", port.to_string())
+        .arg("serve");
+    let (mut child, first_line) = Serving::start(serve);
+    assert!(
+        first_line.contains("rest-auth") && first_line.contains(&port.to_string()),
+        "serve prints each service's URL: {first_line}"
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    for path in ["/health", "/ready", "/test-db"] {
+        let resp = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(
+            body.get("status").is_some() || body.get("database").is_some(),
+            "{body}"
+        );
+    }
+
+    let pid = child.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "hub did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "graceful stop exits 0: {status:?}");
+}
+
+#[test]
+fn a_misspelt_setting_stops_the_start() {
+    let out = run(
+        {
+            let mut cmd = hub("postgres://postgres@127.0.0.1:5432/postgres");
+            cmd.env("POLYHUB_DATABASE__MAX_CONECTIONS", "4")
+                .arg("migrate");
+            cmd
+        },
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("max_conections"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_starts_without_the_database_and_reports_not_ready() {
+    let port = free_port();
+    let mut serve = hub("postgres://postgres@127.0.0.1:1/polyhub");
+    serve
+        .env("POLYHUB_SERVICES__REST_AUTH__PORT", port.to_string())
+        .arg("serve");
+    let (_serving, _) = Serving::start(serve);
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        reqwest::get(format!("{base}/health"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = reqwest::get(format!("{base}/ready")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let test_db = reqwest::get(format!("{base}/test-db")).await.unwrap();
+    assert_eq!(test_db.status(), 503);
+    let body: serde_json::Value = test_db.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UNAVAILABLE");
+    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
+}
