@@ -68,8 +68,14 @@ impl Hub {
         &self.config
     }
 
-    /// Applies every pending database migration.
+    /// Creates the database when missing, then applies every pending migration.
     pub async fn migrate(&self) -> anyhow::Result<()> {
+        if hub_store::ensure_database(self.config.database.url.expose())
+            .await
+            .context("creating the PostgreSQL database")?
+        {
+            tracing::info!("created the database");
+        }
         hub_store::migrate(&self.pool)
             .await
             .context("migrating the PostgreSQL schema")

@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply every pending PostgreSQL migration.
+    /// Create the PostgreSQL database if missing and apply every pending migration.
     Migrate,
     /// Run every service, each on its configured port, until SIGTERM or SIGINT.
     Serve,

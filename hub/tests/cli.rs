@@ -8,16 +8,12 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
-/// A database of its own for this test, on the server `DATABASE_URL` names.
-async fn fresh_database() -> String {
+/// A database name of its own for this test, on the server `DATABASE_URL`
+/// names; `hub migrate` creates it.
+fn fresh_database() -> String {
     let admin_url =
         std::env::var("DATABASE_URL").expect("DATABASE_URL names the test PostgreSQL server");
     let name = format!("hub_cli_{}", uuid::Uuid::now_v7().simple());
-    let mut conn = PgConnection::connect(&admin_url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
     let (base, _) = admin_url.rsplit_once('/').unwrap();
     format!("{base}/{name}")
 }
@@ -101,7 +97,7 @@ impl Drop for Serving {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_workflow_end_to_end() {
-    let db = fresh_database().await;
+    let db = fresh_database();
 
     let out = run(hub_with(&db, &["migrate"]), "");
     assert!(out.status.success(), "migrate: {}", text(&out.stderr));

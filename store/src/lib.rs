@@ -6,5 +6,5 @@
 pub mod postgres;
 
 pub use postgres::{
-    MIGRATOR, PgProbe, PgUserRepository, PoolSettings, connect_lazy, migrate, ping,
+    MIGRATOR, PgProbe, PgUserRepository, PoolSettings, connect_lazy, ensure_database, migrate, ping,
 };

@@ -55,6 +55,22 @@ pub fn connect_lazy(settings: &PoolSettings) -> Result<PgPool, Error> {
         .connect_lazy_with(options.application_name("polyhub")))
 }
 
+/// Creates the database the URL names when it does not exist yet; says
+/// whether it did. Needs the CREATEDB right only on that first run.
+pub async fn ensure_database(url: &str) -> Result<bool, Error> {
+    use sqlx::migrate::MigrateDatabase;
+    if sqlx::Postgres::database_exists(url)
+        .await
+        .map_err(|e| classify("checking that the database exists", e))?
+    {
+        return Ok(false);
+    }
+    sqlx::Postgres::create_database(url)
+        .await
+        .map_err(|e| classify("creating the database", e))?;
+    Ok(true)
+}
+
 /// Applies every pending migration.
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     MIGRATOR.run(pool).await.map_err(|e| match e {

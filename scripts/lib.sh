@@ -1,0 +1,130 @@
+# Shared set-up for scripts/up and scripts/test: installs what is missing and
+# starts the backing services on loopback, with their data under .data/.
+# Every step is idempotent: a second run reuses what the first installed.
+# shellcheck shell=bash
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA="$ROOT/.data"
+mkdir -p "$DATA"
+
+export POLYHUB_DATABASE__URL="${POLYHUB_DATABASE__URL:-postgres://postgres@127.0.0.1:5432/polyhub}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+APT_UPDATED=
+apt_install() {
+    command -v apt-get >/dev/null || die "apt-get not found: install $* by hand"
+    if [ -z "$APT_UPDATED" ]; then
+        as_root apt-get update -qq
+        APT_UPDATED=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_rust() {
+    if ! command -v cargo >/dev/null; then
+        log "installing the Rust toolchain (rustup)"
+        apt_install rustup ca-certificates build-essential pkg-config ||
+            die "no Rust toolchain: install rustup (https://rustup.rs), then run this again"
+        rustup default stable
+    fi
+    local have
+    have=$(rustc --version | awk '{print $2}')
+    if ! printf '1.94.0\n%s\n' "$have" | sort -V -C; then
+        die "rustc $have is too old: polyhub needs 1.94 or newer (rustup update stable)"
+    fi
+}
+
+ensure_nextest() {
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        log "installing cargo-nextest"
+        cargo install --locked cargo-nextest
+    fi
+}
+
+# Splits POLYHUB_DATABASE__URL into PG_USER, PG_HOST, PG_PORT and PG_DB.
+parse_database_url() {
+    local rest="${POLYHUB_DATABASE__URL#*://}" auth hostport
+    if [[ "$rest" == *@* ]]; then
+        auth="${rest%%@*}"
+        rest="${rest#*@}"
+    else
+        auth="postgres"
+    fi
+    PG_USER="${auth%%:*}"
+    hostport="${rest%%/*}"
+    PG_DB="${rest#*/}"
+    PG_DB="${PG_DB%%\?*}"
+    PG_HOST="${hostport%:*}"
+    PG_PORT="${hostport##*:}"
+    [ "$PG_PORT" = "$hostport" ] && PG_PORT=5432
+    return 0
+}
+
+port_answers() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_for_port() {
+    local host=$1 port=$2 what=$3
+    for _ in $(seq 1 100); do
+        port_answers "$host" "$port" && return 0
+        sleep 0.2
+    done
+    die "$what did not start listening on $host:$port"
+}
+
+postgres_bin() {
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$dir" ] && [ -x "$dir/initdb" ] && echo "$dir"
+}
+
+# PostgreSQL: reuse whatever answers on the configured URL; otherwise install it
+# from apt when needed and run our own cluster in .data/postgres on that port.
+ensure_postgres() {
+    parse_database_url
+    if port_answers "$PG_HOST" "$PG_PORT"; then
+        log "PostgreSQL answers on $PG_HOST:$PG_PORT"
+    else
+        case "$PG_HOST" in
+            127.0.0.1 | localhost) ;;
+            *) die "PostgreSQL at $PG_HOST:$PG_PORT does not answer (POLYHUB_DATABASE__URL)" ;;
+        esac
+        local bin
+        if ! bin=$(postgres_bin); then
+            log "installing PostgreSQL from apt"
+            # Our cluster lives in .data/; Debian's default one would take the port.
+            apt_install postgresql-common
+            as_root sed -i 's/^#\?\s*create_main_cluster.*/create_main_cluster = false/' \
+                /etc/postgresql-common/createcluster.conf
+            apt_install postgresql
+            bin=$(postgres_bin) || die "PostgreSQL installed but initdb not found"
+        fi
+        local pgdata="$DATA/postgres"
+        # PostgreSQL refuses to run as root: as root, the cluster belongs to 'postgres'.
+        local run=()
+        if [ "$(id -u)" = 0 ]; then
+            id postgres >/dev/null 2>&1 || as_root useradd --system --home-dir "$pgdata" postgres
+            run=(runuser -u postgres --)
+            mkdir -p "$pgdata"
+            chown postgres "$pgdata"
+        fi
+        if [ ! -s "$pgdata/PG_VERSION" ]; then
+            log "creating a PostgreSQL cluster in $pgdata"
+            "${run[@]}" "$bin/initdb" -D "$pgdata" -U "$PG_USER" --auth=trust -E UTF8 >"$DATA/initdb.log"
+        fi
+        log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+        "${run[@]}" "$bin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 \
+            -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" start >/dev/null
+        wait_for_port "$PG_HOST" "$PG_PORT" PostgreSQL
+    fi
+    # sqlx's test harness makes a database per test through this server.
+    export DATABASE_URL="postgres://${POLYHUB_DATABASE__URL#*://}"
+    DATABASE_URL="${DATABASE_URL%/*}/postgres"
+}
