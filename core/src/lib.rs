@@ -5,18 +5,26 @@
 //! the narrow port traits in [`ports`]; no transport or storage crate is a
 //! dependency of this crate.
 
+pub mod authentication;
 pub mod directory;
 pub mod error;
 pub mod hashing;
 pub mod password;
 pub mod ports;
 pub mod registration;
+pub mod session;
+pub mod token;
 pub mod user;
 
-pub use directory::Directory;
+pub use authentication::{Authentication, LoginName, LoginOutcome, ProfileChange};
+pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig};
 pub use password::{PasswordHash, PasswordHasher};
-pub use ports::{Clock, DependencyProbe, NewUser, SystemClock, User, UserRepository};
+pub use ports::{
+    Clock, DependencyProbe, NewUser, SessionRepository, SystemClock, User, UserRepository,
+};
 pub use registration::{RegisterUser, Registration};
+pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};
+pub use token::{Claims, IssuedToken, Jwks, KeySet, Principal, TokenSettings, Tokens};
 pub use user::{Email, Password, Role, UserId, Username};

@@ -67,11 +67,17 @@ impl PasswordHasher {
 
     /// Hashes a new password with a fresh 16-byte random salt.
     pub fn hash(&self, password: &Password) -> Result<PasswordHash, Error> {
+        self.hash_secret(password.expose())
+    }
+
+    /// Hashes a secret that is already known to be the user's password (a
+    /// rehash at login), whatever today's policy says of it.
+    pub(crate) fn hash_secret(&self, secret: &str) -> Result<PasswordHash, Error> {
         let mut salt = [0u8; SALT_LEN];
         getrandom::fill(&mut salt).map_err(|e| {
             Error::internal(format!("the operating system's random source failed: {e}"))
         })?;
-        Ok(derive(password.expose().as_bytes(), &salt, self.iterations))
+        Ok(derive(secret.as_bytes(), &salt, self.iterations))
     }
 
     /// Whether `candidate` is the password behind `stored`, compared in constant time.

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 use crate::error::Error;
 use crate::password::PasswordHash;
+use crate::session::{Session, SessionEvent, SessionId};
 use crate::user::{Email, Role, UserId, Username};
 
 /// A user as stored.
@@ -43,6 +44,32 @@ pub trait UserRepository: Send + Sync + 'static {
     async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error>;
     /// Changes the user's role; `USER_NOT_FOUND` when no such user.
     async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error>;
+    /// Changes the user's email; `EMAIL_TAKEN` when another user has it.
+    async fn update_email(&self, id: UserId, email: &Email) -> Result<(), Error>;
+}
+
+/// Where sessions live. Every change is written together with its outbox
+/// event, in one transaction: either both happen or neither does.
+#[async_trait]
+pub trait SessionRepository: Send + Sync + 'static {
+    /// Stores a new session with its `session.opened` event.
+    async fn open(&self, session: &Session, event: &SessionEvent) -> Result<(), Error>;
+    /// The session, if it exists and is neither revoked nor expired at `now`.
+    /// Runs on every authenticated request: one indexed query.
+    async fn find_open(&self, id: SessionId, now: OffsetDateTime)
+    -> Result<Option<Session>, Error>;
+    /// Revokes one open session with a `session.revoked` event; false when it
+    /// was not open.
+    async fn revoke(&self, id: SessionId, at: OffsetDateTime, reason: &str) -> Result<bool, Error>;
+    /// Revokes every open session of `user` except `keep`, each with its event;
+    /// how many were revoked.
+    async fn revoke_all(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        at: OffsetDateTime,
+        reason: &str,
+    ) -> Result<u64, Error>;
 }
 
 /// The time, as the domain sees it.
@@ -142,6 +169,105 @@ pub mod memory {
                 }
                 None => Err(Error::new(ErrorCode::UserNotFound)),
             })?
+        }
+
+        async fn update_email(&self, id: UserId, email: &Email) -> Result<(), Error> {
+            self.with(|users| {
+                if users.values().any(|u| &u.email == email && u.id != id) {
+                    return Err(Error::new(ErrorCode::EmailTaken));
+                }
+                match users.get_mut(&id) {
+                    Some(u) => {
+                        u.email = email.clone();
+                        Ok(())
+                    }
+                    None => Err(Error::new(ErrorCode::UserNotFound)),
+                }
+            })?
+        }
+    }
+
+    /// In-memory sessions; `events` keeps what the outbox would.
+    #[derive(Debug, Default)]
+    pub struct InMemorySessions {
+        state: Mutex<(HashMap<SessionId, Session>, Vec<SessionEvent>)>,
+    }
+
+    impl InMemorySessions {
+        fn with<T>(
+            &self,
+            f: impl FnOnce(&mut HashMap<SessionId, Session>, &mut Vec<SessionEvent>) -> T,
+        ) -> Result<T, Error> {
+            let mut guard = self
+                .state
+                .lock()
+                .map_err(|_| Error::internal("in-memory session store poisoned"))?;
+            let (sessions, events) = &mut *guard;
+            Ok(f(sessions, events))
+        }
+
+        pub fn events(&self) -> Vec<SessionEvent> {
+            self.with(|_, events| events.clone()).unwrap_or_default()
+        }
+    }
+
+    #[async_trait]
+    impl SessionRepository for InMemorySessions {
+        async fn open(&self, session: &Session, event: &SessionEvent) -> Result<(), Error> {
+            self.with(|sessions, events| {
+                sessions.insert(session.id, session.clone());
+                events.push(event.clone());
+            })
+        }
+
+        async fn find_open(
+            &self,
+            id: SessionId,
+            now: OffsetDateTime,
+        ) -> Result<Option<Session>, Error> {
+            self.with(|sessions, _| sessions.get(&id).filter(|s| s.is_open_at(now)).cloned())
+        }
+
+        async fn revoke(
+            &self,
+            id: SessionId,
+            at: OffsetDateTime,
+            reason: &str,
+        ) -> Result<bool, Error> {
+            self.with(|sessions, events| match sessions.get_mut(&id) {
+                Some(s) if s.is_open_at(at) => {
+                    s.revoked_at = Some(at);
+                    events.push(
+                        SessionEvent::new(crate::session::SessionEventKind::Revoked, s, at)
+                            .because(reason),
+                    );
+                    true
+                }
+                _ => false,
+            })
+        }
+
+        async fn revoke_all(
+            &self,
+            user: UserId,
+            keep: Option<SessionId>,
+            at: OffsetDateTime,
+            reason: &str,
+        ) -> Result<u64, Error> {
+            self.with(|sessions, events| {
+                let mut count = 0;
+                for s in sessions.values_mut() {
+                    if s.user_id == user && Some(s.id) != keep && s.is_open_at(at) {
+                        s.revoked_at = Some(at);
+                        events.push(
+                            SessionEvent::new(crate::session::SessionEventKind::Revoked, s, at)
+                                .because(reason),
+                        );
+                        count += 1;
+                    }
+                }
+                count
+            })
         }
     }
 }

@@ -6,5 +6,6 @@
 pub mod postgres;
 
 pub use postgres::{
-    MIGRATOR, PgProbe, PgUserRepository, PoolSettings, connect_lazy, ensure_database, migrate, ping,
+    MIGRATOR, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings, connect_lazy,
+    ensure_database, migrate, ping,
 };

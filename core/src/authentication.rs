@@ -1,0 +1,537 @@
+//! Signing in and out, and who a token speaks for: the same rules for every
+//! protocol that carries a bearer token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorCode};
+use crate::hashing::HashingPool;
+use crate::ports::{Clock, SessionRepository, User, UserRepository};
+use crate::session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};
+use crate::token::{IssuedToken, Principal, Tokens};
+use crate::user::{Email, Password, Username};
+
+/// How a user names themself at login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginName {
+    Username(String),
+    Email(String),
+}
+
+/// A successful login: the new session, its token, and the user.
+#[derive(Debug, Clone)]
+pub struct LoginOutcome {
+    pub user: User,
+    pub session: Session,
+    pub token: IssuedToken,
+}
+
+/// A profile change; the password needs the current one.
+#[derive(Clone, Default)]
+pub struct ProfileChange {
+    pub email: Option<String>,
+    pub current_password: Option<String>,
+    pub new_password: Option<String>,
+}
+
+impl std::fmt::Debug for ProfileChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileChange")
+            .field("email", &self.email)
+            .field("password_change", &self.new_password.is_some())
+            .finish()
+    }
+}
+
+/// The authentication use case.
+#[derive(Clone)]
+pub struct Authentication {
+    users: Arc<dyn UserRepository>,
+    sessions: Arc<dyn SessionRepository>,
+    hashing: HashingPool,
+    tokens: Arc<Tokens>,
+    clock: Arc<dyn Clock>,
+    session_lifetime: Duration,
+}
+
+impl std::fmt::Debug for Authentication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authentication")
+            .field("session_lifetime", &self.session_lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad_credentials() -> Error {
+    Error::new(ErrorCode::InvalidCredentials)
+}
+
+impl Authentication {
+    pub fn new(
+        users: Arc<dyn UserRepository>,
+        sessions: Arc<dyn SessionRepository>,
+        hashing: HashingPool,
+        tokens: Arc<Tokens>,
+        clock: Arc<dyn Clock>,
+        session_lifetime: Duration,
+    ) -> Self {
+        Self {
+            users,
+            sessions,
+            hashing,
+            tokens,
+            clock,
+            session_lifetime,
+        }
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    async fn find(&self, name: &LoginName) -> Result<Option<User>, Error> {
+        // A name that cannot exist is an unknown user, not a different error:
+        // the answer must not tell which names are valid.
+        match name {
+            LoginName::Username(raw) => match Username::parse(raw) {
+                Ok(username) => self.users.find_by_username(&username).await,
+                Err(_) => Ok(None),
+            },
+            LoginName::Email(raw) => match Email::parse(raw) {
+                Ok(email) => self.users.find_by_email(&email).await,
+                Err(_) => Ok(None),
+            },
+        }
+    }
+
+    /// Checks the password and opens a session. A wrong password and an
+    /// unknown user give the same `INVALID_CREDENTIALS` after the same work (a
+    /// dummy verification). A stored hash below today's parameters is raised.
+    #[tracing::instrument(name = "login", skip_all)]
+    pub async fn login(
+        &self,
+        name: LoginName,
+        password: String,
+        client: ClientInfo,
+    ) -> Result<LoginOutcome, Error> {
+        let Some(user) = self.find(&name).await? else {
+            self.hashing
+                .run(move |hasher| hasher.verify_dummy(&password))
+                .await?;
+            return Err(bad_credentials());
+        };
+        let stored = user.password_hash.clone();
+        let (verified, rehashed) = self
+            .hashing
+            .run(move |hasher| {
+                let verified = hasher.verify(&password, &stored);
+                let rehashed = (verified && hasher.needs_rehash(&stored))
+                    .then(|| hasher.hash_secret(&password));
+                (verified, rehashed)
+            })
+            .await?;
+        if !verified {
+            tracing::info!(user_id = %user.id, "login refused: wrong password");
+            return Err(bad_credentials());
+        }
+        if let Some(rehashed) = rehashed {
+            // A failed rehash must not fail the login: the old hash still works.
+            match rehashed {
+                Ok(hash) => match self.users.update_password_hash(user.id, &hash).await {
+                    Ok(()) => {
+                        tracing::info!(user_id = %user.id, "password hash raised to current parameters")
+                    }
+                    Err(e) => {
+                        tracing::warn!(user_id = %user.id, error = %e, "password rehash not stored")
+                    }
+                },
+                Err(e) => tracing::warn!(user_id = %user.id, error = %e, "password rehash failed"),
+            }
+        }
+        let (session, token) = self.open_session(&user, client).await?;
+        tracing::info!(user_id = %user.id, session_id = %session.id, "logged in");
+        Ok(LoginOutcome {
+            user,
+            session,
+            token,
+        })
+    }
+
+    /// Opens a new session for `user` and signs its token.
+    pub async fn open_session(
+        &self,
+        user: &User,
+        client: ClientInfo,
+    ) -> Result<(Session, IssuedToken), Error> {
+        let now = self.clock.now();
+        let lifetime = time::Duration::try_from(self.session_lifetime)
+            .map_err(|e| Error::internal(format!("session lifetime out of range: {e}")))?;
+        let session = Session {
+            id: SessionId::generate(),
+            user_id: user.id,
+            created_at: now,
+            expires_at: now + lifetime,
+            last_seen_at: now,
+            revoked_at: None,
+            client,
+        };
+        let event = SessionEvent::new(SessionEventKind::Opened, &session, now);
+        self.sessions.open(&session, &event).await?;
+        let token = self.tokens.issue(user.id, user.role, &session, now)?;
+        Ok((session, token))
+    }
+
+    /// Who `token` speaks for: a valid signature and claims, and a session
+    /// that is still open. Anything else is `INVALID_TOKEN`.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
+        let now = self.clock.now();
+        let principal = self.tokens.verify(token, now)?;
+        match self.sessions.find_open(principal.session_id, now).await? {
+            Some(session) if session.user_id == principal.user_id => Ok(principal),
+            _ => {
+                tracing::debug!(session_id = %principal.session_id, "token of a closed session");
+                Err(Error::new(ErrorCode::InvalidToken))
+            }
+        }
+    }
+
+    /// Revokes the principal's session: its token stops working everywhere.
+    pub async fn logout(&self, principal: &Principal) -> Result<(), Error> {
+        self.sessions
+            .revoke(principal.session_id, self.clock.now(), "logout")
+            .await?;
+        tracing::info!(user_id = %principal.user_id, session_id = %principal.session_id, "logged out");
+        Ok(())
+    }
+
+    pub async fn profile(&self, principal: &Principal) -> Result<User, Error> {
+        // A user deleted behind a live token: the token no longer stands for anyone.
+        self.users
+            .find_by_id(principal.user_id)
+            .await?
+            .ok_or_else(|| Error::new(ErrorCode::InvalidToken))
+    }
+
+    /// Changes email and/or password. A password change needs the current
+    /// password and revokes every other session of the user.
+    pub async fn update_profile(
+        &self,
+        principal: &Principal,
+        change: ProfileChange,
+    ) -> Result<User, Error> {
+        let user = self.profile(principal).await?;
+        let email = change.email.as_deref().map(Email::parse).transpose()?;
+        let new_password = change
+            .new_password
+            .as_deref()
+            .map(|p| Password::parse(p, &user.username))
+            .transpose()?;
+        if email.is_none() && new_password.is_none() {
+            return Err(Error::with_message(
+                ErrorCode::InvalidRequest,
+                "nothing to change: give email and/or new_password",
+            ));
+        }
+        if let Some(new_password) = new_password {
+            let current = change.current_password.ok_or_else(|| {
+                Error::with_message(
+                    ErrorCode::InvalidCredentials,
+                    "changing the password needs current_password",
+                )
+            })?;
+            let stored = user.password_hash.clone();
+            let hash = self
+                .hashing
+                .run(move |hasher| {
+                    hasher
+                        .verify(&current, &stored)
+                        .then(|| hasher.hash(&new_password))
+                })
+                .await?
+                .ok_or_else(bad_credentials)??;
+            // Revoke first: if storing the new hash then fails, the other
+            // sessions are closed anyway, which is the safe side.
+            let revoked = self
+                .sessions
+                .revoke_all(
+                    user.id,
+                    Some(principal.session_id),
+                    self.clock.now(),
+                    "password_changed",
+                )
+                .await?;
+            self.users.update_password_hash(user.id, &hash).await?;
+            tracing::info!(user_id = %user.id, revoked, "password changed");
+        }
+        if let Some(email) = email.filter(|e| *e != user.email) {
+            self.users.update_email(user.id, &email).await?;
+            tracing::info!(user_id = %user.id, "email changed");
+        }
+        self.profile(principal).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hashing::HashingPoolConfig;
+    use crate::password::PasswordHasher;
+    use crate::ports::SystemClock;
+    use crate::ports::memory::{InMemorySessions, InMemoryUsers};
+    use crate::registration::{RegisterUser, Registration};
+    use crate::token::{KeySet, TokenSettings};
+
+    struct World {
+        auth: Authentication,
+        registration: Registration,
+        users: Arc<InMemoryUsers>,
+        sessions: Arc<InMemorySessions>,
+    }
+
+    fn world_with_iterations(iterations: u32) -> World {
+        let users = Arc::new(InMemoryUsers::default());
+        let sessions = Arc::new(InMemorySessions::default());
+        let hashing = HashingPool::new(
+            PasswordHasher::insecure_for_tests(iterations),
+            HashingPoolConfig::default(),
+        );
+        let key = KeySet::generate().unwrap();
+        let tokens = Arc::new(Tokens::new(
+            KeySet::from_pem(&key.private_pem, &[]).unwrap(),
+            TokenSettings {
+                issuer: "polyhub".into(),
+                audience: "polyhub-api".into(),
+                lifetime: Duration::from_secs(900),
+            },
+        ));
+        World {
+            auth: Authentication::new(
+                users.clone(),
+                sessions.clone(),
+                hashing.clone(),
+                tokens,
+                Arc::new(SystemClock),
+                Duration::from_secs(3600),
+            ),
+            registration: Registration::new(users.clone(), hashing, Arc::new(SystemClock)),
+            users,
+            sessions,
+        }
+    }
+
+    async fn alice(world: &World) -> User {
+        world
+            .registration
+            .register(RegisterUser {
+                username: "alice".into(),
+                email: "alice@example.com".into(),
+                password: "correct horse".into(),
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn login_by_username_or_email_then_authenticate() {
+        let world = world_with_iterations(10);
+        let user = alice(&world).await;
+        for name in [
+            LoginName::Username("ALICE".into()),
+            LoginName::Email("Alice@Example.com".into()),
+        ] {
+            let out = world
+                .auth
+                .login(name, "correct horse".into(), ClientInfo::default())
+                .await
+                .unwrap();
+            assert_eq!(out.user.id, user.id);
+            let principal = world.auth.authenticate(&out.token.token).await.unwrap();
+            assert_eq!(principal.session_id, out.session.id);
+        }
+        let kinds: Vec<_> = world.sessions.events().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [SessionEventKind::Opened, SessionEventKind::Opened]);
+    }
+
+    #[tokio::test]
+    async fn wrong_password_unknown_user_and_impossible_name_look_the_same() {
+        let world = world_with_iterations(10);
+        alice(&world).await;
+        for name in [
+            LoginName::Username("alice".into()),
+            LoginName::Username("nobody".into()),
+            LoginName::Username("not a name!".into()),
+            LoginName::Email("not-an-email".into()),
+        ] {
+            let err = world
+                .auth
+                .login(name, "wrong password".into(), ClientInfo::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidCredentials);
+            assert_eq!(
+                err.message(),
+                ErrorCode::InvalidCredentials.default_message()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn logout_kills_the_token() {
+        let world = world_with_iterations(10);
+        alice(&world).await;
+        let out = world
+            .auth
+            .login(
+                LoginName::Username("alice".into()),
+                "correct horse".into(),
+                ClientInfo::default(),
+            )
+            .await
+            .unwrap();
+        let principal = world.auth.authenticate(&out.token.token).await.unwrap();
+        world.auth.logout(&principal).await.unwrap();
+        assert_eq!(
+            world
+                .auth
+                .authenticate(&out.token.token)
+                .await
+                .unwrap_err()
+                .code(),
+            ErrorCode::InvalidToken
+        );
+        assert_eq!(
+            world.sessions.events().last().unwrap().reason.as_deref(),
+            Some("logout")
+        );
+    }
+
+    #[tokio::test]
+    async fn outdated_hashes_are_raised_at_login() {
+        let weak = world_with_iterations(10);
+        let user = alice(&weak).await;
+        assert_eq!(user.password_hash.iterations(), 10);
+        // The same stores, now behind a hasher with more iterations.
+        let stronger = HashingPool::new(
+            PasswordHasher::insecure_for_tests(20),
+            HashingPoolConfig::default(),
+        );
+        let auth = Authentication {
+            hashing: stronger,
+            ..weak.auth.clone()
+        };
+        auth.login(
+            LoginName::Username("alice".into()),
+            "correct horse".into(),
+            ClientInfo::default(),
+        )
+        .await
+        .unwrap();
+        let stored = weak.users.find_by_id(user.id).await.unwrap().unwrap();
+        assert_eq!(stored.password_hash.iterations(), 20);
+        assert!(
+            auth.hashing
+                .hasher()
+                .verify("correct horse", &stored.password_hash)
+        );
+    }
+
+    #[tokio::test]
+    async fn password_change_needs_the_current_one_and_revokes_other_sessions() {
+        let world = world_with_iterations(10);
+        alice(&world).await;
+        let login = || {
+            world.auth.login(
+                LoginName::Username("alice".into()),
+                "correct horse".into(),
+                ClientInfo::default(),
+            )
+        };
+        let here = login().await.unwrap();
+        let elsewhere = login().await.unwrap();
+        let me = world.auth.authenticate(&here.token.token).await.unwrap();
+
+        let no_current = ProfileChange {
+            new_password: Some("battery staple".into()),
+            ..ProfileChange::default()
+        };
+        assert_eq!(
+            world
+                .auth
+                .update_profile(&me, no_current)
+                .await
+                .unwrap_err()
+                .code(),
+            ErrorCode::InvalidCredentials
+        );
+        let wrong_current = ProfileChange {
+            current_password: Some("nope nope".into()),
+            new_password: Some("battery staple".into()),
+            ..ProfileChange::default()
+        };
+        assert_eq!(
+            world
+                .auth
+                .update_profile(&me, wrong_current)
+                .await
+                .unwrap_err()
+                .code(),
+            ErrorCode::InvalidCredentials
+        );
+        let change = ProfileChange {
+            current_password: Some("correct horse".into()),
+            new_password: Some("battery staple".into()),
+            email: Some("alice@new.example.com".into()),
+        };
+        let updated = world.auth.update_profile(&me, change).await.unwrap();
+        assert_eq!(updated.email.as_str(), "alice@new.example.com");
+        assert!(
+            world.auth.authenticate(&here.token.token).await.is_ok(),
+            "this session stays"
+        );
+        assert_eq!(
+            world
+                .auth
+                .authenticate(&elsewhere.token.token)
+                .await
+                .unwrap_err()
+                .code(),
+            ErrorCode::InvalidToken
+        );
+        assert!(
+            world
+                .auth
+                .login(
+                    LoginName::Username("alice".into()),
+                    "battery staple".into(),
+                    ClientInfo::default()
+                )
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_profile_change_is_invalid() {
+        let world = world_with_iterations(10);
+        alice(&world).await;
+        let out = world
+            .auth
+            .login(
+                LoginName::Username("alice".into()),
+                "correct horse".into(),
+                ClientInfo::default(),
+            )
+            .await
+            .unwrap();
+        let me = world.auth.authenticate(&out.token.token).await.unwrap();
+        assert_eq!(
+            world
+                .auth
+                .update_profile(&me, ProfileChange::default())
+                .await
+                .unwrap_err()
+                .code(),
+            ErrorCode::InvalidRequest
+        );
+    }
+}

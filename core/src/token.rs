@@ -1,0 +1,441 @@
+//! Access tokens: JWTs signed with Ed25519 (`alg: EdDSA`).
+//!
+//! The current key signs; every key of the set verifies, so keys rotate without
+//! downtime (add the new key, let old tokens expire, drop the old key). Each
+//! key's `kid` is its RFC 7638 JWK thumbprint, so no one has to name keys.
+//! Verification pins the algorithm, requires every claim it checks, and checks
+//! `iss`, `aud`, `exp` and `iat`. That a token's session is still open is the
+//! [`crate::Authentication`] use case's check, not this module's.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::error::{Error, ErrorCode};
+use crate::session::{Session, SessionId};
+use crate::user::{Role, UserId};
+
+/// The claims of a polyhub access token. Every field is required: a token
+/// missing one, or carrying one of the wrong type, does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// The user id.
+    pub sub: String,
+    /// The session id: the token dies with its session.
+    pub sid: String,
+    pub role: Role,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// Who a verified token speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub role: Role,
+}
+
+/// A freshly signed token.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_at: OffsetDateTime,
+    /// Seconds from now until it expires.
+    pub expires_in: u64,
+}
+
+/// One public key as a JWK (RFC 8037, OKP/Ed25519).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwk {
+    pub kty: String,
+    pub crv: String,
+    pub x: String,
+    pub kid: String,
+    pub alg: String,
+    #[serde(rename = "use")]
+    pub use_: String,
+}
+
+/// The public key set, as served at `/.well-known/jwks.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// A freshly generated key pair, PEM-encoded (PKCS#8 private, SPKI public).
+pub struct GeneratedKey {
+    pub kid: String,
+    pub private_pem: String,
+    pub public_pem: String,
+}
+
+impl std::fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("{what}: {e}"))
+}
+
+/// The RFC 7638 thumbprint of an Ed25519 public key.
+fn thumbprint(x: &str) -> String {
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    B64URL.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+struct VerifyKey {
+    decoding: DecodingKey,
+    jwk: Jwk,
+}
+
+/// The signing key and every key that verifies.
+pub struct KeySet {
+    signing: EncodingKey,
+    signing_kid: String,
+    verifying: HashMap<String, VerifyKey>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("signing_kid", &self.signing_kid)
+            .field("verifying", &self.verifying.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KeySet {
+    /// The current private key (PKCS#8 PEM) and the public keys (SPKI PEM) of
+    /// earlier keys whose tokens must still verify.
+    pub fn from_pem(current_private: &str, previous_public: &[String]) -> Result<Self, Error> {
+        let signing_key = SigningKey::from_pkcs8_pem(current_private)
+            .map_err(|e| key_error("the signing key is not an Ed25519 PKCS#8 PEM", e))?;
+        let signing = EncodingKey::from_ed_pem(current_private.as_bytes())
+            .map_err(|e| key_error("the signing key cannot be used", e))?;
+        let mut set = Self {
+            signing,
+            signing_kid: String::new(),
+            verifying: HashMap::new(),
+        };
+        set.signing_kid = set.add_verifying(signing_key.verifying_key())?;
+        for pem in previous_public {
+            let key = VerifyingKey::from_public_key_pem(pem)
+                .map_err(|e| key_error("a verification key is not an Ed25519 public PEM", e))?;
+            set.add_verifying(key)?;
+        }
+        Ok(set)
+    }
+
+    fn add_verifying(&mut self, key: VerifyingKey) -> Result<String, Error> {
+        let x = B64URL.encode(key.to_bytes());
+        let kid = thumbprint(&x);
+        let decoding = DecodingKey::from_ed_components(&x)
+            .map_err(|e| key_error("a verification key cannot be used", e))?;
+        let jwk = Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x,
+            kid: kid.clone(),
+            alg: "EdDSA".into(),
+            use_: "sig".into(),
+        };
+        self.verifying
+            .insert(kid.clone(), VerifyKey { decoding, jwk });
+        Ok(kid)
+    }
+
+    /// Makes a new Ed25519 key pair from the operating system's randomness.
+    pub fn generate() -> Result<GeneratedKey, Error> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| key_error("the random source failed", e))?;
+        let key = SigningKey::from_bytes(&seed);
+        let line = ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF;
+        let private_pem = key
+            .to_pkcs8_pem(line)
+            .map_err(|e| key_error("encoding the private key", e))?
+            .to_string();
+        let public_pem = key
+            .verifying_key()
+            .to_public_key_pem(line)
+            .map_err(|e| key_error("encoding the public key", e))?;
+        Ok(GeneratedKey {
+            kid: thumbprint(&B64URL.encode(key.verifying_key().to_bytes())),
+            private_pem,
+            public_pem,
+        })
+    }
+
+    pub fn signing_kid(&self) -> &str {
+        &self.signing_kid
+    }
+
+    /// Every verifying key, the signing key's first.
+    pub fn jwks(&self) -> Jwks {
+        let mut keys: Vec<Jwk> = self.verifying.values().map(|k| k.jwk.clone()).collect();
+        keys.sort_by_key(|k| (k.kid != self.signing_kid, k.kid.clone()));
+        Jwks { keys }
+    }
+}
+
+/// Who issues tokens, for whom, and for how long.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub lifetime: Duration,
+}
+
+/// Issues and verifies access tokens.
+#[derive(Debug)]
+pub struct Tokens {
+    keys: KeySet,
+    settings: TokenSettings,
+    validation: Validation,
+}
+
+/// Clock skew tolerated between hub instances when checking `exp` and `iat`.
+const LEEWAY_SECS: u64 = 5;
+
+impl Tokens {
+    pub fn new(keys: KeySet, settings: TokenSettings) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.algorithms = vec![Algorithm::EdDSA];
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = false;
+        Self {
+            keys,
+            settings,
+            validation,
+        }
+    }
+
+    pub fn jwks(&self) -> Jwks {
+        self.keys.jwks()
+    }
+
+    pub fn settings(&self) -> &TokenSettings {
+        &self.settings
+    }
+
+    /// Signs a token for `session`, expiring at the token lifetime or when the
+    /// session does, whichever is first.
+    pub fn issue(
+        &self,
+        user_id: UserId,
+        role: Role,
+        session: &Session,
+        now: OffsetDateTime,
+    ) -> Result<IssuedToken, Error> {
+        let lifetime = time::Duration::try_from(self.settings.lifetime)
+            .map_err(|e| key_error("token lifetime out of range", e))?;
+        let expires_at = (now + lifetime).min(session.expires_at);
+        let claims = Claims {
+            iss: self.settings.issuer.clone(),
+            aud: self.settings.audience.clone(),
+            sub: user_id.to_string(),
+            sid: session.id.to_string(),
+            role,
+            iat: now.unix_timestamp(),
+            exp: expires_at.unix_timestamp(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.keys.signing_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.keys.signing)
+            .map_err(|e| key_error("signing a token", e))?;
+        let expires_in = u64::try_from((expires_at - now).whole_seconds()).unwrap_or(0);
+        Ok(IssuedToken {
+            token,
+            expires_at,
+            expires_in,
+        })
+    }
+
+    /// Checks signature and claims; every failure is `INVALID_TOKEN`, with the
+    /// reason logged at debug level only.
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Principal, Error> {
+        let invalid = |why: &dyn std::fmt::Display| {
+            tracing::debug!(reason = %why, "token refused");
+            Error::new(ErrorCode::InvalidToken)
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(invalid(&format_args!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let kid = header.kid.ok_or_else(|| invalid(&"no kid in the header"))?;
+        let key = self
+            .keys
+            .verifying
+            .get(&kid)
+            .ok_or_else(|| invalid(&format_args!("unknown kid {kid:?}")))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation)
+            .map_err(|e| invalid(&e))?;
+        let claims = data.claims;
+        #[allow(clippy::cast_possible_wrap)]
+        if claims.iat > now.unix_timestamp() + LEEWAY_SECS as i64 {
+            return Err(invalid(&"issued in the future"));
+        }
+        Ok(Principal {
+            user_id: UserId::parse(&claims.sub).map_err(|e| invalid(&e))?,
+            session_id: SessionId::parse(&claims.sid).map_err(|e| invalid(&e))?,
+            role: claims.role,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::ClientInfo;
+
+    fn settings() -> TokenSettings {
+        TokenSettings {
+            issuer: "polyhub".into(),
+            audience: "polyhub-api".into(),
+            lifetime: Duration::from_secs(900),
+        }
+    }
+
+    fn session(now: OffsetDateTime) -> Session {
+        Session {
+            id: SessionId::generate(),
+            user_id: UserId::generate(),
+            created_at: now,
+            expires_at: now + time::Duration::hours(8),
+            last_seen_at: now,
+            revoked_at: None,
+            client: ClientInfo::default(),
+        }
+    }
+
+    fn tokens_with(key: &GeneratedKey, previous: &[String]) -> Tokens {
+        Tokens::new(
+            KeySet::from_pem(&key.private_pem, previous).unwrap(),
+            settings(),
+        )
+    }
+
+    #[test]
+    fn issue_then_verify() {
+        let key = KeySet::generate().unwrap();
+        let tokens = tokens_with(&key, &[]);
+        let now = OffsetDateTime::now_utc();
+        let s = session(now);
+        let issued = tokens.issue(s.user_id, Role::Admin, &s, now).unwrap();
+        assert_eq!(issued.expires_in, 900);
+        let principal = tokens.verify(&issued.token, now).unwrap();
+        assert_eq!(principal.user_id, s.user_id);
+        assert_eq!(principal.session_id, s.id);
+        assert_eq!(principal.role, Role::Admin);
+        let header = jsonwebtoken::decode_header(&issued.token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(key.kid.as_str()));
+    }
+
+    #[test]
+    fn token_never_outlives_its_session() {
+        let tokens = tokens_with(&KeySet::generate().unwrap(), &[]);
+        let now = OffsetDateTime::now_utc();
+        let mut s = session(now);
+        s.expires_at = now + time::Duration::seconds(60);
+        assert_eq!(
+            tokens
+                .issue(s.user_id, Role::User, &s, now)
+                .unwrap()
+                .expires_in,
+            60
+        );
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let tokens = tokens_with(&KeySet::generate().unwrap(), &[]);
+        let then = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let s = session(then);
+        let issued = tokens.issue(s.user_id, Role::User, &s, then).unwrap();
+        let err = tokens
+            .verify(&issued.token, OffsetDateTime::now_utc())
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidToken);
+    }
+
+    #[test]
+    fn rotation_keeps_old_tokens_valid_while_the_old_key_is_in_the_set() {
+        let old = KeySet::generate().unwrap();
+        let new = KeySet::generate().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let s = session(now);
+        let old_token = tokens_with(&old, &[])
+            .issue(s.user_id, Role::User, &s, now)
+            .unwrap();
+
+        let rotated = tokens_with(&new, std::slice::from_ref(&old.public_pem));
+        assert!(rotated.verify(&old_token.token, now).is_ok());
+        assert_eq!(rotated.jwks().keys.len(), 2);
+        assert_eq!(rotated.jwks().keys[0].kid, new.kid, "signing key first");
+
+        let dropped = tokens_with(&new, &[]);
+        assert_eq!(
+            dropped.verify(&old_token.token, now).unwrap_err().code(),
+            ErrorCode::InvalidToken
+        );
+    }
+
+    #[test]
+    fn jwks_is_rfc8037_with_thumbprint_kids() {
+        let key = KeySet::generate().unwrap();
+        let jwks = tokens_with(&key, &[]).jwks();
+        let jwk = &jwks.keys[0];
+        assert_eq!(
+            (jwk.kty.as_str(), jwk.crv.as_str(), jwk.alg.as_str()),
+            ("OKP", "Ed25519", "EdDSA")
+        );
+        assert_eq!(B64URL.decode(&jwk.x).unwrap().len(), 32);
+        assert_eq!(jwk.kid, thumbprint(&jwk.x));
+        let json = serde_json::to_value(&jwks).unwrap();
+        assert_eq!(json["keys"][0]["use"], "sig");
+    }
+
+    /// RFC 8037 appendix A.3: the thumbprint of the RFC's example key.
+    #[test]
+    fn thumbprint_known_answer() {
+        assert_eq!(
+            thumbprint("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+    }
+
+    #[test]
+    fn garbage_keys_are_refused() {
+        assert!(KeySet::from_pem("not a pem", &[]).is_err());
+        let key = KeySet::generate().unwrap();
+        assert!(KeySet::from_pem(&key.private_pem, &["junk".into()]).is_err());
+        assert!(KeySet::from_pem(&key.public_pem, &[]).is_err());
+    }
+
+    #[test]
+    fn generated_key_debug_hides_the_private_key() {
+        let key = KeySet::generate().unwrap();
+        assert!(!format!("{key:?}").contains("PRIVATE"));
+    }
+}

@@ -1,0 +1,219 @@
+//! Sessions in PostgreSQL, each change written with its outbox event in one
+//! transaction.
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use hub_core::{
+    ClientInfo, Error, Session, SessionEvent, SessionEventKind, SessionId, SessionRepository,
+    UserId,
+};
+use sqlx::postgres::{PgPool, PgTransaction};
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::classify;
+
+/// Sessions and the outbox in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgSessionRepository {
+    pool: PgPool,
+}
+
+impl PgSessionRepository {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    id: Uuid,
+    user_id: Uuid,
+    created_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+    last_seen_at: OffsetDateTime,
+    revoked_at: Option<OffsetDateTime>,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl TryFrom<SessionRow> for Session {
+    type Error = Error;
+
+    fn try_from(row: SessionRow) -> Result<Self, Error> {
+        let corrupt =
+            |field: &str| Error::internal(format!("sessions row {} has a bad {field}", row.id));
+        Ok(Session {
+            id: SessionId::try_from(row.id).map_err(|_| corrupt("id"))?,
+            user_id: UserId::try_from(row.user_id).map_err(|_| corrupt("user_id"))?,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            last_seen_at: row.last_seen_at,
+            revoked_at: row.revoked_at,
+            client: ClientInfo {
+                ip: row
+                    .client_ip
+                    .as_deref()
+                    .map(str::parse::<IpAddr>)
+                    .transpose()
+                    .map_err(|_| corrupt("client_ip"))?,
+                user_agent: row.user_agent,
+            },
+        })
+    }
+}
+
+/// The columns every session query returns, `client_ip` as plain text.
+macro_rules! session_columns {
+    () => {
+        "id, user_id, created_at, expires_at, last_seen_at, revoked_at, \
+         host(client_ip) AS client_ip, user_agent"
+    };
+}
+
+/// What downstream consumers (the relay, MongoDB) read of an event.
+fn payload(event: &SessionEvent) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": event.id,
+        "kind": event.kind.as_str(),
+        "session_id": event.session_id.to_string(),
+        "user_id": event.user_id.to_string(),
+        "at": event.at.unix_timestamp_nanos() / 1_000,
+        "client_ip": event.client.ip.map(|ip| ip.to_string()),
+        "user_agent": event.client.user_agent,
+        "reason": event.reason,
+    })
+}
+
+async fn insert_event(tx: &mut PgTransaction<'_>, event: &SessionEvent) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO outbox (id, session_id, user_id, kind, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event.id)
+    .bind(event.session_id.as_uuid())
+    .bind(event.user_id.as_uuid())
+    .bind(event.kind.as_str())
+    .bind(Json(payload(event)))
+    .bind(event.at)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| classify("writing a session event to the outbox", e))?;
+    Ok(())
+}
+
+async fn revoked_with_events(
+    mut tx: PgTransaction<'_>,
+    rows: Vec<SessionRow>,
+    at: OffsetDateTime,
+    reason: &str,
+) -> Result<u64, Error> {
+    let mut count = 0;
+    for row in rows {
+        let session = Session::try_from(row)?;
+        let event = SessionEvent::new(SessionEventKind::Revoked, &session, at).because(reason);
+        insert_event(&mut tx, &event).await?;
+        count += 1;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| classify("committing a revocation", e))?;
+    Ok(count)
+}
+
+#[async_trait]
+impl SessionRepository for PgSessionRepository {
+    async fn open(&self, session: &Session, event: &SessionEvent) -> Result<(), Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("opening a session", e))?;
+        sqlx::query(
+            "INSERT INTO sessions \
+             (id, user_id, created_at, expires_at, last_seen_at, client_ip, user_agent) \
+             VALUES ($1, $2, $3, $4, $5, $6::inet, $7)",
+        )
+        .bind(session.id.as_uuid())
+        .bind(session.user_id.as_uuid())
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .bind(session.last_seen_at)
+        .bind(session.client.ip.map(|ip| ip.to_string()))
+        .bind(session.client.user_agent.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify("opening a session", e))?;
+        insert_event(&mut tx, event).await?;
+        tx.commit()
+            .await
+            .map_err(|e| classify("committing a new session", e))
+    }
+
+    async fn find_open(
+        &self,
+        id: SessionId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Session>, Error> {
+        sqlx::query_as::<_, SessionRow>(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2"
+        ))
+        .bind(id.as_uuid())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| classify("checking a session", e))?
+        .map(Session::try_from)
+        .transpose()
+    }
+
+    async fn revoke(&self, id: SessionId, at: OffsetDateTime, reason: &str) -> Result<bool, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("revoking a session", e))?;
+        let rows: Vec<SessionRow> = sqlx::query_as(concat!(
+            "UPDATE sessions SET revoked_at = $2 \
+             WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 RETURNING ",
+            session_columns!()
+        ))
+        .bind(id.as_uuid())
+        .bind(at)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| classify("revoking a session", e))?;
+        Ok(revoked_with_events(tx, rows, at, reason).await? > 0)
+    }
+
+    async fn revoke_all(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        at: OffsetDateTime,
+        reason: &str,
+    ) -> Result<u64, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("revoking a user's sessions", e))?;
+        let rows: Vec<SessionRow> = sqlx::query_as(concat!(
+            "UPDATE sessions SET revoked_at = $3 \
+             WHERE user_id = $1 AND ($2::uuid IS NULL OR id <> $2) \
+             AND revoked_at IS NULL AND expires_at > $3 RETURNING ",
+            session_columns!()
+        ))
+        .bind(user.as_uuid())
+        .bind(keep.map(|k| k.as_uuid()))
+        .bind(at)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| classify("revoking a user's sessions", e))?;
+        revoked_with_events(tx, rows, at, reason).await
+    }
+}

@@ -1,0 +1,154 @@
+//! Users in PostgreSQL.
+
+use async_trait::async_trait;
+use hub_core::{
+    Email, Error, ErrorCode, NewUser, PasswordHash, Role, User, UserId, UserRepository, Username,
+};
+use sqlx::postgres::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::classify;
+
+/// Users in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgUserRepository {
+    pool: PgPool,
+}
+
+impl PgUserRepository {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    username: String,
+    email: String,
+    password_hash: String,
+    role: String,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = Error;
+
+    // A row that fails these checks was damaged outside polyhub: INTERNAL, logged.
+    fn try_from(row: UserRow) -> Result<Self, Error> {
+        let corrupt = |field: &str, e: Error| {
+            Error::internal(format!("users row {} has a bad {field}: {e}", row.id))
+        };
+        Ok(User {
+            id: UserId::try_from(row.id).map_err(|e| corrupt("id", e))?,
+            username: Username::parse(&row.username).map_err(|e| corrupt("username", e))?,
+            email: Email::parse(&row.email).map_err(|e| corrupt("email", e))?,
+            password_hash: PasswordHash::parse(&row.password_hash)
+                .map_err(|e| corrupt("password_hash", e))?,
+            role: Role::parse(&row.role).map_err(|e| corrupt("role", e))?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[async_trait]
+impl UserRepository for PgUserRepository {
+    async fn insert(&self, user: NewUser) -> Result<User, Error> {
+        let row: UserRow = sqlx::query_as(
+            "INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) \
+             RETURNING id, username, email, password_hash, role, created_at, updated_at",
+        )
+        .bind(user.id.as_uuid())
+        .bind(user.username.as_str())
+        .bind(user.email.as_str())
+        .bind(user.password_hash.as_str())
+        .bind(user.role.as_str())
+        .bind(user.created_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| classify("inserting a user", e))?;
+        row.try_into()
+    }
+
+    async fn find_by_id(&self, id: UserId) -> Result<Option<User>, Error> {
+        sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, email, password_hash, role, created_at, updated_at \
+             FROM users WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| classify("finding a user by id", e))?
+        .map(User::try_from)
+        .transpose()
+    }
+
+    async fn find_by_username(&self, username: &Username) -> Result<Option<User>, Error> {
+        sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, email, password_hash, role, created_at, updated_at \
+             FROM users WHERE lower(username) = $1",
+        )
+        .bind(username.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| classify("finding a user by username", e))?
+        .map(User::try_from)
+        .transpose()
+    }
+
+    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, Error> {
+        sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, email, password_hash, role, created_at, updated_at \
+             FROM users WHERE lower(email) = $1",
+        )
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| classify("finding a user by email", e))?
+        .map(User::try_from)
+        .transpose()
+    }
+
+    async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error> {
+        let done =
+            sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+                .bind(id.as_uuid())
+                .bind(hash.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| classify("updating a password hash", e))?;
+        found(done.rows_affected())
+    }
+
+    async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error> {
+        let done = sqlx::query("UPDATE users SET role = $2, updated_at = now() WHERE id = $1")
+            .bind(id.as_uuid())
+            .bind(role.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify("setting a user's role", e))?;
+        found(done.rows_affected())
+    }
+
+    async fn update_email(&self, id: UserId, email: &Email) -> Result<(), Error> {
+        let done = sqlx::query("UPDATE users SET email = $2, updated_at = now() WHERE id = $1")
+            .bind(id.as_uuid())
+            .bind(email.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify("changing a user's email", e))?;
+        found(done.rows_affected())
+    }
+}
+
+fn found(rows: u64) -> Result<(), Error> {
+    if rows == 0 {
+        Err(Error::new(ErrorCode::UserNotFound))
+    } else {
+        Ok(())
+    }
+}
