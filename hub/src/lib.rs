@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hub_core::{
-    DependencyProbe, Directory, HashingPool, PasswordHasher, Registration, SystemClock,
-    UserRepository,
+    Authentication, DependencyProbe, Directory, HashingPool, KeySet, PasswordHasher, Registration,
+    SessionRepository, SystemClock, TokenSettings, Tokens, UserRepository,
 };
+use hub_runtime::config::TokenConfig;
 use hub_runtime::{Config, Readiness, Shutdown};
-use hub_store::{PgProbe, PgUserRepository, PoolSettings};
+use hub_store::{PgProbe, PgSessionRepository, PgUserRepository, PoolSettings};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -23,7 +24,42 @@ pub struct Hub {
     config: Config,
     pool: PgPool,
     users: Arc<dyn UserRepository>,
+    sessions: Arc<dyn SessionRepository>,
     hashing: HashingPool,
+    tokens: Option<Arc<Tokens>>,
+}
+
+/// Reads the signing key and the earlier public keys named in config.
+fn load_tokens(config: &TokenConfig) -> anyhow::Result<Option<Tokens>> {
+    let Some(path) = &config.signing_key_path else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the key file {}", path.display()))
+    };
+    let current = read(path)?;
+    let previous = config
+        .previous_public_key_paths
+        .iter()
+        .map(|p| read(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = KeySet::from_pem(&current, &previous)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("loading the signing key {}", path.display()))?;
+    tracing::info!(
+        kid = keys.signing_kid(),
+        verifying = previous.len() + 1,
+        "token keys loaded"
+    );
+    Ok(Some(Tokens::new(
+        keys,
+        TokenSettings {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            lifetime: config.lifetime(),
+        },
+    )))
 }
 
 impl std::fmt::Debug for Hub {
@@ -56,11 +92,14 @@ impl Hub {
         let hasher = PasswordHasher::new(config.hashing.iterations)
             .context("configuring password hashing")?;
         let hashing = HashingPool::new(hasher, config.hashing.pool_config());
+        let tokens = load_tokens(&config.tokens)?.map(Arc::new);
         Ok(Self {
             users: Arc::new(PgUserRepository::new(pool.clone())),
+            sessions: Arc::new(PgSessionRepository::new(pool.clone())),
             config,
             pool,
             hashing,
+            tokens,
         })
     }
 
@@ -87,6 +126,24 @@ impl Hub {
 
     pub fn registration(&self) -> Registration {
         Registration::new(self.users(), self.hashing.clone(), Arc::new(SystemClock))
+    }
+
+    /// Signing in and out; needs the token keys.
+    pub fn authentication(&self) -> anyhow::Result<Authentication> {
+        let tokens = self.tokens.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no token signing key: set tokens.signing_key_path \
+                 (POLYHUB_TOKENS__SIGNING_KEY_PATH); `hub keys generate --out PATH` makes one"
+            )
+        })?;
+        Ok(Authentication::new(
+            self.users(),
+            Arc::clone(&self.sessions),
+            self.hashing.clone(),
+            tokens,
+            Arc::new(SystemClock),
+            self.config.sessions.lifetime(),
+        ))
     }
 
     pub fn directory(&self) -> Directory {
@@ -116,25 +173,33 @@ impl Hub {
         let http = &self.config.http;
         let rest_auth = rest_auth::router(
             rest_auth::RestAuthState {
+                authentication: self.authentication()?,
+                registration: self.registration(),
                 database: self.postgres_probe(),
+                limiter: Arc::new(rest_auth::LoginLimiter::new(
+                    &services.rest_auth.login_limit,
+                )),
             },
             self.readiness(rest_auth::SERVICE),
             http,
+            &services.rest_auth,
         );
-        let planned = [(rest_auth::SERVICE, &services.rest_auth, rest_auth)];
+        let planned = [(
+            rest_auth::SERVICE,
+            services.rest_auth.port,
+            services.rest_auth.external_url.clone(),
+            rest_auth,
+        )];
 
         let mut listeners = Vec::new();
         let mut tasks = JoinSet::new();
-        for (service, service_config, router) in planned {
-            let addr = SocketAddr::new(services.bind_address, service_config.port);
+        for (service, port, external_url, router) in planned {
+            let addr = SocketAddr::new(services.bind_address, port);
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding {service} to {addr}"))?;
             let local_addr = listener.local_addr()?;
-            let external_url = service_config
-                .external_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{local_addr}"));
+            let external_url = external_url.unwrap_or_else(|| format!("http://{local_addr}"));
             tracing::info!(service, %local_addr, %external_url, "listening");
             listeners.push(Listener {
                 service,

@@ -36,6 +36,26 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Manage token signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Write a new Ed25519 key pair: the private key to OUT (mode 0600) and the
+    /// public key beside it as OUT with `.pub.pem`. Point
+    /// tokens.signing_key_path at the private key; to rotate, list the old
+    /// public key in tokens.previous_public_key_paths until its tokens expire.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +101,13 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     telemetry::init(&config.log);
+    // Making keys needs neither a database nor existing keys.
+    if let Command::Keys {
+        command: KeysCommand::Generate { out, force },
+    } = &cli.command
+    {
+        return generate_key(out, *force);
+    }
     let hub = Hub::build(config)?;
     match cli.command {
         Command::Migrate => {
@@ -96,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("all services stopped");
         }
         Command::Users { command } => users(&hub, command).await?,
+        Command::Keys { .. } => {}
     }
     Ok(())
 }
@@ -152,4 +180,35 @@ async fn users(hub: &Hub, command: UsersCommand) -> anyhow::Result<()> {
 /// Operators see the stable code, the message and, unlike clients, the cause.
 fn operator_error(e: hub_core::Error) -> anyhow::Error {
     anyhow::anyhow!("{e}")
+}
+
+fn generate_key(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let key = hub_core::KeySet::generate().map_err(operator_error)?;
+    let public = out.with_extension("pub.pem");
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let write = |path: &std::path::Path, text: &str, mode: u32| -> anyhow::Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).mode(mode);
+        if force {
+            options.create(true).truncate(true);
+        } else {
+            options.create_new(true);
+        }
+        let mut file = options
+            .open(path)
+            .with_context(|| format!("writing {} (--force replaces it)", path.display()))?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    write(out, &key.private_pem, 0o600)?;
+    write(&public, &key.public_pem, 0o644)?;
+    println!("kid {}", key.kid);
+    println!("private key {}", out.display());
+    println!("public key  {}", public.display());
+    Ok(())
 }

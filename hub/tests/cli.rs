@@ -27,6 +27,27 @@ fn hub(database_url: &str) -> Command {
     cmd
 }
 
+/// A signing key made the way an operator makes one.
+fn generated_key() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("polyhub-cli-{}", uuid::Uuid::now_v7().simple()));
+    let key = dir.join("keys/signing.pem");
+    let out = run(
+        hub_with(
+            "postgres://unused",
+            &["keys", "generate", "--out", key.to_str().unwrap()],
+        ),
+        "",
+    );
+    assert!(out.status.success(), "keys generate: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("kid "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(dir.join("keys/signing.pub.pem").exists());
+    key
+}
+
 fn hub_with(database_url: &str, args: &[&str]) -> Command {
     let mut cmd = hub(database_url);
     cmd.args(args);
@@ -188,6 +209,7 @@ async fn operator_workflow_end_to_end() {
     let mut serve = hub(&db);
     serve
         .env("POLYHUB_SERVICES__REST_AUTH__PORT", port.to_string())
+        .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
         .arg("serve");
     let (mut child, first_line) = Serving::start(serve);
     assert!(
@@ -252,6 +274,7 @@ async fn serve_starts_without_the_database_and_reports_not_ready() {
     let mut serve = hub("postgres://postgres@127.0.0.1:1/polyhub");
     serve
         .env("POLYHUB_SERVICES__REST_AUTH__PORT", port.to_string())
+        .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
         .arg("serve");
     let (_serving, _) = Serving::start(serve);
     let base = format!("http://127.0.0.1:{port}");
@@ -269,4 +292,56 @@ async fn serve_starts_without_the_database_and_reports_not_ready() {
     let body: serde_json::Value = test_db.json().await.unwrap();
     assert_eq!(body["error"]["code"], "UNAVAILABLE");
     assert!(!body.to_string().contains("127.0.0.1"), "{body}");
+}
+
+#[test]
+fn serve_without_a_signing_key_says_how_to_make_one() {
+    let out = run(
+        hub_with("postgres://postgres@127.0.0.1:1/polyhub", &["serve"]),
+        "",
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("signing_key_path") && err.contains("hub keys generate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn keys_generate_refuses_to_overwrite_a_key() {
+    let key = generated_key();
+    let before = std::fs::read_to_string(&key).unwrap();
+    let out = run(
+        hub_with(
+            "postgres://unused",
+            &["keys", "generate", "--out", key.to_str().unwrap()],
+        ),
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), before);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the private key is readable by its owner only");
+    let out = run(
+        hub_with(
+            "postgres://unused",
+            &[
+                "keys",
+                "generate",
+                "--force",
+                "--out",
+                key.to_str().unwrap(),
+            ],
+        ),
+        "",
+    );
+    assert!(out.status.success());
+    assert_ne!(std::fs::read_to_string(&key).unwrap(), before);
 }

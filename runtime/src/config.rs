@@ -4,7 +4,7 @@
 //! start instead of being silently ignored.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -23,6 +23,8 @@ pub struct Config {
     pub log: LogConfig,
     pub hashing: HashingConfig,
     pub http: HttpConfig,
+    pub tokens: TokenConfig,
+    pub sessions: SessionConfig,
     pub services: ServicesConfig,
 }
 
@@ -163,46 +165,124 @@ impl Default for HttpConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// Access-token lifetime; a token never outlives its session either.
+    pub lifetime_secs: u64,
+    /// The current Ed25519 private key (PKCS#8 PEM); `hub keys generate` makes one.
+    pub signing_key_path: Option<PathBuf>,
+    /// Public keys (PEM) of earlier signing keys whose tokens still verify.
+    pub previous_public_key_paths: Vec<PathBuf>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "polyhub".to_owned(),
+            audience: "polyhub".to_owned(),
+            lifetime_secs: 15 * 60,
+            signing_key_path: None,
+            previous_public_key_paths: Vec::new(),
+        }
+    }
+}
+
+impl TokenConfig {
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_secs(self.lifetime_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// How long a session stays open after login unless revoked.
+    pub lifetime_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            lifetime_secs: 12 * 60 * 60,
+        }
+    }
+}
+
+impl SessionConfig {
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_secs(self.lifetime_secs)
+    }
+}
+
+/// Which browser origins may call a service. Empty: none.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    pub allowed_origins: Vec<String>,
+    pub allow_credentials: bool,
+}
+
+/// Login attempts allowed per client address and per login name: a burst,
+/// then one more every `replenish_ms`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginLimitConfig {
+    pub per_ip_burst: u32,
+    pub per_ip_replenish_ms: u64,
+    pub per_user_burst: u32,
+    pub per_user_replenish_ms: u64,
+}
+
+impl Default for LoginLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_ip_burst: 30,
+            per_ip_replenish_ms: 2_000,
+            per_user_burst: 10,
+            per_user_replenish_ms: 6_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestAuthConfig {
+    pub port: u16,
+    /// The URL clients reach this service at; defaults to the bound address.
+    pub external_url: Option<String>,
+    pub cors: CorsConfig,
+    pub login_limit: LoginLimitConfig,
+}
+
+impl Default for RestAuthConfig {
+    fn default() -> Self {
+        Self {
+            port: 5001,
+            external_url: None,
+            cors: CorsConfig::default(),
+            login_limit: LoginLimitConfig::default(),
+        }
+    }
+}
+
 /// Where each service listens.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServicesConfig {
     /// The address every listener binds; `0.0.0.0` in containers.
     pub bind_address: IpAddr,
-    pub rest_auth: ServiceConfig,
+    pub rest_auth: RestAuthConfig,
 }
 
 impl Default for ServicesConfig {
     fn default() -> Self {
         Self {
             bind_address: IpAddr::from([127, 0, 0, 1]),
-            rest_auth: ServiceConfig::on_port(5001),
+            rest_auth: RestAuthConfig::default(),
         }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    pub port: u16,
-    /// The URL clients reach this service at (behind a proxy, its public
-    /// address); defaults to `http://localhost:<port>`.
-    #[serde(default)]
-    pub external_url: Option<String>,
-}
-
-impl ServiceConfig {
-    pub fn on_port(port: u16) -> Self {
-        Self {
-            port,
-            external_url: None,
-        }
-    }
-
-    pub fn external_url(&self) -> String {
-        self.external_url
-            .clone()
-            .unwrap_or_else(|| format!("http://localhost:{}", self.port))
     }
 }
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -119,6 +120,12 @@ impl IntoResponse for HttpError {
             error_body(code, &message, None),
         )
             .into_response();
+        if kind == ErrorKind::Unauthenticated {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"polyhub\""),
+            );
+        }
         let retry_after = self
             .retry_after
             .or_else(|| (kind == ErrorKind::TooMany).then_some(Duration::from_secs(1)));
@@ -168,6 +175,74 @@ where
             }
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header. A missing or
+/// malformed header is 401 `INVALID_TOKEN` in the hub's error shape.
+#[derive(Clone)]
+pub struct BearerToken(pub String);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Error::with_message(
+                    ErrorCode::InvalidToken,
+                    "an Authorization: Bearer token is required",
+                )
+            })?;
+        let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return Err(Error::with_message(
+                ErrorCode::InvalidToken,
+                "the Authorization header must be 'Bearer <token>'",
+            )
+            .into());
+        }
+        Ok(BearerToken(token.to_owned()))
+    }
+}
+
+/// CORS from an allow-list: only listed origins get CORS headers, so a
+/// browser on any other origin is refused; an empty list allows none.
+/// Origins that are not valid header values are skipped with a warning.
+pub fn cors_layer(config: &crate::config::CorsConfig) -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = config
+        .allowed_origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o.trim_end_matches('/')) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = %o, "ignoring a CORS origin that is not a valid header value");
+                None
+            }
+        })
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            REQUEST_ID.clone(),
+        ])
+        .expose_headers([REQUEST_ID.clone(), header::RETRY_AFTER])
+        .allow_credentials(config.allow_credentials)
+        .max_age(Duration::from_secs(600))
 }
 
 /// Keeps a client's request id when it is a sane token (so a caller can

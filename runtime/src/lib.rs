@@ -14,6 +14,6 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use health::Readiness;
-pub use http::{HttpError, JsonBody, service_router};
+pub use http::{BearerToken, HttpError, JsonBody, cors_layer, service_router};
 pub use secret::Secret;
 pub use shutdown::Shutdown;

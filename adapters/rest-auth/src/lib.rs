@@ -1,18 +1,34 @@
-//! rest-auth: the REST/JSON face of polyhub (port 5001).
+//! rest-auth: the REST/JSON face of polyhub (port 5001): register, log in and
+//! out, read and change one's profile, and the public keys that verify tokens.
 //!
 //! A library: [`router`] builds the service apart from running it, so the
-//! `hub` binary and the tests mount the same handlers.
+//! `hub` binary and the tests mount the same handlers. Handlers only turn JSON
+//! into domain calls and back; every rule lives in hub-core.
 
+pub mod api;
+mod limits;
+mod openapi;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::response::Json;
-use axum::routing::get;
-use hub_core::DependencyProbe;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use hub_core::{
+    Authentication, ClientInfo, DependencyProbe, Error, ErrorCode, LoginName, ProfileChange,
+    RegisterUser, Registration,
+};
 use hub_runtime::config::HttpConfig;
-use hub_runtime::{HttpError, Readiness};
-use serde_json::{Value, json};
+use hub_runtime::config::RestAuthConfig;
+use hub_runtime::{BearerToken, HttpError, JsonBody, Readiness};
+
+use crate::api::{
+    DatabaseCheck, JwkSet, LoginRequest, LoginResponse, Profile, ProfileUpdate, RegisterRequest,
+};
+pub use crate::limits::LoginLimiter;
 
 /// The service's name in logs, health answers and metrics.
 pub const SERVICE: &str = "rest-auth";
@@ -20,8 +36,11 @@ pub const SERVICE: &str = "rest-auth";
 /// What the handlers need.
 #[derive(Clone)]
 pub struct RestAuthState {
+    pub authentication: Authentication,
+    pub registration: Registration,
     /// The user database, for `/test-db`.
     pub database: Arc<dyn DependencyProbe>,
+    pub limiter: Arc<LoginLimiter>,
 }
 
 impl std::fmt::Debug for RestAuthState {
@@ -30,19 +49,218 @@ impl std::fmt::Debug for RestAuthState {
     }
 }
 
-/// `GET /test-db`: one round trip to the database, for operators.
-async fn test_db(State(state): State<RestAuthState>) -> Result<Json<Value>, HttpError> {
-    let latency = state.database.probe().await?;
-    Ok(Json(json!({
-        "database": "ok",
-        "latency_ms": latency.as_secs_f64() * 1000.0,
-    })))
+fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    ClientInfo::new(Some(addr.ip()), user_agent)
 }
 
-/// The whole service: its routes plus `/health` and `/ready`.
-pub fn router(state: RestAuthState, readiness: Readiness, http: &HttpConfig) -> Router {
+/// `POST /login`
+#[utoipa::path(
+    post, path = "/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in; a new session and its token", body = LoginResponse),
+        (status = 400, description = "Malformed body, or not exactly one of username/email", body = api::ErrorBody),
+        (status = 401, description = "INVALID_CREDENTIALS: wrong password or unknown user", body = api::ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS or OVERLOADED; see Retry-After", body = api::ErrorBody),
+        (status = 503, description = "UNAVAILABLE: the database cannot be reached", body = api::ErrorBody),
+    )
+)]
+async fn login(
+    State(state): State<RestAuthState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<LoginRequest>,
+) -> Result<Json<LoginResponse>, HttpError> {
+    let name = match (request.username, request.email) {
+        (Some(username), None) => LoginName::Username(username),
+        (None, Some(email)) => LoginName::Email(email),
+        _ => {
+            return Err(Error::with_message(
+                ErrorCode::InvalidRequest,
+                "give exactly one of username and email",
+            )
+            .into());
+        }
+    };
+    let (LoginName::Username(key) | LoginName::Email(key)) = &name;
+    if let Err(wait) = state.limiter.check(addr.ip(), key) {
+        tracing::warn!(client_ip = %addr.ip(), "login attempts limited");
+        return Err(HttpError::from(ErrorCode::TooManyAttempts).retry_after(wait));
+    }
+    let outcome = state
+        .authentication
+        .login(name, request.password, client_info(addr, &headers))
+        .await?;
+    Ok(Json(LoginResponse {
+        token: outcome.token.token,
+        token_type: "Bearer".to_owned(),
+        expires_in: outcome.token.expires_in,
+        session_id: outcome.session.id.as_uuid(),
+    }))
+}
+
+/// `POST /register`
+#[utoipa::path(
+    post, path = "/register", tag = "users",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered", body = Profile),
+        (status = 400, description = "INVALID_USERNAME, INVALID_EMAIL, WEAK_PASSWORD or a malformed body", body = api::ErrorBody),
+        (status = 409, description = "USERNAME_TAKEN or EMAIL_TAKEN", body = api::ErrorBody),
+        (status = 429, description = "OVERLOADED: the hashing pool is full; see Retry-After", body = api::ErrorBody),
+        (status = 503, description = "UNAVAILABLE", body = api::ErrorBody),
+    )
+)]
+async fn register(
+    State(state): State<RestAuthState>,
+    JsonBody(request): JsonBody<RegisterRequest>,
+) -> Result<(StatusCode, Json<Profile>), HttpError> {
+    let user = state
+        .registration
+        .register(RegisterUser {
+            username: request.username,
+            email: request.email,
+            password: request.password,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(user.into())))
+}
+
+/// `GET /profile`
+#[utoipa::path(
+    get, path = "/profile", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's profile", body = Profile),
+        (status = 401, description = "INVALID_TOKEN", body = api::ErrorBody),
+        (status = 503, description = "UNAVAILABLE", body = api::ErrorBody),
+    )
+)]
+async fn profile(
+    State(state): State<RestAuthState>,
+    BearerToken(token): BearerToken,
+) -> Result<Json<Profile>, HttpError> {
+    let principal = state.authentication.authenticate(&token).await?;
+    let user = state.authentication.profile(&principal).await?;
+    Ok(Json(user.into()))
+}
+
+/// `PUT /profile`
+#[utoipa::path(
+    put, path = "/profile", tag = "users",
+    security(("bearer" = [])),
+    request_body = ProfileUpdate,
+    responses(
+        (status = 200, description = "Changed; a password change revokes the caller's other sessions", body = Profile),
+        (status = 400, description = "INVALID_EMAIL, WEAK_PASSWORD, nothing to change, or a malformed body", body = api::ErrorBody),
+        (status = 401, description = "INVALID_TOKEN, or INVALID_CREDENTIALS for a wrong current_password", body = api::ErrorBody),
+        (status = 409, description = "EMAIL_TAKEN", body = api::ErrorBody),
+        (status = 429, description = "OVERLOADED", body = api::ErrorBody),
+        (status = 503, description = "UNAVAILABLE", body = api::ErrorBody),
+    )
+)]
+async fn update_profile(
+    State(state): State<RestAuthState>,
+    BearerToken(token): BearerToken,
+    JsonBody(update): JsonBody<ProfileUpdate>,
+) -> Result<Json<Profile>, HttpError> {
+    let principal = state.authentication.authenticate(&token).await?;
+    let user = state
+        .authentication
+        .update_profile(
+            &principal,
+            ProfileChange {
+                email: update.email,
+                current_password: update.current_password,
+                new_password: update.new_password,
+            },
+        )
+        .await?;
+    Ok(Json(user.into()))
+}
+
+/// `POST /logout`
+#[utoipa::path(
+    post, path = "/logout", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The token's session is revoked: the token is dead everywhere"),
+        (status = 401, description = "INVALID_TOKEN", body = api::ErrorBody),
+        (status = 503, description = "UNAVAILABLE", body = api::ErrorBody),
+    )
+)]
+async fn logout(
+    State(state): State<RestAuthState>,
+    BearerToken(token): BearerToken,
+) -> Result<StatusCode, HttpError> {
+    let principal = state.authentication.authenticate(&token).await?;
+    state.authentication.logout(&principal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /.well-known/jwks.json`
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "The keys that verify our tokens", body = JwkSet))
+)]
+async fn jwks(State(state): State<RestAuthState>) -> Response {
+    let keys: JwkSet = state.authentication.tokens().jwks().into();
+    let mut response = Json(keys).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+/// `GET /test-db`: one round trip to the database, for operators.
+#[utoipa::path(
+    get, path = "/test-db", tag = "operations",
+    responses(
+        (status = 200, description = "The database answered", body = DatabaseCheck),
+        (status = 503, description = "UNAVAILABLE", body = api::ErrorBody),
+    )
+)]
+async fn test_db(State(state): State<RestAuthState>) -> Result<Json<DatabaseCheck>, HttpError> {
+    let latency = state.database.probe().await?;
+    Ok(Json(DatabaseCheck {
+        database: "ok".to_owned(),
+        latency_ms: latency.as_secs_f64() * 1000.0,
+    }))
+}
+
+/// The whole service: its routes, `/openapi.json`, `/health` and `/ready`,
+/// behind the configured CORS allow-list.
+pub fn router(
+    state: RestAuthState,
+    readiness: Readiness,
+    http: &HttpConfig,
+    config: &RestAuthConfig,
+) -> Router {
+    let document: Arc<str> = openapi::document().into();
     let routes = Router::new()
+        .route("/login", post(login))
+        .route("/register", post(register))
+        .route("/profile", get(profile).put(update_profile))
+        .route("/logout", post(logout))
+        .route("/.well-known/jwks.json", get(jwks))
         .route("/test-db", get(test_db))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = Arc::clone(&document);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        document.to_string(),
+                    )
+                }
+            }),
+        )
         .with_state(state);
     hub_runtime::service_router(routes, readiness, http)
+        .layer(hub_runtime::cors_layer(&config.cors))
 }

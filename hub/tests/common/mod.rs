@@ -1,0 +1,107 @@
+//! A test kit: boots a real Hub, in this process, on free ports, against a
+//! fresh PostgreSQL database, with freshly generated token keys.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use hub::{Hub, Listener};
+use hub_core::KeySet;
+use hub_runtime::Config;
+use hub_runtime::shutdown::ShutdownTrigger;
+use hub_runtime::{Secret, Shutdown};
+
+/// A key pair written to files, as an operator would have it.
+pub struct KeyFiles {
+    pub private: PathBuf,
+    pub public: PathBuf,
+    pub private_pem: String,
+    pub kid: String,
+}
+
+pub fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("polyhub-test-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn key_files() -> KeyFiles {
+    let key = KeySet::generate().unwrap();
+    let dir = scratch_dir();
+    let private = dir.join("signing.pem");
+    let public = dir.join("signing.pub.pem");
+    std::fs::write(&private, &key.private_pem).unwrap();
+    std::fs::write(&public, &key.public_pem).unwrap();
+    KeyFiles {
+        private,
+        public,
+        private_pem: key.private_pem,
+        kid: key.kid,
+    }
+}
+
+/// A database URL of its own on the server `DATABASE_URL` names.
+pub fn fresh_database_url() -> String {
+    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test PostgreSQL");
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/hub_test_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A config for tests: every service on a free port, a fresh database, a new key.
+pub fn test_config() -> (Config, KeyFiles) {
+    let keys = key_files();
+    let mut config = Config::default();
+    config.database.url = Secret::new(fresh_database_url());
+    config.database.acquire_timeout_ms = 1_000;
+    config.services.rest_auth.port = 0;
+    config.tokens.signing_key_path = Some(keys.private.clone());
+    (config, keys)
+}
+
+pub struct TestHub {
+    pub hub: Hub,
+    pub listeners: Vec<Listener>,
+    pub keys: KeyFiles,
+    trigger: ShutdownTrigger,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestHub {
+    pub async fn start() -> Self {
+        let (config, keys) = test_config();
+        Self::start_with(config, keys, true).await
+    }
+
+    /// Starts a hub on `config`; `migrate` false leaves the database alone
+    /// (for a database that is meant to be unreachable).
+    pub async fn start_with(config: Config, keys: KeyFiles, migrate: bool) -> Self {
+        let hub = Hub::build(config).unwrap();
+        if migrate {
+            hub.migrate().await.unwrap();
+        }
+        let (shutdown, trigger) = Shutdown::new();
+        let (listeners, running) = hub.start(shutdown).await.unwrap();
+        Self {
+            hub,
+            listeners,
+            keys,
+            trigger,
+            running,
+        }
+    }
+
+    pub fn url(&self, service: &str) -> String {
+        let listener = self
+            .listeners
+            .iter()
+            .find(|l| l.service == service)
+            .unwrap_or_else(|| panic!("no {service} listener"));
+        format!("http://{}", listener.local_addr)
+    }
+
+    /// Stops every service and waits until they have drained.
+    pub async fn stop(self) -> KeyFiles {
+        self.trigger.trigger();
+        self.running.await.unwrap().unwrap();
+        self.keys
+    }
+}
