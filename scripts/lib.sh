@@ -49,6 +49,27 @@ ensure_nextest() {
     fi
 }
 
+# The project's Python tools (third-party test clients) in .venv/, reinstalled
+# only when scripts/requirements-test.txt changes.
+ensure_python_tools() {
+    local venv="$ROOT/.venv" requirements="$ROOT/scripts/requirements-test.txt"
+    command -v python3 >/dev/null || apt_install python3
+    if [ ! -x "$venv/bin/python" ]; then
+        log "creating the Python venv in .venv"
+        python3 -m venv "$venv" 2>/dev/null || {
+            apt_install python3-venv
+            python3 -m venv "$venv"
+        }
+    fi
+    local stamp="$venv/.requirements.sha256" want
+    want=$(sha256sum "$requirements" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "installing the Python test clients (scripts/requirements-test.txt)"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+        echo "$want" >"$stamp"
+    fi
+}
+
 # Splits POLYHUB_DATABASE__URL into PG_USER, PG_HOST, PG_PORT and PG_DB.
 parse_database_url() {
     local rest="${POLYHUB_DATABASE__URL#*://}" auth hostport

@@ -296,6 +296,7 @@ mod tests {
     #[test]
     fn defaults_then_file_then_environment() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file(
                 "polyhub.toml",
                 r#"
@@ -321,12 +322,14 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected_from_file_and_environment() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file("polyhub.toml", "[database]\nmax_conections = 4\n")?;
             let err = Config::load(Some(Path::new("polyhub.toml"))).unwrap_err();
             assert!(err.to_string().contains("max_conections"), "{err}");
             Ok(())
         });
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.set_env("POLYHUB_DATABSE__URL", "postgres://x");
             let err = Config::load(None).unwrap_err();
             assert!(err.to_string().contains("databse"), "{err}");
@@ -336,7 +339,8 @@ mod tests {
 
     #[test]
     fn a_missing_named_file_is_an_error() {
-        Jail::expect_with(|_| {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
             assert!(Config::load(Some(Path::new("nope.toml"))).is_err());
             Ok(())
         });
@@ -345,6 +349,7 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.set_env("POLYHUB_DATABASE__URL", "postgres://u:hunter2@db/p");
             let config = Config::load(None).map_err(|e| *e)?;
             assert!(!format!("{config:?}").contains("hunter2"));

@@ -11,11 +11,11 @@ use uuid::Uuid;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    #[schema(example = "alice")]
+    #[schema(example = "alice", pattern = r"^[A-Za-z0-9._-]{3,32}$")]
     pub username: Option<String>,
-    #[schema(example = "alice@example.com")]
+    #[schema(example = "alice@example.com", max_length = 254)]
     pub email: Option<String>,
-    #[schema(example = "correct horse battery")]
+    #[schema(example = "correct horse battery", max_length = 1024)]
     pub password: String,
 }
 
@@ -35,9 +35,13 @@ pub struct LoginResponse {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// 3 to 32 characters of a-z, 0-9, '.', '_', '-' (case-insensitive).
-    #[schema(example = "alice", min_length = 3, max_length = 32)]
+    #[schema(example = "alice", pattern = r"^[A-Za-z0-9._-]{3,32}$")]
     pub username: String,
-    #[schema(example = "alice@example.com")]
+    #[schema(
+        example = "alice@example.com",
+        max_length = 254,
+        pattern = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"
+    )]
     pub email: String,
     /// 8 to 128 characters, not the username.
     #[schema(example = "correct horse battery", min_length = 8, max_length = 128)]
@@ -48,8 +52,10 @@ pub struct RegisterRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdate {
+    #[schema(max_length = 254)]
     pub email: Option<String>,
     pub current_password: Option<String>,
+    #[schema(min_length = 8, max_length = 128)]
     pub new_password: Option<String>,
 }
 
