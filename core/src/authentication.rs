@@ -195,6 +195,23 @@ impl Authentication {
         }
     }
 
+    /// As [`Self::authenticate`], and the caller's user record, in one query.
+    pub async fn authenticate_user(&self, token: &str) -> Result<(Principal, User), Error> {
+        let now = self.clock.now();
+        let principal = self.tokens.verify(token, now)?;
+        match self
+            .sessions
+            .find_open_with_user(principal.session_id, now)
+            .await?
+        {
+            Some((session, user)) if session.user_id == principal.user_id => Ok((principal, user)),
+            _ => {
+                tracing::debug!(session_id = %principal.session_id, "token of a closed session");
+                Err(Error::new(ErrorCode::InvalidToken))
+            }
+        }
+    }
+
     /// Revokes the principal's session: its token stops working everywhere.
     pub async fn logout(&self, principal: &Principal) -> Result<(), Error> {
         self.sessions
@@ -290,7 +307,7 @@ mod tests {
 
     fn world_with_iterations(iterations: u32) -> World {
         let users = Arc::new(InMemoryUsers::default());
-        let sessions = Arc::new(InMemorySessions::default());
+        let sessions = Arc::new(InMemorySessions::with_users(users.clone()));
         let hashing = HashingPool::new(
             PasswordHasher::insecure_for_tests(iterations),
             HashingPoolConfig::default(),
@@ -347,6 +364,12 @@ mod tests {
             assert_eq!(out.user.id, user.id);
             let principal = world.auth.authenticate(&out.token.token).await.unwrap();
             assert_eq!(principal.session_id, out.session.id);
+            let (same, me) = world
+                .auth
+                .authenticate_user(&out.token.token)
+                .await
+                .unwrap();
+            assert_eq!((same, me.id), (principal, user.id));
         }
         let kinds: Vec<_> = world.sessions.events().iter().map(|e| e.kind).collect();
         assert_eq!(kinds, [SessionEventKind::Opened, SessionEventKind::Opened]);

@@ -1,15 +1,17 @@
-//! The bounded blocking pool that password hashing runs on.
+//! The bounded pool that password hashing runs on.
 //!
-//! PBKDF2 at production parameters costs a core for a few hundred milliseconds,
-//! so it never runs on the async workers. At most `workers` hashes run at once
-//! and at most `max_waiting` more wait, each for at most `max_wait`; anything
-//! past that is refused at once with `OVERLOADED` (TooMany) instead of joining
-//! an unbounded queue.
+//! PBKDF2 at production parameters costs a core for tens of milliseconds, so it
+//! never runs on the async workers. It runs on `workers` threads of its own,
+//! started at a lower scheduling priority (nice 10): under a login flood they
+//! take every idle cycle, yet a health probe or a token check still gets a core
+//! at once. At most `max_waiting` more requests wait, each for at most
+//! `max_wait`; anything past that is refused at once with `OVERLOADED`
+//! (TooMany) instead of joining an unbounded queue.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::{Error, ErrorCode};
 use crate::password::PasswordHasher;
@@ -36,13 +38,63 @@ impl Default for HashingPoolConfig {
     }
 }
 
-/// Runs password hashing on a bounded set of blocking threads.
+type Job = Box<dyn FnOnce(&PasswordHasher) + Send + 'static>;
+
+/// The scheduling priority of hashing threads: below the async workers'.
+const HASHING_NICE: i32 = 10;
+
+/// Runs password hashing on a bounded set of dedicated threads.
 #[derive(Debug, Clone)]
 pub struct HashingPool {
     hasher: Arc<PasswordHasher>,
+    jobs: mpsc::Sender<Job>,
     admission: Arc<Semaphore>,
     running: Arc<Semaphore>,
     config: HashingPoolConfig,
+}
+
+fn lower_own_priority() {
+    // Linux applies PRIO_PROCESS with a thread id to that thread alone.
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASHING_NICE)
+    {
+        tracing::warn!(error = %e, "cannot lower the hashing thread's priority; it competes with request handling");
+    }
+}
+
+fn start_workers(hasher: &Arc<PasswordHasher>, workers: usize) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..workers {
+        let (rx, hasher) = (Arc::clone(&rx), Arc::clone(hasher));
+        let spawned = std::thread::Builder::new()
+            .name(format!("hashing-{i}"))
+            .spawn(move || {
+                lower_own_priority();
+                loop {
+                    // The lock is held only to take the next job, never while hashing.
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        // A panicking job must not take its thread with it; its
+                        // caller sees the dropped result as an internal error.
+                        Ok(job) => {
+                            let run = std::panic::AssertUnwindSafe(|| job(&hasher));
+                            if std::panic::catch_unwind(run).is_err() {
+                                tracing::error!("a hashing job panicked");
+                            }
+                        }
+                        Err(_) => return, // the pool is gone
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a hashing thread");
+        }
+    }
+    tx
 }
 
 /// How busy the pool is now, for metrics and readiness details.
@@ -57,8 +109,10 @@ impl HashingPool {
     pub fn new(hasher: PasswordHasher, config: HashingPoolConfig) -> Self {
         let workers = config.workers.max(1);
         let config = HashingPoolConfig { workers, ..config };
+        let hasher = Arc::new(hasher);
         Self {
-            hasher: Arc::new(hasher),
+            jobs: start_workers(&hasher, workers),
+            hasher,
             admission: Arc::new(Semaphore::new(workers + config.max_waiting)),
             running: Arc::new(Semaphore::new(workers)),
             config,
@@ -80,7 +134,7 @@ impl HashingPool {
         }
     }
 
-    /// Runs `work` on a blocking thread once a worker is free, or refuses with
+    /// Runs `work` on a hashing thread once one is free, or refuses with
     /// `OVERLOADED` when the pool and its queue are full or the wait is too long.
     pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
     where
@@ -104,15 +158,23 @@ impl HashingPool {
             overloaded()
         })?
         .map_err(Error::internal)?;
-        let hasher = Arc::clone(&self.hasher);
-        // The permits move into the blocking task: if the caller goes away, the
-        // slot stays taken until the hash really finishes.
-        tokio::task::spawn_blocking(move || {
-            let _slots = (admitted, worker);
-            work(&hasher)
-        })
-        .await
-        .map_err(Error::internal)
+        let (done, result) = oneshot::channel();
+        // The permits move into the job: if the caller goes away, the slot stays
+        // taken until the hash really finishes.
+        let slots: (OwnedSemaphorePermit, OwnedSemaphorePermit) = (admitted, worker);
+        let job: Job = Box::new(move |hasher| {
+            let result = work(hasher);
+            // Free the slots before answering, so a caller that has its answer
+            // never sees its own job still counted as running.
+            drop(slots);
+            let _ = done.send(result);
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::internal("the hashing threads are gone"))?;
+        result
+            .await
+            .map_err(|_| Error::internal("a hashing job ended without a result"))
     }
 }
 
@@ -174,6 +236,39 @@ mod tests {
         }
         assert_eq!(pool.load().running, 0);
         pool.run(|_| ()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_an_error_and_the_worker_survives() {
+        let pool = HashingPool::new(
+            PasswordHasher::insecure_for_tests(1),
+            HashingPoolConfig {
+                workers: 1,
+                max_waiting: 1,
+                max_wait: Duration::from_secs(5),
+            },
+        );
+        let err = pool.run(|_| -> () { panic!("boom") }).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Internal);
+        assert_eq!(
+            pool.run(|_| 7).await.unwrap(),
+            7,
+            "the one worker still runs jobs"
+        );
+    }
+
+    #[tokio::test]
+    async fn hashing_threads_run_below_normal_priority() {
+        let pool = HashingPool::new(
+            PasswordHasher::insecure_for_tests(1),
+            HashingPoolConfig::default(),
+        );
+        let nice = pool
+            .run(|_| rustix::process::getpriority_process(Some(rustix::thread::gettid())))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(nice, HASHING_NICE);
     }
 
     #[tokio::test]

@@ -58,6 +58,13 @@ pub trait SessionRepository: Send + Sync + 'static {
     /// Runs on every authenticated request: one indexed query.
     async fn find_open(&self, id: SessionId, now: OffsetDateTime)
     -> Result<Option<Session>, Error>;
+    /// The open session and its user, in one round trip: what a request that
+    /// needs the caller's profile asks on every call.
+    async fn find_open_with_user(
+        &self,
+        id: SessionId,
+        now: OffsetDateTime,
+    ) -> Result<Option<(Session, User)>, Error>;
     /// Revokes one open session with a `session.revoked` event; false when it
     /// was not open.
     async fn revoke(&self, id: SessionId, at: OffsetDateTime, reason: &str) -> Result<bool, Error>;
@@ -187,13 +194,22 @@ pub mod memory {
         }
     }
 
-    /// In-memory sessions; `events` keeps what the outbox would.
+    /// In-memory sessions; `events` keeps what the outbox would. It reads the
+    /// users it is given, as the real store joins its users table.
     #[derive(Debug, Default)]
     pub struct InMemorySessions {
         state: Mutex<(HashMap<SessionId, Session>, Vec<SessionEvent>)>,
+        users: std::sync::Arc<InMemoryUsers>,
     }
 
     impl InMemorySessions {
+        pub fn with_users(users: std::sync::Arc<InMemoryUsers>) -> Self {
+            Self {
+                state: Mutex::default(),
+                users,
+            }
+        }
+
         fn with<T>(
             &self,
             f: impl FnOnce(&mut HashMap<SessionId, Session>, &mut Vec<SessionEvent>) -> T,
@@ -226,6 +242,21 @@ pub mod memory {
             now: OffsetDateTime,
         ) -> Result<Option<Session>, Error> {
             self.with(|sessions, _| sessions.get(&id).filter(|s| s.is_open_at(now)).cloned())
+        }
+
+        async fn find_open_with_user(
+            &self,
+            id: SessionId,
+            now: OffsetDateTime,
+        ) -> Result<Option<(Session, User)>, Error> {
+            let Some(session) = self.find_open(id, now).await? else {
+                return Ok(None);
+            };
+            Ok(self
+                .users
+                .find_by_id(session.user_id)
+                .await?
+                .map(|user| (session, user)))
         }
 
         async fn revoke(

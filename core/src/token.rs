@@ -8,6 +8,7 @@
 //! [`crate::Authentication`] use case's check, not this module's.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
@@ -200,12 +201,43 @@ pub struct TokenSettings {
     pub lifetime: Duration,
 }
 
+/// Tokens already verified, so a client's repeated calls skip the signature
+/// check. Only what verified is kept, keyed by the whole token, so a hit can
+/// never let through a token that would not verify; expiry is checked on
+/// every hit. Bounded: when full it starts again empty.
+#[derive(Debug, Default)]
+struct VerifiedTokens {
+    entries: Mutex<HashMap<Box<str>, (Principal, i64)>>,
+}
+
+impl VerifiedTokens {
+    const CAPACITY: usize = 10_000;
+
+    fn get(&self, token: &str, now: i64) -> Option<Principal> {
+        let entries = self.entries.lock().ok()?;
+        let (principal, exp) = entries.get(token)?;
+        #[allow(clippy::cast_possible_wrap)]
+        let fresh = now <= *exp + LEEWAY_SECS as i64;
+        fresh.then_some(*principal)
+    }
+
+    fn put(&self, token: &str, principal: Principal, exp: i64) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= Self::CAPACITY {
+                entries.clear();
+            }
+            entries.insert(token.into(), (principal, exp));
+        }
+    }
+}
+
 /// Issues and verifies access tokens.
 #[derive(Debug)]
 pub struct Tokens {
     keys: KeySet,
     settings: TokenSettings,
     validation: Validation,
+    verified: VerifiedTokens,
 }
 
 /// Clock skew tolerated between hub instances when checking `exp` and `iat`.
@@ -219,12 +251,15 @@ impl Tokens {
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
-        validation.validate_exp = true;
+        // `exp` and `iat` are checked below against the domain clock, not the
+        // system clock the library would read; the claims stay required.
+        validation.validate_exp = false;
         validation.validate_nbf = false;
         Self {
             keys,
             settings,
             validation,
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -272,6 +307,9 @@ impl Tokens {
     /// Checks signature and claims; every failure is `INVALID_TOKEN`, with the
     /// reason logged at debug level only.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Principal, Error> {
+        if let Some(principal) = self.verified.get(token, now.unix_timestamp()) {
+            return Ok(principal);
+        }
         let invalid = |why: &dyn std::fmt::Display| {
             tracing::debug!(reason = %why, "token refused");
             Error::new(ErrorCode::InvalidToken)
@@ -293,14 +331,20 @@ impl Tokens {
             .map_err(|e| invalid(&e))?;
         let claims = data.claims;
         #[allow(clippy::cast_possible_wrap)]
-        if claims.iat > now.unix_timestamp() + LEEWAY_SECS as i64 {
+        let leeway = LEEWAY_SECS as i64;
+        if now.unix_timestamp() > claims.exp + leeway {
+            return Err(invalid(&"expired"));
+        }
+        if claims.iat > now.unix_timestamp() + leeway {
             return Err(invalid(&"issued in the future"));
         }
-        Ok(Principal {
+        let principal = Principal {
             user_id: UserId::parse(&claims.sub).map_err(|e| invalid(&e))?,
             session_id: SessionId::parse(&claims.sid).map_err(|e| invalid(&e))?,
             role: claims.role,
-        })
+        };
+        self.verified.put(token, principal, claims.exp);
+        Ok(principal)
     }
 }
 
@@ -364,6 +408,25 @@ mod tests {
                 .unwrap()
                 .expires_in,
             60
+        );
+    }
+
+    #[test]
+    fn a_verified_token_still_expires() {
+        let tokens = tokens_with(&KeySet::generate().unwrap(), &[]);
+        let now = OffsetDateTime::now_utc();
+        let mut s = session(now);
+        s.expires_at = now + time::Duration::seconds(60);
+        let issued = tokens.issue(s.user_id, Role::User, &s, now).unwrap();
+        assert!(tokens.verify(&issued.token, now).is_ok());
+        assert!(
+            tokens.verify(&issued.token, now).is_ok(),
+            "and again, from the cache"
+        );
+        let later = now + time::Duration::seconds(60 + LEEWAY_SECS as i64 + 1);
+        assert_eq!(
+            tokens.verify(&issued.token, later).unwrap_err().code(),
+            ErrorCode::InvalidToken
         );
     }
 

@@ -188,3 +188,19 @@ async fn email_changes_respect_uniqueness(pool: PgPool) {
         "alice@new.example.com"
     );
 }
+
+#[sqlx::test(migrator = "hub_store::MIGRATOR")]
+async fn the_open_session_and_its_user_in_one_query(pool: PgPool) {
+    let alice = user(&pool, "alice").await;
+    let repo = PgSessionRepository::new(pool.clone());
+    let now = SystemClock.now();
+    let s = session(alice.id, now);
+    open(&repo, &s).await;
+    let (found, user) = repo.find_open_with_user(s.id, now).await.unwrap().unwrap();
+    assert_eq!(found, s);
+    assert_eq!(user.id, alice.id);
+    assert_eq!(user.username, alice.username);
+    assert_eq!(user.password_hash, alice.password_hash);
+    repo.revoke(s.id, now, "logout").await.unwrap();
+    assert!(repo.find_open_with_user(s.id, now).await.unwrap().is_none());
+}

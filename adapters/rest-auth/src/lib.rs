@@ -143,8 +143,7 @@ async fn profile(
     State(state): State<RestAuthState>,
     BearerToken(token): BearerToken,
 ) -> Result<Json<Profile>, HttpError> {
-    let principal = state.authentication.authenticate(&token).await?;
-    let user = state.authentication.profile(&principal).await?;
+    let (_, user) = state.authentication.authenticate_user(&token).await?;
     Ok(Json(user.into()))
 }
 

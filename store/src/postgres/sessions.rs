@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 use hub_core::{
-    ClientInfo, Error, Session, SessionEvent, SessionEventKind, SessionId, SessionRepository,
+    ClientInfo, Error, Session, SessionEvent, SessionEventKind, SessionId, SessionRepository, User,
     UserId,
 };
 use sqlx::postgres::{PgPool, PgTransaction};
@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::classify;
+use super::users::UserRow;
 
 /// Sessions and the outbox in PostgreSQL.
 #[derive(Debug, Clone)]
@@ -63,6 +64,18 @@ impl TryFrom<SessionRow> for Session {
             },
         })
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionWithUser {
+    #[sqlx(flatten)]
+    session: SessionRow,
+    username: String,
+    email: String,
+    password_hash: String,
+    role: String,
+    user_created_at: OffsetDateTime,
+    user_updated_at: OffsetDateTime,
 }
 
 /// The columns every session query returns, `client_ip` as plain text.
@@ -169,6 +182,37 @@ impl SessionRepository for PgSessionRepository {
         .map_err(|e| classify("checking a session", e))?
         .map(Session::try_from)
         .transpose()
+    }
+
+    async fn find_open_with_user(
+        &self,
+        id: SessionId,
+        now: OffsetDateTime,
+    ) -> Result<Option<(Session, User)>, Error> {
+        let row: Option<SessionWithUser> = sqlx::query_as(
+            "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.last_seen_at, s.revoked_at, \
+                    host(s.client_ip) AS client_ip, s.user_agent, \
+                    u.username, u.email, u.password_hash, u.role, \
+                    u.created_at AS user_created_at, u.updated_at AS user_updated_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2",
+        )
+        .bind(id.as_uuid())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| classify("checking a session and reading its user", e))?;
+        let Some(row) = row else { return Ok(None) };
+        let user = User::try_from(UserRow {
+            id: row.session.user_id,
+            username: row.username,
+            email: row.email,
+            password_hash: row.password_hash,
+            role: row.role,
+            created_at: row.user_created_at,
+            updated_at: row.user_updated_at,
+        })?;
+        Ok(Some((Session::try_from(row.session)?, user)))
     }
 
     async fn revoke(&self, id: SessionId, at: OffsetDateTime, reason: &str) -> Result<bool, Error> {

@@ -23,14 +23,14 @@ impl PgUserRepository {
 }
 
 #[derive(sqlx::FromRow)]
-struct UserRow {
-    id: Uuid,
-    username: String,
-    email: String,
-    password_hash: String,
-    role: String,
-    created_at: OffsetDateTime,
-    updated_at: OffsetDateTime,
+pub(super) struct UserRow {
+    pub(super) id: Uuid,
+    pub(super) username: String,
+    pub(super) email: String,
+    pub(super) password_hash: String,
+    pub(super) role: String,
+    pub(super) created_at: OffsetDateTime,
+    pub(super) updated_at: OffsetDateTime,
 }
 
 impl TryFrom<UserRow> for User {
