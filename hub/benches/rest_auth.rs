@@ -293,38 +293,34 @@ async fn main() {
             .unwrap();
         body["token"].as_str().unwrap().to_owned()
     };
-    let wrk = tool("wrk");
-    let (url, auth, secs) = (
+    let wrk = |url: String, auth: Option<String>| async move {
+        let report = tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(tool("wrk"));
+            let secs = format!("{}s", RUN.as_secs());
+            cmd.args(["-t", "2", "-c", "32", "-d", &secs, "--latency"]);
+            if let Some(auth) = auth {
+                cmd.args(["-H", &auth]);
+            }
+            let out = cmd.arg(&url).output().unwrap();
+            assert!(out.status.success(), "wrk failed");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .await
+        .unwrap();
+        assert!(
+            !report.contains("Non-2xx"),
+            "every request must succeed:\n{report}"
+        );
+        parse_wrk(&report)
+    };
+    let (profile_rate, profile_p99) = wrk(
         format!("{base}/profile"),
-        format!("Authorization: Bearer {token}"),
-        format!("{}s", RUN.as_secs()),
-    );
-    let report = tokio::task::spawn_blocking(move || {
-        let out = Command::new(wrk)
-            .args([
-                "-t",
-                "2",
-                "-c",
-                "32",
-                "-d",
-                &secs,
-                "--latency",
-                "-H",
-                &auth,
-                &url,
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "wrk failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    })
-    .await
-    .unwrap();
-    assert!(
-        !report.contains("Non-2xx"),
-        "every /profile must succeed:\n{report}"
-    );
-    let (profile_rate, profile_p99) = parse_wrk(&report);
+        Some(format!("Authorization: Bearer {token}")),
+    )
+    .await;
+    // One sqlx round trip through the hub and nothing else: the ceiling that
+    // /profile (one query) is up against.
+    let (ping_rate, ping_p99) = wrk(format!("{base}/test-db"), None).await;
     let (select_rate, select_p99) = {
         let url = database_url.clone();
         tokio::task::spawn_blocking(move || pgbench_select(&url, user_id))
@@ -334,6 +330,11 @@ async fn main() {
     println!(
         "| GET /profile, 32 connections (wrk) | {profile_rate:.0} req/s, p99 {profile_p99:.1} ms | direct PK SELECT, 32 connections (pgbench) {select_rate:.0}/s, p99 {select_p99:.1} ms | ratio {:.2} |",
         profile_rate / select_rate
+    );
+
+    println!(
+        "| GET /test-db (SELECT 1 through sqlx), 32 connections (wrk) | {ping_rate:.0} req/s, p99 {ping_p99:.1} ms | same pgbench run | ratio {:.2} |",
+        ping_rate / select_rate
     );
 
     // 3. /health while logins saturate the hashing pool, vs idle.
