@@ -171,41 +171,80 @@ impl Hub {
     ) -> anyhow::Result<(Vec<Listener>, tokio::task::JoinHandle<anyhow::Result<()>>)> {
         let services = &self.config.services;
         let http = &self.config.http;
-        let rest_auth = rest_auth::router(
-            rest_auth::RestAuthState {
-                authentication: self.authentication()?,
-                registration: self.registration(),
-                database: self.postgres_probe(),
-                limiter: Arc::new(rest_auth::LoginLimiter::new(
-                    &services.rest_auth.login_limit,
-                )),
-            },
-            self.readiness(rest_auth::SERVICE),
-            http,
-            &services.rest_auth,
-        );
-        let planned = [(
-            rest_auth::SERVICE,
-            services.rest_auth.port,
-            services.rest_auth.external_url.clone(),
-            rest_auth,
-        )];
+        // Every port is bound first, so each service knows every public
+        // address before it is built (the WSDL names two of them).
+        let rest = self
+            .bind(
+                rest_auth::SERVICE,
+                services.rest_auth.port,
+                &services.rest_auth.external_url,
+            )
+            .await?;
+        let register = self
+            .bind(
+                soap_register::SERVICE,
+                services.soap_register.port,
+                &services.soap_register.external_url,
+            )
+            .await?;
+        let lookup = self
+            .bind(
+                soap_lookup::SERVICE,
+                services.soap_lookup.port,
+                &services.soap_lookup.external_url,
+            )
+            .await?;
+
+        let wsdl: Arc<str> = hub_soap::users_wsdl(
+            &format!("{}/register", register.1.external_url),
+            &format!("{}/user/soap", lookup.1.external_url),
+        )
+        .into();
+        let limits = hub_soap::Limits {
+            max_bytes: self.config.soap.max_body_bytes,
+            max_depth: self.config.soap.max_depth,
+            max_elements: self.config.soap.max_elements,
+        };
+        let routers = [
+            rest_auth::router(
+                rest_auth::RestAuthState {
+                    authentication: self.authentication()?,
+                    registration: self.registration(),
+                    database: self.postgres_probe(),
+                    limiter: Arc::new(rest_auth::LoginLimiter::new(
+                        &services.rest_auth.login_limit,
+                    )),
+                },
+                self.readiness(rest_auth::SERVICE),
+                http,
+                &services.rest_auth,
+            ),
+            soap_register::router(
+                soap_register::SoapRegisterState {
+                    registration: self.registration(),
+                    wsdl: Arc::clone(&wsdl),
+                    limits,
+                },
+                self.readiness(soap_register::SERVICE),
+                http,
+            ),
+            soap_lookup::router(
+                soap_lookup::SoapLookupState {
+                    directory: self.directory(),
+                    wsdl,
+                    limits,
+                },
+                self.readiness(soap_lookup::SERVICE),
+                http,
+                &services.soap_lookup.cors,
+            ),
+        ];
 
         let mut listeners = Vec::new();
         let mut tasks = JoinSet::new();
-        for (service, port, external_url, router) in planned {
-            let addr = SocketAddr::new(services.bind_address, port);
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {service} to {addr}"))?;
-            let local_addr = listener.local_addr()?;
-            let external_url = external_url.unwrap_or_else(|| format!("http://{local_addr}"));
-            tracing::info!(service, %local_addr, %external_url, "listening");
-            listeners.push(Listener {
-                service,
-                local_addr,
-                external_url,
-            });
+        for ((listener, info), router) in [rest, register, lookup].into_iter().zip(routers) {
+            let service = info.service;
+            listeners.push(info);
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 axum::serve(
@@ -236,5 +275,32 @@ impl Hub {
             }
         });
         Ok((listeners, handle))
+    }
+
+    async fn bind(
+        &self,
+        service: &'static str,
+        port: u16,
+        external_url: &Option<String>,
+    ) -> anyhow::Result<(TcpListener, Listener)> {
+        let addr = SocketAddr::new(self.config.services.bind_address, port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {service} to {addr}"))?;
+        let local_addr = listener.local_addr()?;
+        let external_url = external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local_addr}"))
+            .trim_end_matches('/')
+            .to_owned();
+        tracing::info!(service, %local_addr, %external_url, "listening");
+        Ok((
+            listener,
+            Listener {
+                service,
+                local_addr,
+                external_url,
+            },
+        ))
     }
 }

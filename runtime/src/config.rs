@@ -25,6 +25,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub tokens: TokenConfig,
     pub sessions: SessionConfig,
+    pub soap: SoapConfig,
     pub services: ServicesConfig,
 }
 
@@ -217,6 +218,55 @@ impl SessionConfig {
     }
 }
 
+/// Bounds on reading a SOAP message: what one request may cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SoapConfig {
+    pub max_body_bytes: usize,
+    pub max_depth: usize,
+    pub max_elements: usize,
+}
+
+impl Default for SoapConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            max_depth: 32,
+            max_elements: 1_000,
+        }
+    }
+}
+
+/// A service that only needs a port and its public address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub port: u16,
+    /// The URL clients reach this service at (behind a proxy, its public
+    /// address); defaults to the bound address.
+    #[serde(default)]
+    pub external_url: Option<String>,
+}
+
+/// soap-lookup: a port, its public address, and its strict CORS list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SoapLookupConfig {
+    pub port: u16,
+    pub external_url: Option<String>,
+    pub cors: CorsConfig,
+}
+
+impl Default for SoapLookupConfig {
+    fn default() -> Self {
+        Self {
+            port: 5016,
+            external_url: None,
+            cors: CorsConfig::default(),
+        }
+    }
+}
+
 /// Which browser origins may call a service. Empty: none.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -275,6 +325,8 @@ pub struct ServicesConfig {
     /// The address every listener binds; `0.0.0.0` in containers.
     pub bind_address: IpAddr,
     pub rest_auth: RestAuthConfig,
+    pub soap_register: PortConfig,
+    pub soap_lookup: SoapLookupConfig,
 }
 
 impl Default for ServicesConfig {
@@ -282,6 +334,11 @@ impl Default for ServicesConfig {
         Self {
             bind_address: IpAddr::from([127, 0, 0, 1]),
             rest_auth: RestAuthConfig::default(),
+            soap_register: PortConfig {
+                port: 5002,
+                external_url: None,
+            },
+            soap_lookup: SoapLookupConfig::default(),
         }
     }
 }

@@ -53,6 +53,8 @@ pub fn test_config() -> (Config, KeyFiles) {
     config.database.url = Secret::new(fresh_database_url());
     config.database.acquire_timeout_ms = 1_000;
     config.services.rest_auth.port = 0;
+    config.services.soap_register.port = 0;
+    config.services.soap_lookup.port = 0;
     config.tokens.signing_key_path = Some(keys.private.clone());
     (config, keys)
 }

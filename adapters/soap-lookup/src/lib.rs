@@ -1,0 +1,158 @@
+//! soap-lookup: `LookupUser` over SOAP 1.1 and 1.2 (port 5016), and the
+//! legacy `GET /user/soap?username=NAME`, which answers the same SOAP 1.1
+//! envelope. Lookup never returns an email or anything about a password.
+//!
+//! CORS is strict here: only origins listed in config get CORS headers, and a
+//! preflight from any other origin is refused with 403.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use hub_core::Directory;
+use hub_runtime::Readiness;
+use hub_runtime::config::{CorsConfig, HttpConfig};
+use hub_soap::{Fault, Limits, OperationCall, SoapVersion, USERS_NS, escape_text};
+use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
+use yaserde::YaDeserialize;
+
+pub const SERVICE: &str = "soap-lookup";
+
+#[derive(Clone)]
+pub struct SoapLookupState {
+    pub directory: Directory,
+    pub wsdl: Arc<str>,
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for SoapLookupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoapLookupState")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, YaDeserialize)]
+#[yaserde(rename = "LookupUser")]
+struct LookupUserRequest {
+    username: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct LegacyQuery {
+    username: Option<String>,
+}
+
+async fn lookup(
+    state: &SoapLookupState,
+    version: SoapVersion,
+    username: &str,
+) -> Result<Response, Fault> {
+    let user = state
+        .directory
+        .lookup(username)
+        .await
+        .map_err(|e| Fault::from_error(version, &e))?;
+    let created_at = user
+        .created_at
+        .format(&Rfc3339)
+        .map_err(|e| Fault::from_error(version, &hub_core::Error::internal(e)))?;
+    let body = format!(
+        "<tns:LookupUserResponse xmlns:tns=\"{USERS_NS}\"><tns:userId>{}</tns:userId>\
+         <tns:username>{}</tns:username><tns:createdAt>{}</tns:createdAt></tns:LookupUserResponse>",
+        user.id,
+        escape_text(user.username.as_str()),
+        created_at,
+    );
+    Ok(hub_soap::envelope_response(version, &body))
+}
+
+async fn operation(state: &SoapLookupState, call: OperationCall) -> Result<Response, Fault> {
+    if call.operation != "LookupUser" {
+        return Err(Fault::client(
+            call.version,
+            format!("this endpoint offers LookupUser, not {}", call.operation),
+        ));
+    }
+    let request: LookupUserRequest = yaserde::de::from_str(&call.payload)
+        .map_err(|e| Fault::client(call.version, format!("LookupUser is malformed: {e}")))?;
+    lookup(state, call.version, &request.username).await
+}
+
+/// `POST /user/soap` (LookupUser), `GET /user/soap?wsdl`, and the legacy
+/// `GET /user/soap?username=NAME`.
+async fn endpoint(State(state): State<SoapLookupState>, request: Request) -> Response {
+    let request_id = hub_soap::request_id(request.headers());
+    let outcome = match *request.method() {
+        Method::GET if hub_soap::wants_wsdl(request.uri()) => {
+            Ok(hub_soap::wsdl_response(&state.wsdl))
+        }
+        Method::GET => match Query::<LegacyQuery>::try_from_uri(request.uri()) {
+            Ok(Query(LegacyQuery {
+                username: Some(username),
+            })) => lookup(&state, SoapVersion::V11, &username).await,
+            _ => Err(Fault::client(
+                SoapVersion::V11,
+                "give ?username=NAME, or ?wsdl",
+            )),
+        },
+        Method::POST => {
+            let (parts, body) = request.into_parts();
+            match hub_soap::read_request(&parts.headers, body, &state.limits).await {
+                Ok(call) => operation(&state, call).await,
+                Err(fault) => Err(fault),
+            }
+        }
+        _ => Err(hub_soap::method_not_allowed()),
+    };
+    outcome.unwrap_or_else(|fault| fault.into_response_for(request_id.as_deref()))
+}
+
+/// Refuses a CORS preflight from an origin that is not listed, before the CORS
+/// layer (which only answers listed origins) sees it.
+async fn refuse_unlisted_preflight(
+    State(allowed): State<Arc<Vec<String>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let is_preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if is_preflight {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !allowed.iter().any(|o| o.trim_end_matches('/') == origin) {
+            tracing::info!(origin, "CORS preflight refused");
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The whole service: `/user/soap`, `/health` and `/ready`, behind strict CORS.
+pub fn router(
+    state: SoapLookupState,
+    readiness: Readiness,
+    http: &HttpConfig,
+    cors: &CorsConfig,
+) -> Router {
+    let routes = Router::new()
+        .route("/user/soap", any(endpoint))
+        .with_state(state);
+    hub_runtime::service_router(routes, readiness, http)
+        .layer(hub_runtime::cors_layer(cors))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(cors.allowed_origins.clone()),
+            refuse_unlisted_preflight,
+        ))
+}

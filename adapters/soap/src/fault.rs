@@ -1,0 +1,247 @@
+//! One fault shape for every error: the fault code from the error table, a
+//! human reason, and a `detail` carrying the stable `ErrorCode` and the
+//! `RequestId`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hub_core::{ErrorCode, ErrorKind};
+
+use crate::write::escape_text;
+use crate::{SoapVersion, USERS_NS};
+
+/// SOAP's own fault codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultCode {
+    /// The request was wrong (1.1 `Client`, 1.2 `Sender`).
+    Client,
+    /// We failed (1.1 `Server`, 1.2 `Receiver`).
+    Server,
+    VersionMismatch,
+    MustUnderstand,
+}
+
+impl FaultCode {
+    fn name(self, version: SoapVersion) -> &'static str {
+        match (self, version) {
+            (FaultCode::Client, SoapVersion::V11) => "Client",
+            (FaultCode::Client, SoapVersion::V12) => "Sender",
+            (FaultCode::Server, SoapVersion::V11) => "Server",
+            (FaultCode::Server, SoapVersion::V12) => "Receiver",
+            (FaultCode::VersionMismatch, _) => "VersionMismatch",
+            (FaultCode::MustUnderstand, _) => "MustUnderstand",
+        }
+    }
+
+    /// The one mapping from the core's error kinds (see docs/ERRORS.md).
+    pub fn for_kind(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::Invalid
+            | ErrorKind::Conflict
+            | ErrorKind::NotFound
+            | ErrorKind::Unauthenticated
+            | ErrorKind::Forbidden => FaultCode::Client,
+            ErrorKind::TooMany | ErrorKind::Unavailable | ErrorKind::Internal => FaultCode::Server,
+        }
+    }
+}
+
+/// A fault on its way to a SOAP client.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    version: SoapVersion,
+    code: FaultCode,
+    reason: String,
+    error_code: ErrorCode,
+    status: Option<StatusCode>,
+}
+
+impl Fault {
+    pub fn new(version: SoapVersion, code: FaultCode, reason: impl Into<String>) -> Self {
+        let error_code = match code {
+            FaultCode::Server => ErrorCode::Internal,
+            _ => ErrorCode::InvalidRequest,
+        };
+        Self {
+            version,
+            code,
+            reason: reason.into(),
+            error_code,
+            status: None,
+        }
+    }
+
+    /// The request was malformed: `INVALID_REQUEST`.
+    pub fn client(version: SoapVersion, reason: impl Into<String>) -> Self {
+        Self::new(version, FaultCode::Client, reason)
+    }
+
+    /// A domain error: its kind picks the fault code, its code goes in the
+    /// detail, its client message is the reason. Internal causes are logged
+    /// here, inside the request's span, and never sent.
+    pub fn from_error(version: SoapVersion, error: &hub_core::Error) -> Self {
+        match error.kind() {
+            ErrorKind::Internal => {
+                tracing::error!(code = %error.code(), error = %error, "request failed")
+            }
+            ErrorKind::Unavailable => {
+                tracing::warn!(code = %error.code(), error = %error, "dependency unavailable")
+            }
+            _ => tracing::debug!(code = %error.code(), "request refused"),
+        }
+        Self {
+            version,
+            code: FaultCode::for_kind(error.kind()),
+            reason: error.message().to_owned(),
+            error_code: error.code(),
+            status: None,
+        }
+    }
+
+    /// An HTTP status other than the binding's default (415, 405, 413).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    pub fn with_version(mut self, version: SoapVersion) -> Self {
+        self.version = version;
+        self
+    }
+
+    pub fn code(&self) -> FaultCode {
+        self.code
+    }
+
+    pub fn error_code(&self) -> ErrorCode {
+        self.error_code
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// SOAP 1.1 answers every fault with 500; SOAP 1.2's HTTP binding answers
+    /// Sender faults with 400 and the rest with 500.
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or(match (self.version, self.code) {
+            (SoapVersion::V12, FaultCode::Client) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        })
+    }
+
+    /// The whole fault envelope.
+    pub fn to_xml(&self, request_id: Option<&str>) -> String {
+        let ns = self.version.envelope_ns();
+        let detail = format!(
+            "<tns:ServiceFault xmlns:tns=\"{USERS_NS}\"><tns:ErrorCode>{}</tns:ErrorCode><tns:RequestId>{}</tns:RequestId></tns:ServiceFault>",
+            self.error_code.as_str(),
+            escape_text(request_id.unwrap_or("")),
+        );
+        let reason = escape_text(&self.reason);
+        let code = self.code.name(self.version);
+        match self.version {
+            SoapVersion::V11 => format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+                 <soap:Envelope xmlns:soap=\"{ns}\"><soap:Body><soap:Fault>\
+                 <faultcode>soap:{code}</faultcode><faultstring>{reason}</faultstring>\
+                 <detail>{detail}</detail></soap:Fault></soap:Body></soap:Envelope>"
+            ),
+            SoapVersion::V12 => {
+                // A version mismatch tells the client which envelope we speak.
+                let upgrade = if self.code == FaultCode::VersionMismatch {
+                    format!(
+                        "<env:Header><env:Upgrade><env:SupportedEnvelope qname=\"ns1:Envelope\" xmlns:ns1=\"{ns}\"/>\
+                         <env:SupportedEnvelope qname=\"ns2:Envelope\" xmlns:ns2=\"{}\"/></env:Upgrade></env:Header>",
+                        SoapVersion::V11.envelope_ns()
+                    )
+                } else {
+                    String::new()
+                };
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+                     <env:Envelope xmlns:env=\"{ns}\">{upgrade}<env:Body><env:Fault>\
+                     <env:Code><env:Value>env:{code}</env:Value></env:Code>\
+                     <env:Reason><env:Text xml:lang=\"en\">{reason}</env:Text></env:Reason>\
+                     <env:Detail>{detail}</env:Detail></env:Fault></env:Body></env:Envelope>"
+                )
+            }
+        }
+    }
+
+    /// The HTTP response for this fault, with the request id in the detail.
+    pub fn into_response_for(self, request_id: Option<&str>) -> Response {
+        let mut response = (
+            self.status(),
+            [(header::CONTENT_TYPE, self.version.content_type())],
+            self.to_xml(request_id),
+        )
+            .into_response();
+        if self.status() == StatusCode::METHOD_NOT_ALLOWED {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_the_table_in_the_docs() {
+        for (kind, code) in [
+            (ErrorKind::Invalid, FaultCode::Client),
+            (ErrorKind::Conflict, FaultCode::Client),
+            (ErrorKind::NotFound, FaultCode::Client),
+            (ErrorKind::Unauthenticated, FaultCode::Client),
+            (ErrorKind::Forbidden, FaultCode::Client),
+            (ErrorKind::TooMany, FaultCode::Server),
+            (ErrorKind::Unavailable, FaultCode::Server),
+            (ErrorKind::Internal, FaultCode::Server),
+        ] {
+            assert_eq!(FaultCode::for_kind(kind), code, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_follow_each_binding() {
+        let taken = hub_core::Error::new(ErrorCode::UsernameTaken);
+        assert_eq!(
+            Fault::from_error(SoapVersion::V11, &taken).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            Fault::from_error(SoapVersion::V12, &taken).status(),
+            StatusCode::BAD_REQUEST
+        );
+        let down = hub_core::Error::new(ErrorCode::Unavailable);
+        assert_eq!(
+            Fault::from_error(SoapVersion::V12, &down).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn the_detail_carries_code_and_request_id_and_reasons_are_escaped() {
+        let fault = Fault::client(SoapVersion::V12, "a <b> & c");
+        let xml = fault.to_xml(Some("req-1"));
+        assert!(xml.contains("<env:Value>env:Sender</env:Value>"), "{xml}");
+        assert!(xml.contains("a &lt;b&gt; &amp; c"), "{xml}");
+        assert!(
+            xml.contains(
+                "<tns:ErrorCode>INVALID_REQUEST</tns:ErrorCode><tns:RequestId>req-1</tns:RequestId>"
+            ),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn an_internal_cause_never_reaches_the_fault() {
+        let err = hub_core::Error::internal("password=hunter2 at db:5432");
+        let xml = Fault::from_error(SoapVersion::V11, &err).to_xml(None);
+        assert!(!xml.contains("hunter2"), "{xml}");
+        assert!(xml.contains("<faultcode>soap:Server</faultcode>"), "{xml}");
+    }
+}

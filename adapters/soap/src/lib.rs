@@ -1,0 +1,62 @@
+//! hub-soap: SOAP 1.1 and 1.2 for polyhub's SOAP services.
+//!
+//! Reading is hardened: any DOCTYPE is refused (so no entity of any kind is
+//! ever expanded), size, nesting depth and element count are bounded, and bad
+//! UTF-8 or a truncated document is a fault, never a panic. Elements are
+//! matched by namespace URI, never by prefix. The envelope, the SOAP version
+//! and the operation element are checked by a namespace-aware streaming
+//! reader first; only the operation's payload is handed on, re-emitted
+//! without namespaces, for the services to deserialize.
+
+mod envelope;
+mod fault;
+mod http;
+mod write;
+
+pub use envelope::{Limits, OperationCall, read_call, version_of};
+pub use fault::{Fault, FaultCode};
+pub use http::{method_not_allowed, read_request, request_id, wants_wsdl};
+pub use write::{envelope_response, escape_text, wsdl_response};
+
+/// The namespace of polyhub's user services, their messages and fault detail.
+pub const USERS_NS: &str = "urn:polyhub:users:v1";
+
+/// Which SOAP a message speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoapVersion {
+    V11,
+    V12,
+}
+
+impl SoapVersion {
+    pub const fn envelope_ns(self) -> &'static str {
+        match self {
+            SoapVersion::V11 => "http://schemas.xmlsoap.org/soap/envelope/",
+            SoapVersion::V12 => "http://www.w3.org/2003/05/soap-envelope",
+        }
+    }
+
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            SoapVersion::V11 => "text/xml; charset=utf-8",
+            SoapVersion::V12 => "application/soap+xml; charset=utf-8",
+        }
+    }
+
+    fn from_envelope_ns(ns: &str) -> Option<Self> {
+        [SoapVersion::V11, SoapVersion::V12]
+            .into_iter()
+            .find(|v| v.envelope_ns() == ns)
+    }
+}
+
+/// wsdl/users.wsdl, compiled in: what the services serve is the file in the
+/// repository, with the two endpoints' addresses filled in.
+pub const USERS_WSDL: &str = include_str!("../../../wsdl/users.wsdl");
+
+/// The WSDL with the services' external addresses.
+pub fn users_wsdl(register_url: &str, lookup_url: &str) -> String {
+    USERS_WSDL
+        .replace("{{REGISTER_URL}}", &escape_text(register_url))
+        .replace("{{LOOKUP_URL}}", &escape_text(lookup_url))
+}
