@@ -171,6 +171,8 @@ impl Hub {
     ) -> anyhow::Result<(Vec<Listener>, tokio::task::JoinHandle<anyhow::Result<()>>)> {
         let services = &self.config.services;
         let http = &self.config.http;
+        // What can be checked without the network is checked before a port is taken.
+        let authentication = self.authentication()?;
         // Every port is bound first, so each service knows every public
         // address before it is built (the WSDL names two of them).
         let rest = self
@@ -208,7 +210,7 @@ impl Hub {
         let routers = [
             rest_auth::router(
                 rest_auth::RestAuthState {
-                    authentication: self.authentication()?,
+                    authentication,
                     registration: self.registration(),
                     database: self.postgres_probe(),
                     limiter: Arc::new(rest_auth::LoginLimiter::new(

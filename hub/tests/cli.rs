@@ -209,6 +209,14 @@ async fn operator_workflow_end_to_end() {
     let mut serve = hub(&db);
     serve
         .env("POLYHUB_SERVICES__REST_AUTH__PORT", port.to_string())
+        .env(
+            "POLYHUB_SERVICES__SOAP_REGISTER__PORT",
+            free_port().to_string(),
+        )
+        .env(
+            "POLYHUB_SERVICES__SOAP_LOOKUP__PORT",
+            free_port().to_string(),
+        )
         .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
         .arg("serve");
     let (mut child, first_line) = Serving::start(serve);
@@ -274,6 +282,14 @@ async fn serve_starts_without_the_database_and_reports_not_ready() {
     let mut serve = hub("postgres://postgres@127.0.0.1:1/polyhub");
     serve
         .env("POLYHUB_SERVICES__REST_AUTH__PORT", port.to_string())
+        .env(
+            "POLYHUB_SERVICES__SOAP_REGISTER__PORT",
+            free_port().to_string(),
+        )
+        .env(
+            "POLYHUB_SERVICES__SOAP_LOOKUP__PORT",
+            free_port().to_string(),
+        )
         .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
         .arg("serve");
     let (_serving, _) = Serving::start(serve);
