@@ -17,19 +17,17 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
+
+use support::{RUN, pgbench};
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use hub_core::{Password, PasswordHasher, Username};
 use serde_json::{Value, json};
-
-const RUN: Duration = Duration::from_secs(8);
 
 struct Load {
     done: u64,
@@ -121,106 +119,6 @@ fn raw_verify_rate(workers: usize) -> f64 {
     count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// A tool on PATH or in PostgreSQL's bin directory (where pgbench lives).
-fn tool(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
-    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        dirs.extend(entries.flatten().map(|e| e.path().join("bin")));
-    }
-    dirs.into_iter()
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} not found: scripts/bench installs it"))
-}
-
-/// (requests per second, p99 in ms) from wrk's report with --latency.
-fn parse_wrk(report: &str) -> (f64, f64) {
-    let rate = report
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no rate in wrk's report:\n{report}"));
-    let p99 = report
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| {
-            let v = v.trim();
-            let (num, unit) =
-                v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-            let num: f64 = num.parse().unwrap_or(f64::NAN);
-            match unit {
-                "us" => num / 1000.0,
-                "s" => num * 1000.0,
-                _ => num,
-            }
-        })
-        .unwrap_or(f64::NAN);
-    (rate, p99)
-}
-
-/// (transactions per second, p99 in ms) from pgbench with a latency log.
-fn pgbench_select(database_url: &str, user_id: uuid::Uuid) -> (f64, f64) {
-    let dir = common::scratch_dir();
-    let script = dir.join("select.sql");
-    std::fs::write(
-        &script,
-        "SELECT id, username, email FROM users WHERE id = :id;\n",
-    )
-    .unwrap();
-    let out = Command::new(tool("pgbench"))
-        .current_dir(&dir)
-        .args([
-            "-n",
-            "-c",
-            "32",
-            "-j",
-            "2",
-            "-T",
-            &RUN.as_secs().to_string(),
-            "-M",
-            "prepared",
-            "-l",
-        ])
-        .arg("-D")
-        .arg(format!("id={user_id}"))
-        .arg("-f")
-        .arg(&script)
-        .arg(database_url)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pgbench failed: {report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tps = report
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no tps in pgbench's report:\n{report}"));
-    // Per-transaction log lines: client_id transaction_no time_us script_no epoch us
-    let mut latencies: Vec<u64> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("pgbench_log"))
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
-        .collect();
-    latencies.sort_unstable();
-    let p99 = latencies
-        .get(((latencies.len() as f64 - 1.0) * 0.99) as usize)
-        .map_or(f64::NAN, |us| *us as f64 / 1000.0);
-    (tps, p99)
-}
-
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -293,39 +191,30 @@ async fn main() {
             .unwrap();
         body["token"].as_str().unwrap().to_owned()
     };
-    let wrk = |url: String, auth: Option<String>| async move {
-        let report = tokio::task::spawn_blocking(move || {
-            let mut cmd = Command::new(tool("wrk"));
-            let secs = format!("{}s", RUN.as_secs());
-            cmd.args(["-t", "2", "-c", "32", "-d", &secs, "--latency"]);
-            if let Some(auth) = auth {
-                cmd.args(["-H", &auth]);
-            }
-            let out = cmd.arg(&url).output().unwrap();
-            assert!(out.status.success(), "wrk failed");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        })
-        .await
-        .unwrap();
-        assert!(
-            !report.contains("Non-2xx"),
-            "every request must succeed:\n{report}"
-        );
-        parse_wrk(&report)
+    let run_wrk = |url: String, headers: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || support::wrk(&url, &headers, None))
+            .await
+            .unwrap()
     };
-    let (profile_rate, profile_p99) = wrk(
+    let (profile_rate, profile_p99) = run_wrk(
         format!("{base}/profile"),
-        Some(format!("Authorization: Bearer {token}")),
+        vec![format!("Authorization: Bearer {token}")],
     )
     .await;
     // One sqlx round trip through the hub and nothing else: the ceiling that
     // /profile (one query) is up against.
-    let (ping_rate, ping_p99) = wrk(format!("{base}/test-db"), None).await;
+    let (ping_rate, ping_p99) = run_wrk(format!("{base}/test-db"), Vec::new()).await;
     let (select_rate, select_p99) = {
         let url = database_url.clone();
-        tokio::task::spawn_blocking(move || pgbench_select(&url, user_id))
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            pgbench(
+                &url,
+                "SELECT id, username, email FROM users WHERE id = :id;",
+                &[("id", user_id.to_string())],
+            )
+        })
+        .await
+        .unwrap()
     };
     println!(
         "| GET /profile, 32 connections (wrk) | {profile_rate:.0} req/s, p99 {profile_p99:.1} ms | direct PK SELECT, 32 connections (pgbench) {select_rate:.0}/s, p99 {select_p99:.1} ms | ratio {:.2} |",
