@@ -644,3 +644,66 @@ async fn raw_post(
         .unwrap_or(0);
     (status, answer)
 }
+
+/// One user, two protocols: registered over SOAP, signed in over REST, and
+/// the token dead after logout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_registered_over_soap_logs_in_over_rest() {
+    let hub = TestHub::start().await;
+    let soap = Soap::new(&hub);
+    let (status, xml) = soap
+        .post(
+            &soap.register,
+            SOAP12,
+            v12(&register_op(
+                "Rita",
+                "rita@example.com",
+                "correct horse battery",
+            )),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{xml}");
+    let soap_id = element(&xml, "userId").unwrap();
+
+    let rest = hub.url("rest-auth");
+    let login: serde_json::Value = soap
+        .client
+        .post(format!("{rest}/login"))
+        .json(&serde_json::json!({"username": "RITA", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap();
+    let profile: serde_json::Value = soap
+        .client
+        .get(format!("{rest}/profile"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(profile["id"], soap_id.as_str());
+    assert_eq!(profile["email"], "rita@example.com");
+    let logout = soap
+        .client
+        .post(format!("{rest}/logout"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    let after = soap
+        .client
+        .get(format!("{rest}/profile"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    hub.stop().await;
+}
