@@ -5,21 +5,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::TestHub;
 use serde_json::{Value, json};
-
-fn schemathesis() -> PathBuf {
-    let st = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/st"));
-    assert!(
-        st.exists(),
-        "{} is missing: scripts/test installs schemathesis into .venv",
-        st.display()
-    );
-    st
-}
 
 async fn token(base: &str, username: &str) -> String {
     let client = reqwest::Client::new();
@@ -36,7 +25,7 @@ async fn token(base: &str, username: &str) -> String {
 }
 
 async fn run_schemathesis(base: String, token: String, filter: [&'static str; 2]) -> String {
-    let st = schemathesis();
+    let st = common::venv_bin("st");
     tokio::task::spawn_blocking(move || {
         let out = Command::new(st)
             .args(["run", &format!("{base}/openapi.json")])

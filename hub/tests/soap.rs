@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::{TestHub, test_config};
@@ -579,12 +578,7 @@ async fn soap_lookup_cors_is_strict() {
 /// zeep, from PyPI, generates its client from our WSDL URLs and nothing else.
 #[tokio::test(flavor = "multi_thread")]
 async fn zeep_registers_and_looks_up_over_both_versions() {
-    let python = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python"));
-    assert!(
-        python.exists(),
-        "{} is missing: scripts/test installs zeep into .venv",
-        python.display()
-    );
+    let python = common::venv_bin("python");
     let hub = TestHub::start().await;
     let register_wsdl = format!("{}/register?wsdl", hub.url("soap-register"));
     let lookup_wsdl = format!("{}/user/soap?wsdl", hub.url("soap-lookup"));

@@ -10,6 +10,18 @@ use hub_runtime::Config;
 use hub_runtime::shutdown::ShutdownTrigger;
 use hub_runtime::{Secret, Shutdown};
 
+/// A program of the project's Python tools (third-party test clients), which
+/// scripts/test installs into .venv/ from scripts/requirements-test.txt.
+pub fn venv_bin(name: &str) -> PathBuf {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin")).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test installs the Python test clients into .venv",
+        path.display()
+    );
+    path
+}
+
 /// A key pair written to files, as an operator would have it.
 pub struct KeyFiles {
     pub private: PathBuf,
