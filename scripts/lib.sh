@@ -49,10 +49,10 @@ ensure_nextest() {
     fi
 }
 
-# The project's Python tools (third-party test clients) in .venv/, reinstalled
-# only when scripts/requirements-test.txt changes.
-ensure_python_tools() {
-    local venv="$ROOT/.venv" requirements="$ROOT/scripts/requirements-test.txt"
+# The project's venv, .venv/: Python test clients and services that no other
+# registry packages. Each requirements file is reinstalled only when it changes.
+ensure_venv_requirements() {
+    local venv="$ROOT/.venv" requirements="$1"
     command -v python3 >/dev/null || apt_install python3
     if [ ! -x "$venv/bin/python" ]; then
         log "creating the Python venv in .venv"
@@ -61,13 +61,44 @@ ensure_python_tools() {
             python3 -m venv "$venv"
         }
     fi
-    local stamp="$venv/.requirements.sha256" want
+    local stamp="$venv/.$(basename "$requirements").sha256" want
     want=$(sha256sum "$requirements" | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        log "installing the Python test clients (scripts/requirements-test.txt)"
+        log "installing $(basename "$requirements") into .venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
         echo "$want" >"$stamp"
     fi
+}
+
+# The third-party clients the tests drive the services with (zeep, schemathesis).
+ensure_python_tools() {
+    ensure_venv_requirements "$ROOT/scripts/requirements-test.txt"
+}
+
+# A MongoDB-wire server: reuse whatever answers at MONGODB_URL; otherwise run
+# SecantusDB from .venv on that loopback port, with its data in .data/mongo.
+ensure_mongo() {
+    export MONGODB_URL="${MONGODB_URL:-mongodb://127.0.0.1:27018/?retryWrites=false}"
+    local hostport="${MONGODB_URL#mongodb://}"
+    hostport="${hostport#*@}"
+    hostport="${hostport%%/*}"
+    hostport="${hostport%%\?*}"
+    local host="${hostport%:*}" port="${hostport##*:}"
+    [ "$port" = "$hostport" ] && port=27017
+    if port_answers "$host" "$port"; then
+        log "a MongoDB-wire server answers on $host:$port"
+        return 0
+    fi
+    case "$host" in
+        127.0.0.1 | localhost) ;;
+        *) die "MongoDB at $host:$port does not answer (MONGODB_URL)" ;;
+    esac
+    ensure_venv_requirements "$ROOT/scripts/requirements-services.txt"
+    mkdir -p "$DATA/mongo"
+    log "starting SecantusDB (MongoDB wire protocol) on 127.0.0.1:$port"
+    nohup "$ROOT/.venv/bin/secantusd-py" --host 127.0.0.1 --port "$port" \
+        --storage-path "$DATA/mongo" --log-level WARNING >"$DATA/mongo.log" 2>&1 &
+    wait_for_port 127.0.0.1 "$port" SecantusDB
 }
 
 # Splits POLYHUB_DATABASE__URL into PG_USER, PG_HOST, PG_PORT and PG_DB.

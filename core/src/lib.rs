@@ -22,7 +22,8 @@ pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig};
 pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{
-    Clock, DependencyProbe, NewUser, SessionRepository, SystemClock, User, UserRepository,
+    ActivityLog, Clock, DependencyProbe, LastConnection, NewUser, SessionRepository, SystemClock,
+    User, UserRepository,
 };
 pub use registration::{RegisterUser, Registration};
 pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};

@@ -303,6 +303,32 @@ pub mod memory {
     }
 }
 
+/// When a user was last seen: the read model behind `/last-connection`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastConnection {
+    pub user_id: UserId,
+    pub username: Option<Username>,
+    pub session_id: SessionId,
+    pub at: OffsetDateTime,
+}
+
+/// What happened in sessions, and when each user was last seen: the
+/// append-heavy, document-shaped side, kept apart from the source of truth.
+/// Delivery may repeat, so recording is idempotent by event id.
+#[async_trait]
+pub trait ActivityLog: Send + Sync + 'static {
+    /// Records one event; `false` when it had been recorded already. An
+    /// opening or touching event also moves the user's last connection
+    /// forward (never back: events may arrive out of order).
+    async fn record(
+        &self,
+        event: &SessionEvent,
+        username: Option<&Username>,
+    ) -> Result<bool, Error>;
+    /// When the user was last seen, if ever.
+    async fn last_connection(&self, user: UserId) -> Result<Option<LastConnection>, Error>;
+}
+
 /// A backing service a use case depends on, as readiness checks and operators
 /// see it: reachable or not, and how long one round trip took.
 #[async_trait]

@@ -3,8 +3,10 @@
 //! PostgreSQL through sqlx, with the schema's migrations embedded in the binary.
 //! Every storage error is classified here, once, into hub-core's error model.
 
+pub mod mongo;
 pub mod postgres;
 
+pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_mongo};
 pub use postgres::{
     MIGRATOR, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings, connect_lazy,
     ensure_database, migrate, ping,

@@ -1,0 +1,262 @@
+//! MongoDB: what is append-heavy and document-shaped. `session_events` holds
+//! one document per outbox event (`_id` = the event id, so a repeated
+//! delivery is a duplicate key, not a second document), and `last_connection`
+//! one document per user (`_id` = the user id), moved only forward in time.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hub_core::{
+    ActivityLog, Error, ErrorCode, LastConnection, SessionEvent, SessionEventKind, SessionId,
+    UserId, Username,
+};
+use mongodb::bson::{DateTime as BsonDateTime, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+use time::OffsetDateTime;
+
+/// How to reach MongoDB.
+#[derive(Clone)]
+pub struct MongoSettings {
+    /// `mongodb://host:port/?options`; never printed.
+    pub url: String,
+    pub database: String,
+    /// How long an operation waits for a reachable server before UNAVAILABLE.
+    pub server_selection_timeout: Duration,
+}
+
+impl std::fmt::Debug for MongoSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoSettings")
+            .field("url", &"<redacted>")
+            .field("database", &self.database)
+            .field("server_selection_timeout", &self.server_selection_timeout)
+            .finish()
+    }
+}
+
+/// A storage failure with what was being done when it happened.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}: {source}")]
+pub struct MongoError {
+    doing: &'static str,
+    #[source]
+    source: mongodb::error::Error,
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
+
+/// Classifies a driver error once: an unreachable server is UNAVAILABLE,
+/// anything else INTERNAL, with what was being done kept for the log.
+pub fn classify(doing: &'static str, source: mongodb::error::Error) -> Error {
+    let unreachable = matches!(
+        &*source.kind,
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+    ) || source.contains_label("NetworkError");
+    let code = if unreachable {
+        ErrorCode::Unavailable
+    } else {
+        ErrorCode::Internal
+    };
+    Error::from_source(code, MongoError { doing, source })
+}
+
+/// A database handle; the client connects on first use, so a service starts
+/// (and reports not-ready) while MongoDB is away.
+pub async fn connect(settings: &MongoSettings) -> Result<Database, Error> {
+    let mut options = ClientOptions::parse(&settings.url)
+        .await
+        .map_err(|e| classify("parsing the MongoDB URL", e))?;
+    options.server_selection_timeout = Some(settings.server_selection_timeout);
+    options.app_name = Some("polyhub".to_owned());
+    let client =
+        Client::with_options(options).map_err(|e| classify("configuring the MongoDB client", e))?;
+    Ok(client.database(&settings.database))
+}
+
+fn bson_time(at: OffsetDateTime) -> BsonDateTime {
+    let millis = i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    BsonDateTime::from_millis(millis)
+}
+
+fn from_bson_time(at: BsonDateTime) -> Result<OffsetDateTime, Error> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(at.timestamp_millis()) * 1_000_000)
+        .map_err(|e| Error::internal(format!("a stored time is out of range: {e}")))
+}
+
+/// Session events and last connections in MongoDB.
+#[derive(Debug, Clone)]
+pub struct MongoActivityLog {
+    events: Collection<Document>,
+    last: Collection<Document>,
+}
+
+impl MongoActivityLog {
+    pub fn new(database: &Database) -> Self {
+        Self {
+            events: database.collection("session_events"),
+            last: database.collection("last_connection"),
+        }
+    }
+
+    /// The indexes the queries need, and the retention of events (a TTL
+    /// index on their time). Safe to run at every start.
+    pub async fn ensure_indexes(&self, retention: Duration) -> Result<(), Error> {
+        let index = |keys: Document, name: &str| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build()
+        };
+        let ttl = IndexModel::builder()
+            .keys(doc! { "at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("session_events_retention".to_owned())
+                    .expire_after(retention)
+                    .build(),
+            )
+            .build();
+        self.events
+            .create_indexes([
+                index(
+                    doc! { "session_id": 1, "at": 1 },
+                    "session_events_by_session",
+                ),
+                index(doc! { "user_id": 1, "at": -1 }, "session_events_by_user"),
+                ttl,
+            ])
+            .await
+            .map_err(|e| classify("creating the session_events indexes", e))?;
+        Ok(())
+    }
+
+    async fn move_last_connection_forward(
+        &self,
+        event: &SessionEvent,
+        username: Option<&Username>,
+    ) -> Result<(), Error> {
+        let user = event.user_id.to_string();
+        let at = bson_time(event.at);
+        let mut set = doc! { "session_id": event.session_id.to_string(), "at": at };
+        if let Some(username) = username {
+            set.insert("username", username.as_str());
+        }
+        // Matches only an older document; when a newer one exists the upsert
+        // tries to insert a second `_id` and fails with a duplicate key: the
+        // newer time stays, which is what is wanted.
+        let result = self
+            .last
+            .update_one(
+                doc! { "_id": &user, "at": { "$lt": at } },
+                doc! { "$set": set },
+            )
+            .upsert(true)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(classify("moving a last connection forward", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl ActivityLog for MongoActivityLog {
+    async fn record(
+        &self,
+        event: &SessionEvent,
+        username: Option<&Username>,
+    ) -> Result<bool, Error> {
+        let document = doc! {
+            "_id": event.id.to_string(),
+            "kind": event.kind.as_str(),
+            "session_id": event.session_id.to_string(),
+            "user_id": event.user_id.to_string(),
+            "at": bson_time(event.at),
+            "client_ip": event.client.ip.map(|ip| ip.to_string()),
+            "user_agent": event.client.user_agent.clone(),
+            "reason": event.reason.clone(),
+        };
+        let recorded = match self.events.insert_one(document).await {
+            Ok(_) => true,
+            Err(e) if is_duplicate_key(&e) => false,
+            Err(e) => return Err(classify("recording a session event", e)),
+        };
+        // Also on a repeat: the earlier delivery may have stopped between the
+        // two writes, and moving forward twice changes nothing.
+        if matches!(
+            event.kind,
+            SessionEventKind::Opened | SessionEventKind::Touched
+        ) {
+            self.move_last_connection_forward(event, username).await?;
+        }
+        Ok(recorded)
+    }
+
+    async fn last_connection(&self, user: UserId) -> Result<Option<LastConnection>, Error> {
+        let Some(found) = self
+            .last
+            .find_one(doc! { "_id": user.to_string() })
+            .await
+            .map_err(|e| classify("reading a last connection", e))?
+        else {
+            return Ok(None);
+        };
+        let corrupt =
+            |field: &str| Error::internal(format!("last_connection {user} has a bad {field}"));
+        let session_id = found
+            .get_str("session_id")
+            .ok()
+            .and_then(|s| SessionId::parse(s).ok())
+            .ok_or_else(|| corrupt("session_id"))?;
+        let at = found.get_datetime("at").map_err(|_| corrupt("at"))?;
+        let username = found
+            .get_str("username")
+            .ok()
+            .and_then(|u| Username::parse(u).ok());
+        Ok(Some(LastConnection {
+            user_id: user,
+            username,
+            session_id,
+            at: from_bson_time(*at)?,
+        }))
+    }
+}
+
+/// MongoDB as a readiness dependency.
+#[derive(Debug, Clone)]
+pub struct MongoProbe {
+    database: Database,
+}
+
+impl MongoProbe {
+    pub fn new(database: Database) -> Self {
+        Self { database }
+    }
+}
+
+#[async_trait]
+impl hub_core::DependencyProbe for MongoProbe {
+    fn name(&self) -> &'static str {
+        "mongodb"
+    }
+
+    async fn probe(&self) -> Result<Duration, Error> {
+        let started = std::time::Instant::now();
+        self.database
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map_err(|e| classify("pinging MongoDB", e))?;
+        Ok(started.elapsed())
+    }
+}
