@@ -132,7 +132,7 @@ async fn main() {
     limits.per_user_burst = u32::MAX;
     let workers = config.hashing.pool_config().workers;
     let database_url = config.database.url.expose().clone();
-    let hub = common::TestHub::start_with(config, keys, true).await;
+    let hub = common::TestHub::start_hashing(config, keys, true, None).await;
     let base = hub.url("rest-auth");
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(128)

@@ -35,7 +35,7 @@ async fn main() {
     let (config, keys) = common::test_config();
     let database_url = config.database.url.expose().clone();
     let key_path = keys.private.clone();
-    let hub = common::TestHub::start_with(config, keys, true).await;
+    let hub = common::TestHub::start_hashing(config, keys, true, None).await;
     hub.hub
         .registration()
         .register(hub_core::RegisterUser {

@@ -103,6 +103,14 @@ impl Hub {
         })
     }
 
+    /// The same hub hashing with `hasher`. Config can only raise the
+    /// production parameters; a weaker hasher exists only in hub-core's
+    /// test-support feature, so only tests can hand one in.
+    pub fn with_password_hasher(mut self, hasher: PasswordHasher) -> Self {
+        self.hashing = HashingPool::new(hasher, self.config.hashing.pool_config());
+        self
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

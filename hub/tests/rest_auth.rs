@@ -431,7 +431,7 @@ async fn changing_the_password_revokes_the_other_sessions() {
 async fn login_attempts_are_limited_and_the_limit_recovers() {
     let (mut config, keys) = test_config();
     config.services.rest_auth.login_limit.per_user_burst = 3;
-    config.services.rest_auth.login_limit.per_user_replenish_ms = 500;
+    config.services.rest_auth.login_limit.per_user_replenish_ms = 1_500;
     let hub = TestHub::start_with(config, keys, true).await;
     let api = Api::new(&hub);
     api.register("ivan", "correct horse battery").await;
@@ -469,7 +469,7 @@ async fn login_attempts_are_limited_and_the_limit_recovers() {
     api.register("judy", "correct horse battery").await;
     api.login("judy", "correct horse battery").await;
 
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
     api.login("ivan", "correct horse battery").await;
     hub.stop().await;
 }

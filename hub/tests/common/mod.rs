@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use hub::{Hub, Listener};
-use hub_core::KeySet;
+use hub_core::{KeySet, PasswordHasher};
 use hub_runtime::Config;
 use hub_runtime::shutdown::ShutdownTrigger;
 use hub_runtime::{Secret, Shutdown};
@@ -86,9 +86,31 @@ impl TestHub {
     }
 
     /// Starts a hub on `config`; `migrate` false leaves the database alone
-    /// (for a database that is meant to be unreachable).
+    /// (for a database that is meant to be unreachable). It hashes at 1,000
+    /// iterations, so tests about races and limits do not depend on how much
+    /// CPU the machine can spare for PBKDF2; the real binary's tests and the
+    /// benchmarks use the production parameters.
     pub async fn start_with(config: Config, keys: KeyFiles, migrate: bool) -> Self {
-        let hub = Hub::build(config).unwrap();
+        Self::start_hashing(
+            config,
+            keys,
+            migrate,
+            Some(PasswordHasher::insecure_for_tests(1_000)),
+        )
+        .await
+    }
+
+    /// As [`Self::start_with`]; `None` keeps the configured (production) hashing.
+    pub async fn start_hashing(
+        config: Config,
+        keys: KeyFiles,
+        migrate: bool,
+        hasher: Option<PasswordHasher>,
+    ) -> Self {
+        let mut hub = Hub::build(config).unwrap();
+        if let Some(hasher) = hasher {
+            hub = hub.with_password_hasher(hasher);
+        }
         if migrate {
             hub.migrate().await.unwrap();
         }
