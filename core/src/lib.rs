@@ -9,9 +9,11 @@ pub mod authentication;
 pub mod directory;
 pub mod error;
 pub mod hashing;
+pub mod lifecycle;
 pub mod password;
 pub mod ports;
 pub mod registration;
+pub mod relay;
 pub mod session;
 pub mod token;
 pub mod user;
@@ -20,12 +22,14 @@ pub use authentication::{Authentication, LoginName, LoginOutcome, ProfileChange}
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig};
+pub use lifecycle::{SessionLifecycle, SessionLimits, SessionPage};
 pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{
-    ActivityLog, Clock, DependencyProbe, LastConnection, NewUser, SessionRepository, SystemClock,
-    User, UserRepository,
+    ActivityLog, Backlog, ClaimedEvents, Clock, DependencyProbe, LastConnection, NewUser, Outbox,
+    PendingEvent, SessionQuery, SessionRepository, SystemClock, User, UserRepository,
 };
 pub use registration::{RegisterUser, Registration};
+pub use relay::{Relay, RelaySettings, RelaySnapshot, RelayStatus};
 pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};
 pub use token::{Claims, IssuedToken, Jwks, KeySet, Principal, TokenSettings, Tokens};
 pub use user::{Email, Password, Role, UserId, Username};

@@ -77,6 +77,64 @@ pub trait SessionRepository: Send + Sync + 'static {
         at: OffsetDateTime,
         reason: &str,
     ) -> Result<u64, Error>;
+    /// The session in whatever state it is, if it exists.
+    async fn find(&self, id: SessionId) -> Result<Option<Session>, Error>;
+    /// One page of a user's sessions, newest first.
+    async fn list(&self, user: UserId, query: &SessionQuery) -> Result<Vec<Session>, Error>;
+    /// Stores `session`'s new `last_seen_at` and `expires_at` with its
+    /// `session.touched` event, if it is still open at the event's time;
+    /// false when it was not.
+    async fn touch(&self, session: &Session, event: &SessionEvent) -> Result<bool, Error>;
+}
+
+/// Which of a user's sessions to list, and where the page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionQuery {
+    /// Revoked and expired sessions too, not only the open ones.
+    pub include_closed: bool,
+    /// Open means not revoked and not expired at this time.
+    pub now: OffsetDateTime,
+    /// Only sessions older than this one (the previous page's last).
+    pub before: Option<SessionId>,
+    pub limit: u32,
+}
+
+/// An outbox event waiting for delivery, with its user's name for the read
+/// side (none when the user has since been deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    pub event: SessionEvent,
+    pub username: Option<Username>,
+}
+
+/// How far behind delivery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    pub pending: u64,
+    /// When the oldest undelivered event happened.
+    pub oldest: Option<OffsetDateTime>,
+}
+
+/// The outbox, as its relay sees it: events claimed in order, in batches,
+/// by one relay at a time.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// Claims up to `limit` undelivered events, oldest first, skipping any
+    /// another relay holds. The claim lasts until the batch is marked
+    /// delivered or dropped; a dropped batch is claimable again.
+    async fn claim(&self, limit: u32) -> Result<Box<dyn ClaimedEvents>, Error>;
+    /// How many events wait, and since when.
+    async fn backlog(&self) -> Result<Backlog, Error>;
+    /// Deletes events delivered before `before`; how many went.
+    async fn prune(&self, before: OffsetDateTime) -> Result<u64, Error>;
+}
+
+/// A claimed batch of outbox events.
+#[async_trait]
+pub trait ClaimedEvents: Send {
+    fn events(&self) -> &[PendingEvent];
+    /// Marks the whole batch delivered at `at` and ends the claim.
+    async fn delivered(self: Box<Self>, at: OffsetDateTime) -> Result<(), Error>;
 }
 
 /// The time, as the domain sees it.
@@ -300,6 +358,37 @@ pub mod memory {
                 count
             })
         }
+
+        async fn find(&self, id: SessionId) -> Result<Option<Session>, Error> {
+            self.with(|sessions, _| sessions.get(&id).cloned())
+        }
+
+        async fn list(&self, user: UserId, query: &SessionQuery) -> Result<Vec<Session>, Error> {
+            self.with(|sessions, _| {
+                let mut found: Vec<Session> = sessions
+                    .values()
+                    .filter(|s| s.user_id == user)
+                    .filter(|s| query.include_closed || s.is_open_at(query.now))
+                    .filter(|s| query.before.is_none_or(|before| s.id < before))
+                    .cloned()
+                    .collect();
+                found.sort_by_key(|s| std::cmp::Reverse(s.id));
+                found.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
+                found
+            })
+        }
+
+        async fn touch(&self, session: &Session, event: &SessionEvent) -> Result<bool, Error> {
+            self.with(|sessions, events| match sessions.get_mut(&session.id) {
+                Some(s) if s.is_open_at(event.at) => {
+                    s.last_seen_at = session.last_seen_at;
+                    s.expires_at = session.expires_at;
+                    events.push(event.clone());
+                    true
+                }
+                _ => false,
+            })
+        }
     }
 }
 
@@ -325,6 +414,25 @@ pub trait ActivityLog: Send + Sync + 'static {
         event: &SessionEvent,
         username: Option<&Username>,
     ) -> Result<bool, Error>;
+    /// Records a batch delivered at `delivered_at`, as [`Self::record`] does
+    /// one by one; how many were new (the rest had been recorded already).
+    async fn record_batch(
+        &self,
+        events: &[PendingEvent],
+        delivered_at: OffsetDateTime,
+    ) -> Result<u64, Error> {
+        let _ = delivered_at;
+        let mut recorded = 0;
+        for pending in events {
+            if self
+                .record(&pending.event, pending.username.as_ref())
+                .await?
+            {
+                recorded += 1;
+            }
+        }
+        Ok(recorded)
+    }
     /// When the user was last seen, if ever.
     async fn last_connection(&self, user: UserId) -> Result<Option<LastConnection>, Error>;
 }

@@ -45,6 +45,8 @@ pub struct Principal {
     pub user_id: UserId,
     pub session_id: SessionId,
     pub role: Role,
+    /// When the token expires (never after its session).
+    pub expires_at: OffsetDateTime,
 }
 
 /// A freshly signed token.
@@ -342,6 +344,7 @@ impl Tokens {
             user_id: UserId::parse(&claims.sub).map_err(|e| invalid(&e))?,
             session_id: SessionId::parse(&claims.sid).map_err(|e| invalid(&e))?,
             role: claims.role,
+            expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).map_err(|e| invalid(&e))?,
         };
         self.verified.put(token, principal, claims.exp);
         Ok(principal)

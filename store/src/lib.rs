@@ -7,7 +7,9 @@ pub mod mongo;
 pub mod postgres;
 
 pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_mongo};
+/// The MongoDB database handle [`connect_mongo`] gives.
+pub use mongodb::Database as MongoDatabase;
 pub use postgres::{
-    MIGRATOR, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings, connect_lazy,
+    MIGRATOR, PgOutbox, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings, connect_lazy,
     ensure_database, migrate, ping,
 };

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hub_core::{
-    ActivityLog, Error, ErrorCode, LastConnection, SessionEvent, SessionEventKind, SessionId,
-    UserId, Username,
+    ActivityLog, Error, ErrorCode, LastConnection, PendingEvent, SessionEvent, SessionEventKind,
+    SessionId, UserId, Username,
 };
 use mongodb::bson::{DateTime as BsonDateTime, Document, doc};
-use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use time::OffsetDateTime;
@@ -170,6 +170,29 @@ impl MongoActivityLog {
     }
 }
 
+/// One `session_events` document; `delivered_at` is when the relay wrote it,
+/// so lag can be audited afterwards.
+fn event_document(event: &SessionEvent, delivered_at: Option<OffsetDateTime>) -> Document {
+    let mut document = doc! {
+        "_id": event.id.to_string(),
+        "kind": event.kind.as_str(),
+        "session_id": event.session_id.to_string(),
+        "user_id": event.user_id.to_string(),
+        "at": bson_time(event.at),
+        "client_ip": event.client.ip.map(|ip| ip.to_string()),
+        "user_agent": event.client.user_agent.clone(),
+        "reason": event.reason.clone(),
+    };
+    if let Some(delivered_at) = delivered_at {
+        document.insert("delivered_at", bson_time(delivered_at));
+    }
+    document
+}
+
+fn moves_last_connection(kind: SessionEventKind) -> bool {
+    matches!(kind, SessionEventKind::Opened | SessionEventKind::Touched)
+}
+
 #[async_trait]
 impl ActivityLog for MongoActivityLog {
     async fn record(
@@ -177,16 +200,7 @@ impl ActivityLog for MongoActivityLog {
         event: &SessionEvent,
         username: Option<&Username>,
     ) -> Result<bool, Error> {
-        let document = doc! {
-            "_id": event.id.to_string(),
-            "kind": event.kind.as_str(),
-            "session_id": event.session_id.to_string(),
-            "user_id": event.user_id.to_string(),
-            "at": bson_time(event.at),
-            "client_ip": event.client.ip.map(|ip| ip.to_string()),
-            "user_agent": event.client.user_agent.clone(),
-            "reason": event.reason.clone(),
-        };
+        let document = event_document(event, None);
         let recorded = match self.events.insert_one(document).await {
             Ok(_) => true,
             Err(e) if is_duplicate_key(&e) => false,
@@ -194,11 +208,54 @@ impl ActivityLog for MongoActivityLog {
         };
         // Also on a repeat: the earlier delivery may have stopped between the
         // two writes, and moving forward twice changes nothing.
-        if matches!(
-            event.kind,
-            SessionEventKind::Opened | SessionEventKind::Touched
-        ) {
+        if moves_last_connection(event.kind) {
             self.move_last_connection_forward(event, username).await?;
+        }
+        Ok(recorded)
+    }
+
+    /// One unordered `insert_many` for the events (a duplicate key is an
+    /// event recorded before; any other failure fails the batch), then one
+    /// forward-only upsert per user for the newest opening or touch.
+    async fn record_batch(
+        &self,
+        events: &[PendingEvent],
+        delivered_at: OffsetDateTime,
+    ) -> Result<u64, Error> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let documents = events
+            .iter()
+            .map(|p| event_document(&p.event, Some(delivered_at)));
+        let total = events.len() as u64;
+        let recorded = match self.events.insert_many(documents).ordered(false).await {
+            Ok(_) => total,
+            Err(e) => match &*e.kind {
+                ErrorKind::InsertMany(InsertManyError {
+                    write_errors: Some(errors),
+                    write_concern_error: None,
+                    ..
+                }) if errors.iter().all(|w| w.code == 11000) => {
+                    total.saturating_sub(errors.len() as u64)
+                }
+                _ => return Err(classify("recording a batch of session events", e)),
+            },
+        };
+        let mut newest: std::collections::HashMap<UserId, &PendingEvent> =
+            std::collections::HashMap::new();
+        for pending in events
+            .iter()
+            .filter(|p| moves_last_connection(p.event.kind))
+        {
+            let slot = newest.entry(pending.event.user_id).or_insert(pending);
+            if pending.event.at > slot.event.at {
+                *slot = pending;
+            }
+        }
+        for pending in newest.values() {
+            self.move_last_connection_forward(&pending.event, pending.username.as_ref())
+                .await?;
         }
         Ok(recorded)
     }

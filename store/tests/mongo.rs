@@ -171,3 +171,37 @@ async fn an_unreachable_server_is_unavailable_quickly() {
     let live = fresh_database().await;
     assert!(MongoProbe::new(live).probe().await.is_ok());
 }
+
+#[tokio::test]
+async fn a_batch_records_new_events_and_recognises_repeats() {
+    let db = fresh_database().await;
+    let log = MongoActivityLog::new(&db);
+    let user = UserId::generate();
+    let at = now_ms();
+    let pending: Vec<hub_core::PendingEvent> = (0..5)
+        .map(|i| {
+            let s = session(user, at + time::Duration::seconds(i));
+            hub_core::PendingEvent {
+                event: SessionEvent::new(SessionEventKind::Opened, &s, s.created_at),
+                username: Some(Username::parse("alice").unwrap()),
+            }
+        })
+        .collect();
+    // Two were delivered before (a relay that died before marking them).
+    assert_eq!(log.record_batch(&pending[..2], at).await.unwrap(), 2);
+    assert_eq!(log.record_batch(&pending, at).await.unwrap(), 3);
+    assert_eq!(log.record_batch(&pending, at).await.unwrap(), 0);
+    let events = db.collection::<mongodb::bson::Document>("session_events");
+    assert_eq!(events.count_documents(doc! {}).await.unwrap(), 5);
+    let stored = events
+        .find_one(doc! { "_id": pending[0].event.id.to_string() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.get_datetime("delivered_at").is_ok());
+    // The newest opening of the batch is the last connection.
+    let last = log.last_connection(user).await.unwrap().unwrap();
+    assert_eq!(last.session_id, pending[4].event.session_id);
+    assert_eq!(last.at, pending[4].event.at);
+    assert_eq!(last.username.unwrap().as_str(), "alice");
+}

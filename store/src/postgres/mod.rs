@@ -1,9 +1,11 @@
 //! PostgreSQL: connection pool, migrations, error classification, and the
 //! repositories of users and sessions.
 
+mod outbox;
 mod sessions;
 mod users;
 
+pub use outbox::PgOutbox;
 pub use sessions::PgSessionRepository;
 pub use users::PgUserRepository;
 

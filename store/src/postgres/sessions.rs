@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 use hub_core::{
-    ClientInfo, Error, Session, SessionEvent, SessionEventKind, SessionId, SessionRepository, User,
-    UserId,
+    ClientInfo, Error, Session, SessionEvent, SessionEventKind, SessionId, SessionQuery,
+    SessionRepository, User, UserId,
 };
 use sqlx::postgres::{PgPool, PgTransaction};
 use sqlx::types::Json;
@@ -87,7 +87,7 @@ macro_rules! session_columns {
 }
 
 /// What downstream consumers (the relay, MongoDB) read of an event.
-fn payload(event: &SessionEvent) -> serde_json::Value {
+pub(super) fn payload(event: &SessionEvent) -> serde_json::Value {
     serde_json::json!({
         "event_id": event.id,
         "kind": event.kind.as_str(),
@@ -100,7 +100,10 @@ fn payload(event: &SessionEvent) -> serde_json::Value {
     })
 }
 
-async fn insert_event(tx: &mut PgTransaction<'_>, event: &SessionEvent) -> Result<(), Error> {
+pub(super) async fn insert_event(
+    tx: &mut PgTransaction<'_>,
+    event: &SessionEvent,
+) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO outbox (id, session_id, user_id, kind, payload, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -259,5 +262,72 @@ impl SessionRepository for PgSessionRepository {
         .await
         .map_err(|e| classify("revoking a user's sessions", e))?;
         revoked_with_events(tx, rows, at, reason).await
+    }
+
+    async fn find(&self, id: SessionId) -> Result<Option<Session>, Error> {
+        sqlx::query_as::<_, SessionRow>(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE id = $1"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| classify("reading a session", e))?
+        .map(Session::try_from)
+        .transpose()
+    }
+
+    async fn list(&self, user: UserId, query: &SessionQuery) -> Result<Vec<Session>, Error> {
+        // Session ids are UUID v7, so id order is creation order and the page
+        // boundary is one id. A user has few sessions; sorting them is cheap.
+        sqlx::query_as::<_, SessionRow>(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE user_id = $1 \
+              AND ($2 OR (revoked_at IS NULL AND expires_at > $3)) \
+              AND ($4::uuid IS NULL OR id < $4) \
+              ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(user.as_uuid())
+        .bind(query.include_closed)
+        .bind(query.now)
+        .bind(query.before.map(|b| b.as_uuid()))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| classify("listing a user's sessions", e))?
+        .into_iter()
+        .map(Session::try_from)
+        .collect()
+    }
+
+    async fn touch(&self, session: &Session, event: &SessionEvent) -> Result<bool, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("touching a session", e))?;
+        let touched = sqlx::query(
+            "UPDATE sessions SET last_seen_at = $2, expires_at = $3 \
+             WHERE id = $1 AND revoked_at IS NULL AND expires_at > $4",
+        )
+        .bind(session.id.as_uuid())
+        .bind(session.last_seen_at)
+        .bind(session.expires_at)
+        .bind(event.at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify("touching a session", e))?
+        .rows_affected()
+            > 0;
+        if !touched {
+            return Ok(false);
+        }
+        insert_event(&mut tx, event).await?;
+        tx.commit()
+            .await
+            .map_err(|e| classify("committing a session touch", e))?;
+        Ok(true)
     }
 }

@@ -1,0 +1,160 @@
+//! The outbox, drained by the sessions service's relay.
+//!
+//! A claim is a transaction holding `FOR UPDATE SKIP LOCKED` row locks on
+//! the oldest undelivered events: another relay skips them and takes the
+//! next ones, and if this relay dies the locks go with its connection and
+//! the events are claimable again. Marking the batch delivered commits.
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use hub_core::{
+    Backlog, ClaimedEvents, ClientInfo, Error, Outbox, PendingEvent, SessionEvent,
+    SessionEventKind, SessionId, UserId, Username,
+};
+use serde::Deserialize;
+use sqlx::postgres::{PgPool, PgTransaction};
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::classify;
+
+/// The outbox in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgOutbox {
+    pool: PgPool,
+}
+
+impl PgOutbox {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+/// The parts of an event kept only in its JSON payload.
+#[derive(Deserialize)]
+struct Payload {
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+    reason: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: Uuid,
+    session_id: Uuid,
+    user_id: Uuid,
+    kind: String,
+    payload: Json<Payload>,
+    created_at: OffsetDateTime,
+    username: Option<String>,
+}
+
+impl TryFrom<OutboxRow> for PendingEvent {
+    type Error = Error;
+
+    fn try_from(row: OutboxRow) -> Result<Self, Error> {
+        let corrupt =
+            |field: &str| Error::internal(format!("outbox row {} has a bad {field}", row.id));
+        let Json(payload) = row.payload;
+        Ok(PendingEvent {
+            event: SessionEvent {
+                id: row.id,
+                kind: SessionEventKind::parse(&row.kind)?,
+                session_id: SessionId::try_from(row.session_id)
+                    .map_err(|_| corrupt("session_id"))?,
+                user_id: UserId::try_from(row.user_id).map_err(|_| corrupt("user_id"))?,
+                at: row.created_at,
+                client: ClientInfo {
+                    ip: payload
+                        .client_ip
+                        .as_deref()
+                        .map(str::parse::<IpAddr>)
+                        .transpose()
+                        .map_err(|_| corrupt("client_ip"))?,
+                    user_agent: payload.user_agent,
+                },
+                reason: payload.reason,
+            },
+            username: row.username.and_then(|u| Username::parse(&u).ok()),
+        })
+    }
+}
+
+/// A claimed batch: the open transaction holds its row locks.
+struct PgClaim {
+    tx: PgTransaction<'static>,
+    events: Vec<PendingEvent>,
+}
+
+#[async_trait]
+impl ClaimedEvents for PgClaim {
+    fn events(&self) -> &[PendingEvent] {
+        &self.events
+    }
+
+    async fn delivered(mut self: Box<Self>, at: OffsetDateTime) -> Result<(), Error> {
+        let ids: Vec<Uuid> = self.events.iter().map(|p| p.event.id).collect();
+        sqlx::query("UPDATE outbox SET delivered_at = $1 WHERE id = ANY($2)")
+            .bind(at)
+            .bind(&ids)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| classify("marking outbox events delivered", e))?;
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| classify("committing delivered outbox events", e))
+    }
+}
+
+#[async_trait]
+impl Outbox for PgOutbox {
+    async fn claim(&self, limit: u32) -> Result<Box<dyn ClaimedEvents>, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("claiming outbox events", e))?;
+        // `outbox_pending` holds exactly the undelivered rows, in this order.
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT o.id, o.session_id, o.user_id, o.kind, o.payload, o.created_at, u.username \
+             FROM outbox o LEFT JOIN users u ON u.id = o.user_id \
+             WHERE o.delivered_at IS NULL \
+             ORDER BY o.created_at, o.id LIMIT $1 \
+             FOR UPDATE OF o SKIP LOCKED",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| classify("claiming outbox events", e))?;
+        let events = rows
+            .into_iter()
+            .map(PendingEvent::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Box::new(PgClaim { tx, events }))
+    }
+
+    async fn backlog(&self) -> Result<Backlog, Error> {
+        let (pending, oldest): (i64, Option<OffsetDateTime>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM outbox WHERE delivered_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| classify("measuring the outbox backlog", e))?;
+        Ok(Backlog {
+            pending: u64::try_from(pending).unwrap_or(0),
+            oldest,
+        })
+    }
+
+    async fn prune(&self, before: OffsetDateTime) -> Result<u64, Error> {
+        Ok(sqlx::query("DELETE FROM outbox WHERE delivered_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify("pruning delivered outbox events", e))?
+            .rows_affected())
+    }
+}
