@@ -25,6 +25,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub tokens: TokenConfig,
     pub sessions: SessionConfig,
+    pub mongo: MongoConfig,
+    pub relay: RelayConfig,
     pub soap: SoapConfig,
     pub services: ServicesConfig,
 }
@@ -200,14 +202,18 @@ impl TokenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
-    /// How long a session stays open after login unless revoked.
+    /// How long a session stays open after login (or after its last touch
+    /// through the sessions service) unless revoked.
     pub lifetime_secs: u64,
+    /// How long a session can be kept alive by touching it, from its login.
+    pub max_lifetime_secs: u64,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             lifetime_secs: 12 * 60 * 60,
+            max_lifetime_secs: 7 * 24 * 60 * 60,
         }
     }
 }
@@ -215,6 +221,87 @@ impl Default for SessionConfig {
 impl SessionConfig {
     pub fn lifetime(&self) -> Duration {
         Duration::from_secs(self.lifetime_secs)
+    }
+
+    pub fn limits(&self) -> hub_core::SessionLimits {
+        hub_core::SessionLimits {
+            lifetime: self.lifetime(),
+            max_lifetime: Duration::from_secs(self.max_lifetime_secs.max(self.lifetime_secs)),
+        }
+    }
+}
+
+/// MongoDB: session activity and last connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MongoConfig {
+    /// `mongodb://host:port/?options`; never printed.
+    pub url: Secret<String>,
+    pub database: String,
+    /// How long an operation waits for a reachable server before UNAVAILABLE.
+    pub server_selection_timeout_ms: u64,
+    /// How long session events are kept (a TTL index).
+    pub event_retention_days: u64,
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("mongodb://127.0.0.1:27017/".to_owned()),
+            database: "polyhub".to_owned(),
+            server_selection_timeout_ms: 2_000,
+            event_retention_days: 90,
+        }
+    }
+}
+
+impl MongoConfig {
+    pub fn event_retention(&self) -> Duration {
+        Duration::from_secs(self.event_retention_days * 24 * 60 * 60)
+    }
+}
+
+/// The outbox relay of the sessions service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Off: this process does not relay (another instance does).
+    pub enabled: bool,
+    pub batch_size: u32,
+    pub idle_poll_ms: u64,
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// How long delivered events stay in the PostgreSQL outbox.
+    pub keep_delivered_hours: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let core = hub_core::RelaySettings::default();
+        Self {
+            enabled: true,
+            batch_size: core.batch_size,
+            idle_poll_ms: millis(core.idle_poll),
+            min_backoff_ms: millis(core.min_backoff),
+            max_backoff_ms: millis(core.max_backoff),
+            keep_delivered_hours: core.keep_delivered.as_secs() / 3600,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RelayConfig {
+    pub fn settings(&self) -> hub_core::RelaySettings {
+        hub_core::RelaySettings {
+            batch_size: self.batch_size.max(1),
+            idle_poll: Duration::from_millis(self.idle_poll_ms),
+            min_backoff: Duration::from_millis(self.min_backoff_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms.max(self.min_backoff_ms)),
+            keep_delivered: Duration::from_secs(self.keep_delivered_hours * 3600),
+        }
     }
 }
 
@@ -327,6 +414,20 @@ pub struct ServicesConfig {
     pub rest_auth: RestAuthConfig,
     pub soap_register: PortConfig,
     pub soap_lookup: SoapLookupConfig,
+    pub sessions: SessionsServiceConfig,
+    pub session_tracker: SessionsServiceConfig,
+}
+
+/// The session API (5004) and the last-connection tracker (5020).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsServiceConfig {
+    pub port: u16,
+    /// The URL clients reach this service at; defaults to the bound address.
+    #[serde(default)]
+    pub external_url: Option<String>,
+    #[serde(default)]
+    pub cors: CorsConfig,
 }
 
 impl Default for ServicesConfig {
@@ -339,6 +440,16 @@ impl Default for ServicesConfig {
                 external_url: None,
             },
             soap_lookup: SoapLookupConfig::default(),
+            sessions: SessionsServiceConfig {
+                port: 5004,
+                external_url: None,
+                cors: CorsConfig::default(),
+            },
+            session_tracker: SessionsServiceConfig {
+                port: 5020,
+                external_url: None,
+                cors: CorsConfig::default(),
+            },
         }
     }
 }

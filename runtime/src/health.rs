@@ -14,11 +14,21 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// A service's name and the dependencies its readiness depends on.
+/// Something an operator wants to see in `/ready` beside the dependencies
+/// (a relay's backlog, say); it never makes the service unready.
+#[async_trait::async_trait]
+pub trait ReadinessDetail: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    async fn detail(&self) -> Value;
+}
+
+/// A service's name, the dependencies its readiness depends on, and those it
+/// only reports (the service keeps working without them).
 #[derive(Clone)]
 pub struct Readiness {
     service: &'static str,
-    probes: Vec<Arc<dyn DependencyProbe>>,
+    probes: Vec<(Arc<dyn DependencyProbe>, bool)>,
+    details: Vec<Arc<dyn ReadinessDetail>>,
     timeout: Duration,
 }
 
@@ -28,7 +38,11 @@ impl std::fmt::Debug for Readiness {
             .field("service", &self.service)
             .field(
                 "probes",
-                &self.probes.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                &self
+                    .probes
+                    .iter()
+                    .map(|(p, _)| p.name())
+                    .collect::<Vec<_>>(),
             )
             .field("timeout", &self.timeout)
             .finish()
@@ -40,13 +54,27 @@ impl Readiness {
         Self {
             service,
             probes: Vec::new(),
+            details: Vec::new(),
             timeout,
         }
     }
 
     /// Adds a dependency that must answer for the service to be ready.
     pub fn with(mut self, probe: Arc<dyn DependencyProbe>) -> Self {
-        self.probes.push(probe);
+        self.probes.push((probe, true));
+        self
+    }
+
+    /// Adds a dependency that is reported but not required: the service
+    /// degrades without it and stays ready.
+    pub fn reporting(mut self, probe: Arc<dyn DependencyProbe>) -> Self {
+        self.probes.push((probe, false));
+        self
+    }
+
+    /// Adds a detail shown in `/ready`.
+    pub fn with_detail(mut self, detail: Arc<dyn ReadinessDetail>) -> Self {
+        self.details.push(detail);
         self
     }
 
@@ -57,40 +85,56 @@ impl Readiness {
     /// Probes every dependency at once, each within the timeout.
     pub async fn check(&self) -> (bool, Map<String, Value>) {
         let mut tasks = tokio::task::JoinSet::new();
-        for probe in &self.probes {
+        for (probe, required) in &self.probes {
             let probe = Arc::clone(probe);
+            let required = *required;
             let timeout = self.timeout;
             tasks.spawn(async move {
                 let outcome = tokio::time::timeout(timeout, probe.probe()).await;
-                (probe.name(), outcome)
+                (probe.name(), required, outcome)
             });
         }
         let mut ready = true;
         let mut checks = Map::new();
         while let Some(joined) = tasks.join_next().await {
-            let Ok((name, outcome)) = joined else {
+            let Ok((name, required, outcome)) = joined else {
                 ready = false;
                 continue;
             };
-            let detail = match outcome {
+            let mut detail = match outcome {
                 Ok(Ok(latency)) => json!({
                     "status": "OK",
                     "latency_ms": latency.as_secs_f64() * 1000.0,
                 }),
                 Ok(Err(e)) => {
-                    ready = false;
-                    tracing::warn!(dependency = name, error = %e, "readiness check failed");
+                    ready &= !required;
+                    tracing::warn!(dependency = name, required, error = %e, "readiness check failed");
                     json!({ "status": "ERROR" })
                 }
                 Err(_) => {
-                    ready = false;
-                    tracing::warn!(dependency = name, timeout = ?self.timeout, "readiness check timed out");
+                    ready &= !required;
+                    tracing::warn!(dependency = name, required, timeout = ?self.timeout, "readiness check timed out");
                     json!({ "status": "ERROR" })
                 }
             };
+            if !required {
+                detail["required"] = Value::Bool(false);
+            }
             checks.insert(name.to_owned(), detail);
         }
         (ready, checks)
+    }
+
+    /// Every detail, each within the timeout.
+    pub async fn details(&self) -> Map<String, Value> {
+        let mut details = Map::new();
+        for detail in &self.details {
+            let value = tokio::time::timeout(self.timeout, detail.detail())
+                .await
+                .unwrap_or_else(|_| json!({ "status": "ERROR", "error": "timed out" }));
+            details.insert(detail.name().to_owned(), value);
+        }
+        details
     }
 }
 
@@ -109,7 +153,7 @@ async fn health(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
 }
 
 async fn ready(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
-    let (ok, checks) = readiness.check().await;
+    let ((ok, checks), details) = tokio::join!(readiness.check(), readiness.details());
     let status = if ok {
         StatusCode::OK
     } else {
@@ -120,6 +164,7 @@ async fn ready(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
         "status": if ok { "OK" } else { "ERROR" },
         "timestamp": now(),
         "checks": checks,
+        "details": details,
     });
     (status, Json(body))
 }

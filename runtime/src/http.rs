@@ -177,6 +177,28 @@ where
     }
 }
 
+/// A query string whose rejections are 400 `INVALID_REQUEST` in the hub's
+/// error shape, as for [`JsonBody`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(QueryParams(value)),
+            Err(rejection) => {
+                Err(Error::with_message(ErrorCode::InvalidRequest, rejection.body_text()).into())
+            }
+        }
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header. A missing or
 /// malformed header is 401 `INVALID_TOKEN` in the hub's error shape.
 #[derive(Clone)]

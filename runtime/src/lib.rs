@@ -8,12 +8,13 @@
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use config::Config;
 pub use health::Readiness;
-pub use http::{BearerToken, HttpError, JsonBody, cors_layer, service_router};
+pub use http::{BearerToken, HttpError, JsonBody, QueryParams, cors_layer, service_router};
 pub use secret::Secret;
 pub use shutdown::Shutdown;
