@@ -8,12 +8,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hub_core::{
-    Authentication, DependencyProbe, Directory, HashingPool, KeySet, PasswordHasher, Registration,
-    SessionRepository, SystemClock, TokenSettings, Tokens, UserRepository,
+    ActivityLog, Authentication, DependencyProbe, Directory, HashingPool, KeySet, Outbox,
+    PasswordHasher, Registration, Relay, SessionLifecycle, SessionRepository, SystemClock,
+    TokenSettings, Tokens, UserRepository,
 };
 use hub_runtime::config::TokenConfig;
 use hub_runtime::{Config, Readiness, Shutdown};
-use hub_store::{PgProbe, PgSessionRepository, PgUserRepository, PoolSettings};
+use hub_store::{
+    MongoActivityLog, MongoDatabase, MongoProbe, MongoSettings, PgOutbox, PgProbe,
+    PgSessionRepository, PgUserRepository, PoolSettings,
+};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -27,6 +31,7 @@ pub struct Hub {
     sessions: Arc<dyn SessionRepository>,
     hashing: HashingPool,
     tokens: Option<Arc<Tokens>>,
+    mongo: Arc<tokio::sync::OnceCell<MongoDatabase>>,
 }
 
 /// Reads the signing key and the earlier public keys named in config.
@@ -100,6 +105,7 @@ impl Hub {
             pool,
             hashing,
             tokens,
+            mongo: Arc::default(),
         })
     }
 
@@ -158,6 +164,86 @@ impl Hub {
         Directory::new(self.users())
     }
 
+    /// The MongoDB database, configured on first use; the client connects
+    /// lazily, so this succeeds while MongoDB is away.
+    pub async fn mongo(&self) -> anyhow::Result<MongoDatabase> {
+        let config = &self.config.mongo;
+        self.mongo
+            .get_or_try_init(|| async {
+                hub_store::connect_mongo(&MongoSettings {
+                    url: config.url.expose().clone(),
+                    database: config.database.clone(),
+                    server_selection_timeout: std::time::Duration::from_millis(
+                        config.server_selection_timeout_ms,
+                    ),
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("configuring the MongoDB client")
+            })
+            .await
+            .cloned()
+    }
+
+    /// Session events and last connections in MongoDB.
+    pub async fn activity_log(&self) -> anyhow::Result<MongoActivityLog> {
+        Ok(MongoActivityLog::new(&self.mongo().await?))
+    }
+
+    pub fn outbox(&self) -> Arc<dyn Outbox> {
+        Arc::new(PgOutbox::new(self.pool.clone()))
+    }
+
+    /// A relay from this hub's outbox into its activity log.
+    pub async fn relay(&self) -> anyhow::Result<Relay> {
+        Ok(Relay::new(
+            self.outbox(),
+            Arc::new(self.activity_log().await?),
+            Arc::new(SystemClock),
+            self.config.relay.settings(),
+        ))
+    }
+
+    /// Managing sessions once signed in; needs the token keys.
+    pub async fn session_lifecycle(&self) -> anyhow::Result<SessionLifecycle> {
+        let activity: Arc<dyn ActivityLog> = Arc::new(self.activity_log().await?);
+        Ok(SessionLifecycle::new(
+            self.authentication()?,
+            self.users(),
+            Arc::clone(&self.sessions),
+            activity,
+            Arc::new(SystemClock),
+            self.config.sessions.limits(),
+        ))
+    }
+
+    /// Creates MongoDB's indexes, retrying in the background until MongoDB
+    /// answers (a service starts while MongoDB is away).
+    async fn ensure_mongo_indexes(&self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let log = self.activity_log().await?;
+        let retention = self.config.mongo.event_retention();
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_secs(1);
+            loop {
+                match log.ensure_indexes(retention).await {
+                    Ok(()) => {
+                        tracing::info!("MongoDB indexes in place");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?wait, "MongoDB indexes not created yet")
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.clone().wait() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            }
+        });
+        Ok(())
+    }
+
     fn postgres_probe(&self) -> Arc<dyn DependencyProbe> {
         Arc::new(PgProbe::new(self.pool.clone()))
     }
@@ -168,6 +254,10 @@ impl Hub {
             std::time::Duration::from_millis(self.config.http.ready_timeout_ms),
         )
         .with(self.postgres_probe())
+    }
+
+    fn mongo_probe(&self, database: MongoDatabase) -> Arc<dyn DependencyProbe> {
+        Arc::new(MongoProbe::new(database))
     }
 
     /// Binds every service's port and serves until `shutdown` fires; returns
@@ -181,6 +271,8 @@ impl Hub {
         let http = &self.config.http;
         // What can be checked without the network is checked before a port is taken.
         let authentication = self.authentication()?;
+        let lifecycle = self.session_lifecycle().await?;
+        let mongo = self.mongo().await?;
         // Every port is bound first, so each service knows every public
         // address before it is built (the WSDL names two of them).
         let rest = self
@@ -204,6 +296,21 @@ impl Hub {
                 &services.soap_lookup.external_url,
             )
             .await?;
+        let sessions_port = self
+            .bind(
+                sessions::SERVICE,
+                services.sessions.port,
+                &services.sessions.external_url,
+            )
+            .await?;
+        let tracker = self
+            .bind(
+                sessions::TRACKER,
+                services.session_tracker.port,
+                &services.session_tracker.external_url,
+            )
+            .await?;
+        self.ensure_mongo_indexes(shutdown.clone()).await?;
 
         let wsdl: Arc<str> = hub_soap::users_wsdl(
             &format!("{}/register", register.1.external_url),
@@ -214,6 +321,17 @@ impl Hub {
             max_bytes: self.config.soap.max_body_bytes,
             max_depth: self.config.soap.max_depth,
             max_elements: self.config.soap.max_elements,
+        };
+        let relay = if self.config.relay.enabled {
+            Some(self.relay().await?)
+        } else {
+            tracing::info!("relay disabled here: another instance delivers the outbox");
+            None
+        };
+        let sessions_state = sessions::SessionsState {
+            lifecycle,
+            relay: relay.as_ref().map(Relay::status),
+            outbox: self.outbox(),
         };
         let routers = [
             rest_auth::router(
@@ -248,11 +366,35 @@ impl Hub {
                 http,
                 &services.soap_lookup.cors,
             ),
+            sessions::router(
+                sessions_state.clone(),
+                self.readiness(sessions::SERVICE)
+                    .reporting(self.mongo_probe(mongo.clone())),
+                http,
+                &services.sessions,
+            ),
+            sessions::tracker_router(
+                sessions_state,
+                self.readiness(sessions::TRACKER)
+                    .with(self.mongo_probe(mongo)),
+                http,
+                &services.session_tracker,
+            ),
         ];
 
         let mut listeners = Vec::new();
         let mut tasks = JoinSet::new();
-        for ((listener, info), router) in [rest, register, lookup].into_iter().zip(routers) {
+        if let Some(relay) = relay {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                relay.run(shutdown.wait()).await;
+                Ok(())
+            });
+        }
+        for ((listener, info), router) in [rest, register, lookup, sessions_port, tracker]
+            .into_iter()
+            .zip(routers)
+        {
             let service = info.service;
             listeners.push(info);
             let shutdown = shutdown.clone();

@@ -217,6 +217,12 @@ async fn operator_workflow_end_to_end() {
             "POLYHUB_SERVICES__SOAP_LOOKUP__PORT",
             free_port().to_string(),
         )
+        .env("POLYHUB_SERVICES__SESSIONS__PORT", free_port().to_string())
+        .env(
+            "POLYHUB_SERVICES__SESSION_TRACKER__PORT",
+            free_port().to_string(),
+        )
+        .env("POLYHUB_MONGO__URL", std::env::var("MONGODB_URL").unwrap())
         .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
         .arg("serve");
     let (mut child, first_line) = Serving::start(serve);
@@ -290,6 +296,12 @@ async fn serve_starts_without_the_database_and_reports_not_ready() {
             "POLYHUB_SERVICES__SOAP_LOOKUP__PORT",
             free_port().to_string(),
         )
+        .env("POLYHUB_SERVICES__SESSIONS__PORT", free_port().to_string())
+        .env(
+            "POLYHUB_SERVICES__SESSION_TRACKER__PORT",
+            free_port().to_string(),
+        )
+        .env("POLYHUB_MONGO__URL", std::env::var("MONGODB_URL").unwrap())
         .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
         .arg("serve");
     let (_serving, _) = Serving::start(serve);

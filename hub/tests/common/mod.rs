@@ -58,6 +58,11 @@ pub fn fresh_database_url() -> String {
     format!("{base}/hub_test_{}", uuid::Uuid::now_v7().simple())
 }
 
+/// The MongoDB-wire server scripts/test starts (`MONGODB_URL`).
+pub fn mongodb_url() -> String {
+    std::env::var("MONGODB_URL").expect("MONGODB_URL names the test MongoDB-wire server")
+}
+
 /// A config for tests: every service on a free port, a fresh database, a new key.
 pub fn test_config() -> (Config, KeyFiles) {
     let keys = key_files();
@@ -67,6 +72,13 @@ pub fn test_config() -> (Config, KeyFiles) {
     config.services.rest_auth.port = 0;
     config.services.soap_register.port = 0;
     config.services.soap_lookup.port = 0;
+    config.services.sessions.port = 0;
+    config.services.session_tracker.port = 0;
+    config.mongo.url = Secret::new(mongodb_url());
+    // Each test hub its own MongoDB database, as it has its own PostgreSQL one.
+    config.mongo.database = format!("hub_test_{}", uuid::Uuid::now_v7().simple());
+    config.mongo.server_selection_timeout_ms = 1_000;
+    config.relay.idle_poll_ms = 20;
     config.tokens.signing_key_path = Some(keys.private.clone());
     (config, keys)
 }
@@ -139,5 +151,98 @@ impl TestHub {
         self.trigger.trigger();
         self.running.await.unwrap().unwrap();
         self.keys
+    }
+}
+
+/// A MongoDB-wire server of a test's own (SecantusDB from .venv), on a free
+/// port with its data in a scratch folder, so the test can stop and start it
+/// without touching the shared one.
+pub struct MongoServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl MongoServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            port,
+            dir: scratch_dir(),
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?retryWrites=false", self.port)
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::File::create(self.dir.join("secantusd.log")).unwrap();
+        let child = std::process::Command::new(venv_bin("secantusd-py"))
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--storage-path")
+            .arg(self.dir.join("data"))
+            .args(["--log-level", "WARNING"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SecantusDB did not start on {}",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Stops it (SIGKILL: nothing is flushed politely) and waits until the
+    /// port is closed.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
