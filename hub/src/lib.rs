@@ -15,7 +15,7 @@ use hub_core::{
 use hub_runtime::config::TokenConfig;
 use hub_runtime::{Config, Readiness, Shutdown};
 use hub_store::{
-    MongoActivityLog, MongoDatabase, MongoProbe, MongoSettings, PgOutbox, PgProbe,
+    CachedSessions, MongoActivityLog, MongoDatabase, MongoProbe, MongoSettings, PgOutbox, PgProbe,
     PgSessionRepository, PgUserRepository, PoolSettings,
 };
 use sqlx::PgPool;
@@ -32,6 +32,9 @@ pub struct Hub {
     hashing: HashingPool,
     tokens: Option<Arc<Tokens>>,
     mongo: Arc<tokio::sync::OnceCell<MongoDatabase>>,
+    /// The open-session cache behind `sessions`, when configured; its
+    /// listener runs while the services do.
+    session_cache: Option<Arc<CachedSessions>>,
 }
 
 /// Reads the signing key and the earlier public keys named in config.
@@ -98,9 +101,21 @@ impl Hub {
             .context("configuring password hashing")?;
         let hashing = HashingPool::new(hasher, config.hashing.pool_config());
         let tokens = load_tokens(&config.tokens)?.map(Arc::new);
+        let session_cache = (config.sessions.cache_capacity > 0).then(|| {
+            Arc::new(CachedSessions::new(
+                pool.clone(),
+                config.sessions.cache_capacity,
+                std::time::Duration::from_secs(config.sessions.cache_max_age_secs),
+            ))
+        });
+        let sessions: Arc<dyn SessionRepository> = match &session_cache {
+            Some(cache) => Arc::clone(cache) as Arc<dyn SessionRepository>,
+            None => Arc::new(PgSessionRepository::new(pool.clone())),
+        };
         Ok(Self {
             users: Arc::new(PgUserRepository::new(pool.clone())),
-            sessions: Arc::new(PgSessionRepository::new(pool.clone())),
+            sessions,
+            session_cache,
             config,
             pool,
             hashing,
@@ -384,6 +399,13 @@ impl Hub {
 
         let mut listeners = Vec::new();
         let mut tasks = JoinSet::new();
+        if let Some(cache) = &self.session_cache {
+            let (cache, shutdown) = (Arc::clone(cache), shutdown.clone());
+            tasks.spawn(async move {
+                cache.listen(shutdown.wait()).await;
+                Ok(())
+            });
+        }
         if let Some(relay) = relay {
             let shutdown = shutdown.clone();
             tasks.spawn(async move {

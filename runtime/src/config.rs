@@ -207,6 +207,11 @@ pub struct SessionConfig {
     pub lifetime_secs: u64,
     /// How long a session can be kept alive by touching it, from its login.
     pub max_lifetime_secs: u64,
+    /// Open sessions remembered in memory (invalidated by PostgreSQL
+    /// notifications); 0 turns the cache off.
+    pub cache_capacity: usize,
+    /// The longest any remembered session is trusted without asking again.
+    pub cache_max_age_secs: u64,
 }
 
 impl Default for SessionConfig {
@@ -214,6 +219,8 @@ impl Default for SessionConfig {
         Self {
             lifetime_secs: 12 * 60 * 60,
             max_lifetime_secs: 7 * 24 * 60 * 60,
+            cache_capacity: 100_000,
+            cache_max_age_secs: 30,
         }
     }
 }

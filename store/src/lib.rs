@@ -10,6 +10,6 @@ pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_
 /// The MongoDB database handle [`connect_mongo`] gives.
 pub use mongodb::Database as MongoDatabase;
 pub use postgres::{
-    MIGRATOR, PgOutbox, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings, connect_lazy,
-    ensure_database, migrate, ping,
+    CachedSessions, MIGRATOR, PgOutbox, PgProbe, PgSessionRepository, PgUserRepository,
+    PoolSettings, connect_lazy, ensure_database, migrate, ping,
 };

@@ -2,10 +2,12 @@
 //! repositories of users and sessions.
 
 mod outbox;
+mod session_cache;
 mod sessions;
 mod users;
 
 pub use outbox::PgOutbox;
+pub use session_cache::CachedSessions;
 pub use sessions::PgSessionRepository;
 pub use users::PgUserRepository;
 
