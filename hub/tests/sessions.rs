@@ -352,8 +352,9 @@ async fn a_login_over_rest_shows_as_the_last_connection() {
     let hub = Hub::start().await;
     let (alice, token) = hub.signed_in("alice").await;
     let logged_in = OffsetDateTime::now_utc();
+    // How fast is the benchmark's business; this only checks that it arrives.
     let last = eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         "the login reaches MongoDB",
         || async {
             let (status, body) = hub
