@@ -101,6 +101,47 @@ ensure_mongo() {
     wait_for_port 127.0.0.1 "$port" SecantusDB
 }
 
+# Programs built from crates.io for local runs and tests, kept outside the
+# checkout so a fresh clone on this machine reuses them.
+TOOLS="${POLYHUB_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/polyhub/tools}"
+
+# An S3 server: reuse whatever answers at S3_ENDPOINT; otherwise run s3s-fs
+# (pinned: newer versions need a newer rustc) on that loopback port with
+# access and secret keys, so SigV4 signatures are really checked, and its data
+# in .data/s3. It is built once into $TOOLS (about 3 minutes).
+S3S_FS_VERSION=0.14.1
+ensure_s3() {
+    export S3_ENDPOINT="${S3_ENDPOINT:-http://127.0.0.1:9014}"
+    export S3_ACCESS_KEY="${S3_ACCESS_KEY:-polyhub-local}"
+    export S3_SECRET_KEY="${S3_SECRET_KEY:-polyhub-local-secret}"
+    local hostport="${S3_ENDPOINT#*://}"
+    hostport="${hostport%%/*}"
+    local host="${hostport%:*}" port="${hostport##*:}"
+    # The tests also start s3s-fs servers of their own (to stop them), so it
+    # is built even when another S3 server answers.
+    local bin="$TOOLS/bin/s3s-fs"
+    export S3S_FS_BIN="$bin"
+    if [ ! -x "$bin" ] || [ "$(cat "$TOOLS/.s3s-fs-version" 2>/dev/null)" != "$S3S_FS_VERSION" ]; then
+        log "building s3s-fs $S3S_FS_VERSION into $TOOLS (once; about 3 minutes)"
+        cargo install --quiet --locked --root "$TOOLS" s3s-fs --version "$S3S_FS_VERSION" --features binary
+        echo "$S3S_FS_VERSION" >"$TOOLS/.s3s-fs-version"
+    fi
+    if port_answers "$host" "$port"; then
+        log "an S3 server answers on $host:$port"
+        return 0
+    fi
+    case "$host" in
+        127.0.0.1 | localhost) ;;
+        *) die "S3 at $S3_ENDPOINT does not answer (S3_ENDPOINT)" ;;
+    esac
+    mkdir -p "$DATA/s3"
+    log "starting s3s-fs (S3 API) on 127.0.0.1:$port"
+    nohup "$bin" --host 127.0.0.1 --port "$port" \
+        --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" \
+        "$DATA/s3" >"$DATA/s3.log" 2>&1 &
+    wait_for_port 127.0.0.1 "$port" s3s-fs
+}
+
 # Splits POLYHUB_DATABASE__URL into PG_USER, PG_HOST, PG_PORT and PG_DB.
 parse_database_url() {
     local rest="${POLYHUB_DATABASE__URL#*://}" auth hostport

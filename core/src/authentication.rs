@@ -195,6 +195,20 @@ impl Authentication {
         }
     }
 
+    /// The second half of [`Self::authenticate`], for a principal whose token
+    /// was verified elsewhere (a gRPC interceptor, which cannot wait on a
+    /// store): its session must still be open.
+    pub async fn ensure_open(&self, principal: &Principal) -> Result<(), Error> {
+        match self
+            .sessions
+            .find_open(principal.session_id, self.clock.now())
+            .await?
+        {
+            Some(session) if session.user_id == principal.user_id => Ok(()),
+            _ => Err(Error::new(ErrorCode::InvalidToken)),
+        }
+    }
+
     /// As [`Self::authenticate`], and the caller's user record, in one query.
     pub async fn authenticate_user(&self, token: &str) -> Result<(Principal, User), Error> {
         let now = self.clock.now();

@@ -9,6 +9,8 @@ pub mod authentication;
 pub mod directory;
 pub mod error;
 pub mod hashing;
+pub mod image;
+pub mod images;
 pub mod lifecycle;
 pub mod password;
 pub mod ports;
@@ -22,11 +24,14 @@ pub use authentication::{Authentication, LoginName, LoginOutcome, ProfileChange}
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig};
+pub use image::{ImageFormat, ImageLimits, SanitizedImage, UploadBuffer};
+pub use images::{ImageLibrary, ImageRepository, StoredImage};
 pub use lifecycle::{SessionLifecycle, SessionLimits, SessionPage};
 pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{
-    ActivityLog, Backlog, ClaimedEvents, Clock, DependencyProbe, LastConnection, NewUser, Outbox,
-    PendingEvent, SessionQuery, SessionRepository, SystemClock, User, UserRepository,
+    ActivityLog, Backlog, ByteStream, ClaimedEvents, Clock, DependencyProbe, LastConnection,
+    NewUser, ObjectStore, Outbox, PendingEvent, SessionQuery, SessionRepository, StoredObject,
+    SystemClock, User, UserRepository,
 };
 pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelaySettings, RelaySnapshot, RelayStatus};

@@ -437,6 +437,44 @@ pub trait ActivityLog: Send + Sync + 'static {
     async fn last_connection(&self, user: UserId) -> Result<Option<LastConnection>, Error>;
 }
 
+/// Bytes as they arrive, never all held at once.
+pub type ByteStream = std::pin::Pin<
+    Box<dyn futures_core::Stream<Item = Result<bytes::Bytes, Error>> + Send + 'static>,
+>;
+
+/// An object read from the store: its stored metadata and its bytes.
+pub struct StoredObject {
+    pub content_type: String,
+    pub length: u64,
+    /// The store's entity tag, quotes included (`"abc..."`).
+    pub etag: Option<String>,
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for StoredObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredObject")
+            .field("content_type", &self.content_type)
+            .field("length", &self.length)
+            .field("etag", &self.etag)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where image bytes live (S3 or anything speaking its API). A store that
+/// cannot be reached, or refuses our credentials, is `UNAVAILABLE`.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Stores `bytes` at `key` (replacing what was there).
+    async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), Error>;
+    /// The object at `key`, streamed; `None` when there is none.
+    async fn get(&self, key: &str) -> Result<Option<StoredObject>, Error>;
+    /// Whether an object is at `key`.
+    async fn exists(&self, key: &str) -> Result<bool, Error>;
+    /// Removes the object at `key`; no error when there is none.
+    async fn delete(&self, key: &str) -> Result<(), Error>;
+}
+
 /// A backing service a use case depends on, as readiness checks and operators
 /// see it: reachable or not, and how long one round trip took.
 #[async_trait]

@@ -8,15 +8,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hub_core::{
-    ActivityLog, Authentication, DependencyProbe, Directory, HashingPool, KeySet, Outbox,
-    PasswordHasher, Registration, Relay, SessionLifecycle, SessionRepository, SystemClock,
+    ActivityLog, Authentication, DependencyProbe, Directory, HashingPool, ImageLibrary, KeySet,
+    Outbox, PasswordHasher, Registration, Relay, SessionLifecycle, SessionRepository, SystemClock,
     TokenSettings, Tokens, UserRepository,
 };
 use hub_runtime::config::TokenConfig;
 use hub_runtime::{Config, Readiness, Shutdown};
 use hub_store::{
-    CachedSessions, MongoActivityLog, MongoDatabase, MongoProbe, MongoSettings, PgOutbox, PgProbe,
-    PgSessionRepository, PgUserRepository, PoolSettings,
+    CachedSessions, MongoActivityLog, MongoDatabase, MongoProbe, MongoSettings, PgImageRepository,
+    PgOutbox, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings, S3ObjectStore, S3Probe,
+    S3Settings,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -219,6 +220,67 @@ impl Hub {
         ))
     }
 
+    /// The image store (S3 or compatible), as configured; connects on use.
+    pub fn image_store(&self) -> S3ObjectStore {
+        let s3 = &self.config.images.s3;
+        S3ObjectStore::new(&S3Settings {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            bucket: s3.bucket.clone(),
+            access_key: s3.access_key.clone(),
+            secret_key: s3.secret_key.expose().clone(),
+            timeout: std::time::Duration::from_millis(s3.timeout_ms),
+        })
+    }
+
+    /// Image uploads and listings.
+    pub fn image_library(&self) -> ImageLibrary {
+        ImageLibrary::new(
+            Arc::new(PgImageRepository::new(self.pool.clone())),
+            Arc::new(self.image_store()),
+            Arc::new(SystemClock),
+            self.config.images.limits(),
+            self.config.images.workers(),
+        )
+    }
+
+    /// Creates the bucket (and its public-read policy when images are served
+    /// from `public_base_url`), retrying in the background until the store
+    /// answers.
+    fn ensure_bucket(&self, shutdown: Shutdown) {
+        let store = self.image_store();
+        let public = self.config.images.public_base_url.is_some();
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_secs(1);
+            loop {
+                let ready = async {
+                    if store.ensure_bucket().await? {
+                        tracing::info!(bucket = store.bucket(), "created the image bucket");
+                    }
+                    if public {
+                        store.allow_public_read().await?;
+                        tracing::info!(
+                            bucket = store.bucket(),
+                            "anonymous read allowed on the image bucket"
+                        );
+                    }
+                    Ok::<(), hub_core::Error>(())
+                };
+                match ready.await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?wait, "image bucket not ready yet")
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.clone().wait() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            }
+        });
+    }
+
     /// Managing sessions once signed in; needs the token keys.
     pub async fn session_lifecycle(&self) -> anyhow::Result<SessionLifecycle> {
         let activity: Arc<dyn ActivityLog> = Arc::new(self.activity_log().await?);
@@ -325,7 +387,15 @@ impl Hub {
                 &services.session_tracker.external_url,
             )
             .await?;
+        let images_port = self
+            .bind(
+                grpc_images::SERVICE,
+                services.grpc_images.port,
+                &services.grpc_images.external_url,
+            )
+            .await?;
         self.ensure_mongo_indexes(shutdown.clone()).await?;
+        self.ensure_bucket(shutdown.clone());
 
         let wsdl: Arc<str> = hub_soap::users_wsdl(
             &format!("{}/register", register.1.external_url),
@@ -348,6 +418,31 @@ impl Hub {
             relay: relay.as_ref().map(Relay::status),
             outbox: self.outbox(),
         };
+        let tokens = self
+            .tokens
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no token signing key"))?;
+        let store_probe: Arc<dyn DependencyProbe> = Arc::new(S3Probe::new(self.image_store()));
+        let images_router = grpc_images::router(
+            grpc_images::ImagesState {
+                library: self.image_library(),
+                authentication: self.authentication()?,
+                urls: match &self.config.images.public_base_url {
+                    Some(base) => grpc_images::PublicUrls::External {
+                        base: base.trim_end_matches('/').to_owned(),
+                    },
+                    None => grpc_images::PublicUrls::Delivered {
+                        base: images_port.1.external_url.clone(),
+                    },
+                },
+                store_probe: Arc::clone(&store_probe),
+                max_message_bytes: self.config.images.max_message_bytes,
+            },
+            self.readiness(grpc_images::SERVICE).with(store_probe),
+            http,
+            hub_runtime::grpc::BearerAuth::new(tokens, Arc::new(SystemClock)),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let routers = [
             rest_auth::router(
                 rest_auth::RestAuthState {
@@ -395,6 +490,7 @@ impl Hub {
                 http,
                 &services.session_tracker,
             ),
+            images_router,
         ];
 
         let mut listeners = Vec::new();
@@ -413,9 +509,10 @@ impl Hub {
                 Ok(())
             });
         }
-        for ((listener, info), router) in [rest, register, lookup, sessions_port, tracker]
-            .into_iter()
-            .zip(routers)
+        for ((listener, info), router) in
+            [rest, register, lookup, sessions_port, tracker, images_port]
+                .into_iter()
+                .zip(routers)
         {
             let service = info.service;
             listeners.push(info);

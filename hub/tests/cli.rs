@@ -223,6 +223,14 @@ async fn operator_workflow_end_to_end() {
             free_port().to_string(),
         )
         .env("POLYHUB_MONGO__URL", std::env::var("MONGODB_URL").unwrap())
+        .env(
+            "POLYHUB_SERVICES__GRPC_IMAGES__PORT",
+            free_port().to_string(),
+        )
+        .env(
+            "POLYHUB_IMAGES__S3__ENDPOINT",
+            std::env::var("S3_ENDPOINT").unwrap(),
+        )
         .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
         .arg("serve");
     let (mut child, first_line) = Serving::start(serve);
@@ -302,6 +310,14 @@ async fn serve_starts_without_the_database_and_reports_not_ready() {
             free_port().to_string(),
         )
         .env("POLYHUB_MONGO__URL", std::env::var("MONGODB_URL").unwrap())
+        .env(
+            "POLYHUB_SERVICES__GRPC_IMAGES__PORT",
+            free_port().to_string(),
+        )
+        .env(
+            "POLYHUB_IMAGES__S3__ENDPOINT",
+            std::env::var("S3_ENDPOINT").unwrap(),
+        )
         .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
         .arg("serve");
     let (_serving, _) = Serving::start(serve);

@@ -27,6 +27,7 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub mongo: MongoConfig,
     pub relay: RelayConfig,
+    pub images: ImagesConfig,
     pub soap: SoapConfig,
     pub services: ServicesConfig,
 }
@@ -312,6 +313,85 @@ impl RelayConfig {
     }
 }
 
+/// Image uploads and the object store they go to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Bytes one upload may carry; passing it ends the stream.
+    pub max_bytes: usize,
+    /// Pixels an image header may declare (against decompression bombs).
+    pub max_pixels: u64,
+    /// The largest gRPC message (one upload chunk) accepted.
+    pub max_message_bytes: usize,
+    /// Uploads sanitized at once; 0 means one per core.
+    pub sanitize_workers: usize,
+    /// Where anyone reads stored images. Unset: this service delivers them
+    /// at `{external_url}/images/{key}`. Set (a store with anonymous read,
+    /// or a CDN): `{public_base_url}/{key}`, and the bucket gets an
+    /// anonymous-read policy at start.
+    pub public_base_url: Option<String>,
+    pub s3: S3Config,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        let core = hub_core::ImageLimits::default();
+        Self {
+            max_bytes: core.max_bytes,
+            max_pixels: core.max_pixels,
+            max_message_bytes: 4 * 1024 * 1024,
+            sanitize_workers: 0,
+            public_base_url: None,
+            s3: S3Config::default(),
+        }
+    }
+}
+
+impl ImagesConfig {
+    pub fn limits(&self) -> hub_core::ImageLimits {
+        hub_core::ImageLimits {
+            max_bytes: self.max_bytes,
+            max_pixels: self.max_pixels,
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        if self.sanitize_workers == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            self.sanitize_workers
+        }
+    }
+}
+
+/// An S3 (or S3-compatible) store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// `http://host:port` of a compatible store; unset for AWS S3 itself.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    pub access_key: String,
+    /// Never printed.
+    pub secret_key: Secret<String>,
+    /// How long one store operation may take before the store counts as away.
+    pub timeout_ms: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            bucket: "polyhub-images".to_owned(),
+            access_key: String::new(),
+            secret_key: Secret::new(String::new()),
+            timeout_ms: 5_000,
+        }
+    }
+}
+
 /// Bounds on reading a SOAP message: what one request may cost.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -423,6 +503,7 @@ pub struct ServicesConfig {
     pub soap_lookup: SoapLookupConfig,
     pub sessions: SessionsServiceConfig,
     pub session_tracker: SessionsServiceConfig,
+    pub grpc_images: PortConfig,
 }
 
 /// The session API (5004) and the last-connection tracker (5020).
@@ -456,6 +537,10 @@ impl Default for ServicesConfig {
                 port: 5020,
                 external_url: None,
                 cors: CorsConfig::default(),
+            },
+            grpc_images: PortConfig {
+                port: 5015,
+                external_url: None,
             },
         }
     }

@@ -6,6 +6,7 @@
 //! the same way.
 
 pub mod config;
+pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -5,11 +5,13 @@
 
 pub mod mongo;
 pub mod postgres;
+pub mod s3;
 
 pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_mongo};
 /// The MongoDB database handle [`connect_mongo`] gives.
 pub use mongodb::Database as MongoDatabase;
 pub use postgres::{
-    CachedSessions, MIGRATOR, PgOutbox, PgProbe, PgSessionRepository, PgUserRepository,
-    PoolSettings, connect_lazy, ensure_database, migrate, ping,
+    CachedSessions, MIGRATOR, PgImageRepository, PgOutbox, PgProbe, PgSessionRepository,
+    PgUserRepository, PoolSettings, connect_lazy, ensure_database, migrate, ping,
 };
+pub use s3::{S3ObjectStore, S3Probe, S3Settings};

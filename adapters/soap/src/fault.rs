@@ -39,7 +39,8 @@ impl FaultCode {
             | ErrorKind::Conflict
             | ErrorKind::NotFound
             | ErrorKind::Unauthenticated
-            | ErrorKind::Forbidden => FaultCode::Client,
+            | ErrorKind::Forbidden
+            | ErrorKind::TooLarge => FaultCode::Client,
             ErrorKind::TooMany | ErrorKind::Unavailable | ErrorKind::Internal => FaultCode::Server,
         }
     }
@@ -197,6 +198,7 @@ mod tests {
             (ErrorKind::NotFound, FaultCode::Client),
             (ErrorKind::Unauthenticated, FaultCode::Client),
             (ErrorKind::Forbidden, FaultCode::Client),
+            (ErrorKind::TooLarge, FaultCode::Client),
             (ErrorKind::TooMany, FaultCode::Server),
             (ErrorKind::Unavailable, FaultCode::Server),
             (ErrorKind::Internal, FaultCode::Server),

@@ -63,6 +63,22 @@ pub fn mongodb_url() -> String {
     std::env::var("MONGODB_URL").expect("MONGODB_URL names the test MongoDB-wire server")
 }
 
+/// The S3 server scripts/test starts (`S3_ENDPOINT` and its keys), with a
+/// bucket of the test's own.
+pub fn s3_config() -> hub_runtime::config::S3Config {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} names the test S3 server"))
+    };
+    hub_runtime::config::S3Config {
+        endpoint: Some(var("S3_ENDPOINT")),
+        region: "us-east-1".into(),
+        bucket: format!("polyhub-test-{}", uuid::Uuid::now_v7().simple()),
+        access_key: var("S3_ACCESS_KEY"),
+        secret_key: Secret::new(var("S3_SECRET_KEY")),
+        timeout_ms: 2_000,
+    }
+}
+
 /// A config for tests: every service on a free port, a fresh database, a new key.
 pub fn test_config() -> (Config, KeyFiles) {
     let keys = key_files();
@@ -79,6 +95,8 @@ pub fn test_config() -> (Config, KeyFiles) {
     config.mongo.database = format!("hub_test_{}", uuid::Uuid::now_v7().simple());
     config.mongo.server_selection_timeout_ms = 1_000;
     config.relay.idle_poll_ms = 20;
+    config.services.grpc_images.port = 0;
+    config.images.s3 = s3_config();
     config.tokens.signing_key_path = Some(keys.private.clone());
     (config, keys)
 }
@@ -244,5 +262,72 @@ where
             "{what}: not within {within:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// An S3 server of a test's own (s3s-fs, which scripts/test builds), on a
+/// free port with its data in a scratch folder, so the test can stop it.
+pub struct S3Server {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl S3Server {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            port,
+            dir: scratch_dir(),
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let bin =
+            std::env::var("S3S_FS_BIN").expect("S3S_FS_BIN names s3s-fs (scripts/test builds it)");
+        let data = self.dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let log = std::fs::File::create(self.dir.join("s3s-fs.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", &std::env::var("S3_ACCESS_KEY").unwrap()])
+            .args(["--secret-key", &std::env::var("S3_SECRET_KEY").unwrap()])
+            .arg(&data)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,11 +1,13 @@
 //! PostgreSQL: connection pool, migrations, error classification, and the
 //! repositories of users and sessions.
 
+mod images;
 mod outbox;
 mod session_cache;
 mod sessions;
 mod users;
 
+pub use images::PgImageRepository;
 pub use outbox::PgOutbox;
 pub use session_cache::CachedSessions;
 pub use sessions::PgSessionRepository;

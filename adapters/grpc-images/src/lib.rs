@@ -1,0 +1,269 @@
+//! grpc-images: image delivery over gRPC (port 5015), with the images
+//! themselves readable by anyone over plain HTTP on the same port
+//! (`GET /images/{key}`).
+//!
+//! A library: [`router`] builds the service apart from running it, so the
+//! `hub` binary and the tests mount the same thing. It speaks gRPC
+//! (`polyhub.images.v1.ImageDelivery`), the standard health protocol
+//! (`grpc.health.v1`, NOT_SERVING while the store is unreachable) and server
+//! reflection (v1), and HTTP/1.1 for image delivery, `/health` and `/ready`.
+
+pub mod pb {
+    //! The generated protocol types and service traits.
+    #![allow(clippy::all, missing_debug_implementations, unused_qualifications)]
+    tonic::include_proto!("polyhub.images.v1");
+
+    /// The encoded descriptor set of images.proto, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/images_descriptor.bin"));
+}
+
+mod delivery;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hub_core::{
+    Authentication, DependencyProbe, ErrorCode, ImageLibrary, StoredImage, UploadBuffer, UserId,
+};
+use hub_runtime::Readiness;
+use hub_runtime::config::HttpConfig;
+use hub_runtime::grpc::{BearerAuth, principal, status, status_of};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::pb::image_delivery_server::{ImageDelivery, ImageDeliveryServer};
+use crate::pb::upload_image_request::Data;
+
+/// The service's name in logs, health answers and metrics.
+pub const SERVICE: &str = "grpc-images";
+
+/// Where stored images are read from by anyone.
+#[derive(Debug, Clone)]
+pub enum PublicUrls {
+    /// This service delivers them: `{base}/images/{key}`.
+    Delivered { base: String },
+    /// A store or CDN with anonymous read: `{base}/{key}`.
+    External { base: String },
+}
+
+impl PublicUrls {
+    pub fn url(&self, key: &str) -> String {
+        match self {
+            PublicUrls::Delivered { base } => format!("{base}/images/{key}"),
+            PublicUrls::External { base } => format!("{base}/{key}"),
+        }
+    }
+}
+
+/// What the service needs.
+#[derive(Clone)]
+pub struct ImagesState {
+    pub library: ImageLibrary,
+    pub authentication: Authentication,
+    pub urls: PublicUrls,
+    /// The object store, for the health service.
+    pub store_probe: Arc<dyn DependencyProbe>,
+    /// The largest gRPC message accepted (an upload's chunks must fit).
+    pub max_message_bytes: usize,
+}
+
+impl std::fmt::Debug for ImagesState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImagesState")
+            .field("urls", &self.urls)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Images {
+    state: ImagesState,
+}
+
+fn to_pb(image: &StoredImage, urls: &PublicUrls) -> pb::Image {
+    let nanos = image.created_at.unix_timestamp_nanos();
+    pb::Image {
+        id: image.id.to_string(),
+        url: urls.url(&image.key),
+        content_type: image.content_type.clone(),
+        size_bytes: i64::try_from(image.size_bytes).unwrap_or(i64::MAX),
+        width: i32::try_from(image.width).unwrap_or(i32::MAX),
+        height: i32::try_from(image.height).unwrap_or(i32::MAX),
+        sha256: image.sha256.clone(),
+        created_at: Some(prost_types::Timestamp {
+            seconds: i64::try_from(nanos.div_euclid(1_000_000_000)).unwrap_or(0),
+            nanos: i32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or(0),
+        }),
+        owner_id: image.owner_id.to_string(),
+    }
+}
+
+fn invalid(message: &'static str) -> Status {
+    status(&hub_core::Error::with_message(
+        ErrorCode::InvalidRequest,
+        message,
+    ))
+}
+
+#[tonic::async_trait]
+impl ImageDelivery for Images {
+    async fn upload_image(
+        &self,
+        request: Request<Streaming<pb::UploadImageRequest>>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let principal = principal(&request)?;
+        self.state
+            .authentication
+            .ensure_open(&principal)
+            .await
+            .map_err(|e| status(&e))?;
+        let mut stream = request.into_inner();
+        let metadata = match stream.message().await? {
+            Some(pb::UploadImageRequest {
+                data: Some(Data::Metadata(metadata)),
+            }) => metadata,
+            Some(_) => {
+                return Err(invalid(
+                    "the first message must carry the upload's metadata",
+                ));
+            }
+            None => return Err(status_of(ErrorCode::EmptyUpload)),
+        };
+        // The client's claims are hints, logged (escaped) and never trusted.
+        tracing::debug!(filename = ?metadata.filename, claimed = ?metadata.content_type, "upload started");
+        let mut buffer = UploadBuffer::new(self.state.library.limits());
+        while let Some(message) = stream.message().await? {
+            match message.data {
+                Some(Data::Chunk(chunk)) => buffer.push(&chunk).map_err(|e| status(&e))?,
+                Some(Data::Metadata(_)) => {
+                    return Err(invalid("metadata may only be the first message"));
+                }
+                None => {}
+            }
+        }
+        if buffer.is_empty() {
+            return Err(status_of(ErrorCode::EmptyUpload));
+        }
+        let image = self
+            .state
+            .library
+            .upload(&principal, buffer.into_bytes())
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(to_pb(&image, &self.state.urls)))
+    }
+
+    async fn list_images(
+        &self,
+        request: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let principal = principal(&request)?;
+        self.state
+            .authentication
+            .ensure_open(&principal)
+            .await
+            .map_err(|e| status(&e))?;
+        let request = request.into_inner();
+        let owner = if request.owner_id.is_empty() {
+            None
+        } else {
+            Some(UserId::parse(&request.owner_id).map_err(|e| status(&e))?)
+        };
+        let before = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                uuid::Uuid::try_parse(&request.page_token)
+                    .map_err(|_| invalid("page_token is not one this service gave"))?,
+            )
+        };
+        if request.page_size < 0 {
+            return Err(invalid("page_size must not be negative"));
+        }
+        let (images, next) = self
+            .state
+            .library
+            .list(
+                &principal,
+                owner,
+                u32::try_from(request.page_size).unwrap_or(0),
+                before,
+            )
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ListImagesResponse {
+            images: images.iter().map(|i| to_pb(i, &self.state.urls)).collect(),
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+}
+
+/// Keeps `grpc.health.v1` in step with the store: SERVING while it answers,
+/// NOT_SERVING while it does not. Runs until the reporter's service is gone.
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    probe: Arc<dyn DependencyProbe>,
+    every: Duration,
+) {
+    let mut serving = None;
+    loop {
+        let up = matches!(
+            tokio::time::timeout(Duration::from_secs(3), probe.probe()).await,
+            Ok(Ok(_))
+        );
+        if serving != Some(up) {
+            let status = if up {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tracing::warn!("object store unreachable: gRPC health NOT_SERVING");
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status("polyhub.images.v1.ImageDelivery", status)
+                .await;
+            serving = Some(up);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The whole service on one port: gRPC (images, health, reflection) and
+/// HTTP/1.1 (`GET /images/{key}`, `/health`, `/ready`).
+pub fn router(
+    state: ImagesState,
+    readiness: Readiness,
+    http: &HttpConfig,
+    auth: BearerAuth,
+) -> Result<axum::Router, hub_core::Error> {
+    use tonic::server::NamedService;
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(
+        reporter,
+        Arc::clone(&state.store_probe),
+        Duration::from_secs(2),
+    ));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| hub_core::Error::internal(format!("building gRPC reflection: {e}")))?;
+    // Set deliberately: an upload arrives in chunks, each one message.
+    let max = state.max_message_bytes;
+    let images = tonic::service::interceptor::InterceptedService::new(
+        ImageDeliveryServer::new(Images {
+            state: state.clone(),
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
+        auth,
+    );
+    fn path<S: NamedService>(_: &S) -> String {
+        format!("/{}/{{*rpc}}", S::NAME)
+    }
+    let routes = delivery::routes(Arc::clone(state.library.store()))
+        .route_service(&path(&images), images)
+        .route_service(&path(&health), health)
+        .route_service(&path(&reflection), reflection);
+    Ok(hub_runtime::service_router(routes, readiness, http))
+}

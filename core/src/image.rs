@@ -1,0 +1,412 @@
+//! Image sanitizing: what an uploaded image must pass before it is stored.
+//!
+//! The client's claims (file name, content type) are hints and decide
+//! nothing. The type comes from the magic bytes; the dimensions are read
+//! from the header and checked before anything is decoded, so a small file
+//! that declares a huge canvas (a decompression bomb) costs nothing; then
+//! the image is decoded and encoded again in its own format. Re-encoding
+//! keeps only pixels: EXIF and GPS, comments, text chunks and anything
+//! appended after the image's end (a script, a zip) do not survive it.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageFormat as Codec, ImageReader, Limits};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorCode};
+
+/// The formats accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    Gif,
+    WebP,
+}
+
+impl ImageFormat {
+    /// The format the bytes are, by their magic numbers; `None` for
+    /// anything else (SVG and every text format included).
+    pub fn sniff(bytes: &[u8]) -> Option<Self> {
+        if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+            Some(Self::Png)
+        } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            Some(Self::Jpeg)
+        } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+            Some(Self::Gif)
+        } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+            Some(Self::WebP)
+        } else {
+            None
+        }
+    }
+
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Gif => "image/gif",
+            Self::WebP => "image/webp",
+        }
+    }
+
+    pub const fn extension(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpg",
+            Self::Gif => "gif",
+            Self::WebP => "webp",
+        }
+    }
+
+    const fn codec(self) -> Codec {
+        match self {
+            Self::Png => Codec::Png,
+            Self::Jpeg => Codec::Jpeg,
+            Self::Gif => Codec::Gif,
+            Self::WebP => Codec::WebP,
+        }
+    }
+}
+
+/// What an upload may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Bytes one upload may carry.
+    pub max_bytes: usize,
+    /// Pixels (width x height) the header may declare.
+    pub max_pixels: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 20 * 1024 * 1024,
+            max_pixels: 50_000_000,
+        }
+    }
+}
+
+/// An upload's bytes as they arrive, refused the moment they pass the limit.
+#[derive(Debug)]
+pub struct UploadBuffer {
+    bytes: Vec<u8>,
+    max: usize,
+}
+
+impl UploadBuffer {
+    pub fn new(limits: &ImageLimits) -> Self {
+        Self {
+            bytes: Vec::new(),
+            max: limits.max_bytes,
+        }
+    }
+
+    /// Adds one chunk; `IMAGE_TOO_LARGE` as soon as the total passes the cap.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        if self.bytes.len().saturating_add(chunk.len()) > self.max {
+            return Err(Error::with_message(
+                ErrorCode::ImageTooLarge,
+                format!("the image is larger than the limit of {} bytes", self.max),
+            ));
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+/// A clean image, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SanitizedImage {
+    pub bytes: Vec<u8>,
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    /// SHA-256 of `bytes`, lower-case hex: the image's name in the store.
+    pub sha256: String,
+}
+
+fn corrupt(why: impl std::fmt::Display) -> Error {
+    tracing::debug!(reason = %why, "image refused as corrupt");
+    Error::new(ErrorCode::CorruptImage)
+}
+
+/// Checks and re-encodes an uploaded image. CPU-bound: run it off the
+/// async threads.
+pub fn sanitize(bytes: &[u8], limits: &ImageLimits) -> Result<SanitizedImage, Error> {
+    if bytes.is_empty() {
+        return Err(Error::new(ErrorCode::EmptyUpload));
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(Error::new(ErrorCode::ImageTooLarge));
+    }
+    let format =
+        ImageFormat::sniff(bytes).ok_or_else(|| Error::new(ErrorCode::UnsupportedImageType))?;
+    // The header alone, parsed without a decoder.
+    let size = imagesize::blob_size(bytes).map_err(corrupt)?;
+    let (width, height) = (
+        u32::try_from(size.width).map_err(corrupt)?,
+        u32::try_from(size.height).map_err(corrupt)?,
+    );
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(Error::with_message(
+            ErrorCode::ImageTooManyPixels,
+            format!(
+                "the image is {width} x {height} pixels; at most {} are allowed",
+                limits.max_pixels
+            ),
+        ));
+    }
+    if width == 0 || height == 0 {
+        return Err(corrupt("zero-sized image"));
+    }
+    // The decoder may allocate what the checked dimensions need, at four
+    // bytes per pixel (RGBA8), and a little more; nothing else.
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_image_width = Some(width);
+    decoder_limits.max_image_height = Some(height);
+    decoder_limits.max_alloc = Some(u64::from(width) * u64::from(height) * 8 + (1 << 20));
+    let mut decoding = ImageReader::with_format(Cursor::new(bytes), format.codec());
+    decoding.limits(decoder_limits);
+    let image = decoding.decode().map_err(corrupt)?;
+    let clean = encode(&image, format)?;
+    let sha256 = Sha256::digest(&clean)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(SanitizedImage {
+        bytes: clean,
+        format,
+        width,
+        height,
+        sha256,
+    })
+}
+
+fn encode(image: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, Error> {
+    use image::codecs::gif::GifEncoder;
+    use image::codecs::jpeg::JpegEncoder;
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    use image::codecs::webp::WebPEncoder;
+
+    let failed = |e: image::ImageError| Error::internal(format!("re-encoding an image: {e}"));
+    let mut out = Vec::new();
+    match format {
+        ImageFormat::Png => {
+            let encoder =
+                PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
+            image.write_with_encoder(encoder).map_err(failed)?;
+        }
+        ImageFormat::Jpeg => {
+            // JPEG has no alpha channel.
+            let rgb = DynamicImage::ImageRgb8(image.to_rgb8());
+            rgb.write_with_encoder(JpegEncoder::new_with_quality(&mut out, 90))
+                .map_err(failed)?;
+        }
+        ImageFormat::Gif => {
+            // The first frame: an animation is not kept.
+            let mut encoder = GifEncoder::new(&mut out);
+            encoder
+                .encode_frame(image::Frame::new(image.to_rgba8()))
+                .map_err(failed)?;
+        }
+        ImageFormat::WebP => {
+            let rgba = DynamicImage::ImageRgba8(image.to_rgba8());
+            rgba.write_with_encoder(WebPEncoder::new_lossless(&mut out))
+                .map_err(failed)?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{Rgb, RgbImage};
+
+    fn picture(width: u32, height: u32) -> DynamicImage {
+        DynamicImage::ImageRgb8(RgbImage::from_fn(width, height, |x, y| {
+            Rgb([(x * 7) as u8, (y * 13) as u8, ((x + y) * 3) as u8])
+        }))
+    }
+
+    fn encoded(format: ImageFormat) -> Vec<u8> {
+        let image = picture(64, 48);
+        let mut out = Cursor::new(Vec::new());
+        match format {
+            ImageFormat::Jpeg => DynamicImage::ImageRgb8(image.to_rgb8())
+                .write_to(&mut out, Codec::Jpeg)
+                .unwrap(),
+            ImageFormat::Gif | ImageFormat::WebP => DynamicImage::ImageRgba8(image.to_rgba8())
+                .write_to(&mut out, format.codec())
+                .unwrap(),
+            ImageFormat::Png => image.write_to(&mut out, Codec::Png).unwrap(),
+        }
+        out.into_inner()
+    }
+
+    const LIMITS: ImageLimits = ImageLimits {
+        max_bytes: 1 << 20,
+        max_pixels: 1_000_000,
+    };
+
+    #[test]
+    fn every_accepted_format_comes_out_in_its_own_format() {
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+        ] {
+            let clean = sanitize(&encoded(format), &LIMITS).unwrap();
+            assert_eq!(clean.format, format);
+            assert_eq!((clean.width, clean.height), (64, 48));
+            assert_eq!(ImageFormat::sniff(&clean.bytes), Some(format));
+            assert_eq!(clean.sha256.len(), 64);
+            // Sanitizing is stable: clean bytes sanitize to themselves.
+            if format != ImageFormat::Jpeg {
+                assert_eq!(
+                    sanitize(&clean.bytes, &LIMITS).unwrap().sha256,
+                    clean.sha256
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exif_and_appended_payloads_do_not_survive() {
+        let jpeg = encoded(ImageFormat::Jpeg);
+        // A valid EXIF APP1 segment with a GPS IFD (GPSLatitudeRef = "N"),
+        // right after the SOI marker.
+        let tiff: Vec<u8> = [
+            &b"II*\0"[..],
+            &8u32.to_le_bytes(),
+            &1u16.to_le_bytes(),
+            &0x8825u16.to_le_bytes(),
+            &4u16.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &26u32.to_le_bytes(),
+            &0u32.to_le_bytes(),
+            &1u16.to_le_bytes(),
+            &1u16.to_le_bytes(),
+            &2u16.to_le_bytes(),
+            &2u32.to_le_bytes(),
+            b"N\0\0\0",
+            &0u32.to_le_bytes(),
+        ]
+        .concat();
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend(&tiff);
+        let mut with_exif = jpeg[..2].to_vec();
+        with_exif.extend([0xFF, 0xE1]);
+        with_exif.extend(u16::try_from(app1.len() + 2).unwrap().to_be_bytes());
+        with_exif.extend(&app1);
+        with_exif.extend(&jpeg[2..]);
+        with_exif.extend(b"<script>alert(1)</script>PK\x03\x04zipped");
+        let clean = sanitize(&with_exif, &LIMITS).unwrap();
+        let contains =
+            |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(&with_exif, b"Exif\0\0"));
+        assert!(!contains(&clean.bytes, b"Exif"));
+        assert!(!contains(&clean.bytes, b"<script>"));
+        assert!(!contains(&clean.bytes, b"PK\x03\x04"));
+        assert!(
+            clean.bytes.ends_with(&[0xFF, 0xD9]),
+            "ends at the JPEG's end"
+        );
+
+        let mut png = encoded(ImageFormat::Png);
+        png.extend(b"<script>alert(1)</script>");
+        let clean = sanitize(&png, &LIMITS).unwrap();
+        assert!(!contains(&clean.bytes, b"<script>"));
+    }
+
+    #[test]
+    fn the_bytes_decide_the_type_not_the_name() {
+        let cases: [(&[u8], ErrorCode); 4] = [
+            (
+                b"just some text, named photo.png",
+                ErrorCode::UnsupportedImageType,
+            ),
+            (
+                b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>",
+                ErrorCode::UnsupportedImageType,
+            ),
+            (b"%PDF-1.7", ErrorCode::UnsupportedImageType),
+            (b"", ErrorCode::EmptyUpload),
+        ];
+        for (bytes, code) in cases {
+            assert_eq!(sanitize(bytes, &LIMITS).unwrap_err().code(), code);
+        }
+    }
+
+    #[test]
+    fn truncated_and_bomb_images_are_refused_before_decoding() {
+        let png = encoded(ImageFormat::Png);
+        let truncated = &png[..png.len() / 2];
+        assert_eq!(
+            sanitize(truncated, &LIMITS).unwrap_err().code(),
+            ErrorCode::CorruptImage
+        );
+        let bomb = png_header(60_000, 60_000);
+        let err = sanitize(&bomb, &ImageLimits::default()).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ImageTooManyPixels);
+        assert!(err.message().contains("60000 x 60000"), "{}", err.message());
+    }
+
+    /// A PNG signature and a valid IHDR declaring `width` x `height`, and
+    /// nothing else: what a decompression bomb's header looks like.
+    pub(crate) fn png_header(width: u32, height: u32) -> Vec<u8> {
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend(width.to_be_bytes());
+        ihdr.extend(height.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]);
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        out.extend(13u32.to_be_bytes());
+        out.extend(&ihdr);
+        out.extend(crc32(&ihdr).to_be_bytes());
+        out
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn the_buffer_refuses_the_chunk_that_passes_the_cap() {
+        let mut buffer = UploadBuffer::new(&ImageLimits {
+            max_bytes: 10,
+            max_pixels: 1,
+        });
+        buffer.push(b"12345").unwrap();
+        buffer.push(b"67890").unwrap();
+        assert_eq!(
+            buffer.push(b"x").unwrap_err().code(),
+            ErrorCode::ImageTooLarge
+        );
+        assert_eq!(buffer.len(), 10);
+    }
+}

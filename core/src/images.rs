@@ -1,0 +1,201 @@
+//! Image uploads and listings: the use case behind the gRPC image service.
+//!
+//! An upload is sanitized (see [`crate::image`]) on a bounded number of
+//! blocking threads, so memory stays proportional to the uploads being
+//! sanitized at once, not to the uploads in flight. It is stored under
+//! `users/{owner}/{sha256}.{ext}` (the client's file name is never part of
+//! it), so the same image uploaded twice is stored once.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{Error, ErrorCode};
+use crate::image::{ImageLimits, SanitizedImage, sanitize};
+use crate::ports::{Clock, ObjectStore};
+use crate::token::Principal;
+use crate::user::{Role, UserId};
+
+/// An image as stored and listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    /// A UUID v7: ids sort by upload time.
+    pub id: Uuid,
+    pub owner_id: UserId,
+    /// Where the bytes are in the object store.
+    pub key: String,
+    pub content_type: String,
+    pub size_bytes: u64,
+    pub width: u32,
+    pub height: u32,
+    pub sha256: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// Where image metadata lives.
+#[async_trait::async_trait]
+pub trait ImageRepository: Send + Sync + 'static {
+    /// Stores `image`, or returns the owner's existing image with the same
+    /// hash (the same upload twice is one image).
+    async fn insert(&self, image: &StoredImage) -> Result<StoredImage, Error>;
+    async fn find_by_hash(&self, owner: UserId, sha256: &str)
+    -> Result<Option<StoredImage>, Error>;
+    /// The owner's images older than `before`, newest first.
+    async fn list(
+        &self,
+        owner: UserId,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<StoredImage>, Error>;
+}
+
+/// The largest page ListImages returns.
+pub const MAX_PAGE: u32 = 100;
+/// The page size when none is asked for.
+pub const DEFAULT_PAGE: u32 = 50;
+
+/// The image use case.
+#[derive(Clone)]
+pub struct ImageLibrary {
+    images: Arc<dyn ImageRepository>,
+    store: Arc<dyn ObjectStore>,
+    clock: Arc<dyn Clock>,
+    limits: ImageLimits,
+    sanitizing: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for ImageLibrary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageLibrary")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The object key of a clean image: derived from its owner and content only.
+pub fn object_key(owner: UserId, image: &SanitizedImage) -> String {
+    format!(
+        "users/{owner}/{}.{}",
+        image.sha256,
+        image.format.extension()
+    )
+}
+
+impl ImageLibrary {
+    /// `workers` uploads are sanitized at once (at least one).
+    pub fn new(
+        images: Arc<dyn ImageRepository>,
+        store: Arc<dyn ObjectStore>,
+        clock: Arc<dyn Clock>,
+        limits: ImageLimits,
+        workers: usize,
+    ) -> Self {
+        Self {
+            images,
+            store,
+            clock,
+            limits,
+            sanitizing: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
+        }
+    }
+
+    pub fn limits(&self) -> &ImageLimits {
+        &self.limits
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Sanitizes and stores an upload for `owner`. Nothing is left in the
+    /// store when it fails.
+    pub async fn upload(&self, owner: &Principal, bytes: Vec<u8>) -> Result<StoredImage, Error> {
+        let clean = {
+            let _slot = self
+                .sanitizing
+                .acquire()
+                .await
+                .map_err(|_| Error::internal("the sanitizing pool is closed"))?;
+            let limits = self.limits;
+            tokio::task::spawn_blocking(move || sanitize(&bytes, &limits))
+                .await
+                .map_err(|e| Error::internal(format!("sanitizing panicked: {e}")))??
+        };
+        let key = object_key(owner.user_id, &clean);
+        if let Some(existing) = self
+            .images
+            .find_by_hash(owner.user_id, &clean.sha256)
+            .await?
+            && self.store.exists(&existing.key).await?
+        {
+            return Ok(existing);
+        }
+        let image = StoredImage {
+            id: Uuid::now_v7(),
+            owner_id: owner.user_id,
+            key: key.clone(),
+            content_type: clean.format.content_type().to_owned(),
+            size_bytes: clean.bytes.len() as u64,
+            width: clean.width,
+            height: clean.height,
+            sha256: clean.sha256.clone(),
+            created_at: self.clock.now(),
+        };
+        self.store
+            .put(&key, clean.bytes, clean.format.content_type())
+            .await?;
+        match self.images.insert(&image).await {
+            Ok(stored) => {
+                tracing::info!(owner = %owner.user_id, image = %stored.id, key = %stored.key, size = stored.size_bytes, "image stored");
+                Ok(stored)
+            }
+            Err(error) => {
+                // The object is removed unless a row (a concurrent upload of
+                // the same image) now refers to it.
+                let referenced = matches!(
+                    self.images.find_by_hash(owner.user_id, &image.sha256).await,
+                    Ok(Some(_))
+                );
+                if !referenced && let Err(e) = self.store.delete(&key).await {
+                    tracing::error!(key = %key, error = %e, "an object without metadata was left in the store");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// A page of images, newest first: the caller's, or (for an admin) any
+    /// owner's.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        owner: Option<UserId>,
+        page_size: u32,
+        before: Option<Uuid>,
+    ) -> Result<(Vec<StoredImage>, Option<Uuid>), Error> {
+        let owner = match owner {
+            Some(owner) if owner != principal.user_id && principal.role != Role::Admin => {
+                return Err(Error::with_message(
+                    ErrorCode::Forbidden,
+                    "only admins may list another user's images",
+                ));
+            }
+            Some(owner) => owner,
+            None => principal.user_id,
+        };
+        let limit = if page_size == 0 {
+            DEFAULT_PAGE
+        } else {
+            page_size.min(MAX_PAGE)
+        };
+        let mut page = self.images.list(owner, before, limit + 1).await?;
+        let next = if page.len() > limit as usize {
+            page.truncate(limit as usize);
+            page.last().map(|i| i.id)
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+}

@@ -1,0 +1,105 @@
+//! What every gRPC service shares: the hub's errors as gRPC statuses, and
+//! bearer-token authentication in an interceptor.
+
+use std::sync::Arc;
+
+use hub_core::{Clock, Error, ErrorCode, ErrorKind, Principal, Tokens};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Status};
+
+/// The gRPC status code of each error kind (docs/ERRORS.md).
+pub fn code_for(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::Invalid => Code::InvalidArgument,
+        ErrorKind::Conflict => Code::AlreadyExists,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::Forbidden => Code::PermissionDenied,
+        ErrorKind::TooLarge | ErrorKind::TooMany => Code::ResourceExhausted,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Internal => Code::Internal,
+    }
+}
+
+/// The status for `error`: its code in the message (`CODE: message`) and in
+/// the `x-error-code` trailer; internal causes are logged, never sent.
+pub fn status(error: &Error) -> Status {
+    match error.kind() {
+        ErrorKind::Internal => tracing::error!(code = %error.code(), error = %error, "rpc failed"),
+        ErrorKind::Unavailable => {
+            tracing::warn!(code = %error.code(), error = %error, "dependency unavailable")
+        }
+        _ => tracing::debug!(code = %error.code(), "rpc refused"),
+    }
+    let mut status = Status::new(
+        code_for(error.kind()),
+        format!("{}: {}", error.code(), error.message()),
+    );
+    status.metadata_mut().insert(
+        "x-error-code",
+        MetadataValue::from_static(error.code().as_str()),
+    );
+    status
+}
+
+/// The status for a bare code, with its default message.
+pub fn status_of(code: ErrorCode) -> Status {
+    status(&Error::new(code))
+}
+
+/// Verifies `authorization: Bearer <jwt>` (signature, algorithm, claims,
+/// expiry: exactly as rest-auth does) and puts the [`Principal`] in the
+/// request's extensions; UNAUTHENTICATED otherwise. Whether the token's
+/// session is still open needs a store, so the handler checks that (see
+/// `hub_core::Authentication::ensure_open`): interceptors cannot wait.
+#[derive(Clone)]
+pub struct BearerAuth {
+    tokens: Arc<Tokens>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerAuth").finish_non_exhaustive()
+    }
+}
+
+impl BearerAuth {
+    pub fn new(tokens: Arc<Tokens>, clock: Arc<dyn Clock>) -> Self {
+        Self { tokens, clock }
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let refused =
+            |why: &'static str| status(&Error::with_message(ErrorCode::InvalidToken, why));
+        let value = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| refused("an authorization: Bearer token is required"))?
+            .to_str()
+            .map_err(|_| refused("the authorization metadata must be 'Bearer <token>'"))?;
+        let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(refused(
+                "the authorization metadata must be 'Bearer <token>'",
+            ));
+        }
+        let principal = self
+            .tokens
+            .verify(token.trim(), self.clock.now())
+            .map_err(|e| status(&e))?;
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+/// The principal the interceptor found; UNAUTHENTICATED when it did not run.
+pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .copied()
+        .ok_or_else(|| status_of(ErrorCode::InvalidToken))
+}
