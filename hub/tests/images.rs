@@ -591,3 +591,170 @@ async fn wrong_store_credentials_are_unavailable() {
     assert_eq!(error_code(&status), "UNAVAILABLE");
     hub.hub.stop().await;
 }
+
+/// Waits until the health service says SERVING (its first probe of the store).
+async fn serving(hub: &Hub) {
+    let channel = Channel::from_shared(hub.hub.url("grpc-images"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "SERVING", || {
+        let channel = channel.clone();
+        async move { (health(channel).await.ok()? == SERVING).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpcio_client_uploads_lists_and_sees_serving() {
+    let hub = Hub::start().await;
+    let token = hub.token("alice").await;
+    serving(&hub).await;
+    let dir = common::scratch_dir();
+    let png = dir.join("first.png");
+    let jpg = dir.join("second.jpg");
+    std::fs::write(&png, picture(1, image::ImageFormat::Png)).unwrap();
+    std::fs::write(&jpg, picture(2, image::ImageFormat::Jpeg)).unwrap();
+    let target = hub
+        .hub
+        .url("grpc-images")
+        .trim_start_matches("http://")
+        .to_owned();
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/grpcio_images.py"
+    );
+    let out = tokio::process::Command::new(common::venv_bin("python"))
+        .arg(script)
+        .args([target.as_str(), token.as_str(), proto])
+        .arg(&png)
+        .arg(&jpg)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["health"], "SERVING");
+    assert_eq!(seen["without_token"], "UNAUTHENTICATED");
+    let uploaded = seen["uploaded"].as_array().unwrap();
+    assert_eq!(uploaded.len(), 2);
+    assert_eq!(uploaded[0]["content_type"], "image/png", "the bytes decide");
+    assert_eq!(
+        uploaded[1]["content_type"], "image/jpeg",
+        "whatever was claimed"
+    );
+    assert_eq!(
+        seen["listed"],
+        json!([uploaded[1]["id"], uploaded[0]["id"]]),
+        "newest first"
+    );
+    let body = reqwest::get(uploaded[1]["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(hex_sha256(&body), uploaded[1]["sha256"].as_str().unwrap());
+    hub.hub.stop().await;
+}
+
+/// moto's S3 server, which implements bucket policies (s3s-fs does not).
+struct Moto {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(common::venv_bin("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_public_base_url_the_bucket_is_made_public_and_urls_point_there() {
+    let moto = Moto::start();
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let (mut config, keys) = test_config();
+    config.images.s3.endpoint = Some(endpoint.clone());
+    let bucket = config.images.s3.bucket.clone();
+    config.images.public_base_url = Some(format!("{endpoint}/{bucket}/"));
+    let hub = Hub::from(TestHub::start_with(config, keys, true).await);
+    let s3 = hub.hub.hub.config().images.s3.clone();
+    let client = hub_store::s3::sdk_client(&hub_store::S3Settings {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        bucket: s3.bucket.clone(),
+        access_key: s3.access_key.clone(),
+        secret_key: s3.secret_key.expose().clone(),
+        timeout: Duration::from_secs(5),
+    });
+    let policy = eventually(Duration::from_secs(20), "the bucket policy", || {
+        let client = client.clone();
+        let bucket = bucket.clone();
+        async move {
+            client
+                .get_bucket_policy()
+                .bucket(bucket)
+                .send()
+                .await
+                .ok()?
+                .policy()
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    let policy: Value = serde_json::from_str(&policy).unwrap();
+    assert_eq!(policy["Statement"][0]["Principal"], "*");
+    assert_eq!(policy["Statement"][0]["Action"][0], "s3:GetObject");
+
+    let token = hub.token("alice").await;
+    let mut client = hub.client().await;
+    let image = upload_file(
+        &mut client,
+        &token,
+        "a.png",
+        &picture(1, image::ImageFormat::Png),
+    )
+    .await
+    .unwrap();
+    assert!(
+        image
+            .url
+            .starts_with(&format!("{endpoint}/{bucket}/users/")),
+        "{}",
+        image.url
+    );
+    let resp = reqwest::get(&image.url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(hex_sha256(&resp.bytes().await.unwrap()), image.sha256);
+    hub.hub.stop().await;
+}
