@@ -231,6 +231,40 @@ fn encode(image: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support {
+    //! Hostile images for tests, made by hand.
+
+    /// A PNG signature and a valid IHDR declaring `width` x `height`, and
+    /// nothing else: what a decompression bomb's header looks like.
+    pub fn png_header(width: u32, height: u32) -> Vec<u8> {
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend(width.to_be_bytes());
+        ihdr.extend(height.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]);
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        out.extend(13u32.to_be_bytes());
+        out.extend(&ihdr);
+        out.extend(crc32(&ihdr).to_be_bytes());
+        out
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,39 +394,10 @@ mod tests {
             sanitize(truncated, &LIMITS).unwrap_err().code(),
             ErrorCode::CorruptImage
         );
-        let bomb = png_header(60_000, 60_000);
+        let bomb = test_support::png_header(60_000, 60_000);
         let err = sanitize(&bomb, &ImageLimits::default()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::ImageTooManyPixels);
         assert!(err.message().contains("60000 x 60000"), "{}", err.message());
-    }
-
-    /// A PNG signature and a valid IHDR declaring `width` x `height`, and
-    /// nothing else: what a decompression bomb's header looks like.
-    pub(crate) fn png_header(width: u32, height: u32) -> Vec<u8> {
-        let mut ihdr = b"IHDR".to_vec();
-        ihdr.extend(width.to_be_bytes());
-        ihdr.extend(height.to_be_bytes());
-        ihdr.extend([8, 2, 0, 0, 0]);
-        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        out.extend(13u32.to_be_bytes());
-        out.extend(&ihdr);
-        out.extend(crc32(&ihdr).to_be_bytes());
-        out
-    }
-
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xFFFF_FFFFu32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
     }
 
     #[test]

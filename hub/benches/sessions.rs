@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use hub_core::{ClientInfo, PasswordHasher, RegisterUser, User};
 use mongodb::bson::{Document, doc};
-use serde_json::{Value, json};
 use support::{RUN, pgbench};
 
 /// Events per relay round, and rounds.
@@ -94,23 +93,7 @@ async fn main() {
         let (config, keys) = common::test_config();
         let database_url = config.database.url.expose().clone();
         let hub = common::TestHub::start_with(config, keys, true).await;
-        let client = reqwest::Client::new();
-        let rest = hub.url("rest-auth");
-        client
-            .post(format!("{rest}/register"))
-            .json(&json!({"username": "bench", "email": "bench@example.com", "password": "correct horse battery"}))
-            .send()
-            .await
-            .unwrap();
-        let login: Value = client
-            .post(format!("{rest}/login"))
-            .json(&json!({"username": "bench", "password": "correct horse battery"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let login = common::sign_up(&hub.url("rest-auth"), "bench", "correct horse battery").await;
         let token = login["token"].as_str().unwrap().to_owned();
         let session_id = login["session_id"].as_str().unwrap().to_owned();
         let url = format!("{}/api/sessions/verify", hub.url("sessions"));

@@ -8,7 +8,7 @@ mod common;
 use std::io::Cursor;
 use std::time::Duration;
 
-use common::{S3Server, TestHub, eventually, test_config};
+use common::{OwnServer, TestHub, eventually, test_config};
 use grpc_images::pb::image_delivery_client::ImageDeliveryClient;
 use grpc_images::pb::upload_image_request::Data;
 use grpc_images::pb::{Image, ListImagesRequest, UploadImageRequest, UploadMetadata};
@@ -36,26 +36,7 @@ impl Hub {
     }
 
     async fn token(&self, name: &str) -> String {
-        let rest = self.hub.url("rest-auth");
-        let status = self
-            .http
-            .post(format!("{rest}/register"))
-            .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": "correct horse"}))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 201);
-        let login: Value = self
-            .http
-            .post(format!("{rest}/login"))
-            .json(&json!({"username": name, "password": "correct horse"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let login = common::sign_up(&self.hub.url("rest-auth"), name, "correct horse").await;
         login["token"].as_str().unwrap().to_owned()
     }
 
@@ -65,18 +46,23 @@ impl Hub {
             .unwrap()
     }
 
-    /// Every object in the hub's bucket.
-    async fn objects(&self) -> Vec<String> {
+    /// An S3 client of the hub's own store.
+    fn s3(&self) -> hub_store::s3::S3Client {
         let s3 = &self.hub.hub.config().images.s3;
-        let client = hub_store::s3::sdk_client(&hub_store::S3Settings {
+        hub_store::s3::sdk_client(&hub_store::S3Settings {
             endpoint: s3.endpoint.clone(),
             region: s3.region.clone(),
             bucket: s3.bucket.clone(),
             access_key: s3.access_key.clone(),
             secret_key: s3.secret_key.expose().clone(),
             timeout: Duration::from_secs(5),
-        });
-        client
+        })
+    }
+
+    /// Every object in the hub's bucket.
+    async fn objects(&self) -> Vec<String> {
+        let s3 = &self.hub.hub.config().images.s3;
+        self.s3()
             .list_objects_v2()
             .bucket(&s3.bucket)
             .send()
@@ -334,13 +320,7 @@ async fn hostile_uploads_are_refused_and_leave_nothing_behind() {
     .unwrap();
 
     let png = picture(1, image::ImageFormat::Png);
-    let mut bomb = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend(60_000u32.to_be_bytes());
-    ihdr.extend(60_000u32.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    bomb.extend(&ihdr[4..]);
-    bomb.extend(crc32(&ihdr).to_be_bytes());
+    let bomb = hub_core::image::test_support::png_header(60_000, 60_000);
     let cases: Vec<(&str, Vec<UploadImageRequest>, Code, &str)> = vec![
         (
             "text named .png",
@@ -438,21 +418,6 @@ async fn hostile_uploads_are_refused_and_leave_nothing_behind() {
     hub.hub.stop().await;
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_are_checked_as_rest_auth_checks_them() {
     let hub = Hub::start().await;
@@ -509,7 +474,7 @@ const NOT_SERVING: i32 = 2;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_that_goes_away_is_unavailable_and_health_follows_it() {
-    let mut s3 = S3Server::start();
+    let mut s3 = OwnServer::s3();
     let (mut config, keys) = test_config();
     config.images.s3.endpoint = Some(s3.endpoint());
     let hub = Hub::from(TestHub::start_with(config, keys, true).await);
@@ -708,15 +673,7 @@ async fn with_a_public_base_url_the_bucket_is_made_public_and_urls_point_there()
     let bucket = config.images.s3.bucket.clone();
     config.images.public_base_url = Some(format!("{endpoint}/{bucket}/"));
     let hub = Hub::from(TestHub::start_with(config, keys, true).await);
-    let s3 = hub.hub.hub.config().images.s3.clone();
-    let client = hub_store::s3::sdk_client(&hub_store::S3Settings {
-        endpoint: s3.endpoint.clone(),
-        region: s3.region.clone(),
-        bucket: s3.bucket.clone(),
-        access_key: s3.access_key.clone(),
-        secret_key: s3.secret_key.expose().clone(),
-        timeout: Duration::from_secs(5),
-    });
+    let client = hub.s3();
     let policy = eventually(Duration::from_secs(20), "the bucket policy", || {
         let client = client.clone();
         let bucket = bucket.clone();

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{MongoServer, TestHub, eventually, test_config};
+use common::{OwnServer, TestHub, eventually, test_config};
 use hub::Hub;
 use hub_core::{ActivityLog, ClientInfo, PasswordHasher, RegisterUser, Relay, User};
 use mongodb::bson::{Document, doc};
@@ -112,7 +112,7 @@ async fn run_relay(hub: &Hub, relay: Relay) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mongodb_outage_loses_nothing_and_repeats_nothing() {
-    let mut mongo = MongoServer::start();
+    let mut mongo = OwnServer::mongo();
     let (mut config, keys) = test_config();
     config.mongo.url = hub_runtime::Secret::new(mongo.url());
     config.mongo.server_selection_timeout_ms = 500;

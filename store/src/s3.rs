@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+/// The SDK's client, for tools and tests that talk to the same store.
+pub use aws_sdk_s3::Client as S3Client;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };

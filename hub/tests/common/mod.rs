@@ -172,17 +172,47 @@ impl TestHub {
     }
 }
 
-/// A MongoDB-wire server of a test's own (SecantusDB from .venv), on a free
-/// port with its data in a scratch folder, so the test can stop and start it
-/// without touching the shared one.
-pub struct MongoServer {
+/// A backing server of a test's own, on a free port with its data in a
+/// scratch folder, so the test can stop and start it without touching the
+/// shared one: a MongoDB-wire server (SecantusDB from .venv) or an S3 server
+/// (s3s-fs, which scripts/test builds).
+pub struct OwnServer {
     pub port: u16,
+    name: &'static str,
     dir: PathBuf,
+    command: fn(u16, &std::path::Path) -> std::process::Command,
     child: Option<std::process::Child>,
 }
 
-impl MongoServer {
-    pub fn start() -> Self {
+impl OwnServer {
+    pub fn mongo() -> Self {
+        Self::start("SecantusDB", |port, data| {
+            let mut cmd = std::process::Command::new(venv_bin("secantusd-py"));
+            cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .arg("--storage-path")
+                .arg(data)
+                .args(["--log-level", "WARNING"]);
+            cmd
+        })
+    }
+
+    pub fn s3() -> Self {
+        Self::start("s3s-fs", |port, data| {
+            let bin = std::env::var("S3S_FS_BIN")
+                .expect("S3S_FS_BIN names s3s-fs (scripts/test builds it)");
+            let mut cmd = std::process::Command::new(bin);
+            cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", &std::env::var("S3_ACCESS_KEY").unwrap()])
+                .args(["--secret-key", &std::env::var("S3_SECRET_KEY").unwrap()])
+                .arg(data);
+            cmd
+        })
+    }
+
+    fn start(
+        name: &'static str,
+        command: fn(u16, &std::path::Path) -> std::process::Command,
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -190,26 +220,32 @@ impl MongoServer {
             .port();
         let mut server = Self {
             port,
+            name,
             dir: scratch_dir(),
+            command,
             child: None,
         };
         server.resume();
         server
     }
 
+    /// The MongoDB URL of a MongoDB-wire server.
     pub fn url(&self) -> String {
         format!("mongodb://127.0.0.1:{}/?retryWrites=false", self.port)
+    }
+
+    /// The endpoint of an S3 server.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Starts it again on the same port and data.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::File::create(self.dir.join("secantusd.log")).unwrap();
-        let child = std::process::Command::new(venv_bin("secantusd-py"))
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .arg("--storage-path")
-            .arg(self.dir.join("data"))
-            .args(["--log-level", "WARNING"])
+        let data = self.dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+        let child = (self.command)(self.port, &data)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -219,10 +255,11 @@ impl MongoServer {
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "SecantusDB did not start on {}",
+                "{} did not start on {}",
+                self.name,
                 self.port
             );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
@@ -239,11 +276,32 @@ impl MongoServer {
     }
 }
 
-impl Drop for MongoServer {
+impl Drop for OwnServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Registers `name` over rest-auth at `rest` and logs in: the login's body
+/// (`token`, `session_id`, ...).
+pub async fn sign_up(rest: &str, name: &str, password: &str) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    let registered = http
+        .post(format!("{rest}/register"))
+        .json(&serde_json::json!({"username": name, "email": format!("{name}@example.com"), "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201, "registering {name}");
+    let login = http
+        .post(format!("{rest}/login"))
+        .json(&serde_json::json!({"username": name, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200, "logging in {name}");
+    login.json().await.unwrap()
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for at most `within`.
@@ -262,72 +320,5 @@ where
             "{what}: not within {within:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
-/// An S3 server of a test's own (s3s-fs, which scripts/test builds), on a
-/// free port with its data in a scratch folder, so the test can stop it.
-pub struct S3Server {
-    pub port: u16,
-    dir: PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl S3Server {
-    pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self {
-            port,
-            dir: scratch_dir(),
-            child: None,
-        };
-        server.resume();
-        server
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn resume(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let bin =
-            std::env::var("S3S_FS_BIN").expect("S3S_FS_BIN names s3s-fs (scripts/test builds it)");
-        let data = self.dir.join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let log = std::fs::File::create(self.dir.join("s3s-fs.log")).unwrap();
-        let child = std::process::Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", &std::env::var("S3_ACCESS_KEY").unwrap()])
-            .args(["--secret-key", &std::env::var("S3_SECRET_KEY").unwrap()])
-            .arg(&data)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "s3s-fs did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,257 @@
+//! grpc-images under load, against `hub serve` running as its own process
+//! (so its memory can be read), each figure beside its baseline measured in
+//! the same run.
+//!
+//!     scripts/bench images        (sets up PostgreSQL, MongoDB and S3, then runs this)
+//!
+//! 1. Upload throughput in MB/s with sanitizing on, for 1 MiB and 8 MiB
+//!    PNGs (noise, so they do not compress), 4 clients at once, vs direct
+//!    PUTs of the same bytes to the same S3 server from 4 tasks.
+//! 2. Peak RSS of the hub while 16 clients upload 8 MiB images at once,
+//!    against the budget 16 x 3 x 8 MiB + 50 MiB.
+//!
+//! Every upload is a distinct image: the same image twice is stored once, so
+//! repeats would measure the shortcut.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Cursor;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grpc_images::pb::image_delivery_client::ImageDeliveryClient;
+use grpc_images::pb::upload_image_request::Data;
+use grpc_images::pb::{UploadImageRequest, UploadMetadata};
+use image::{DynamicImage, RgbImage};
+use tonic::transport::Channel;
+
+const MIB: usize = 1024 * 1024;
+
+/// A noise PNG of about `bytes` bytes; `seed` makes it distinct.
+fn noise_png(bytes: usize, seed: u64) -> Vec<u8> {
+    let side = ((bytes / 3) as f64).sqrt() as u32;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let image = RgbImage::from_fn(side, side, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        image::Rgb([state as u8, (state >> 8) as u8, (state >> 16) as u8])
+    });
+    let mut out = Cursor::new(Vec::new());
+    DynamicImage::ImageRgb8(image)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Served {
+    child: Child,
+    rest: String,
+    grpc: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// `hub migrate`, then `hub serve` on free ports against the test stores.
+fn serve() -> Served {
+    let (config, keys) = common::test_config();
+    let hub = env!("CARGO_BIN_EXE_hub");
+    let s3 = &config.images.s3;
+    let (rest_port, grpc_port) = (free_port(), free_port());
+    let env = |cmd: &mut Command| {
+        cmd.env("POLYHUB_DATABASE__URL", config.database.url.expose())
+            .env("POLYHUB_MONGO__URL", config.mongo.url.expose())
+            .env("POLYHUB_MONGO__DATABASE", &config.mongo.database)
+            .env("POLYHUB_IMAGES__S3__ENDPOINT", s3.endpoint.clone().unwrap())
+            .env("POLYHUB_IMAGES__S3__BUCKET", &s3.bucket)
+            .env("POLYHUB_IMAGES__S3__ACCESS_KEY", &s3.access_key)
+            .env("POLYHUB_IMAGES__S3__SECRET_KEY", s3.secret_key.expose())
+            .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", &keys.private)
+            .env("POLYHUB_SERVICES__REST_AUTH__PORT", rest_port.to_string())
+            .env("POLYHUB_SERVICES__GRPC_IMAGES__PORT", grpc_port.to_string())
+            .env(
+                "POLYHUB_SERVICES__SOAP_REGISTER__PORT",
+                free_port().to_string(),
+            )
+            .env(
+                "POLYHUB_SERVICES__SOAP_LOOKUP__PORT",
+                free_port().to_string(),
+            )
+            .env("POLYHUB_SERVICES__SESSIONS__PORT", free_port().to_string())
+            .env(
+                "POLYHUB_SERVICES__SESSION_TRACKER__PORT",
+                free_port().to_string(),
+            )
+            .env("POLYHUB_LOG__LEVEL", "warn");
+    };
+    let mut migrate = Command::new(hub);
+    env(&mut migrate);
+    assert!(migrate.arg("migrate").status().unwrap().success());
+    let mut cmd = Command::new(hub);
+    env(&mut cmd);
+    let child = cmd.arg("serve").stdout(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
+        assert!(Instant::now() < deadline, "hub serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Served {
+        child,
+        rest: format!("http://127.0.0.1:{rest_port}"),
+        grpc: format!("http://127.0.0.1:{grpc_port}"),
+    }
+}
+
+async fn upload(mut client: ImageDeliveryClient<Channel>, token: &str, bytes: Arc<Vec<u8>>) {
+    let mut messages = vec![UploadImageRequest {
+        data: Some(Data::Metadata(UploadMetadata {
+            filename: "bench.png".into(),
+            content_type: "image/png".into(),
+        })),
+    }];
+    messages.extend(bytes.chunks(MIB).map(|c| UploadImageRequest {
+        data: Some(Data::Chunk(c.to_vec())),
+    }));
+    let mut request = tonic::Request::new(futures_util::stream::iter(messages));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    client.upload_image(request).await.unwrap();
+}
+
+/// MB/s for uploading every image through the hub, `clients` at a time.
+async fn through_hub(grpc: &str, token: &str, images: &[Arc<Vec<u8>>], clients: usize) -> f64 {
+    let total: usize = images.iter().map(|i| i.len()).sum();
+    // One HTTP/2 connection, as the direct PUTs share one client.
+    let client = ImageDeliveryClient::connect(grpc.to_owned())
+        .await
+        .unwrap()
+        .max_encoding_message_size(8 * MIB);
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(clients));
+    let tasks: Vec<_> = images
+        .iter()
+        .map(|image| {
+            let (client, token, image) = (client.clone(), token.to_owned(), Arc::clone(image));
+            let semaphore = Arc::clone(&semaphore);
+            tokio::spawn(async move {
+                let _slot = semaphore.acquire().await.unwrap();
+                upload(client, &token, image).await;
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    total as f64 / 1e6 / started.elapsed().as_secs_f64()
+}
+
+/// MB/s for PUTting the same bytes straight into the same store.
+async fn direct_puts(images: &[Arc<Vec<u8>>], clients: usize) -> f64 {
+    let s3 = common::s3_config();
+    let settings = hub_store::S3Settings {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        bucket: s3.bucket.clone(),
+        access_key: s3.access_key.clone(),
+        secret_key: s3.secret_key.expose().clone(),
+        timeout: Duration::from_secs(30),
+    };
+    let store = hub_store::S3ObjectStore::new(&settings);
+    store.ensure_bucket().await.unwrap();
+    let store = Arc::new(store);
+    let total: usize = images.iter().map(|i| i.len()).sum();
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(clients));
+    let tasks: Vec<_> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            let (store, image, semaphore) = (
+                Arc::clone(&store),
+                Arc::clone(image),
+                Arc::clone(&semaphore),
+            );
+            tokio::spawn(async move {
+                let _slot = semaphore.acquire().await.unwrap();
+                hub_core::ObjectStore::put(
+                    &*store,
+                    &format!("direct/{i}.png"),
+                    image.to_vec(),
+                    "image/png",
+                )
+                .await
+                .unwrap();
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    total as f64 / 1e6 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let served = serve();
+    let login = common::sign_up(&served.rest, "bench", "correct horse battery").await;
+    let token = login["token"].as_str().unwrap().to_owned();
+    let mut seed = 0;
+    let mut images = |size: usize, count: usize| -> Vec<Arc<Vec<u8>>> {
+        (0..count)
+            .map(|_| {
+                seed += 1;
+                Arc::new(noise_png(size, seed))
+            })
+            .collect()
+    };
+    for (label, size, count) in [("1 MiB", MIB, 48), ("8 MiB", 8 * MIB, 12)] {
+        let for_hub = images(size, count);
+        let for_store = images(size, count);
+        let hub_rate = through_hub(&served.grpc, &token, &for_hub, 4).await;
+        let direct_rate = direct_puts(&for_store, 4).await;
+        println!(
+            "| upload {label} PNGs, 4 clients ({count} distinct images, {:.1} MB each) | {hub_rate:.1} MB/s | direct PUT of the same bytes {direct_rate:.1} MB/s | ratio {:.2} |",
+            for_hub[0].len() as f64 / 1e6,
+            hub_rate / direct_rate
+        );
+    }
+    let before = peak_rss_mib(served.child.id());
+    let burst = images(8 * MIB, 16);
+    through_hub(&served.grpc, &token, &burst, 16).await;
+    let peak = peak_rss_mib(served.child.id());
+    let budget = 16.0 * 3.0 * 8.0 + 50.0;
+    println!(
+        "| peak RSS of hub serve, 16 clients uploading 8 MiB at once | {peak:.0} MiB (before the burst {before:.0} MiB) | budget 16 x 3 x 8 MiB + 50 MiB = {budget:.0} MiB | {:.2} of budget |",
+        peak / budget
+    );
+}
