@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode};
-use crate::image::{ImageLimits, SanitizedImage, sanitize};
+use crate::image::{ImageLimits, SanitizedImage, UploadBuffer, sanitize};
 use crate::ports::{Clock, ObjectStore};
 use crate::token::Principal;
 use crate::user::{Role, UserId};
@@ -110,7 +110,11 @@ impl ImageLibrary {
 
     /// Sanitizes and stores an upload for `owner`. Nothing is left in the
     /// store when it fails.
-    pub async fn upload(&self, owner: &Principal, bytes: Vec<u8>) -> Result<StoredImage, Error> {
+    pub async fn upload(
+        &self,
+        owner: &Principal,
+        upload: UploadBuffer,
+    ) -> Result<StoredImage, Error> {
         let clean = {
             let _slot = self
                 .sanitizing
@@ -118,7 +122,8 @@ impl ImageLibrary {
                 .await
                 .map_err(|_| Error::internal("the sanitizing pool is closed"))?;
             let limits = self.limits;
-            tokio::task::spawn_blocking(move || sanitize(&bytes, &limits))
+            // Joined only now, with a slot: waiting uploads stay in chunks.
+            tokio::task::spawn_blocking(move || sanitize(&upload.into_bytes(), &limits))
                 .await
                 .map_err(|e| Error::internal(format!("sanitizing panicked: {e}")))??
         };

@@ -133,7 +133,7 @@ impl ImageDelivery for Images {
         let mut buffer = UploadBuffer::new(self.state.library.limits());
         while let Some(message) = stream.message().await? {
             match message.data {
-                Some(Data::Chunk(chunk)) => buffer.push(&chunk).map_err(|e| status(&e))?,
+                Some(Data::Chunk(chunk)) => buffer.push(chunk).map_err(|e| status(&e))?,
                 Some(Data::Metadata(_)) => {
                     return Err(invalid("metadata may only be the first message"));
                 }
@@ -146,7 +146,7 @@ impl ImageDelivery for Images {
         let image = self
             .state
             .library
-            .upload(&principal, buffer.into_bytes())
+            .upload(&principal, buffer)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(to_pb(&image, &self.state.urls)))
