@@ -214,7 +214,9 @@ async fn report_health(
             let status = if up {
                 tonic_health::ServingStatus::Serving
             } else {
-                tracing::warn!("object store unreachable: gRPC health NOT_SERVING");
+                tracing::warn!(
+                    "object store not usable (unreachable, refusing our keys, or no bucket yet): gRPC health NOT_SERVING"
+                );
                 tonic_health::ServingStatus::NotServing
             };
             reporter.set_service_status("", status).await;
