@@ -79,6 +79,16 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// Every service `hub serve` runs, by the name `--only` takes.
+pub const SERVICES: [&str; 6] = [
+    rest_auth::SERVICE,
+    soap_register::SERVICE,
+    soap_lookup::SERVICE,
+    sessions::SERVICE,
+    sessions::TRACKER,
+    grpc_images::SERVICE,
+];
+
 /// One listener of a running hub.
 #[derive(Debug, Clone)]
 pub struct Listener {
@@ -344,62 +354,100 @@ impl Hub {
         &self,
         shutdown: Shutdown,
     ) -> anyhow::Result<(Vec<Listener>, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+        self.start_services(&SERVICES, shutdown).await
+    }
+
+    /// As [`Self::start`], for the named services only (`hub serve --only`).
+    /// The sessions service brings the relay; every service shares the one
+    /// pool, MongoDB client and S3 client of this hub.
+    pub async fn start_services(
+        &self,
+        names: &[&str],
+        shutdown: Shutdown,
+    ) -> anyhow::Result<(Vec<Listener>, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+        if let Some(unknown) = names.iter().find(|n| !SERVICES.contains(n)) {
+            anyhow::bail!(
+                "unknown service {unknown:?}; the services are {}",
+                SERVICES.join(", ")
+            );
+        }
+        let runs = |name: &str| names.contains(&name);
         let services = &self.config.services;
         let http = &self.config.http;
         // What can be checked without the network is checked before a port is taken.
-        let authentication = self.authentication()?;
-        let lifecycle = self.session_lifecycle().await?;
-        let mongo = self.mongo().await?;
+        let needs_tokens = [
+            rest_auth::SERVICE,
+            sessions::SERVICE,
+            sessions::TRACKER,
+            grpc_images::SERVICE,
+        ]
+        .iter()
+        .any(|n| runs(n));
+        let authentication = if needs_tokens {
+            Some(self.authentication()?)
+        } else {
+            None
+        };
         // Every port is bound first, so each service knows every public
         // address before it is built (the WSDL names two of them).
-        let rest = self
-            .bind(
+        let ports: [(&'static str, u16, &Option<String>); 6] = [
+            (
                 rest_auth::SERVICE,
                 services.rest_auth.port,
                 &services.rest_auth.external_url,
-            )
-            .await?;
-        let register = self
-            .bind(
+            ),
+            (
                 soap_register::SERVICE,
                 services.soap_register.port,
                 &services.soap_register.external_url,
-            )
-            .await?;
-        let lookup = self
-            .bind(
+            ),
+            (
                 soap_lookup::SERVICE,
                 services.soap_lookup.port,
                 &services.soap_lookup.external_url,
-            )
-            .await?;
-        let sessions_port = self
-            .bind(
+            ),
+            (
                 sessions::SERVICE,
                 services.sessions.port,
                 &services.sessions.external_url,
-            )
-            .await?;
-        let tracker = self
-            .bind(
+            ),
+            (
                 sessions::TRACKER,
                 services.session_tracker.port,
                 &services.session_tracker.external_url,
-            )
-            .await?;
-        let images_port = self
-            .bind(
+            ),
+            (
                 grpc_images::SERVICE,
                 services.grpc_images.port,
                 &services.grpc_images.external_url,
-            )
-            .await?;
-        self.ensure_mongo_indexes(shutdown.clone()).await?;
-        self.ensure_bucket(shutdown.clone());
-
+            ),
+        ];
+        let mut bound = Vec::new();
+        for (name, port, external_url) in ports {
+            if runs(name) {
+                bound.push(self.bind(name, port, external_url).await?);
+            }
+        }
+        // A service's public address: where it listens here, or where its
+        // configuration says it is when another process runs it.
+        let address_of = |name: &str| -> String {
+            if let Some((_, info)) = bound.iter().find(|(_, info)| info.service == name) {
+                return info.external_url.clone();
+            }
+            let (_, port, external_url) = ports
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .copied()
+                .unwrap_or((name, 0, &None));
+            external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}:{port}", services.bind_address))
+                .trim_end_matches('/')
+                .to_owned()
+        };
         let wsdl: Arc<str> = hub_soap::users_wsdl(
-            &format!("{}/register", register.1.external_url),
-            &format!("{}/user/soap", lookup.1.external_url),
+            &format!("{}/register", address_of(soap_register::SERVICE)),
+            &format!("{}/user/soap", address_of(soap_lookup::SERVICE)),
         )
         .into();
         let limits = hub_soap::Limits {
@@ -407,91 +455,88 @@ impl Hub {
             max_depth: self.config.soap.max_depth,
             max_elements: self.config.soap.max_elements,
         };
-        let relay = if self.config.relay.enabled {
+        let sessions_run = runs(sessions::SERVICE) || runs(sessions::TRACKER);
+        if sessions_run {
+            self.ensure_mongo_indexes(shutdown.clone()).await?;
+        }
+        if runs(grpc_images::SERVICE) {
+            self.ensure_bucket(shutdown.clone());
+        }
+        let relay = if !runs(sessions::SERVICE) {
+            None
+        } else if self.config.relay.enabled {
             Some(self.relay().await?)
         } else {
             tracing::info!("relay disabled here: another instance delivers the outbox");
             None
         };
-        let sessions_state = sessions::SessionsState {
-            lifecycle,
-            relay: relay.as_ref().map(Relay::status),
-            outbox: self.outbox(),
+        let sessions_state = if sessions_run {
+            Some(sessions::SessionsState {
+                lifecycle: self.session_lifecycle().await?,
+                relay: relay.as_ref().map(Relay::status),
+                outbox: self.outbox(),
+            })
+        } else {
+            None
         };
-        let tokens = self
-            .tokens
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no token signing key"))?;
-        let store_probe: Arc<dyn DependencyProbe> = Arc::new(S3Probe::new(self.image_store()));
-        let images_router = grpc_images::router(
-            grpc_images::ImagesState {
-                library: self.image_library(),
-                authentication: self.authentication()?,
-                urls: match &self.config.images.public_base_url {
-                    Some(base) => grpc_images::PublicUrls::External {
-                        base: base.trim_end_matches('/').to_owned(),
+        let missing = |what: &str| anyhow::anyhow!("{what} was not prepared");
+
+        let mut routers = Vec::new();
+        for (_, info) in &bound {
+            let router = match info.service {
+                rest_auth::SERVICE => rest_auth::router(
+                    rest_auth::RestAuthState {
+                        authentication: authentication
+                            .clone()
+                            .ok_or_else(|| missing("authentication"))?,
+                        registration: self.registration(),
+                        database: self.postgres_probe(),
+                        limiter: Arc::new(rest_auth::LoginLimiter::new(
+                            &services.rest_auth.login_limit,
+                        )),
                     },
-                    None => grpc_images::PublicUrls::Delivered {
-                        base: images_port.1.external_url.clone(),
+                    self.readiness(rest_auth::SERVICE),
+                    http,
+                    &services.rest_auth,
+                ),
+                soap_register::SERVICE => soap_register::router(
+                    soap_register::SoapRegisterState {
+                        registration: self.registration(),
+                        wsdl: Arc::clone(&wsdl),
+                        limits,
                     },
-                },
-                store_probe: Arc::clone(&store_probe),
-                max_message_bytes: self.config.images.max_message_bytes,
-            },
-            self.readiness(grpc_images::SERVICE).with(store_probe),
-            http,
-            hub_runtime::grpc::BearerAuth::new(tokens, Arc::new(SystemClock)),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let routers = [
-            rest_auth::router(
-                rest_auth::RestAuthState {
-                    authentication,
-                    registration: self.registration(),
-                    database: self.postgres_probe(),
-                    limiter: Arc::new(rest_auth::LoginLimiter::new(
-                        &services.rest_auth.login_limit,
-                    )),
-                },
-                self.readiness(rest_auth::SERVICE),
-                http,
-                &services.rest_auth,
-            ),
-            soap_register::router(
-                soap_register::SoapRegisterState {
-                    registration: self.registration(),
-                    wsdl: Arc::clone(&wsdl),
-                    limits,
-                },
-                self.readiness(soap_register::SERVICE),
-                http,
-            ),
-            soap_lookup::router(
-                soap_lookup::SoapLookupState {
-                    directory: self.directory(),
-                    wsdl,
-                    limits,
-                },
-                self.readiness(soap_lookup::SERVICE),
-                http,
-                &services.soap_lookup.cors,
-            ),
-            sessions::router(
-                sessions_state.clone(),
-                self.readiness(sessions::SERVICE)
-                    .reporting(self.mongo_probe(mongo.clone())),
-                http,
-                &services.sessions,
-            ),
-            sessions::tracker_router(
-                sessions_state,
-                self.readiness(sessions::TRACKER)
-                    .with(self.mongo_probe(mongo)),
-                http,
-                &services.session_tracker,
-            ),
-            images_router,
-        ];
+                    self.readiness(soap_register::SERVICE),
+                    http,
+                ),
+                soap_lookup::SERVICE => soap_lookup::router(
+                    soap_lookup::SoapLookupState {
+                        directory: self.directory(),
+                        wsdl: Arc::clone(&wsdl),
+                        limits,
+                    },
+                    self.readiness(soap_lookup::SERVICE),
+                    http,
+                    &services.soap_lookup.cors,
+                ),
+                sessions::SERVICE => sessions::router(
+                    sessions_state.clone().ok_or_else(|| missing("sessions"))?,
+                    self.readiness(sessions::SERVICE)
+                        .reporting(self.mongo_probe(self.mongo().await?)),
+                    http,
+                    &services.sessions,
+                ),
+                sessions::TRACKER => sessions::tracker_router(
+                    sessions_state.clone().ok_or_else(|| missing("sessions"))?,
+                    self.readiness(sessions::TRACKER)
+                        .with(self.mongo_probe(self.mongo().await?)),
+                    http,
+                    &services.session_tracker,
+                ),
+                grpc_images::SERVICE => self.images_router(&info.external_url)?,
+                other => anyhow::bail!("no router for {other}"),
+            };
+            routers.push(router);
+        }
 
         let mut listeners = Vec::new();
         let mut tasks = JoinSet::new();
@@ -509,11 +554,7 @@ impl Hub {
                 Ok(())
             });
         }
-        for ((listener, info), router) in
-            [rest, register, lookup, sessions_port, tracker, images_port]
-                .into_iter()
-                .zip(routers)
-        {
+        for ((listener, info), router) in bound.into_iter().zip(routers) {
             let service = info.service;
             listeners.push(info);
             let shutdown = shutdown.clone();
@@ -546,6 +587,34 @@ impl Hub {
             }
         });
         Ok((listeners, handle))
+    }
+
+    fn images_router(&self, external_url: &str) -> anyhow::Result<axum::Router> {
+        let tokens = self
+            .tokens
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no token signing key"))?;
+        let store_probe: Arc<dyn DependencyProbe> = Arc::new(S3Probe::new(self.image_store()));
+        grpc_images::router(
+            grpc_images::ImagesState {
+                library: self.image_library(),
+                authentication: self.authentication()?,
+                urls: match &self.config.images.public_base_url {
+                    Some(base) => grpc_images::PublicUrls::External {
+                        base: base.trim_end_matches('/').to_owned(),
+                    },
+                    None => grpc_images::PublicUrls::Delivered {
+                        base: external_url.to_owned(),
+                    },
+                },
+                store_probe: Arc::clone(&store_probe),
+                max_message_bytes: self.config.images.max_message_bytes,
+            },
+            self.readiness(grpc_images::SERVICE).with(store_probe),
+            &self.config.http,
+            hub_runtime::grpc::BearerAuth::new(tokens, Arc::new(SystemClock)),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     async fn bind(

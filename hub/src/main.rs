@@ -29,13 +29,23 @@ struct Cli {
 enum Command {
     /// Create the PostgreSQL database if missing and apply every pending migration.
     Migrate,
-    /// Run every service, each on its configured port, until SIGTERM or SIGINT.
-    Serve,
+    /// Run every service (or those named with --only), each on its configured
+    /// port, until SIGTERM or SIGINT.
+    Serve {
+        /// Only these services, comma-separated: rest-auth, soap-register,
+        /// soap-lookup, sessions, session-tracker, grpc-images.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Manage users.
     Users {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Probe a service's HTTP endpoint (`hub check http://127.0.0.1:5001/ready`):
+    /// exits 0 on a 2xx answer within 3 s. For container healthchecks, so the
+    /// image needs no curl.
+    Check { url: String },
     /// Manage token signing keys.
     Keys {
         #[command(subcommand)]
@@ -98,7 +108,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// One plain HTTP/1.0 GET; Ok when the status is 2xx.
+fn check(url: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// URLs can be checked")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let timeout = std::time::Duration::from_secs(3);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .with_context(|| format!("resolving {authority}"))?
+        .next()
+        .with_context(|| format!("{authority} has no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {authority}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
+    let mut head = [0u8; 64];
+    let read = stream.read(&mut head)?;
+    let status_line = String::from_utf8_lossy(&head[..read]);
+    let status = status_line.split_whitespace().nth(1).unwrap_or("");
+    anyhow::ensure!(status.starts_with('2'), "{url} answered {status:?}");
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Check { url } = &cli.command {
+        return check(url);
+    }
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     telemetry::init(&config.log);
     // Making keys needs neither a database nor existing keys.
@@ -114,8 +152,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hub.migrate().await?;
             tracing::info!("database schema is up to date");
         }
-        Command::Serve => {
-            let (listeners, running) = hub.start(Shutdown::on_signal()).await?;
+        Command::Serve { only } => {
+            let names: Vec<&str> = if only.is_empty() {
+                hub::SERVICES.to_vec()
+            } else {
+                only.iter().map(|s| s.trim()).collect()
+            };
+            let (listeners, running) = hub.start_services(&names, Shutdown::on_signal()).await?;
             for l in &listeners {
                 println!("{:<14} {}", l.service, l.external_url);
             }
@@ -123,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("all services stopped");
         }
         Command::Users { command } => users(&hub, command).await?,
-        Command::Keys { .. } => {}
+        Command::Keys { .. } | Command::Check { .. } => {}
     }
     Ok(())
 }

@@ -86,7 +86,7 @@ fn free_port() -> u16 {
 /// for as long as it runs, as a terminal's would.
 struct Serving {
     child: Child,
-    _stdout: BufReader<std::process::ChildStdout>,
+    stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Serving {
@@ -99,13 +99,7 @@ impl Serving {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut first_line = String::new();
         stdout.read_line(&mut first_line).unwrap();
-        (
-            Self {
-                child,
-                _stdout: stdout,
-            },
-            first_line,
-        )
+        (Self { child, stdout }, first_line)
     }
 }
 
@@ -388,4 +382,53 @@ fn keys_generate_refuses_to_overwrite_a_key() {
     );
     assert!(out.status.success());
     assert_ne!(std::fs::read_to_string(&key).unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_only_runs_the_named_services_and_check_probes_them() {
+    let db = fresh_database();
+    let out = run(hub_with(&db, &["migrate"]), "");
+    assert!(out.status.success(), "migrate: {}", text(&out.stderr));
+    let (rest, lookup) = (free_port(), free_port());
+    let mut serve = hub(&db);
+    serve
+        .env("POLYHUB_SERVICES__REST_AUTH__PORT", rest.to_string())
+        .env("POLYHUB_SERVICES__SOAP_LOOKUP__PORT", lookup.to_string())
+        .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
+        .args(["serve", "--only", "rest-auth,soap-lookup"]);
+    let (mut serving, first_line) = Serving::start(serve);
+    let mut second_line = String::new();
+    serving.stdout.read_line(&mut second_line).unwrap();
+    assert!(first_line.starts_with("rest-auth"), "{first_line}");
+    assert!(second_line.starts_with("soap-lookup"), "{second_line}");
+    for port in [rest, lookup] {
+        let url = format!("http://127.0.0.1:{port}/health");
+        let out = run(hub_with(&db, &["check", &url]), "");
+        assert!(out.status.success(), "check {url}: {}", text(&out.stderr));
+    }
+    // The WSDL names soap-register's configured address, though it runs elsewhere.
+    let wsdl = reqwest::get(format!("http://127.0.0.1:{lookup}/user/soap?wsdl"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(wsdl.contains("http://127.0.0.1:5002/register"), "{wsdl}");
+
+    let closed = format!("http://127.0.0.1:{}/health", free_port());
+    let out = run(hub_with(&db, &["check", &closed]), "");
+    assert!(!out.status.success());
+    let out = run(
+        hub_with(&db, &["check", &format!("http://127.0.0.1:{rest}/nope")]),
+        "",
+    );
+    assert!(!out.status.success(), "a 404 is not healthy");
+
+    let out = run(hub_with(&db, &["serve", "--only", "rest-auth,ftp"]), "");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("\"ftp\"") && err.contains("grpc-images"),
+        "{err}"
+    );
 }
