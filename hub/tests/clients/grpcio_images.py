@@ -4,7 +4,8 @@ proto/ by grpcio-tools when it runs: a client no one on this project wrote.
     grpcio_images.py TARGET TOKEN PROTO_DIR IMAGE...
 
 Checks health (grpc.health.v1), uploads each IMAGE in 64 KiB chunks, lists
-the caller's images, and prints one JSON document with what it saw.
+the caller's images (or says why it could not), and prints one JSON document
+with what it saw.
 """
 
 import importlib.resources
@@ -69,7 +70,16 @@ def main():
                 {"id": image.id, "url": image.url, "sha256": image.sha256,
                  "content_type": image.content_type}
             )
-        listed = images.ListImages(pb.ListImagesRequest(page_size=10), metadata=auth, timeout=10)
+        try:
+            listed = [
+                i.id
+                for i in images.ListImages(
+                    pb.ListImagesRequest(page_size=10), metadata=auth, timeout=10
+                ).images
+            ]
+            list_error = None
+        except grpc.RpcError as e:
+            listed, list_error = [], e.code().name
         try:
             images.ListImages(pb.ListImagesRequest(), timeout=10)
             unauthenticated = None
@@ -78,7 +88,8 @@ def main():
         print(json.dumps({
             "health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status),
             "uploaded": uploaded,
-            "listed": [i.id for i in listed.images],
+            "listed": listed,
+            "list_error": list_error,
             "without_token": unauthenticated,
         }))
 
