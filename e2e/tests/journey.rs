@@ -104,9 +104,12 @@ async fn one_user_through_every_protocol() {
                 .output()
                 .await
                 .unwrap();
+            // Health follows the store and its bucket, which the hub makes
+            // in the background at start: wait until it says SERVING.
             out.status
                 .success()
                 .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+                .filter(|seen| seen["health"] == "SERVING")
         }
     })
     .await;

@@ -495,7 +495,9 @@ impl Hub {
                             &services.rest_auth.login_limit,
                         )),
                     },
-                    self.readiness(rest_auth::SERVICE),
+                    self.readiness(rest_auth::SERVICE).with_metrics(Arc::new(
+                        hub_runtime::metrics::HashingMetrics(self.hashing.clone()),
+                    )),
                     http,
                     &services.rest_auth,
                 ),
@@ -505,7 +507,10 @@ impl Hub {
                         wsdl: Arc::clone(&wsdl),
                         limits,
                     },
-                    self.readiness(soap_register::SERVICE),
+                    self.readiness(soap_register::SERVICE)
+                        .with_metrics(Arc::new(hub_runtime::metrics::HashingMetrics(
+                            self.hashing.clone(),
+                        ))),
                     http,
                 ),
                 soap_lookup::SERVICE => soap_lookup::router(

@@ -22,13 +22,15 @@ pub trait ReadinessDetail: Send + Sync + 'static {
     async fn detail(&self) -> Value;
 }
 
-/// A service's name, the dependencies its readiness depends on, and those it
-/// only reports (the service keeps working without them).
+/// What a service reports about itself: its name, the dependencies its
+/// readiness depends on, those it only reports (it keeps working without
+/// them), details for `/ready`, and sources for `/metrics`.
 #[derive(Clone)]
 pub struct Readiness {
     service: &'static str,
     probes: Vec<(Arc<dyn DependencyProbe>, bool)>,
     details: Vec<Arc<dyn ReadinessDetail>>,
+    metrics: Vec<Arc<dyn crate::metrics::MetricsSource>>,
     timeout: Duration,
 }
 
@@ -55,6 +57,7 @@ impl Readiness {
             service,
             probes: Vec::new(),
             details: Vec::new(),
+            metrics: Vec::new(),
             timeout,
         }
     }
@@ -70,6 +73,16 @@ impl Readiness {
     pub fn reporting(mut self, probe: Arc<dyn DependencyProbe>) -> Self {
         self.probes.push((probe, false));
         self
+    }
+
+    /// Adds what the service reports in `/metrics` beside its requests.
+    pub fn with_metrics(mut self, source: Arc<dyn crate::metrics::MetricsSource>) -> Self {
+        self.metrics.push(source);
+        self
+    }
+
+    pub fn metrics_sources(&self) -> Vec<Arc<dyn crate::metrics::MetricsSource>> {
+        self.metrics.clone()
     }
 
     /// Adds a detail shown in `/ready`.

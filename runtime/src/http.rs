@@ -2,6 +2,7 @@
 //! error shape `{"error":{"code","message"},"request_id"}`, and rejections,
 //! unknown routes, wrong methods and panics all answered in that shape.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,6 +20,7 @@ use tracing::Level;
 
 use crate::config::HttpConfig;
 use crate::health::{self, Readiness};
+use crate::metrics::HttpMetrics;
 
 /// The header that carries the request id, both ways.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -321,9 +323,21 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// Wraps a service's own routes with what every service has: `/health`,
 /// `/ready`, request ids, tracing, body limits, and JSON errors for unknown
 /// routes, wrong methods and panics.
+///
+/// `/metrics` has the service's request counts and latencies by route and
+/// status, then what the readiness's metrics sources add.
 pub fn service_router(routes: Router, readiness: Readiness, config: &HttpConfig) -> Router {
     let service = readiness.service();
+    let metrics = Arc::new(HttpMetrics::new(service));
+    let sources = Arc::new(readiness.metrics_sources());
+    let scrape = {
+        let metrics = Arc::clone(&metrics);
+        axum::routing::get(move || {
+            crate::metrics::render(Arc::clone(&metrics), Arc::clone(&sources))
+        })
+    };
     routes
+        .route("/metrics", scrape)
         .merge(health::routes(readiness))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -348,4 +362,8 @@ pub fn service_router(routes: Router, readiness: Readiness, config: &HttpConfig)
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::record,
+        ))
 }

@@ -21,7 +21,7 @@ use axum::routing::get;
 use hub_core::{ClientInfo, Error, Outbox, RelayStatus, SessionId, SessionLifecycle, UserId};
 use hub_runtime::config::{HttpConfig, SessionsServiceConfig};
 use hub_runtime::health::ReadinessDetail;
-use hub_runtime::metrics::Exposition;
+use hub_runtime::metrics::{Exposition, MetricsSource};
 use hub_runtime::{BearerToken, HttpError, QueryParams, Readiness};
 use serde_json::{Value, json};
 
@@ -171,9 +171,22 @@ async fn revoke(
     Ok(Json(Revoked { revoked }))
 }
 
-/// `GET /metrics`: the relay's counters and the outbox backlog.
-async fn metrics(State(state): State<SessionsState>) -> Exposition {
-    let mut metrics = Exposition::new();
+/// The relay's counters and the outbox backlog, in `/metrics` on 5004.
+struct RelayMetrics {
+    relay: Option<Arc<RelayStatus>>,
+    outbox: Arc<dyn Outbox>,
+    lifecycle: SessionLifecycle,
+}
+
+#[async_trait::async_trait]
+impl MetricsSource for RelayMetrics {
+    async fn collect(&self, metrics: &mut Exposition) {
+        let state = self;
+        relay_metrics(state, metrics).await;
+    }
+}
+
+async fn relay_metrics(state: &RelayMetrics, metrics: &mut Exposition) {
     if let Some(relay) = &state.relay {
         let status = relay.snapshot();
         metrics
@@ -229,7 +242,6 @@ async fn metrics(State(state): State<SessionsState>) -> Exposition {
         }
         Err(e) => tracing::warn!(error = %e, "outbox backlog not measured"),
     }
-    metrics
 }
 
 /// The relay and the outbox in `/ready` details: never a reason to be
@@ -280,10 +292,16 @@ pub fn router(
     http: &HttpConfig,
     config: &SessionsServiceConfig,
 ) -> Router {
-    let readiness = readiness.with_detail(Arc::new(RelayDetail {
-        relay: state.relay.clone(),
-        outbox: Arc::clone(&state.outbox),
-    }));
+    let readiness = readiness
+        .with_detail(Arc::new(RelayDetail {
+            relay: state.relay.clone(),
+            outbox: Arc::clone(&state.outbox),
+        }))
+        .with_metrics(Arc::new(RelayMetrics {
+            relay: state.relay.clone(),
+            outbox: Arc::clone(&state.outbox),
+            lifecycle: state.lifecycle.clone(),
+        }));
     let routes = Router::new()
         .route("/api/sessions", axum::routing::post(open))
         .route("/api/sessions/verify", get(verify))
@@ -291,7 +309,6 @@ pub fn router(
             "/api/sessions/{user_id}",
             get(list).put(touch).delete(revoke),
         )
-        .route("/metrics", get(metrics))
         .with_state(state);
     hub_runtime::service_router(routes, readiness, http)
         .layer(hub_runtime::cors_layer(&config.cors))

@@ -1,0 +1,95 @@
+//! `/metrics` on every HTTP service (and on the gRPC port): request counts
+//! and latencies by route and status, plus what each service adds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::TestHub;
+
+async fn scrape(hub: &TestHub, service: &str) -> String {
+    let resp = reqwest::get(format!("{}/metrics", hub.url(service)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{service}");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{service}"
+    );
+    resp.text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_service_counts_its_requests_by_route_and_status() {
+    let hub = TestHub::start().await;
+    let http = reqwest::Client::new();
+    let rest = hub.url("rest-auth");
+    for _ in 0..2 {
+        http.post(format!("{rest}/login"))
+            .json(&serde_json::json!({"username": "nobody", "password": "wrong password"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    http.get(format!("{rest}/no/such/route"))
+        .send()
+        .await
+        .unwrap();
+    let user = uuid::Uuid::now_v7();
+    http.get(format!("{}/api/sessions/{user}", hub.url("sessions")))
+        .send()
+        .await
+        .unwrap();
+    let channel = tonic::transport::Channel::from_shared(hub.url("grpc-images"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let _ = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+
+    let metrics = scrape(&hub, "rest-auth").await;
+    assert!(
+        metrics.contains(
+            r#"polyhub_http_requests_total{service="rest-auth",method="POST",route="/login",status="401"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"route="unmatched",status="404"} 1"#),
+        "unrouted requests are counted without their path: {metrics}"
+    );
+    assert!(metrics.contains(
+        r#"polyhub_http_request_duration_seconds_count{service="rest-auth",method="POST",route="/login"} 2"#
+    ));
+    assert!(metrics.contains("polyhub_hashing_capacity "), "{metrics}");
+
+    let metrics = scrape(&hub, "sessions").await;
+    assert!(
+        metrics.contains(r#"route="/api/sessions/{user_id}",status="401"} 1"#),
+        "routes are labelled by their pattern, not the user id: {metrics}"
+    );
+    assert!(!metrics.contains(&user.to_string()));
+    assert!(metrics.contains("polyhub_outbox_backlog "), "{metrics}");
+    assert!(
+        metrics.contains("polyhub_relay_delivered_total "),
+        "{metrics}"
+    );
+
+    let metrics = scrape(&hub, "grpc-images").await;
+    assert!(
+        metrics.contains(r#"route="/grpc.health.v1.Health/Check",status="200"}"#),
+        "gRPC calls are labelled by their method: {metrics}"
+    );
+    for service in ["soap-register", "soap-lookup", "session-tracker"] {
+        let metrics = scrape(&hub, service).await;
+        assert!(
+            metrics.contains("# TYPE polyhub_http_requests_total counter"),
+            "{service}: {metrics}"
+        );
+    }
+    hub.stop().await;
+}
