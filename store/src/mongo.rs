@@ -101,10 +101,22 @@ pub struct MongoActivityLog {
 }
 
 impl MongoActivityLog {
+    /// Writes wait for the journal (`j: true`): the relay marks events
+    /// delivered once MongoDB acknowledges them, so an acknowledged write
+    /// must survive the server being killed. Without it, the fault drill saw
+    /// a write acknowledged just before a SIGKILL vanish, and its event was
+    /// marked delivered but never recorded.
     pub fn new(database: &Database) -> Self {
+        let durable = mongodb::options::CollectionOptions::builder()
+            .write_concern(
+                mongodb::options::WriteConcern::builder()
+                    .journal(true)
+                    .build(),
+            )
+            .build();
         Self {
-            events: database.collection("session_events"),
-            last: database.collection("last_connection"),
+            events: database.collection_with_options("session_events", durable.clone()),
+            last: database.collection_with_options("last_connection", durable),
         }
     }
 
