@@ -82,6 +82,34 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `hub serve` of every service: rest-auth on `rest_port`, the others on
+/// free ports, against the test MongoDB-wire and S3 servers, with a new key.
+fn serve_all(database_url: &str, rest_port: u16) -> Command {
+    let mut serve = hub(database_url);
+    serve.env("POLYHUB_SERVICES__REST_AUTH__PORT", rest_port.to_string());
+    for service in [
+        "SOAP_REGISTER",
+        "SOAP_LOOKUP",
+        "SESSIONS",
+        "SESSION_TRACKER",
+        "GRPC_IMAGES",
+    ] {
+        serve.env(
+            format!("POLYHUB_SERVICES__{service}__PORT"),
+            free_port().to_string(),
+        );
+    }
+    serve
+        .env("POLYHUB_MONGO__URL", std::env::var("MONGODB_URL").unwrap())
+        .env(
+            "POLYHUB_IMAGES__S3__ENDPOINT",
+            std::env::var("S3_ENDPOINT").unwrap(),
+        )
+        .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
+        .arg("serve");
+    serve
+}
+
 /// A running `hub serve`, killed when the test ends. Its stdout stays open
 /// for as long as it runs, as a terminal's would.
 struct Serving {
@@ -200,33 +228,7 @@ async fn operator_workflow_end_to_end() {
 
     // Serve, probe, stop with SIGTERM.
     let port = free_port();
-    let mut serve = hub(&db);
-    serve
-        .env("POLYHUB_SERVICES__REST_AUTH__PORT", port.to_string())
-        .env(
-            "POLYHUB_SERVICES__SOAP_REGISTER__PORT",
-            free_port().to_string(),
-        )
-        .env(
-            "POLYHUB_SERVICES__SOAP_LOOKUP__PORT",
-            free_port().to_string(),
-        )
-        .env("POLYHUB_SERVICES__SESSIONS__PORT", free_port().to_string())
-        .env(
-            "POLYHUB_SERVICES__SESSION_TRACKER__PORT",
-            free_port().to_string(),
-        )
-        .env("POLYHUB_MONGO__URL", std::env::var("MONGODB_URL").unwrap())
-        .env(
-            "POLYHUB_SERVICES__GRPC_IMAGES__PORT",
-            free_port().to_string(),
-        )
-        .env(
-            "POLYHUB_IMAGES__S3__ENDPOINT",
-            std::env::var("S3_ENDPOINT").unwrap(),
-        )
-        .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
-        .arg("serve");
+    let serve = serve_all(&db, port);
     let (mut child, first_line) = Serving::start(serve);
     assert!(
         first_line.contains("rest-auth") && first_line.contains(&port.to_string()),
@@ -287,33 +289,7 @@ fn a_misspelt_setting_stops_the_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_starts_without_the_database_and_reports_not_ready() {
     let port = free_port();
-    let mut serve = hub("postgres://postgres@127.0.0.1:1/polyhub");
-    serve
-        .env("POLYHUB_SERVICES__REST_AUTH__PORT", port.to_string())
-        .env(
-            "POLYHUB_SERVICES__SOAP_REGISTER__PORT",
-            free_port().to_string(),
-        )
-        .env(
-            "POLYHUB_SERVICES__SOAP_LOOKUP__PORT",
-            free_port().to_string(),
-        )
-        .env("POLYHUB_SERVICES__SESSIONS__PORT", free_port().to_string())
-        .env(
-            "POLYHUB_SERVICES__SESSION_TRACKER__PORT",
-            free_port().to_string(),
-        )
-        .env("POLYHUB_MONGO__URL", std::env::var("MONGODB_URL").unwrap())
-        .env(
-            "POLYHUB_SERVICES__GRPC_IMAGES__PORT",
-            free_port().to_string(),
-        )
-        .env(
-            "POLYHUB_IMAGES__S3__ENDPOINT",
-            std::env::var("S3_ENDPOINT").unwrap(),
-        )
-        .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
-        .arg("serve");
+    let serve = serve_all("postgres://postgres@127.0.0.1:1/polyhub", port);
     let (_serving, _) = Serving::start(serve);
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(
