@@ -3,9 +3,8 @@
 //! protocol's users would use: zeep for SOAP, plain HTTP for REST and the
 //! legacy GET, grpcio for images. This kit links none of the hub's crates.
 //!
-//! The `hub` binary is the one `cargo nextest run --workspace` builds (the
-//! hub crate's tests need it); `cargo build -p hub` first when running only
-//! this crate's tests.
+//! The binaries are the ones `cargo nextest run --workspace` builds; `cargo
+//! build --workspace --bins` first when running only this crate's tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -17,18 +16,50 @@ use serde_json::Value;
 
 pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
-/// The `hub` binary of this build (the workspace's tests build it).
-pub fn hub_bin() -> PathBuf {
+/// A binary of this build (the workspace's tests build them all): `hub`, or
+/// one service's own (`rest-auth`, `sessions`, ...).
+pub fn bin(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(ROOT).join("target"));
-    let bin = target.join("debug/hub");
+    let bin = target.join("debug").join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it (cargo build -p hub) or run the workspace's tests",
+        "{} is missing: build it (cargo build -p {name}) or run the workspace's tests",
         bin.display()
     );
     bin
+}
+
+/// What a service's own binary does before it serves anything: `--help`
+/// names its one option, and a configuration it does not understand stops
+/// it with an error naming the key. Each package in services/ runs this on
+/// its binary (which also makes the test build build that binary).
+pub fn check_service_binary(bin: &Path, service: &str) {
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    assert!(help.status.success(), "{service} --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--config <CONFIG>"),
+        "{service} --help: {help}"
+    );
+    assert!(help.contains("POLYHUB_CONFIG"), "{service} --help: {help}");
+
+    let refused = Command::new(bin)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("POLYHUB_SERVICES__NO_SUCH_SETTING", "1")
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "{service} started with an unknown key"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("unknown field: found `no_such_setting`"),
+        "{service}: {stderr}"
+    );
 }
 
 pub fn python() -> PathBuf {
@@ -47,7 +78,139 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `hub serve`, killed when dropped.
+/// One deployment's configuration: its own database, MongoDB database,
+/// bucket, signing key and a free port for each service, as `POLYHUB_*`
+/// variables. Every process started from it reads the same, as the
+/// containers of one deployment would.
+#[derive(Debug)]
+pub struct Environment {
+    vars: Vec<(String, String)>,
+}
+
+impl Environment {
+    /// A fresh configuration, with its key made and its database migrated by
+    /// the `hub` binary.
+    pub fn new() -> Self {
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        let admin = env("DATABASE_URL");
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        let scratch = std::env::temp_dir().join(format!("polyhub-e2e-{unique}"));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let key = scratch.join("signing.pem");
+        let mut vars: Vec<(String, String)> = vec![
+            (
+                "POLYHUB_DATABASE__URL".into(),
+                format!("{base}/e2e_{unique}"),
+            ),
+            ("POLYHUB_MONGO__URL".into(), env("MONGODB_URL")),
+            ("POLYHUB_MONGO__DATABASE".into(), format!("e2e_{unique}")),
+            ("POLYHUB_IMAGES__S3__ENDPOINT".into(), env("S3_ENDPOINT")),
+            (
+                "POLYHUB_IMAGES__S3__ACCESS_KEY".into(),
+                env("S3_ACCESS_KEY"),
+            ),
+            (
+                "POLYHUB_IMAGES__S3__SECRET_KEY".into(),
+                env("S3_SECRET_KEY"),
+            ),
+            ("POLYHUB_IMAGES__S3__BUCKET".into(), format!("e2e-{unique}")),
+            (
+                "POLYHUB_TOKENS__SIGNING_KEY_PATH".into(),
+                key.display().to_string(),
+            ),
+        ];
+        // Production hashing (600,000 iterations): these are the real binaries.
+        for section in [
+            "REST_AUTH",
+            "SOAP_REGISTER",
+            "SOAP_LOOKUP",
+            "SESSIONS",
+            "SESSION_TRACKER",
+            "GRPC_IMAGES",
+        ] {
+            vars.push((
+                format!("POLYHUB_SERVICES__{section}__PORT"),
+                free_port().to_string(),
+            ));
+        }
+        let environment = Self { vars };
+        let key_arg = key.display().to_string();
+        let made = environment
+            .command("hub", &["keys", "generate", "--out", &key_arg])
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let migrated = environment.command("hub", &["migrate"]).output().unwrap();
+        assert!(
+            migrated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&migrated.stderr)
+        );
+        environment
+    }
+
+    /// `binary args`, with this configuration and nothing else inherited.
+    pub fn command(&self, binary: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin(binary));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .args(args);
+        cmd
+    }
+
+    /// The port this configuration gives `service` (`rest-auth`, ...).
+    pub fn port(&self, service: &str) -> u16 {
+        let name = format!(
+            "POLYHUB_SERVICES__{}__PORT",
+            service.replace('-', "_").to_uppercase()
+        );
+        self.vars
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or_else(|| panic!("no port for {service}"))
+    }
+
+    /// Starts `binary args` and waits until it has printed the address of
+    /// each of the `listeners` it is expected to serve.
+    pub fn start(&self, binary: &str, args: &[&str], listeners: usize) -> Served {
+        let mut child = self
+            .command(binary, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut urls = std::collections::HashMap::new();
+        while urls.len() < listeners {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "{binary} stopped early"
+            );
+            let mut parts = line.split_whitespace();
+            if let (Some(service), Some(url)) = (parts.next(), parts.next()) {
+                urls.insert(service.to_owned(), url.to_owned());
+            }
+        }
+        // Keep reading stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        Served { child, urls }
+    }
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A process serving polyhub, killed when dropped.
 #[derive(Debug)]
 pub struct Served {
     child: Child,
@@ -61,108 +224,21 @@ impl Drop for Served {
     }
 }
 
+/// `hub serve`: every service in one process, in a fresh environment.
 pub fn serve() -> Served {
-    let unique = uuid::Uuid::now_v7().simple().to_string();
-    let admin = env("DATABASE_URL");
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    let scratch = std::env::temp_dir().join(format!("polyhub-e2e-{unique}"));
-    std::fs::create_dir_all(&scratch).unwrap();
-    let key = scratch.join("signing.pem");
-    let vars: Vec<(String, String)> = vec![
-        (
-            "POLYHUB_DATABASE__URL".into(),
-            format!("{base}/e2e_{unique}"),
-        ),
-        ("POLYHUB_MONGO__URL".into(), env("MONGODB_URL")),
-        ("POLYHUB_MONGO__DATABASE".into(), format!("e2e_{unique}")),
-        ("POLYHUB_IMAGES__S3__ENDPOINT".into(), env("S3_ENDPOINT")),
-        (
-            "POLYHUB_IMAGES__S3__ACCESS_KEY".into(),
-            env("S3_ACCESS_KEY"),
-        ),
-        (
-            "POLYHUB_IMAGES__S3__SECRET_KEY".into(),
-            env("S3_SECRET_KEY"),
-        ),
-        ("POLYHUB_IMAGES__S3__BUCKET".into(), format!("e2e-{unique}")),
-        (
-            "POLYHUB_TOKENS__SIGNING_KEY_PATH".into(),
-            key.display().to_string(),
-        ),
-        // Production hashing (600,000 iterations): this is the real binary.
-        (
-            "POLYHUB_SERVICES__REST_AUTH__PORT".into(),
-            free_port().to_string(),
-        ),
-        (
-            "POLYHUB_SERVICES__SOAP_REGISTER__PORT".into(),
-            free_port().to_string(),
-        ),
-        (
-            "POLYHUB_SERVICES__SOAP_LOOKUP__PORT".into(),
-            free_port().to_string(),
-        ),
-        (
-            "POLYHUB_SERVICES__SESSIONS__PORT".into(),
-            free_port().to_string(),
-        ),
-        (
-            "POLYHUB_SERVICES__SESSION_TRACKER__PORT".into(),
-            free_port().to_string(),
-        ),
-        (
-            "POLYHUB_SERVICES__GRPC_IMAGES__PORT".into(),
-            free_port().to_string(),
-        ),
-    ];
-    let hub = |args: &[&str]| {
-        let mut cmd = Command::new(hub_bin());
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(vars.iter().map(|(k, v)| (k, v)))
-            .args(args);
-        cmd
-    };
-    let key_arg = key.display().to_string();
-    assert!(
-        hub(&["keys", "generate", "--out", &key_arg])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
-    let migrated = hub(&["migrate"]).output().unwrap();
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
-    let mut child = hub(&["serve"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut urls = std::collections::HashMap::new();
-    while urls.len() < 6 {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "hub serve stopped early"
-        );
-        let mut parts = line.split_whitespace();
-        if let (Some(service), Some(url)) = (parts.next(), parts.next()) {
-            urls.insert(service.to_owned(), url.to_owned());
-        }
-    }
-    // Keep reading stdout so the process never blocks on a full pipe.
-    std::thread::spawn(move || for _ in stdout.lines() {});
-    Served { child, urls }
+    Environment::new().start("hub", &["serve"], 6)
 }
 
 impl Served {
     pub fn url(&self, service: &str) -> &str {
         &self.urls[service]
+    }
+
+    /// The services this process listens for.
+    pub fn services(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.urls.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 }
 

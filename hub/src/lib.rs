@@ -23,6 +23,8 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+pub mod launch;
+
 /// Everything the services share: one pool, one hashing pool, the use cases.
 #[derive(Clone)]
 pub struct Hub {

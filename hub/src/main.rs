@@ -9,7 +9,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hub::Hub;
 use hub_core::{RegisterUser, Role, Username};
-use hub_runtime::{Config, Shutdown, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -88,24 +87,7 @@ enum UsersCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "hub failed");
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    hub::launch::main_with(run(cli))
 }
 
 /// One plain HTTP/1.0 GET; Ok when the status is 2xx.
@@ -137,8 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Check { url } = &cli.command {
         return check(url);
     }
-    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
-    telemetry::init(&config.log);
+    let config = hub::launch::load_config(cli.config.as_deref())?;
     // Making keys needs neither a database nor existing keys.
     if let Command::Keys {
         command: KeysCommand::Generate { out, force },
@@ -158,12 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 only.iter().map(|s| s.trim()).collect()
             };
-            let (listeners, running) = hub.start_services(&names, Shutdown::on_signal()).await?;
-            for l in &listeners {
-                println!("{:<14} {}", l.service, l.external_url);
-            }
-            running.await.context("the services' supervisor failed")??;
-            tracing::info!("all services stopped");
+            hub::launch::serve(&hub, &names).await?;
         }
         Command::Users { command } => users(&hub, command).await?,
         Command::Keys { .. } | Command::Check { .. } => {}

@@ -81,7 +81,7 @@ fn docker_compose_validates_and_runs_every_service_on_its_port() {
         .zip(["5001", "5002", "5016", "5004", "5020", "5015"])
     {
         assert!(
-            config.contains(&format!("- --only\n    - {service}\n")),
+            config.contains(&format!("entrypoint:\n    - /usr/local/bin/{service}\n")),
             "{service} runs alone in its container"
         );
         assert!(
