@@ -47,9 +47,15 @@ async fn every_service_counts_its_requests_by_route_and_status() {
         .connect()
         .await
         .unwrap();
-    let _ = tonic_health::pb::health_client::HealthClient::new(channel)
+    let _ = tonic_health::pb::health_client::HealthClient::new(channel.clone())
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await;
+    // Refused before any message: the status travels in the headers.
+    let refused = grpc_images::pb::image_delivery_client::ImageDeliveryClient::new(channel)
+        .list_images(grpc_images::pb::ListImagesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     let metrics = scrape(&hub, "rest-auth").await;
     assert!(
@@ -80,9 +86,28 @@ async fn every_service_counts_its_requests_by_route_and_status() {
     );
 
     let metrics = scrape(&hub, "grpc-images").await;
+    // gRPC calls by method and status code (in trailers, after HTTP 200).
     assert!(
-        metrics.contains(r#"route="/grpc.health.v1.Health/Check",status="200"}"#),
-        "gRPC calls are labelled by their method: {metrics}"
+        metrics.contains(
+            r#"polyhub_grpc_requests_total{service="grpc-images",method="/grpc.health.v1.Health/Check",code="OK"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"polyhub_grpc_requests_total{service="grpc-images",method="/polyhub.images.v1.ImageDelivery/ListImages",code="UNAUTHENTICATED"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"polyhub_grpc_request_duration_seconds_count{service="grpc-images",method="/grpc.health.v1.Health/Check"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"route="/grpc.health.v1.Health/Check""#),
+        "gRPC calls are not counted as HTTP requests too: {metrics}"
     );
     for service in ["soap-register", "soap-lookup", "session-tracker"] {
         let metrics = scrape(&hub, service).await;

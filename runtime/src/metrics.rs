@@ -1,13 +1,17 @@
 //! Prometheus text exposition (format 0.0.4) for `/metrics`: request counts
-//! and latencies by route and status for every HTTP service (and gRPC, which
-//! rides on HTTP/2), and whatever a service adds through [`MetricsSource`].
+//! and latencies by route and status for every HTTP service, by method and
+//! status code for gRPC calls, and whatever a service adds through
+//! [`MetricsSource`].
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -122,11 +126,51 @@ struct Series {
     buckets: [u64; BUCKETS.len()],
 }
 
-/// Requests of one service by method, route and status.
+impl Series {
+    fn observe(&mut self, seconds: f64) {
+        self.count += 1;
+        self.sum += seconds;
+        for (bucket, bound) in self.buckets.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &Series) {
+        self.count += other.count;
+        self.sum += other.sum;
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+    }
+
+    /// The `_bucket`, `_sum` and `_count` samples of histogram `name`.
+    #[allow(clippy::cast_precision_loss)] // counts are exact below 2^53
+    fn write(&self, out: &mut Exposition, name: &str, labels: &[(&str, &str)]) {
+        let bucket = format!("{name}_bucket");
+        for (bound, count) in BUCKETS.iter().zip(self.buckets) {
+            let le = bound.to_string();
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", le.as_str()));
+            out.sample(&bucket, &with_le, count as f64);
+        }
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", "+Inf"));
+        out.sample(&bucket, &with_le, self.count as f64);
+        out.sample(&format!("{name}_sum"), labels, self.sum);
+        out.sample(&format!("{name}_count"), labels, self.count as f64);
+    }
+}
+
+/// Requests of one service: HTTP by method, route and status; gRPC calls by
+/// method and status code (`OK`, `UNAUTHENTICATED`, ...), which gRPC sends
+/// in trailers, after an HTTP 200.
 #[derive(Debug)]
 pub struct HttpMetrics {
     service: &'static str,
     series: Mutex<BTreeMap<(String, String, u16), Series>>,
+    grpc: Mutex<BTreeMap<(String, &'static str), Series>>,
 }
 
 impl HttpMetrics {
@@ -134,22 +178,25 @@ impl HttpMetrics {
         Self {
             service,
             series: Mutex::new(BTreeMap::new()),
+            grpc: Mutex::new(BTreeMap::new()),
         }
     }
 
     pub fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let Ok(mut series) = self.series.lock() else {
-            return;
-        };
-        let entry = series
-            .entry((method.to_owned(), route.to_owned(), status))
-            .or_default();
-        entry.count += 1;
-        entry.sum += seconds;
-        for (bucket, bound) in entry.buckets.iter_mut().zip(BUCKETS) {
-            if seconds <= bound {
-                *bucket += 1;
-            }
+        if let Ok(mut series) = self.series.lock() {
+            series
+                .entry((method.to_owned(), route.to_owned(), status))
+                .or_default()
+                .observe(seconds);
+        }
+    }
+
+    /// One finished gRPC call of `method` (`/package.Service/Method`).
+    pub fn observe_grpc(&self, method: &str, code: &'static str, seconds: f64) {
+        if let Ok(mut grpc) = self.grpc.lock() {
+            grpc.entry((method.to_owned(), code))
+                .or_default()
+                .observe(seconds);
         }
     }
 
@@ -181,52 +228,150 @@ impl HttpMetrics {
         );
         let mut by_route: BTreeMap<(&str, &str), Series> = BTreeMap::new();
         for ((method, route, _), s) in &series {
-            let merged = by_route.entry((method, route)).or_default();
-            merged.count += s.count;
-            merged.sum += s.sum;
-            for (m, b) in merged.buckets.iter_mut().zip(s.buckets) {
-                *m += b;
-            }
+            by_route.entry((method, route)).or_default().merge(s);
         }
         for ((method, route), s) in by_route {
-            let base = [
+            let labels = [
                 ("service", self.service),
                 ("method", method),
                 ("route", route),
             ];
-            for (bound, count) in BUCKETS.iter().zip(s.buckets) {
-                let le = bound.to_string();
-                let mut labels = base.to_vec();
-                labels.push(("le", le.as_str()));
-                #[allow(clippy::cast_precision_loss)]
-                out.sample(
-                    "polyhub_http_request_duration_seconds_bucket",
-                    &labels,
-                    count as f64,
-                );
-            }
-            let mut labels = base.to_vec();
-            labels.push(("le", "+Inf"));
+            s.write(out, "polyhub_http_request_duration_seconds", &labels);
+        }
+
+        let grpc = match self.grpc.lock() {
+            Ok(grpc) => grpc.clone(),
+            Err(_) => return,
+        };
+        if grpc.is_empty() {
+            return;
+        }
+        out.family(
+            "counter",
+            "polyhub_grpc_requests_total",
+            "gRPC calls finished, by service, method and status code.",
+        );
+        for ((method, code), s) in &grpc {
+            let labels = [
+                ("service", self.service),
+                ("method", method.as_str()),
+                ("code", code),
+            ];
             #[allow(clippy::cast_precision_loss)]
-            out.sample(
-                "polyhub_http_request_duration_seconds_bucket",
-                &labels,
-                s.count as f64,
-            );
-            out.sample("polyhub_http_request_duration_seconds_sum", &base, s.sum);
-            #[allow(clippy::cast_precision_loss)]
-            out.sample(
-                "polyhub_http_request_duration_seconds_count",
-                &base,
-                s.count as f64,
-            );
+            out.sample("polyhub_grpc_requests_total", &labels, s.count as f64);
+        }
+        out.family(
+            "histogram",
+            "polyhub_grpc_request_duration_seconds",
+            "Time from a call's start to its status, by service and method.",
+        );
+        let mut by_method: BTreeMap<&str, Series> = BTreeMap::new();
+        for ((method, _), s) in &grpc {
+            by_method.entry(method).or_default().merge(s);
+        }
+        for (method, s) in by_method {
+            let labels = [("service", self.service), ("method", method)];
+            s.write(out, "polyhub_grpc_request_duration_seconds", &labels);
+        }
+    }
+}
+
+/// The name of a gRPC status code, as the gRPC specification spells it.
+fn grpc_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The `grpc-status` in headers or trailers, by name.
+fn grpc_status(headers: &HeaderMap) -> Option<&'static str> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    Some(grpc_code_name(code))
+}
+
+/// A gRPC call whose status is still to come.
+struct PendingCall {
+    metrics: Arc<HttpMetrics>,
+    method: String,
+    started: Instant,
+}
+
+impl PendingCall {
+    fn finish(self, code: &'static str) {
+        self.metrics
+            .observe_grpc(&self.method, code, self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A gRPC response body that records the call when its trailers (and so its
+/// status) go out: `UNKNOWN` if it ends without one, `CANCELLED` if the
+/// client goes away first.
+struct GrpcResponseBody {
+    inner: Body,
+    pending: Option<PendingCall>,
+}
+
+impl http_body::Body for GrpcResponseBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let outcome = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|trailers| grpc_status(trailers).unwrap_or("UNKNOWN")),
+            Poll::Ready(Some(Err(_)) | None) => Some("UNKNOWN"),
+            Poll::Pending => None,
+        };
+        if let Some(code) = outcome
+            && let Some(call) = this.pending.take()
+        {
+            call.finish(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for GrpcResponseBody {
+    fn drop(&mut self) {
+        if let Some(call) = self.pending.take() {
+            call.finish("CANCELLED");
         }
     }
 }
 
 /// The middleware that feeds [`HttpMetrics`]: routes by their pattern
-/// (`/api/sessions/{user_id}`), gRPC calls by their method path, anything
-/// unrouted as `unmatched`, so labels stay bounded.
+/// (`/api/sessions/{user_id}`), gRPC calls by their method path and status
+/// code, anything unrouted as `unmatched`, so labels stay bounded.
 pub async fn record(
     State(metrics): State<Arc<HttpMetrics>>,
     request: Request,
@@ -234,21 +379,36 @@ pub async fn record(
 ) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
-    let path = request.uri().path();
-    let route = if request
+    let matched = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let grpc = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"))
-        && request.extensions().get::<MatchedPath>().is_some()
-    {
-        path.to_owned()
-    } else {
-        request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned())
-    };
+        && matched.is_some();
+    if grpc {
+        let call = PendingCall {
+            metrics,
+            method: request.uri().path().to_owned(),
+            started,
+        };
+        let response = next.run(request).await;
+        // Refused before any message: the status is in the headers.
+        if let Some(code) = grpc_status(response.headers()) {
+            call.finish(code);
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        let body = GrpcResponseBody {
+            inner: body,
+            pending: Some(call),
+        };
+        return Response::from_parts(parts, Body::new(body));
+    }
+    let route = matched.unwrap_or_else(|| "unmatched".to_owned());
     let response = next.run(request).await;
     metrics.observe(
         &method,
@@ -332,5 +492,53 @@ mod tests {
              # TYPE polyhub_lag_seconds gauge\n\
              polyhub_lag_seconds 0.25\n"
         );
+    }
+
+    fn pending(metrics: &Arc<HttpMetrics>, body: Body) -> GrpcResponseBody {
+        GrpcResponseBody {
+            inner: body,
+            pending: Some(PendingCall {
+                metrics: Arc::clone(metrics),
+                method: "/polyhub.Test/Call".to_owned(),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    fn text(metrics: &HttpMetrics) -> String {
+        let mut out = Exposition::new();
+        metrics.write(&mut out);
+        out.into_text()
+    }
+
+    #[tokio::test]
+    async fn a_grpc_call_that_ends_without_a_status_is_unknown_and_one_dropped_is_cancelled() {
+        let metrics = Arc::new(HttpMetrics::new("test"));
+        let ended = pending(&metrics, Body::from("no trailers"));
+        axum::body::to_bytes(Body::new(ended), usize::MAX)
+            .await
+            .unwrap();
+        drop(pending(&metrics, Body::from("never sent")));
+        let text = text(&metrics);
+        assert!(
+            text.contains(r#"polyhub_grpc_requests_total{service="test",method="/polyhub.Test/Call",code="UNKNOWN"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"polyhub_grpc_requests_total{service="test",method="/polyhub.Test/Call",code="CANCELLED"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn grpc_codes_are_named_as_the_specification_names_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", "16".parse().unwrap());
+        assert_eq!(grpc_status(&headers), Some("UNAUTHENTICATED"));
+        headers.insert("grpc-status", "0".parse().unwrap());
+        assert_eq!(grpc_status(&headers), Some("OK"));
+        headers.insert("grpc-status", "99".parse().unwrap());
+        assert_eq!(grpc_status(&headers), Some("UNKNOWN"));
+        assert_eq!(grpc_status(&HeaderMap::new()), None);
     }
 }
