@@ -242,6 +242,23 @@ impl Served {
     }
 }
 
+/// Logs in over REST; the token.
+pub async fn log_in(http: &reqwest::Client, rest_auth: &str, name: &str, password: &str) -> String {
+    let login: Value = http
+        .post(format!("{rest_auth}/login"))
+        .json(&serde_json::json!({"username": name, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    login["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {login}"))
+        .to_owned()
+}
+
 pub async fn python_json(script: &Path, args: &[&str]) -> Value {
     let out = tokio::process::Command::new(python())
         .arg(script)

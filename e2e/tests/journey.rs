@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::{ROOT, eventually, python, python_json, serve};
-use serde_json::{Value, json};
+use e2e::{ROOT, eventually, log_in, python, python_json, serve};
+use serde_json::Value;
 
 /// A 2 x 2 PNG, made by hand.
 const PNG: &str = "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a730000001149444154789c63f8cfc000440c60f23f001bf203fdf3e74bb10000000049454e44ae426082";
@@ -51,16 +51,7 @@ async fn one_user_through_every_protocol() {
     assert!(legacy.text().await.unwrap().contains(&user_id));
 
     // Log in over REST.
-    let login: Value = http
-        .post(format!("{}/login", hub.url("rest-auth")))
-        .json(&json!({"username": name, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
+    let token = log_in(&http, hub.url("rest-auth"), &name, password).await;
 
     // Verify on the session service.
     let verified: Value = http

@@ -69,16 +69,7 @@ async fn each_service_binary_serves_its_service_alone() {
         .unwrap();
     assert_eq!(found.status(), 200);
     assert!(found.text().await.unwrap().contains(&name));
-    let login: Value = http
-        .post(format!("{}/login", url("rest-auth")))
-        .json(&json!({"username": name, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap();
+    let token = &e2e::log_in(&http, &url("rest-auth"), &name, password).await;
     let verified = http
         .get(format!("{}/api/sessions/verify", url("sessions")))
         .bearer_auth(token)

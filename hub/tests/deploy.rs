@@ -159,45 +159,50 @@ fn edit(path: &Path, from: &str, to: &str) {
 fn kubernetes_validation_names_each_mistake() {
     let k8s = common::scratch_dir().join("k8s");
     copy_tree(&Path::new(ROOT).join("deploy/k8s"), &k8s);
-    // A misspelt field of a built-in kind.
-    edit(
-        &k8s.join("base/services/rest-auth.yaml"),
-        "      terminationGracePeriodSeconds: 40\n",
-        "      terminationGracePeriodSeconds: 40\n      hostnam: rest-auth\n",
-    );
-    // A value the operator's schema does not allow.
-    edit(
-        &k8s.join("base/data/postgres.yaml"),
-        "      method: any",
-        "      method: all",
-    );
-    // A misspelt field of a custom resource.
-    edit(
-        &k8s.join("restore/polyhub-pg.yaml"),
-        "  instances: 3\n",
-        "  instances: 3\n  instanecs: 3\n",
-    );
-    // A readiness probe that would report a service ready without its stores.
-    edit(
-        &k8s.join("base/services/soap-lookup.yaml"),
-        "              path: /ready",
-        "              path: /health",
-    );
-    // A Secret the pods read that the overlay no longer makes.
-    edit(
-        &k8s.join("production/kustomization.yaml"),
-        "  - name: polyhub-secrets\n",
-        "  - name: polyhub-secret\n",
-    );
+    // (file, text, its mistaken replacement, what the check must say)
+    let mistakes = [
+        // A misspelt field of a built-in kind.
+        (
+            "base/services/rest-auth.yaml",
+            "      terminationGracePeriodSeconds: 40\n",
+            "      terminationGracePeriodSeconds: 40\n      hostnam: rest-auth\n",
+            "base Deployment/rest-auth: Kubernetes 1.31: spec.template.spec: Additional properties are not allowed ('hostnam' was unexpected)",
+        ),
+        // A value the operator's schema does not allow.
+        (
+            "base/data/postgres.yaml",
+            "      method: any",
+            "      method: all",
+            "production Cluster/polyhub-pg: postgresql.cnpg.io/v1 Cluster: spec.postgresql.synchronous.method: 'all' is not one of ['any', 'first']",
+        ),
+        // A misspelt field of a custom resource.
+        (
+            "restore/polyhub-pg.yaml",
+            "  instances: 3\n",
+            "  instances: 3\n  instanecs: 3\n",
+            "restore/polyhub-pg.yaml Cluster/polyhub-pg: postgresql.cnpg.io/v1 Cluster: spec: Additional properties are not allowed ('instanecs' was unexpected)",
+        ),
+        // A readiness probe that would report a service ready without its stores.
+        (
+            "base/services/soap-lookup.yaml",
+            "              path: /ready",
+            "              path: /health",
+            "base Deployment/soap-lookup: readinessProbe must GET /ready",
+        ),
+        // A Secret the pods read that the overlay no longer makes.
+        (
+            "production/kustomization.yaml",
+            "  - name: polyhub-secrets\n",
+            "  - name: polyhub-secret\n",
+            "production Deployment/sessions: reads Secret polyhub-secrets, which nothing creates",
+        ),
+    ];
+    for (file, from, to, _) in mistakes {
+        edit(&k8s.join(file), from, to);
+    }
     let (ok, out) = validate_k8s(&k8s);
     assert!(!ok, "{out}");
-    for expected in [
-        "base Deployment/rest-auth: Kubernetes 1.31: spec.template.spec: Additional properties are not allowed ('hostnam' was unexpected)",
-        "production Cluster/polyhub-pg: postgresql.cnpg.io/v1 Cluster: spec.postgresql.synchronous.method: 'all' is not one of ['any', 'first']",
-        "restore/polyhub-pg.yaml Cluster/polyhub-pg: postgresql.cnpg.io/v1 Cluster: spec: Additional properties are not allowed ('instanecs' was unexpected)",
-        "base Deployment/soap-lookup: readinessProbe must GET /ready",
-        "production Deployment/sessions: reads Secret polyhub-secrets, which nothing creates",
-    ] {
+    for (_, _, _, expected) in mistakes {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
 }
