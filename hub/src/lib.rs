@@ -73,6 +73,30 @@ fn load_tokens(config: &TokenConfig) -> anyhow::Result<Option<Tokens>> {
     )))
 }
 
+/// Runs `attempt` in the background until it succeeds or `shutdown` fires,
+/// waiting 1 s after the first failure, doubling up to a minute, with a
+/// warning naming `what` each time.
+fn retry_in_background<F, Fut>(what: &'static str, shutdown: Shutdown, mut attempt: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), hub_core::Error>> + Send,
+{
+    tokio::spawn(async move {
+        let mut wait = std::time::Duration::from_secs(1);
+        loop {
+            match attempt().await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "{what} not ready yet"),
+            }
+            tokio::select! {
+                () = shutdown.clone().wait() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(std::time::Duration::from_secs(60));
+        }
+    });
+}
+
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
@@ -262,33 +286,20 @@ impl Hub {
     fn ensure_bucket(&self, shutdown: Shutdown) {
         let store = self.image_store();
         let public = self.config.images.public_base_url.is_some();
-        tokio::spawn(async move {
-            let mut wait = std::time::Duration::from_secs(1);
-            loop {
-                let ready = async {
-                    if store.ensure_bucket().await? {
-                        tracing::info!(bucket = store.bucket(), "created the image bucket");
-                    }
-                    if public {
-                        store.allow_public_read().await?;
-                        tracing::info!(
-                            bucket = store.bucket(),
-                            "anonymous read allowed on the image bucket"
-                        );
-                    }
-                    Ok::<(), hub_core::Error>(())
-                };
-                match ready.await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?wait, "image bucket not ready yet")
-                    }
+        retry_in_background("image bucket", shutdown, move || {
+            let store = store.clone();
+            async move {
+                if store.ensure_bucket().await? {
+                    tracing::info!(bucket = store.bucket(), "created the image bucket");
                 }
-                tokio::select! {
-                    () = shutdown.clone().wait() => return,
-                    () = tokio::time::sleep(wait) => {}
+                if public {
+                    store.allow_public_read().await?;
+                    tracing::info!(
+                        bucket = store.bucket(),
+                        "anonymous read allowed on the image bucket"
+                    );
                 }
-                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+                Ok(())
             }
         });
     }
@@ -311,23 +322,12 @@ impl Hub {
     async fn ensure_mongo_indexes(&self, shutdown: Shutdown) -> anyhow::Result<()> {
         let log = self.activity_log().await?;
         let retention = self.config.mongo.event_retention();
-        tokio::spawn(async move {
-            let mut wait = std::time::Duration::from_secs(1);
-            loop {
-                match log.ensure_indexes(retention).await {
-                    Ok(()) => {
-                        tracing::info!("MongoDB indexes in place");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?wait, "MongoDB indexes not created yet")
-                    }
-                }
-                tokio::select! {
-                    () = shutdown.clone().wait() => return,
-                    () = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+        retry_in_background("MongoDB indexes", shutdown, move || {
+            let log = log.clone();
+            async move {
+                log.ensure_indexes(retention).await?;
+                tracing::info!("MongoDB indexes in place");
+                Ok(())
             }
         });
         Ok(())

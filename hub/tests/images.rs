@@ -472,6 +472,15 @@ async fn health(channel: Channel) -> Result<i32, Status> {
 const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
 
+/// Waits up to 20 s for the images service's health to be `status`.
+async fn health_becomes(channel: &Channel, status: i32, what: &str) {
+    eventually(Duration::from_secs(20), what, || {
+        let channel = channel.clone();
+        async move { (health(channel).await.ok()? == status).then_some(()) }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_that_goes_away_is_unavailable_and_health_follows_it() {
     let mut s3 = OwnServer::s3();
@@ -485,11 +494,7 @@ async fn a_store_that_goes_away_is_unavailable_and_health_follows_it() {
         .connect()
         .await
         .unwrap();
-    eventually(Duration::from_secs(20), "SERVING", || {
-        let channel = channel.clone();
-        async move { (health(channel).await.ok()? == SERVING).then_some(()) }
-    })
-    .await;
+    health_becomes(&channel, SERVING, "SERVING").await;
     upload_file(
         &mut client,
         &token,
@@ -510,22 +515,14 @@ async fn a_store_that_goes_away_is_unavailable_and_health_follows_it() {
     .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(error_code(&status), "UNAVAILABLE");
-    eventually(Duration::from_secs(20), "NOT_SERVING", || {
-        let channel = channel.clone();
-        async move { (health(channel).await.ok()? == NOT_SERVING).then_some(()) }
-    })
-    .await;
+    health_becomes(&channel, NOT_SERVING, "NOT_SERVING").await;
     let ready = reqwest::get(format!("{}/ready", hub.hub.url("grpc-images")))
         .await
         .unwrap();
     assert_eq!(ready.status(), 503);
 
     s3.resume();
-    eventually(Duration::from_secs(20), "SERVING again", || {
-        let channel = channel.clone();
-        async move { (health(channel).await.ok()? == SERVING).then_some(()) }
-    })
-    .await;
+    health_becomes(&channel, SERVING, "SERVING again").await;
     upload_file(
         &mut client,
         &token,
@@ -564,11 +561,7 @@ async fn serving(hub: &Hub) {
         .connect()
         .await
         .unwrap();
-    eventually(Duration::from_secs(20), "SERVING", || {
-        let channel = channel.clone();
-        async move { (health(channel).await.ok()? == SERVING).then_some(()) }
-    })
-    .await;
+    health_becomes(&channel, SERVING, "SERVING").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

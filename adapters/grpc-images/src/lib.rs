@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hub_core::{
-    Authentication, DependencyProbe, ErrorCode, ImageLibrary, StoredImage, UploadBuffer, UserId,
+    Authentication, DependencyProbe, ErrorCode, ImageLibrary, Principal, StoredImage, UploadBuffer,
+    UserId,
 };
 use hub_runtime::Readiness;
 use hub_runtime::config::HttpConfig;
@@ -104,18 +105,27 @@ fn invalid(message: &'static str) -> Status {
     ))
 }
 
+impl Images {
+    /// The caller, whose token the interceptor verified, once its session is
+    /// known to be open (an interceptor cannot wait on the store).
+    async fn signed_in<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let principal = principal(request)?;
+        self.state
+            .authentication
+            .ensure_open(&principal)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(principal)
+    }
+}
+
 #[tonic::async_trait]
 impl ImageDelivery for Images {
     async fn upload_image(
         &self,
         request: Request<Streaming<pb::UploadImageRequest>>,
     ) -> Result<Response<pb::Image>, Status> {
-        let principal = principal(&request)?;
-        self.state
-            .authentication
-            .ensure_open(&principal)
-            .await
-            .map_err(|e| status(&e))?;
+        let principal = self.signed_in(&request).await?;
         let mut stream = request.into_inner();
         let metadata = match stream.message().await? {
             Some(pb::UploadImageRequest {
@@ -156,12 +166,7 @@ impl ImageDelivery for Images {
         &self,
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
-        let principal = principal(&request)?;
-        self.state
-            .authentication
-            .ensure_open(&principal)
-            .await
-            .map_err(|e| status(&e))?;
+        let principal = self.signed_in(&request).await?;
         let request = request.into_inner();
         let owner = if request.owner_id.is_empty() {
             None
