@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode};
-use crate::image::{ImageLimits, SanitizedImage, UploadBuffer, sanitize};
-use crate::ports::{Clock, ObjectStore};
+use crate::image::{ImageFormat, ImageLimits, SanitizedImage, UploadBuffer, sanitize};
+use crate::ports::{Clock, ObjectStore, StoredObject};
 use crate::token::Principal;
 use crate::user::{Role, UserId};
 
@@ -73,13 +73,70 @@ impl std::fmt::Debug for ImageLibrary {
     }
 }
 
-/// The object key of a clean image: derived from its owner and content only.
-pub fn object_key(owner: UserId, image: &SanitizedImage) -> String {
-    format!(
-        "users/{owner}/{}.{}",
-        image.sha256,
-        image.format.extension()
-    )
+/// Where a clean image lives in the object store:
+/// `users/{owner}/{sha256}.{ext}`, derived from its owner and content only.
+/// Built here and parsed here: public delivery serves only keys of this
+/// shape, so nothing else in the bucket can be reached through it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageKey {
+    owner: UserId,
+    sha256: String,
+    format: ImageFormat,
+}
+
+impl ImageKey {
+    pub fn for_image(owner: UserId, image: &SanitizedImage) -> Self {
+        Self {
+            owner,
+            sha256: image.sha256.clone(),
+            format: image.format,
+        }
+    }
+
+    /// A key of the shape [`Self::for_image`] writes; anything else is
+    /// `NOT_FOUND`, since no such image can exist.
+    pub fn parse(raw: &str) -> Result<Self, Error> {
+        let not_found = || Error::with_message(ErrorCode::NotFound, "no such image");
+        let mut parts = raw.split('/');
+        let (Some("users"), Some(owner), Some(file), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(not_found());
+        };
+        let (sha256, extension) = file.split_once('.').ok_or_else(not_found)?;
+        let is_hash = sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !is_hash {
+            return Err(not_found());
+        }
+        Ok(Self {
+            owner: UserId::parse(owner).map_err(|_| not_found())?,
+            sha256: sha256.to_owned(),
+            format: ImageFormat::from_extension(extension).ok_or_else(not_found)?,
+        })
+    }
+
+    pub fn owner(&self) -> UserId {
+        self.owner
+    }
+
+    pub fn format(&self) -> ImageFormat {
+        self.format
+    }
+}
+
+impl std::fmt::Display for ImageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "users/{}/{}.{}",
+            self.owner,
+            self.sha256,
+            self.format.extension()
+        )
+    }
 }
 
 impl ImageLibrary {
@@ -104,17 +161,17 @@ impl ImageLibrary {
         &self.limits
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
-    }
-
     /// Sanitizes and stores an upload for `owner`. Nothing is left in the
-    /// store when it fails.
+    /// store when it fails. An upload without bytes is `EMPTY_UPLOAD`,
+    /// before it waits for a sanitizing slot.
     pub async fn upload(
         &self,
         owner: &Principal,
         upload: UploadBuffer,
     ) -> Result<StoredImage, Error> {
+        if upload.is_empty() {
+            return Err(Error::new(ErrorCode::EmptyUpload));
+        }
         let clean = {
             let _slot = self
                 .sanitizing
@@ -127,7 +184,7 @@ impl ImageLibrary {
                 .await
                 .map_err(|e| Error::internal(format!("sanitizing panicked: {e}")))??
         };
-        let key = object_key(owner.user_id, &clean);
+        let key = ImageKey::for_image(owner.user_id, &clean).to_string();
         if let Some(existing) = self
             .images
             .find_by_hash(owner.user_id, &clean.sha256)
@@ -170,6 +227,17 @@ impl ImageLibrary {
         }
     }
 
+    /// An image for anyone to read (public delivery): `key` must be of the
+    /// shape the library writes, and the object must exist; `NOT_FOUND`
+    /// otherwise.
+    pub async fn open_public(&self, key: &str) -> Result<StoredObject, Error> {
+        let key = ImageKey::parse(key)?.to_string();
+        self.store
+            .get(&key)
+            .await?
+            .ok_or_else(|| Error::with_message(ErrorCode::NotFound, "no such image"))
+    }
+
     /// A page of images, newest first: the caller's, or (for an admin) any
     /// owner's.
     pub async fn list(
@@ -202,5 +270,39 @@ impl ImageLibrary {
             None
         };
         Ok((page, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_back_and_nothing_else_parses() {
+        let hash = "a".repeat(64);
+        let owner = "0190b0c4-52a1-7a3c-9d2e-1f2a3b4c5d6e";
+        let raw = format!("users/{owner}/{hash}.png");
+        let key = ImageKey::parse(&raw).unwrap();
+        assert_eq!(key.to_string(), raw);
+        assert_eq!(key.format(), ImageFormat::Png);
+        assert_eq!(key.owner().to_string(), owner);
+        for format in ImageFormat::ALL {
+            let raw = format!("users/{owner}/{hash}.{}", format.extension());
+            assert_eq!(ImageKey::parse(&raw).unwrap().format(), format);
+        }
+        for bad in [
+            format!("users/{owner}/{hash}.svg"),
+            format!("users/{owner}/../{hash}.png"),
+            format!("users/not-a-uuid/{hash}.png"),
+            format!("users/{owner}/{}.png", "A".repeat(64)),
+            format!("users/{owner}/{}.png", "a".repeat(63)),
+            format!("other/{owner}/{hash}.png"),
+            format!("users/{owner}/x/{hash}.png"),
+            format!("users/{owner}/{hash}"),
+            "users".to_owned(),
+        ] {
+            let err = ImageKey::parse(&bad).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::NotFound, "{bad}");
+        }
     }
 }

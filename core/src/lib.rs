@@ -5,6 +5,7 @@
 //! the narrow port traits in [`ports`]; no transport or storage crate is a
 //! dependency of this crate.
 
+pub mod administration;
 pub mod authentication;
 pub mod directory;
 pub mod error;
@@ -20,12 +21,13 @@ pub mod session;
 pub mod token;
 pub mod user;
 
+pub use administration::Administration;
 pub use authentication::{Authentication, LoginName, LoginOutcome, ProfileChange};
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig};
 pub use image::{ImageFormat, ImageLimits, SanitizedImage, UploadBuffer};
-pub use images::{ImageLibrary, ImageRepository, StoredImage};
+pub use images::{ImageKey, ImageLibrary, ImageRepository, StoredImage};
 pub use lifecycle::{SessionLifecycle, SessionLimits, SessionPage};
 pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{
@@ -35,6 +37,6 @@ pub use ports::{
 };
 pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelaySettings, RelaySnapshot, RelayStatus};
-pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};
+pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId, SessionState};
 pub use token::{Claims, IssuedToken, Jwks, KeySet, Principal, TokenSettings, Tokens};
 pub use user::{Email, Password, Role, UserId, Username};

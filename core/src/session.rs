@@ -102,9 +102,45 @@ pub struct Session {
     pub client: ClientInfo,
 }
 
+/// Where a session stands at a moment. The one rule: revoked wins, then
+/// expiry; adapters print it, never work it out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Open,
+    Revoked,
+    Expired,
+}
+
+impl SessionState {
+    /// `open`, `revoked` or `expired`: how the APIs write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Open => "open",
+            SessionState::Revoked => "revoked",
+            SessionState::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Session {
+    pub fn state_at(&self, now: OffsetDateTime) -> SessionState {
+        if self.revoked_at.is_some() {
+            SessionState::Revoked
+        } else if self.expires_at <= now {
+            SessionState::Expired
+        } else {
+            SessionState::Open
+        }
+    }
+
     pub fn is_open_at(&self, now: OffsetDateTime) -> bool {
-        self.revoked_at.is_none() && self.expires_at > now
+        self.state_at(now) == SessionState::Open
     }
 }
 

@@ -1,7 +1,8 @@
 //! polyhub end to end. The tests in `tests/` start `hub serve` as a real
 //! process and drive it only from outside, through the clients each
 //! protocol's users would use: zeep for SOAP, plain HTTP for REST and the
-//! legacy GET, grpcio for images. This kit links none of the hub's crates.
+//! legacy GET, grpcio for images. It shares the test kit's small helpers
+//! (free ports, polling, fresh databases) and calls none of the hub's code.
 //!
 //! The binaries are the ones `cargo nextest run --workspace` builds; `cargo
 //! build --workspace --bins` first when running only this crate's tests.
@@ -10,11 +11,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use hub_testkit::fresh_database_url;
+pub use hub_testkit::{eventually, free_port};
 use serde_json::Value;
 
-pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+pub use hub_testkit::{ROOT, env};
 
 /// A binary of this build (the workspace's tests build them all): `hub`, or
 /// one service's own (`rest-auth`, `sessions`, ...).
@@ -31,51 +33,8 @@ pub fn bin(name: &str) -> PathBuf {
     bin
 }
 
-/// What a service's own binary does before it serves anything: `--help`
-/// names its one option, and a configuration it does not understand stops
-/// it with an error naming the key. Each package in services/ runs this on
-/// its binary (which also makes the test build build that binary).
-pub fn check_service_binary(bin: &Path, service: &str) {
-    let help = Command::new(bin).arg("--help").output().unwrap();
-    assert!(help.status.success(), "{service} --help");
-    let help = String::from_utf8_lossy(&help.stdout);
-    assert!(
-        help.contains("--config <CONFIG>"),
-        "{service} --help: {help}"
-    );
-    assert!(help.contains("POLYHUB_CONFIG"), "{service} --help: {help}");
-
-    let refused = Command::new(bin)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("POLYHUB_SERVICES__NO_SUCH_SETTING", "1")
-        .output()
-        .unwrap();
-    assert!(
-        !refused.status.success(),
-        "{service} started with an unknown key"
-    );
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        stderr.contains("unknown field: found `no_such_setting`"),
-        "{service}: {stderr}"
-    );
-}
-
 pub fn python() -> PathBuf {
     Path::new(ROOT).join(".venv/bin/python")
-}
-
-pub fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by scripts/test"))
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One deployment's configuration: its own database, MongoDB database,
@@ -92,16 +51,11 @@ impl Environment {
     /// the `hub` binary.
     pub fn new() -> Self {
         let unique = uuid::Uuid::now_v7().simple().to_string();
-        let admin = env("DATABASE_URL");
-        let (base, _) = admin.rsplit_once('/').unwrap();
         let scratch = std::env::temp_dir().join(format!("polyhub-e2e-{unique}"));
         std::fs::create_dir_all(&scratch).unwrap();
         let key = scratch.join("signing.pem");
         let mut vars: Vec<(String, String)> = vec![
-            (
-                "POLYHUB_DATABASE__URL".into(),
-                format!("{base}/e2e_{unique}"),
-            ),
+            ("POLYHUB_DATABASE__URL".into(), fresh_database_url()),
             ("POLYHUB_MONGO__URL".into(), env("MONGODB_URL")),
             ("POLYHUB_MONGO__DATABASE".into(), format!("e2e_{unique}")),
             ("POLYHUB_IMAGES__S3__ENDPOINT".into(), env("S3_ENDPOINT")),
@@ -273,19 +227,4 @@ pub async fn python_json(script: &Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

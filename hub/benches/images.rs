@@ -14,17 +14,15 @@
 //! repeats would measure the shortcut.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::io::Cursor;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use grpc_images::pb::image_delivery_client::ImageDeliveryClient;
-use grpc_images::pb::upload_image_request::Data;
-use grpc_images::pb::{UploadImageRequest, UploadMetadata};
+use hub_grpc_images::pb::image_delivery_client::ImageDeliveryClient;
+use hub_grpc_images::pb::upload_image_request::Data;
+use hub_grpc_images::pb::{UploadImageRequest, UploadMetadata};
+use hub_testkit::{Service, TestSetup, free_port};
 use image::{DynamicImage, RgbImage};
 use tonic::transport::Channel;
 
@@ -45,14 +43,6 @@ fn noise_png(bytes: usize, seed: u64) -> Vec<u8> {
         .write_to(&mut out, image::ImageFormat::Png)
         .unwrap();
     out.into_inner()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Served {
@@ -80,7 +70,8 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 /// `hub migrate`, then `hub serve` on free ports against the test stores.
 fn serve() -> Served {
-    let (config, keys) = common::test_config();
+    let setup = TestSetup::new(&[Service::RestAuth, Service::GrpcImages]);
+    let (config, keys) = (&setup.config, &setup.keys);
     let hub = env!("CARGO_BIN_EXE_hub");
     let s3 = &config.images.s3;
     let (rest_port, grpc_port) = (free_port(), free_port());
@@ -95,19 +86,6 @@ fn serve() -> Served {
             .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", &keys.private)
             .env("POLYHUB_SERVICES__REST_AUTH__PORT", rest_port.to_string())
             .env("POLYHUB_SERVICES__GRPC_IMAGES__PORT", grpc_port.to_string())
-            .env(
-                "POLYHUB_SERVICES__SOAP_REGISTER__PORT",
-                free_port().to_string(),
-            )
-            .env(
-                "POLYHUB_SERVICES__SOAP_LOOKUP__PORT",
-                free_port().to_string(),
-            )
-            .env("POLYHUB_SERVICES__SESSIONS__PORT", free_port().to_string())
-            .env(
-                "POLYHUB_SERVICES__SESSION_TRACKER__PORT",
-                free_port().to_string(),
-            )
             .env("POLYHUB_LOG__LEVEL", "warn");
     };
     let mut migrate = Command::new(hub);
@@ -115,7 +93,11 @@ fn serve() -> Served {
     assert!(migrate.arg("migrate").status().unwrap().success());
     let mut cmd = Command::new(hub);
     env(&mut cmd);
-    let child = cmd.arg("serve").stdout(Stdio::null()).spawn().unwrap();
+    let child = cmd
+        .args(["serve", "--only", "rest-auth,grpc-images"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
         assert!(Instant::now() < deadline, "hub serve did not start");
@@ -174,13 +156,13 @@ async fn through_hub(grpc: &str, token: &str, images: &[Arc<Vec<u8>>], clients: 
 
 /// MB/s for PUTting the same bytes straight into the same store.
 async fn direct_puts(images: &[Arc<Vec<u8>>], clients: usize) -> f64 {
-    let s3 = common::s3_config();
+    let s3 = hub_testkit::s3_config();
     let settings = hub_store::S3Settings {
         endpoint: s3.endpoint.clone(),
         region: s3.region.clone(),
         bucket: s3.bucket.clone(),
         access_key: s3.access_key.clone(),
-        secret_key: s3.secret_key.expose().clone(),
+        secret_key: s3.secret_key.expose().as_str().into(),
         timeout: Duration::from_secs(30),
     };
     let store = hub_store::S3ObjectStore::new(&settings);
@@ -223,7 +205,7 @@ async fn main() {
         return;
     }
     let served = serve();
-    let login = common::sign_up(&served.rest, "bench", "correct horse battery").await;
+    let login = hub_testkit::sign_up(&served.rest, "bench", "correct horse battery").await;
     let token = login["token"].as_str().unwrap().to_owned();
     let mut seed = 0;
     let mut images = |size: usize, count: usize| -> Vec<Arc<Vec<u8>>> {

@@ -15,8 +15,6 @@
 //! cores with the hub and PostgreSQL, figure and baseline alike.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod support;
 
 use support::{RUN, pgbench};
@@ -27,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hub_core::{Password, PasswordHasher, Username};
+use hub_testkit::{Service, TestSetup};
 use serde_json::{Value, json};
 
 struct Load {
@@ -126,14 +125,14 @@ async fn main() {
     }
     // The hub runs on its default pool size (16): on two cores more
     // connections only add contention inside PostgreSQL.
-    let (mut config, keys) = common::test_config();
-    let limits = &mut config.services.rest_auth.login_limit;
+    let mut setup = TestSetup::new(&[Service::RestAuth]).production_hashing();
+    let limits = &mut setup.config.services.rest_auth.login_limit;
     limits.per_ip_burst = u32::MAX;
     limits.per_user_burst = u32::MAX;
-    let workers = config.hashing.pool_config().workers;
-    let database_url = config.database.url.expose().clone();
-    let hub = common::TestHub::start_hashing(config, keys, true, None).await;
-    let base = hub.url("rest-auth");
+    let workers = setup.config.hashing.pool_config().workers;
+    let database_url = setup.config.database.url.expose().clone();
+    let hub = setup.start().await;
+    let base = hub.url(Service::RestAuth);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(128)
         .build()

@@ -14,15 +14,17 @@
 //!    commit to the relay's write for every event.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use hub_core::{ClientInfo, PasswordHasher, RegisterUser, User};
+use hub_core::{ClientInfo, RegisterUser, User};
+use hub_testkit::{Service, TestHub, TestSetup};
 use mongodb::bson::{Document, doc};
 use support::{RUN, pgbench};
+
+/// Users sign in on rest-auth; sessions verifies and relays.
+const SERVICES: &[Service] = &[Service::RestAuth, Service::Sessions];
 
 /// Events per relay round, and rounds.
 const BACKLOG: usize = 4_000;
@@ -90,13 +92,18 @@ async fn main() {
 
     // 1. Verify vs the same SELECT through pgbench.
     {
-        let (config, keys) = common::test_config();
-        let database_url = config.database.url.expose().clone();
-        let hub = common::TestHub::start_with(config, keys, true).await;
-        let login = common::sign_up(&hub.url("rest-auth"), "bench", "correct horse battery").await;
+        let setup = TestSetup::new(SERVICES);
+        let database_url = setup.config.database.url.expose().clone();
+        let hub = setup.start().await;
+        let login = hub_testkit::sign_up(
+            &hub.url(Service::RestAuth),
+            "bench",
+            "correct horse battery",
+        )
+        .await;
         let token = login["token"].as_str().unwrap().to_owned();
         let session_id = login["session_id"].as_str().unwrap().to_owned();
-        let url = format!("{}/api/sessions/verify", hub.url("sessions"));
+        let url = format!("{}/api/sessions/verify", hub.url(Service::Sessions));
         let (verify_rate, verify_p99) = tokio::task::spawn_blocking(move || {
             support::wrk(&url, &[format!("Authorization: Bearer {token}")], None)
         })
@@ -123,12 +130,10 @@ async fn main() {
     // MongoDB-wire stand-in sometimes stalls for tens of seconds, and a stall
     // should spoil one round's ratio, not the figure.
     {
-        let (mut config, _keys) = common::test_config();
-        config.relay.enabled = false;
-        let batch = config.relay.batch_size as usize;
-        let hub = hub::Hub::build(config)
-            .unwrap()
-            .with_password_hasher(PasswordHasher::insecure_for_tests(1_000));
+        let mut setup = TestSetup::new(SERVICES);
+        setup.config.relay.enabled = false;
+        let batch = setup.config.relay.batch_size as usize;
+        let hub = setup.build();
         hub.migrate().await.unwrap();
         let alice = user(&hub, "alice").await;
         let auth = hub.authentication().unwrap();
@@ -181,8 +186,7 @@ async fn main() {
 
     // 3. Lag at a steady rate of session changes, with the relay running in the hub.
     {
-        let (config, keys) = common::test_config();
-        let hub = common::TestHub::start_with(config, keys, true).await;
+        let hub = TestHub::with(SERVICES).await;
         let alice = user(&hub.hub, "alice").await;
         let auth = hub.hub.authentication().unwrap();
         let events = hub

@@ -7,9 +7,9 @@
 //! 2. The resident memory of an idle `hub serve` process (every service).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod support;
+
+use hub_testkit::{Service, TestSetup, free_port};
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -32,10 +32,10 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let (config, keys) = common::test_config();
-    let database_url = config.database.url.expose().clone();
-    let key_path = keys.private.clone();
-    let hub = common::TestHub::start_hashing(config, keys, true, None).await;
+    let setup = TestSetup::new(&[Service::SoapRegister, Service::SoapLookup]).production_hashing();
+    let database_url = setup.config.database.url.expose().clone();
+    let key_path = setup.keys.private.clone();
+    let hub = setup.start().await;
     hub.hub
         .registration()
         .register(hub_core::RegisterUser {
@@ -45,10 +45,10 @@ async fn main() {
         })
         .await
         .unwrap();
-    let lookup_url = format!("{}/user/soap", hub.url("soap-lookup"));
+    let lookup_url = format!("{}/user/soap", hub.url(Service::SoapLookup));
 
     // 1. LookupUser vs the direct SELECT.
-    let script = common::scratch_dir().join("lookup.lua");
+    let script = hub_testkit::scratch_dir().join("lookup.lua");
     std::fs::write(
         &script,
         format!(
@@ -76,25 +76,21 @@ async fn main() {
     hub.stop().await;
 
     // 2. An idle `hub serve`: every service, one process.
-    let port = |_: ()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
         .arg("serve")
         .env_clear()
-        .env("POLYHUB_DATABASE__URL", common::fresh_database_url())
+        .env("POLYHUB_DATABASE__URL", hub_testkit::fresh_database_url())
         .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", &key_path)
         .env("POLYHUB_LOG__LEVEL", "warn")
-        .env("POLYHUB_SERVICES__REST_AUTH__PORT", port(()).to_string())
+        .env("POLYHUB_SERVICES__REST_AUTH__PORT", free_port().to_string())
         .env(
             "POLYHUB_SERVICES__SOAP_REGISTER__PORT",
-            port(()).to_string(),
+            free_port().to_string(),
         )
-        .env("POLYHUB_SERVICES__SOAP_LOOKUP__PORT", port(()).to_string())
+        .env(
+            "POLYHUB_SERVICES__SOAP_LOOKUP__PORT",
+            free_port().to_string(),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -1,7 +1,7 @@
 //! What every polyhub executable does before and after its own work: build
 //! the async runtime, load configuration, start logging, and run services
 //! until a signal. The `hub` command and each single-service binary
-//! (`cargo run -p rest-auth`) start through here, so they behave alike.
+//! (`cargo run --bin rest-auth`) start through here, so they behave alike.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use hub_runtime::{Config, Shutdown, telemetry};
+use hub_runtime::{Config, Service, Shutdown, telemetry};
 
 use crate::Hub;
 
@@ -49,10 +49,10 @@ pub fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
 
 /// Serves `names` until SIGTERM or SIGINT, printing each listener's address
 /// once bound, then waits for in-flight requests to drain.
-pub async fn serve(hub: &Hub, names: &[&str]) -> anyhow::Result<()> {
-    let (listeners, running) = hub.start_services(names, Shutdown::on_signal()).await?;
+pub async fn serve(hub: &Hub, services: &[Service]) -> anyhow::Result<()> {
+    let (listeners, running) = hub.start_services(services, Shutdown::on_signal()).await?;
     for l in &listeners {
-        println!("{:<14} {}", l.service, l.external_url);
+        println!("{:<15} {}", l.service.name(), l.external_url);
     }
     running.await.context("the services' supervisor failed")??;
     tracing::info!("all services stopped");
@@ -69,7 +69,7 @@ struct ServiceCli {
 
 /// The whole `main` of a binary that runs one service alone, on its
 /// configured port, with the same configuration `hub serve` reads.
-pub fn service_main(service: &'static str) -> ExitCode {
+pub fn service_main(service: Service) -> ExitCode {
     let cli = ServiceCli::parse();
     main_with(async move {
         let hub = Hub::build(load_config(cli.config.as_deref())?)?;

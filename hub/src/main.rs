@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hub::Hub;
-use hub_core::{RegisterUser, Role, Username};
+use hub::Service;
+use hub_core::{RegisterUser, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,7 +35,7 @@ enum Command {
         /// Only these services, comma-separated: rest-auth, soap-register,
         /// soap-lookup, sessions, session-tracker, grpc-images.
         #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
+        only: Vec<Service>,
     },
     /// Manage users.
     Users {
@@ -134,12 +135,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("database schema is up to date");
         }
         Command::Serve { only } => {
-            let names: Vec<&str> = if only.is_empty() {
-                hub::SERVICES.to_vec()
+            let services = if only.is_empty() {
+                Service::ALL.to_vec()
             } else {
-                only.iter().map(|s| s.trim()).collect()
+                only
             };
-            hub::launch::serve(&hub, &names).await?;
+            hub::launch::serve(&hub, &services).await?;
         }
         Command::Users { command } => users(&hub, command).await?,
         Command::Keys { .. } | Command::Check { .. } => {}
@@ -179,15 +180,9 @@ async fn users(hub: &Hub, command: UsersCommand) -> anyhow::Result<()> {
             );
         }
         UsersCommand::GrantAdmin { username } => {
-            let username = Username::parse(&username).map_err(operator_error)?;
-            let users = hub.users();
-            let user = users
-                .find_by_username(&username)
-                .await
-                .map_err(operator_error)?
-                .ok_or_else(|| anyhow::anyhow!("USER_NOT_FOUND: no user named {username}"))?;
-            users
-                .set_role(user.id, Role::Admin)
+            let user = hub
+                .administration()
+                .set_role(&username, Role::Admin)
                 .await
                 .map_err(operator_error)?;
             println!("{} ({}) is now an admin", user.username, user.id);
@@ -196,9 +191,10 @@ async fn users(hub: &Hub, command: UsersCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Operators see the stable code, the message and, unlike clients, the cause.
+/// Operators see the stable code, the message and, unlike clients, the
+/// cause, with its whole chain.
 fn operator_error(e: hub_core::Error) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
+    anyhow::Error::new(e)
 }
 
 fn generate_key(out: &std::path::Path, force: bool) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::secret::Secret;
+use crate::service::Service;
 
 /// The environment variable that names the config file (read by the binaries).
 pub const CONFIG_FILE_VAR: &str = "POLYHUB_CONFIG";
@@ -434,7 +435,7 @@ pub struct SoapLookupConfig {
 impl Default for SoapLookupConfig {
     fn default() -> Self {
         Self {
-            port: 5016,
+            port: Service::SoapLookup.default_port(),
             external_url: None,
             cors: CorsConfig::default(),
         }
@@ -484,7 +485,7 @@ pub struct RestAuthConfig {
 impl Default for RestAuthConfig {
     fn default() -> Self {
         Self {
-            port: 5001,
+            port: Service::RestAuth.default_port(),
             external_url: None,
             cors: CorsConfig::default(),
             login_limit: LoginLimitConfig::default(),
@@ -492,7 +493,7 @@ impl Default for RestAuthConfig {
     }
 }
 
-/// Where each service listens.
+/// Where each service listens; [`Service::listen`] reads it by service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServicesConfig {
@@ -524,22 +525,22 @@ impl Default for ServicesConfig {
             bind_address: IpAddr::from([127, 0, 0, 1]),
             rest_auth: RestAuthConfig::default(),
             soap_register: PortConfig {
-                port: 5002,
+                port: Service::SoapRegister.default_port(),
                 external_url: None,
             },
             soap_lookup: SoapLookupConfig::default(),
             sessions: SessionsServiceConfig {
-                port: 5004,
+                port: Service::Sessions.default_port(),
                 external_url: None,
                 cors: CorsConfig::default(),
             },
             session_tracker: SessionsServiceConfig {
-                port: 5020,
+                port: Service::SessionTracker.default_port(),
                 external_url: None,
                 cors: CorsConfig::default(),
             },
             grpc_images: PortConfig {
-                port: 5015,
+                port: Service::GrpcImages.default_port(),
                 external_url: None,
             },
         }

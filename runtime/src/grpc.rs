@@ -7,30 +7,15 @@ use hub_core::{Clock, Error, ErrorCode, ErrorKind, Principal, Tokens};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
-/// The gRPC status code of each error kind (docs/ERRORS.md).
+/// The gRPC status code of each error kind ([`crate::errors::mapping`]).
 pub fn code_for(kind: ErrorKind) -> Code {
-    match kind {
-        ErrorKind::Invalid => Code::InvalidArgument,
-        ErrorKind::Conflict => Code::AlreadyExists,
-        ErrorKind::NotFound => Code::NotFound,
-        ErrorKind::Unauthenticated => Code::Unauthenticated,
-        ErrorKind::Forbidden => Code::PermissionDenied,
-        ErrorKind::TooLarge | ErrorKind::TooMany => Code::ResourceExhausted,
-        ErrorKind::Unavailable => Code::Unavailable,
-        ErrorKind::Internal => Code::Internal,
-    }
+    crate::errors::mapping(kind).grpc
 }
 
 /// The status for `error`: its code in the message (`CODE: message`) and in
 /// the `x-error-code` trailer; internal causes are logged, never sent.
 pub fn status(error: &Error) -> Status {
-    match error.kind() {
-        ErrorKind::Internal => tracing::error!(code = %error.code(), error = %error, "rpc failed"),
-        ErrorKind::Unavailable => {
-            tracing::warn!(code = %error.code(), error = %error, "dependency unavailable")
-        }
-        _ => tracing::debug!(code = %error.code(), "rpc refused"),
-    }
+    crate::errors::log_failure(error);
     let mut status = Status::new(
         code_for(error.kind()),
         format!("{}: {}", error.code(), error.message()),

@@ -28,17 +28,7 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The HTTP status for each kind of error: the one mapping, used by every
 /// HTTP service (docs/ERRORS.md shows the same table).
 pub fn status_for(kind: ErrorKind) -> StatusCode {
-    match kind {
-        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
-        ErrorKind::Conflict => StatusCode::CONFLICT,
-        ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
-        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
-        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorKind::TooMany => StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    crate::errors::mapping(kind).http
 }
 
 /// An error on its way to an HTTP client.
@@ -106,15 +96,7 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let kind = self.error.kind();
         let status = self.status.unwrap_or_else(|| status_for(kind));
-        match kind {
-            ErrorKind::Internal => {
-                tracing::error!(code = %self.error.code(), error = %self.error, "request failed");
-            }
-            ErrorKind::Unavailable => {
-                tracing::warn!(code = %self.error.code(), error = %self.error, "dependency unavailable");
-            }
-            _ => tracing::debug!(code = %self.error.code(), "request refused"),
-        }
+        crate::errors::log_failure(&self.error);
         let code = self.error.code().as_str();
         let message = self.error.message().to_owned();
         let mut response = (

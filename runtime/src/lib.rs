@@ -6,11 +6,13 @@
 //! the same way.
 
 pub mod config;
+pub mod errors;
 pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod secret;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -18,4 +20,5 @@ pub use config::Config;
 pub use health::Readiness;
 pub use http::{BearerToken, HttpError, JsonBody, QueryParams, cors_layer, service_router};
 pub use secret::Secret;
+pub use service::{Service, ServiceContext};
 pub use shutdown::Shutdown;

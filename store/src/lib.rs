@@ -3,10 +3,12 @@
 //! PostgreSQL through sqlx, with the schema's migrations embedded in the binary.
 //! Every storage error is classified here, once, into hub-core's error model.
 
+pub mod background;
 pub mod mongo;
 pub mod postgres;
 pub mod s3;
 
+pub use background::prepare_in_background;
 pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_mongo};
 /// The MongoDB database handle [`connect_mongo`] gives.
 pub use mongodb::Database as MongoDatabase;

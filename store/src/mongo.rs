@@ -14,26 +14,17 @@ use mongodb::bson::{DateTime as BsonDateTime, Document, doc};
 use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
+use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 
 /// How to reach MongoDB.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct MongoSettings {
     /// `mongodb://host:port/?options`; never printed.
-    pub url: String,
+    pub url: SecretString,
     pub database: String,
     /// How long an operation waits for a reachable server before UNAVAILABLE.
     pub server_selection_timeout: Duration,
-}
-
-impl std::fmt::Debug for MongoSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MongoSettings")
-            .field("url", &"<redacted>")
-            .field("database", &self.database)
-            .field("server_selection_timeout", &self.server_selection_timeout)
-            .finish()
-    }
 }
 
 /// A storage failure with what was being done when it happened.
@@ -73,7 +64,7 @@ pub fn classify(doing: &'static str, source: mongodb::error::Error) -> Error {
 /// A database handle; the client connects on first use, so a service starts
 /// (and reports not-ready) while MongoDB is away.
 pub async fn connect(settings: &MongoSettings) -> Result<Database, Error> {
-    let mut options = ClientOptions::parse(&settings.url)
+    let mut options = ClientOptions::parse(settings.url.expose_secret())
         .await
         .map_err(|e| classify("parsing the MongoDB URL", e))?;
     options.server_selection_timeout = Some(settings.server_selection_timeout);
@@ -118,6 +109,13 @@ impl MongoActivityLog {
             events: database.collection_with_options("session_events", durable.clone()),
             last: database.collection_with_options("last_connection", durable),
         }
+    }
+
+    /// What the service needs of MongoDB before it serves: its indexes.
+    pub async fn prepare(&self, retention: Duration) -> Result<(), Error> {
+        self.ensure_indexes(retention).await?;
+        tracing::info!("MongoDB indexes in place");
+        Ok(())
     }
 
     /// The indexes the queries need, and the retention of events (a TTL

@@ -19,9 +19,10 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use hub_core::{ByteStream, Error, ErrorCode, ObjectStore, StoredObject};
+use secrecy::{ExposeSecret, SecretString};
 
 /// How to reach the store.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct S3Settings {
     /// `http://host:port` for a compatible store; `None` for AWS itself.
     pub endpoint: Option<String>,
@@ -29,22 +30,9 @@ pub struct S3Settings {
     pub bucket: String,
     pub access_key: String,
     /// Never printed.
-    pub secret_key: String,
+    pub secret_key: SecretString,
     /// How long one operation may take before the store counts as away.
     pub timeout: Duration,
-}
-
-impl std::fmt::Debug for S3Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Settings")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("bucket", &self.bucket)
-            .field("access_key", &self.access_key)
-            .field("secret_key", &"<redacted>")
-            .field("timeout", &self.timeout)
-            .finish()
-    }
 }
 
 /// A storage failure with what was being done when it happened.
@@ -115,7 +103,7 @@ pub fn sdk_client(settings: &S3Settings) -> Client {
         .region(Region::new(settings.region.clone()))
         .credentials_provider(Credentials::new(
             settings.access_key.clone(),
-            settings.secret_key.clone(),
+            settings.secret_key.expose_secret().to_owned(),
             None,
             None,
             "polyhub-config",
@@ -175,6 +163,22 @@ impl S3ObjectStore {
             }
             Err(e) => Err(classify("checking the bucket", e)),
         }
+    }
+
+    /// What the service needs of the store before it serves: the bucket,
+    /// and with `public_read` its anonymous-read policy. Safe at every start.
+    pub async fn prepare(&self, public_read: bool) -> Result<(), Error> {
+        if self.ensure_bucket().await? {
+            tracing::info!(bucket = self.bucket, "created the image bucket");
+        }
+        if public_read {
+            self.allow_public_read().await?;
+            tracing::info!(
+                bucket = self.bucket,
+                "anonymous read allowed on the image bucket"
+            );
+        }
+        Ok(())
     }
 
     /// Lets anyone read every object of the bucket (an anonymous-read bucket

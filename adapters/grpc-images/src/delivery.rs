@@ -1,10 +1,9 @@
 //! Public delivery: `GET /images/{key}` streams a stored image to anyone,
 //! with the stored content type, its ETag, long caching (keys are content
 //! hashes, so a key's bytes never change), `nosniff`, and 304 for a
-//! matching `If-None-Match`. Only keys of the shape the service writes are
-//! served: anything else in the bucket is 404.
-
-use std::sync::Arc;
+//! matching `If-None-Match`. Which keys exist is the image library's to say
+//! (`ImageLibrary::open_public`): only keys of the shape it writes are
+//! served, anything else in the bucket is 404.
 
 use axum::Router;
 use axum::body::Body;
@@ -13,41 +12,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
-use hub_core::{Error, ErrorCode, ObjectStore};
+use hub_core::ImageLibrary;
 use hub_runtime::HttpError;
 
-/// `users/{uuid}/{64 hex}.{png|jpg|gif|webp}`: what the service writes.
-fn is_image_key(key: &str) -> bool {
-    let mut parts = key.split('/');
-    let (Some("users"), Some(owner), Some(file), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let Some((hash, ext)) = file.split_once('.') else {
-        return false;
-    };
-    uuid::Uuid::try_parse(owner).is_ok()
-        && hash.len() == 64
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && matches!(ext, "png" | "jpg" | "gif" | "webp")
-}
-
-fn not_found() -> HttpError {
-    Error::with_message(ErrorCode::NotFound, "no such image").into()
-}
-
 async fn deliver(
-    State(store): State<Arc<dyn ObjectStore>>,
+    State(library): State<ImageLibrary>,
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    if !is_image_key(&key) {
-        return Err(not_found());
-    }
-    let object = store.get(&key).await?.ok_or_else(not_found)?;
+    let object = library.open_public(&key).await?;
     let etag = object
         .etag
         .as_deref()
@@ -88,31 +61,8 @@ async fn deliver(
     Ok(response)
 }
 
-pub fn routes(store: Arc<dyn ObjectStore>) -> Router {
+pub fn routes(library: ImageLibrary) -> Router {
     Router::new()
         .route("/images/{*key}", get(deliver))
-        .with_state(store)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_image_key;
-
-    #[test]
-    fn only_keys_the_service_writes_are_served() {
-        let hash = "a".repeat(64);
-        let owner = "0190b0c4-52a1-7a3c-9d2e-1f2a3b4c5d6e";
-        assert!(is_image_key(&format!("users/{owner}/{hash}.png")));
-        for bad in [
-            format!("users/{owner}/{hash}.svg"),
-            format!("users/{owner}/../{hash}.png"),
-            format!("users/not-a-uuid/{hash}.png"),
-            format!("users/{owner}/{}.png", "A".repeat(64)),
-            format!("other/{owner}/{hash}.png"),
-            format!("users/{owner}/x/{hash}.png"),
-            "users".to_owned(),
-        ] {
-            assert!(!is_image_key(&bad), "{bad}");
-        }
-    }
+        .with_state(library)
 }

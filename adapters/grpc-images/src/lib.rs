@@ -27,16 +27,12 @@ use hub_core::{
     Authentication, DependencyProbe, ErrorCode, ImageLibrary, Principal, StoredImage, UploadBuffer,
     UserId,
 };
-use hub_runtime::Readiness;
-use hub_runtime::config::HttpConfig;
-use hub_runtime::grpc::{BearerAuth, principal, status, status_of};
+use hub_runtime::ServiceContext;
+use hub_runtime::grpc::{BearerAuth, principal, status};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::image_delivery_server::{ImageDelivery, ImageDeliveryServer};
 use crate::pb::upload_image_request::Data;
-
-/// The service's name in logs, health answers and metrics.
-pub const SERVICE: &str = "grpc-images";
 
 /// Where stored images are read from by anyone.
 #[derive(Debug, Clone)]
@@ -66,6 +62,8 @@ pub struct ImagesState {
     pub store_probe: Arc<dyn DependencyProbe>,
     /// The largest gRPC message accepted (an upload's chunks must fit).
     pub max_message_bytes: usize,
+    /// Checks the bearer token of every call before it reaches a handler.
+    pub auth: BearerAuth,
 }
 
 impl std::fmt::Debug for ImagesState {
@@ -127,20 +125,23 @@ impl ImageDelivery for Images {
     ) -> Result<Response<pb::Image>, Status> {
         let principal = self.signed_in(&request).await?;
         let mut stream = request.into_inner();
-        let metadata = match stream.message().await? {
+        let mut buffer = UploadBuffer::new(self.state.library.limits());
+        // A stream that ends at once is an empty upload, which the library
+        // refuses (EMPTY_UPLOAD) as it does one without chunks.
+        match stream.message().await? {
             Some(pb::UploadImageRequest {
                 data: Some(Data::Metadata(metadata)),
-            }) => metadata,
+            }) => {
+                // The client's claims are hints, logged (escaped) and never trusted.
+                tracing::debug!(filename = ?metadata.filename, claimed = ?metadata.content_type, "upload started");
+            }
             Some(_) => {
                 return Err(invalid(
                     "the first message must carry the upload's metadata",
                 ));
             }
-            None => return Err(status_of(ErrorCode::EmptyUpload)),
-        };
-        // The client's claims are hints, logged (escaped) and never trusted.
-        tracing::debug!(filename = ?metadata.filename, claimed = ?metadata.content_type, "upload started");
-        let mut buffer = UploadBuffer::new(self.state.library.limits());
+            None => {}
+        }
         while let Some(message) = stream.message().await? {
             match message.data {
                 Some(Data::Chunk(chunk)) => buffer.push(chunk).map_err(|e| status(&e))?,
@@ -149,9 +150,6 @@ impl ImageDelivery for Images {
                 }
                 None => {}
             }
-        }
-        if buffer.is_empty() {
-            return Err(status_of(ErrorCode::EmptyUpload));
         }
         let image = self
             .state
@@ -238,9 +236,7 @@ async fn report_health(
 /// HTTP/1.1 (`GET /images/{key}`, `/health`, `/ready`).
 pub fn router(
     state: ImagesState,
-    readiness: Readiness,
-    http: &HttpConfig,
-    auth: BearerAuth,
+    context: ServiceContext,
 ) -> Result<axum::Router, hub_core::Error> {
     use tonic::server::NamedService;
 
@@ -263,14 +259,14 @@ pub fn router(
         })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),
-        auth,
+        state.auth.clone(),
     );
     fn path<S: NamedService>(_: &S) -> String {
         format!("/{}/{{*rpc}}", S::NAME)
     }
-    let routes = delivery::routes(Arc::clone(state.library.store()))
+    let routes = delivery::routes(state.library.clone())
         .route_service(&path(&images), images)
         .route_service(&path(&health), health)
         .route_service(&path(&reflection), reflection);
-    Ok(hub_runtime::service_router(routes, readiness, http))
+    Ok(context.serve(routes))
 }

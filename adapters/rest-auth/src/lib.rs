@@ -21,17 +21,12 @@ use hub_core::{
     Authentication, ClientInfo, DependencyProbe, Error, ErrorCode, LoginName, ProfileChange,
     RegisterUser, Registration,
 };
-use hub_runtime::config::HttpConfig;
-use hub_runtime::config::RestAuthConfig;
-use hub_runtime::{BearerToken, HttpError, JsonBody, Readiness};
+use hub_runtime::{BearerToken, HttpError, JsonBody, ServiceContext};
 
 use crate::api::{
     DatabaseCheck, JwkSet, LoginRequest, LoginResponse, Profile, ProfileUpdate, RegisterRequest,
 };
 pub use crate::limits::LoginLimiter;
-
-/// The service's name in logs, health answers and metrics.
-pub const SERVICE: &str = "rest-auth";
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -233,12 +228,7 @@ async fn test_db(State(state): State<RestAuthState>) -> Result<Json<DatabaseChec
 
 /// The whole service: its routes, `/openapi.json`, `/health` and `/ready`,
 /// behind the configured CORS allow-list.
-pub fn router(
-    state: RestAuthState,
-    readiness: Readiness,
-    http: &HttpConfig,
-    config: &RestAuthConfig,
-) -> Router {
+pub fn router(state: RestAuthState, context: ServiceContext) -> Result<Router, Error> {
     let document: Arc<str> = openapi::document().into();
     let routes = Router::new()
         .route("/login", post(login))
@@ -260,6 +250,5 @@ pub fn router(
             }),
         )
         .with_state(state);
-    hub_runtime::service_router(routes, readiness, http)
-        .layer(hub_runtime::cors_layer(&config.cors))
+    Ok(context.serve(routes))
 }

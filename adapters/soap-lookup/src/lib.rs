@@ -14,14 +14,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use hub_core::Directory;
-use hub_runtime::Readiness;
-use hub_runtime::config::{CorsConfig, HttpConfig};
+use hub_runtime::ServiceContext;
 use hub_soap::{Fault, Limits, OperationCall, SoapVersion, USERS_NS, escape_text};
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use yaserde::YaDeserialize;
-
-pub const SERVICE: &str = "soap-lookup";
 
 #[derive(Clone)]
 pub struct SoapLookupState {
@@ -140,19 +137,17 @@ async fn refuse_unlisted_preflight(
 }
 
 /// The whole service: `/user/soap`, `/health` and `/ready`, behind strict CORS.
-pub fn router(
-    state: SoapLookupState,
-    readiness: Readiness,
-    http: &HttpConfig,
-    cors: &CorsConfig,
-) -> Router {
+pub fn router(state: SoapLookupState, context: ServiceContext) -> Result<Router, hub_core::Error> {
+    let allowed = context
+        .cors
+        .as_ref()
+        .map(|cors| cors.allowed_origins.clone())
+        .unwrap_or_default();
     let routes = Router::new()
         .route("/user/soap", any(endpoint))
         .with_state(state);
-    hub_runtime::service_router(routes, readiness, http)
-        .layer(hub_runtime::cors_layer(cors))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(cors.allowed_origins.clone()),
-            refuse_unlisted_preflight,
-        ))
+    Ok(context.serve(routes).layer(middleware::from_fn_with_state(
+        Arc::new(allowed),
+        refuse_unlisted_preflight,
+    )))
 }

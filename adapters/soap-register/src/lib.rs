@@ -13,8 +13,7 @@ use axum::http::Method;
 use axum::response::Response;
 use axum::routing::any;
 use hub_core::{RegisterUser, Registration};
-use hub_runtime::Readiness;
-use hub_runtime::config::HttpConfig;
+use hub_runtime::ServiceContext;
 use hub_soap::{Fault, Limits, OperationCall, USERS_NS, escape_text};
 use time::format_description::well_known::Rfc3339;
 use yaserde::YaDeserialize;
@@ -111,9 +110,12 @@ async fn endpoint(State(state): State<SoapRegisterState>, request: Request) -> R
 }
 
 /// The whole service: `/register`, `/health` and `/ready`.
-pub fn router(state: SoapRegisterState, readiness: Readiness, http: &HttpConfig) -> Router {
+pub fn router(
+    state: SoapRegisterState,
+    context: ServiceContext,
+) -> Result<Router, hub_core::Error> {
     let routes = Router::new()
         .route("/register", any(endpoint))
         .with_state(state);
-    hub_runtime::service_router(routes, readiness, http)
+    Ok(context.serve(routes))
 }

@@ -72,7 +72,7 @@ pub fn wrk(url: &str, headers: &[String], script: Option<&Path>) -> (f64, f64) {
 /// (transactions per second, p99 in ms) of one prepared statement run by
 /// pgbench with 32 connections for [`RUN`]; `vars` are `-D name=value`.
 pub fn pgbench(database_url: &str, sql: &str, vars: &[(&str, String)]) -> (f64, f64) {
-    let dir = crate::common::scratch_dir();
+    let dir = hub_testkit::scratch_dir();
     let script = dir.join("bench.sql");
     std::fs::write(&script, format!("{sql}\n")).unwrap();
     let mut cmd = Command::new(tool("pgbench"));

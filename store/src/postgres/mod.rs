@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hub_core::{Error, ErrorCode};
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
@@ -24,9 +25,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// How to reach PostgreSQL and how big the pool may grow.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct PoolSettings {
-    pub url: String,
+    /// Never printed.
+    pub url: SecretString,
     pub max_connections: u32,
     pub min_connections: u32,
     /// How long a request waits for a connection before it is refused as UNAVAILABLE.
@@ -34,22 +36,10 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
 }
 
-impl std::fmt::Debug for PoolSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolSettings")
-            .field("url", &"<redacted>")
-            .field("max_connections", &self.max_connections)
-            .field("min_connections", &self.min_connections)
-            .field("acquire_timeout", &self.acquire_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .finish()
-    }
-}
-
 /// A pool that connects on first use, so a service starts (and reports
 /// not-ready) while the database is still away.
 pub fn connect_lazy(settings: &PoolSettings) -> Result<PgPool, Error> {
-    let options: PgConnectOptions = settings.url.parse().map_err(|e| {
+    let options: PgConnectOptions = settings.url.expose_secret().parse().map_err(|e| {
         Error::internal(StoreError {
             doing: "parsing the database URL",
             source: e,

@@ -1,0 +1,711 @@
+//! grpc-images over real sockets: a tonic client against the hub, the real
+//! PostgreSQL and a real S3 server (s3s-fs, keys checked), images fetched by
+//! a plain HTTP client without credentials.
+
+use std::io::Cursor;
+use std::time::Duration;
+
+use hub_grpc_images::pb::image_delivery_client::ImageDeliveryClient;
+use hub_grpc_images::pb::upload_image_request::Data;
+use hub_grpc_images::pb::{Image, ListImagesRequest, UploadImageRequest, UploadMetadata};
+use hub_testkit::{OwnServer, Service, TestHub, TestSetup, eventually};
+use image::{DynamicImage, Rgb, RgbImage};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// Images need rest-auth to sign users in.
+const SERVICES: &[Service] = &[Service::RestAuth, Service::GrpcImages];
+
+struct Hub {
+    hub: TestHub,
+    http: reqwest::Client,
+}
+
+impl Hub {
+    async fn start() -> Self {
+        Self::from(TestHub::with(SERVICES).await)
+    }
+
+    fn from(hub: TestHub) -> Self {
+        Self {
+            hub,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn token(&self, name: &str) -> String {
+        let login =
+            hub_testkit::sign_up(&self.hub.url(Service::RestAuth), name, "correct horse").await;
+        login["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn client(&self) -> ImageDeliveryClient<Channel> {
+        ImageDeliveryClient::connect(self.hub.url(Service::GrpcImages))
+            .await
+            .unwrap()
+    }
+
+    /// An S3 client of the hub's own store.
+    fn s3(&self) -> hub_store::s3::S3Client {
+        let s3 = &self.hub.hub.config().images.s3;
+        hub_store::s3::sdk_client(&hub_store::S3Settings {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            bucket: s3.bucket.clone(),
+            access_key: s3.access_key.clone(),
+            secret_key: s3.secret_key.expose().as_str().into(),
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Every object in the hub's bucket.
+    async fn objects(&self) -> Vec<String> {
+        let s3 = &self.hub.hub.config().images.s3;
+        self.s3()
+            .list_objects_v2()
+            .bucket(&s3.bucket)
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
+    }
+}
+
+fn authorized<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn messages(metadata: Option<(&str, &str)>, bytes: &[u8], chunk: usize) -> Vec<UploadImageRequest> {
+    let mut out = Vec::new();
+    if let Some((filename, content_type)) = metadata {
+        out.push(UploadImageRequest {
+            data: Some(Data::Metadata(UploadMetadata {
+                filename: filename.into(),
+                content_type: content_type.into(),
+            })),
+        });
+    }
+    out.extend(bytes.chunks(chunk).map(|c| UploadImageRequest {
+        data: Some(Data::Chunk(c.to_vec())),
+    }));
+    out
+}
+
+async fn upload(
+    client: &mut ImageDeliveryClient<Channel>,
+    token: &str,
+    requests: Vec<UploadImageRequest>,
+) -> Result<Image, Status> {
+    client
+        .upload_image(authorized(futures_util::stream::iter(requests), token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn upload_file(
+    client: &mut ImageDeliveryClient<Channel>,
+    token: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Image, Status> {
+    upload(
+        client,
+        token,
+        messages(Some((name, "image/whatever")), bytes, 16 * 1024),
+    )
+    .await
+}
+
+fn picture(seed: u32, format: image::ImageFormat) -> Vec<u8> {
+    let image = DynamicImage::ImageRgb8(RgbImage::from_fn(40, 30, |x, y| {
+        Rgb([(x * 5 + seed) as u8, (y * 7) as u8, (seed / 256) as u8])
+    }));
+    let image = match format {
+        image::ImageFormat::Gif | image::ImageFormat::WebP => {
+            DynamicImage::ImageRgba8(image.to_rgba8())
+        }
+        _ => image,
+    };
+    let mut out = Cursor::new(Vec::new());
+    image.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn error_code(status: &Status) -> &str {
+    status
+        .metadata()
+        .get("x-error-code")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_format_is_stored_clean_and_readable_by_anyone() {
+    let hub = Hub::start().await;
+    let token = hub.token("alice").await;
+    let mut client = hub.client().await;
+    for (format, content_type) in [
+        (image::ImageFormat::Png, "image/png"),
+        (image::ImageFormat::Jpeg, "image/jpeg"),
+        (image::ImageFormat::Gif, "image/gif"),
+        (image::ImageFormat::WebP, "image/webp"),
+    ] {
+        let image = upload_file(
+            &mut client,
+            &token,
+            "../../etc/passwd <script>.png",
+            &picture(1, format),
+        )
+        .await
+        .unwrap();
+        assert_eq!(image.content_type, content_type);
+        assert_eq!((image.width, image.height), (40, 30));
+        assert!(!image.url.contains("passwd") && !image.url.contains("script"));
+        // Anyone can read it, and gets exactly the stored bytes.
+        let resp = reqwest::get(&image.url).await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", image.url);
+        let headers = resp.headers().clone();
+        assert_eq!(headers["content-type"], content_type);
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert!(
+            headers["cache-control"]
+                .to_str()
+                .unwrap()
+                .contains("public")
+        );
+        let etag = headers["etag"].clone();
+        let body = resp.bytes().await.unwrap();
+        assert_eq!(hex_sha256(&body), image.sha256);
+        assert_eq!(body.len() as i64, image.size_bytes);
+        let again = hub
+            .http
+            .get(&image.url)
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304);
+    }
+    // The same image twice is one image.
+    let bytes = picture(2, image::ImageFormat::Png);
+    let first = upload_file(&mut client, &token, "a.png", &bytes)
+        .await
+        .unwrap();
+    let second = upload_file(&mut client, &token, "b.png", &bytes)
+        .await
+        .unwrap();
+    assert_eq!(first.id, second.id);
+    assert_eq!(hub.objects().await.len(), 5);
+
+    // Unknown and foreign keys are 404 in the hub's error shape.
+    let base = hub.hub.url(Service::GrpcImages);
+    let owner = uuid::Uuid::now_v7();
+    for path in [
+        format!("/images/users/{owner}/{}.png", "0".repeat(64)),
+        "/images/secret.txt".to_owned(),
+    ] {
+        let resp = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "NOT_FOUND");
+    }
+    hub.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_pages_through_120_uploads_once_each() {
+    let hub = Hub::start().await;
+    let token = hub.token("alice").await;
+    let mut client = hub.client().await;
+    let mut uploaded = Vec::new();
+    for seed in 0..120 {
+        let image = upload_file(
+            &mut client,
+            &token,
+            "p.png",
+            &picture(seed * 3, image::ImageFormat::Png),
+        )
+        .await
+        .unwrap();
+        uploaded.push(image.id);
+    }
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_images(authorized(
+                ListImagesRequest {
+                    page_size: 50,
+                    page_token: page_token.clone(),
+                    owner_id: String::new(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(page.images.len());
+        seen.extend(page.images.into_iter().map(|i| i.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(pages, [50, 50, 20]);
+    uploaded.reverse();
+    assert_eq!(seen, uploaded, "newest first, each exactly once");
+
+    // Another user sees none of them, and may not ask for them.
+    let bob = hub.token("bob").await;
+    let page = client
+        .list_images(authorized(ListImagesRequest::default(), &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.images.is_empty());
+    let owner = hub
+        .hub
+        .hub
+        .users()
+        .find_by_username(&hub_core::Username::parse("alice").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let status = client
+        .list_images(authorized(
+            ListImagesRequest {
+                owner_id: owner.to_string(),
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    hub.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_uploads_are_refused_and_leave_nothing_behind() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.images.max_bytes = 256 * 1024;
+    let hub = Hub::from(setup.start().await);
+    let token = hub.token("alice").await;
+    let mut client = hub.client().await;
+    // Makes the bucket exist before counting what is in it.
+    upload_file(
+        &mut client,
+        &token,
+        "ok.png",
+        &picture(9, image::ImageFormat::Png),
+    )
+    .await
+    .unwrap();
+
+    let png = picture(1, image::ImageFormat::Png);
+    let bomb = hub_core::image::test_support::png_header(60_000, 60_000);
+    let cases: Vec<(&str, Vec<UploadImageRequest>, Code, &str)> = vec![
+        (
+            "text named .png",
+            messages(
+                Some(("photo.png", "image/png")),
+                b"not an image at all",
+                1024,
+            ),
+            Code::InvalidArgument,
+            "UNSUPPORTED_IMAGE_TYPE",
+        ),
+        (
+            "SVG",
+            messages(
+                Some(("x.svg", "image/svg+xml")),
+                b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>",
+                1024,
+            ),
+            Code::InvalidArgument,
+            "UNSUPPORTED_IMAGE_TYPE",
+        ),
+        (
+            "truncated PNG",
+            messages(Some(("t.png", "image/png")), &png[..png.len() / 2], 1024),
+            Code::InvalidArgument,
+            "CORRUPT_IMAGE",
+        ),
+        (
+            "60,000 x 60,000 PNG header",
+            messages(Some(("bomb.png", "image/png")), &bomb, 1024),
+            Code::InvalidArgument,
+            "IMAGE_TOO_MANY_PIXELS",
+        ),
+        (
+            "a stream over the cap",
+            messages(
+                Some(("big.png", "image/png")),
+                &vec![0u8; 400 * 1024],
+                64 * 1024,
+            ),
+            Code::ResourceExhausted,
+            "IMAGE_TOO_LARGE",
+        ),
+        (
+            "an empty stream",
+            Vec::new(),
+            Code::InvalidArgument,
+            "EMPTY_UPLOAD",
+        ),
+        (
+            "metadata only",
+            messages(Some(("e.png", "image/png")), b"", 1024),
+            Code::InvalidArgument,
+            "EMPTY_UPLOAD",
+        ),
+        (
+            "no metadata first",
+            messages(None, &png, 1024),
+            Code::InvalidArgument,
+            "INVALID_REQUEST",
+        ),
+    ];
+    for (what, requests, code, error) in cases {
+        let status = upload(&mut client, &token, requests).await.unwrap_err();
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert_eq!(error_code(&status), error, "{what}: {status:?}");
+        assert!(
+            status.message().starts_with(error),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(hub.objects().await.len(), 1, "nothing but the good image");
+
+    // EXIF with GPS, and a payload after the image's end: neither comes out.
+    let jpeg = picture(3, image::ImageFormat::Jpeg);
+    let mut dirty = jpeg[..2].to_vec();
+    let app1 = b"Exif\0\0II*\0\x08\0\0\0\x01\0\x25\x88\x04\0\x01\0\0\0\x1a\0\0\0\0\0\0\0\x01\0\x01\0\x02\0\x02\0\0\0N\0\0\0\0\0\0\0";
+    dirty.extend([0xFF, 0xE1]);
+    dirty.extend(u16::try_from(app1.len() + 2).unwrap().to_be_bytes());
+    dirty.extend(app1);
+    dirty.extend(&jpeg[2..]);
+    dirty.extend(b"PK\x03\x04<?php system($_GET['c']); ?>");
+    let image = upload_file(&mut client, &token, "gps.jpg", &dirty)
+        .await
+        .unwrap();
+    let body = reqwest::get(&image.url)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(b"Exif") && !contains(b"<?php") && !contains(b"PK\x03\x04"));
+    hub.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_checked_as_rest_auth_checks_them() {
+    let hub = Hub::start().await;
+    let token = hub.token("alice").await;
+    let mut client = hub.client().await;
+    let png = picture(1, image::ImageFormat::Png);
+    let no_token = client
+        .upload_image(Request::new(futures_util::stream::iter(messages(
+            Some(("a.png", "image/png")),
+            &png,
+            1024,
+        ))))
+        .await
+        .unwrap_err();
+    assert_eq!(no_token.code(), Code::Unauthenticated);
+    for bad in ["nope", "Bearer", &format!("Basic {token}")] {
+        let mut request = Request::new(ListImagesRequest::default());
+        request
+            .metadata_mut()
+            .insert("authorization", bad.parse().unwrap());
+        let status = client.list_images(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{bad}");
+        assert_eq!(error_code(&status), "INVALID_TOKEN");
+    }
+    // Logged out over REST: refused here on the next call.
+    let logout = hub
+        .http
+        .post(format!("{}/logout", hub.hub.url(Service::RestAuth)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    let status = client
+        .list_images(authorized(ListImagesRequest::default(), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    hub.hub.stop().await;
+}
+
+async fn health(channel: Channel) -> Result<i32, Status> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "polyhub.images.v1.ImageDelivery".into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+}
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
+/// Waits up to 20 s for the images service's health to be `status`.
+async fn health_becomes(channel: &Channel, status: i32, what: &str) {
+    eventually(Duration::from_secs(20), what, || {
+        let channel = channel.clone();
+        async move { (health(channel).await.ok()? == status).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_goes_away_is_unavailable_and_health_follows_it() {
+    let mut s3 = OwnServer::s3();
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.images.s3.endpoint = Some(s3.endpoint());
+    let hub = Hub::from(setup.start().await);
+    let token = hub.token("alice").await;
+    let mut client = hub.client().await;
+    let channel = Channel::from_shared(hub.hub.url(Service::GrpcImages))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    health_becomes(&channel, SERVING, "SERVING").await;
+    upload_file(
+        &mut client,
+        &token,
+        "a.png",
+        &picture(1, image::ImageFormat::Png),
+    )
+    .await
+    .unwrap();
+
+    s3.stop();
+    let status = upload_file(
+        &mut client,
+        &token,
+        "b.png",
+        &picture(2, image::ImageFormat::Png),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_code(&status), "UNAVAILABLE");
+    health_becomes(&channel, NOT_SERVING, "NOT_SERVING").await;
+    let ready = reqwest::get(format!("{}/ready", hub.hub.url(Service::GrpcImages)))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    s3.resume();
+    health_becomes(&channel, SERVING, "SERVING again").await;
+    upload_file(
+        &mut client,
+        &token,
+        "b.png",
+        &picture(2, image::ImageFormat::Png),
+    )
+    .await
+    .unwrap();
+    hub.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_store_credentials_are_unavailable() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.images.s3.secret_key = hub_runtime::Secret::new("not-the-secret".into());
+    let hub = Hub::from(setup.start().await);
+    let token = hub.token("alice").await;
+    let mut client = hub.client().await;
+    let status = upload_file(
+        &mut client,
+        &token,
+        "a.png",
+        &picture(1, image::ImageFormat::Png),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_code(&status), "UNAVAILABLE");
+    hub.hub.stop().await;
+}
+
+/// Waits until the health service says SERVING (its first probe of the store).
+async fn serving(hub: &Hub) {
+    let channel = Channel::from_shared(hub.hub.url(Service::GrpcImages))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    health_becomes(&channel, SERVING, "SERVING").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpcio_client_uploads_lists_and_sees_serving() {
+    let hub = Hub::start().await;
+    let token = hub.token("alice").await;
+    serving(&hub).await;
+    let dir = hub_testkit::scratch_dir();
+    let png = dir.join("first.png");
+    let jpg = dir.join("second.jpg");
+    std::fs::write(&png, picture(1, image::ImageFormat::Png)).unwrap();
+    std::fs::write(&jpg, picture(2, image::ImageFormat::Jpeg)).unwrap();
+    let target = hub
+        .hub
+        .url(Service::GrpcImages)
+        .trim_start_matches("http://")
+        .to_owned();
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/grpcio_images.py"
+    );
+    let out = tokio::process::Command::new(hub_testkit::venv_bin("python"))
+        .arg(script)
+        .args([target.as_str(), token.as_str(), proto])
+        .arg(&png)
+        .arg(&jpg)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["health"], "SERVING");
+    assert_eq!(seen["without_token"], "UNAUTHENTICATED");
+    let uploaded = seen["uploaded"].as_array().unwrap();
+    assert_eq!(uploaded.len(), 2);
+    assert_eq!(uploaded[0]["content_type"], "image/png", "the bytes decide");
+    assert_eq!(
+        uploaded[1]["content_type"], "image/jpeg",
+        "whatever was claimed"
+    );
+    assert_eq!(
+        seen["listed"],
+        json!([uploaded[1]["id"], uploaded[0]["id"]]),
+        "newest first"
+    );
+    let body = reqwest::get(uploaded[1]["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(hex_sha256(&body), uploaded[1]["sha256"].as_str().unwrap());
+    hub.hub.stop().await;
+}
+
+/// moto's S3 server, which implements bucket policies (s3s-fs does not).
+struct Moto {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(hub_testkit::venv_bin("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_public_base_url_the_bucket_is_made_public_and_urls_point_there() {
+    let moto = Moto::start();
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.images.s3.endpoint = Some(endpoint.clone());
+    let bucket = setup.config.images.s3.bucket.clone();
+    setup.config.images.public_base_url = Some(format!("{endpoint}/{bucket}/"));
+    let hub = Hub::from(setup.start().await);
+    let client = hub.s3();
+    let policy = eventually(Duration::from_secs(20), "the bucket policy", || {
+        let client = client.clone();
+        let bucket = bucket.clone();
+        async move {
+            client
+                .get_bucket_policy()
+                .bucket(bucket)
+                .send()
+                .await
+                .ok()?
+                .policy()
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    let policy: Value = serde_json::from_str(&policy).unwrap();
+    assert_eq!(policy["Statement"][0]["Principal"], "*");
+    assert_eq!(policy["Statement"][0]["Action"][0], "s3:GetObject");
+
+    let token = hub.token("alice").await;
+    let mut client = hub.client().await;
+    let image = upload_file(
+        &mut client,
+        &token,
+        "a.png",
+        &picture(1, image::ImageFormat::Png),
+    )
+    .await
+    .unwrap();
+    assert!(
+        image
+            .url
+            .starts_with(&format!("{endpoint}/{bucket}/users/")),
+        "{}",
+        image.url
+    );
+    let resp = reqwest::get(&image.url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(hex_sha256(&resp.bytes().await.unwrap()), image.sha256);
+    hub.hub.stop().await;
+}

@@ -1,0 +1,665 @@
+//! rest-auth over real sockets, against the real PostgreSQL, through a real
+//! HTTP client: the contract of issue #4.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use hub_core::{KeySet, RegisterUser};
+use hub_testkit::{Service, TestHub, TestSetup, key_files};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+const SERVICES: &[Service] = &[Service::RestAuth];
+
+struct Api {
+    base: String,
+    client: Client,
+}
+
+impl Api {
+    fn new(hub: &TestHub) -> Self {
+        Self {
+            base: hub.url(Service::RestAuth),
+            client: Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        decode(resp).await
+    }
+
+    async fn get_auth(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        decode(resp).await
+    }
+
+    async fn register(&self, username: &str, password: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/register",
+                json!({"username": username, "email": format!("{username}@example.com"), "password": password}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    async fn login(&self, username: &str, password: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/login",
+                json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+async fn decode(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+    };
+    (status, body)
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected_status: StatusCode, code: &str) {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["request_id"].is_string(), "{body}");
+}
+
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&B64URL.decode(payload).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_then_log_in_by_username_and_by_email() {
+    let hub = TestHub::with(SERVICES).await;
+    let api = Api::new(&hub);
+    let registered = api.register("Alice", "correct horse battery").await;
+    assert_eq!(registered["username"], "alice");
+    assert_eq!(registered["role"], "user");
+    assert!(registered.get("password").is_none() && registered.get("password_hash").is_none());
+
+    for body in [
+        json!({"username": "ALICE", "password": "correct horse battery"}),
+        json!({"email": "Alice@Example.com", "password": "correct horse battery"}),
+    ] {
+        let (status, login) = api.post("/login", body).await;
+        assert_eq!(status, StatusCode::OK, "{login}");
+        assert_eq!(login["token_type"], "Bearer");
+        assert_eq!(login["expires_in"], 900);
+        let token = login["token"].as_str().unwrap();
+        assert_eq!(claims_of(token)["sid"], login["session_id"]);
+        let (status, profile) = api.get_auth("/profile", token).await;
+        assert_eq!(status, StatusCode::OK, "{profile}");
+        assert_eq!(profile["id"], registered["id"]);
+        assert_eq!(profile["email"], "alice@example.com");
+    }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_registered_through_the_core_logs_in_over_rest() {
+    let hub = TestHub::with(SERVICES).await;
+    hub.hub
+        .registration()
+        .register(RegisterUser {
+            username: "carol".into(),
+            email: "carol@example.com".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap();
+    let api = Api::new(&hub);
+    let token = api.login("carol", "correct horse battery").await;
+    let (status, profile) = api.get_auth("/profile", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(profile["username"], "carol");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registration_errors_have_the_core_codes() {
+    let hub = TestHub::with(SERVICES).await;
+    let api = Api::new(&hub);
+    api.register("dave", "correct horse battery").await;
+    let cases = [
+        (
+            json!({"username": "DAVE", "email": "d2@example.com", "password": "correct horse"}),
+            StatusCode::CONFLICT,
+            "USERNAME_TAKEN",
+        ),
+        (
+            json!({"username": "dave2", "email": "DAVE@example.com", "password": "correct horse"}),
+            StatusCode::CONFLICT,
+            "EMAIL_TAKEN",
+        ),
+        (
+            json!({"username": "d!", "email": "d3@example.com", "password": "correct horse"}),
+            StatusCode::BAD_REQUEST,
+            "INVALID_USERNAME",
+        ),
+        (
+            json!({"username": "dave3", "email": "nope", "password": "correct horse"}),
+            StatusCode::BAD_REQUEST,
+            "INVALID_EMAIL",
+        ),
+        (
+            json!({"username": "dave4", "email": "d4@example.com", "password": "short"}),
+            StatusCode::BAD_REQUEST,
+            "WEAK_PASSWORD",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, resp) = api.post("/register", body).await;
+        assert_error(got, &resp, status, code);
+    }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_and_unknown_user_get_the_same_answer() {
+    let hub = TestHub::with(SERVICES).await;
+    let api = Api::new(&hub);
+    api.register("erin", "correct horse battery").await;
+    let (s1, wrong) = api
+        .post(
+            "/login",
+            json!({"username": "erin", "password": "not the password"}),
+        )
+        .await;
+    let (s2, unknown) = api
+        .post(
+            "/login",
+            json!({"username": "nobody", "password": "not the password"}),
+        )
+        .await;
+    assert_error(s1, &wrong, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    assert_error(
+        s2,
+        &unknown,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    );
+    assert_eq!(
+        wrong["error"], unknown["error"],
+        "identical apart from the request id"
+    );
+
+    let (status, both) = api
+        .post(
+            "/login",
+            json!({"username": "erin", "email": "erin@example.com", "password": "x"}),
+        )
+        .await;
+    assert_error(status, &both, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    hub.stop().await;
+}
+
+/// Every forged, stale or foreign token is refused with INVALID_TOKEN.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_and_stale_tokens_are_refused() {
+    let hub = TestHub::with(SERVICES).await;
+    let api = Api::new(&hub);
+    api.register("frank", "correct horse battery").await;
+    let good = api.login("frank", "correct horse battery").await;
+    let (status, _) = api.get_auth("/profile", &good).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let claims = claims_of(&good);
+    let now = claims["iat"].as_i64().unwrap();
+    let our_key = EncodingKey::from_ed_pem(hub.keys.private_pem.as_bytes()).unwrap();
+    let sign = |claims: &Value, key: &EncodingKey, kid: &str| {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    };
+    let with = |field: &str, value: Value| {
+        let mut c = claims.clone();
+        c[field] = value;
+        c
+    };
+    let kid = hub.keys.kid.clone();
+
+    let stranger = KeySet::generate().unwrap();
+    let stranger_key = EncodingKey::from_ed_pem(stranger.private_pem.as_bytes()).unwrap();
+    let public_pem = std::fs::read(&hub.keys.public).unwrap();
+    let hs256 = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&public_pem)).unwrap()
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        B64URL.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        B64URL.encode(claims.to_string())
+    );
+    let tampered = {
+        let parts: Vec<&str> = good.split('.').collect();
+        let forged = with("role", json!("admin"));
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            B64URL.encode(forged.to_string()),
+            parts[2]
+        )
+    };
+
+    let forged = [
+        (
+            "expired",
+            sign(&with("exp", json!(now - 3600)), &our_key, &kid),
+        ),
+        (
+            "wrong audience",
+            sign(&with("aud", json!("someone-else")), &our_key, &kid),
+        ),
+        (
+            "wrong issuer",
+            sign(&with("iss", json!("evil")), &our_key, &kid),
+        ),
+        (
+            "exp of the wrong type",
+            sign(&with("exp", json!((now + 600).to_string())), &our_key, &kid),
+        ),
+        (
+            "issued in the future",
+            sign(&with("iat", json!(now + 3600)), &our_key, &kid),
+        ),
+        ("unknown kid", sign(&claims, &stranger_key, &stranger.kid)),
+        (
+            "stranger key under our kid",
+            sign(&claims, &stranger_key, &kid),
+        ),
+        ("alg none", alg_none),
+        ("HS256 keyed with the public key", hs256),
+        ("tampered payload", tampered),
+        ("not a JWT", "abc.def".to_owned()),
+    ];
+    for (what, token) in forged {
+        let (status, body) = api.get_auth("/profile", &token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "INVALID_TOKEN", "{what}");
+    }
+
+    // A missing header and a wrong scheme are refused the same way.
+    let resp = api
+        .client
+        .get(format!("{}/profile", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer realm=\"polyhub\""
+    );
+    let (status, body) = decode(resp).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "INVALID_TOKEN");
+    let resp = api
+        .client
+        .get(format!("{}/profile", api.base))
+        .header("authorization", format!("Basic {good}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_kills_the_token_everywhere() {
+    let hub = TestHub::with(SERVICES).await;
+    let api = Api::new(&hub);
+    api.register("grace", "correct horse battery").await;
+    let token = api.login("grace", "correct horse battery").await;
+    let other = api.login("grace", "correct horse battery").await;
+    let resp = api
+        .client
+        .post(format!("{}/logout", api.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let (status, body) = api.get_auth("/profile", &token).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "INVALID_TOKEN");
+    let resp = api
+        .client
+        .post(format!("{}/logout", api.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED,
+        "a dead token cannot log out again"
+    );
+    let (status, _) = api.get_auth("/profile", &other).await;
+    assert_eq!(status, StatusCode::OK, "only that session is revoked");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changing_the_password_revokes_the_other_sessions() {
+    let hub = TestHub::with(SERVICES).await;
+    let api = Api::new(&hub);
+    api.register("heidi", "correct horse battery").await;
+    let here = api.login("heidi", "correct horse battery").await;
+    let elsewhere = api.login("heidi", "correct horse battery").await;
+
+    let put = |token: String, body: Value| {
+        let client = api.client.clone();
+        let url = format!("{}/profile", api.base);
+        async move {
+            decode(
+                client
+                    .put(url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (status, body) = put(
+        here.clone(),
+        json!({"new_password": "battery staple horse"}),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    );
+    let (status, body) = put(
+        here.clone(),
+        json!({"current_password": "correct horse battery", "new_password": "battery staple horse", "email": "heidi@new.example.com"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["email"], "heidi@new.example.com");
+
+    assert_eq!(api.get_auth("/profile", &here).await.0, StatusCode::OK);
+    let (status, body) = api.get_auth("/profile", &elsewhere).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "INVALID_TOKEN");
+    let (status, body) = api
+        .post(
+            "/login",
+            json!({"username": "heidi", "password": "correct horse battery"}),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    );
+    api.login("heidi", "battery staple horse").await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_attempts_are_limited_and_the_limit_recovers() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.services.rest_auth.login_limit.per_user_burst = 3;
+    setup
+        .config
+        .services
+        .rest_auth
+        .login_limit
+        .per_user_replenish_ms = 1_500;
+    let hub = setup.start().await;
+    let api = Api::new(&hub);
+    api.register("ivan", "correct horse battery").await;
+    let attempt = || {
+        api.post(
+            "/login",
+            json!({"username": "ivan", "password": "wrong wrong"}),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt().await.0, StatusCode::UNAUTHORIZED);
+    }
+    let resp = api
+        .client
+        .post(format!("{}/login", api.base))
+        .json(&json!({"username": "IVAN", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let (status, body) = decode(resp).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOO_MANY_ATTEMPTS",
+    );
+
+    // Another user from the same address is not affected by ivan's limit.
+    api.register("judy", "correct horse battery").await;
+    api.login("judy", "correct horse battery").await;
+
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    api.login("ivan", "correct horse battery").await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_bodies_get_400_in_the_hub_shape() {
+    let hub = TestHub::with(SERVICES).await;
+    let api = Api::new(&hub);
+    let url = format!("{}/login", api.base);
+    let huge = format!(r#"{{"username":"a","password":"{}"}}"#, "x".repeat(100_000));
+    let cases: [(&str, &str, String); 5] = [
+        (
+            "malformed",
+            "application/json",
+            r#"{"username": "a", "password": "#.into(),
+        ),
+        (
+            "wrong content type",
+            "text/plain",
+            r#"{"username":"a","password":"b"}"#.into(),
+        ),
+        (
+            "missing field",
+            "application/json",
+            r#"{"username":"a"}"#.into(),
+        ),
+        (
+            "unknown field",
+            "application/json",
+            r#"{"username":"a","password":"b","admin":true}"#.into(),
+        ),
+        ("oversized", "application/json", huge),
+    ];
+    for (what, content_type, body) in cases {
+        let resp = api
+            .client
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = decode(resp).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "INVALID_REQUEST", "{what}");
+    }
+    hub.stop().await;
+}
+
+/// Rotation: a token signed by the previous key verifies while that key is in
+/// the set, and fails once it is removed; the JWKS follows.
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_keys_rotate_without_killing_live_tokens() {
+    let setup = TestSetup::new(SERVICES);
+    let database = setup.config.database.url.clone();
+    let hub = setup.start().await;
+    let api = Api::new(&hub);
+    api.register("kim", "correct horse battery").await;
+    let old_token = api.login("kim", "correct horse battery").await;
+    let old_keys = hub.stop().await;
+
+    let new_keys = key_files();
+    let mut setup = TestSetup::new(SERVICES).with_keys(new_keys);
+    setup.config.database.url = database.clone();
+    setup.config.tokens.previous_public_key_paths = vec![old_keys.public.clone()];
+    let hub = setup.start().await;
+    let api = Api::new(&hub);
+    assert_eq!(api.get_auth("/profile", &old_token).await.0, StatusCode::OK);
+    let new_token = api.login("kim", "correct horse battery").await;
+    let (_, jwks) = api.get_auth("/.well-known/jwks.json", "").await;
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kids,
+        [hub.keys.kid.as_str(), old_keys.kid.as_str()],
+        "signing key first"
+    );
+    let new_keys = hub.stop().await;
+
+    let mut setup = TestSetup::new(SERVICES).with_keys(new_keys);
+    setup.config.database.url = database;
+    let hub = setup.start().await;
+    let api = Api::new(&hub);
+    let (status, body) = api.get_auth("/profile", &old_token).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "INVALID_TOKEN");
+    assert_eq!(api.get_auth("/profile", &new_token).await.0, StatusCode::OK);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_and_openapi_are_public() {
+    let hub = TestHub::with(SERVICES).await;
+    let base = hub.url(Service::RestAuth);
+    let resp = reqwest::get(format!("{base}/.well-known/jwks.json"))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["cache-control"], "public, max-age=300");
+    let jwks: Value = resp.json().await.unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], hub.keys.kid.as_str());
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+    assert!(jwks["keys"][0].get("d").is_none(), "never the private part");
+
+    let doc: Value = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/login",
+        "/register",
+        "/profile",
+        "/logout",
+        "/.well-known/jwks.json",
+        "/test-db",
+        "/health",
+        "/ready",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is documented");
+    }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_answers_only_listed_origins() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.services.rest_auth.cors.allowed_origins = vec!["https://app.example.com".into()];
+    let hub = setup.start().await;
+    let client = Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/login", hub.url(Service::RestAuth)),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(
+        allowed
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    let refused = preflight("https://evil.example.net").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_is_away_gives_fast_503s() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.database.url =
+        hub_runtime::Secret::new("postgres://postgres@127.0.0.1:1/polyhub".into());
+    let hub = setup.without_migration().start().await;
+    let api = Api::new(&hub);
+    let started = std::time::Instant::now();
+    let (status, body) = api
+        .post(
+            "/login",
+            json!({"username": "alice", "password": "whatever it is"}),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UNAVAILABLE",
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let health = reqwest::get(format!("{}/health", api.base)).await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    hub.stop().await;
+}

@@ -1,0 +1,78 @@
+//! schemathesis, a property-based API tester no one here wrote, against the
+//! running rest-auth's own `/openapi.json`: no 5xx, and every response must
+//! match the document (status, content type, body schema).
+
+use std::process::Command;
+
+use hub_testkit::{Service, TestHub};
+use serde_json::{Value, json};
+
+async fn token(base: &str, username: &str) -> String {
+    let client = reqwest::Client::new();
+    let body: Value = client
+        .post(format!("{base}/login"))
+        .json(&json!({"username": username, "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn run_schemathesis(base: String, token: String, filter: [&'static str; 2]) -> String {
+    let st = hub_testkit::venv_bin("st");
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(st)
+            .args(["run", &format!("{base}/openapi.json")])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+                "--max-examples",
+                "40",
+                "--header",
+                &format!("Authorization: Bearer {token}"),
+            ])
+            .args(filter)
+            .env("SCHEMATHESIS_HOOKS", "")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "schemathesis found problems:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_server_error_and_no_departure_from_the_document() {
+    let hub = TestHub::with(&[Service::RestAuth]).await;
+    let base = hub.url(Service::RestAuth);
+    reqwest::Client::new()
+        .post(format!("{base}/register"))
+        .json(&json!({"username": "fuzz", "email": "fuzz@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let main_token = token(&base, "fuzz").await;
+    let logout_token = token(&base, "fuzz").await;
+
+    // Everything but logout, with a token that stays valid throughout...
+    let report = run_schemathesis(base.clone(), main_token, ["--exclude-path", "/logout"]).await;
+    assert!(
+        !report.contains("Authentication failed"),
+        "authenticated operations must really be exercised:\n{report}"
+    );
+    // ...then logout alone, with a token of its own.
+    run_schemathesis(base, logout_token, ["--include-path", "/logout"]).await;
+    hub.stop().await;
+}

@@ -1,0 +1,8 @@
+//! polyhub end to end, one binary: `hub serve` and the six service binaries
+//! run as real processes, driven only from outside through the clients each
+//! protocol's users would use.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod consistency;
+mod journey;
+mod standalone;

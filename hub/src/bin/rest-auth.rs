@@ -1,0 +1,7 @@
+//! `rest-auth` alone in its process (`cargo run --bin rest-auth`, or
+//! `rest-auth --config polyhub.toml`): the same configuration as `hub serve`,
+//! the same wiring, one service.
+
+fn main() -> std::process::ExitCode {
+    hub::launch::service_main(hub::Service::RestAuth)
+}

@@ -1,0 +1,7 @@
+//! `sessions` alone in its process (`cargo run --bin sessions`, or
+//! `sessions --config polyhub.toml`): the same configuration as `hub serve`,
+//! the same wiring, one service.
+
+fn main() -> std::process::ExitCode {
+    hub::launch::service_main(hub::Service::Sessions)
+}

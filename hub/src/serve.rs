@@ -1,0 +1,176 @@
+//! Serving: bind every listener first, build each service's router, then run
+//! them (with the session cache's listener and the relay) until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hub_runtime::{Service, Shutdown};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::Hub;
+use crate::services::Assembly;
+
+/// One listener of a running hub.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub service: Service,
+    pub local_addr: SocketAddr,
+    pub external_url: String,
+}
+
+/// The services of a start, running until their shutdown fires; awaiting it
+/// ends when every one has drained.
+pub type Running = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+impl Hub {
+    /// Binds every service's port and serves until `shutdown` fires; returns
+    /// the listeners as soon as they are bound.
+    pub async fn start(&self, shutdown: Shutdown) -> anyhow::Result<(Vec<Listener>, Running)> {
+        self.start_services(&Service::ALL, shutdown).await
+    }
+
+    /// As [`Self::start`], for the named services only (`hub serve --only`,
+    /// one service's binary, the test kit). The sessions service brings the
+    /// relay; every service shares this hub's pools and clients.
+    pub async fn start_services(
+        &self,
+        services: &[Service],
+        shutdown: Shutdown,
+    ) -> anyhow::Result<(Vec<Listener>, Running)> {
+        // What can be checked without the network is checked before a port is taken.
+        if services.iter().any(|s| s.needs_tokens()) {
+            self.tokens()?;
+        }
+        // Every port is bound first, so each service knows every public
+        // address before it is built.
+        let mut bound = Vec::new();
+        for service in Service::ALL {
+            if services.contains(&service) {
+                bound.push(self.bind(service).await?);
+            }
+        }
+        let addresses = Service::ALL
+            .into_iter()
+            .map(|service| {
+                let url = match bound.iter().find(|(_, l)| l.service == service) {
+                    Some((_, listener)) => listener.external_url.clone(),
+                    None => self.configured_address(service),
+                };
+                (service, url)
+            })
+            .collect();
+        self.prepare_stores(services, shutdown.clone()).await?;
+        let relay = if !services.contains(&Service::Sessions) {
+            None
+        } else if self.config.relay.enabled {
+            Some(self.relay().await?)
+        } else {
+            tracing::info!("relay disabled here: another instance delivers the outbox");
+            None
+        };
+        let assembly = Assembly {
+            addresses,
+            relay: relay.as_ref().map(hub_core::Relay::status),
+        };
+        let mut routers = Vec::new();
+        for (_, listener) in &bound {
+            routers.push(self.router(listener.service, &assembly).await?);
+        }
+
+        let mut tasks = JoinSet::new();
+        if let Some(cache) = &self.session_cache {
+            let (cache, shutdown) = (Arc::clone(cache), shutdown.clone());
+            tasks.spawn(async move {
+                cache.listen(shutdown.wait()).await;
+                Ok(())
+            });
+        }
+        if let Some(relay) = relay {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                relay.run(shutdown.wait()).await;
+                Ok(())
+            });
+        }
+        let mut listeners = Vec::new();
+        for ((socket, listener), router) in bound.into_iter().zip(routers) {
+            let service = listener.service;
+            listeners.push(listener);
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                axum::serve(
+                    socket,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(shutdown.wait())
+                .await
+                .with_context(|| format!("serving {service}"))
+            });
+        }
+        let grace = std::time::Duration::from_secs(self.config.http.shutdown_grace_secs);
+        Ok((listeners, tokio::spawn(supervise(tasks, shutdown, grace))))
+    }
+
+    /// A service's public address when another process runs it: where its
+    /// configuration says it is.
+    fn configured_address(&self, service: Service) -> String {
+        let listen = service.listen(&self.config.services);
+        listen
+            .external_url
+            .unwrap_or_else(|| {
+                format!(
+                    "http://{}:{}",
+                    self.config.services.bind_address, listen.port
+                )
+            })
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    async fn bind(&self, service: Service) -> anyhow::Result<(TcpListener, Listener)> {
+        let listen = service.listen(&self.config.services);
+        let addr = SocketAddr::new(self.config.services.bind_address, listen.port);
+        let socket = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {service} to {addr}"))?;
+        let local_addr = socket.local_addr()?;
+        let external_url = listen
+            .external_url
+            .unwrap_or_else(|| format!("http://{local_addr}"))
+            .trim_end_matches('/')
+            .to_owned();
+        tracing::info!(%service, %local_addr, %external_url, "listening");
+        Ok((
+            socket,
+            Listener {
+                service,
+                local_addr,
+                external_url,
+            },
+        ))
+    }
+}
+
+/// Waits for every task; draining starts with the signal, and past the grace
+/// period the services stop anyway.
+async fn supervise(
+    mut tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: Shutdown,
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
+    let drained = async {
+        while let Some(done) = tasks.join_next().await {
+            done.context("a service task failed")??;
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        result = drained => result,
+        () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "in-flight requests did not finish in time");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The registry's build side: each [`Service`] turned into its router from
+//! the shared wiring. One arm per service, and every adapter has the same
+//! constructor, `router(state, ServiceContext)`; the arm builds the state.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use hub_core::{RelayStatus, SystemClock};
+use hub_runtime::metrics::HashingMetrics;
+use hub_runtime::{Service, ServiceContext};
+
+use crate::Hub;
+
+/// What is known about the whole start before any router is built: where
+/// each service is reached (the WSDL names two of them), and this process's
+/// relay when it runs one.
+#[derive(Debug)]
+pub(crate) struct Assembly {
+    /// The public address of every service, bound here or configured.
+    pub addresses: Vec<(Service, String)>,
+    pub relay: Option<Arc<RelayStatus>>,
+}
+
+impl Assembly {
+    fn address(&self, service: Service) -> &str {
+        self.addresses
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map_or("", |(_, url)| url.as_str())
+    }
+
+    fn wsdl(&self) -> Arc<str> {
+        hub_soap::users_wsdl(
+            &format!("{}/register", self.address(Service::SoapRegister)),
+            &format!("{}/user/soap", self.address(Service::SoapLookup)),
+        )
+        .into()
+    }
+}
+
+impl Hub {
+    fn soap_limits(&self) -> hub_soap::Limits {
+        hub_soap::Limits {
+            max_bytes: self.config.soap.max_body_bytes,
+            max_depth: self.config.soap.max_depth,
+            max_elements: self.config.soap.max_elements,
+        }
+    }
+
+    async fn context(&self, service: Service) -> anyhow::Result<ServiceContext> {
+        Ok(ServiceContext {
+            service,
+            readiness: self.readiness(service).await?,
+            http: self.config.http.clone(),
+            cors: service.cors(&self.config.services).cloned(),
+        })
+    }
+
+    /// `service`'s whole router, built from this hub's use cases.
+    pub(crate) async fn router(
+        &self,
+        service: Service,
+        assembly: &Assembly,
+    ) -> anyhow::Result<axum::Router> {
+        let context = self.context(service).await?;
+        let hashing = || Arc::new(HashingMetrics(self.hashing.clone()));
+        let router = match service {
+            Service::RestAuth => hub_rest_auth::router(
+                hub_rest_auth::RestAuthState {
+                    authentication: self.authentication()?,
+                    registration: self.registration(),
+                    database: Arc::new(hub_store::PgProbe::new(self.pool.clone())),
+                    limiter: Arc::new(hub_rest_auth::LoginLimiter::new(
+                        &self.config.services.rest_auth.login_limit,
+                    )),
+                },
+                ServiceContext {
+                    readiness: context.readiness.clone().with_metrics(hashing()),
+                    ..context
+                },
+            ),
+            Service::SoapRegister => hub_soap_register::router(
+                hub_soap_register::SoapRegisterState {
+                    registration: self.registration(),
+                    wsdl: assembly.wsdl(),
+                    limits: self.soap_limits(),
+                },
+                ServiceContext {
+                    readiness: context.readiness.clone().with_metrics(hashing()),
+                    ..context
+                },
+            ),
+            Service::SoapLookup => hub_soap_lookup::router(
+                hub_soap_lookup::SoapLookupState {
+                    directory: self.directory(),
+                    wsdl: assembly.wsdl(),
+                    limits: self.soap_limits(),
+                },
+                context,
+            ),
+            Service::Sessions => hub_sessions::router(
+                hub_sessions::SessionsState {
+                    lifecycle: self.session_lifecycle().await?,
+                    relay: assembly.relay.clone(),
+                    outbox: self.outbox(),
+                },
+                context,
+            ),
+            Service::SessionTracker => hub_sessions::tracker_router(
+                hub_sessions::SessionsState {
+                    lifecycle: self.session_lifecycle().await?,
+                    relay: None,
+                    outbox: self.outbox(),
+                },
+                context,
+            ),
+            Service::GrpcImages => hub_grpc_images::router(
+                hub_grpc_images::ImagesState {
+                    library: self.image_library(),
+                    authentication: self.authentication()?,
+                    urls: match &self.config.images.public_base_url {
+                        Some(base) => hub_grpc_images::PublicUrls::External {
+                            base: base.trim_end_matches('/').to_owned(),
+                        },
+                        None => hub_grpc_images::PublicUrls::Delivered {
+                            base: assembly.address(service).to_owned(),
+                        },
+                    },
+                    store_probe: Arc::new(hub_store::S3Probe::new(self.image_store())),
+                    max_message_bytes: self.config.images.max_message_bytes,
+                    auth: hub_runtime::grpc::BearerAuth::new(self.tokens()?, Arc::new(SystemClock)),
+                },
+                context,
+            ),
+        };
+        router.with_context(|| format!("building {service}"))
+    }
+}

@@ -1,0 +1,310 @@
+//! The shared wiring: configuration in, stores and use cases out. Every
+//! service of a process shares one PostgreSQL pool, one hashing pool, one
+//! MongoDB client and one S3 client, built here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hub_core::{
+    ActivityLog, Administration, Authentication, DependencyProbe, Directory, HashingPool,
+    ImageLibrary, KeySet, Outbox, PasswordHasher, Registration, Relay, SessionLifecycle,
+    SessionRepository, SystemClock, TokenSettings, Tokens, UserRepository,
+};
+use hub_runtime::config::TokenConfig;
+use hub_runtime::service::{Backing, Need};
+use hub_runtime::{Config, Readiness, Service};
+use hub_store::{
+    CachedSessions, MongoActivityLog, MongoDatabase, MongoProbe, MongoSettings, PgImageRepository,
+    PgOutbox, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings, S3ObjectStore, S3Probe,
+    S3Settings,
+};
+use sqlx::PgPool;
+
+/// Everything the services share: one pool, one hashing pool, the use cases.
+#[derive(Clone)]
+pub struct Hub {
+    pub(crate) config: Config,
+    pub(crate) pool: PgPool,
+    users: Arc<dyn UserRepository>,
+    sessions: Arc<dyn SessionRepository>,
+    pub(crate) hashing: HashingPool,
+    pub(crate) tokens: Option<Arc<Tokens>>,
+    mongo: Arc<tokio::sync::OnceCell<MongoDatabase>>,
+    /// The open-session cache behind `sessions`, when configured; its
+    /// listener runs while the services do.
+    pub(crate) session_cache: Option<Arc<CachedSessions>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the signing key and the earlier public keys named in config.
+fn load_tokens(config: &TokenConfig) -> anyhow::Result<Option<Tokens>> {
+    let Some(path) = &config.signing_key_path else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the key file {}", path.display()))
+    };
+    let current = read(path)?;
+    let previous = config
+        .previous_public_key_paths
+        .iter()
+        .map(|p| read(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = KeySet::from_pem(&current, &previous)
+        .with_context(|| format!("loading the signing key {}", path.display()))?;
+    tracing::info!(
+        kid = keys.signing_kid(),
+        verifying = previous.len() + 1,
+        "token keys loaded"
+    );
+    Ok(Some(Tokens::new(
+        keys,
+        TokenSettings {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            lifetime: config.lifetime(),
+        },
+    )))
+}
+
+impl Hub {
+    /// Builds the shared parts; connects to nothing yet (the pool is lazy).
+    pub fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = hub_store::connect_lazy(&PoolSettings {
+            url: config.database.url.expose().as_str().into(),
+            max_connections: config.database.max_connections,
+            min_connections: config.database.min_connections,
+            acquire_timeout: config.database.acquire_timeout(),
+            idle_timeout: config.database.idle_timeout(),
+        })
+        .context("configuring the PostgreSQL pool")?;
+        let hasher = PasswordHasher::new(config.hashing.iterations)
+            .context("configuring password hashing")?;
+        let hashing = HashingPool::new(hasher, config.hashing.pool_config());
+        let tokens = load_tokens(&config.tokens)?.map(Arc::new);
+        let session_cache = (config.sessions.cache_capacity > 0).then(|| {
+            Arc::new(CachedSessions::new(
+                pool.clone(),
+                config.sessions.cache_capacity,
+                Duration::from_secs(config.sessions.cache_max_age_secs),
+            ))
+        });
+        let sessions: Arc<dyn SessionRepository> = match &session_cache {
+            Some(cache) => Arc::clone(cache) as Arc<dyn SessionRepository>,
+            None => Arc::new(PgSessionRepository::new(pool.clone())),
+        };
+        Ok(Self {
+            users: Arc::new(PgUserRepository::new(pool.clone())),
+            sessions,
+            session_cache,
+            config,
+            pool,
+            hashing,
+            tokens,
+            mongo: Arc::default(),
+        })
+    }
+
+    /// The same hub hashing with `hasher`. Config can only raise the
+    /// production parameters; a weaker hasher exists only in hub-core's
+    /// test-support feature, so only tests can hand one in.
+    pub fn with_password_hasher(mut self, hasher: PasswordHasher) -> Self {
+        self.hashing = HashingPool::new(hasher, self.config.hashing.pool_config());
+        self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Creates the database when missing, then applies every pending migration.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        if hub_store::ensure_database(self.config.database.url.expose())
+            .await
+            .context("creating the PostgreSQL database")?
+        {
+            tracing::info!("created the database");
+        }
+        hub_store::migrate(&self.pool)
+            .await
+            .context("migrating the PostgreSQL schema")
+    }
+
+    pub fn users(&self) -> Arc<dyn UserRepository> {
+        Arc::clone(&self.users)
+    }
+
+    pub fn registration(&self) -> Registration {
+        Registration::new(self.users(), self.hashing.clone(), Arc::new(SystemClock))
+    }
+
+    /// What operators do to accounts (`hub users grant-admin`).
+    pub fn administration(&self) -> Administration {
+        Administration::new(self.users())
+    }
+
+    /// The token keys; a service that signs or verifies tokens needs them.
+    pub fn tokens(&self) -> anyhow::Result<Arc<Tokens>> {
+        self.tokens.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no token signing key: set tokens.signing_key_path \
+                 (POLYHUB_TOKENS__SIGNING_KEY_PATH); `hub keys generate --out PATH` makes one"
+            )
+        })
+    }
+
+    /// Signing in and out; needs the token keys.
+    pub fn authentication(&self) -> anyhow::Result<Authentication> {
+        Ok(Authentication::new(
+            self.users(),
+            Arc::clone(&self.sessions),
+            self.hashing.clone(),
+            self.tokens()?,
+            Arc::new(SystemClock),
+            self.config.sessions.lifetime(),
+        ))
+    }
+
+    pub fn directory(&self) -> Directory {
+        Directory::new(self.users())
+    }
+
+    /// The MongoDB database, configured on first use; the client connects
+    /// lazily, so this succeeds while MongoDB is away.
+    pub async fn mongo(&self) -> anyhow::Result<MongoDatabase> {
+        let config = &self.config.mongo;
+        self.mongo
+            .get_or_try_init(|| async {
+                hub_store::connect_mongo(&MongoSettings {
+                    url: config.url.expose().as_str().into(),
+                    database: config.database.clone(),
+                    server_selection_timeout: Duration::from_millis(
+                        config.server_selection_timeout_ms,
+                    ),
+                })
+                .await
+                .context("configuring the MongoDB client")
+            })
+            .await
+            .cloned()
+    }
+
+    /// Session events and last connections in MongoDB.
+    pub async fn activity_log(&self) -> anyhow::Result<MongoActivityLog> {
+        Ok(MongoActivityLog::new(&self.mongo().await?))
+    }
+
+    pub fn outbox(&self) -> Arc<dyn Outbox> {
+        Arc::new(PgOutbox::new(self.pool.clone()))
+    }
+
+    /// A relay from this hub's outbox into its activity log.
+    pub async fn relay(&self) -> anyhow::Result<Relay> {
+        Ok(Relay::new(
+            self.outbox(),
+            Arc::new(self.activity_log().await?),
+            Arc::new(SystemClock),
+            self.config.relay.settings(),
+        ))
+    }
+
+    /// The image store (S3 or compatible), as configured; connects on use.
+    pub fn image_store(&self) -> S3ObjectStore {
+        let s3 = &self.config.images.s3;
+        S3ObjectStore::new(&S3Settings {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            bucket: s3.bucket.clone(),
+            access_key: s3.access_key.clone(),
+            secret_key: s3.secret_key.expose().as_str().into(),
+            timeout: Duration::from_millis(s3.timeout_ms),
+        })
+    }
+
+    /// Image uploads, listings and public delivery.
+    pub fn image_library(&self) -> ImageLibrary {
+        ImageLibrary::new(
+            Arc::new(PgImageRepository::new(self.pool.clone())),
+            Arc::new(self.image_store()),
+            Arc::new(SystemClock),
+            self.config.images.limits(),
+            self.config.images.workers(),
+        )
+    }
+
+    /// Managing sessions once signed in; needs the token keys.
+    pub async fn session_lifecycle(&self) -> anyhow::Result<SessionLifecycle> {
+        let activity: Arc<dyn ActivityLog> = Arc::new(self.activity_log().await?);
+        Ok(SessionLifecycle::new(
+            self.authentication()?,
+            self.users(),
+            Arc::clone(&self.sessions),
+            activity,
+            Arc::new(SystemClock),
+            self.config.sessions.limits(),
+        ))
+    }
+
+    /// The probe of one backing store, for `/ready`.
+    async fn probe(&self, backing: Backing) -> anyhow::Result<Arc<dyn DependencyProbe>> {
+        Ok(match backing {
+            Backing::Postgres => Arc::new(PgProbe::new(self.pool.clone())),
+            Backing::Mongo => Arc::new(MongoProbe::new(self.mongo().await?)),
+            Backing::ObjectStore => Arc::new(S3Probe::new(self.image_store())),
+        })
+    }
+
+    /// `service`'s readiness: a probe of each backing store the registry
+    /// names for it, required or only reported as the registry says.
+    pub(crate) async fn readiness(&self, service: Service) -> anyhow::Result<Readiness> {
+        let mut readiness = Readiness::new(
+            service.name(),
+            Duration::from_millis(self.config.http.ready_timeout_ms),
+        );
+        for (backing, need) in service.backing() {
+            let probe = self.probe(*backing).await?;
+            readiness = match need {
+                Need::Required => readiness.with(probe),
+                Need::Reported => readiness.reporting(probe),
+            };
+        }
+        Ok(readiness)
+    }
+
+    /// Creates what the running services need in the stores (the image
+    /// bucket, MongoDB's indexes), each retried in the background until its
+    /// store answers, so a service starts while a store is away.
+    pub(crate) async fn prepare_stores(
+        &self,
+        services: &[Service],
+        stop: hub_runtime::Shutdown,
+    ) -> anyhow::Result<()> {
+        let uses = |backing| services.iter().any(|s| s.uses(backing));
+        if uses(Backing::Mongo) {
+            let log = self.activity_log().await?;
+            let retention = self.config.mongo.event_retention();
+            hub_store::prepare_in_background("MongoDB indexes", stop.clone().wait(), move || {
+                let log = log.clone();
+                async move { log.prepare(retention).await }
+            });
+        }
+        if uses(Backing::ObjectStore) {
+            let store = self.image_store();
+            let public = self.config.images.public_base_url.is_some();
+            hub_store::prepare_in_background("image bucket", stop.wait(), move || {
+                let store = store.clone();
+                async move { store.prepare(public).await }
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! The activity log against a real MongoDB-wire server (the one `MONGODB_URL`
+//! names; scripts/test starts it), a fresh database per test.
+
+use std::time::Duration;
+
+use hub_core::{
+    ActivityLog, ClientInfo, DependencyProbe, ErrorCode, Session, SessionEvent, SessionEventKind,
+    SessionId, UserId, Username,
+};
+use hub_store::{MongoActivityLog, MongoProbe, MongoSettings, connect_mongo};
+use mongodb::Database;
+use mongodb::bson::doc;
+use time::OffsetDateTime;
+
+async fn fresh_database() -> Database {
+    let url = std::env::var("MONGODB_URL").expect("MONGODB_URL names the test MongoDB-wire server");
+    connect_mongo(&MongoSettings {
+        url: url.into(),
+        database: format!("polyhub_test_{}", uuid::Uuid::now_v7().simple()),
+        server_selection_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap()
+}
+
+fn session(user: UserId, at: OffsetDateTime) -> Session {
+    Session {
+        id: SessionId::generate(),
+        user_id: user,
+        created_at: at,
+        expires_at: at + time::Duration::hours(1),
+        last_seen_at: at,
+        revoked_at: None,
+        client: ClientInfo::new(Some("198.51.100.7".parse().unwrap()), Some("curl/8")),
+    }
+}
+
+/// Milliseconds: what BSON dates keep.
+fn now_ms() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_millisecond(now.millisecond()).unwrap()
+}
+
+#[tokio::test]
+async fn an_event_is_recorded_once_however_often_it_is_delivered() {
+    let db = fresh_database().await;
+    let log = MongoActivityLog::new(&db);
+    let s = session(UserId::generate(), now_ms());
+    let event = SessionEvent::new(SessionEventKind::Opened, &s, s.created_at);
+    assert!(log.record(&event, None).await.unwrap());
+    assert!(
+        !log.record(&event, None).await.unwrap(),
+        "a repeat is not a second event"
+    );
+    let events = db.collection::<mongodb::bson::Document>("session_events");
+    assert_eq!(events.count_documents(doc! {}).await.unwrap(), 1);
+    let stored = events
+        .find_one(doc! { "_id": event.id.to_string() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.get_str("kind").unwrap(), "session.opened");
+    assert_eq!(stored.get_str("client_ip").unwrap(), "198.51.100.7");
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn last_connection_only_moves_forward() {
+    let db = fresh_database().await;
+    let log = MongoActivityLog::new(&db);
+    let user = UserId::generate();
+    let alice = Username::parse("alice").unwrap();
+    let t0 = now_ms();
+    let newer = session(user, t0 + time::Duration::seconds(10));
+    let older = session(user, t0);
+    log.record(
+        &SessionEvent::new(SessionEventKind::Opened, &newer, newer.created_at),
+        Some(&alice),
+    )
+    .await
+    .unwrap();
+    // Delivered late, after the newer one: it must not move the time back.
+    log.record(
+        &SessionEvent::new(SessionEventKind::Opened, &older, older.created_at),
+        Some(&alice),
+    )
+    .await
+    .unwrap();
+    let last = log.last_connection(user).await.unwrap().unwrap();
+    assert_eq!((last.session_id, last.at), (newer.id, newer.created_at));
+    assert_eq!(last.username, Some(alice.clone()));
+
+    // A revocation is not a connection.
+    let later = newer.created_at + time::Duration::seconds(5);
+    log.record(
+        &SessionEvent::new(SessionEventKind::Revoked, &newer, later),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        log.last_connection(user).await.unwrap().unwrap().at,
+        newer.created_at
+    );
+
+    let touched = SessionEvent::new(SessionEventKind::Touched, &older, later);
+    log.record(&touched, Some(&alice)).await.unwrap();
+    let last = log.last_connection(user).await.unwrap().unwrap();
+    assert_eq!((last.session_id, last.at), (older.id, later));
+    assert!(
+        log.last_connection(UserId::generate())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_expire_after_the_retention() {
+    let db = fresh_database().await;
+    let log = MongoActivityLog::new(&db);
+    log.ensure_indexes(Duration::from_secs(30 * 24 * 3600))
+        .await
+        .unwrap();
+    log.ensure_indexes(Duration::from_secs(30 * 24 * 3600))
+        .await
+        .unwrap(); // again: harmless
+    let indexes = db
+        .run_command(doc! { "listIndexes": "session_events" })
+        .await
+        .unwrap();
+    let batch = indexes
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    let ttl = batch
+        .iter()
+        .filter_map(|i| i.as_document())
+        .find(|i| i.get_str("name").ok() == Some("session_events_retention"))
+        .expect("the retention index exists");
+    let seconds = ttl
+        .get("expireAfterSeconds")
+        .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)));
+    assert_eq!(seconds, Some(30 * 24 * 3600));
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_quickly() {
+    let db = connect_mongo(&MongoSettings {
+        url: "mongodb://127.0.0.1:1/?retryWrites=false".into(),
+        database: "polyhub".into(),
+        server_selection_timeout: Duration::from_millis(500),
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = MongoActivityLog::new(&db)
+        .last_connection(UserId::generate())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        MongoProbe::new(db).probe().await.unwrap_err().code(),
+        ErrorCode::Unavailable
+    );
+    let live = fresh_database().await;
+    assert!(MongoProbe::new(live).probe().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_batch_records_new_events_and_recognises_repeats() {
+    let db = fresh_database().await;
+    let log = MongoActivityLog::new(&db);
+    let user = UserId::generate();
+    let at = now_ms();
+    let pending: Vec<hub_core::PendingEvent> = (0..5)
+        .map(|i| {
+            let s = session(user, at + time::Duration::seconds(i));
+            hub_core::PendingEvent {
+                event: SessionEvent::new(SessionEventKind::Opened, &s, s.created_at),
+                username: Some(Username::parse("alice").unwrap()),
+            }
+        })
+        .collect();
+    // Two were delivered before (a relay that died before marking them).
+    assert_eq!(log.record_batch(&pending[..2], at).await.unwrap(), 2);
+    assert_eq!(log.record_batch(&pending, at).await.unwrap(), 3);
+    assert_eq!(log.record_batch(&pending, at).await.unwrap(), 0);
+    let events = db.collection::<mongodb::bson::Document>("session_events");
+    assert_eq!(events.count_documents(doc! {}).await.unwrap(), 5);
+    let stored = events
+        .find_one(doc! { "_id": pending[0].event.id.to_string() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.get_datetime("delivered_at").is_ok());
+    // The newest opening of the batch is the last connection.
+    let last = log.last_connection(user).await.unwrap().unwrap();
+    assert_eq!(last.session_id, pending[4].event.session_id);
+    assert_eq!(last.at, pending[4].event.at);
+    assert_eq!(last.username.unwrap().as_str(), "alice");
+}
