@@ -166,18 +166,7 @@ mod tests {
     fn the_docs_kind_table_is_the_mapping() {
         let doc = include_str!("../../docs/ERRORS.md");
         let header = "| kind | HTTP | gRPC | SOAP 1.1 fault | SOAP 1.2 fault | logged at |";
-        let rows: Vec<Vec<String>> = doc
-            .lines()
-            .skip_while(|l| *l != header)
-            .skip(2)
-            .take_while(|l| l.starts_with('|'))
-            .map(|l| {
-                l.trim_matches('|')
-                    .split('|')
-                    .map(|c| c.trim().trim_matches('`').to_owned())
-                    .collect()
-            })
-            .collect();
+        let rows = crate::doc_table::rows(doc, header);
         let expected: Vec<Vec<String>> = ALL
             .iter()
             .map(|kind| {

@@ -6,6 +6,8 @@
 //! the same way.
 
 pub mod config;
+#[cfg(test)]
+mod doc_table;
 pub mod errors;
 pub mod grpc;
 pub mod health;

@@ -278,18 +278,7 @@ mod tests {
     #[test]
     fn the_docs_service_table_is_the_registry() {
         let doc = include_str!("../../docs/ARCHITECTURE.md");
-        let rows: Vec<Vec<String>> = doc
-            .lines()
-            .skip_while(|l| !l.starts_with("| service | port |"))
-            .skip(2)
-            .take_while(|l| l.starts_with('|'))
-            .map(|l| {
-                l.trim_matches('|')
-                    .split('|')
-                    .map(|c| c.trim().trim_matches('`').to_owned())
-                    .collect()
-            })
-            .collect();
+        let rows = crate::doc_table::rows(doc, "| service | port |");
         let store = |(backing, need): &(Backing, Need)| {
             let name = match backing {
                 Backing::Postgres => "PostgreSQL",
