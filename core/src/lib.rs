@@ -36,7 +36,7 @@ pub use ports::{
     SystemClock, User, UserRepository,
 };
 pub use registration::{RegisterUser, Registration};
-pub use relay::{Relay, RelaySettings, RelaySnapshot, RelayStatus};
+pub use relay::{Relay, RelayError, RelaySettings, RelaySnapshot, RelayStatus};
 pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId, SessionState};
 pub use token::{Claims, IssuedToken, Jwks, KeySet, Principal, TokenSettings, Tokens};
 pub use user::{Email, Password, Role, UserId, Username};

@@ -55,7 +55,15 @@ pub struct RelayStatus {
     batches: AtomicU64,
     last_lag_micros: AtomicU64,
     failing: AtomicBool,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<RelayError>>,
+}
+
+/// The last failure as operators may see it: its stable code and when. The
+/// cause (a host name, a driver's message) goes to the log only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayError {
+    pub code: crate::ErrorCode,
+    pub at: OffsetDateTime,
 }
 
 /// A consistent-enough reading of [`RelayStatus`].
@@ -72,7 +80,7 @@ pub struct RelaySnapshot {
     pub last_lag: Duration,
     /// Whether the last attempt failed.
     pub failing: bool,
-    pub last_error: Option<String>,
+    pub last_error: Option<RelayError>,
 }
 
 impl RelayStatus {
@@ -84,7 +92,7 @@ impl RelayStatus {
             batches: self.batches.load(Ordering::Relaxed),
             last_lag: Duration::from_micros(self.last_lag_micros.load(Ordering::Relaxed)),
             failing: self.failing.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            last_error: self.last_error.lock().ok().and_then(|e| *e),
         }
     }
 
@@ -109,7 +117,7 @@ impl RelayStatus {
         }
     }
 
-    fn failed(&self, error: &Error) {
+    fn failed(&self, error: &Error, at: OffsetDateTime) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         // The first failure of a run is a warning; the retries that follow
         // would only repeat it.
@@ -119,7 +127,10 @@ impl RelayStatus {
             tracing::debug!(error = %error, "relay still cannot deliver");
         }
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(error.to_string());
+            *last = Some(RelayError {
+                code: error.code(),
+                at,
+            });
         }
     }
 }
@@ -225,7 +236,7 @@ impl Relay {
                     }
                 }
                 Err(error) => {
-                    self.status.failed(&error);
+                    self.status.failed(&error, self.clock.now());
                     let pause = jittered(backoff);
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                     pause
@@ -272,9 +283,16 @@ mod tests {
     #[test]
     fn a_failure_then_a_success_clears_the_error() {
         let status = RelayStatus::default();
-        status.failed(&Error::new(crate::ErrorCode::Unavailable));
+        status.failed(
+            &Error::unavailable("mongo at 10.0.0.5 refused"),
+            OffsetDateTime::UNIX_EPOCH,
+        );
         assert!(status.snapshot().failing);
-        assert!(status.snapshot().last_error.is_some());
+        assert_eq!(
+            status.snapshot().last_error.map(|e| e.code),
+            Some(crate::ErrorCode::Unavailable),
+            "the code, never the cause's text"
+        );
         status.succeeded(3, 4, Duration::from_millis(5));
         let snapshot = status.snapshot();
         assert!(!snapshot.failing);

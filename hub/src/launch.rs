@@ -50,6 +50,7 @@ pub fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
 /// Serves `names` until SIGTERM or SIGINT, printing each listener's address
 /// once bound, then waits for in-flight requests to drain.
 pub async fn serve(hub: &Hub, services: &[Service]) -> anyhow::Result<()> {
+    hub_runtime::connections::raise_file_limit();
     let (listeners, running) = hub.start_services(services, Shutdown::on_signal()).await?;
     for l in &listeners {
         println!("{:<15} {}", l.service.name(), l.external_url);

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use hub_runtime::connections::{self, ConnectionStats};
 use hub_runtime::{Service, Shutdown};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -76,7 +77,11 @@ impl Hub {
         };
         let mut routers = Vec::new();
         for (_, listener) in &bound {
-            routers.push(self.router(listener.service, &assembly).await?);
+            let stats = Arc::new(ConnectionStats::new(listener.service.name()));
+            let router = self
+                .router(listener.service, &assembly, Arc::clone(&stats))
+                .await?;
+            routers.push((router, stats));
         }
 
         let mut tasks = JoinSet::new();
@@ -95,18 +100,12 @@ impl Hub {
             });
         }
         let mut listeners = Vec::new();
-        for ((socket, listener), router) in bound.into_iter().zip(routers) {
-            let service = listener.service;
+        for ((socket, listener), (router, stats)) in bound.into_iter().zip(routers) {
             listeners.push(listener);
-            let shutdown = shutdown.clone();
+            let (shutdown, http) = (shutdown.clone(), self.config.http.clone());
             tasks.spawn(async move {
-                axum::serve(
-                    socket,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(shutdown.wait())
-                .await
-                .with_context(|| format!("serving {service}"))
+                connections::serve(socket, router, &http, stats, shutdown).await;
+                Ok(())
             });
         }
         let grace = std::time::Duration::from_secs(self.config.http.shutdown_grace_secs);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hub_core::{RelayStatus, SystemClock};
+use hub_runtime::connections::ConnectionStats;
 use hub_runtime::metrics::HashingMetrics;
 use hub_runtime::{Service, ServiceContext};
 
@@ -47,22 +48,28 @@ impl Hub {
         }
     }
 
-    async fn context(&self, service: Service) -> anyhow::Result<ServiceContext> {
+    async fn context(
+        &self,
+        service: Service,
+        connections: Arc<ConnectionStats>,
+    ) -> anyhow::Result<ServiceContext> {
         Ok(ServiceContext {
             service,
-            readiness: self.readiness(service).await?,
+            readiness: self.readiness(service).await?.with_metrics(connections),
             http: self.config.http.clone(),
             cors: service.cors(&self.config.services).cloned(),
         })
     }
 
-    /// `service`'s whole router, built from this hub's use cases.
+    /// `service`'s whole router, built from this hub's use cases; its
+    /// `/metrics` shows its listener's `connections`.
     pub(crate) async fn router(
         &self,
         service: Service,
         assembly: &Assembly,
+        connections: Arc<ConnectionStats>,
     ) -> anyhow::Result<axum::Router> {
-        let context = self.context(service).await?;
+        let context = self.context(service, connections).await?;
         let hashing = || Arc::new(HashingMetrics(self.hashing.clone()));
         let router = match service {
             Service::RestAuth => hub_rest_auth::router(

@@ -158,6 +158,44 @@ pub struct HttpConfig {
     pub ready_timeout_ms: u64,
     /// How long in-flight requests get to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// How long a client has to send a request's head; hyper's timer runs
+    /// while it waits for the next request too, so an idle keep-alive
+    /// connection is closed after this long.
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may take, unless it keeps arriving at
+    /// `min_body_bytes_per_sec` or faster (large uploads).
+    pub body_read_timeout_ms: u64,
+    pub min_body_bytes_per_sec: u64,
+    /// A connection on which no byte moves either way for this long is closed
+    /// (HTTP/2 included, which has no header timer).
+    pub idle_timeout_ms: u64,
+    /// How long a request may take from its head to its response's head.
+    pub request_timeout_ms: u64,
+    /// Connections one listener serves fully; past it, `reserve_connections`
+    /// more answer only health and readiness, and the rest are closed.
+    pub max_connections: usize,
+    pub reserve_connections: usize,
+    /// Connections one client may hold on one listener (an IPv4 address, or
+    /// an IPv6 network of `client_ipv6_prefix` bits).
+    pub max_connections_per_client: usize,
+    pub client_ipv6_prefix: u8,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Which requests get an access line: `all`, `errors` or `off`.
+    pub access_log: AccessLogMode,
+    /// With `all`: one in this many successful requests is written (errors
+    /// always are); 1 writes every one.
+    pub access_log_sample: u32,
+}
+
+/// Which requests the access log writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogMode {
+    #[default]
+    All,
+    Errors,
+    Off,
 }
 
 impl Default for HttpConfig {
@@ -166,6 +204,18 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             ready_timeout_ms: 2_000,
             shutdown_grace_secs: 20,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            min_body_bytes_per_sec: 64 * 1024,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 120_000,
+            max_connections: 1_024,
+            reserve_connections: 32,
+            max_connections_per_client: 128,
+            client_ipv6_prefix: 64,
+            max_streams_per_connection: 100,
+            access_log: AccessLogMode::All,
+            access_log_sample: 1,
         }
     }
 }

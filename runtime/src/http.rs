@@ -15,8 +15,7 @@ use axum::response::{IntoResponse, Response};
 use hub_core::{Error, ErrorCode, ErrorKind};
 use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 use crate::config::HttpConfig;
 use crate::health::{self, Readiness};
@@ -105,6 +104,16 @@ impl IntoResponse for HttpError {
             error_body(code, &message, None),
         )
             .into_response();
+        // A body refused unread (too large, too slow) leaves the connection
+        // unusable: say so, so the client does not send another on it.
+        if matches!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if kind == ErrorKind::Unauthenticated {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -127,9 +136,11 @@ impl IntoResponse for HttpError {
     }
 }
 
-/// A JSON request body whose every rejection (wrong content type, bad syntax,
-/// missing or mistyped fields, too large) is a 400 `INVALID_REQUEST` in the
-/// hub's error shape, never the framework's plain-text default.
+/// A JSON request body whose every rejection is in the hub's error shape,
+/// never the framework's plain-text default: a body over
+/// `http.max_body_bytes` is 413 `REQUEST_TOO_LARGE`, one that arrives too
+/// slowly 408 `REQUEST_TIMEOUT`, and anything else (wrong content type, bad
+/// syntax, missing or mistyped fields) 400 `INVALID_REQUEST`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonBody<T>(pub T);
 
@@ -144,6 +155,19 @@ where
         use axum::extract::rejection::JsonRejection;
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(JsonBody(value)),
+            Err(JsonRejection::BytesRejection(rejection))
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(Error::new(ErrorCode::RequestTooLarge).into())
+            }
+            Err(JsonRejection::BytesRejection(rejection))
+                if crate::pacing::is_slow_body(&rejection) =>
+            {
+                Err(HttpError::with_status(
+                    StatusCode::REQUEST_TIMEOUT,
+                    Error::with_message(ErrorCode::RequestTimeout, rejection.body_text()),
+                ))
+            }
             Err(rejection) => {
                 let message = match &rejection {
                     JsonRejection::MissingJsonContentType(_) => {
@@ -309,8 +333,19 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// `/metrics` has the service's request counts and latencies by route and
 /// status, then what the readiness's metrics sources add.
 pub fn service_router(routes: Router, readiness: Readiness, config: &HttpConfig) -> Router {
+    grpc_service_router(routes, readiness, config, std::collections::BTreeSet::new())
+}
+
+/// As [`service_router`], for a port that also serves gRPC: `grpc_methods`
+/// (`/package.Service/Method`) are the method labels its metrics may use.
+pub fn grpc_service_router(
+    routes: Router,
+    readiness: Readiness,
+    config: &HttpConfig,
+    grpc_methods: std::collections::BTreeSet<String>,
+) -> Router {
     let service = readiness.service();
-    let metrics = Arc::new(HttpMetrics::new(service));
+    let metrics = Arc::new(HttpMetrics::with_grpc_methods(service, grpc_methods));
     let sources = Arc::new(readiness.metrics_sources());
     let scrape = {
         let metrics = Arc::clone(&metrics);
@@ -324,6 +359,10 @@ pub fn service_router(routes: Router, readiness: Readiness, config: &HttpConfig)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            crate::pacing::RequestLimits::new(config),
+            crate::pacing::guard,
+        ))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(
             TraceLayer::new_for_http()
@@ -333,19 +372,75 @@ pub fn service_router(routes: Router, readiness: Readiness, config: &HttpConfig)
                         .get(&REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
+                    // The route's pattern, not the client's path: bounded, and
+                    // what the metrics are labelled with too.
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", |m| m.as_str());
                     tracing::info_span!(
                         "request",
                         service,
                         method = %req.method(),
-                        path = %req.uri().path(),
+                        route,
                         request_id,
                     )
                 })
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_request(())
+                .on_failure(())
+                .on_response(AccessLog::new(config)),
         )
         .layer(middleware::from_fn(request_context))
         .layer(middleware::from_fn_with_state(
             metrics,
             crate::metrics::record,
         ))
+}
+
+/// One access line per request, inside its span (so with its method, route
+/// and request id): status and latency. `http.access_log` chooses which
+/// requests are written (`all`, `errors`: 4xx and 5xx only, or `off`), and
+/// `http.access_log_sample` writes one in N of the rest; errors are never
+/// sampled away.
+#[derive(Debug, Clone)]
+struct AccessLog {
+    mode: crate::config::AccessLogMode,
+    sample: u64,
+    seen: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl AccessLog {
+    fn new(config: &HttpConfig) -> Self {
+        Self {
+            mode: config.access_log,
+            sample: u64::from(config.access_log_sample.max(1)),
+            seen: Arc::default(),
+        }
+    }
+}
+
+impl<B> tower_http::trace::OnResponse<B> for AccessLog {
+    fn on_response(self, response: &axum::http::Response<B>, latency: Duration, _: &tracing::Span) {
+        use crate::config::AccessLogMode;
+        let status = response.status();
+        let error = status.is_client_error() || status.is_server_error();
+        let write = match self.mode {
+            AccessLogMode::Off => false,
+            AccessLogMode::Errors => error,
+            AccessLogMode::All => {
+                error
+                    || self
+                        .seen
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        .is_multiple_of(self.sample)
+            }
+        };
+        if write {
+            tracing::info!(
+                status = status.as_u16(),
+                latency_ms = latency.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! the same way.
 
 pub mod config;
+pub mod connections;
 #[cfg(test)]
 mod doc_table;
 pub mod errors;
@@ -13,6 +14,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod pacing;
 pub mod secret;
 pub mod service;
 pub mod shutdown;

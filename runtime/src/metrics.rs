@@ -3,7 +3,7 @@
 //! status code for gRPC calls, and whatever a service adds through
 //! [`MetricsSource`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -169,16 +169,33 @@ impl Series {
 #[derive(Debug)]
 pub struct HttpMetrics {
     service: &'static str,
+    /// The gRPC methods the service implements (`/package.Service/Method`):
+    /// the closed set of gRPC method labels; any other path is `other`.
+    grpc_methods: BTreeSet<String>,
     series: Mutex<BTreeMap<(String, String, u16), Series>>,
     grpc: Mutex<BTreeMap<(String, &'static str), Series>>,
 }
 
 impl HttpMetrics {
     pub fn new(service: &'static str) -> Self {
+        Self::with_grpc_methods(service, BTreeSet::new())
+    }
+
+    pub fn with_grpc_methods(service: &'static str, grpc_methods: BTreeSet<String>) -> Self {
         Self {
             service,
+            grpc_methods,
             series: Mutex::new(BTreeMap::new()),
             grpc: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A gRPC path as a label: a method the service implements, or `other`.
+    fn grpc_label(&self, path: &str) -> String {
+        if self.grpc_methods.contains(path) {
+            path.to_owned()
+        } else {
+            OTHER.to_owned()
         }
     }
 
@@ -319,6 +336,25 @@ impl PendingCall {
     }
 }
 
+/// The label of anything outside a closed set (a made-up method).
+const OTHER: &str = "other";
+
+/// The HTTP method as a label: the methods the services answer, and
+/// `other` for anything a client makes up.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => OTHER,
+    }
+}
+
 /// A gRPC response body that records the call when its trailers (and so its
 /// status) go out: `UNKNOWN` if it ends without one, `CANCELLED` if the
 /// client goes away first.
@@ -378,7 +414,7 @@ pub async fn record(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let matched = request
         .extensions()
         .get::<MatchedPath>()
@@ -391,8 +427,8 @@ pub async fn record(
         && matched.is_some();
     if grpc {
         let call = PendingCall {
+            method: metrics.grpc_label(request.uri().path()),
             metrics,
-            method: request.uri().path().to_owned(),
             started,
         };
         let response = next.run(request).await;
@@ -411,7 +447,7 @@ pub async fn record(
     let route = matched.unwrap_or_else(|| "unmatched".to_owned());
     let response = next.run(request).await;
     metrics.observe(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),

@@ -262,7 +262,11 @@ impl ReadinessDetail for RelayDetail {
                     "repeated": status.repeated,
                     "failures": status.failures,
                     "last_lag_ms": status.last_lag.as_secs_f64() * 1000.0,
-                    "last_error": status.last_error,
+                    // The code and the time; the cause is in the log.
+                    "last_error": status.last_error.map(|e| json!({
+                        "code": e.code.as_str(),
+                        "at": api::rfc3339(e.at),
+                    })),
                 })
             }
             None => json!({ "running": false }),
@@ -272,7 +276,10 @@ impl ReadinessDetail for RelayDetail {
                 detail["backlog"] = json!(backlog.pending);
                 detail["oldest_pending"] = json!(backlog.oldest.map(api::rfc3339));
             }
-            Err(e) => detail["backlog_error"] = json!(e.to_string()),
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox backlog not measured for /ready");
+                detail["backlog_error"] = json!(e.code().as_str());
+            }
         }
         detail
     }

@@ -268,5 +268,55 @@ pub fn router(
         .route_service(&path(&images), images)
         .route_service(&path(&health), health)
         .route_service(&path(&reflection), reflection);
-    Ok(context.serve(routes))
+    let methods = grpc_methods(&[
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    ])?;
+    Ok(context.serve_grpc(routes, methods))
+}
+
+/// Every method the descriptor sets declare, as gRPC paths
+/// (`/package.Service/Method`): what this port answers, and so the only
+/// gRPC method labels its metrics may carry.
+fn grpc_methods(sets: &[&[u8]]) -> Result<std::collections::BTreeSet<String>, hub_core::Error> {
+    use prost::Message;
+    let mut methods = std::collections::BTreeSet::new();
+    for set in sets {
+        let set = prost_types::FileDescriptorSet::decode(*set)
+            .map_err(|e| hub_core::Error::internal(format!("reading a descriptor set: {e}")))?;
+        for file in set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    methods.insert(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(methods)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_metric_labels_are_the_methods_this_port_serves() {
+        let methods = super::grpc_methods(&[
+            super::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ])
+        .unwrap();
+        for method in [
+            "/polyhub.images.v1.ImageDelivery/UploadImage",
+            "/polyhub.images.v1.ImageDelivery/ListImages",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+        ] {
+            assert!(methods.contains(method), "{method}: {methods:?}");
+        }
+    }
 }

@@ -106,6 +106,9 @@ pub fn read_call(
     let mut elements = 0usize;
     let mut seen_body = false;
     let mut operation: Option<String> = None;
+    // The operation's fields seen so far: each may come once, as a JSON key
+    // may (the last of two would silently win otherwise).
+    let mut fields: Vec<String> = Vec::new();
     let mut payload = String::new();
     // Depth at which the element being skipped (a header block) started.
     let mut skipping_from: Option<usize> = None;
@@ -242,6 +245,14 @@ pub fn read_call(
                             return Err(bad(format!(
                                 "unexpected element {local} in the operation"
                             )));
+                        }
+                        if depth == 4 {
+                            if fields.contains(&local) {
+                                return Err(bad(format!(
+                                    "{local} appears more than once in the operation"
+                                )));
+                            }
+                            fields.push(local.clone());
                         }
                         payload.push('<');
                         payload.push_str(&local);
@@ -465,6 +476,13 @@ mod tests {
                 ),
             ),
             ("empty", String::new()),
+            (
+                "a field twice",
+                format!(
+                    "<s:Envelope xmlns:s=\"{V11}\"><s:Body><u:LookupUser xmlns:u=\"urn:polyhub:users:v1\">\
+                 <u:username>alice</u:username><u:username>mallory</u:username></u:LookupUser></s:Body></s:Envelope>"
+                ),
+            ),
         ];
         for (what, xml) in cases {
             let fault = read(SoapVersion::V11, &xml).unwrap_err();

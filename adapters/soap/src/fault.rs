@@ -171,6 +171,11 @@ impl Fault {
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
         }
+        if crate::http::body_left_unread(self.status()) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }

@@ -52,8 +52,28 @@ pub async fn read_request(
     }
     let bytes = axum::body::to_bytes(body, limits.max_bytes)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|e| {
+            if hub_runtime::pacing::is_slow_body(&e) {
+                let slow = hub_core::Error::with_message(
+                    hub_core::ErrorCode::RequestTimeout,
+                    e.to_string(),
+                );
+                Fault::from_error(version, &slow).with_status(StatusCode::REQUEST_TIMEOUT)
+            } else {
+                too_large()
+            }
+        })?;
     read_call(version, &bytes, limits)
+}
+
+/// Whether a fault with `status` may leave the request's body unread (too
+/// large, or too slow): the connection then cannot carry another request,
+/// and the answer says so, so a client does not reuse it.
+pub(crate) fn body_left_unread(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+    )
 }
 
 /// 405 for anything but the endpoint's methods, as a SOAP 1.1 fault.

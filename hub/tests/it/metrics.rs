@@ -122,3 +122,51 @@ async fn every_service_counts_its_requests_by_route_and_status() {
     }
     hub.stop().await;
 }
+
+/// gRPC method labels come from the methods the port implements: 1,000
+/// made-up methods, under the real service and under none, are one
+/// `other` series, with or without credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_grpc_methods_make_no_new_series() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let hub = TestHub::with(&[Service::GrpcImages]).await;
+    let channel = tonic::transport::Channel::from_shared(hub.url(Service::GrpcImages))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for i in 0..1_000 {
+        let path = if i % 2 == 0 {
+            format!("/polyhub.images.v1.ImageDelivery/MadeUp{i}")
+        } else {
+            format!("/made.up.Service{i}/Call")
+        };
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let answer: Result<tonic::Response<hub_grpc_images::pb::ListImagesResponse>, _> = grpc
+            .unary(
+                tonic::Request::new(hub_grpc_images::pb::ListImagesRequest::default()),
+                PathAndQuery::try_from(path).unwrap(),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await;
+        assert!(answer.is_err(), "a made-up method answered");
+    }
+    let metrics = scrape(&hub, Service::GrpcImages).await;
+    let methods: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("polyhub_grpc_requests_total{"))
+        .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(
+        methods.into_iter().collect::<Vec<_>>(),
+        ["other"],
+        "{metrics}"
+    );
+    let http_series = metrics
+        .lines()
+        .filter(|l| l.starts_with("polyhub_http_requests_total{"))
+        .count();
+    assert!(http_series <= 2, "{metrics}");
+    hub.stop().await;
+}

@@ -479,6 +479,11 @@ async fn without_mongodb_sessions_work_and_the_tracker_says_503() {
     .await;
     assert_eq!(ready["checks"]["mongodb"]["status"], "ERROR");
     assert_eq!(ready["checks"]["mongodb"]["required"], false);
+    // The last error as a code and a time; the driver's text stays in the log.
+    let last_error = &ready["details"]["relay"]["last_error"];
+    assert_eq!(last_error["code"], "UNAVAILABLE", "{ready}");
+    assert!(last_error["at"].is_string(), "{ready}");
+    assert!(!ready.to_string().contains("127.0.0.1"), "{ready}");
     assert_eq!(ready["checks"]["postgres"]["status"], "OK");
     assert!(
         ready["details"]["relay"]["backlog"].as_u64().unwrap() >= 2,

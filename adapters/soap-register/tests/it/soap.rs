@@ -186,7 +186,7 @@ async fn hostile_documents_cost_a_fault_and_nothing_more() {
             .get(format!("{}/health", hub.url(Service::SoapLookup)))
             .send()
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("no answer after {what}: {e:?}"));
         assert_eq!(
             health.status(),
             StatusCode::OK,
