@@ -104,6 +104,21 @@ impl Authentication {
         }
     }
 
+    /// The account a login name counts against, for attempt limits: the
+    /// user's id when the name (username or email) is someone's, so both
+    /// names of one account share one budget; otherwise the name's
+    /// canonical form (folded, at most 254 characters), so guesses at a
+    /// name no one has are limited too. Never shown to the client.
+    pub async fn account_key(&self, name: &LoginName) -> Result<String, Error> {
+        if let Some(user) = self.find(name).await? {
+            return Ok(format!("user:{}", user.id));
+        }
+        let (LoginName::Username(raw) | LoginName::Email(raw)) = name;
+        let mut folded: String = raw.trim().chars().take(254).collect();
+        folded.make_ascii_lowercase();
+        Ok(format!("name:{folded}"))
+    }
+
     /// Checks the password and opens a session. A wrong password and an
     /// unknown user give the same `INVALID_CREDENTIALS` after the same work (a
     /// dummy verification). A stored hash below today's parameters is raised.

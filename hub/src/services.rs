@@ -72,20 +72,28 @@ impl Hub {
         let context = self.context(service, connections).await?;
         let hashing = || Arc::new(HashingMetrics(self.hashing.clone()));
         let router = match service {
-            Service::RestAuth => hub_rest_auth::router(
-                hub_rest_auth::RestAuthState {
-                    authentication: self.authentication()?,
-                    registration: self.registration(),
-                    database: Arc::new(hub_store::PgProbe::new(self.pool.clone())),
-                    limiter: Arc::new(hub_rest_auth::LoginLimiter::new(
-                        &self.config.services.rest_auth.login_limit,
-                    )),
-                },
-                ServiceContext {
-                    readiness: context.readiness.clone().with_metrics(hashing()),
-                    ..context
-                },
-            ),
+            Service::RestAuth => {
+                let limiter = Arc::new(hub_rest_auth::LoginLimiter::new(
+                    &self.config.services.rest_auth.login_limit,
+                    self.config.http.client_ipv6_prefix,
+                ));
+                hub_rest_auth::router(
+                    hub_rest_auth::RestAuthState {
+                        authentication: self.authentication()?,
+                        registration: self.registration(),
+                        database: Arc::new(hub_store::PgProbe::new(self.pool.clone())),
+                        limiter: Arc::clone(&limiter),
+                    },
+                    ServiceContext {
+                        readiness: context
+                            .readiness
+                            .clone()
+                            .with_metrics(hashing())
+                            .with_metrics(limiter),
+                        ..context
+                    },
+                )
+            }
             Service::SoapRegister => hub_soap_register::router(
                 hub_soap_register::SoapRegisterState {
                     registration: self.registration(),

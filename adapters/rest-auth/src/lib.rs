@@ -80,9 +80,15 @@ async fn login(
             .into());
         }
     };
-    let (LoginName::Username(key) | LoginName::Email(key)) = &name;
-    if let Err(wait) = state.limiter.check(addr.ip(), key) {
-        tracing::warn!(client_ip = %addr.ip(), "login attempts limited");
+    if let Err(wait) = state.limiter.check_client(addr.ip()) {
+        tracing::warn!(client_ip = %addr.ip(), "login attempts limited for this client");
+        return Err(HttpError::from(ErrorCode::TooManyAttempts).retry_after(wait));
+    }
+    // By account, not by the string typed: a username and an email of one
+    // user share one budget.
+    let account = state.authentication.account_key(&name).await?;
+    if let Err(wait) = state.limiter.check_account(&account) {
+        tracing::warn!(client_ip = %addr.ip(), "login attempts limited for this account");
         return Err(HttpError::from(ErrorCode::TooManyAttempts).retry_after(wait));
     }
     let outcome = state

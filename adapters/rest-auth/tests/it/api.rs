@@ -424,6 +424,50 @@ async fn changing_the_password_revokes_the_other_sessions() {
     hub.stop().await;
 }
 
+/// One account, one budget: guesses through its username and through its
+/// email count together, so the two names cannot double an attacker's tries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_username_and_an_email_of_one_account_share_one_budget() {
+    let mut setup = TestSetup::new(SERVICES);
+    let limits = &mut setup.config.services.rest_auth.login_limit;
+    limits.per_user_burst = 4;
+    limits.per_user_replenish_ms = 60_000;
+    let hub = setup.start().await;
+    let api = Api::new(&hub);
+    api.register("kate", "correct horse battery").await;
+    for body in [
+        json!({"username": "kate", "password": "wrong wrong"}),
+        json!({"email": "KATE@example.com", "password": "wrong wrong"}),
+        json!({"username": "Kate", "password": "wrong wrong"}),
+        json!({"email": "kate@example.com", "password": "wrong wrong"}),
+    ] {
+        assert_eq!(api.post("/login", body).await.0, StatusCode::UNAUTHORIZED);
+    }
+    for body in [
+        json!({"username": "kate", "password": "correct horse battery"}),
+        json!({"email": "kate@example.com", "password": "correct horse battery"}),
+    ] {
+        let (status, body) = api.post("/login", body).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_ATTEMPTS",
+        );
+    }
+    let metrics = reqwest::get(format!("{}/metrics", api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"polyhub_login_limiter_keys{kind="account"} 1"#),
+        "one account key for both names: {metrics}"
+    );
+    hub.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn login_attempts_are_limited_and_the_limit_recovers() {
     let mut setup = TestSetup::new(SERVICES);
