@@ -7,7 +7,14 @@
 //! at once. At most `max_waiting` more requests wait, each for at most
 //! `max_wait`; anything past that is refused at once with `OVERLOADED`
 //! (TooMany) instead of joining an unbounded queue.
+//!
+//! Admission is fair across clients: work attributed to a client (the
+//! adapters run each request inside [`as_client`], keyed by its address)
+//! holds at most `max_per_client` places, running or waiting, so a flood from
+//! one client is refused on its own share and a quiet client still gets in.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -25,6 +32,40 @@ pub struct HashingPoolConfig {
     pub max_waiting: usize,
     /// How long one request may wait for a worker.
     pub max_wait: Duration,
+    /// Places (running or waiting) that one client's work may hold at once;
+    /// 0 means a quarter of `workers + max_waiting`.
+    pub max_per_client: usize,
+}
+
+tokio::task_local! {
+    static CLIENT: Arc<str>;
+}
+
+/// Runs `work` with every hash it asks for counted against `client`'s share
+/// of the pool (see the module's documentation).
+pub async fn as_client<F: Future>(client: Arc<str>, work: F) -> F::Output {
+    CLIENT.scope(client, work).await
+}
+
+/// One client's place in the pool; given back when its job is done.
+struct Share {
+    client: Arc<str>,
+    shares: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut shares = match self.shares.lock() {
+            Ok(shares) => shares,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(held) = shares.get_mut(&self.client) {
+            *held -= 1;
+            if *held == 0 {
+                shares.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl Default for HashingPoolConfig {
@@ -34,6 +75,7 @@ impl Default for HashingPoolConfig {
             workers: cores,
             max_waiting: cores * 32,
             max_wait: Duration::from_secs(10),
+            max_per_client: 0,
         }
     }
 }
@@ -50,6 +92,7 @@ pub struct HashingPool {
     jobs: mpsc::Sender<Job>,
     admission: Arc<Semaphore>,
     running: Arc<Semaphore>,
+    shares: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     config: HashingPoolConfig,
 }
 
@@ -108,15 +151,46 @@ pub struct PoolLoad {
 impl HashingPool {
     pub fn new(hasher: PasswordHasher, config: HashingPoolConfig) -> Self {
         let workers = config.workers.max(1);
-        let config = HashingPoolConfig { workers, ..config };
+        let max_per_client = match config.max_per_client {
+            0 => ((workers + config.max_waiting) / 4).max(1),
+            n => n,
+        };
+        let config = HashingPoolConfig {
+            workers,
+            max_per_client,
+            ..config
+        };
         let hasher = Arc::new(hasher);
         Self {
             jobs: start_workers(&hasher, workers),
             hasher,
             admission: Arc::new(Semaphore::new(workers + config.max_waiting)),
             running: Arc::new(Semaphore::new(workers)),
+            shares: Arc::default(),
             config,
         }
+    }
+
+    /// Takes a place of the current client's share, when the work is
+    /// attributed to one; `OVERLOADED` when its share is full.
+    fn share(&self) -> Result<Option<Share>, Error> {
+        let Ok(client) = CLIENT.try_with(Arc::clone) else {
+            return Ok(None);
+        };
+        let mut shares = match self.shares.lock() {
+            Ok(shares) => shares,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let held = shares.entry(Arc::clone(&client)).or_insert(0);
+        if *held >= self.config.max_per_client {
+            tracing::warn!(%client, held = *held, "one client's share of the hashing pool is full, request refused");
+            return Err(Error::new(ErrorCode::Overloaded));
+        }
+        *held += 1;
+        Ok(Some(Share {
+            client,
+            shares: Arc::clone(&self.shares),
+        }))
     }
 
     pub fn hasher(&self) -> &PasswordHasher {
@@ -142,6 +216,7 @@ impl HashingPool {
         F: FnOnce(&PasswordHasher) -> T + Send + 'static,
     {
         let overloaded = || Error::new(ErrorCode::Overloaded);
+        let share = self.share()?;
         let admitted = Arc::clone(&self.admission)
             .try_acquire_owned()
             .map_err(|_| {
@@ -161,7 +236,8 @@ impl HashingPool {
         let (done, result) = oneshot::channel();
         // The permits move into the job: if the caller goes away, the slot stays
         // taken until the hash really finishes.
-        let slots: (OwnedSemaphorePermit, OwnedSemaphorePermit) = (admitted, worker);
+        let slots: (OwnedSemaphorePermit, OwnedSemaphorePermit, Option<Share>) =
+            (admitted, worker, share);
         let job: Job = Box::new(move |hasher| {
             let result = work(hasher);
             // Free the slots before answering, so a caller that has its answer
@@ -183,6 +259,64 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    /// A client that floods holds its share and no more: its next request is
+    /// refused, another client's gets in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_client_cannot_take_another_clients_place() {
+        let pool = HashingPool::new(
+            PasswordHasher::insecure_for_tests(1),
+            HashingPoolConfig {
+                workers: 1,
+                max_waiting: 7,
+                max_wait: Duration::from_secs(30),
+                max_per_client: 0,
+            },
+        );
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = Arc::new(std::sync::Mutex::new(gate));
+        let flood: Vec<_> = (0..2)
+            .map(|_| {
+                let (pool, gate) = (pool.clone(), Arc::clone(&gate));
+                tokio::spawn(as_client("flooder".into(), async move {
+                    pool.run(move |_| {
+                        let _ = gate.lock().unwrap().recv();
+                    })
+                    .await
+                }))
+            })
+            .collect();
+        for _ in 0..200 {
+            if pool.load().running + pool.load().waiting == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A quarter of 8 places: the flooder's third is refused at once...
+        let refused = as_client("flooder".into(), pool.run(|_| ()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::Overloaded);
+        // ...while a quiet client waits its turn and is served.
+        let quiet = {
+            let pool = pool.clone();
+            tokio::spawn(as_client(
+                "quiet".into(),
+                async move { pool.run(|_| 7).await },
+            ))
+        };
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        assert_eq!(quiet.await.unwrap().unwrap(), 7);
+        for f in flood {
+            f.await.unwrap().unwrap();
+        }
+        assert!(
+            pool.shares.lock().unwrap().is_empty(),
+            "every place given back"
+        );
+        as_client("flooder".into(), pool.run(|_| ())).await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refuses_at_once_when_full() {
         let pool = HashingPool::new(
@@ -191,6 +325,7 @@ mod tests {
                 workers: 1,
                 max_waiting: 1,
                 max_wait: Duration::from_secs(30),
+                max_per_client: 0,
             },
         );
         let (release, gate) = mpsc::channel::<()>();
@@ -246,6 +381,7 @@ mod tests {
                 workers: 1,
                 max_waiting: 1,
                 max_wait: Duration::from_secs(5),
+                max_per_client: 0,
             },
         );
         let err = pool.run(|_| -> () { panic!("boom") }).await.unwrap_err();
@@ -279,6 +415,7 @@ mod tests {
                 workers: 1,
                 max_waiting: 4,
                 max_wait: Duration::from_millis(50),
+                max_per_client: 0,
             },
         );
         let (release, gate) = mpsc::channel::<()>();

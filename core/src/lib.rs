@@ -25,7 +25,7 @@ pub use administration::Administration;
 pub use authentication::{Authentication, LoginName, LoginOutcome, ProfileChange};
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
-pub use hashing::{HashingPool, HashingPoolConfig};
+pub use hashing::{HashingPool, HashingPoolConfig, as_client};
 pub use image::{ImageFormat, ImageLimits, SanitizedImage, UploadBuffer};
 pub use images::{ImageKey, ImageLibrary, ImageRepository, StoredImage};
 pub use lifecycle::{SessionLifecycle, SessionLimits, SessionPage};

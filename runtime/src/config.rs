@@ -116,6 +116,9 @@ pub struct HashingConfig {
     /// Requests that may wait for a hashing worker; 0 means 32 per worker.
     pub max_waiting: usize,
     pub max_wait_ms: u64,
+    /// Places one client (an address, or an IPv6 network) may hold in the
+    /// pool, running or waiting; 0 means a quarter of workers + max_waiting.
+    pub max_per_client: usize,
 }
 
 impl Default for HashingConfig {
@@ -125,6 +128,7 @@ impl Default for HashingConfig {
             workers: 0,
             max_waiting: 0,
             max_wait_ms: 10_000,
+            max_per_client: 0,
         }
     }
 }
@@ -145,6 +149,7 @@ impl HashingConfig {
                 self.max_waiting
             },
             max_wait: Duration::from_millis(self.max_wait_ms),
+            max_per_client: self.max_per_client,
         }
     }
 }

@@ -363,6 +363,10 @@ pub fn grpc_service_router(
             crate::pacing::RequestLimits::new(config),
             crate::pacing::guard,
         ))
+        .layer(middleware::from_fn_with_state(
+            config.client_ipv6_prefix,
+            hash_as_client,
+        ))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(
             TraceLayer::new_for_http()
@@ -442,5 +446,23 @@ impl<B> tower_http::trace::OnResponse<B> for AccessLog {
                 "request"
             );
         }
+    }
+}
+
+/// Runs the request with any password hashing it asks for counted against
+/// its client's share of the pool (an IPv4 address or an IPv6 network), so
+/// one client's flood is refused on its own share.
+async fn hash_as_client(
+    axum::extract::State(ipv6_prefix): axum::extract::State<u8>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| crate::connections::client_key(info.0.ip(), ipv6_prefix));
+    match client {
+        Some(client) => hub_core::as_client(client.to_string().into(), next.run(request)).await,
+        None => next.run(request).await,
     }
 }

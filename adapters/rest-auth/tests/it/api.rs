@@ -718,3 +718,92 @@ async fn a_database_that_is_away_gives_fast_503s() {
     assert_eq!(health.status(), StatusCode::OK);
     hub.stop().await;
 }
+
+/// Hashing is fair across clients: one client flooding `PUT /profile` with
+/// wrong current passwords (a full PBKDF2 each, production strength) is
+/// refused on its own share of the pool, and another client's correct
+/// login, from another address, still succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hashing_flood_from_one_client_leaves_room_for_another() {
+    let mut setup = TestSetup::new(SERVICES).production_hashing();
+    setup.config.hashing.workers = 1;
+    setup.config.hashing.max_waiting = 11;
+    setup.config.hashing.max_wait_ms = 30_000;
+    let hub = setup.start().await;
+    let api = Api::new(&hub);
+    api.register("mallory", "correct horse battery").await;
+    api.register("victor", "correct horse battery").await;
+    let token = api.login("mallory", "correct horse battery").await;
+    let flood: Vec<_> = (0..30)
+        .map(|_| {
+            let (client, url, token) = (
+                api.client.clone(),
+                format!("{}/profile", api.base),
+                token.clone(),
+            );
+            tokio::spawn(async move {
+                let resp = client
+                    .put(url)
+                    .bearer_auth(token)
+                    .json(&json!({"current_password": "not it at all", "new_password": "another horse battery"}))
+                    .send()
+                    .await
+                    .unwrap();
+                decode(resp).await
+            })
+        })
+        .collect();
+    // The flood is in the pool before the quiet client comes.
+    hub_testkit::eventually(
+        Duration::from_secs(20),
+        "the flood to fill its share",
+        || async {
+            let metrics = reqwest::get(format!("{}/metrics", api.base))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            metrics
+                .lines()
+                .any(|l| l.starts_with("polyhub_hashing_waiting") && !l.ends_with(" 0"))
+                .then_some(())
+        },
+    )
+    .await;
+    let quiet = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let resp = quiet
+        .post(format!("{}/login", api.base))
+        .json(&json!({"username": "victor", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = decode(resp).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the quiet client was refused: {body}"
+    );
+    let mut refused = 0;
+    for answer in flood {
+        let (status, body) = answer.await.unwrap();
+        if body["error"]["code"] == "OVERLOADED" {
+            refused += 1;
+        } else {
+            assert_error(
+                status,
+                &body,
+                StatusCode::UNAUTHORIZED,
+                "INVALID_CREDENTIALS",
+            );
+        }
+    }
+    assert!(
+        refused >= 20,
+        "the flood was refused on its own share: {refused} of 30"
+    );
+    hub.stop().await;
+}
