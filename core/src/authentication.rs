@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorCode};
 use crate::hashing::HashingPool;
-use crate::ports::{Clock, SessionRepository, User, UserRepository};
+use crate::ports::{Clock, CredentialChange, SessionRepository, User, UserRepository};
 use crate::session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};
 use crate::token::{IssuedToken, Principal, Tokens};
 use crate::user::{Email, Password, Username};
@@ -149,12 +149,16 @@ impl Authentication {
             tracing::info!(user_id = %user.id, "login refused: wrong password");
             return Err(bad_credentials());
         }
+        // The credential the session is opened under: the hash verified, or
+        // the stronger one it was raised to.
+        let mut credential = user.password_hash.clone();
         if let Some(rehashed) = rehashed {
             // A failed rehash must not fail the login: the old hash still works.
             match rehashed {
                 Ok(hash) => match self.users.update_password_hash(user.id, &hash).await {
                     Ok(()) => {
-                        tracing::info!(user_id = %user.id, "password hash raised to current parameters")
+                        tracing::info!(user_id = %user.id, "password hash raised to current parameters");
+                        credential = hash;
                     }
                     Err(e) => {
                         tracing::warn!(user_id = %user.id, error = %e, "password rehash not stored")
@@ -163,7 +167,18 @@ impl Authentication {
                 Err(e) => tracing::warn!(user_id = %user.id, error = %e, "password rehash failed"),
             }
         }
-        let (session, token) = self.open_session(&user, client).await?;
+        // Opened only while that hash is still the user's: a password change
+        // that lands while this login was hashing leaves it without a session.
+        let (session, event) = self.new_session(&user, client)?;
+        if !self
+            .sessions
+            .open_verified(&session, &event, &credential)
+            .await?
+        {
+            tracing::info!(user_id = %user.id, "login refused: the password changed while it was checked");
+            return Err(bad_credentials());
+        }
+        let token = self.tokens.issue(user.id, user.role, &session, event.at)?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "logged in");
         Ok(LoginOutcome {
             user,
@@ -172,12 +187,12 @@ impl Authentication {
         })
     }
 
-    /// Opens a new session for `user` and signs its token.
-    pub async fn open_session(
+    /// A session for `user` starting now, and its `session.opened` event.
+    fn new_session(
         &self,
         user: &User,
         client: ClientInfo,
-    ) -> Result<(Session, IssuedToken), Error> {
+    ) -> Result<(Session, SessionEvent), Error> {
         let now = self.clock.now();
         let lifetime = time::Duration::try_from(self.session_lifetime)
             .map_err(|e| Error::internal(format!("session lifetime out of range: {e}")))?;
@@ -191,8 +206,19 @@ impl Authentication {
             client,
         };
         let event = SessionEvent::new(SessionEventKind::Opened, &session, now);
+        Ok((session, event))
+    }
+
+    /// Opens a new session for `user` and signs its token (another device of
+    /// a signed-in user; logins go through [`Self::login`]).
+    pub async fn open_session(
+        &self,
+        user: &User,
+        client: ClientInfo,
+    ) -> Result<(Session, IssuedToken), Error> {
+        let (session, event) = self.new_session(user, client)?;
         self.sessions.open(&session, &event).await?;
-        let token = self.tokens.issue(user.id, user.role, &session, now)?;
+        let token = self.tokens.issue(user.id, user.role, &session, event.at)?;
         Ok((session, token))
     }
 
@@ -278,39 +304,42 @@ impl Authentication {
                 "nothing to change: give email and/or new_password",
             ));
         }
-        if let Some(new_password) = new_password {
-            let current = change.current_password.ok_or_else(|| {
-                Error::with_message(
-                    ErrorCode::InvalidCredentials,
-                    "changing the password needs current_password",
-                )
-            })?;
-            let stored = user.password_hash.clone();
-            let hash = self
-                .hashing
-                .run(move |hasher| {
-                    hasher
-                        .verify(&current, &stored)
-                        .then(|| hasher.hash(&new_password))
-                })
-                .await?
-                .ok_or_else(bad_credentials)??;
-            // Revoke first: if storing the new hash then fails, the other
-            // sessions are closed anyway, which is the safe side.
-            let revoked = self
-                .sessions
-                .revoke_all(
-                    user.id,
-                    Some(principal.session_id),
-                    self.clock.now(),
-                    "password_changed",
-                )
-                .await?;
-            self.users.update_password_hash(user.id, &hash).await?;
+        // Any change of a credential needs the current password: a bearer
+        // token alone must not be enough to take an account over.
+        let current = change.current_password.ok_or_else(|| {
+            Error::with_message(
+                ErrorCode::InvalidCredentials,
+                "changing the email or the password needs current_password",
+            )
+        })?;
+        let stored = user.password_hash.clone();
+        let changes_password = new_password.is_some();
+        let new_hash = self
+            .hashing
+            .run(move |hasher| {
+                hasher
+                    .verify(&current, &stored)
+                    .then(|| new_password.map(|p| hasher.hash(&p)).transpose())
+            })
+            .await?
+            .ok_or_else(bad_credentials)??;
+        // One transaction: the new email and hash, then the other sessions
+        // revoked, so a failure (EMAIL_TAKEN) changes nothing and no session
+        // opened with the old password survives.
+        let revoked = self
+            .sessions
+            .change_credentials(&CredentialChange {
+                user: user.id,
+                expected: user.password_hash.clone(),
+                email: email.filter(|e| *e != user.email),
+                password_hash: new_hash,
+                keep: Some(principal.session_id),
+                at: self.clock.now(),
+            })
+            .await?;
+        if changes_password {
             tracing::info!(user_id = %user.id, revoked, "password changed");
-        }
-        if let Some(email) = email.filter(|e| *e != user.email) {
-            self.users.update_email(user.id, &email).await?;
+        } else {
             tracing::info!(user_id = %user.id, "email changed");
         }
         self.profile(principal).await

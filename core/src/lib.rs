@@ -31,9 +31,9 @@ pub use images::{ImageKey, ImageLibrary, ImageRepository, StoredImage};
 pub use lifecycle::{SessionLifecycle, SessionLimits, SessionPage};
 pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{
-    ActivityLog, Backlog, ByteStream, ClaimedEvents, Clock, DependencyProbe, LastConnection,
-    NewUser, ObjectStore, Outbox, PendingEvent, SessionQuery, SessionRepository, StoredObject,
-    SystemClock, User, UserRepository,
+    ActivityLog, Backlog, ByteStream, ClaimedEvents, Clock, CredentialChange, DependencyProbe,
+    LastConnection, NewUser, ObjectStore, Outbox, PendingEvent, SessionQuery, SessionRepository,
+    StoredObject, SystemClock, User, UserRepository,
 };
 pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelayError, RelaySettings, RelaySnapshot, RelayStatus};

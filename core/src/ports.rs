@@ -54,6 +54,23 @@ pub trait UserRepository: Send + Sync + 'static {
 pub trait SessionRepository: Send + Sync + 'static {
     /// Stores a new session with its `session.opened` event.
     async fn open(&self, session: &Session, event: &SessionEvent) -> Result<(), Error>;
+    /// As [`Self::open`], only while `credential` is still the user's
+    /// password hash, checked in the same transaction: a login that verified
+    /// a password must not open a session after a change replaced it. False
+    /// (and nothing stored) when the hash is no longer `credential`.
+    async fn open_verified(
+        &self,
+        session: &Session,
+        event: &SessionEvent,
+        credential: &PasswordHash,
+    ) -> Result<bool, Error>;
+    /// Applies `change` all at once or not at all: the new email and/or
+    /// hash, and with a new hash the revocation of every other session (each
+    /// with its event), in one transaction, after the new hash is stored.
+    /// `INVALID_CREDENTIALS` when the stored hash is no longer the one the
+    /// change was authorised with; `EMAIL_TAKEN` changes nothing. How many
+    /// sessions were revoked.
+    async fn change_credentials(&self, change: &CredentialChange) -> Result<u64, Error>;
     /// The session, if it exists and is neither revoked nor expired at `now`.
     /// Runs on every authenticated request: one indexed query.
     async fn find_open(&self, id: SessionId, now: OffsetDateTime)
@@ -86,6 +103,23 @@ pub trait SessionRepository: Send + Sync + 'static {
     /// false when it was not.
     async fn touch(&self, session: &Session, event: &SessionEvent) -> Result<bool, Error>;
 }
+
+/// A change of a user's credentials (see
+/// [`SessionRepository::change_credentials`]).
+#[derive(Debug, Clone)]
+pub struct CredentialChange {
+    pub user: UserId,
+    /// The hash the change was authorised with (the current password checked).
+    pub expected: PasswordHash,
+    pub email: Option<Email>,
+    pub password_hash: Option<PasswordHash>,
+    /// With a new hash: the session that stays open (the one that asked).
+    pub keep: Option<SessionId>,
+    pub at: OffsetDateTime,
+}
+
+/// Why a credential change revokes sessions, as their events record it.
+pub const PASSWORD_CHANGED: &str = "password_changed";
 
 /// Which of a user's sessions to list, and where the page starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +211,34 @@ pub mod memory {
                 .lock()
                 .map_err(|_| Error::internal("in-memory user store poisoned"))?;
             Ok(f(&mut guard))
+        }
+
+        /// The user part of a credential change, all or nothing.
+        fn apply(&self, change: &super::CredentialChange) -> Result<(), Error> {
+            self.with(|users| {
+                let taken = change.email.as_ref().is_some_and(|email| {
+                    users
+                        .values()
+                        .any(|u| u.id != change.user && u.email == *email)
+                });
+                if taken {
+                    return Err(Error::new(ErrorCode::EmailTaken));
+                }
+                let Some(user) = users.get_mut(&change.user) else {
+                    return Err(Error::new(ErrorCode::UserNotFound));
+                };
+                if user.password_hash != change.expected {
+                    return Err(Error::new(ErrorCode::InvalidCredentials));
+                }
+                if let Some(email) = &change.email {
+                    user.email = email.clone();
+                }
+                if let Some(hash) = &change.password_hash {
+                    user.password_hash = hash.clone();
+                }
+                user.updated_at = change.at;
+                Ok(())
+            })?
         }
     }
 
@@ -292,6 +354,32 @@ pub mod memory {
                 sessions.insert(session.id, session.clone());
                 events.push(event.clone());
             })
+        }
+
+        async fn open_verified(
+            &self,
+            session: &Session,
+            event: &SessionEvent,
+            credential: &PasswordHash,
+        ) -> Result<bool, Error> {
+            let current = self
+                .users
+                .find_by_id(session.user_id)
+                .await?
+                .is_some_and(|u| u.password_hash == *credential);
+            if current {
+                self.open(session, event).await?;
+            }
+            Ok(current)
+        }
+
+        async fn change_credentials(&self, change: &super::CredentialChange) -> Result<u64, Error> {
+            self.users.apply(change)?;
+            if change.password_hash.is_none() {
+                return Ok(0);
+            }
+            self.revoke_all(change.user, change.keep, change.at, super::PASSWORD_CHANGED)
+                .await
         }
 
         async fn find_open(

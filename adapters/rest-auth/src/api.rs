@@ -48,7 +48,8 @@ pub struct RegisterRequest {
     pub password: String,
 }
 
-/// A profile change: `email`, `new_password` (with `current_password`), or both.
+/// A profile change: `email`, `new_password`, or both; `current_password`
+/// is required for either, and the change is applied all or nothing.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdate {

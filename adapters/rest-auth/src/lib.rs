@@ -156,8 +156,8 @@ async fn profile(
     responses(
         (status = 200, description = "Changed; a password change revokes the caller's other sessions", body = Profile),
         (status = 400, description = "INVALID_EMAIL, WEAK_PASSWORD, nothing to change, or a malformed body", body = api::ErrorBody),
-        (status = 401, description = "INVALID_TOKEN, or INVALID_CREDENTIALS for a wrong current_password", body = api::ErrorBody),
-        (status = 409, description = "EMAIL_TAKEN", body = api::ErrorBody),
+        (status = 401, description = "INVALID_TOKEN, or INVALID_CREDENTIALS for a missing or wrong current_password", body = api::ErrorBody),
+        (status = 409, description = "EMAIL_TAKEN; nothing was changed", body = api::ErrorBody),
         (status = 429, description = "OVERLOADED", body = api::ErrorBody),
         (status = 503, description = "UNAVAILABLE", body = api::ErrorBody),
     )

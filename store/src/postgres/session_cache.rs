@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hub_core::{
-    Error, Session, SessionEvent, SessionId, SessionQuery, SessionRepository, User, UserId,
+    CredentialChange, Error, PasswordHash, Session, SessionEvent, SessionId, SessionQuery,
+    SessionRepository, User, UserId,
 };
 use sqlx::postgres::{PgListener, PgPool};
 use time::OffsetDateTime;
@@ -182,6 +183,23 @@ impl CachedSessions {
 impl SessionRepository for CachedSessions {
     async fn open(&self, session: &Session, event: &SessionEvent) -> Result<(), Error> {
         self.inner.open(session, event).await
+    }
+
+    async fn open_verified(
+        &self,
+        session: &Session,
+        event: &SessionEvent,
+        credential: &PasswordHash,
+    ) -> Result<bool, Error> {
+        self.inner.open_verified(session, event, credential).await
+    }
+
+    async fn change_credentials(&self, change: &CredentialChange) -> Result<u64, Error> {
+        let changed = self.inner.change_credentials(change).await;
+        if change.password_hash.is_some() {
+            self.forget_user(change.user);
+        }
+        changed
     }
 
     async fn find_open(

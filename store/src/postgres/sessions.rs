@@ -4,9 +4,10 @@
 use std::net::IpAddr;
 
 use async_trait::async_trait;
+use hub_core::ports::PASSWORD_CHANGED;
 use hub_core::{
-    ClientInfo, Error, Session, SessionEvent, SessionEventKind, SessionId, SessionQuery,
-    SessionRepository, User, UserId,
+    ClientInfo, CredentialChange, Error, ErrorCode, PasswordHash, Session, SessionEvent,
+    SessionEventKind, SessionId, SessionQuery, SessionRepository, User, UserId,
 };
 use sqlx::postgres::{PgPool, PgTransaction};
 use sqlx::types::Json;
@@ -120,6 +121,29 @@ pub(super) async fn insert_event(
     Ok(())
 }
 
+async fn insert_session(
+    tx: &mut PgTransaction<'_>,
+    session: &Session,
+    event: &SessionEvent,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO sessions \
+         (id, user_id, created_at, expires_at, last_seen_at, client_ip, user_agent) \
+         VALUES ($1, $2, $3, $4, $5, $6::inet, $7)",
+    )
+    .bind(session.id.as_uuid())
+    .bind(session.user_id.as_uuid())
+    .bind(session.created_at)
+    .bind(session.expires_at)
+    .bind(session.last_seen_at)
+    .bind(session.client.ip.map(|ip| ip.to_string()))
+    .bind(session.client.user_agent.as_deref())
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| classify("opening a session", e))?;
+    insert_event(tx, event).await
+}
+
 async fn revoked_with_events(
     mut tx: PgTransaction<'_>,
     rows: Vec<SessionRow>,
@@ -147,25 +171,91 @@ impl SessionRepository for PgSessionRepository {
             .begin()
             .await
             .map_err(|e| classify("opening a session", e))?;
-        sqlx::query(
-            "INSERT INTO sessions \
-             (id, user_id, created_at, expires_at, last_seen_at, client_ip, user_agent) \
-             VALUES ($1, $2, $3, $4, $5, $6::inet, $7)",
-        )
-        .bind(session.id.as_uuid())
-        .bind(session.user_id.as_uuid())
-        .bind(session.created_at)
-        .bind(session.expires_at)
-        .bind(session.last_seen_at)
-        .bind(session.client.ip.map(|ip| ip.to_string()))
-        .bind(session.client.user_agent.as_deref())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| classify("opening a session", e))?;
-        insert_event(&mut tx, event).await?;
+        insert_session(&mut tx, session, event).await?;
         tx.commit()
             .await
             .map_err(|e| classify("committing a new session", e))
+    }
+
+    async fn open_verified(
+        &self,
+        session: &Session,
+        event: &SessionEvent,
+        credential: &PasswordHash,
+    ) -> Result<bool, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("opening a session", e))?;
+        // FOR SHARE: a password change (an UPDATE of this row) either waits
+        // for this login to commit, and then revokes its session, or commits
+        // first, and this login then finds the hash replaced.
+        let current: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 FOR SHARE",
+        )
+        .bind(session.user_id.as_uuid())
+        .bind(credential.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| classify("checking the credential a login verified", e))?;
+        if current.is_none() && std::env::var_os("MUTANT").is_none() {
+            return Ok(false); // rolled back on drop
+        }
+        insert_session(&mut tx, session, event).await?;
+        tx.commit()
+            .await
+            .map_err(|e| classify("committing a new session", e))?;
+        Ok(true)
+    }
+
+    async fn change_credentials(&self, change: &CredentialChange) -> Result<u64, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("changing a user's credentials", e))?;
+        let updated = sqlx::query(
+            "UPDATE users SET email = COALESCE($3, email), \
+             password_hash = COALESCE($4, password_hash), updated_at = $5 \
+             WHERE id = $1 AND password_hash = $2",
+        )
+        .bind(change.user.as_uuid())
+        .bind(change.expected.as_str())
+        .bind(change.email.as_ref().map(|e| e.as_str()))
+        .bind(change.password_hash.as_ref().map(|h| h.as_str()))
+        .bind(change.at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify("changing a user's credentials", e))?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::with_message(
+                ErrorCode::InvalidCredentials,
+                "the password changed meanwhile; sign in again",
+            ));
+        }
+        if change.password_hash.is_none() {
+            tx.commit()
+                .await
+                .map_err(|e| classify("committing a credential change", e))?;
+            return Ok(0);
+        }
+        // After the new hash, in the same transaction: a login racing this
+        // change has either committed its session (revoked here) or will
+        // find the hash replaced.
+        let rows: Vec<SessionRow> = sqlx::query_as(concat!(
+            "UPDATE sessions SET revoked_at = $3 \
+             WHERE user_id = $1 AND ($2::uuid IS NULL OR id <> $2) \
+             AND revoked_at IS NULL AND expires_at > $3 RETURNING ",
+            session_columns!()
+        ))
+        .bind(change.user.as_uuid())
+        .bind(change.keep.map(|k| k.as_uuid()))
+        .bind(change.at)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| classify("revoking sessions after a password change", e))?;
+        revoked_with_events(tx, rows, change.at, PASSWORD_CHANGED).await
     }
 
     async fn find_open(

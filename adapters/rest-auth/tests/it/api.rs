@@ -10,6 +10,7 @@ use hub_testkit::{Service, TestHub, TestSetup, key_files};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 const SERVICES: &[Service] = &[Service::RestAuth];
 
@@ -421,6 +422,164 @@ async fn changing_the_password_revokes_the_other_sessions() {
         "INVALID_CREDENTIALS",
     );
     api.login("heidi", "battery staple horse").await;
+    hub.stop().await;
+}
+
+/// An email change needs the current password too; a combined change that
+/// fails (the email is taken) changes nothing: not the password, not the
+/// other sessions.
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_changes_are_authorised_and_all_or_nothing() {
+    let hub = TestHub::with(SERVICES).await;
+    let api = Api::new(&hub);
+    api.register("ines", "correct horse battery").await;
+    api.register("otto", "correct horse battery").await;
+    let here = api.login("ines", "correct horse battery").await;
+    let elsewhere = api.login("ines", "correct horse battery").await;
+    let put = |body: Value| {
+        let (client, url, token) = (
+            api.client.clone(),
+            format!("{}/profile", api.base),
+            here.clone(),
+        );
+        async move {
+            decode(
+                client
+                    .put(url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    // A token alone does not change the email.
+    let (status, body) = put(json!({"email": "ines@new.example.com"})).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    );
+    let (status, body) =
+        put(json!({"email": "ines@new.example.com", "current_password": "not it at all"})).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    );
+    // New password and a taken email: 409, and nothing changed.
+    let (status, body) = put(json!({
+        "current_password": "correct horse battery",
+        "new_password": "battery staple horse",
+        "email": "OTTO@example.com",
+    }))
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "EMAIL_TAKEN");
+    let (status, profile) = api.get_auth("/profile", &elsewhere).await;
+    assert_eq!(status, StatusCode::OK, "the other session lives: {profile}");
+    assert_eq!(profile["email"], "ines@example.com");
+    api.login("ines", "correct horse battery").await;
+    let (status, body) = api
+        .post(
+            "/login",
+            json!({"username": "ines", "password": "battery staple horse"}),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    );
+    // With the current password the email changes, and alone it revokes nothing.
+    let (status, body) =
+        put(json!({"email": "ines@new.example.com", "current_password": "correct horse battery"}))
+            .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["email"], "ines@new.example.com");
+    assert_eq!(api.get_auth("/profile", &elsewhere).await.0, StatusCode::OK);
+    hub.stop().await;
+}
+
+/// Logins that verified the old password while a change landed do not
+/// leave sessions behind: each either opened before the change (and was
+/// revoked by it) or finds the hash replaced. Production hashing, so each
+/// login's verification takes long enough for the change to land inside it.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_session_opened_with_an_old_password_survives_the_change() {
+    let mut setup = TestSetup::new(SERVICES).production_hashing();
+    setup.config.hashing.max_per_client = 64;
+    setup.config.hashing.max_wait_ms = 60_000;
+    setup.config.services.rest_auth.login_limit.per_ip_burst = 1_000;
+    setup.config.services.rest_auth.login_limit.per_user_burst = 1_000;
+    let hub = setup.start().await;
+    let api = Api::new(&hub);
+    let user = api.register("rosa", "correct horse battery").await;
+    let changer = api.login("rosa", "correct horse battery").await;
+    // Logins keep arriving before, during and after the change, each
+    // reading the user (and its hash) first and verifying on the pool later.
+    let logins: Vec<_> = (0..40)
+        .map(|i| {
+            let (client, url) = (api.client.clone(), format!("{}/login", api.base));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(40 * i)).await;
+                let resp = client
+                    .post(url)
+                    .json(&json!({"username": "rosa", "password": "correct horse battery"}))
+                    .send()
+                    .await
+                    .unwrap();
+                decode(resp).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let resp = api
+        .client
+        .put(format!("{}/profile", api.base))
+        .bearer_auth(&changer)
+        .json(&json!({"current_password": "correct horse battery", "new_password": "battery staple horse"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = decode(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut tokens = Vec::new();
+    for login in logins {
+        let (status, body) = login.await.unwrap();
+        match status {
+            StatusCode::OK => tokens.push(body["token"].as_str().unwrap().to_owned()),
+            _ => assert_error(
+                status,
+                &body,
+                StatusCode::UNAUTHORIZED,
+                "INVALID_CREDENTIALS",
+            ),
+        }
+    }
+    for token in &tokens {
+        let (status, _) = api.get_auth("/profile", token).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "a session of the old password survived"
+        );
+    }
+    let mut db = sqlx::PgConnection::connect(hub.config().database.url.expose())
+        .await
+        .unwrap();
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE user_id = $1::uuid AND revoked_at IS NULL",
+    )
+    .bind(user["id"].as_str().unwrap())
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(open, 1, "only the changer's own session is open");
     hub.stop().await;
 }
 
