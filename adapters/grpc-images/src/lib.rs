@@ -128,7 +128,8 @@ impl ImageDelivery for Images {
         let mut buffer = UploadBuffer::new(self.state.library.limits());
         // A stream that ends at once is an empty upload, which the library
         // refuses (EMPTY_UPLOAD) as it does one without chunks.
-        match stream.message().await? {
+        let max = self.state.max_message_bytes;
+        match stream.message().await.map_err(|s| own_status(s, max))? {
             Some(pb::UploadImageRequest {
                 data: Some(Data::Metadata(metadata)),
             }) => {
@@ -142,7 +143,7 @@ impl ImageDelivery for Images {
             }
             None => {}
         }
-        while let Some(message) = stream.message().await? {
+        while let Some(message) = stream.message().await.map_err(|s| own_status(s, max))? {
             match message.data {
                 Some(Data::Chunk(chunk)) => buffer.push(chunk).map_err(|e| status(&e))?,
                 Some(Data::Metadata(_)) => {
@@ -264,8 +265,13 @@ pub fn router(
     fn path<S: NamedService>(_: &S) -> String {
         format!("/{}/{{*rpc}}", S::NAME)
     }
+    let images_path = path(&images);
+    let images = tower::ServiceExt::<axum::http::Request<axum::body::Body>>::map_response(
+        images,
+        move |r| own_refusal(r, max),
+    );
     let routes = delivery::routes(state.library.clone())
-        .route_service(&path(&images), images)
+        .route_service(&images_path, images)
         .route_service(&path(&health), health)
         .route_service(&path(&reflection), reflection);
     let methods = grpc_methods(&[
@@ -274,6 +280,46 @@ pub fn router(
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
     ])?;
     Ok(context.serve_grpc(routes, methods))
+}
+
+/// tonic's own refusal of a message over the size limit (`OUT_OF_RANGE`,
+/// no code of ours) as the hub's: `REQUEST_TOO_LARGE`, `RESOURCE_EXHAUSTED`
+/// with `x-error-code`. Any other status passes as it is.
+fn own_status(status: Status, max_message_bytes: usize) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        tracing::debug!(
+            message = status.message(),
+            "a gRPC message over the size limit"
+        );
+        return hub_runtime::grpc::status(&hub_core::Error::with_message(
+            hub_core::ErrorCode::RequestTooLarge,
+            format!("a message is larger than {max_message_bytes} bytes"),
+        ));
+    }
+    status
+}
+
+/// The same for a call refused before its handler ran (a unary request
+/// over the limit): tonic answers in the headers alone.
+fn own_refusal<B>(
+    mut response: axum::http::Response<B>,
+    max_message_bytes: usize,
+) -> axum::http::Response<B> {
+    let out_of_range = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    if out_of_range {
+        let status = own_status(Status::out_of_range(""), max_message_bytes);
+        let headers = response.headers_mut();
+        let own = status.into_http::<()>();
+        for name in ["grpc-status", "grpc-message", "x-error-code"] {
+            if let Some(value) = own.headers().get(name) {
+                headers.insert(name, value.clone());
+            }
+        }
+    }
+    response
 }
 
 /// Every method the descriptor sets declare, as gRPC paths

@@ -709,3 +709,49 @@ async fn with_a_public_base_url_the_bucket_is_made_public_and_urls_point_there()
     assert_eq!(hex_sha256(&resp.bytes().await.unwrap()), image.sha256);
     hub.hub.stop().await;
 }
+
+/// A message over `images.max_message_bytes` is refused in the hub's own
+/// terms (RESOURCE_EXHAUSTED with `x-error-code: REQUEST_TOO_LARGE`), not
+/// with tonic's bare OUT_OF_RANGE: in an upload's stream and in a unary call
+/// refused before its handler runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_message_is_refused_with_the_hubs_code() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.images.max_message_bytes = 64 * 1024;
+    let hub = Hub::from(setup.start().await);
+    let token = hub.token("mira").await;
+    let mut client = hub.client().await;
+    let refused = upload(
+        &mut client,
+        &token,
+        messages(
+            Some(("big.png", "image/png")),
+            &picture(1, image::ImageFormat::Png),
+            16,
+        )
+        .into_iter()
+        .take(1)
+        .chain([UploadImageRequest {
+            data: Some(Data::Chunk(vec![0; 100 * 1024])),
+        }])
+        .collect(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(error_code(&refused), "REQUEST_TOO_LARGE");
+    let refused = client
+        .list_images(authorized(
+            ListImagesRequest {
+                page_token: "x".repeat(100 * 1024),
+                ..ListImagesRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(error_code(&refused), "REQUEST_TOO_LARGE");
+    assert!(hub.objects().await.is_empty(), "nothing was stored");
+    hub.hub.stop().await;
+}
