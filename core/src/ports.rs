@@ -147,6 +147,8 @@ pub struct Backlog {
     pub pending: u64,
     /// When the oldest undelivered event happened.
     pub oldest: Option<OffsetDateTime>,
+    /// Events set aside because they could not be read; not pending.
+    pub quarantined: u64,
 }
 
 /// The outbox, as its relay sees it: events claimed in order, in batches,
@@ -161,6 +163,9 @@ pub trait Outbox: Send + Sync + 'static {
     async fn backlog(&self) -> Result<Backlog, Error>;
     /// Deletes events delivered before `before`; how many went.
     async fn prune(&self, before: OffsetDateTime) -> Result<u64, Error>;
+    /// Puts every quarantined event back in line (once an operator has
+    /// fixed what made it unreadable); how many.
+    async fn retry_quarantined(&self) -> Result<u64, Error>;
 }
 
 /// A claimed batch of outbox events.

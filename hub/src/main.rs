@@ -51,6 +51,18 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The session-event outbox the relay drains.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Put every quarantined event (one the relay could not read) back in
+    /// line, once the rows are fixed; the relay then delivers them.
+    Retry,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +155,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hub::launch::serve(&hub, &services).await?;
         }
         Command::Users { command } => users(&hub, command).await?,
+        Command::Outbox {
+            command: OutboxCommand::Retry,
+        } => {
+            let back = hub.outbox().retry_quarantined().await?;
+            println!("{back} quarantined events are pending again");
+        }
         Command::Keys { .. } | Command::Check { .. } => {}
     }
     Ok(())

@@ -232,6 +232,11 @@ async fn relay_metrics(state: &RelayMetrics, metrics: &mut Exposition) {
                     "polyhub_outbox_oldest_pending_age_seconds",
                     "Age of the oldest undelivered session event; 0 when none wait.",
                     age,
+                )
+                .gauge(
+                    "polyhub_outbox_quarantined",
+                    "Session events set aside as unreadable; `hub outbox retry` puts them back.",
+                    backlog.quarantined as f64,
                 );
         }
         Err(e) => tracing::warn!(error = %e, "outbox backlog not measured"),
@@ -274,6 +279,7 @@ impl ReadinessDetail for RelayDetail {
         match self.outbox.backlog().await {
             Ok(backlog) => {
                 detail["backlog"] = json!(backlog.pending);
+                detail["quarantined"] = json!(backlog.quarantined);
                 detail["oldest_pending"] = json!(backlog.oldest.map(api::rfc3339));
             }
             Err(e) => {

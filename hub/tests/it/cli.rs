@@ -205,6 +205,15 @@ async fn operator_workflow_end_to_end() {
     assert_eq!(role, "admin");
     assert!(hash.starts_with("$pbkdf2-sha256$i=600000,l=32$"), "{hash}");
 
+    // Nothing quarantined in a new outbox: retry says so and succeeds.
+    let out = run(hub_with(&db, &["outbox", "retry"]), "");
+    assert!(out.status.success(), "outbox retry: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("0 quarantined events are pending again"),
+        "{}",
+        text(&out.stdout)
+    );
+
     // Serve, probe, stop with SIGTERM.
     let port = free_port();
     let serve = serve_all(&db, port);

@@ -246,3 +246,60 @@ async fn a_relay_resumes_after_a_restart_and_a_crash_mid_batch() {
     assert_eq!(first_delivered + delivered + 20, 200);
     assert_exactly_once(&hub, 200).await;
 }
+
+/// One outbox row the relay cannot read (a payload of the wrong shape) is
+/// quarantined; the events behind it are delivered, each once; once the row
+/// is fixed, `retry_quarantined` (`hub outbox retry`) puts it back and it is
+/// delivered too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_outbox_row_is_quarantined_and_the_rest_arrive() {
+    let hub = hub_with_backlog(3, 10).await;
+    let mut db = sqlx::PgConnection::connect(hub.config().database.url.expose())
+        .await
+        .unwrap();
+    let alice: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE username = 'alice'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let poison = uuid::Uuid::now_v7();
+    // The oldest event, so it stands at the head of the line.
+    sqlx::query(
+        "INSERT INTO outbox (id, session_id, user_id, kind, payload, created_at) \
+         VALUES ($1, $2, $3, 'session.opened', '{\"client_ip\": 12}', now() - interval '1 hour')",
+    )
+    .bind(poison)
+    .bind(uuid::Uuid::now_v7())
+    .bind(alice)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let (delivered, _) = run_relay(&hub, hub.relay().await.unwrap()).await;
+    assert_eq!(delivered, 3, "the events behind the poison arrive");
+    let backlog = hub.outbox().backlog().await.unwrap();
+    assert_eq!((backlog.pending, backlog.quarantined), (0, 1));
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT quarantine_reason FROM outbox WHERE id = $1")
+            .bind(poison)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(
+        reason.unwrap().contains("payload"),
+        "the reason names what is wrong"
+    );
+    let (recorded, documents) = recorded_ids(&hub).await;
+    assert_eq!(documents, 3);
+    assert!(!recorded.contains(&poison.to_string()));
+
+    // Fixed by an operator, put back, delivered.
+    sqlx::query("UPDATE outbox SET payload = '{}' WHERE id = $1")
+        .bind(poison)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(hub.outbox().retry_quarantined().await.unwrap(), 1);
+    let (delivered, _) = run_relay(&hub, hub.relay().await.unwrap()).await;
+    assert_eq!(delivered, 1);
+    assert_exactly_once(&hub, 4).await;
+    assert_eq!(hub.outbox().backlog().await.unwrap().quarantined, 0);
+}

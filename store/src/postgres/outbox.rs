@@ -46,7 +46,9 @@ struct OutboxRow {
     session_id: Uuid,
     user_id: Uuid,
     kind: String,
-    payload: Json<Payload>,
+    /// Read as any JSON and parsed per row, so one bad payload is that
+    /// row's problem, not the whole claim's.
+    payload: Json<serde_json::Value>,
     created_at: OffsetDateTime,
     username: Option<String>,
 }
@@ -57,7 +59,8 @@ impl TryFrom<OutboxRow> for PendingEvent {
     fn try_from(row: OutboxRow) -> Result<Self, Error> {
         let corrupt =
             |field: &str| Error::internal(format!("outbox row {} has a bad {field}", row.id));
-        let Json(payload) = row.payload;
+        let payload: Payload =
+            serde_json::from_value(row.payload.0).map_err(|_| corrupt("payload"))?;
         Ok(PendingEvent {
             event: SessionEvent {
                 id: row.id,
@@ -112,33 +115,73 @@ impl ClaimedEvents for PgClaim {
 #[async_trait]
 impl Outbox for PgOutbox {
     async fn claim(&self, limit: u32) -> Result<Box<dyn ClaimedEvents>, Error> {
-        let mut tx = self
-            .pool
-            .begin()
+        // Each round that meets unreadable rows quarantines them and commits,
+        // so the next round claims without them: one bad row never stalls
+        // the events behind it.
+        loop {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(|e| classify("claiming outbox events", e))?;
+            // `outbox_pending` holds exactly the pending rows, in this order.
+            let rows: Vec<OutboxRow> = sqlx::query_as(
+                "SELECT o.id, o.session_id, o.user_id, o.kind, o.payload, o.created_at, u.username \
+                 FROM outbox o LEFT JOIN users u ON u.id = o.user_id \
+                 WHERE o.delivered_at IS NULL AND o.quarantined_at IS NULL \
+                 ORDER BY o.created_at, o.id LIMIT $1 \
+                 FOR UPDATE OF o SKIP LOCKED",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
             .await
             .map_err(|e| classify("claiming outbox events", e))?;
-        // `outbox_pending` holds exactly the undelivered rows, in this order.
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT o.id, o.session_id, o.user_id, o.kind, o.payload, o.created_at, u.username \
-             FROM outbox o LEFT JOIN users u ON u.id = o.user_id \
-             WHERE o.delivered_at IS NULL \
-             ORDER BY o.created_at, o.id LIMIT $1 \
-             FOR UPDATE OF o SKIP LOCKED",
+            let mut events = Vec::with_capacity(rows.len());
+            let mut unreadable = Vec::new();
+            for row in rows {
+                let id = row.id;
+                match PendingEvent::try_from(row) {
+                    Ok(event) => events.push(event),
+                    Err(e) => unreadable.push((id, e)),
+                }
+            }
+            if unreadable.is_empty() {
+                return Ok(Box::new(PgClaim { tx, events }));
+            }
+            for (id, why) in &unreadable {
+                sqlx::query(
+                    "UPDATE outbox SET quarantined_at = now(), quarantine_reason = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(why.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify("quarantining an unreadable outbox event", e))?;
+                tracing::error!(event = %id, reason = %why, "an unreadable outbox event was quarantined; fix the row, then `hub outbox retry`");
+            }
+            tx.commit()
+                .await
+                .map_err(|e| classify("committing quarantined outbox events", e))?;
+        }
+    }
+
+    async fn retry_quarantined(&self) -> Result<u64, Error> {
+        Ok(sqlx::query(
+            "UPDATE outbox SET quarantined_at = NULL, quarantine_reason = NULL \
+             WHERE quarantined_at IS NOT NULL AND delivered_at IS NULL",
         )
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
+        .execute(&self.pool)
         .await
-        .map_err(|e| classify("claiming outbox events", e))?;
-        let events = rows
-            .into_iter()
-            .map(PendingEvent::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Box::new(PgClaim { tx, events }))
+        .map_err(|e| classify("putting quarantined outbox events back", e))?
+        .rows_affected())
     }
 
     async fn backlog(&self) -> Result<Backlog, Error> {
-        let (pending, oldest): (i64, Option<OffsetDateTime>) = sqlx::query_as(
-            "SELECT count(*), min(created_at) FROM outbox WHERE delivered_at IS NULL",
+        let (pending, oldest, quarantined): (i64, Option<OffsetDateTime>, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE quarantined_at IS NULL), \
+             min(created_at) FILTER (WHERE quarantined_at IS NULL), \
+             count(*) FILTER (WHERE quarantined_at IS NOT NULL) \
+             FROM outbox WHERE delivered_at IS NULL",
         )
         .fetch_one(&self.pool)
         .await
@@ -146,6 +189,7 @@ impl Outbox for PgOutbox {
         Ok(Backlog {
             pending: u64::try_from(pending).unwrap_or(0),
             oldest,
+            quarantined: u64::try_from(quarantined).unwrap_or(0),
         })
     }
 
