@@ -217,24 +217,18 @@ pub struct ServiceContext {
 }
 
 impl ServiceContext {
+    /// `routes` inside what every service shares (request ids, tracing,
+    /// owned rejections, `/health`, `/ready`, `/metrics`), behind its CORS
+    /// allow-list when it has one.
+    pub fn serve(self, routes: Router) -> Router {
+        self.serve_grpc(routes, std::collections::BTreeSet::new())
+    }
+
     /// As [`Self::serve`], for a port that also serves gRPC: `methods`
     /// (`/package.Service/Method`) are the gRPC labels its metrics may use,
     /// any other path counting as `other`.
     pub fn serve_grpc(self, routes: Router, methods: std::collections::BTreeSet<String>) -> Router {
         let router = crate::http::grpc_service_router(routes, self.readiness, &self.http, methods);
-        match &self.cors {
-            Some(cors) => router.layer(crate::cors_layer(cors)),
-            None => router,
-        }
-    }
-}
-
-impl ServiceContext {
-    /// `routes` inside what every service shares (request ids, tracing,
-    /// owned rejections, `/health`, `/ready`, `/metrics`), behind its CORS
-    /// allow-list when it has one.
-    pub fn serve(self, routes: Router) -> Router {
-        let router = crate::service_router(routes, self.readiness, &self.http);
         match &self.cors {
             Some(cors) => router.layer(crate::cors_layer(cors)),
             None => router,
