@@ -290,6 +290,10 @@ def main():
         # The drill logs one user in five times a second.
         "POLYHUB_SERVICES__REST_AUTH__LOGIN_LIMIT__PER_USER_BURST": "1000000",
         "POLYHUB_SERVICES__REST_AUTH__LOGIN_LIMIT__PER_IP_BURST": "1000000",
+        # Steady registrations from this one address are the drill's probe,
+        # not a flood: the per-client registration budget is widened.
+        "POLYHUB_LIMITS__REGISTRATION_PER_CLIENT__BURST": "1000000",
+        "POLYHUB_LIMITS__REGISTRATION_PER_CLIENT__REPLENISH_MS": "1",
         **{f"POLYHUB_SERVICES__{k}__PORT": str(v) for k, v in ports.items()},
     }
     subprocess.run([HUB, "keys", "generate", "--out", env["POLYHUB_TOKENS__SIGNING_KEY_PATH"]],

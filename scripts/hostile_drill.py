@@ -94,6 +94,7 @@ class Hostile:
         self.held = []
         self.refused = 0
         self.floods = 0
+        self.registrations = {}
 
     def hold_sockets(self):
         for i in range(IDLE):
@@ -121,10 +122,12 @@ class Hostile:
     def register_flood(self):
         while not self.stop.is_set():
             name = "f" + uuid.uuid4().hex[:12]
-            request(self.rest, "POST", "/register",
-                    {"username": name, "email": f"{name}@example.com", "password": "flood flood flood"},
-                    source=HOSTILE, timeout=5)
+            status, _, _ = request(self.rest, "POST", "/register",
+                                   {"username": name, "email": f"{name}@example.com",
+                                    "password": "flood flood flood"},
+                                   source=HOSTILE, timeout=5)
             self.floods += 1
+            self.registrations[status] = self.registrations.get(status, 0) + 1
 
     def made_up_methods(self):
         i = 0
@@ -217,6 +220,9 @@ def main():
             f"{hostile.floods} flood requests")
         say(f"honest clients: {honest}/{total} succeeded; logins {len(logins)} (p99 {percentile(logins, 0.99) * 1000:.0f} ms), "
             f"lookups {len(lookups)} (p99 {percentile(lookups, 0.99) * 1000:.1f} ms)")
+        stored = hostile.registrations.get(201, 0)
+        say(f"flood registrations: {stored} stored, {hostile.registrations.get(429, 0)} refused with 429 "
+            f"(all answers: {dict(sorted(hostile.registrations.items()))})")
         say(f"process: RSS {rss_before} -> {rss_during} MiB, open files {fds_before} -> {fds_during}; "
             f"request series {series_before} -> {series_after}")
         if honest_failures:
@@ -225,6 +231,9 @@ def main():
             fail("the honest clients were not served")
         if status != 200:
             fail(f"/health answered {status} under the flood")
+        # The default budget: 20 at once, then one every 3 s.
+        if stored > 20 + SECONDS / 3 + 2:
+            fail(f"the flood stored {stored} registrations past its client's budget")
         if series_after - series_before > 20:
             fail(f"made-up requests created {series_after - series_before} metric series")
         if fds_during > 2 * 160 + 200:

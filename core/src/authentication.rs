@@ -8,14 +8,40 @@ use crate::error::{Error, ErrorCode};
 use crate::hashing::HashingPool;
 use crate::ports::{Clock, CredentialChange, SessionRepository, User, UserRepository};
 use crate::session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};
-use crate::token::{IssuedToken, Principal, Tokens};
-use crate::user::{Email, Password, Username};
+use crate::token::{IssuedToken, KnownDevice, Principal, Tokens};
+use crate::user::{Email, Password, UserId, Username};
 
 /// How a user names themself at login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginName {
     Username(String),
     Email(String),
+}
+
+/// What a login name counts against in attempt limits: a user, or the
+/// canonical form of a name that is no one's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AccountKey {
+    User(UserId),
+    Unknown(String),
+}
+
+impl AccountKey {
+    pub fn user(&self) -> Option<UserId> {
+        match self {
+            AccountKey::User(id) => Some(*id),
+            AccountKey::Unknown(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccountKey::User(id) => write!(f, "user:{id}"),
+            AccountKey::Unknown(name) => write!(f, "name:{name}"),
+        }
+    }
 }
 
 /// A successful login: the new session, its token, and the user.
@@ -89,6 +115,16 @@ impl Authentication {
         &self.tokens
     }
 
+    /// The device a device token shows, when it verifies now.
+    pub fn known_device(&self, token: &str) -> Option<KnownDevice> {
+        self.tokens.verify_device(token, self.clock.now())
+    }
+
+    /// A device token for `user`, valid for `lifetime` from now.
+    pub fn device_token(&self, user: UserId, lifetime: Duration) -> Result<IssuedToken, Error> {
+        self.tokens.issue_device(user, lifetime, self.clock.now())
+    }
+
     async fn find(&self, name: &LoginName) -> Result<Option<User>, Error> {
         // A name that cannot exist is an unknown user, not a different error:
         // the answer must not tell which names are valid.
@@ -109,14 +145,14 @@ impl Authentication {
     /// names of one account share one budget; otherwise the name's
     /// canonical form (folded, at most 254 characters), so guesses at a
     /// name no one has are limited too. Never shown to the client.
-    pub async fn account_key(&self, name: &LoginName) -> Result<String, Error> {
+    pub async fn account_key(&self, name: &LoginName) -> Result<AccountKey, Error> {
         if let Some(user) = self.find(name).await? {
-            return Ok(format!("user:{}", user.id));
+            return Ok(AccountKey::User(user.id));
         }
         let (LoginName::Username(raw) | LoginName::Email(raw)) = name;
         let mut folded: String = raw.trim().chars().take(254).collect();
         folded.make_ascii_lowercase();
-        Ok(format!("name:{folded}"))
+        Ok(AccountKey::Unknown(folded))
     }
 
     /// Checks the password and opens a session. A wrong password and an

@@ -22,7 +22,7 @@ pub mod token;
 pub mod user;
 
 pub use administration::Administration;
-pub use authentication::{Authentication, LoginName, LoginOutcome, ProfileChange};
+pub use authentication::{AccountKey, Authentication, LoginName, LoginOutcome, ProfileChange};
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig, as_client};
@@ -38,5 +38,5 @@ pub use ports::{
 pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelayError, RelaySettings, RelaySnapshot, RelayStatus};
 pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId, SessionState};
-pub use token::{Claims, IssuedToken, Jwks, KeySet, Principal, TokenSettings, Tokens};
+pub use token::{Claims, IssuedToken, Jwks, KeySet, KnownDevice, Principal, TokenSettings, Tokens};
 pub use user::{Email, Password, Role, UserId, Username};

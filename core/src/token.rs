@@ -239,6 +239,8 @@ pub struct Tokens {
     keys: KeySet,
     settings: TokenSettings,
     validation: Validation,
+    /// The same checks with the device tokens' audience.
+    device_validation: Validation,
     verified: VerifiedTokens,
 }
 
@@ -257,10 +259,13 @@ impl Tokens {
         // system clock the library would read; the claims stay required.
         validation.validate_exp = false;
         validation.validate_nbf = false;
+        let mut device_validation = validation.clone();
+        device_validation.set_audience(&[device_audience(&settings.audience)]);
         Self {
             keys,
             settings,
             validation,
+            device_validation,
             verified: VerifiedTokens::default(),
         }
     }
@@ -349,6 +354,101 @@ impl Tokens {
         self.verified.put(token, principal, claims.exp);
         Ok(principal)
     }
+
+    /// Signs a device token for `user_id`: proof, shown at a later login,
+    /// that this browser or client has signed in to the account before
+    /// (OWASP's device cookie). It opens nothing and is not a bearer token.
+    pub fn issue_device(
+        &self,
+        user_id: UserId,
+        lifetime: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedToken, Error> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| key_error("the random source failed", e))?;
+        let lifetime = time::Duration::try_from(lifetime)
+            .map_err(|e| key_error("device token lifetime out of range", e))?;
+        let expires_at = now + lifetime;
+        let claims = DeviceClaims {
+            iss: self.settings.issuer.clone(),
+            aud: device_audience(&self.settings.audience),
+            sub: user_id.to_string(),
+            dev: B64URL.encode(nonce),
+            iat: now.unix_timestamp(),
+            exp: expires_at.unix_timestamp(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.keys.signing_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.keys.signing)
+            .map_err(|e| key_error("signing a device token", e))?;
+        Ok(IssuedToken {
+            token,
+            expires_at,
+            expires_in: u64::try_from(lifetime.whole_seconds()).unwrap_or(0),
+        })
+    }
+
+    /// The device a device token names, when its signature and claims hold;
+    /// `None` for anything else (a device token is a hint, never a failure).
+    pub fn verify_device(&self, token: &str, now: OffsetDateTime) -> Option<KnownDevice> {
+        let refused = |why: &dyn std::fmt::Display| {
+            tracing::debug!(reason = %why, "device token ignored");
+        };
+        if token.len() > MAX_DEVICE_TOKEN {
+            refused(&"too long");
+            return None;
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| refused(&e))
+            .ok()?;
+        let key = self.keys.verifying.get(header.kid.as_deref()?)?;
+        let claims =
+            jsonwebtoken::decode::<DeviceClaims>(token, &key.decoding, &self.device_validation)
+                .map_err(|e| refused(&e))
+                .ok()?
+                .claims;
+        #[allow(clippy::cast_possible_wrap)]
+        let leeway = LEEWAY_SECS as i64;
+        if now.unix_timestamp() > claims.exp + leeway || claims.iat > now.unix_timestamp() + leeway
+        {
+            refused(&"expired or issued in the future");
+            return None;
+        }
+        Some(KnownDevice {
+            user_id: UserId::parse(&claims.sub).map_err(|e| refused(&e)).ok()?,
+            device: claims.dev,
+        })
+    }
+}
+
+/// The audience of device tokens: never the access tokens' own, so neither
+/// kind verifies as the other.
+fn device_audience(audience: &str) -> String {
+    format!("{audience}#device")
+}
+
+/// The longest device token looked at; ours are about 400 bytes.
+const MAX_DEVICE_TOKEN: usize = 2_048;
+
+/// The claims of a device token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct DeviceClaims {
+    iss: String,
+    aud: String,
+    /// The user who signed in on this device.
+    sub: String,
+    /// This device's random id: what its own failure budget is kept under.
+    dev: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// A device that has signed in to `user_id` before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownDevice {
+    pub user_id: UserId,
+    /// The device's random id (22 characters).
+    pub device: String,
 }
 
 #[cfg(test)]
@@ -381,6 +481,42 @@ mod tests {
             KeySet::from_pem(&key.private_pem, previous).unwrap(),
             settings(),
         )
+    }
+
+    #[test]
+    fn a_device_token_names_its_user_and_is_no_access_token() {
+        let tokens = tokens_with(&KeySet::generate().unwrap(), &[]);
+        let now = OffsetDateTime::now_utc();
+        let user = UserId::generate();
+        let device = tokens
+            .issue_device(user, Duration::from_secs(3600), now)
+            .unwrap();
+        let known = tokens.verify_device(&device.token, now).unwrap();
+        assert_eq!(known.user_id, user);
+        assert_eq!(known.device.len(), 22);
+        let other = tokens
+            .issue_device(user, Duration::from_secs(3600), now)
+            .unwrap();
+        assert_ne!(
+            tokens.verify_device(&other.token, now).unwrap().device,
+            known.device
+        );
+        // Neither kind passes for the other.
+        assert_eq!(
+            tokens.verify(&device.token, now).unwrap_err().code(),
+            ErrorCode::InvalidToken
+        );
+        let s = session(now);
+        let access = tokens.issue(s.user_id, Role::User, &s, now).unwrap();
+        assert!(tokens.verify_device(&access.token, now).is_none());
+        // Expired, tampered with, or signed by a key not ours: ignored.
+        let later = now + time::Duration::hours(2);
+        assert!(tokens.verify_device(&device.token, later).is_none());
+        let mut tampered = device.token.clone();
+        tampered.pop();
+        assert!(tokens.verify_device(&tampered, now).is_none());
+        let stranger = tokens_with(&KeySet::generate().unwrap(), &[]);
+        assert!(stranger.verify_device(&device.token, now).is_none());
     }
 
     #[test]

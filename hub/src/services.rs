@@ -83,13 +83,19 @@ impl Hub {
                         registration: self.registration(),
                         database: Arc::new(hub_store::PgProbe::new(self.pool.clone())),
                         limiter: Arc::clone(&limiter),
+                        limits: Arc::clone(&self.limits),
+                        device_cookie: hub_rest_auth::DeviceCookie {
+                            lifetime: self.config.services.rest_auth.login_limit.device_lifetime(),
+                            secure: self.config.http.secure_cookies,
+                        },
                     },
                     ServiceContext {
                         readiness: context
                             .readiness
                             .clone()
                             .with_metrics(hashing())
-                            .with_metrics(limiter),
+                            .with_metrics(limiter)
+                            .with_metrics(self.limits.clone()),
                         ..context
                     },
                 )
@@ -99,9 +105,14 @@ impl Hub {
                     registration: self.registration(),
                     wsdl: assembly.wsdl(),
                     limits: self.soap_limits(),
+                    budgets: Arc::clone(&self.limits),
                 },
                 ServiceContext {
-                    readiness: context.readiness.clone().with_metrics(hashing()),
+                    readiness: context
+                        .readiness
+                        .clone()
+                        .with_metrics(hashing())
+                        .with_metrics(self.limits.clone()),
                     ..context
                 },
             ),

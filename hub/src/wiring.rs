@@ -12,6 +12,7 @@ use hub_core::{
     SessionRepository, SystemClock, TokenSettings, Tokens, UserRepository,
 };
 use hub_runtime::config::TokenConfig;
+use hub_runtime::limits::HashingLimits;
 use hub_runtime::service::{Backing, Need};
 use hub_runtime::{Config, Readiness, Service};
 use hub_store::{
@@ -34,6 +35,9 @@ pub struct Hub {
     /// The open-session cache behind `sessions`, when configured; its
     /// listener runs while the services do.
     pub(crate) session_cache: Option<Arc<CachedSessions>>,
+    /// Registration and password-check budgets: one per process, so every
+    /// service offering them spends the same.
+    pub(crate) limits: Arc<HashingLimits>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -102,7 +106,12 @@ impl Hub {
             Some(cache) => Arc::clone(cache) as Arc<dyn SessionRepository>,
             None => Arc::new(PgSessionRepository::new(pool.clone())),
         };
+        let limits = Arc::new(HashingLimits::new(
+            &config.limits,
+            config.http.client_ipv6_prefix,
+        ));
         Ok(Self {
+            limits,
             users: Arc::new(PgUserRepository::new(pool.clone())),
             sessions,
             session_cache,

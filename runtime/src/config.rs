@@ -30,6 +30,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub images: ImagesConfig,
     pub soap: SoapConfig,
+    pub limits: LimitsConfig,
     pub services: ServicesConfig,
 }
 
@@ -191,6 +192,9 @@ pub struct HttpConfig {
     /// With `all`: one in this many successful requests is written (errors
     /// always are); 1 writes every one.
     pub access_log_sample: u32,
+    /// Cookies the hub sets are `Secure` (sent over HTTPS only); turn off
+    /// only for plain-HTTP loopback use.
+    pub secure_cookies: bool,
 }
 
 /// Which requests the access log writes.
@@ -221,6 +225,7 @@ impl Default for HttpConfig {
             max_streams_per_connection: 100,
             access_log: AccessLogMode::All,
             access_log_sample: 1,
+            secure_cookies: true,
         }
     }
 }
@@ -505,15 +510,23 @@ pub struct CorsConfig {
     pub allow_credentials: bool,
 }
 
-/// Login attempts allowed per client address and per login name: a burst,
-/// then one more every `replenish_ms`.
+/// Login attempts allowed per client address, per account and per known
+/// device: a burst, then one more every `replenish_ms`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoginLimitConfig {
     pub per_ip_burst: u32,
     pub per_ip_replenish_ms: u64,
+    /// Attempts on one account from devices that have not signed in to it
+    /// before: the lockout against guessing.
     pub per_user_burst: u32,
     pub per_user_replenish_ms: u64,
+    /// Failed attempts a device that has signed in to the account before
+    /// may make before it counts as unknown again.
+    pub per_device_burst: u32,
+    pub per_device_replenish_ms: u64,
+    /// How long a device token (issued at each successful login) is honoured.
+    pub device_lifetime_days: u64,
 }
 
 impl Default for LoginLimitConfig {
@@ -523,6 +536,76 @@ impl Default for LoginLimitConfig {
             per_ip_replenish_ms: 2_000,
             per_user_burst: 10,
             per_user_replenish_ms: 6_000,
+            per_device_burst: 10,
+            per_device_replenish_ms: 60_000,
+            device_lifetime_days: 90,
+        }
+    }
+}
+
+impl LoginLimitConfig {
+    pub fn per_ip(&self) -> BudgetConfig {
+        BudgetConfig {
+            burst: self.per_ip_burst,
+            replenish_ms: self.per_ip_replenish_ms,
+        }
+    }
+
+    pub fn per_user(&self) -> BudgetConfig {
+        BudgetConfig {
+            burst: self.per_user_burst,
+            replenish_ms: self.per_user_replenish_ms,
+        }
+    }
+
+    pub fn per_device(&self) -> BudgetConfig {
+        BudgetConfig {
+            burst: self.per_device_burst,
+            replenish_ms: self.per_device_replenish_ms,
+        }
+    }
+
+    pub fn device_lifetime(&self) -> Duration {
+        Duration::from_secs(self.device_lifetime_days.max(1) * 24 * 60 * 60)
+    }
+}
+
+/// An attempt budget: `burst` at once, then one more every `replenish_ms`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub burst: u32,
+    pub replenish_ms: u64,
+}
+
+/// Budgets of the requests that cost a password hash, beside login's own
+/// (`services.rest_auth.login_limit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Registrations per client address, REST and SOAP together.
+    pub registration_per_client: BudgetConfig,
+    /// Current-password checks (`PUT /profile`) per client address...
+    pub password_check_per_client: BudgetConfig,
+    /// ...and per account, wherever they come from.
+    pub password_check_per_account: BudgetConfig,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            registration_per_client: BudgetConfig {
+                burst: 20,
+                replenish_ms: 3_000,
+            },
+            password_check_per_client: BudgetConfig {
+                burst: 20,
+                replenish_ms: 3_000,
+            },
+            password_check_per_account: BudgetConfig {
+                burst: 5,
+                replenish_ms: 12_000,
+            },
         }
     }
 }

@@ -11,6 +11,7 @@ mod openapi;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
@@ -21,6 +22,7 @@ use hub_core::{
     Authentication, ClientInfo, DependencyProbe, Error, ErrorCode, LoginName, ProfileChange,
     RegisterUser, Registration,
 };
+use hub_runtime::limits::HashingLimits;
 use hub_runtime::{BearerToken, HttpError, JsonBody, ServiceContext};
 
 use crate::api::{
@@ -36,6 +38,46 @@ pub struct RestAuthState {
     /// The user database, for `/test-db`.
     pub database: Arc<dyn DependencyProbe>,
     pub limiter: Arc<LoginLimiter>,
+    /// Registration and current-password budgets, shared with soap-register.
+    pub limits: Arc<HashingLimits>,
+    pub device_cookie: DeviceCookie,
+}
+
+/// How the device token (see [`LoginLimiter`]) is handed out: an HttpOnly,
+/// SameSite=Strict cookie, `Secure` unless `http.secure_cookies` is off.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceCookie {
+    pub lifetime: Duration,
+    pub secure: bool,
+}
+
+/// The device token's cookie.
+pub const DEVICE_COOKIE: &str = "polyhub_device";
+
+impl DeviceCookie {
+    fn set_cookie(&self, token: &str) -> Option<HeaderValue> {
+        let secure = if self.secure { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{DEVICE_COOKIE}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
+            self.lifetime.as_secs()
+        ))
+        .ok()
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
+
+fn too_many(wait: Duration) -> HttpError {
+    HttpError::from(ErrorCode::TooManyAttempts).retry_after(wait)
 }
 
 impl std::fmt::Debug for RestAuthState {
@@ -56,7 +98,7 @@ fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
     post, path = "/login", tag = "auth",
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "Signed in; a new session and its token", body = LoginResponse),
+        (status = 200, description = "Signed in; a new session and its token, and a device token in the `polyhub_device` cookie that lets this device through the account's lockout next time", body = LoginResponse),
         (status = 400, description = "Malformed body, or not exactly one of username/email", body = api::ErrorBody),
         (status = 401, description = "INVALID_CREDENTIALS: wrong password or unknown user", body = api::ErrorBody),
         (status = 429, description = "TOO_MANY_ATTEMPTS or OVERLOADED; see Retry-After", body = api::ErrorBody),
@@ -68,7 +110,7 @@ async fn login(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<LoginRequest>,
-) -> Result<Json<LoginResponse>, HttpError> {
+) -> Result<Response, HttpError> {
     let name = match (request.username, request.email) {
         (Some(username), None) => LoginName::Username(username),
         (None, Some(email)) => LoginName::Email(email),
@@ -82,25 +124,63 @@ async fn login(
     };
     if let Err(wait) = state.limiter.check_client(addr.ip()) {
         tracing::warn!(client_ip = %addr.ip(), "login attempts limited for this client");
-        return Err(HttpError::from(ErrorCode::TooManyAttempts).retry_after(wait));
+        return Err(too_many(wait));
     }
     // By account, not by the string typed: a username and an email of one
     // user share one budget.
     let account = state.authentication.account_key(&name).await?;
-    if let Err(wait) = state.limiter.check_account(&account) {
+    // A device that signed in to this account before spends its own
+    // failures, not the account's budget, so guesses from elsewhere cannot
+    // lock the owner out.
+    let known_device = cookie(&headers, DEVICE_COOKIE)
+        .and_then(|token| state.authentication.known_device(token))
+        .filter(|device| account.user() == Some(device.user_id))
+        .filter(|device| !state.limiter.device_locked(&device.device));
+    if known_device.is_none()
+        && let Err(wait) = state.limiter.check_account(&account)
+    {
         tracing::warn!(client_ip = %addr.ip(), "login attempts limited for this account");
-        return Err(HttpError::from(ErrorCode::TooManyAttempts).retry_after(wait));
+        return Err(too_many(wait));
     }
-    let outcome = state
+    let outcome = match state
         .authentication
         .login(name, request.password, client_info(addr, &headers))
-        .await?;
-    Ok(Json(LoginResponse {
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            if let Some(device) = &known_device
+                && e.code() == ErrorCode::InvalidCredentials
+            {
+                state.limiter.device_failed(&device.device);
+            }
+            return Err(e.into());
+        }
+    };
+    let mut response = Json(LoginResponse {
         token: outcome.token.token,
         token_type: "Bearer".to_owned(),
         expires_in: outcome.token.expires_in,
         session_id: outcome.session.id.as_uuid(),
-    }))
+    })
+    .into_response();
+    // A fresh device token at every login: the next one from this device
+    // is known to the account.
+    match state
+        .authentication
+        .device_token(outcome.user.id, state.device_cookie.lifetime)
+    {
+        Ok(device) => {
+            if let Some(value) = state.device_cookie.set_cookie(&device.token) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "no device token for this login"),
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 /// `POST /register`
@@ -111,14 +191,16 @@ async fn login(
         (status = 201, description = "Registered", body = Profile),
         (status = 400, description = "INVALID_USERNAME, INVALID_EMAIL, WEAK_PASSWORD or a malformed body", body = api::ErrorBody),
         (status = 409, description = "USERNAME_TAKEN or EMAIL_TAKEN", body = api::ErrorBody),
-        (status = 429, description = "OVERLOADED: the hashing pool is full; see Retry-After", body = api::ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS: this client's registrations are limited; OVERLOADED: the hashing pool is full; see Retry-After", body = api::ErrorBody),
         (status = 503, description = "UNAVAILABLE", body = api::ErrorBody),
     )
 )]
 async fn register(
     State(state): State<RestAuthState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     JsonBody(request): JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<Profile>), HttpError> {
+    state.limits.register(addr.ip()).map_err(too_many)?;
     let user = state
         .registration
         .register(RegisterUser {
@@ -158,16 +240,25 @@ async fn profile(
         (status = 400, description = "INVALID_EMAIL, WEAK_PASSWORD, nothing to change, or a malformed body", body = api::ErrorBody),
         (status = 401, description = "INVALID_TOKEN, or INVALID_CREDENTIALS for a missing or wrong current_password", body = api::ErrorBody),
         (status = 409, description = "EMAIL_TAKEN; nothing was changed", body = api::ErrorBody),
-        (status = 429, description = "OVERLOADED", body = api::ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS: current-password checks are limited for this client or account; OVERLOADED", body = api::ErrorBody),
         (status = 503, description = "UNAVAILABLE", body = api::ErrorBody),
     )
 )]
 async fn update_profile(
     State(state): State<RestAuthState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     BearerToken(token): BearerToken,
     JsonBody(update): JsonBody<ProfileUpdate>,
 ) -> Result<Json<Profile>, HttpError> {
     let principal = state.authentication.authenticate(&token).await?;
+    // Each check of the current password is a full hash: budgeted per
+    // client and per account, so one token cannot keep the pool busy.
+    if update.current_password.is_some() {
+        state
+            .limits
+            .password_check(addr.ip(), principal.user_id)
+            .map_err(too_many)?;
+    }
     let user = state
         .authentication
         .update_profile(

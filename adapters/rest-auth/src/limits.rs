@@ -5,114 +5,120 @@
 //! bits, /64 by default: one host gets a whole /64 and rotates inside it).
 //! An account is what `Authentication::account_key` resolves a login name
 //! to, so a user's username and email share one budget.
+//!
+//! Anyone can spend an account's budget, so anyone could lock its owner
+//! out. A device that has signed in to the account before shows the device
+//! token it was given then (OWASP's device cookie): it does not spend the
+//! account's budget, only its own budget of failures; past that it counts
+//! as unknown again until the budget refills.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hub_core::AccountKey;
 use hub_runtime::config::LoginLimitConfig;
 use hub_runtime::connections::client_key;
+use hub_runtime::limits::{Budget, expose_sizes};
 use hub_runtime::metrics::{Exposition, MetricsSource};
 
-/// Keys kept before idle ones are swept: bounds the limiter's memory.
-const SWEEP_ABOVE: usize = 100_000;
-/// A sweep walks every key, so it runs at most this often, never per request.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Account keys are cut to this length so none can grow the map.
 const MAX_ACCOUNT_KEY: usize = 300;
+/// Devices locked out at once; only a device that signed in before and then
+/// failed its whole budget gets here, so it stays small. Past it, expired
+/// locks are dropped, and if none had expired the oldest half goes.
+const MAX_LOCKED_DEVICES: usize = 100_000;
 
+#[derive(Debug)]
 pub struct LoginLimiter {
-    per_client: DefaultKeyedRateLimiter<IpAddr>,
-    per_account: DefaultKeyedRateLimiter<String>,
+    per_client: Budget<IpAddr>,
+    per_account: Budget<String>,
+    per_device: Budget<String>,
+    /// Known devices that used up their failure budget, until when.
+    locked_devices: Mutex<HashMap<String, Instant>>,
     ipv6_prefix: u8,
-    clock: DefaultClock,
-    last_sweep: Mutex<Instant>,
-}
-
-impl std::fmt::Debug for LoginLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginLimiter").finish_non_exhaustive()
-    }
-}
-
-fn quota(burst: u32, replenish_ms: u64) -> Quota {
-    let period = Duration::from_millis(replenish_ms.max(1));
-    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst)
 }
 
 impl LoginLimiter {
     pub fn new(config: &LoginLimitConfig, ipv6_prefix: u8) -> Self {
         Self {
-            per_client: RateLimiter::keyed(quota(config.per_ip_burst, config.per_ip_replenish_ms)),
-            per_account: RateLimiter::keyed(quota(
-                config.per_user_burst,
-                config.per_user_replenish_ms,
-            )),
+            per_client: Budget::new("login_client", config.per_ip()),
+            per_account: Budget::new("login_account", config.per_user()),
+            per_device: Budget::new("login_device", config.per_device()),
+            locked_devices: Mutex::default(),
             ipv6_prefix,
-            clock: DefaultClock::default(),
-            last_sweep: Mutex::new(Instant::now()),
         }
-    }
-
-    /// Forgets idle keys when there are many, at most once a second.
-    fn sweep(&self) {
-        if self.per_client.len() <= SWEEP_ABOVE && self.per_account.len() <= SWEEP_ABOVE {
-            return;
-        }
-        let Ok(mut last) = self.last_sweep.try_lock() else {
-            return; // another request is sweeping
-        };
-        if last.elapsed() < SWEEP_EVERY {
-            return;
-        }
-        *last = Instant::now();
-        self.per_client.retain_recent();
-        self.per_account.retain_recent();
     }
 
     /// Counts one attempt from `ip`; when over the client's limit, how long
     /// to wait.
     pub fn check_client(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.sweep();
-        let now = self.clock.now();
-        self.per_client
-            .check_key(&client_key(ip, self.ipv6_prefix))
-            .map_err(|not_until| not_until.wait_time_from(now))
+        self.per_client.spend(&client_key(ip, self.ipv6_prefix))
     }
 
-    /// Counts one attempt on `account`; when over its limit, how long to wait.
-    pub fn check_account(&self, account: &str) -> Result<(), Duration> {
-        let now = self.clock.now();
-        let key: String = account.chars().take(MAX_ACCOUNT_KEY).collect();
-        self.per_account
-            .check_key(&key)
-            .map_err(|not_until| not_until.wait_time_from(now))
+    /// Counts one attempt on `account` from a device not known to it; when
+    /// over its limit, how long to wait.
+    pub fn check_account(&self, account: &AccountKey) -> Result<(), Duration> {
+        let key: String = account.to_string().chars().take(MAX_ACCOUNT_KEY).collect();
+        self.per_account.spend(&key)
+    }
+
+    /// Whether a known device has used up its failure budget.
+    pub fn device_locked(&self, device: &str) -> bool {
+        let locked = match self.locked_devices.lock() {
+            Ok(locked) => locked,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        locked
+            .get(device)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// Counts a failed attempt from a known device; past its budget the
+    /// device counts as unknown (the account's budget applies) until the
+    /// budget has room again.
+    pub fn device_failed(&self, device: &str) {
+        let Err(wait) = self.per_device.spend(&device.to_owned()) else {
+            return;
+        };
+        tracing::warn!("a known device used up its login failures; it counts as unknown for now");
+        let mut locked = match self.locked_devices.lock() {
+            Ok(locked) => locked,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        if locked.len() >= MAX_LOCKED_DEVICES {
+            locked.retain(|_, until| *until > now);
+            if locked.len() >= MAX_LOCKED_DEVICES {
+                let mut ends: Vec<Instant> = locked.values().copied().collect();
+                ends.sort_unstable();
+                let median = ends[ends.len() / 2];
+                locked.retain(|_, until| *until > median);
+            }
+        }
+        locked.insert(device.to_owned(), now + wait);
+    }
+
+    fn locked_devices(&self) -> usize {
+        match self.locked_devices.lock() {
+            Ok(locked) => locked.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl MetricsSource for LoginLimiter {
     async fn collect(&self, out: &mut Exposition) {
-        out.family(
-            "gauge",
-            "polyhub_login_limiter_keys",
-            "Clients and accounts the login limiter remembers (idle ones are swept past 100,000).",
-        )
-        .sample(
-            "polyhub_login_limiter_keys",
-            &[("kind", "client")],
-            self.per_client.len() as f64,
-        )
-        .sample(
-            "polyhub_login_limiter_keys",
-            &[("kind", "account")],
-            self.per_account.len() as f64,
+        expose_sizes(
+            out,
+            &[
+                (self.per_client.name(), self.per_client.len()),
+                (self.per_account.name(), self.per_account.len()),
+                (self.per_device.name(), self.per_device.len()),
+                ("login_device_locked", self.locked_devices()),
+            ],
         );
     }
 }
@@ -128,6 +134,9 @@ mod tests {
                 per_ip_replenish_ms: 60_000,
                 per_user_burst: 2,
                 per_user_replenish_ms: 60_000,
+                per_device_burst: 2,
+                per_device_replenish_ms: 60_000,
+                device_lifetime_days: 1,
             },
             64,
         )
@@ -159,9 +168,28 @@ mod tests {
     #[test]
     fn an_account_has_one_budget() {
         let limiter = limiter();
-        assert!(limiter.check_account("user:1").is_ok());
-        assert!(limiter.check_account("user:1").is_ok());
-        assert!(limiter.check_account("user:1").is_err());
-        assert!(limiter.check_account("user:2").is_ok());
+        let (one, two) = (
+            AccountKey::User(hub_core::UserId::generate()),
+            AccountKey::Unknown("nobody".into()),
+        );
+        assert!(limiter.check_account(&one).is_ok());
+        assert!(limiter.check_account(&one).is_ok());
+        assert!(limiter.check_account(&one).is_err());
+        assert!(limiter.check_account(&two).is_ok());
+    }
+
+    #[test]
+    fn a_known_device_is_locked_after_its_failures_only() {
+        let limiter = limiter();
+        limiter.device_failed("d1");
+        assert!(!limiter.device_locked("d1"), "one failure of two");
+        limiter.device_failed("d1");
+        assert!(
+            !limiter.device_locked("d1"),
+            "the budget is used, not exceeded"
+        );
+        limiter.device_failed("d1");
+        assert!(limiter.device_locked("d1"));
+        assert!(!limiter.device_locked("d2"));
     }
 }

@@ -5,15 +5,17 @@
 //! is hub-core's `Registration`: the same username rules, hashing and codes as
 //! every other protocol.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
 use axum::response::Response;
 use axum::routing::any;
-use hub_core::{RegisterUser, Registration};
+use hub_core::{ErrorCode, RegisterUser, Registration};
 use hub_runtime::ServiceContext;
+use hub_runtime::limits::HashingLimits;
 use hub_soap::{Fault, Limits, OperationCall, USERS_NS, escape_text};
 use time::format_description::well_known::Rfc3339;
 use yaserde::YaDeserialize;
@@ -27,6 +29,8 @@ pub struct SoapRegisterState {
     /// wsdl/users.wsdl with this deployment's addresses.
     pub wsdl: Arc<str>,
     pub limits: Limits,
+    /// Registrations per client, shared with rest-auth's.
+    pub budgets: Arc<HashingLimits>,
 }
 
 impl std::fmt::Debug for SoapRegisterState {
@@ -55,7 +59,11 @@ impl std::fmt::Debug for RegisterUserRequest {
     }
 }
 
-async fn register(state: &SoapRegisterState, call: OperationCall) -> Result<Response, Fault> {
+async fn register(
+    state: &SoapRegisterState,
+    client: Option<SocketAddr>,
+    call: OperationCall,
+) -> Result<Response, Fault> {
     let version = call.version;
     if call.operation != "RegisterUser" {
         return Err(Fault::client(
@@ -65,6 +73,11 @@ async fn register(state: &SoapRegisterState, call: OperationCall) -> Result<Resp
     }
     let request: RegisterUserRequest = yaserde::de::from_str(&call.payload)
         .map_err(|e| Fault::client(version, format!("RegisterUser is malformed: {e}")))?;
+    if let Some(client) = client {
+        state.budgets.register(client.ip()).map_err(|wait| {
+            Fault::from_error(version, &ErrorCode::TooManyAttempts.into()).retry_after(wait)
+        })?;
+    }
     let user = state
         .registration
         .register(RegisterUser {
@@ -99,8 +112,12 @@ async fn endpoint(State(state): State<SoapRegisterState>, request: Request) -> R
         }
         Method::POST => {
             let (parts, body) = request.into_parts();
+            let client = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0);
             match hub_soap::read_request(&parts.headers, body, &state.limits).await {
-                Ok(call) => register(&state, call).await,
+                Ok(call) => register(&state, client, call).await,
                 Err(fault) => Err(fault),
             }
         }

@@ -51,6 +51,7 @@ pub struct Fault {
     reason: String,
     error_code: ErrorCode,
     status: Option<StatusCode>,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl Fault {
@@ -65,6 +66,7 @@ impl Fault {
             reason: reason.into(),
             error_code,
             status: None,
+            retry_after: None,
         }
     }
 
@@ -84,12 +86,19 @@ impl Fault {
             reason: error.message().to_owned(),
             error_code: error.code(),
             status: None,
+            retry_after: None,
         }
     }
 
     /// An HTTP status other than the binding's default (415, 405, 413).
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = Some(status);
+        self
+    }
+
+    /// Tells the client when to come back (sent as `Retry-After`).
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
         self
     }
 
@@ -170,6 +179,12 @@ impl Fault {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        }
+        if let Some(after) = self.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
         }
         if crate::http::body_left_unread(self.status()) {
             response

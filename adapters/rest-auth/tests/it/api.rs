@@ -6,6 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use hub_core::{KeySet, RegisterUser};
+use hub_runtime::config::BudgetConfig;
 use hub_testkit::{Service, TestHub, TestSetup, key_files};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Client, StatusCode};
@@ -621,7 +622,7 @@ async fn a_username_and_an_email_of_one_account_share_one_budget() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"polyhub_login_limiter_keys{kind="account"} 1"#),
+        metrics.contains(r#"polyhub_limiter_keys{budget="login_account"} 1"#),
         "one account key for both names: {metrics}"
     );
     hub.stop().await;
@@ -888,6 +889,14 @@ async fn a_hashing_flood_from_one_client_leaves_room_for_another() {
     setup.config.hashing.workers = 1;
     setup.config.hashing.max_waiting = 11;
     setup.config.hashing.max_wait_ms = 30_000;
+    // The pool's fairness is under test, not the password-check budgets
+    // (tested on their own below): they are widened out of the way.
+    let wide = BudgetConfig {
+        burst: 1_000,
+        replenish_ms: 1,
+    };
+    setup.config.limits.password_check_per_client = wide;
+    setup.config.limits.password_check_per_account = wide;
     let hub = setup.start().await;
     let api = Api::new(&hub);
     api.register("mallory", "correct horse battery").await;
@@ -964,5 +973,291 @@ async fn a_hashing_flood_from_one_client_leaves_room_for_another() {
         refused >= 20,
         "the flood was refused on its own share: {refused} of 30"
     );
+    hub.stop().await;
+}
+
+/// A client bound to another loopback address: another client to the hub.
+fn client_from(address: &str) -> Client {
+    Client::builder()
+        .local_address(address.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn login_with(
+    client: &Client,
+    base: &str,
+    username: &str,
+    password: &str,
+    device: Option<&str>,
+) -> (StatusCode, Value, Option<String>) {
+    let mut request = client
+        .post(format!("{base}/login"))
+        .json(&json!({"username": username, "password": password}));
+    if let Some(device) = device {
+        request = request.header("cookie", format!("theme=dark; polyhub_device={device}"));
+    }
+    let resp = request.send().await.unwrap();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let (status, body) = decode(resp).await;
+    (status, body, cookie)
+}
+
+/// The device token in a `Set-Cookie` value.
+fn device_token(set_cookie: &str) -> String {
+    set_cookie
+        .strip_prefix("polyhub_device=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_owned()
+}
+
+/// OWASP's device cookie: guesses from elsewhere lock the account for
+/// unknown devices, but the owner's device, which signed in before, gets
+/// through; it has its own failure budget, it is no bearer token, and it
+/// speaks for its own account only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_device_logs_in_through_an_attackers_lockout() {
+    let mut setup = TestSetup::new(SERVICES);
+    let limits = &mut setup.config.services.rest_auth.login_limit;
+    limits.per_user_burst = 3;
+    limits.per_user_replenish_ms = 60_000;
+    limits.per_device_burst = 2;
+    limits.per_device_replenish_ms = 60_000;
+    let hub = setup.start().await;
+    let api = Api::new(&hub);
+    api.register("olga", "correct horse battery").await;
+    api.register("piotr", "correct horse battery").await;
+    let owner = Client::new();
+    let (status, body, cookie) =
+        login_with(&owner, &api.base, "olga", "correct horse battery", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cookie = cookie.expect("a login sets the device cookie");
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Secure",
+        "Path=/",
+        "Max-Age=7776000",
+    ] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    let device = device_token(&cookie);
+
+    // The attacker, from another address, guesses until olga's account is
+    // locked (her own login above spent one of its three)...
+    let attacker = client_from("127.0.0.2");
+    for (name, guesses) in [("olga", 2), ("piotr", 3)] {
+        for _ in 0..guesses {
+            let (status, body, _) =
+                login_with(&attacker, &api.base, name, "guess guess", None).await;
+            assert_error(
+                status,
+                &body,
+                StatusCode::UNAUTHORIZED,
+                "INVALID_CREDENTIALS",
+            );
+        }
+        let (status, body, _) = login_with(&attacker, &api.base, name, "guess guess", None).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_ATTEMPTS",
+        );
+    }
+    // ...so the owner on a new device is locked out too...
+    let (status, body, _) =
+        login_with(&owner, &api.base, "olga", "correct horse battery", None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOO_MANY_ATTEMPTS",
+    );
+    // ...but not on the device she signed in from, which gets a fresh token.
+    let (status, body, renewed) = login_with(
+        &owner,
+        &api.base,
+        "olga",
+        "correct horse battery",
+        Some(&device),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the known device was refused: {body}"
+    );
+    let renewed = device_token(&renewed.unwrap());
+    assert_ne!(renewed, device);
+
+    // Olga's device does not open piotr's lockout.
+    let (status, body, _) = login_with(
+        &owner,
+        &api.base,
+        "piotr",
+        "correct horse battery",
+        Some(&device),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOO_MANY_ATTEMPTS",
+    );
+    // A device token is not a bearer token.
+    let (status, body) = api.get_auth("/profile", &device).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "INVALID_TOKEN");
+    // A forged or foreign token is no device at all.
+    let (status, _, _) = login_with(
+        &owner,
+        &api.base,
+        "olga",
+        "correct horse battery",
+        Some("e30.e30.AAAA"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+
+    // The device's own budget: two failures are borne, the third locks it,
+    // and then it counts as unknown, so the account's lockout applies.
+    for _ in 0..3 {
+        let (status, body, _) = login_with(
+            &owner,
+            &api.base,
+            "olga",
+            "not her password",
+            Some(&renewed),
+        )
+        .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    let (status, body, _) = login_with(
+        &owner,
+        &api.base,
+        "olga",
+        "correct horse battery",
+        Some(&renewed),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOO_MANY_ATTEMPTS",
+    );
+    let metrics = reqwest::get(format!("{}/metrics", api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"polyhub_limiter_keys{budget="login_device_locked"} 1"#),
+        "{metrics}"
+    );
+    hub.stop().await;
+}
+
+/// Each check of a current password is a full hash: one account's checks
+/// are budgeted wherever they come from, and one client's across accounts.
+#[tokio::test(flavor = "multi_thread")]
+async fn current_password_checks_are_limited_per_account_and_per_client() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.limits.password_check_per_account = BudgetConfig {
+        burst: 2,
+        replenish_ms: 60_000,
+    };
+    setup.config.limits.password_check_per_client = BudgetConfig {
+        burst: 3,
+        replenish_ms: 60_000,
+    };
+    let hub = setup.start().await;
+    let api = Api::new(&hub);
+    api.register("quinn", "correct horse battery").await;
+    api.register("rita", "correct horse battery").await;
+    let here = Client::new();
+    let there = client_from("127.0.0.2");
+    let elsewhere = client_from("127.0.0.3");
+    let quinn_here = api.login("quinn", "correct horse battery").await;
+    let (_, body, _) = login_with(&there, &api.base, "quinn", "correct horse battery", None).await;
+    let quinn_there = body["token"].as_str().unwrap().to_owned();
+    let rita_here = api.login("rita", "correct horse battery").await;
+    let (_, body, _) =
+        login_with(&elsewhere, &api.base, "rita", "correct horse battery", None).await;
+    let rita_elsewhere = body["token"].as_str().unwrap().to_owned();
+
+    let check = |client: Client, token: String, current: &'static str| {
+        let url = format!("{}/profile", api.base);
+        async move {
+            let resp = client
+                .put(url)
+                .bearer_auth(token)
+                .json(
+                    &json!({"current_password": current, "new_password": "another horse battery"}),
+                )
+                .send()
+                .await
+                .unwrap();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let (status, body) = decode(resp).await;
+            (status, body, retry_after)
+        }
+    };
+    for _ in 0..2 {
+        let (status, body, _) = check(here.clone(), quinn_here.clone(), "wrong wrong").await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    // Quinn's budget is spent, from another address too, even with the
+    // right password.
+    let (status, body, retry_after) =
+        check(there.clone(), quinn_there, "correct horse battery").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOO_MANY_ATTEMPTS",
+    );
+    let retry_after: u64 = retry_after.unwrap().parse().unwrap();
+    assert!((50..=60).contains(&retry_after), "{retry_after}");
+    // This client has one check left, on another account; then none.
+    let (status, body, _) = check(here.clone(), rita_here.clone(), "wrong wrong").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    );
+    let (status, body, _) = check(here.clone(), rita_here, "correct horse battery").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOO_MANY_ATTEMPTS",
+    );
+    // Rita, from her own address, still changes her password.
+    let (status, body, _) = check(elsewhere, rita_elsewhere, "correct horse battery").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A request that checks no password spends nothing.
+    let (status, body) = api.get_auth("/profile", &quinn_here).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     hub.stop().await;
 }

@@ -222,6 +222,7 @@ async fn fifty_simultaneous_registrations_of_one_name_one_wins() {
     // one test client, so its hashing share is widened to take them.
     let mut setup = TestSetup::new(SERVICES);
     setup.config.hashing.max_per_client = 64;
+    setup.config.limits.registration_per_client.burst = 64;
     let hub = setup.start().await;
     let soap = std::sync::Arc::new(Soap::new(&hub));
     let attempts: Vec<_> = (0..50)
@@ -384,5 +385,95 @@ async fn a_user_registered_over_soap_logs_in_over_rest() {
         .await
         .unwrap();
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    hub.stop().await;
+}
+
+/// Registration costs a full hash, so each client has a budget of them, and
+/// REST and SOAP spend the same one: a flood cannot switch protocols to get
+/// a second. Past it SOAP answers a fault with `TOO_MANY_ATTEMPTS` and
+/// `Retry-After`; another client still registers.
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_are_limited_per_client_across_rest_and_soap() {
+    let mut setup = TestSetup::new(&[Service::SoapRegister, Service::RestAuth]);
+    setup.config.limits.registration_per_client.burst = 3;
+    setup.config.limits.registration_per_client.replenish_ms = 60_000;
+    let hub = setup.start().await;
+    let soap = Soap::new(&hub);
+    let rest = format!("{}/register", hub.url(Service::RestAuth));
+    let rest_register = |client: reqwest::Client, name: &'static str| {
+        let url = rest.clone();
+        async move {
+            let resp = client
+                .post(url)
+                .json(&serde_json::json!({
+                    "username": name, "email": format!("{name}@example.com"),
+                    "password": "correct horse battery"}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = resp.headers().get("retry-after").cloned();
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (status, body, retry_after)
+        }
+    };
+    for name in ["una", "uri"] {
+        let (status, body, _) = rest_register(reqwest::Client::new(), name).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let op = |name: &str| {
+        register_op(
+            name,
+            &format!("{name}@example.com"),
+            "correct horse battery",
+        )
+    };
+    let (status, xml) = soap.post(&soap.register, TEXT_XML, v11(&op("ute"))).await;
+    assert_eq!(status, StatusCode::OK, "{xml}");
+    // The budget of three is spent, on either protocol.
+    let resp = soap
+        .client
+        .post(&soap.register)
+        .header("content-type", SOAP12)
+        .body(v12(&op("uwe")))
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((50..=60).contains(&retry_after), "{retry_after}");
+    let status = resp.status();
+    let xml = resp.text().await.unwrap();
+    assert_fault(
+        status,
+        &xml,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "<env:Value>env:Receiver</env:Value>",
+        "TOO_MANY_ATTEMPTS",
+    );
+    let (status, body, retry_after) = rest_register(reqwest::Client::new(), "uma").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "TOO_MANY_ATTEMPTS", "{body}");
+    assert!(retry_after.is_some());
+    // Nothing was stored for the refused ones; another client is not affected.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let (status, body, _) = rest_register(other, "uma").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let metrics = reqwest::get(format!("{}/metrics", hub.url(Service::SoapRegister)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"polyhub_limiter_keys{budget="registration_client"} 2"#),
+        "{metrics}"
+    );
     hub.stop().await;
 }
