@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::error::Error;
 use crate::password::PasswordHash;
@@ -174,6 +175,17 @@ pub trait ClaimedEvents: Send {
     fn events(&self) -> &[PendingEvent];
     /// Marks the whole batch delivered at `at` and ends the claim.
     async fn delivered(self: Box<Self>, at: OffsetDateTime) -> Result<(), Error>;
+    /// Ends the claim with the events `delivered` marked delivered at `at`
+    /// and one more attempt counted on each `refused` one (with why); an
+    /// event refused `max_attempts` times is quarantined with that reason.
+    /// Every other claimed event stays pending. How many were quarantined.
+    async fn settle(
+        self: Box<Self>,
+        delivered: &[Uuid],
+        refused: &[(Uuid, String)],
+        at: OffsetDateTime,
+        max_attempts: u32,
+    ) -> Result<u64, Error>;
 }
 
 /// The time, as the domain sees it.

@@ -7,7 +7,15 @@
 //! activity log has it, and a batch whose marking fails is recorded again
 //! later and recognised as already there. While the activity log is away the
 //! relay waits with exponential backoff and the events stay in the outbox.
+//!
+//! An activity log that is there but refuses a batch (a document it will
+//! not take) is not an outage: the batch is delivered again event by event,
+//! the events it takes are marked delivered, and each refused one counts an
+//! attempt; refused `max_attempts` times, it is quarantined (`hub outbox
+//! retry` puts it back). Later events of a refused event's session wait in
+//! the outbox behind it, so each session's events arrive in order.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -16,8 +24,8 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::error::Error;
-use crate::ports::{ActivityLog, Clock, Outbox};
+use crate::error::{Error, ErrorKind};
+use crate::ports::{ActivityLog, ClaimedEvents, Clock, Outbox};
 
 /// How the relay paces itself.
 #[derive(Debug, Clone)]
@@ -31,6 +39,8 @@ pub struct RelaySettings {
     pub max_backoff: Duration,
     /// Delivered events older than this are deleted from the outbox.
     pub keep_delivered: Duration,
+    /// Times the activity log may refuse one event before it is quarantined.
+    pub max_attempts: u32,
 }
 
 impl Default for RelaySettings {
@@ -41,6 +51,7 @@ impl Default for RelaySettings {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             keep_delivered: Duration::from_secs(7 * 24 * 60 * 60),
+            max_attempts: 5,
         }
     }
 }
@@ -198,10 +209,14 @@ impl Relay {
             return Ok(0);
         }
         let delivered_at = self.clock.now();
-        let recorded = self
-            .log
-            .record_batch(claimed.events(), delivered_at)
-            .await?;
+        let recorded = match self.log.record_batch(claimed.events(), delivered_at).await {
+            Ok(recorded) => recorded,
+            Err(e) if e.kind() == ErrorKind::Unavailable => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, count, "the activity log refused a batch; delivering it event by event");
+                return self.deliver_singly(claimed, delivered_at).await;
+            }
+        };
         let oldest = claimed
             .events()
             .iter()
@@ -214,6 +229,81 @@ impl Relay {
             .succeeded(recorded, u64::try_from(count).unwrap_or(u64::MAX), lag);
         tracing::debug!(count, recorded, ?lag, "relay delivered a batch");
         Ok(count)
+    }
+
+    /// A batch the activity log refused, delivered one event at a time: the
+    /// events it takes are delivered, the refused ones count an attempt
+    /// (and are quarantined at `max_attempts`), later events of a refused
+    /// one's session stay behind it, and an outage midway leaves the rest
+    /// pending. Fails while a refused event is still waiting for its next
+    /// attempt, so the relay backs off before trying it again.
+    async fn deliver_singly(
+        &self,
+        claimed: Box<dyn ClaimedEvents>,
+        delivered_at: OffsetDateTime,
+    ) -> Result<usize, Error> {
+        let mut delivered = Vec::new();
+        let mut refused = Vec::new();
+        let mut held = HashSet::new();
+        let (mut recorded, mut oldest) = (0, delivered_at);
+        let mut outage = None;
+        let mut last_refusal = None;
+        for pending in claimed.events() {
+            let event = &pending.event;
+            if held.contains(&event.session_id) {
+                continue;
+            }
+            match self
+                .log
+                .record_batch(std::slice::from_ref(pending), delivered_at)
+                .await
+            {
+                Ok(new) => {
+                    recorded += new;
+                    oldest = oldest.min(event.at);
+                    delivered.push(event.id);
+                }
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    outage = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    let cause = e
+                        .internal_cause()
+                        .map_or_else(|| e.to_string(), |cause| format!("{e}: {cause}"));
+                    tracing::warn!(event = %event.id, session_id = %event.session_id, error = %cause, "the activity log refused an event");
+                    refused.push((event.id, format!("refused by the activity log: {cause}")));
+                    held.insert(event.session_id);
+                    last_refusal = Some(e);
+                }
+            }
+        }
+        let quarantined = claimed
+            .settle(
+                &delivered,
+                &refused,
+                delivered_at,
+                self.settings.max_attempts,
+            )
+            .await?;
+        if quarantined > 0 {
+            tracing::error!(
+                quarantined,
+                "outbox events the activity log kept refusing were quarantined; fix the cause, then `hub outbox retry`"
+            );
+        }
+        if !delivered.is_empty() {
+            let lag = Duration::try_from(self.clock.now() - oldest).unwrap_or_default();
+            let count = u64::try_from(delivered.len()).unwrap_or(u64::MAX);
+            self.status.succeeded(recorded, count, lag);
+        }
+        if let Some(outage) = outage {
+            return Err(outage);
+        }
+        match last_refusal {
+            Some(refusal) if quarantined < refused.len() as u64 => Err(refusal),
+            _ => Ok(delivered.len()),
+        }
     }
 
     /// Delivers until `stop` completes: full batches back to back, then a
@@ -271,6 +361,144 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorCode;
+    use crate::ports::{Backlog, PendingEvent};
+    use crate::session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};
+    use crate::user::UserId;
+    use async_trait::async_trait;
+    use uuid::Uuid;
+
+    /// What a settled claim was told.
+    #[derive(Debug, Default)]
+    struct Settled {
+        delivered: Vec<Uuid>,
+        refused: Vec<Uuid>,
+    }
+
+    struct Claim(Vec<PendingEvent>, Arc<Mutex<Settled>>);
+
+    #[async_trait]
+    impl ClaimedEvents for Claim {
+        fn events(&self) -> &[PendingEvent] {
+            &self.0
+        }
+        async fn delivered(self: Box<Self>, _: OffsetDateTime) -> Result<(), Error> {
+            self.1.lock().unwrap().delivered = self.0.iter().map(|p| p.event.id).collect();
+            Ok(())
+        }
+        async fn settle(
+            self: Box<Self>,
+            delivered: &[Uuid],
+            refused: &[(Uuid, String)],
+            _: OffsetDateTime,
+            _: u32,
+        ) -> Result<u64, Error> {
+            let mut settled = self.1.lock().unwrap();
+            settled.delivered = delivered.to_vec();
+            settled.refused = refused.iter().map(|(id, _)| *id).collect();
+            Ok(0)
+        }
+    }
+
+    struct OneClaim(Mutex<Option<Claim>>);
+
+    #[async_trait]
+    impl Outbox for OneClaim {
+        async fn claim(&self, _: u32) -> Result<Box<dyn ClaimedEvents>, Error> {
+            let claim = self.0.lock().unwrap().take().unwrap();
+            Ok(Box::new(claim))
+        }
+        async fn backlog(&self) -> Result<Backlog, Error> {
+            Ok(Backlog::default())
+        }
+        async fn prune(&self, _: OffsetDateTime) -> Result<u64, Error> {
+            Ok(0)
+        }
+        async fn retry_quarantined(&self) -> Result<u64, Error> {
+            Ok(0)
+        }
+    }
+
+    /// Refuses any batch holding `poison`; takes everything else.
+    struct Refusing {
+        poison: Uuid,
+    }
+
+    #[async_trait]
+    impl ActivityLog for Refusing {
+        async fn record(
+            &self,
+            event: &SessionEvent,
+            _: Option<&crate::user::Username>,
+        ) -> Result<bool, Error> {
+            if event.id == self.poison {
+                return Err(Error::internal("document failed validation"));
+            }
+            Ok(true)
+        }
+        async fn last_connection(
+            &self,
+            _: UserId,
+        ) -> Result<Option<crate::ports::LastConnection>, Error> {
+            Ok(None)
+        }
+    }
+
+    fn event(session: &Session, kind: SessionEventKind) -> PendingEvent {
+        PendingEvent {
+            event: SessionEvent::new(kind, session, OffsetDateTime::now_utc()),
+            username: None,
+        }
+    }
+
+    /// A refused event holds back the later events of its session (they
+    /// stay pending, behind it), while other sessions' events go through.
+    #[tokio::test]
+    async fn a_refused_event_holds_back_its_session_only() {
+        let session = |id| Session {
+            id,
+            user_id: UserId::generate(),
+            created_at: OffsetDateTime::now_utc(),
+            expires_at: OffsetDateTime::now_utc(),
+            last_seen_at: OffsetDateTime::now_utc(),
+            revoked_at: None,
+            client: ClientInfo::default(),
+        };
+        let (a, b) = (
+            session(SessionId::generate()),
+            session(SessionId::generate()),
+        );
+        let events = vec![
+            event(&a, SessionEventKind::Opened),
+            event(&b, SessionEventKind::Opened),
+            event(&a, SessionEventKind::Touched),
+            event(&b, SessionEventKind::Revoked),
+        ];
+        let ids: Vec<Uuid> = events.iter().map(|p| p.event.id).collect();
+        let settled = Arc::new(Mutex::new(Settled::default()));
+        let relay = Relay::new(
+            Arc::new(OneClaim(Mutex::new(Some(Claim(
+                events,
+                Arc::clone(&settled),
+            ))))),
+            Arc::new(Refusing { poison: ids[0] }),
+            Arc::new(crate::ports::SystemClock),
+            RelaySettings::default(),
+        );
+        let refused = relay.deliver_batch().await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            ErrorCode::Internal,
+            "it backs off before the next attempt"
+        );
+        let settled = settled.lock().unwrap();
+        assert_eq!(settled.refused, vec![ids[0]]);
+        assert_eq!(
+            settled.delivered,
+            vec![ids[1], ids[3]],
+            "a's touch waits behind its opening"
+        );
+    }
 
     #[test]
     fn jitter_takes_at_most_half_off() {

@@ -60,8 +60,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum OutboxCommand {
-    /// Put every quarantined event (one the relay could not read) back in
-    /// line, once the rows are fixed; the relay then delivers them.
+    /// Put every quarantined event (one the relay could not read, or one
+    /// MongoDB kept refusing) back in line, once the rows or the cause are
+    /// fixed; the relay then delivers them.
     Retry,
 }
 

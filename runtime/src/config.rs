@@ -342,6 +342,9 @@ pub struct RelayConfig {
     pub max_backoff_ms: u64,
     /// How long delivered events stay in the PostgreSQL outbox.
     pub keep_delivered_hours: u64,
+    /// Times the activity log may refuse one event (not be away: refuse it)
+    /// before the event is quarantined.
+    pub max_attempts: u32,
 }
 
 impl Default for RelayConfig {
@@ -354,6 +357,7 @@ impl Default for RelayConfig {
             min_backoff_ms: millis(core.min_backoff),
             max_backoff_ms: millis(core.max_backoff),
             keep_delivered_hours: core.keep_delivered.as_secs() / 3600,
+            max_attempts: core.max_attempts,
         }
     }
 }
@@ -370,6 +374,7 @@ impl RelayConfig {
             min_backoff: Duration::from_millis(self.min_backoff_ms),
             max_backoff: Duration::from_millis(self.max_backoff_ms.max(self.min_backoff_ms)),
             keep_delivered: Duration::from_secs(self.keep_delivered_hours * 3600),
+            max_attempts: self.max_attempts.max(1),
         }
     }
 }

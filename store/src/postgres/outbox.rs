@@ -110,6 +110,45 @@ impl ClaimedEvents for PgClaim {
             .await
             .map_err(|e| classify("committing delivered outbox events", e))
     }
+
+    async fn settle(
+        mut self: Box<Self>,
+        delivered: &[Uuid],
+        refused: &[(Uuid, String)],
+        at: OffsetDateTime,
+        max_attempts: u32,
+    ) -> Result<u64, Error> {
+        if !delivered.is_empty() {
+            sqlx::query("UPDATE outbox SET delivered_at = $1 WHERE id = ANY($2)")
+                .bind(at)
+                .bind(delivered)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| classify("marking outbox events delivered", e))?;
+        }
+        let (ids, reasons): (Vec<Uuid>, Vec<String>) = refused.iter().cloned().unzip();
+        let quarantined: i64 = sqlx::query_scalar(
+            "WITH counted AS ( \
+                 UPDATE outbox o SET attempts = o.attempts + 1, \
+                   quarantined_at = CASE WHEN o.attempts + 1 >= $3 THEN now() END, \
+                   quarantine_reason = CASE WHEN o.attempts + 1 >= $3 THEN r.reason END \
+                 FROM unnest($1::uuid[], $2::text[]) AS r(id, reason) \
+                 WHERE o.id = r.id \
+                 RETURNING o.quarantined_at) \
+             SELECT count(*) FILTER (WHERE quarantined_at IS NOT NULL) FROM counted",
+        )
+        .bind(&ids)
+        .bind(&reasons)
+        .bind(i64::from(max_attempts))
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(|e| classify("counting refused outbox events", e))?;
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| classify("committing settled outbox events", e))?;
+        Ok(u64::try_from(quarantined).unwrap_or(0))
+    }
 }
 
 #[async_trait]
@@ -167,7 +206,7 @@ impl Outbox for PgOutbox {
 
     async fn retry_quarantined(&self) -> Result<u64, Error> {
         Ok(sqlx::query(
-            "UPDATE outbox SET quarantined_at = NULL, quarantine_reason = NULL \
+            "UPDATE outbox SET quarantined_at = NULL, quarantine_reason = NULL, attempts = 0 \
              WHERE quarantined_at IS NOT NULL AND delivered_at IS NULL",
         )
         .execute(&self.pool)
