@@ -191,11 +191,18 @@ impl Authentication {
         if let Some(rehashed) = rehashed {
             // A failed rehash must not fail the login: the old hash still works.
             match rehashed {
-                Ok(hash) => match self.users.update_password_hash(user.id, &hash).await {
-                    Ok(()) => {
-                        tracing::info!(user_id = %user.id, "password hash raised to current parameters");
+                Ok(hash) => match self
+                    .users
+                    .replace_password_hash(user.id, &user.password_hash, &hash)
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::info!(user_id = %user.id, from = user.password_hash.scheme_name(), "password hash raised to current parameters");
                         credential = hash;
                     }
+                    // Changed while this login hashed: the session below is
+                    // refused, as the verified hash is no longer current.
+                    Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(user_id = %user.id, error = %e, "password rehash not stored")
                     }

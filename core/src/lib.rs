@@ -12,6 +12,7 @@ pub mod error;
 pub mod hashing;
 pub mod image;
 pub mod images;
+pub mod legacy;
 pub mod lifecycle;
 pub mod password;
 pub mod ports;
@@ -28,12 +29,13 @@ pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig, as_client};
 pub use image::{ImageFormat, ImageLimits, SanitizedImage, UploadBuffer};
 pub use images::{ImageKey, ImageLibrary, ImageRepository, StoredImage};
+pub use legacy::{HashCeilings, HashRefusal, ImportRecord, ImportReport, Importer, import_hash};
 pub use lifecycle::{SessionLifecycle, SessionLimits, SessionPage};
 pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{
     ActivityLog, Backlog, ByteStream, ClaimedEvents, Clock, CredentialChange, DependencyProbe,
-    LastConnection, NewUser, ObjectStore, Outbox, PendingEvent, SessionQuery, SessionRepository,
-    StoredObject, SystemClock, User, UserRepository,
+    ImportOutcome, LastConnection, NewUser, ObjectStore, Outbox, PendingEvent, SessionQuery,
+    SessionRepository, StoredObject, SystemClock, User, UserRepository,
 };
 pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelayError, RelaySettings, RelaySnapshot, RelayStatus};

@@ -1,6 +1,11 @@
 //! PBKDF2-HMAC-SHA256 password hashing, stored as PHC strings:
 //! `$pbkdf2-sha256$i=600000,l=32$<salt>$<hash>` (B64: standard alphabet, no padding).
 //!
+//! Stored hashes of other schemes, brought in by `hub users import`, are
+//! verified too (PBKDF2-SHA1/SHA512, scrypt, bcrypt, argon2), each by its
+//! maintained crate and in constant time; every one of them needs a rehash,
+//! so the user's next login replaces it with ours.
+//!
 //! The parameters travel with every stored hash, so the iteration count can rise
 //! later: [`PasswordHasher::needs_rehash`] says when a stored hash is below the
 //! current parameters, and login rehashes it.
@@ -9,7 +14,7 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, ErrorCode};
@@ -80,15 +85,10 @@ impl PasswordHasher {
         Ok(derive(secret.as_bytes(), &salt, self.iterations))
     }
 
-    /// Whether `candidate` is the password behind `stored`, compared in constant time.
+    /// Whether `candidate` is the password behind `stored`, compared in
+    /// constant time, whichever scheme made it.
     pub fn verify(&self, candidate: &str, stored: &PasswordHash) -> bool {
-        let computed = derive_raw(
-            candidate.as_bytes(),
-            &stored.salt,
-            stored.iterations,
-            stored.hash.len(),
-        );
-        computed.ct_eq(&stored.hash).into()
+        stored.matches(candidate)
     }
 
     /// Spends the time of a real verification and refuses: used when no user
@@ -98,63 +98,131 @@ impl PasswordHasher {
         false
     }
 
-    /// Whether a stored hash was made with weaker parameters than the current ones.
+    /// Whether a stored hash should be replaced at the next login: another
+    /// scheme (an imported one), or ours with weaker parameters.
     pub fn needs_rehash(&self, stored: &PasswordHash) -> bool {
-        stored.iterations < self.iterations || stored.hash.len() < OUTPUT_LEN
+        match &stored.scheme {
+            Scheme::Pbkdf2 {
+                digest: Pbkdf2Digest::Sha256,
+                iterations,
+                hash,
+                ..
+            } => *iterations < self.iterations || hash.len() < OUTPUT_LEN,
+            _ => true,
+        }
     }
 }
 
-/// A stored password hash in PHC string form.
+/// The digest a PBKDF2 hash was made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pbkdf2Digest {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl Pbkdf2Digest {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Pbkdf2Digest::Sha1 => "pbkdf2-sha1",
+            Pbkdf2Digest::Sha256 => "pbkdf2-sha256",
+            Pbkdf2Digest::Sha512 => "pbkdf2-sha512",
+        }
+    }
+}
+
+/// How a stored hash is checked. polyhub makes only PBKDF2-SHA256; the
+/// others come from imports (see [`crate::legacy`]) and are replaced at the
+/// user's next login.
+#[derive(Clone, PartialEq, Eq)]
+enum Scheme {
+    Pbkdf2 {
+        digest: Pbkdf2Digest,
+        iterations: u32,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
+    Scrypt {
+        log_n: u8,
+        r: u32,
+        p: u32,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
+    /// `$2a$`, `$2b$`, `$2y$`; `sha256_prefixed` for Django's
+    /// `bcrypt_sha256$`, which bcrypts the hex SHA-256 of the password.
+    Bcrypt { sha256_prefixed: bool },
+    Argon2 {
+        algorithm: argon2::Algorithm,
+        version: argon2::Version,
+        m_cost: u32,
+        t_cost: u32,
+        p_cost: u32,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
+}
+
+/// Work a stored hash may ask of one verification. Rows past these are
+/// corrupt, whatever wrote them: no login can pin a worker for minutes or
+/// take gigabytes. Imports apply tighter, configured ceilings
+/// ([`crate::legacy::HashCeilings`]).
+pub(crate) const MAX_SCRYPT_BYTES: u64 = 1 << 30;
+pub(crate) const MAX_SCRYPT_P: u32 = 16;
+pub(crate) const MAX_ARGON2_KIB: u32 = 4 << 20;
+pub(crate) const MAX_ARGON2_T: u32 = 100;
+pub(crate) const MAX_ARGON2_P: u32 = 64;
+
+/// A stored password hash in its string form: a PHC string (ours, or an
+/// imported scrypt, argon2 or PBKDF2 one), a bcrypt string, or Django's
+/// `bcrypt_sha256$`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PasswordHash {
     phc: String,
-    iterations: u32,
-    salt: Vec<u8>,
-    hash: Vec<u8>,
+    scheme: Scheme,
+}
+
+fn corrupt(why: &str) -> Error {
+    Error::internal(format!("stored password hash is corrupt: {why}"))
+}
+
+/// The `k=v` parameters of a PHC string.
+fn phc_params(params: &str) -> Result<Vec<(&str, &str)>, Error> {
+    params
+        .split(',')
+        .map(|param| {
+            param
+                .split_once('=')
+                .ok_or_else(|| corrupt("bad parameter"))
+        })
+        .collect()
+}
+
+fn number<T: std::str::FromStr>(value: &str) -> Result<T, Error> {
+    value.parse().map_err(|_| corrupt("bad number"))
 }
 
 impl PasswordHash {
-    /// Reads a PHC string as stored. A malformed one is an internal error: it can
+    /// Reads a hash as stored. A malformed one is an internal error: it can
     /// only come from a damaged row, never from a client.
     pub fn parse(phc: &str) -> Result<Self, Error> {
-        let corrupt =
-            |why: &str| Error::internal(format!("stored password hash is corrupt: {why}"));
-        let mut parts = phc.split('$');
-        let (Some(""), Some(alg), Some(params), Some(salt), Some(hash), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return Err(corrupt("not a PHC string"));
-        };
-        if alg != ALGORITHM {
-            return Err(corrupt("unknown algorithm"));
-        }
-        let mut iterations = None;
-        let mut length = None;
-        for param in params.split(',') {
-            match param.split_once('=') {
-                Some(("i", v)) => iterations = v.parse::<u32>().ok(),
-                Some(("l", v)) => length = v.parse::<usize>().ok(),
-                _ => return Err(corrupt("unknown parameter")),
-            }
-        }
-        let iterations = iterations
-            .filter(|i| (1..=MAX_ITERATIONS).contains(i))
-            .ok_or_else(|| corrupt("bad iteration count"))?;
-        let salt = B64.decode(salt).map_err(|_| corrupt("bad salt encoding"))?;
-        let hash = B64.decode(hash).map_err(|_| corrupt("bad hash encoding"))?;
-        if salt.len() < 8 || hash.is_empty() || length.is_some_and(|l| l != hash.len()) {
-            return Err(corrupt("bad salt or output length"));
-        }
+        let scheme =
+            if phc.starts_with("$2a$") || phc.starts_with("$2b$") || phc.starts_with("$2y$") {
+                bcrypt_cost(phc)?;
+                Scheme::Bcrypt {
+                    sha256_prefixed: false,
+                }
+            } else if let Some(inner) = phc.strip_prefix("bcrypt_sha256$") {
+                bcrypt_cost(inner)?;
+                Scheme::Bcrypt {
+                    sha256_prefixed: true,
+                }
+            } else {
+                parse_phc(phc)?
+            };
         Ok(Self {
             phc: phc.to_owned(),
-            iterations,
-            salt,
-            hash,
+            scheme,
         })
     }
 
@@ -162,25 +230,329 @@ impl PasswordHash {
         &self.phc
     }
 
-    pub fn iterations(&self) -> u32 {
-        self.iterations
+    /// Whether this is polyhub's own scheme (PBKDF2-SHA256).
+    pub fn is_native(&self) -> bool {
+        matches!(
+            self.scheme,
+            Scheme::Pbkdf2 {
+                digest: Pbkdf2Digest::Sha256,
+                ..
+            }
+        )
     }
+
+    /// The scheme's name, for logs and metrics (`pbkdf2-sha256`, `bcrypt`...).
+    pub fn scheme_name(&self) -> &'static str {
+        match &self.scheme {
+            Scheme::Pbkdf2 { digest, .. } => digest.name(),
+            Scheme::Scrypt { .. } => "scrypt",
+            Scheme::Bcrypt {
+                sha256_prefixed: false,
+            } => "bcrypt",
+            Scheme::Bcrypt {
+                sha256_prefixed: true,
+            } => "bcrypt-sha256",
+            Scheme::Argon2 { algorithm, .. } => match algorithm {
+                argon2::Algorithm::Argon2id => "argon2id",
+                argon2::Algorithm::Argon2i => "argon2i",
+                argon2::Algorithm::Argon2d => "argon2d",
+            },
+        }
+    }
+
+    /// The work one verification of this hash asks for.
+    pub(crate) fn cost(&self) -> Cost {
+        match &self.scheme {
+            Scheme::Pbkdf2 { iterations, .. } => Cost::Pbkdf2 {
+                iterations: *iterations,
+            },
+            Scheme::Scrypt { log_n, r, p, .. } => Cost::Scrypt {
+                bytes: scrypt_bytes(*log_n, *r),
+                p: *p,
+            },
+            Scheme::Bcrypt { .. } => Cost::Bcrypt {
+                cost: bcrypt_cost(self.phc.trim_start_matches("bcrypt_sha256$")).unwrap_or(31),
+            },
+            Scheme::Argon2 {
+                m_cost,
+                t_cost,
+                p_cost,
+                ..
+            } => Cost::Argon2 {
+                kib: *m_cost,
+                t: *t_cost,
+                p: *p_cost,
+            },
+        }
+    }
+
+    /// The PBKDF2 iteration count; 0 for other schemes.
+    pub fn iterations(&self) -> u32 {
+        match &self.scheme {
+            Scheme::Pbkdf2 { iterations, .. } => *iterations,
+            _ => 0,
+        }
+    }
+
+    /// Whether `candidate` is the password behind this hash, compared in
+    /// constant time.
+    fn matches(&self, candidate: &str) -> bool {
+        match &self.scheme {
+            Scheme::Pbkdf2 {
+                digest,
+                iterations,
+                salt,
+                hash,
+            } => {
+                let computed =
+                    derive_with(*digest, candidate.as_bytes(), salt, *iterations, hash.len());
+                computed.ct_eq(hash).into()
+            }
+            Scheme::Scrypt {
+                log_n,
+                r,
+                p,
+                salt,
+                hash,
+            } => {
+                let Ok(params) = scrypt::Params::new(*log_n, *r, *p) else {
+                    return false;
+                };
+                let mut out = vec![0u8; hash.len()];
+                scrypt::scrypt(candidate.as_bytes(), salt, &params, &mut out).is_ok()
+                    && bool::from(out.ct_eq(hash))
+            }
+            Scheme::Bcrypt { sha256_prefixed } => {
+                if *sha256_prefixed {
+                    let hex: String = Sha256::digest(candidate.as_bytes())
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    let inner = self.phc.trim_start_matches("bcrypt_sha256$");
+                    bcrypt::verify(hex, inner).unwrap_or(false)
+                } else {
+                    bcrypt::verify(candidate, &self.phc).unwrap_or(false)
+                }
+            }
+            Scheme::Argon2 {
+                algorithm,
+                version,
+                m_cost,
+                t_cost,
+                p_cost,
+                salt,
+                hash,
+            } => {
+                let Ok(params) = argon2::Params::new(*m_cost, *t_cost, *p_cost, Some(hash.len()))
+                else {
+                    return false;
+                };
+                let mut out = vec![0u8; hash.len()];
+                argon2::Argon2::new(*algorithm, *version, params)
+                    .hash_password_into(candidate.as_bytes(), salt, &mut out)
+                    .is_ok()
+                    && bool::from(out.ct_eq(hash))
+            }
+        }
+    }
+}
+
+/// The work of one verification, by scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cost {
+    Pbkdf2 { iterations: u32 },
+    Scrypt { bytes: u64, p: u32 },
+    Bcrypt { cost: u32 },
+    Argon2 { kib: u32, t: u32, p: u32 },
+}
+
+/// A bcrypt string's cost, checked against bcrypt's own range.
+pub(crate) fn bcrypt_cost(hash: &str) -> Result<u32, Error> {
+    let cost: u32 = hash
+        .get(4..6)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| corrupt("bad bcrypt cost"))?;
+    if !(4..=31).contains(&cost) || hash.len() != 60 || hash.as_bytes().get(6) != Some(&b'$') {
+        return Err(corrupt("bad bcrypt string"));
+    }
+    Ok(cost)
+}
+
+/// PBKDF2, scrypt and argon2 PHC strings (standard base64, no padding).
+fn parse_phc(phc: &str) -> Result<Scheme, Error> {
+    let mut parts = phc.split('$');
+    let (Some(""), Some(alg)) = (parts.next(), parts.next()) else {
+        return Err(corrupt("not a PHC string"));
+    };
+    let rest: Vec<&str> = parts.collect();
+    let decode = |v: &str, what: &str| {
+        B64.decode(v)
+            .map_err(|_| corrupt(&format!("bad {what} encoding")))
+    };
+    match alg {
+        "pbkdf2-sha1" | "pbkdf2-sha256" | "pbkdf2-sha512" => {
+            let [params, salt, hash] = rest[..] else {
+                return Err(corrupt("not a PHC string"));
+            };
+            let digest = match alg {
+                "pbkdf2-sha1" => Pbkdf2Digest::Sha1,
+                "pbkdf2-sha256" => Pbkdf2Digest::Sha256,
+                _ => Pbkdf2Digest::Sha512,
+            };
+            let (mut iterations, mut length) = (None, None);
+            for (k, v) in phc_params(params)? {
+                match k {
+                    "i" => iterations = Some(number::<u32>(v)?),
+                    "l" => length = Some(number::<usize>(v)?),
+                    _ => return Err(corrupt("unknown parameter")),
+                }
+            }
+            let iterations = iterations
+                .filter(|i| (1..=MAX_ITERATIONS).contains(i))
+                .ok_or_else(|| corrupt("bad iteration count"))?;
+            let salt = decode(salt, "salt")?;
+            let hash = decode(hash, "hash")?;
+            if salt.is_empty()
+                || hash.is_empty()
+                || hash.len() > 128
+                || length.is_some_and(|l| l != hash.len())
+            {
+                return Err(corrupt("bad salt or output length"));
+            }
+            Ok(Scheme::Pbkdf2 {
+                digest,
+                iterations,
+                salt,
+                hash,
+            })
+        }
+        "scrypt" => {
+            let [params, salt, hash] = rest[..] else {
+                return Err(corrupt("not a PHC string"));
+            };
+            let (mut log_n, mut r, mut p) = (None, None, None);
+            for (k, v) in phc_params(params)? {
+                match k {
+                    "ln" => log_n = Some(number::<u8>(v)?),
+                    "r" => r = Some(number::<u32>(v)?),
+                    "p" => p = Some(number::<u32>(v)?),
+                    _ => return Err(corrupt("unknown parameter")),
+                }
+            }
+            let (Some(log_n), Some(r), Some(p)) = (log_n, r, p) else {
+                return Err(corrupt("missing scrypt parameter"));
+            };
+            if log_n == 0
+                || log_n >= 32
+                || r == 0
+                || p == 0
+                || p > MAX_SCRYPT_P
+                || scrypt_bytes(log_n, r) > MAX_SCRYPT_BYTES
+            {
+                return Err(corrupt("scrypt parameters out of range"));
+            }
+            let salt = decode(salt, "salt")?;
+            let hash = decode(hash, "hash")?;
+            if hash.is_empty() || hash.len() > 128 {
+                return Err(corrupt("bad output length"));
+            }
+            Ok(Scheme::Scrypt {
+                log_n,
+                r,
+                p,
+                salt,
+                hash,
+            })
+        }
+        "argon2id" | "argon2i" | "argon2d" => {
+            let (version, params, salt, hash) = match rest[..] {
+                [version, params, salt, hash] => (Some(version), params, salt, hash),
+                [params, salt, hash] => (None, params, salt, hash),
+                _ => return Err(corrupt("not a PHC string")),
+            };
+            let version = match version {
+                None | Some("v=16") => argon2::Version::V0x10,
+                Some("v=19") => argon2::Version::V0x13,
+                Some(_) => return Err(corrupt("unknown argon2 version")),
+            };
+            let (mut m, mut t, mut p) = (None, None, None);
+            for (k, v) in phc_params(params)? {
+                match k {
+                    "m" => m = Some(number::<u32>(v)?),
+                    "t" => t = Some(number::<u32>(v)?),
+                    "p" => p = Some(number::<u32>(v)?),
+                    _ => return Err(corrupt("unknown parameter")),
+                }
+            }
+            let (Some(m_cost), Some(t_cost), Some(p_cost)) = (m, t, p) else {
+                return Err(corrupt("missing argon2 parameter"));
+            };
+            if m_cost > MAX_ARGON2_KIB || t_cost > MAX_ARGON2_T || p_cost > MAX_ARGON2_P {
+                return Err(corrupt("argon2 parameters out of range"));
+            }
+            let salt = decode(salt, "salt")?;
+            let hash = decode(hash, "hash")?;
+            argon2::Params::new(m_cost, t_cost, p_cost, Some(hash.len()))
+                .map_err(|_| corrupt("argon2 parameters out of range"))?;
+            let algorithm = match alg {
+                "argon2id" => argon2::Algorithm::Argon2id,
+                "argon2i" => argon2::Algorithm::Argon2i,
+                _ => argon2::Algorithm::Argon2d,
+            };
+            Ok(Scheme::Argon2 {
+                algorithm,
+                version,
+                m_cost,
+                t_cost,
+                p_cost,
+                salt,
+                hash,
+            })
+        }
+        _ => Err(corrupt("unknown algorithm")),
+    }
+}
+
+/// The memory one scrypt verification takes: 128 * r * N bytes.
+pub(crate) fn scrypt_bytes(log_n: u8, r: u32) -> u64 {
+    128u64
+        .saturating_mul(u64::from(r))
+        .saturating_mul(1u64.checked_shl(u32::from(log_n)).unwrap_or(u64::MAX))
 }
 
 impl fmt::Debug for PasswordHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "PasswordHash({ALGORITHM}, i={}, <redacted>)",
-            self.iterations
+            "PasswordHash({}, i={}, <redacted>)",
+            self.scheme_name(),
+            self.iterations()
         )
     }
 }
 
-fn derive_raw(password: &[u8], salt: &[u8], iterations: u32, len: usize) -> Vec<u8> {
+fn derive_with(
+    digest: Pbkdf2Digest,
+    password: &[u8],
+    salt: &[u8],
+    iterations: u32,
+    len: usize,
+) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
+    match digest {
+        Pbkdf2Digest::Sha1 => {
+            pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, &mut out)
+        }
+        Pbkdf2Digest::Sha256 => pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out),
+        Pbkdf2Digest::Sha512 => {
+            pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, salt, iterations, &mut out)
+        }
+    }
     out
+}
+
+fn derive_raw(password: &[u8], salt: &[u8], iterations: u32, len: usize) -> Vec<u8> {
+    derive_with(Pbkdf2Digest::Sha256, password, salt, iterations, len)
 }
 
 fn derive(password: &[u8], salt: &[u8], iterations: u32) -> PasswordHash {
@@ -192,9 +564,12 @@ fn derive(password: &[u8], salt: &[u8], iterations: u32) -> PasswordHash {
     );
     PasswordHash {
         phc,
-        iterations,
-        salt: salt.to_vec(),
-        hash,
+        scheme: Scheme::Pbkdf2 {
+            digest: Pbkdf2Digest::Sha256,
+            iterations,
+            salt: salt.to_vec(),
+            hash,
+        },
     }
 }
 

@@ -22,6 +22,14 @@ pub struct User {
     pub updated_at: OffsetDateTime,
 }
 
+/// What an import did with one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Imported,
+    UsernamePresent,
+    EmailTaken,
+}
+
 /// A user about to be stored.
 #[derive(Debug, Clone)]
 pub struct NewUser {
@@ -43,6 +51,20 @@ pub trait UserRepository: Send + Sync + 'static {
     async fn find_by_email(&self, email: &Email) -> Result<Option<User>, Error>;
     /// Replaces the stored hash; `USER_NOT_FOUND` when no such user.
     async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error>;
+    /// Replaces the stored hash only while it is still `expected`, so a
+    /// rehash at login never overwrites a password changed meanwhile; false
+    /// when the hash had changed (or the user is gone).
+    async fn replace_password_hash(
+        &self,
+        id: UserId,
+        expected: &PasswordHash,
+        hash: &PasswordHash,
+    ) -> Result<bool, Error>;
+    /// Stores imported users that are not there yet, all or nothing per
+    /// call unless `dry_run` (then nothing is kept): what became of each, in
+    /// order. A user whose username is taken is `UsernamePresent`; one whose
+    /// username is free but whose email is someone's is `EmailTaken`.
+    async fn import(&self, users: &[User], dry_run: bool) -> Result<Vec<ImportOutcome>, Error>;
     /// Changes the user's role; `USER_NOT_FOUND` when no such user.
     async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error>;
     /// Changes the user's email; `EMAIL_TAKEN` when another user has it.
@@ -303,6 +325,50 @@ pub mod memory {
                 }
                 None => Err(Error::new(ErrorCode::UserNotFound)),
             })?
+        }
+
+        async fn replace_password_hash(
+            &self,
+            id: UserId,
+            expected: &PasswordHash,
+            hash: &PasswordHash,
+        ) -> Result<bool, Error> {
+            self.with(|users| match users.get_mut(&id) {
+                Some(u) if &u.password_hash == expected => {
+                    u.password_hash = hash.clone();
+                    true
+                }
+                _ => false,
+            })
+        }
+
+        async fn import(
+            &self,
+            imported: &[User],
+            dry_run: bool,
+        ) -> Result<Vec<ImportOutcome>, Error> {
+            self.with(|users| {
+                let mut outcomes = Vec::new();
+                let mut added: Vec<User> = Vec::new();
+                for user in imported {
+                    let all = || users.values().chain(added.iter());
+                    let outcome = if all().any(|u| u.username == user.username) {
+                        ImportOutcome::UsernamePresent
+                    } else if all().any(|u| u.email == user.email) {
+                        ImportOutcome::EmailTaken
+                    } else {
+                        added.push(user.clone());
+                        ImportOutcome::Imported
+                    };
+                    outcomes.push(outcome);
+                }
+                if !dry_run {
+                    for user in added {
+                        users.insert(user.id, user);
+                    }
+                }
+                outcomes
+            })
         }
 
         async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error> {

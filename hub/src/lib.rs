@@ -6,8 +6,10 @@
 //! - [`wiring`]: configuration in, stores and use cases out ([`Hub`]);
 //! - `services`: the registry's build side, each [`Service`] to its router;
 //! - [`serve`]: binding, serving and draining;
-//! - [`launch`]: what every executable does around that.
+//! - [`launch`]: what every executable does around that;
+//! - [`import`]: `hub users import`, reading a file of legacy users.
 
+pub mod import;
 pub mod launch;
 pub mod serve;
 mod services;

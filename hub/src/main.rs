@@ -97,6 +97,21 @@ enum UsersCommand {
     },
     /// Give an existing user the admin role.
     GrantAdmin { username: String },
+    /// Import users from another system with the password hashes they
+    /// already have (formats: docs/OPERATIONS.md); each is replaced by
+    /// polyhub's own at the user's next login. Reads JSON Lines or CSV
+    /// (`username,email,password_hash[,role,created_at]`, with a header) as
+    /// a stream; a rerun of the same file imports nothing.
+    Import {
+        /// The file to read.
+        file: std::path::PathBuf,
+        /// `jsonl` or `csv`; by default from the file's extension.
+        #[arg(long)]
+        format: Option<hub::import::ImportFormat>,
+        /// Check every line, the database's uniqueness included, and keep nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -198,6 +213,11 @@ async fn users(hub: &Hub, command: UsersCommand) -> anyhow::Result<()> {
                 user.username, user.id, user.role
             );
         }
+        UsersCommand::Import {
+            file,
+            format,
+            dry_run,
+        } => hub::import::run(hub, &file, format, dry_run).await?,
         UsersCommand::GrantAdmin { username } => {
             let user = hub
                 .administration()

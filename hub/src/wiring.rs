@@ -156,6 +156,15 @@ impl Hub {
         Registration::new(self.users(), self.hashing.clone(), Arc::new(SystemClock))
     }
 
+    /// `hub users import`: legacy users with the hashes they have.
+    pub fn importer(&self) -> hub_core::Importer {
+        hub_core::Importer::new(
+            self.users(),
+            Arc::new(SystemClock),
+            self.config.import.ceilings(),
+        )
+    }
+
     /// What operators do to accounts (`hub users grant-admin`).
     pub fn administration(&self) -> Administration {
         Administration::new(self.users())

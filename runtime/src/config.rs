@@ -31,6 +31,7 @@ pub struct Config {
     pub images: ImagesConfig,
     pub soap: SoapConfig,
     pub limits: LimitsConfig,
+    pub import: ImportConfig,
     pub services: ServicesConfig,
 }
 
@@ -572,6 +573,52 @@ impl LoginLimitConfig {
 
     pub fn device_lifetime(&self) -> Duration {
         Duration::from_secs(self.device_lifetime_days.max(1) * 24 * 60 * 60)
+    }
+}
+
+/// `hub users import`: how much work an imported password hash may ask of
+/// one login (a hash above any ceiling is refused at import), and how many
+/// rows go to PostgreSQL at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportConfig {
+    pub max_pbkdf2_iterations: u32,
+    pub max_bcrypt_cost: u32,
+    pub max_scrypt_mib: u32,
+    pub max_scrypt_p: u32,
+    pub max_argon2_mib: u32,
+    pub max_argon2_t: u32,
+    pub max_argon2_p: u32,
+    pub batch_size: usize,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        let c = hub_core::HashCeilings::default();
+        Self {
+            max_pbkdf2_iterations: c.max_pbkdf2_iterations,
+            max_bcrypt_cost: c.max_bcrypt_cost,
+            max_scrypt_mib: c.max_scrypt_mib,
+            max_scrypt_p: c.max_scrypt_p,
+            max_argon2_mib: c.max_argon2_mib,
+            max_argon2_t: c.max_argon2_t,
+            max_argon2_p: c.max_argon2_p,
+            batch_size: 1_000,
+        }
+    }
+}
+
+impl ImportConfig {
+    pub fn ceilings(&self) -> hub_core::HashCeilings {
+        hub_core::HashCeilings {
+            max_pbkdf2_iterations: self.max_pbkdf2_iterations,
+            max_bcrypt_cost: self.max_bcrypt_cost,
+            max_scrypt_mib: self.max_scrypt_mib,
+            max_scrypt_p: self.max_scrypt_p,
+            max_argon2_mib: self.max_argon2_mib,
+            max_argon2_t: self.max_argon2_t,
+            max_argon2_p: self.max_argon2_p,
+        }
     }
 }
 

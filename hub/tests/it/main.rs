@@ -6,4 +6,5 @@
 mod binaries;
 mod cli;
 mod deploy;
+mod import;
 mod metrics;

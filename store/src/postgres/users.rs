@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use hub_core::{
-    Email, Error, ErrorCode, NewUser, PasswordHash, Role, User, UserId, UserRepository, Username,
+    Email, Error, ErrorCode, ImportOutcome, NewUser, PasswordHash, Role, User, UserId,
+    UserRepository, Username,
 };
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
@@ -122,6 +123,99 @@ impl UserRepository for PgUserRepository {
                 .await
                 .map_err(|e| classify("updating a password hash", e))?;
         found(done.rows_affected())
+    }
+
+    async fn replace_password_hash(
+        &self,
+        id: UserId,
+        expected: &PasswordHash,
+        hash: &PasswordHash,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $3, updated_at = now() \
+             WHERE id = $1 AND password_hash = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(expected.as_str())
+        .bind(hash.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify("replacing a password hash", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// One statement per batch: the rows go in through `unnest`, conflicts
+    /// on either unique index are skipped, and the rows that did not go in
+    /// are told apart by whether their username is taken.
+    async fn import(&self, users: &[User], dry_run: bool) -> Result<Vec<ImportOutcome>, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("importing users", e))?;
+        let ids: Vec<uuid::Uuid> = users.iter().map(|u| u.id.as_uuid()).collect();
+        let names: Vec<&str> = users.iter().map(|u| u.username.as_str()).collect();
+        let emails: Vec<&str> = users.iter().map(|u| u.email.as_str()).collect();
+        let hashes: Vec<&str> = users.iter().map(|u| u.password_hash.as_str()).collect();
+        let roles: Vec<&str> = users.iter().map(|u| u.role.as_str()).collect();
+        let created: Vec<time::OffsetDateTime> = users.iter().map(|u| u.created_at).collect();
+        let inserted: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at) \
+             SELECT id, username, email, hash, role, created, now() \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
+               AS r(id, username, email, hash, role, created) \
+             ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(&ids)
+        .bind(&names)
+        .bind(&emails)
+        .bind(&hashes)
+        .bind(&roles)
+        .bind(&created)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| classify("importing users", e))?;
+        let inserted: std::collections::HashSet<uuid::Uuid> = inserted.into_iter().collect();
+        let missed: Vec<&str> = users
+            .iter()
+            .filter(|u| !inserted.contains(&u.id.as_uuid()))
+            .map(|u| u.username.as_str())
+            .collect();
+        let present: std::collections::HashSet<String> = if missed.is_empty() {
+            std::collections::HashSet::new()
+        } else {
+            sqlx::query_scalar::<_, String>(
+                "SELECT lower(username) FROM users WHERE lower(username) = ANY($1) AND id <> ALL($2)",
+            )
+            .bind(&missed)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| classify("importing users", e))?
+            .into_iter()
+            .collect()
+        };
+        if dry_run {
+            tx.rollback()
+                .await
+                .map_err(|e| classify("importing users", e))?;
+        } else {
+            tx.commit()
+                .await
+                .map_err(|e| classify("importing users", e))?;
+        }
+        Ok(users
+            .iter()
+            .map(|u| {
+                if inserted.contains(&u.id.as_uuid()) {
+                    ImportOutcome::Imported
+                } else if present.contains(u.username.as_str()) {
+                    ImportOutcome::UsernamePresent
+                } else {
+                    ImportOutcome::EmailTaken
+                }
+            })
+            .collect())
     }
 
     async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error> {

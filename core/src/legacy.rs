@@ -1,0 +1,541 @@
+//! Password hashes made by other systems, as `hub users import` reads them:
+//! each accepted format is rewritten once, at import, into a form
+//! [`PasswordHash`] verifies (a PHC string, or a bcrypt string), and every
+//! one of them is replaced by polyhub's own PBKDF2-SHA256 at the user's
+//! next login (`PasswordHasher::needs_rehash` is true for all).
+//!
+//! | source | format | stored as |
+//! |---|---|---|
+//! | Werkzeug | `pbkdf2:sha256:N$salt$hex` (sha1, sha512 too) | `$pbkdf2-sha256$i=N,l=L$..$..` |
+//! | Werkzeug | `scrypt:N:r:p$salt$hex` | `$scrypt$ln=..,r=..,p=..$..$..` |
+//! | Django | `pbkdf2_sha256$N$salt$b64`, `pbkdf2_sha1$...` | `$pbkdf2-sha256$...` |
+//! | Django | `bcrypt_sha256$$2b$...`, `bcrypt$$2b$...` | as given, `$2b$...` |
+//! | Django | `argon2$argon2id$v=19$...` | `$argon2id$v=19$...` |
+//! | passlib, PHC | `$pbkdf2-sha256$N$ab64$ab64` (also `$pbkdf2$`, `$pbkdf2-sha512$`, and the `i=` PHC form) | `$pbkdf2-...$i=N,l=L$..$..` |
+//! | passlib, PHC | `$scrypt$ln=..,r=..,p=..$..$..`, `$argon2id$`, `$argon2i$` | as given (standard base64) |
+//! | bcrypt | `$2a$`, `$2b$`, `$2y$` | as given |
+//!
+//! A hash whose work is above the configured [`HashCeilings`] is refused at
+//! import: an import file must not become a denial of service at login.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64_PADDED, STANDARD_NO_PAD as B64};
+
+use crate::error::Error;
+use crate::password::{Cost, PasswordHash, Pbkdf2Digest};
+use crate::ports::{Clock, ImportOutcome, User, UserRepository};
+use crate::user::{Email, Role, UserId, Username};
+
+/// The most work an imported hash may ask of one login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCeilings {
+    pub max_pbkdf2_iterations: u32,
+    pub max_bcrypt_cost: u32,
+    pub max_scrypt_mib: u32,
+    pub max_scrypt_p: u32,
+    pub max_argon2_mib: u32,
+    pub max_argon2_t: u32,
+    pub max_argon2_p: u32,
+}
+
+impl Default for HashCeilings {
+    /// Each about a second of one core or less, and at most 256 MiB:
+    /// above every default of Werkzeug, Django, passlib and Keycloak.
+    fn default() -> Self {
+        Self {
+            max_pbkdf2_iterations: 2_000_000,
+            max_bcrypt_cost: 14,
+            max_scrypt_mib: 64,
+            max_scrypt_p: 16,
+            max_argon2_mib: 256,
+            max_argon2_t: 10,
+            max_argon2_p: 8,
+        }
+    }
+}
+
+/// Why an imported hash was refused; shown in the import report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashRefusal {
+    /// No listed format.
+    UnknownFormat,
+    /// A listed format, badly formed.
+    Malformed(String),
+    /// Well formed, but more work than the ceilings allow.
+    OverCeiling(String),
+}
+
+impl fmt::Display for HashRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashRefusal::UnknownFormat => f.write_str("unknown password hash format"),
+            HashRefusal::Malformed(why) => write!(f, "malformed password hash: {why}"),
+            HashRefusal::OverCeiling(why) => {
+                write!(f, "password hash parameters over the ceiling: {why}")
+            }
+        }
+    }
+}
+
+fn malformed(why: &str) -> HashRefusal {
+    HashRefusal::Malformed(why.to_owned())
+}
+
+fn hex(value: &str) -> Result<Vec<u8>, HashRefusal> {
+    if !value.len().is_multiple_of(2) || value.is_empty() {
+        return Err(malformed("the hash is not hex"));
+    }
+    (0..value.len())
+        .step_by(2)
+        .map(|i| {
+            value
+                .get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| malformed("the hash is not hex"))
+        })
+        .collect()
+}
+
+/// passlib's adapted base64 ('.' for '+', no padding) to standard bytes.
+fn ab64(value: &str) -> Result<Vec<u8>, HashRefusal> {
+    B64.decode(value.replace('.', "+"))
+        .map_err(|_| malformed("bad base64"))
+}
+
+fn digest(name: &str) -> Option<Pbkdf2Digest> {
+    match name {
+        "sha1" => Some(Pbkdf2Digest::Sha1),
+        "sha256" => Some(Pbkdf2Digest::Sha256),
+        "sha512" => Some(Pbkdf2Digest::Sha512),
+        _ => None,
+    }
+}
+
+fn pbkdf2_phc(
+    digest: Pbkdf2Digest,
+    iterations: &str,
+    salt: &[u8],
+    hash: &[u8],
+) -> Result<String, HashRefusal> {
+    let iterations: u32 = iterations
+        .parse()
+        .map_err(|_| malformed("bad iteration count"))?;
+    Ok(format!(
+        "${}$i={iterations},l={}${}${}",
+        digest.name(),
+        hash.len(),
+        B64.encode(salt),
+        B64.encode(hash)
+    ))
+}
+
+/// The stored form of `raw`, in any listed format.
+fn canonical(raw: &str) -> Result<String, HashRefusal> {
+    // Werkzeug: `method$salt$hex`.
+    if let Some(method) = raw.strip_prefix("pbkdf2:") {
+        let [method, salt, hash] = raw_parts::<3>(method)?;
+        let (name, iterations) = method
+            .split_once(':')
+            .ok_or_else(|| malformed("no iteration count"))?;
+        let digest = digest(name).ok_or_else(|| malformed("unsupported digest"))?;
+        return pbkdf2_phc(digest, iterations, salt.as_bytes(), &hex(hash)?);
+    }
+    if let Some(method) = raw.strip_prefix("scrypt:") {
+        let [method, salt, hash] = raw_parts::<3>(method)?;
+        let mut numbers = method.split(':').map(str::parse::<u64>);
+        let (Some(Ok(n)), Some(Ok(r)), Some(Ok(p)), None) = (
+            numbers.next(),
+            numbers.next(),
+            numbers.next(),
+            numbers.next(),
+        ) else {
+            return Err(malformed("scrypt needs n:r:p"));
+        };
+        if !n.is_power_of_two() || n < 2 {
+            return Err(malformed("scrypt's n must be a power of two"));
+        }
+        return Ok(format!(
+            "$scrypt$ln={},r={r},p={p}${}${}",
+            n.trailing_zeros(),
+            B64.encode(salt.as_bytes()),
+            B64.encode(hex(hash)?)
+        ));
+    }
+    // Django: `algorithm$...`.
+    for (prefix, digest) in [
+        ("pbkdf2_sha256$", Pbkdf2Digest::Sha256),
+        ("pbkdf2_sha1$", Pbkdf2Digest::Sha1),
+    ] {
+        if let Some(rest) = raw.strip_prefix(prefix) {
+            let [iterations, salt, hash] = raw_parts::<3>(rest)?;
+            let hash = B64_PADDED
+                .decode(hash)
+                .map_err(|_| malformed("bad base64"))?;
+            return pbkdf2_phc(digest, iterations, salt.as_bytes(), &hash);
+        }
+    }
+    if raw.starts_with("bcrypt_sha256$$2") {
+        return Ok(raw.to_owned());
+    }
+    if let Some(inner) = raw.strip_prefix("bcrypt$") {
+        return Ok(inner.to_owned());
+    }
+    if let Some(inner) = raw.strip_prefix("argon2$argon2") {
+        return Ok(format!("$argon2{inner}"));
+    }
+    // passlib's PBKDF2: `$pbkdf2-sha256$rounds$salt$checksum`, adapted base64.
+    for (prefix, digest) in [
+        ("$pbkdf2$", Pbkdf2Digest::Sha1),
+        ("$pbkdf2-sha256$", Pbkdf2Digest::Sha256),
+        ("$pbkdf2-sha512$", Pbkdf2Digest::Sha512),
+    ] {
+        if let Some(rest) = raw.strip_prefix(prefix) {
+            if rest.starts_with("i=") {
+                return Ok(raw.to_owned()); // the PHC form: ours, and others'
+            }
+            let [rounds, salt, hash] = raw_parts::<3>(rest)?;
+            return pbkdf2_phc(digest, rounds, &ab64(salt)?, &ab64(hash)?);
+        }
+    }
+    if let Some(rest) = raw.strip_prefix("$scrypt$") {
+        let [params, salt, hash] = raw_parts::<3>(rest)?;
+        return Ok(format!(
+            "$scrypt${params}${}${}",
+            B64.encode(ab64(salt)?),
+            B64.encode(ab64(hash)?)
+        ));
+    }
+    if raw.starts_with("$argon2")
+        || raw.starts_with("$2a$")
+        || raw.starts_with("$2b$")
+        || raw.starts_with("$2y$")
+    {
+        return Ok(raw.to_owned());
+    }
+    Err(HashRefusal::UnknownFormat)
+}
+
+fn raw_parts<const N: usize>(value: &str) -> Result<[&str; N], HashRefusal> {
+    let parts: Vec<&str> = value.split('$').collect();
+    parts
+        .try_into()
+        .map_err(|_| malformed("wrong number of '$'-separated fields"))
+}
+
+/// Reads an imported hash in any listed format and checks its work
+/// against `ceilings`.
+pub fn import_hash(raw: &str, ceilings: &HashCeilings) -> Result<PasswordHash, HashRefusal> {
+    let raw = raw.trim();
+    if raw.len() > 1024 {
+        return Err(malformed("longer than 1024 characters"));
+    }
+    let stored = canonical(raw)?;
+    let hash = PasswordHash::parse(&stored).map_err(|e| {
+        HashRefusal::Malformed(
+            e.internal_cause()
+                .map_or_else(|| e.to_string(), ToString::to_string)
+                .trim_start_matches("stored password hash is corrupt: ")
+                .to_owned(),
+        )
+    })?;
+    let over = |what: String| Err(HashRefusal::OverCeiling(what));
+    match hash.cost() {
+        Cost::Pbkdf2 { iterations } if iterations > ceilings.max_pbkdf2_iterations => {
+            over(format!(
+                "{iterations} PBKDF2 iterations, ceiling {}",
+                ceilings.max_pbkdf2_iterations
+            ))
+        }
+        Cost::Bcrypt { cost } if cost > ceilings.max_bcrypt_cost => over(format!(
+            "bcrypt cost {cost}, ceiling {}",
+            ceilings.max_bcrypt_cost
+        )),
+        Cost::Scrypt { bytes, p }
+            if bytes > u64::from(ceilings.max_scrypt_mib) << 20 || p > ceilings.max_scrypt_p =>
+        {
+            over(format!(
+                "scrypt needs {} MiB with p={p}, ceilings {} MiB and p={}",
+                bytes >> 20,
+                ceilings.max_scrypt_mib,
+                ceilings.max_scrypt_p
+            ))
+        }
+        Cost::Argon2 { kib, t, p }
+            if kib > ceilings.max_argon2_mib.saturating_mul(1024)
+                || t > ceilings.max_argon2_t
+                || p > ceilings.max_argon2_p =>
+        {
+            over(format!(
+                "argon2 m={kib} KiB, t={t}, p={p}; ceilings {} MiB, t={}, p={}",
+                ceilings.max_argon2_mib, ceilings.max_argon2_t, ceilings.max_argon2_p
+            ))
+        }
+        _ => Ok(hash),
+    }
+}
+
+/// One user as an import file gives it.
+#[derive(Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRecord {
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+    /// `user` (the default) or `admin`.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// RFC 3339; the import time when absent.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub created_at: Option<time::OffsetDateTime>,
+}
+
+impl fmt::Debug for ImportRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportRecord")
+            .field("username", &self.username)
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an import did, line by line where it refused one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub imported: u64,
+    /// Lines whose username was already there (a rerun imports nothing).
+    pub already_present: u64,
+    /// Line numbers and why each was refused.
+    pub rejected: Vec<(u64, String)>,
+}
+
+impl ImportReport {
+    pub fn add(&mut self, other: ImportReport) {
+        self.imported += other.imported;
+        self.already_present += other.already_present;
+        self.rejected.extend(other.rejected);
+    }
+}
+
+/// The import use case: records checked with registration's value rules
+/// and the hash ceilings, stored a batch at a time.
+#[derive(Clone)]
+pub struct Importer {
+    users: Arc<dyn UserRepository>,
+    clock: Arc<dyn Clock>,
+    ceilings: HashCeilings,
+}
+
+impl fmt::Debug for Importer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Importer")
+            .field("ceilings", &self.ceilings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Importer {
+    pub fn new(
+        users: Arc<dyn UserRepository>,
+        clock: Arc<dyn Clock>,
+        ceilings: HashCeilings,
+    ) -> Self {
+        Self {
+            users,
+            clock,
+            ceilings,
+        }
+    }
+
+    /// The user a record stands for, or why it cannot be imported. The
+    /// username and email follow registration's rules (a username is
+    /// folded to lower case; one the rules refuse is refused, never changed).
+    fn user(&self, record: ImportRecord) -> Result<User, String> {
+        let username = Username::parse(&record.username)
+            .map_err(|e| format!("bad username: {}", e.message()))?;
+        let email =
+            Email::parse(&record.email).map_err(|e| format!("bad email: {}", e.message()))?;
+        let role = match record.role.as_deref() {
+            None | Some("") | Some("user") => Role::User,
+            Some("admin") => Role::Admin,
+            Some(other) => return Err(format!("bad role {other:?}: user or admin")),
+        };
+        let password_hash =
+            import_hash(&record.password_hash, &self.ceilings).map_err(|e| e.to_string())?;
+        let now = self.clock.now();
+        Ok(User {
+            id: UserId::generate(),
+            username,
+            email,
+            password_hash,
+            role,
+            created_at: record.created_at.unwrap_or(now),
+            updated_at: now,
+        })
+    }
+
+    /// Imports one batch of numbered records; `dry_run` checks everything,
+    /// the database's uniqueness included, and keeps nothing.
+    pub async fn import_batch(
+        &self,
+        records: Vec<(u64, ImportRecord)>,
+        dry_run: bool,
+    ) -> Result<ImportReport, Error> {
+        let mut report = ImportReport::default();
+        let mut users = Vec::with_capacity(records.len());
+        let mut lines = Vec::with_capacity(records.len());
+        let (mut names, mut emails) = (HashSet::new(), HashSet::new());
+        for (line, record) in records {
+            match self.user(record) {
+                Ok(user) => {
+                    if !names.insert(user.username.as_str().to_owned()) {
+                        report
+                            .rejected
+                            .push((line, "duplicate username within the file".into()));
+                    } else if !emails.insert(user.email.as_str().to_owned()) {
+                        report
+                            .rejected
+                            .push((line, "duplicate email within the file".into()));
+                    } else {
+                        lines.push(line);
+                        users.push(user);
+                    }
+                }
+                Err(why) => report.rejected.push((line, why)),
+            }
+        }
+        if users.is_empty() {
+            return Ok(report);
+        }
+        for (line, outcome) in lines
+            .into_iter()
+            .zip(self.users.import(&users, dry_run).await?)
+        {
+            match outcome {
+                ImportOutcome::Imported => report.imported += 1,
+                ImportOutcome::UsernamePresent => report.already_present += 1,
+                ImportOutcome::EmailTaken => report
+                    .rejected
+                    .push((line, "email belongs to another account".into())),
+            }
+        }
+        report.rejected.sort_by_key(|(line, _)| *line);
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PasswordHasher;
+
+    fn verifies(raw: &str, password: &str) -> bool {
+        let hash = import_hash(raw, &HashCeilings::default()).unwrap();
+        let hasher = PasswordHasher::insecure_for_tests(1_000);
+        assert!(
+            hasher.needs_rehash(&hash),
+            "{raw}: every imported hash is replaced"
+        );
+        hasher.verify(password, &hash)
+    }
+
+    /// Known answers computed by the reference implementations (the
+    /// integration tests generate fresh ones at test time too).
+    #[test]
+    fn known_answers_of_each_family() {
+        // Python: hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 1).hex()
+        let werkzeug =
+            "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b";
+        assert!(verifies(werkzeug, "password"));
+        assert!(!verifies(werkzeug, "Password"));
+        // RFC 6070: PBKDF2-HMAC-SHA1("password", "salt", 2, 20).
+        let sha1 = "pbkdf2:sha1:2$salt$ea6c014dc72d6f8ccd1ed92ace1d41f0d8de8957";
+        assert!(verifies(sha1, "password"));
+        // RFC 7914 section 12: scrypt("password", "NaCl", N=1024, r=8, p=16, 64).
+        let scrypt = "scrypt:1024:8:16$NaCl$fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc8237830e77376634b3731622eaf30d92e22a3886ff109279d9830dac727afb94a83ee6d8360cbdfa2cc0640";
+        assert!(verifies(scrypt, "password"));
+        assert!(!verifies(scrypt, "passwordx"));
+    }
+
+    #[tokio::test]
+    async fn a_batch_reports_each_line_and_a_rerun_imports_nothing() {
+        let importer = Importer::new(
+            Arc::new(crate::ports::memory::InMemoryUsers::default()),
+            Arc::new(crate::ports::SystemClock),
+            HashCeilings::default(),
+        );
+        let record = |username: &str, email: &str, hash: &str| ImportRecord {
+            username: username.into(),
+            email: email.into(),
+            password_hash: hash.into(),
+            ..ImportRecord::default()
+        };
+        let good =
+            "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b";
+        let batch = vec![
+            (1, record("Anna", "anna@example.com", good)),
+            (2, record("an!na", "anna2@example.com", good)),
+            (3, record("bert", "not-an-email", good)),
+            (4, record("carl", "carl@example.com", "md5$00")),
+            (5, record("anna", "anna3@example.com", good)),
+            (6, record("dora", "ANNA@example.com", good)),
+            (7, record("emil", "emil@example.com", good)),
+        ];
+        let report = importer.import_batch(batch.clone(), false).await.unwrap();
+        assert_eq!(report.imported, 2, "{report:?}");
+        let lines: Vec<u64> = report.rejected.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5, 6], "{report:?}");
+        assert!(
+            report.rejected[2]
+                .1
+                .contains("unknown password hash format")
+        );
+        assert!(report.rejected[3].1.contains("duplicate username"));
+        let again = importer.import_batch(batch, false).await.unwrap();
+        assert_eq!((again.imported, again.already_present), (0, 2), "{again:?}");
+    }
+
+    #[test]
+    fn unknown_malformed_and_costly_hashes_are_refused() {
+        let ceilings = HashCeilings::default();
+        assert_eq!(
+            import_hash("md5$abc", &ceilings).unwrap_err(),
+            HashRefusal::UnknownFormat
+        );
+        assert!(matches!(
+            import_hash("pbkdf2:sha256$salt$00", &ceilings).unwrap_err(),
+            HashRefusal::Malformed(_)
+        ));
+        assert!(matches!(
+            import_hash("pbkdf2:md5:1000$salt$00", &ceilings).unwrap_err(),
+            HashRefusal::Malformed(_)
+        ));
+        assert!(matches!(
+            import_hash("pbkdf2:sha256:3000000$salt$00ff", &ceilings).unwrap_err(),
+            HashRefusal::OverCeiling(_)
+        ));
+        assert!(matches!(
+            import_hash("scrypt:1048576:8:1$salt$00ff", &ceilings).unwrap_err(),
+            HashRefusal::OverCeiling(_)
+        ));
+        assert!(matches!(
+            import_hash(
+                "$2b$15$abcdefghijklmnopqrstuuWJ6X6c6pUJmLqwi8xZNaW8eFVQqaL0y",
+                &ceilings
+            )
+            .unwrap_err(),
+            HashRefusal::OverCeiling(_)
+        ));
+        assert!(matches!(
+            import_hash(
+                "$argon2id$v=19$m=1048576,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+                &ceilings
+            )
+            .unwrap_err(),
+            HashRefusal::OverCeiling(_)
+        ));
+    }
+}

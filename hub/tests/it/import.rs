@@ -1,0 +1,245 @@
+//! `hub users import` as an operator runs it: hashes made by the reference
+//! libraries of Werkzeug, Django, passlib, bcrypt and argon2-cffi, imported
+//! into the real PostgreSQL, then each user logs in over REST with the old
+//! password and leaves with polyhub's own PBKDF2-SHA256 600k hash.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use hub_runtime::Secret;
+use hub_testkit::{ROOT, Service, TestSetup, fresh_database_url, scratch_dir, venv_bin};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+fn hub(database_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hub"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("POLYHUB_DATABASE__URL", database_url)
+        .env("POLYHUB_IMPORT__MAX_BCRYPT_COST", "4")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn user_count(database_url: &str) -> i64 {
+    let mut db = sqlx::PgConnection::connect(database_url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+/// The generated cases (format, username, password), and the import file
+/// written from them.
+fn generated(dir: &Path) -> (Vec<(String, String, String)>, std::path::PathBuf) {
+    let raw = dir.join("generated.jsonl");
+    let made = Command::new(venv_bin("python"))
+        .arg(Path::new(ROOT).join("hub/tests/clients/legacy_hashes.py"))
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut cases = Vec::new();
+    let mut import = String::new();
+    for line in std::fs::read_to_string(&raw).unwrap().lines() {
+        let mut record: Value = serde_json::from_str(line).unwrap();
+        let object = record.as_object_mut().unwrap();
+        let format = object
+            .remove("format")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let password = object
+            .remove("password")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned();
+        cases.push((
+            format,
+            object["username"].as_str().unwrap().to_owned(),
+            password,
+        ));
+        import.push_str(&record.to_string());
+        import.push('\n');
+    }
+    let file = dir.join("users.jsonl");
+    std::fs::write(&file, import).unwrap();
+    (cases, file)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_users_log_in_with_their_old_passwords_and_leave_with_ours() {
+    let dir = scratch_dir();
+    let (cases, file) = generated(&dir);
+    let file = file.to_str().unwrap();
+    let legacy: Vec<_> = cases
+        .iter()
+        .filter(|(f, _, _)| f != "over-ceiling")
+        .collect();
+    let over_line = cases.len();
+    let database = fresh_database_url();
+    stdout(&hub(&database, &["migrate"]));
+
+    let dry = stdout(&hub(&database, &["users", "import", "--dry-run", file]));
+    assert!(
+        dry.contains(&format!(
+            "would import {}, already present 0, rejected 1",
+            legacy.len()
+        )),
+        "{dry}"
+    );
+    assert_eq!(user_count(&database).await, 0, "a dry run keeps nothing");
+
+    let first = stdout(&hub(&database, &["users", "import", file]));
+    assert!(
+        first.contains(&format!(
+            "imported {}, already present 0, rejected 1",
+            legacy.len()
+        )),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!(
+            "line {over_line}: rejected: password hash parameters over the ceiling: bcrypt cost 5, ceiling 4"
+        )),
+        "{first}"
+    );
+    let again = stdout(&hub(&database, &["users", "import", file]));
+    assert!(
+        again.contains(&format!(
+            "imported 0, already present {}, rejected 1",
+            legacy.len()
+        )),
+        "a rerun imports nothing: {again}"
+    );
+
+    let mut setup = TestSetup::new(&[Service::RestAuth]).production_hashing();
+    setup.config.database.url = Secret::new(database.clone());
+    setup.config.services.rest_auth.login_limit.per_ip_burst = 1_000;
+    let hub = setup.start().await;
+    let base = hub.url(Service::RestAuth);
+    let client = reqwest::Client::new();
+    let login = |username: String, password: String| {
+        let (client, url) = (client.clone(), format!("{base}/login"));
+        async move {
+            let resp = client
+                .post(url)
+                .json(&json!({"username": username, "password": password}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let mut db = sqlx::PgConnection::connect(&database).await.unwrap();
+    for (format, username, password) in &legacy {
+        let (status, body) = login(username.clone(), format!("{password}!")).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{format}: a wrong password: {body}"
+        );
+        let before: String =
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE username = $1")
+                .bind(username)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        assert!(
+            !before.starts_with("$pbkdf2-sha256$i=600000"),
+            "{format}: {before}"
+        );
+        let (status, body) = login(username.clone(), password.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{format}: the old password: {body}");
+        let profile = client
+            .get(format!("{base}/profile"))
+            .bearer_auth(body["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(profile.status(), StatusCode::OK, "{format}");
+        let after: String =
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE username = $1")
+                .bind(username)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        assert!(
+            after.starts_with("$pbkdf2-sha256$i=600000,l=32$"),
+            "{format}: upgraded at login: {after}"
+        );
+    }
+    // The upgraded hash is the password from now on.
+    let (format, username, password) = legacy[0];
+    let (status, _) = login(username.clone(), password.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{format}, after the upgrade");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_csv_file_with_bad_lines_reports_them_by_number_and_imports_the_rest() {
+    // Werkzeug's pbkdf2:sha256 of "password" with salt "salt", 1 iteration.
+    let hash =
+        "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b";
+    let csv = format!(
+        "username,email,password_hash,role,created_at\n\
+         good1,good1@example.com,{hash},,\n\
+         bad!,bad@example.com,{hash},,\n\
+         good2,not-an-email,{hash},,\n\
+         good3,good3@example.com,md5:0123abcd,,\n\
+         GOOD1,other@example.com,{hash},,\n\
+         good4,good4@example.com,{hash},admin,2020-01-02T03:04:05Z\n\
+         good5,good5@example.com,{hash},king,\n"
+    );
+    let file = scratch_dir().join("users.csv");
+    std::fs::write(&file, csv).unwrap();
+    let database = fresh_database_url();
+    stdout(&hub(&database, &["migrate"]));
+    let out = stdout(&hub(
+        &database,
+        &["users", "import", file.to_str().unwrap()],
+    ));
+    assert!(
+        out.contains("imported 2, already present 0, rejected 5"),
+        "{out}"
+    );
+    for (line, why) in [
+        (3, "bad username"),
+        (4, "bad email"),
+        (5, "unknown password hash format"),
+        (6, "duplicate username within the file"),
+        (8, "bad role \"king\""),
+    ] {
+        assert!(
+            out.contains(&format!("line {line}: rejected: {why}")),
+            "line {line}: {out}"
+        );
+    }
+    let mut db = sqlx::PgConnection::connect(&database).await.unwrap();
+    let (role, year): (String, f64) = sqlx::query_as(
+        "SELECT role, extract(year FROM created_at)::float8 FROM users WHERE username = 'good4'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!((role.as_str(), year), ("admin", 2020.0));
+}
