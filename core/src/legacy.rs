@@ -190,6 +190,7 @@ fn canonical(raw: &str) -> Result<String, HashRefusal> {
     // passlib's PBKDF2: `$pbkdf2-sha256$rounds$salt$checksum`, adapted base64.
     for (prefix, digest) in [
         ("$pbkdf2$", Pbkdf2Digest::Sha1),
+        ("$pbkdf2-sha1$", Pbkdf2Digest::Sha1),
         ("$pbkdf2-sha256$", Pbkdf2Digest::Sha256),
         ("$pbkdf2-sha512$", Pbkdf2Digest::Sha512),
     ] {

@@ -1,7 +1,8 @@
 //! `hub users import FILE`: legacy users, read as a stream (constant memory
 //! whatever the file's size), checked and stored `import.batch_size` at a
 //! time through hub-core's [`hub_core::Importer`]. Refused lines are printed
-//! with their number as they are met; a summary ends the run.
+//! with their number as they are met (the user's place in a Keycloak
+//! export's `users`); a summary ends the run.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -20,15 +21,19 @@ pub enum ImportFormat {
     Jsonl,
     /// A header line, then `username,email,password_hash[,role,created_at]`.
     Csv,
+    /// A Keycloak realm export (`kc.sh export`): its `users`, each with its
+    /// password credential, read one user at a time.
+    Keycloak,
 }
 
 impl ImportFormat {
     fn of(path: &Path) -> anyhow::Result<Self> {
         match path.extension().and_then(|e| e.to_str()) {
             Some("csv") => Ok(Self::Csv),
-            Some("jsonl" | "ndjson" | "json") => Ok(Self::Jsonl),
+            Some("jsonl" | "ndjson") => Ok(Self::Jsonl),
+            Some("json") => Ok(Self::Keycloak),
             _ => anyhow::bail!(
-                "cannot tell the format of {} from its name: give --format jsonl or --format csv",
+                "cannot tell the format of {} from its name: give --format jsonl, csv or keycloak",
                 path.display()
             ),
         }
@@ -118,6 +123,173 @@ fn csv_rows(file: File) -> impl Iterator<Item = anyhow::Result<Line>> {
     })
 }
 
+/// One user of a Keycloak realm export, as far as an import needs it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeycloakUser {
+    username: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    credentials: Vec<KeycloakCredential>,
+    #[serde(default)]
+    realm_roles: Vec<String>,
+    #[serde(default)]
+    created_timestamp: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeycloakCredential {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    secret_data: String,
+    #[serde(default)]
+    credential_data: String,
+}
+
+#[derive(serde::Deserialize)]
+struct SecretData {
+    value: String,
+    salt: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CredentialData {
+    hash_iterations: u32,
+    algorithm: String,
+}
+
+impl TryFrom<KeycloakUser> for ImportRecord {
+    type Error = String;
+
+    /// Keycloak's PBKDF2 credentials (`pbkdf2`, which is SHA-1,
+    /// `pbkdf2-sha256`, `pbkdf2-sha512`) become the PHC string of the same
+    /// derivation: the salt and value are the bytes Keycloak hashed with.
+    fn try_from(user: KeycloakUser) -> Result<Self, String> {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+        let credential = user
+            .credentials
+            .iter()
+            .find(|c| c.kind == "password")
+            .ok_or("no password credential")?;
+        let secret: SecretData = serde_json::from_str(&credential.secret_data)
+            .map_err(|e| format!("bad secretData: {e}"))?;
+        let data: CredentialData = serde_json::from_str(&credential.credential_data)
+            .map_err(|e| format!("bad credentialData: {e}"))?;
+        let scheme = match data.algorithm.as_str() {
+            "pbkdf2" => "pbkdf2-sha1",
+            "pbkdf2-sha256" => "pbkdf2-sha256",
+            "pbkdf2-sha512" => "pbkdf2-sha512",
+            other => return Err(format!("unknown password hash format: Keycloak {other:?}")),
+        };
+        let decode = |v: &str, what: &str| {
+            STANDARD
+                .decode(v)
+                .map_err(|_| format!("bad base64 in the credential's {what}"))
+        };
+        let (salt, value) = (
+            decode(&secret.salt, "salt")?,
+            decode(&secret.value, "value")?,
+        );
+        let password_hash = format!(
+            "${scheme}$i={},l={}${}${}",
+            data.hash_iterations,
+            value.len(),
+            STANDARD_NO_PAD.encode(salt),
+            STANDARD_NO_PAD.encode(&value)
+        );
+        let created_at = user.created_timestamp.and_then(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        });
+        Ok(ImportRecord {
+            username: user.username,
+            email: user.email.unwrap_or_default(),
+            password_hash,
+            role: Some(
+                if user.realm_roles.iter().any(|r| r == "admin") {
+                    "admin"
+                } else {
+                    "user"
+                }
+                .to_owned(),
+            ),
+            created_at,
+        })
+    }
+}
+
+/// The users of a realm export, numbered by their place in `users`, read
+/// by a thread of their own and handed over a bounded channel: one user in
+/// memory at a time, whatever the export's size.
+fn keycloak(file: File) -> impl Iterator<Item = anyhow::Result<Line>> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    type Sink = std::sync::mpsc::SyncSender<anyhow::Result<Line>>;
+
+    struct Users<'a>(&'a Sink);
+
+    impl<'de> Visitor<'de> for Users<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of users")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut number = 0u64;
+            loop {
+                number += 1;
+                let user = match seq.next_element::<serde_json::Value>()? {
+                    None => return Ok(()),
+                    Some(value) => serde_json::from_value::<KeycloakUser>(value)
+                        .map_err(|e| format!("not a Keycloak user: {e}"))
+                        .and_then(ImportRecord::try_from),
+                };
+                if self.0.send(Ok((number, user))).is_err() {
+                    return Ok(()); // the importer stopped
+                }
+            }
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Users<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    struct Realm<'a>(&'a Sink);
+
+    impl<'de> Visitor<'de> for Realm<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a Keycloak realm export")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "users" {
+                    map.next_value_seed(Users(self.0))?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    let (sink, source) = std::sync::mpsc::sync_channel(1_024);
+    std::thread::spawn(move || {
+        let mut reader = serde_json::Deserializer::from_reader(BufReader::new(file));
+        if let Err(e) = reader.deserialize_map(Realm(&sink)) {
+            let _ = sink.send(Err(anyhow::anyhow!("reading the realm export: {e}")));
+        }
+    });
+    source.into_iter()
+}
+
 /// Reads `path` and imports every user in it; prints each refused line
 /// and a summary.
 pub async fn run(
@@ -131,13 +303,15 @@ pub async fn run(
         None => ImportFormat::of(path)?,
     };
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let lines: Box<dyn Iterator<Item = anyhow::Result<Line>>> = match format {
-        ImportFormat::Jsonl => Box::new(jsonl(file)),
-        ImportFormat::Csv => Box::new(csv_rows(file)),
+    let (lines, unit): (Box<dyn Iterator<Item = anyhow::Result<Line>>>, _) = match format {
+        ImportFormat::Jsonl => (Box::new(jsonl(file)), "line"),
+        ImportFormat::Csv => (Box::new(csv_rows(file)), "line"),
+        ImportFormat::Keycloak => (Box::new(keycloak(file)), "user"),
     };
     let report = import(
         &hub.importer(),
         lines,
+        unit,
         hub.config().import.batch_size,
         dry_run,
     )
@@ -160,6 +334,7 @@ pub async fn run(
 pub async fn import(
     importer: &Importer,
     lines: impl Iterator<Item = anyhow::Result<Line>>,
+    unit: &str,
     batch_size: usize,
     dry_run: bool,
 ) -> anyhow::Result<ImportReport> {
@@ -176,7 +351,7 @@ pub async fn import(
             .map_err(anyhow::Error::new)?;
         let mut out = std::io::stdout().lock();
         for (line, why) in &done.rejected {
-            writeln!(out, "line {line}: rejected: {why}")?;
+            writeln!(out, "{unit} {line}: rejected: {why}")?;
         }
         report.add(done);
         Ok(())
@@ -187,7 +362,7 @@ pub async fn import(
         match record {
             Ok(record) => batch.push((number, record)),
             Err(why) => {
-                println!("line {number}: rejected: {why}");
+                println!("{unit} {number}: rejected: {why}");
                 report.rejected.push((number, why));
             }
         }

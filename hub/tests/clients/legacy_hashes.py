@@ -2,16 +2,23 @@
 (Werkzeug, Django's hashers, passlib, bcrypt, argon2-cffi), with cheap
 parameters so the test stays fast, written as an import file.
 
-    legacy_hashes.py OUT.jsonl
+    legacy_hashes.py OUT.jsonl [REALM.json]
+
+With REALM.json, also a Keycloak realm export built from Keycloak's
+documented credential representation (secretData and credentialData as
+JSON strings; PBKDF2 through hashlib, as Keycloak's providers derive it).
 
 One JSON line per format: {"username", "email", "password_hash", "format",
 "password"}; the importer ignores nothing, so the test strips "format" and
 "password" before importing (see hub/tests/it/import.rs).
 """
 
+import base64
 import hashlib
 import json
+import os
 import sys
+import uuid
 
 import argon2
 import bcrypt
@@ -84,5 +91,44 @@ def main():
     assert len(hashlib.sha256(b"x").hexdigest()) == 64
 
 
+def keycloak_user(username, password, algorithm, digest, iterations, key_bytes, **extra):
+    salt = os.urandom(16)
+    value = hashlib.pbkdf2_hmac(digest, password.encode(), salt, iterations, key_bytes)
+    user = {
+        "id": str(uuid.uuid4()), "username": username, "enabled": True,
+        "createdTimestamp": 1577934245000,
+        "credentials": [{
+            "id": str(uuid.uuid4()), "type": "password", "createdDate": 1577934245000,
+            "secretData": json.dumps({"value": base64.b64encode(value).decode(),
+                                      "salt": base64.b64encode(salt).decode(), "additionalParameters": {}}),
+            "credentialData": json.dumps({"hashIterations": iterations, "algorithm": algorithm,
+                                          "additionalParameters": {}}),
+        }],
+        "realmRoles": ["default-roles-legacy"],
+    }
+    user.update(extra)
+    return user
+
+
+def realm(out):
+    users = [
+        keycloak_user("kc-sha256", "correct horse kc-sha256", "pbkdf2-sha256", "sha256", 1000, 64,
+                      email="kc-sha256@example.com"),
+        keycloak_user("kc-sha512", "correct horse kc-sha512", "pbkdf2-sha512", "sha512", 1000, 64,
+                      email="kc-sha512@example.com", realmRoles=["default-roles-legacy", "admin"]),
+        keycloak_user("kc-sha1", "correct horse kc-sha1", "pbkdf2", "sha1", 1000, 20,
+                      email="kc-sha1@example.com"),
+        keycloak_user("kc-noemail", "correct horse kc-noemail", "pbkdf2-sha256", "sha256", 1000, 64),
+        keycloak_user("kc-argon", "correct horse kc-argon", "argon2", "sha256", 1000, 64,
+                      email="kc-argon@example.com"),
+    ]
+    export = {"id": "legacy", "realm": "legacy", "enabled": True, "users": users,
+              "roles": {"realm": [{"name": "admin"}]}, "clients": []}
+    with open(out, "w") as f:
+        json.dump(export, f, indent=2)
+
+
 if __name__ == "__main__":
     main()
+    if len(sys.argv) > 2:
+        realm(sys.argv[2])

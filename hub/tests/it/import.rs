@@ -243,3 +243,58 @@ async fn a_csv_file_with_bad_lines_reports_them_by_number_and_imports_the_rest()
     .unwrap();
     assert_eq!((role.as_str(), year), ("admin", 2020.0));
 }
+
+/// A Keycloak realm export, read one user at a time: its PBKDF2 credentials
+/// (SHA-1, SHA-256, SHA-512) log in; a user without an email and one with a
+/// credential polyhub cannot verify are reported by their place in `users`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keycloak_realm_export_imports_and_its_users_log_in() {
+    let dir = scratch_dir();
+    let realm = dir.join("realm-export.json");
+    let made = Command::new(venv_bin("python"))
+        .arg(Path::new(ROOT).join("hub/tests/clients/legacy_hashes.py"))
+        .arg(dir.join("unused.jsonl"))
+        .arg(&realm)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let database = fresh_database_url();
+    stdout(&hub(&database, &["migrate"]));
+    let out = stdout(&hub(
+        &database,
+        &["users", "import", realm.to_str().unwrap()],
+    ));
+    assert!(
+        out.contains("imported 3, already present 0, rejected 2"),
+        "{out}"
+    );
+    assert!(out.contains("user 4: rejected: bad email"), "{out}");
+    assert!(
+        out.contains("user 5: rejected: unknown password hash format: Keycloak \"argon2\""),
+        "{out}"
+    );
+    let mut setup = TestSetup::new(&[Service::RestAuth]);
+    setup.config.database.url = Secret::new(database.clone());
+    let hub = setup.start().await;
+    let client = reqwest::Client::new();
+    for name in ["kc-sha256", "kc-sha512", "kc-sha1"] {
+        let resp = client
+            .post(format!("{}/login", hub.url(Service::RestAuth)))
+            .json(&json!({"username": name, "password": format!("correct horse {name}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{name}");
+    }
+    let mut db = sqlx::PgConnection::connect(&database).await.unwrap();
+    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE username = 'kc-sha512'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(role, "admin", "Keycloak's realm role comes along");
+    hub.stop().await;
+}
