@@ -378,6 +378,38 @@ impl Importer {
         })
     }
 
+    /// Imports `records` on behalf of `principal`, who must be an admin,
+    /// `batch` at a time; each refusal names the record's place (from 1).
+    pub async fn import_as(
+        &self,
+        principal: &crate::token::Principal,
+        records: Vec<ImportRecord>,
+        batch: usize,
+        dry_run: bool,
+    ) -> Result<ImportReport, Error> {
+        if principal.role != Role::Admin {
+            return Err(Error::with_message(
+                crate::error::ErrorCode::Forbidden,
+                "importing users is for admins",
+            ));
+        }
+        let mut report = ImportReport::default();
+        let mut numbered = (1u64..).zip(records).peekable();
+        while numbered.peek().is_some() {
+            let chunk: Vec<_> = numbered.by_ref().take(batch.max(1)).collect();
+            report.add(self.import_batch(chunk, dry_run).await?);
+        }
+        tracing::info!(
+            user_id = %principal.user_id,
+            imported = report.imported,
+            already_present = report.already_present,
+            rejected = report.rejected.len(),
+            dry_run,
+            "users imported over the API"
+        );
+        Ok(report)
+    }
+
     /// Imports one batch of numbered records; `dry_run` checks everything,
     /// the database's uniqueness included, and keeps nothing.
     pub async fn import_batch(

@@ -88,6 +88,9 @@ impl Hub {
                             lifetime: self.config.services.rest_auth.login_limit.device_lifetime(),
                             secure: self.config.http.secure_cookies,
                         },
+                        importer: self.importer(),
+                        import_batch: self.config.import.batch_size,
+                        import_max_bytes: self.config.import.max_body_bytes,
                     },
                     ServiceContext {
                         readiness: context

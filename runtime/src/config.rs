@@ -590,6 +590,9 @@ pub struct ImportConfig {
     pub max_argon2_t: u32,
     pub max_argon2_p: u32,
     pub batch_size: usize,
+    /// The largest body `POST /admin/users/import` reads (the file import
+    /// streams and has no limit).
+    pub max_body_bytes: usize,
 }
 
 impl Default for ImportConfig {
@@ -604,6 +607,7 @@ impl Default for ImportConfig {
             max_argon2_t: c.max_argon2_t,
             max_argon2_p: c.max_argon2_p,
             batch_size: 1_000,
+            max_body_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -60,6 +60,61 @@ pub struct ProfileUpdate {
     pub new_password: Option<String>,
 }
 
+/// One user to import, with the password hash another system made (the
+/// formats are listed in docs/OPERATIONS.md).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportUser {
+    #[schema(example = "alice")]
+    pub username: String,
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+    #[schema(example = "pbkdf2:sha256:600000$salt$hex", max_length = 1024)]
+    pub password_hash: String,
+    /// `user` (the default) or `admin`.
+    pub role: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub created_at: Option<OffsetDateTime>,
+}
+
+impl From<ImportUser> for hub_core::ImportRecord {
+    fn from(user: ImportUser) -> Self {
+        Self {
+            username: user.username,
+            email: user.email,
+            password_hash: user.password_hash,
+            role: user.role,
+            created_at: user.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImportOptions {
+    /// Check everything, the database's uniqueness too, and keep nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImportResult {
+    pub imported: u64,
+    /// Users whose username was already there (a repeated import adds none).
+    pub already_present: u64,
+    pub rejected: Vec<ImportRejection>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImportRejection {
+    /// The user's place in the request's list, from 1.
+    pub user: u64,
+    pub reason: String,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Profile {
     pub id: Uuid,
@@ -190,3 +245,4 @@ redacted_debug!(LoginResponse {
 });
 redacted_debug!(RegisterRequest { username, email });
 redacted_debug!(ProfileUpdate { email });
+redacted_debug!(ImportUser { username, email });

@@ -41,6 +41,10 @@ pub struct RestAuthState {
     /// Registration and current-password budgets, shared with soap-register.
     pub limits: Arc<HashingLimits>,
     pub device_cookie: DeviceCookie,
+    pub importer: hub_core::Importer,
+    /// Users stored per database batch, and the largest import body.
+    pub import_batch: usize,
+    pub import_max_bytes: usize,
 }
 
 /// How the device token (see [`LoginLimiter`]) is handed out: an HttpOnly,
@@ -273,6 +277,49 @@ async fn update_profile(
     Ok(Json(user.into()))
 }
 
+/// `POST /admin/users/import`
+#[utoipa::path(
+    post, path = "/admin/users/import", tag = "users",
+    security(("bearer" = [])),
+    params(api::ImportOptions),
+    request_body = Vec<api::ImportUser>,
+    responses(
+        (status = 200, description = "What became of each user; refused ones by their place in the list", body = api::ImportResult),
+        (status = 400, description = "A malformed body", body = api::ErrorBody),
+        (status = 401, description = "INVALID_TOKEN", body = api::ErrorBody),
+        (status = 403, description = "FORBIDDEN: importing users is for admins", body = api::ErrorBody),
+        (status = 413, description = "REQUEST_TOO_LARGE: more than import.max_body_bytes", body = api::ErrorBody),
+        (status = 503, description = "UNAVAILABLE", body = api::ErrorBody),
+    )
+)]
+async fn import_users(
+    State(state): State<RestAuthState>,
+    BearerToken(token): BearerToken,
+    hub_runtime::QueryParams(options): hub_runtime::QueryParams<api::ImportOptions>,
+    JsonBody(users): JsonBody<Vec<api::ImportUser>>,
+) -> Result<Json<api::ImportResult>, HttpError> {
+    let principal = state.authentication.authenticate(&token).await?;
+    let report = state
+        .importer
+        .import_as(
+            &principal,
+            users.into_iter().map(Into::into).collect(),
+            state.import_batch,
+            options.dry_run,
+        )
+        .await?;
+    Ok(Json(api::ImportResult {
+        imported: report.imported,
+        already_present: report.already_present,
+        rejected: report
+            .rejected
+            .into_iter()
+            .map(|(user, reason)| api::ImportRejection { user, reason })
+            .collect(),
+        dry_run: options.dry_run,
+    }))
+}
+
 /// `POST /logout`
 #[utoipa::path(
     post, path = "/logout", tag = "auth",
@@ -327,11 +374,16 @@ async fn test_db(State(state): State<RestAuthState>) -> Result<Json<DatabaseChec
 /// behind the configured CORS allow-list.
 pub fn router(state: RestAuthState, context: ServiceContext) -> Result<Router, Error> {
     let document: Arc<str> = openapi::document().into();
+    let import_max_bytes = state.import_max_bytes;
     let routes = Router::new()
         .route("/login", post(login))
         .route("/register", post(register))
         .route("/profile", get(profile).put(update_profile))
         .route("/logout", post(logout))
+        .route(
+            "/admin/users/import",
+            post(import_users).layer(axum::extract::DefaultBodyLimit::max(import_max_bytes)),
+        )
         .route("/.well-known/jwks.json", get(jwks))
         .route("/test-db", get(test_db))
         .route(

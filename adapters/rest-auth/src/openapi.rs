@@ -22,6 +22,7 @@ use crate::api;
         crate::profile,
         crate::update_profile,
         crate::logout,
+        crate::import_users,
         crate::jwks,
         crate::test_db,
     ),

@@ -1261,3 +1261,96 @@ async fn current_password_checks_are_limited_per_account_and_per_client() {
     assert_eq!(status, StatusCode::OK, "{body}");
     hub.stop().await;
 }
+
+/// `POST /admin/users/import`: what `hub users import` does, for a request
+/// body, admins only, with the same report as JSON; the imported user then
+/// logs in with the password behind the legacy hash.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_imports_users_over_rest_and_they_log_in() {
+    let hub = TestHub::with(SERVICES).await;
+    let api = Api::new(&hub);
+    api.register("root", "correct horse battery").await;
+    hub.hub
+        .administration()
+        .set_role("root", hub_core::Role::Admin)
+        .await
+        .unwrap();
+    let admin = api.login("root", "correct horse battery").await;
+    api.register("plain", "correct horse battery").await;
+    let plain = api.login("plain", "correct horse battery").await;
+    // Werkzeug's pbkdf2:sha256 of "password" with salt "salt", 1 iteration.
+    let hash =
+        "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b";
+    let users = json!([
+        {"username": "imported", "email": "imported@example.com", "password_hash": hash},
+        {"username": "no!", "email": "no@example.com", "password_hash": hash},
+        {"username": "other", "email": "other@example.com", "password_hash": "md5$x"},
+        {"username": "plain", "email": "plain2@example.com", "password_hash": hash},
+    ]);
+    let import = |token: String, dry_run: bool| {
+        let (client, url, users) = (
+            api.client.clone(),
+            format!("{}/admin/users/import?dry_run={dry_run}", api.base),
+            users.clone(),
+        );
+        async move {
+            let resp = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&users)
+                .send()
+                .await
+                .unwrap();
+            decode(resp).await
+        }
+    };
+    let (status, body) = import(plain.clone(), false).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    let (status, body) = import(admin.clone(), true).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["imported"].as_u64(), body["dry_run"].as_bool()),
+        (Some(1), Some(true))
+    );
+    let (status, _) = api
+        .post(
+            "/login",
+            json!({"username": "imported", "password": "password"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a dry run keeps nothing");
+
+    let (status, body) = import(admin.clone(), false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["imported"], 1, "{body}");
+    assert_eq!(body["already_present"], 1, "plain was here: {body}");
+    let rejected: Vec<(u64, String)> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["user"].as_u64().unwrap(),
+                r["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(rejected.len(), 2, "{body}");
+    assert_eq!(rejected[0].0, 2);
+    assert!(rejected[0].1.starts_with("bad username"), "{body}");
+    assert_eq!(rejected[1].0, 3);
+    assert!(
+        rejected[1].1.contains("unknown password hash format"),
+        "{body}"
+    );
+    api.login("imported", "password").await;
+
+    let (status, body) = import(admin, false).await;
+    assert_eq!(
+        (status, &body["imported"]),
+        (StatusCode::OK, &json!(0)),
+        "{body}"
+    );
+    hub.stop().await;
+}

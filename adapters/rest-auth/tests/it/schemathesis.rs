@@ -63,6 +63,12 @@ async fn schemathesis_finds_no_server_error_and_no_departure_from_the_document()
         .unwrap()
         .error_for_status()
         .unwrap();
+    // An admin, so the admin-only import is exercised too, not only refused.
+    hub.hub
+        .administration()
+        .set_role("fuzz", hub_core::Role::Admin)
+        .await
+        .unwrap();
     let main_token = token(&base, "fuzz").await;
     let logout_token = token(&base, "fuzz").await;
 
