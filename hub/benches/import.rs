@@ -174,4 +174,58 @@ fn main() {
         peak as f64 / 1024.0,
         small_peak as f64 / 1024.0
     );
+    verify_times();
+}
+
+/// One login's verification of each legacy format at its library's
+/// defaults, beside the reference library's own verification of the same
+/// hash (best of three each), and the upgraded login's PBKDF2-SHA256 600k.
+fn verify_times() {
+    let out = Command::new(hub_testkit::venv_bin("python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/legacy_reference.py"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let hasher = hub_core::PasswordHasher::new(hub_core::PasswordHasher::MIN_ITERATIONS).unwrap();
+    let best = |f: &dyn Fn() -> bool| {
+        (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                assert!(f());
+                started.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    println!("\nlogin verification, polyhub against the reference library (best of 3):");
+    println!("| format | reference | polyhub | polyhub / reference |");
+    println!("|---|---|---|---|");
+    for case in &cases {
+        let ceilings = HashCeilings::default();
+        let stored = import_hash(case["hash"].as_str().unwrap(), &ceilings).unwrap();
+        let password = case["password"].as_str().unwrap();
+        let ours = best(&|| hasher.verify(password, &stored));
+        let theirs = case["seconds"].as_f64().unwrap();
+        println!(
+            "| {} | {:.1} ms | {:.1} ms | {:.2} |",
+            case["format"].as_str().unwrap(),
+            theirs * 1000.0,
+            ours.as_secs_f64() * 1000.0,
+            ours.as_secs_f64() / theirs
+        );
+    }
+    let user = hub_core::Username::parse("bench").unwrap();
+    let upgraded = hasher
+        .hash(&hub_core::Password::parse("correct horse battery staple", &user).unwrap())
+        .unwrap();
+    let ours = best(&|| hasher.verify("correct horse battery staple", &upgraded));
+    println!(
+        "| after the upgrade: pbkdf2-sha256 600k | | {:.1} ms | |",
+        ours.as_secs_f64() * 1000.0
+    );
 }
