@@ -78,6 +78,8 @@ pub struct Authentication {
     tokens: Arc<Tokens>,
     clock: Arc<dyn Clock>,
     session_lifetime: Duration,
+    /// Until when imported insecure hashes still log in (then refused).
+    insecure_until: Option<time::OffsetDateTime>,
 }
 
 impl std::fmt::Debug for Authentication {
@@ -108,7 +110,15 @@ impl Authentication {
             tokens,
             clock,
             session_lifetime,
+            insecure_until: None,
         }
+    }
+
+    /// Lets imported insecure hashes (bare digests) log in, and so be
+    /// upgraded, until `until`; after it, or without one, they are refused.
+    pub fn with_insecure_until(mut self, until: Option<time::OffsetDateTime>) -> Self {
+        self.insecure_until = until;
+        self
     }
 
     pub fn tokens(&self) -> &Tokens {
@@ -171,6 +181,19 @@ impl Authentication {
                 .await?;
             return Err(bad_credentials());
         };
+        if user.password_hash.is_insecure()
+            && self
+                .insecure_until
+                .is_none_or(|until| self.clock.now() > until)
+        {
+            // The same answer and about the same time as a wrong password:
+            // whether the password was right is not told.
+            self.hashing
+                .run(move |hasher| hasher.verify_dummy(&password))
+                .await?;
+            tracing::warn!(user_id = %user.id, "login refused: an insecure imported hash past import.insecure_until; the user needs a new password");
+            return Err(bad_credentials());
+        }
         let stored = user.password_hash.clone();
         let (verified, rehashed) = self
             .hashing

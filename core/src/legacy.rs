@@ -67,6 +67,9 @@ pub enum HashRefusal {
     Malformed(String),
     /// Well formed, but more work than the ceilings allow.
     OverCeiling(String),
+    /// A bare MD5, SHA-1 or SHA-256 digest, refused unless the import
+    /// allows insecure hashes.
+    Insecure,
 }
 
 impl fmt::Display for HashRefusal {
@@ -77,6 +80,9 @@ impl fmt::Display for HashRefusal {
             HashRefusal::OverCeiling(why) => {
                 write!(f, "password hash parameters over the ceiling: {why}")
             }
+            HashRefusal::Insecure => f.write_str(
+                "insecure password hash (a bare MD5, SHA-1 or SHA-256 digest): import it only with --allow-insecure",
+            ),
         }
     }
 }
@@ -131,6 +137,50 @@ fn pbkdf2_phc(
         B64.encode(salt),
         B64.encode(hash)
     ))
+}
+
+/// A bare digest (`hex`, `md5$salt$hex`, `sha1$$hex`, Django's
+/// `unsalted_sha1$$hex`...) as `$insecure-<digest>$<salt>$<hash>`: the
+/// digest of salt then password. `None` when `raw` is not one.
+fn insecure(raw: &str) -> Option<Result<String, HashRefusal>> {
+    let is_hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let by_len = |len: usize| match len {
+        32 => Some("md5"),
+        40 => Some("sha1"),
+        64 => Some("sha256"),
+        _ => None,
+    };
+    let (name, salt, digest) = if is_hex(raw) {
+        (by_len(raw.len())?, "", raw)
+    } else {
+        // Django's unsalted hashers write `unsalted_sha1$$hex`.
+        let raw = raw.strip_prefix("unsalted_").unwrap_or(raw);
+        let mut parts = raw.splitn(3, '$');
+        let (Some(name), Some(salt), Some(digest)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        if !matches!(name, "md5" | "sha1" | "sha256") || !is_hex(digest) {
+            return None;
+        }
+        if by_len(digest.len()) != Some(name) {
+            return Some(Err(malformed("the digest's length is not its algorithm's")));
+        }
+        return Some(hex(digest).map(|hash| {
+            format!(
+                "$insecure-{name}${}${}",
+                B64.encode(salt.as_bytes()),
+                B64.encode(hash)
+            )
+        }));
+    };
+    Some(hex(digest).map(|hash| {
+        format!(
+            "$insecure-{name}${}${}",
+            B64.encode(salt.as_bytes()),
+            B64.encode(hash)
+        )
+    }))
 }
 
 /// The stored form of `raw`, in any listed format.
@@ -228,13 +278,27 @@ fn raw_parts<const N: usize>(value: &str) -> Result<[&str; N], HashRefusal> {
 }
 
 /// Reads an imported hash in any listed format and checks its work
-/// against `ceilings`.
+/// against `ceilings`; a bare digest is refused.
 pub fn import_hash(raw: &str, ceilings: &HashCeilings) -> Result<PasswordHash, HashRefusal> {
+    import_hash_with(raw, ceilings, false)
+}
+
+/// As [`import_hash`]; with `allow_insecure`, bare MD5, SHA-1 and SHA-256
+/// digests are imported too, marked insecure.
+pub fn import_hash_with(
+    raw: &str,
+    ceilings: &HashCeilings,
+    allow_insecure: bool,
+) -> Result<PasswordHash, HashRefusal> {
     let raw = raw.trim();
     if raw.len() > 1024 {
         return Err(malformed("longer than 1024 characters"));
     }
-    let stored = canonical(raw)?;
+    let stored = match insecure(raw) {
+        Some(_) if !allow_insecure => return Err(HashRefusal::Insecure),
+        Some(stored) => stored?,
+        None => canonical(raw)?,
+    };
     let hash = PasswordHash::parse(&stored).map_err(|e| {
         HashRefusal::Malformed(
             e.internal_cause()
@@ -328,6 +392,7 @@ pub struct Importer {
     users: Arc<dyn UserRepository>,
     clock: Arc<dyn Clock>,
     ceilings: HashCeilings,
+    allow_insecure: bool,
 }
 
 impl fmt::Debug for Importer {
@@ -348,7 +413,14 @@ impl Importer {
             users,
             clock,
             ceilings,
+            allow_insecure: false,
         }
+    }
+
+    /// Imports bare MD5, SHA-1 and SHA-256 digests too (`--allow-insecure`).
+    pub fn allowing_insecure(mut self, allow: bool) -> Self {
+        self.allow_insecure = allow;
+        self
     }
 
     /// The user a record stands for, or why it cannot be imported. The
@@ -365,7 +437,8 @@ impl Importer {
             Some(other) => return Err(format!("bad role {other:?}: user or admin")),
         };
         let password_hash =
-            import_hash(&record.password_hash, &self.ceilings).map_err(|e| e.to_string())?;
+            import_hash_with(&record.password_hash, &self.ceilings, self.allow_insecure)
+                .map_err(|e| e.to_string())?;
         let now = self.clock.now();
         Ok(User {
             id: UserId::generate(),
@@ -529,6 +602,41 @@ mod tests {
         assert!(report.rejected[3].1.contains("duplicate username"));
         let again = importer.import_batch(batch, false).await.unwrap();
         assert_eq!((again.imported, again.already_present), (0, 2), "{again:?}");
+    }
+
+    #[test]
+    fn bare_digests_need_allow_insecure_and_verify_salt_first() {
+        let ceilings = HashCeilings::default();
+        // md5("password"), sha1("saltpassword"), sha256("password").
+        let md5 = "5f4dcc3b5aa765d61d8327deb882cf99";
+        let salted_sha1 = "sha1$salt$59b3e8d637cf97edbe2384cf59cb7453dfe30789";
+        let sha256 = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+        for raw in [
+            md5,
+            salted_sha1,
+            sha256,
+            "unsalted_md5$$5f4dcc3b5aa765d61d8327deb882cf99",
+        ] {
+            assert_eq!(
+                import_hash(raw, &ceilings).unwrap_err(),
+                HashRefusal::Insecure,
+                "{raw}"
+            );
+            let hash = import_hash_with(raw, &ceilings, true).unwrap();
+            assert!(hash.is_insecure());
+            let hasher = PasswordHasher::insecure_for_tests(1_000);
+            assert!(hasher.verify("password", &hash), "{raw}");
+            assert!(!hasher.verify("passwordx", &hash), "{raw}");
+            assert!(hasher.needs_rehash(&hash));
+        }
+        assert!(matches!(
+            import_hash_with(
+                "md5$salt$59b3e8d637cf97edbe2384cf59cb7453dfe30789",
+                &ceilings,
+                true
+            ),
+            Err(HashRefusal::Malformed(_))
+        ));
     }
 
     #[test]

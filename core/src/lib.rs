@@ -29,7 +29,9 @@ pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig, as_client};
 pub use image::{ImageFormat, ImageLimits, SanitizedImage, UploadBuffer};
 pub use images::{ImageKey, ImageLibrary, ImageRepository, StoredImage};
-pub use legacy::{HashCeilings, HashRefusal, ImportRecord, ImportReport, Importer, import_hash};
+pub use legacy::{
+    HashCeilings, HashRefusal, ImportRecord, ImportReport, Importer, import_hash, import_hash_with,
+};
 pub use lifecycle::{SessionLifecycle, SessionLimits, SessionPage};
 pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{

@@ -131,6 +131,46 @@ impl Pbkdf2Digest {
     }
 }
 
+/// The digest of an insecure (fast, unsalted or simply salted) hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsecureDigest {
+    Md5,
+    Sha1,
+    Sha256,
+}
+
+impl InsecureDigest {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            InsecureDigest::Md5 => "insecure-md5",
+            InsecureDigest::Sha1 => "insecure-sha1",
+            InsecureDigest::Sha256 => "insecure-sha256",
+        }
+    }
+
+    pub(crate) fn len(self) -> usize {
+        match self {
+            InsecureDigest::Md5 => 16,
+            InsecureDigest::Sha1 => 20,
+            InsecureDigest::Sha256 => 32,
+        }
+    }
+
+    fn digest(self, salt: &[u8], password: &[u8]) -> Vec<u8> {
+        fn of<D: sha2::Digest>(salt: &[u8], password: &[u8]) -> Vec<u8> {
+            let mut d = D::new();
+            d.update(salt);
+            d.update(password);
+            d.finalize().to_vec()
+        }
+        match self {
+            InsecureDigest::Md5 => of::<md5::Md5>(salt, password),
+            InsecureDigest::Sha1 => of::<sha1::Sha1>(salt, password),
+            InsecureDigest::Sha256 => of::<Sha256>(salt, password),
+        }
+    }
+}
+
 /// How a stored hash is checked. polyhub makes only PBKDF2-SHA256; the
 /// others come from imports (see [`crate::legacy`]) and are replaced at the
 /// user's next login.
@@ -152,6 +192,13 @@ enum Scheme {
     /// `$2a$`, `$2b$`, `$2y$`; `sha256_prefixed` for Django's
     /// `bcrypt_sha256$`, which bcrypts the hex SHA-256 of the password.
     Bcrypt { sha256_prefixed: bool },
+    /// A bare digest of salt then password, imported only with
+    /// `--allow-insecure`: verified until `insecure_until`, then refused.
+    Insecure {
+        digest: InsecureDigest,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
     Argon2 {
         algorithm: argon2::Algorithm,
         version: argon2::Version,
@@ -252,6 +299,7 @@ impl PasswordHash {
             Scheme::Bcrypt {
                 sha256_prefixed: true,
             } => "bcrypt-sha256",
+            Scheme::Insecure { digest, .. } => digest.name(),
             Scheme::Argon2 { algorithm, .. } => match algorithm {
                 argon2::Algorithm::Argon2id => "argon2id",
                 argon2::Algorithm::Argon2i => "argon2i",
@@ -270,6 +318,7 @@ impl PasswordHash {
                 bytes: scrypt_bytes(*log_n, *r),
                 p: *p,
             },
+            Scheme::Insecure { .. } => Cost::Pbkdf2 { iterations: 1 },
             Scheme::Bcrypt { .. } => Cost::Bcrypt {
                 cost: bcrypt_cost(self.phc.trim_start_matches("bcrypt_sha256$")).unwrap_or(31),
             },
@@ -284,6 +333,11 @@ impl PasswordHash {
                 p: *p_cost,
             },
         }
+    }
+
+    /// Whether this is a bare digest imported with `--allow-insecure`.
+    pub fn is_insecure(&self) -> bool {
+        matches!(self.scheme, Scheme::Insecure { .. })
     }
 
     /// The PBKDF2 iteration count; 0 for other schemes.
@@ -333,6 +387,9 @@ impl PasswordHash {
                 } else {
                     bcrypt::verify(candidate, &self.phc).unwrap_or(false)
                 }
+            }
+            Scheme::Insecure { digest, salt, hash } => {
+                digest.digest(salt, candidate.as_bytes()).ct_eq(hash).into()
             }
             Scheme::Argon2 {
                 algorithm,
@@ -463,6 +520,22 @@ fn parse_phc(phc: &str) -> Result<Scheme, Error> {
                 salt,
                 hash,
             })
+        }
+        "insecure-md5" | "insecure-sha1" | "insecure-sha256" => {
+            let [salt, hash] = rest[..] else {
+                return Err(corrupt("not an insecure digest"));
+            };
+            let digest = match alg {
+                "insecure-md5" => InsecureDigest::Md5,
+                "insecure-sha1" => InsecureDigest::Sha1,
+                _ => InsecureDigest::Sha256,
+            };
+            let salt = decode(salt, "salt")?;
+            let hash = decode(hash, "hash")?;
+            if hash.len() != digest.len() {
+                return Err(corrupt("bad digest length"));
+            }
+            Ok(Scheme::Insecure { digest, salt, hash })
         }
         "argon2id" | "argon2i" | "argon2d" => {
             let (version, params, salt, hash) = match rest[..] {

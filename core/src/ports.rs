@@ -65,6 +65,8 @@ pub trait UserRepository: Send + Sync + 'static {
     /// order. A user whose username is taken is `UsernamePresent`; one whose
     /// username is free but whose email is someone's is `EmailTaken`.
     async fn import(&self, users: &[User], dry_run: bool) -> Result<Vec<ImportOutcome>, Error>;
+    /// How many users still have an insecure imported hash.
+    async fn count_insecure_hashes(&self) -> Result<u64, Error>;
     /// Changes the user's role; `USER_NOT_FOUND` when no such user.
     async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error>;
     /// Changes the user's email; `EMAIL_TAKEN` when another user has it.
@@ -368,6 +370,15 @@ pub mod memory {
                     }
                 }
                 outcomes
+            })
+        }
+
+        async fn count_insecure_hashes(&self) -> Result<u64, Error> {
+            self.with(|users| {
+                users
+                    .values()
+                    .filter(|u| u.password_hash.is_insecure())
+                    .count() as u64
             })
         }
 

@@ -297,7 +297,17 @@ pub async fn run(
     path: &Path,
     format: Option<ImportFormat>,
     dry_run: bool,
+    allow_insecure: bool,
 ) -> anyhow::Result<()> {
+    if allow_insecure {
+        let until = hub.config().import.insecure_until.context(
+            "--allow-insecure needs import.insecure_until (POLYHUB_IMPORT__INSECURE_UNTIL, RFC 3339): \
+             the date after which insecure hashes stop logging in",
+        )?;
+        eprintln!(
+            "insecure hashes are imported; they log in until {until} and are upgraded at that login"
+        );
+    }
     let format = match format {
         Some(format) => format,
         None => ImportFormat::of(path)?,
@@ -309,7 +319,7 @@ pub async fn run(
         ImportFormat::Keycloak => (Box::new(keycloak(file)), "user"),
     };
     let report = import(
-        &hub.importer(),
+        &hub.importer().allowing_insecure(allow_insecure),
         lines,
         unit,
         hub.config().import.batch_size,

@@ -111,6 +111,11 @@ enum UsersCommand {
         /// Check every line, the database's uniqueness included, and keep nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also import bare MD5, SHA-1 and SHA-256 digests (hex, or
+        /// `md5$salt$hex`: the digest of salt then password). They log in
+        /// only until `import.insecure_until`, which must be set.
+        #[arg(long)]
+        allow_insecure: bool,
     },
 }
 
@@ -217,7 +222,8 @@ async fn users(hub: &Hub, command: UsersCommand) -> anyhow::Result<()> {
             file,
             format,
             dry_run,
-        } => hub::import::run(hub, &file, format, dry_run).await?,
+            allow_insecure,
+        } => hub::import::run(hub, &file, format, dry_run, allow_insecure).await?,
         UsersCommand::GrantAdmin { username } => {
             let user = hub
                 .administration()

@@ -98,7 +98,8 @@ impl Hub {
                             .clone()
                             .with_metrics(hashing())
                             .with_metrics(limiter)
-                            .with_metrics(self.limits.clone()),
+                            .with_metrics(self.limits.clone())
+                            .with_metrics(self.insecure_hashes()),
                         ..context
                     },
                 )

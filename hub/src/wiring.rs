@@ -156,6 +156,11 @@ impl Hub {
         Registration::new(self.users(), self.hashing.clone(), Arc::new(SystemClock))
     }
 
+    /// How many users still have an insecure imported hash, for /metrics.
+    pub(crate) fn insecure_hashes(&self) -> Arc<InsecureHashes> {
+        Arc::new(InsecureHashes(self.users()))
+    }
+
     /// `hub users import`: legacy users with the hashes they have.
     pub fn importer(&self) -> hub_core::Importer {
         hub_core::Importer::new(
@@ -189,7 +194,8 @@ impl Hub {
             self.tokens()?,
             Arc::new(SystemClock),
             self.config.sessions.lifetime(),
-        ))
+        )
+        .with_insecure_until(self.config.import.insecure_until))
     }
 
     pub fn directory(&self) -> Directory {
@@ -324,5 +330,26 @@ impl Hub {
             });
         }
         Ok(())
+    }
+}
+
+/// `polyhub_users_insecure_hashes`: users whose imported hash is a bare
+/// digest, still waiting for the login that upgrades it.
+pub(crate) struct InsecureHashes(Arc<dyn UserRepository>);
+
+#[async_trait::async_trait]
+impl hub_runtime::metrics::MetricsSource for InsecureHashes {
+    async fn collect(&self, out: &mut hub_runtime::metrics::Exposition) {
+        match self.0.count_insecure_hashes().await {
+            Ok(count) => {
+                out.family(
+                    "gauge",
+                    "polyhub_users_insecure_hashes",
+                    "Users whose imported hash is a bare MD5/SHA digest (refused at login after import.insecure_until).",
+                )
+                .sample("polyhub_users_insecure_hashes", &[], count as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "insecure hashes not counted"),
+        }
     }
 }

@@ -593,6 +593,11 @@ pub struct ImportConfig {
     /// The largest body `POST /admin/users/import` reads (the file import
     /// streams and has no limit).
     pub max_body_bytes: usize,
+    /// Until when imported insecure hashes (bare MD5/SHA digests, taken only
+    /// with `--allow-insecure`) still log in and are upgraded; after it
+    /// they are refused. `hub users import --allow-insecure` needs it set.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub insecure_until: Option<time::OffsetDateTime>,
 }
 
 impl Default for ImportConfig {
@@ -608,6 +613,7 @@ impl Default for ImportConfig {
             max_argon2_p: c.max_argon2_p,
             batch_size: 1_000,
             max_body_bytes: 8 * 1024 * 1024,
+            insecure_until: None,
         }
     }
 }

@@ -298,3 +298,97 @@ async fn a_keycloak_realm_export_imports_and_its_users_log_in() {
     assert_eq!(role, "admin", "Keycloak's realm role comes along");
     hub.stop().await;
 }
+
+/// Bare digests come in only with `--allow-insecure` and a date after which
+/// they stop logging in; before it a login upgrades them, after it the
+/// login is refused like a wrong password; /metrics counts those left.
+#[tokio::test(flavor = "multi_thread")]
+async fn insecure_digests_need_a_flag_and_a_date_and_are_counted() {
+    // md5("password"), and sha256("pepper" + "password").
+    let lines = [
+        json!({"username": "oldmd5", "email": "oldmd5@example.com",
+               "password_hash": "5f4dcc3b5aa765d61d8327deb882cf99"}),
+        json!({"username": "oldsha", "email": "oldsha@example.com",
+               "password_hash": "sha256$pepper$PEPPER_HASH"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let file = scratch_dir().join("insecure.jsonl");
+    std::fs::write(&file, text.replace("PEPPER_HASH", PEPPER_HASH)).unwrap();
+    let file = file.to_str().unwrap();
+    let database = fresh_database_url();
+    stdout(&hub(&database, &["migrate"]));
+
+    let refused = stdout(&hub(&database, &["users", "import", file]));
+    assert!(
+        refused.contains("imported 0, already present 0, rejected 2"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("import it only with --allow-insecure"),
+        "{refused}"
+    );
+    let no_date = hub(&database, &["users", "import", "--allow-insecure", file]);
+    assert!(!no_date.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_date.stderr).contains("import.insecure_until"),
+        "{}",
+        String::from_utf8_lossy(&no_date.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_hub"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("POLYHUB_DATABASE__URL", &database)
+        .env("POLYHUB_IMPORT__INSECURE_UNTIL", "2099-01-01T00:00:00Z")
+        .args(["users", "import", "--allow-insecure", file])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("imported 2, already present 0, rejected 0"));
+
+    let serve = |until: &str| {
+        let mut setup = TestSetup::new(&[Service::RestAuth]);
+        setup.config.database.url = Secret::new(database.clone());
+        setup.config.import.insecure_until = Some(
+            time::OffsetDateTime::parse(until, &time::format_description::well_known::Rfc3339)
+                .unwrap(),
+        );
+        setup.start()
+    };
+    let login = |base: String, username: &'static str| async move {
+        reqwest::Client::new()
+            .post(format!("{base}/login"))
+            .json(&json!({"username": username, "password": "password"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let metric = |base: String| async move {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("polyhub_users_insecure_hashes{} "))
+            .map(str::to_owned)
+    };
+    // Past the date: refused, as a wrong password is.
+    let late = serve("2020-01-01T00:00:00Z").await;
+    let base = late.url(Service::RestAuth);
+    assert_eq!(
+        login(base.clone(), "oldmd5").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(metric(base).await.as_deref(), Some("2"));
+    late.stop().await;
+    // Before it: the login upgrades the hash, and one is left.
+    let early = serve("2099-01-01T00:00:00Z").await;
+    let base = early.url(Service::RestAuth);
+    assert_eq!(login(base.clone(), "oldmd5").await, StatusCode::OK);
+    assert_eq!(metric(base.clone()).await.as_deref(), Some("1"));
+    assert_eq!(login(base, "oldsha").await, StatusCode::OK);
+    early.stop().await;
+}
+
+const PEPPER_HASH: &str = "4b65d30b048d9eab292a2ea50fd60423d3d5d581a6ed85169b8a0c4f7dd10c00";

@@ -218,6 +218,16 @@ impl UserRepository for PgUserRepository {
             .collect())
     }
 
+    async fn count_insecure_hashes(&self) -> Result<u64, Error> {
+        // Answered from the partial index `users_insecure_hash`.
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM users WHERE password_hash LIKE '$insecure-%'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| classify("counting insecure hashes", e))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error> {
         let done = sqlx::query("UPDATE users SET role = $2, updated_at = now() WHERE id = $1")
             .bind(id.as_uuid())
