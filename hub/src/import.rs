@@ -339,6 +339,18 @@ pub async fn run(
     Ok(())
 }
 
+/// Batches checked and stored at once: PostgreSQL does most of an
+/// import's work, and four keep both of a small machine's cores busy.
+const IN_FLIGHT: usize = 4;
+
+async fn finished(
+    task: tokio::task::JoinHandle<Result<ImportReport, hub_core::Error>>,
+) -> anyhow::Result<ImportReport> {
+    task.await
+        .context("an import batch stopped")?
+        .map_err(anyhow::Error::new)
+}
+
 /// Feeds `lines` to `importer` a batch at a time, printing refusals as
 /// they come and progress every 10,000 lines (on one line on a terminal).
 pub async fn import(
@@ -352,19 +364,21 @@ pub async fn import(
     let mut report = ImportReport::default();
     let mut batch = Vec::with_capacity(batch_size);
     let (mut read, terminal) = (0u64, std::io::stderr().is_terminal());
-    let flush = async |batch: &mut Vec<(u64, ImportRecord)>,
-                       report: &mut ImportReport|
-           -> anyhow::Result<()> {
-        let done = importer
-            .import_batch(std::mem::take(batch), dry_run)
-            .await
-            .map_err(anyhow::Error::new)?;
+    // Up to IN_FLIGHT batches are checked and stored at once (each on a
+    // connection of its own), while the next is read: the reader, the
+    // checks and PostgreSQL overlap. Results are taken in order.
+    let mut in_flight = std::collections::VecDeque::new();
+    let settle = |done: ImportReport, report: &mut ImportReport| -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         for (line, why) in &done.rejected {
             writeln!(out, "{unit} {line}: rejected: {why}")?;
         }
         report.add(done);
         Ok(())
+    };
+    let spawn = |batch: Vec<(u64, ImportRecord)>| {
+        let importer = importer.clone();
+        tokio::spawn(async move { importer.import_batch(batch, dry_run).await })
     };
     for line in lines {
         let (number, record) = line?;
@@ -377,7 +391,15 @@ pub async fn import(
             }
         }
         if batch.len() >= batch_size {
-            flush(&mut batch, &mut report).await?;
+            if in_flight.len() >= IN_FLIGHT
+                && let Some(oldest) = in_flight.pop_front()
+            {
+                settle(finished(oldest).await?, &mut report)?;
+            }
+            in_flight.push_back(spawn(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(batch_size),
+            )));
         }
         if read % 10_000 == 0 {
             if terminal {
@@ -388,7 +410,10 @@ pub async fn import(
         }
     }
     if !batch.is_empty() {
-        flush(&mut batch, &mut report).await?;
+        in_flight.push_back(spawn(batch));
+    }
+    while let Some(oldest) = in_flight.pop_front() {
+        settle(finished(oldest).await?, &mut report)?;
     }
     if terminal && read >= 10_000 {
         eprintln!();
