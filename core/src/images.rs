@@ -80,17 +80,24 @@ impl std::fmt::Debug for ImageLibrary {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageKey {
     owner: UserId,
-    sha256: String,
+    /// 32 hex digits drawn at random (128 bits), so no one can compute an
+    /// image's address from its bytes and its owner; keys written before
+    /// that carry the 64-digit SHA-256 of the bytes and still parse.
+    name: String,
     format: ImageFormat,
 }
 
 impl ImageKey {
-    pub fn for_image(owner: UserId, image: &SanitizedImage) -> Self {
-        Self {
+    /// A new key for `image`: random, not derived from the bytes or owner.
+    pub fn for_image(owner: UserId, image: &SanitizedImage) -> Result<Self, Error> {
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random)
+            .map_err(|e| Error::internal(format!("the random source failed: {e}")))?;
+        Ok(Self {
             owner,
-            sha256: image.sha256.clone(),
+            name: random.iter().map(|b| format!("{b:02x}")).collect(),
             format: image.format,
-        }
+        })
     }
 
     /// A key of the shape [`Self::for_image`] writes; anything else is
@@ -103,17 +110,17 @@ impl ImageKey {
         else {
             return Err(not_found());
         };
-        let (sha256, extension) = file.split_once('.').ok_or_else(not_found)?;
-        let is_hash = sha256.len() == 64
-            && sha256
+        let (name, extension) = file.split_once('.').ok_or_else(not_found)?;
+        let is_name = matches!(name.len(), 32 | 64)
+            && name
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !is_hash {
+        if !is_name {
             return Err(not_found());
         }
         Ok(Self {
             owner: UserId::parse(owner).map_err(|_| not_found())?,
-            sha256: sha256.to_owned(),
+            name: name.to_owned(),
             format: ImageFormat::from_extension(extension).ok_or_else(not_found)?,
         })
     }
@@ -133,7 +140,7 @@ impl std::fmt::Display for ImageKey {
             f,
             "users/{}/{}.{}",
             self.owner,
-            self.sha256,
+            self.name,
             self.format.extension()
         )
     }
@@ -184,7 +191,7 @@ impl ImageLibrary {
                 .await
                 .map_err(|e| Error::internal(format!("sanitizing panicked: {e}")))??
         };
-        let key = ImageKey::for_image(owner.user_id, &clean).to_string();
+        let key = ImageKey::for_image(owner.user_id, &clean)?.to_string();
         if let Some(existing) = self
             .images
             .find_by_hash(owner.user_id, &clean.sha256)
@@ -208,6 +215,14 @@ impl ImageLibrary {
             .put(&key, clean.bytes, clean.format.content_type())
             .await?;
         match self.images.insert(&image).await {
+            Ok(stored) if stored.key != key => {
+                // A concurrent upload of the same image won: its row and
+                // object stand, and this one's object goes.
+                if let Err(e) = self.store.delete(&key).await {
+                    tracing::error!(key = %key, error = %e, "an object without metadata was left in the store");
+                }
+                Ok(stored)
+            }
             Ok(stored) => {
                 tracing::info!(owner = %owner.user_id, image = %stored.id, key = %stored.key, size = stored.size_bytes, "image stored");
                 Ok(stored)
@@ -217,7 +232,7 @@ impl ImageLibrary {
                 // the same image) now refers to it.
                 let referenced = matches!(
                     self.images.find_by_hash(owner.user_id, &image.sha256).await,
-                    Ok(Some(_))
+                    Ok(Some(row)) if row.key == key
                 );
                 if !referenced && let Err(e) = self.store.delete(&key).await {
                     tracing::error!(key = %key, error = %e, "an object without metadata was left in the store");
@@ -283,7 +298,9 @@ mod tests {
         let owner = "0190b0c4-52a1-7a3c-9d2e-1f2a3b4c5d6e";
         let raw = format!("users/{owner}/{hash}.png");
         let key = ImageKey::parse(&raw).unwrap();
-        assert_eq!(key.to_string(), raw);
+        assert_eq!(key.to_string(), raw, "the older, content-named shape");
+        let random = format!("users/{owner}/{}.png", "0f".repeat(16));
+        assert_eq!(ImageKey::parse(&random).unwrap().to_string(), random);
         assert_eq!(key.format(), ImageFormat::Png);
         assert_eq!(key.owner().to_string(), owner);
         for format in ImageFormat::ALL {
@@ -296,6 +313,7 @@ mod tests {
             format!("users/not-a-uuid/{hash}.png"),
             format!("users/{owner}/{}.png", "A".repeat(64)),
             format!("users/{owner}/{}.png", "a".repeat(63)),
+            format!("users/{owner}/{}.png", "a".repeat(31)),
             format!("other/{owner}/{hash}.png"),
             format!("users/{owner}/x/{hash}.png"),
             format!("users/{owner}/{hash}"),

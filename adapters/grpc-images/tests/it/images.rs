@@ -755,3 +755,58 @@ async fn an_oversized_message_is_refused_with_the_hubs_code() {
     assert!(hub.objects().await.is_empty(), "nothing was stored");
     hub.hub.stop().await;
 }
+
+/// An image's public address has 128 random bits in it: holding a copy of a
+/// picture and knowing a user's id (public through SOAP lookup) does not
+/// give its address. The same image twice by one owner is still one image
+/// and one object; objects stored under the older, content-named keys are
+/// still delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn public_addresses_cannot_be_computed_from_the_bytes_and_the_owner() {
+    let hub = Hub::start().await;
+    let (alice, bob) = (hub.token("alice").await, hub.token("bob").await);
+    let mut client = hub.client().await;
+    let bytes = picture(7, image::ImageFormat::Png);
+    let first = upload_file(&mut client, &alice, "a.png", &bytes)
+        .await
+        .unwrap();
+    let again = upload_file(&mut client, &alice, "b.png", &bytes)
+        .await
+        .unwrap();
+    let bobs = upload_file(&mut client, &bob, "c.png", &bytes)
+        .await
+        .unwrap();
+    assert_eq!((first.id.clone(), first.url.clone()), (again.id, again.url));
+    assert_ne!(first.url, bobs.url);
+    for image in [&first, &bobs] {
+        let name = image.url.rsplit('/').next().unwrap();
+        let (random, extension) = name.split_once('.').unwrap();
+        assert_eq!(extension, "png");
+        assert_eq!(random.len(), 32, "{name}");
+        assert!(!image.url.contains(&image.sha256), "{}", image.url);
+        assert!(!image.url.contains(&hex_sha256(&bytes)), "{}", image.url);
+    }
+    assert_eq!(hub.objects().await.len(), 2, "one object per owner");
+
+    // An object written under the older key shape is still delivered.
+    let owner = uuid::Uuid::now_v7();
+    let legacy = format!("users/{owner}/{}.png", hex_sha256(&bytes));
+    hub.s3()
+        .put_object()
+        .bucket(&hub.hub.hub.config().images.s3.bucket)
+        .key(&legacy)
+        .content_type("image/png")
+        .body(bytes.clone().into())
+        .send()
+        .await
+        .unwrap();
+    let resp = reqwest::get(format!(
+        "{}/images/{legacy}",
+        hub.hub.url(Service::GrpcImages)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    hub.hub.stop().await;
+}
