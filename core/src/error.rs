@@ -92,6 +92,8 @@ error_codes! {
     RequestTimeout => ("REQUEST_TIMEOUT", Unavailable, "the request took longer than the server allows"),
     Overloaded => ("OVERLOADED", TooMany, "the server is busy; retry shortly"),
     TooManyAttempts => ("TOO_MANY_ATTEMPTS", TooMany, "too many attempts; retry later"),
+    UploadsInProgress => ("UPLOADS_IN_PROGRESS", TooMany, "this user already has as many uploads in progress as allowed; retry when one ends"),
+    QuotaExceeded => ("QUOTA_EXCEEDED", TooMany, "storing this image would pass the user's quota of images or bytes"),
     Unavailable => ("UNAVAILABLE", Unavailable, "a backing service is unavailable; retry shortly"),
     Internal => ("INTERNAL", Internal, "internal error"),
 }

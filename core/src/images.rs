@@ -37,8 +37,10 @@ pub struct StoredImage {
 #[async_trait::async_trait]
 pub trait ImageRepository: Send + Sync + 'static {
     /// Stores `image`, or returns the owner's existing image with the same
-    /// hash (the same upload twice is one image).
-    async fn insert(&self, image: &StoredImage) -> Result<StoredImage, Error>;
+    /// hash (the same upload twice is one image). A new image that would
+    /// take the owner past `quota` is `QUOTA_EXCEEDED`, decided in the same
+    /// transaction that records it, so concurrent uploads cannot pass it.
+    async fn insert(&self, image: &StoredImage, quota: &ImageQuota) -> Result<StoredImage, Error>;
     async fn find_by_hash(&self, owner: UserId, sha256: &str)
     -> Result<Option<StoredImage>, Error>;
     /// The owner's images older than `before`, newest first.
@@ -48,6 +50,49 @@ pub trait ImageRepository: Send + Sync + 'static {
         before: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<StoredImage>, Error>;
+}
+
+/// What one user may hold and do at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageQuota {
+    /// Images one user may have stored.
+    pub max_images: u64,
+    /// Bytes (as stored) one user's images may take in all.
+    pub max_bytes: u64,
+    /// Uploads one user may have in progress (streaming or sanitizing).
+    pub max_uploads_in_progress: usize,
+}
+
+impl Default for ImageQuota {
+    fn default() -> Self {
+        Self {
+            max_images: 1_000,
+            max_bytes: 1024 * 1024 * 1024,
+            max_uploads_in_progress: 4,
+        }
+    }
+}
+
+/// One of a user's uploads in progress; the place is given back on drop.
+#[derive(Debug)]
+pub struct UploadSlot {
+    owner: UserId,
+    in_progress: Arc<std::sync::Mutex<std::collections::HashMap<UserId, usize>>>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut in_progress = match self.in_progress.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(count) = in_progress.get_mut(&self.owner) {
+            *count -= 1;
+            if *count == 0 {
+                in_progress.remove(&self.owner);
+            }
+        }
+    }
 }
 
 /// The largest page ListImages returns.
@@ -63,6 +108,8 @@ pub struct ImageLibrary {
     clock: Arc<dyn Clock>,
     limits: ImageLimits,
     sanitizing: Arc<tokio::sync::Semaphore>,
+    quota: ImageQuota,
+    in_progress: Arc<std::sync::Mutex<std::collections::HashMap<UserId, usize>>>,
 }
 
 impl std::fmt::Debug for ImageLibrary {
@@ -74,8 +121,7 @@ impl std::fmt::Debug for ImageLibrary {
 }
 
 /// Where a clean image lives in the object store:
-/// `users/{owner}/{sha256}.{ext}`, derived from its owner and content only.
-/// Built here and parsed here: public delivery serves only keys of this
+/// `users/{owner}/{random}.{ext}`. Built here and parsed here: public delivery serves only keys of this
 /// shape, so nothing else in the bucket can be reached through it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageKey {
@@ -161,6 +207,45 @@ impl ImageLibrary {
             clock,
             limits,
             sanitizing: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
+            quota: ImageQuota::default(),
+            in_progress: Arc::default(),
+        }
+    }
+
+    /// The same library with `quota` for every user.
+    pub fn with_quota(mut self, quota: ImageQuota) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    pub fn quota(&self) -> &ImageQuota {
+        &self.quota
+    }
+
+    /// A place among `owner`'s uploads in progress, held while the upload
+    /// streams in and is stored; `UPLOADS_IN_PROGRESS` when all are taken.
+    pub fn begin_upload(&self, owner: &Principal) -> Result<UploadSlot, Error> {
+        let mut in_progress = match self.in_progress.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let count = in_progress.entry(owner.user_id).or_insert(0);
+        if *count >= self.quota.max_uploads_in_progress.max(1) {
+            tracing::info!(owner = %owner.user_id, in_progress = *count, "upload refused: the user's uploads in progress are at the cap");
+            return Err(Error::new(ErrorCode::UploadsInProgress));
+        }
+        *count += 1;
+        Ok(UploadSlot {
+            owner: owner.user_id,
+            in_progress: Arc::clone(&self.in_progress),
+        })
+    }
+
+    /// Uploads in progress now, all users together.
+    pub fn uploads_in_progress(&self) -> usize {
+        match self.in_progress.lock() {
+            Ok(map) => map.values().sum(),
+            Err(poisoned) => poisoned.into_inner().values().sum(),
         }
     }
 
@@ -214,7 +299,7 @@ impl ImageLibrary {
         self.store
             .put(&key, clean.bytes, clean.format.content_type())
             .await?;
-        match self.images.insert(&image).await {
+        match self.images.insert(&image, &self.quota).await {
             Ok(stored) if stored.key != key => {
                 // A concurrent upload of the same image won: its row and
                 // object stand, and this one's object goes.

@@ -28,7 +28,7 @@ pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig, as_client};
 pub use image::{ImageFormat, ImageLimits, SanitizedImage, UploadBuffer};
-pub use images::{ImageKey, ImageLibrary, ImageRepository, StoredImage};
+pub use images::{ImageKey, ImageLibrary, ImageQuota, ImageRepository, StoredImage, UploadSlot};
 pub use legacy::{
     HashCeilings, HashRefusal, ImportRecord, ImportReport, Importer, import_hash, import_hash_with,
 };

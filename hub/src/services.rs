@@ -144,24 +144,37 @@ impl Hub {
                 },
                 context,
             ),
-            Service::GrpcImages => hub_grpc_images::router(
-                hub_grpc_images::ImagesState {
-                    library: self.image_library(),
-                    authentication: self.authentication()?,
-                    urls: match &self.config.images.public_base_url {
-                        Some(base) => hub_grpc_images::PublicUrls::External {
-                            base: base.trim_end_matches('/').to_owned(),
+            Service::GrpcImages => {
+                let library = self.image_library();
+                hub_grpc_images::router(
+                    hub_grpc_images::ImagesState {
+                        library: library.clone(),
+                        authentication: self.authentication()?,
+                        urls: match &self.config.images.public_base_url {
+                            Some(base) => hub_grpc_images::PublicUrls::External {
+                                base: base.trim_end_matches('/').to_owned(),
+                            },
+                            None => hub_grpc_images::PublicUrls::Delivered {
+                                base: assembly.address(service).to_owned(),
+                            },
                         },
-                        None => hub_grpc_images::PublicUrls::Delivered {
-                            base: assembly.address(service).to_owned(),
-                        },
+                        store_probe: Arc::new(hub_store::S3Probe::new(self.image_store())),
+                        max_message_bytes: self.config.images.max_message_bytes,
+                        stall_timeout: self.config.images.stall_timeout(),
+                        auth: hub_runtime::grpc::BearerAuth::new(
+                            self.tokens()?,
+                            Arc::new(SystemClock),
+                        ),
                     },
-                    store_probe: Arc::new(hub_store::S3Probe::new(self.image_store())),
-                    max_message_bytes: self.config.images.max_message_bytes,
-                    auth: hub_runtime::grpc::BearerAuth::new(self.tokens()?, Arc::new(SystemClock)),
-                },
-                context,
-            ),
+                    ServiceContext {
+                        readiness: context
+                            .readiness
+                            .clone()
+                            .with_metrics(Arc::new(hub_grpc_images::UploadMetrics(library))),
+                        ..context
+                    },
+                )
+            }
         };
         router.with_context(|| format!("building {service}"))
     }

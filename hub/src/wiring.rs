@@ -263,6 +263,7 @@ impl Hub {
             self.config.images.limits(),
             self.config.images.workers(),
         )
+        .with_quota(self.config.images.quota())
     }
 
     /// Managing sessions once signed in; needs the token keys.

@@ -397,7 +397,29 @@ pub struct ImagesConfig {
     /// or a CDN): `{public_base_url}/{key}`, and the bucket gets an
     /// anonymous-read policy at start.
     pub public_base_url: Option<String>,
+    /// An upload stream that sends nothing for this long is ended
+    /// (DEADLINE_EXCEEDED) and its buffer freed.
+    pub stall_timeout_ms: u64,
+    /// Uploads one user may have in progress at once.
+    pub max_uploads_per_user: usize,
+    /// Images, and bytes as stored, one user may keep.
+    pub max_images_per_user: u64,
+    pub max_bytes_per_user: u64,
     pub s3: S3Config,
+}
+
+impl ImagesConfig {
+    pub fn quota(&self) -> hub_core::ImageQuota {
+        hub_core::ImageQuota {
+            max_images: self.max_images_per_user,
+            max_bytes: self.max_bytes_per_user,
+            max_uploads_in_progress: self.max_uploads_per_user,
+        }
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms.max(1))
+    }
 }
 
 impl Default for ImagesConfig {
@@ -409,6 +431,10 @@ impl Default for ImagesConfig {
             max_message_bytes: 4 * 1024 * 1024,
             sanitize_workers: 0,
             public_base_url: None,
+            stall_timeout_ms: 10_000,
+            max_uploads_per_user: hub_core::ImageQuota::default().max_uploads_in_progress,
+            max_images_per_user: hub_core::ImageQuota::default().max_images,
+            max_bytes_per_user: hub_core::ImageQuota::default().max_bytes,
             s3: S3Config::default(),
         }
     }

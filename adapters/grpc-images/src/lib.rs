@@ -62,8 +62,32 @@ pub struct ImagesState {
     pub store_probe: Arc<dyn DependencyProbe>,
     /// The largest gRPC message accepted (an upload's chunks must fit).
     pub max_message_bytes: usize,
+    /// How long an upload stream may send nothing before it is ended.
+    pub stall_timeout: std::time::Duration,
     /// Checks the bearer token of every call before it reaches a handler.
     pub auth: BearerAuth,
+}
+
+/// `polyhub_image_uploads_in_progress`: uploads streaming in or being
+/// stored, all users together (each user holds at most
+/// `images.max_uploads_per_user`).
+#[derive(Debug)]
+pub struct UploadMetrics(pub ImageLibrary);
+
+#[async_trait::async_trait]
+impl hub_runtime::metrics::MetricsSource for UploadMetrics {
+    async fn collect(&self, out: &mut hub_runtime::metrics::Exposition) {
+        out.family(
+            "gauge",
+            "polyhub_image_uploads_in_progress",
+            "Image uploads streaming in or being stored.",
+        )
+        .sample(
+            "polyhub_image_uploads_in_progress",
+            &[],
+            self.0.uploads_in_progress() as f64,
+        );
+    }
 }
 
 impl std::fmt::Debug for ImagesState {
@@ -124,12 +148,41 @@ impl ImageDelivery for Images {
         request: Request<Streaming<pb::UploadImageRequest>>,
     ) -> Result<Response<pb::Image>, Status> {
         let principal = self.signed_in(&request).await?;
+        // Held until the upload is stored or refused: one user's uploads in
+        // progress are capped, whatever their state.
+        let _slot = self
+            .state
+            .library
+            .begin_upload(&principal)
+            .map_err(|e| status(&e))?;
         let mut stream = request.into_inner();
         let mut buffer = UploadBuffer::new(self.state.library.limits());
         // A stream that ends at once is an empty upload, which the library
         // refuses (EMPTY_UPLOAD) as it does one without chunks.
         let max = self.state.max_message_bytes;
-        match stream.message().await.map_err(|s| own_status(s, max))? {
+        let stall = self.state.stall_timeout;
+        // The next message, or DEADLINE_EXCEEDED when none comes in time:
+        // a stalled stream is ended and its buffer freed with it.
+        let next = async |stream: &mut Streaming<pb::UploadImageRequest>| {
+            match tokio::time::timeout(stall, stream.message()).await {
+                Ok(message) => message.map_err(|s| own_status(s, max)),
+                Err(_) => {
+                    tracing::info!(owner = %principal.user_id, ?stall, "upload stream stalled; ended");
+                    let mut stalled = Status::deadline_exceeded(format!(
+                        "REQUEST_TIMEOUT: no upload message for {} ms",
+                        stall.as_millis()
+                    ));
+                    stalled.metadata_mut().insert(
+                        "x-error-code",
+                        tonic::metadata::MetadataValue::from_static(
+                            ErrorCode::RequestTimeout.as_str(),
+                        ),
+                    );
+                    Err(stalled)
+                }
+            }
+        };
+        match next(&mut stream).await? {
             Some(pb::UploadImageRequest {
                 data: Some(Data::Metadata(metadata)),
             }) => {
@@ -143,7 +196,7 @@ impl ImageDelivery for Images {
             }
             None => {}
         }
-        while let Some(message) = stream.message().await.map_err(|s| own_status(s, max))? {
+        while let Some(message) = next(&mut stream).await? {
             match message.data {
                 Some(Data::Chunk(chunk)) => buffer.push(chunk).map_err(|e| status(&e))?,
                 Some(Data::Metadata(_)) => {

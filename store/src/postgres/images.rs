@@ -1,7 +1,7 @@
 //! Image metadata in PostgreSQL.
 
 use async_trait::async_trait;
-use hub_core::{Error, ImageRepository, StoredImage, UserId};
+use hub_core::{Error, ErrorCode, ImageQuota, ImageRepository, StoredImage, UserId};
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -62,12 +62,58 @@ macro_rules! columns {
 
 #[async_trait]
 impl ImageRepository for PgImageRepository {
-    async fn insert(&self, image: &StoredImage) -> Result<StoredImage, Error> {
-        let inserted: Option<ImageRow> = sqlx::query_as(concat!(
+    /// One transaction: the owner's row locked (so two uploads of one user
+    /// are decided one after the other), an existing image with the same
+    /// hash returned as it is, else the quota checked, then the row stored.
+    async fn insert(&self, image: &StoredImage, quota: &ImageQuota) -> Result<StoredImage, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("storing image metadata", e))?;
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(image.owner_id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify("storing image metadata", e))?;
+        let existing: Option<ImageRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM images WHERE owner_id = $1 AND sha256 = $2"
+        ))
+        .bind(image.owner_id.as_uuid())
+        .bind(&image.sha256)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| classify("storing image metadata", e))?;
+        if let Some(row) = existing {
+            return StoredImage::try_from(row);
+        }
+        let (count, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(size_bytes), 0)::bigint FROM images WHERE owner_id = $1",
+        )
+        .bind(image.owner_id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| classify("checking an image quota", e))?;
+        let (count, bytes) = (
+            u64::try_from(count).unwrap_or(0),
+            u64::try_from(bytes).unwrap_or(0),
+        );
+        if count >= quota.max_images || bytes.saturating_add(image.size_bytes) > quota.max_bytes {
+            tracing::info!(owner = %image.owner_id, count, bytes, "upload refused: the user's image quota is full");
+            return Err(Error::with_message(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "the quota is {} images and {} bytes; {count} images and {bytes} bytes are stored",
+                    quota.max_images, quota.max_bytes
+                ),
+            ));
+        }
+        let inserted: ImageRow = sqlx::query_as(concat!(
             "INSERT INTO images (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT ON CONSTRAINT images_owner_sha256_key DO NOTHING RETURNING ",
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
             columns!()
         ))
         .bind(image.id)
@@ -79,16 +125,13 @@ impl ImageRepository for PgImageRepository {
         .bind(i32::try_from(image.height).unwrap_or(i32::MAX))
         .bind(&image.sha256)
         .bind(image.created_at)
-        .fetch_optional(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| classify("storing image metadata", e))?;
-        match inserted {
-            Some(row) => StoredImage::try_from(row),
-            None => self
-                .find_by_hash(image.owner_id, &image.sha256)
-                .await?
-                .ok_or_else(|| Error::internal("an image conflicted and then vanished")),
-        }
+        tx.commit()
+            .await
+            .map_err(|e| classify("storing image metadata", e))?;
+        StoredImage::try_from(inserted)
     }
 
     async fn find_by_hash(

@@ -810,3 +810,128 @@ async fn public_addresses_cannot_be_computed_from_the_bytes_and_the_owner() {
     assert_eq!(resp.bytes().await.unwrap().as_ref(), bytes.as_slice());
     hub.hub.stop().await;
 }
+
+/// Messages, then nothing more and no end: a client that stalls.
+fn stalled(
+    token: &str,
+    bytes: &[u8],
+) -> Request<impl futures_util::Stream<Item = UploadImageRequest> + Send + 'static> {
+    use futures_util::StreamExt;
+    let sent = messages(
+        Some(("s.png", "image/png")),
+        &bytes[..bytes.len() / 2],
+        1024,
+    );
+    authorized(
+        futures_util::stream::iter(sent).chain(futures_util::stream::pending()),
+        token,
+    )
+}
+
+/// A stream that stops sending is ended with DEADLINE_EXCEEDED, and while
+/// it is held it counts against its user's uploads in progress: past the
+/// cap a user's next upload is refused at once, another user's is not, and
+/// the place comes back when the stalled stream is ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_streams_are_ended_and_uploads_in_progress_are_capped_per_user() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.images.stall_timeout_ms = 2_000;
+    setup.config.images.max_uploads_per_user = 2;
+    let hub = Hub::from(setup.start().await);
+    let (alice, bob) = (hub.token("alice").await, hub.token("bob").await);
+    let bytes = picture(3, image::ImageFormat::Png);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (mut client, request) = (hub.client().await, stalled(&alice, &bytes));
+        held.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = client.upload_image(request).await;
+            (result.map(|_| ()), started.elapsed())
+        }));
+    }
+    // Both stalled streams are in progress before the third comes.
+    let metrics = format!("{}/metrics", hub.hub.url(Service::GrpcImages));
+    eventually(Duration::from_secs(5), "two uploads in progress", || {
+        let metrics = metrics.clone();
+        async move {
+            let text = reqwest::get(metrics).await.ok()?.text().await.ok()?;
+            text.contains("polyhub_image_uploads_in_progress{} 2")
+                .then_some(())
+        }
+    })
+    .await;
+    let mut client = hub.client().await;
+    let third = upload_file(&mut client, &alice, "t.png", &bytes)
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&third), "UPLOADS_IN_PROGRESS", "{third:?}");
+    assert_eq!(third.code(), Code::ResourceExhausted);
+    upload_file(&mut client, &bob, "b.png", &bytes)
+        .await
+        .expect("another user is not affected");
+    for stalled in held {
+        let (result, took) = stalled.await.unwrap();
+        let status = result.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert_eq!(error_code(&status), "REQUEST_TIMEOUT");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+    }
+    upload_file(&mut client, &alice, "after.png", &bytes)
+        .await
+        .expect("the places came back");
+    hub.hub.stop().await;
+}
+
+/// A user's quota of images holds in the transaction that records an
+/// image: past it the upload is QUOTA_EXCEEDED and leaves no object; the
+/// same image again is not a new one; another user has a quota of their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_quota_holds_and_a_refused_upload_leaves_nothing() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.images.max_images_per_user = 2;
+    let hub = Hub::from(setup.start().await);
+    let (alice, bob) = (hub.token("alice").await, hub.token("bob").await);
+    let mut client = hub.client().await;
+    for seed in [10, 11] {
+        upload_file(
+            &mut client,
+            &alice,
+            "q.png",
+            &picture(seed, image::ImageFormat::Png),
+        )
+        .await
+        .unwrap();
+    }
+    let refused = upload_file(
+        &mut client,
+        &alice,
+        "q.png",
+        &picture(12, image::ImageFormat::Png),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(error_code(&refused), "QUOTA_EXCEEDED", "{refused:?}");
+    assert_eq!(
+        hub.objects().await.len(),
+        2,
+        "the refused upload left no object"
+    );
+    upload_file(
+        &mut client,
+        &alice,
+        "again.png",
+        &picture(10, image::ImageFormat::Png),
+    )
+    .await
+    .expect("the same image again is not a new one");
+    upload_file(
+        &mut client,
+        &bob,
+        "b.png",
+        &picture(12, image::ImageFormat::Png),
+    )
+    .await
+    .expect("bob's quota is his own");
+    hub.hub.stop().await;
+}
