@@ -1,6 +1,6 @@
 //! Public delivery: `GET /images/{key}` streams a stored image to anyone,
-//! with the stored content type, its ETag, long caching (keys are content
-//! hashes, so a key's bytes never change), `nosniff`, and 304 for a
+//! with the stored content type, its ETag, long caching (a key is written
+//! once and its bytes never change), `nosniff`, and 304 for a
 //! matching `If-None-Match`. Which keys exist is the image library's to say
 //! (`ImageLibrary::open_public`): only keys of the shape it writes are
 //! served, anything else in the bucket is 404.

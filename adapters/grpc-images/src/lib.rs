@@ -19,6 +19,7 @@ pub mod pb {
 }
 
 mod delivery;
+mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -324,6 +325,11 @@ pub fn router(
         move |r| own_refusal(r, max),
     );
     let routes = delivery::routes(state.library.clone())
+        .merge(
+            axum::Router::new()
+                .route("/v1/images", axum::routing::post(upload::upload))
+                .with_state(state.clone()),
+        )
         .route_service(&images_path, images)
         .route_service(&path(&health), health)
         .route_service(&path(&reflection), reflection);

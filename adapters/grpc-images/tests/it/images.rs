@@ -935,3 +935,129 @@ async fn the_image_quota_holds_and_a_refused_upload_leaves_nothing() {
     .expect("bob's quota is his own");
     hub.hub.stop().await;
 }
+
+/// curl, through `POST /v1/images`.
+async fn curl_upload(base: &str, token: Option<&str>, bytes: &[u8]) -> (u16, Value) {
+    let file = hub_testkit::scratch_dir().join("upload.bin");
+    std::fs::write(&file, bytes).unwrap();
+    let mut args = vec![
+        "-sS".to_owned(),
+        "-o".to_owned(),
+        "-".to_owned(),
+        "-w".to_owned(),
+        "\n%{http_code}".to_owned(),
+        "-X".to_owned(),
+        "POST".to_owned(),
+        "--data-binary".to_owned(),
+        format!("@{}", file.display()),
+        "-H".to_owned(),
+        "content-type: image/png".to_owned(),
+    ];
+    if let Some(token) = token {
+        args.extend(["-H".to_owned(), format!("authorization: Bearer {token}")]);
+    }
+    args.push(format!("{base}/v1/images"));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// The HTTP upload, driven by curl: the same use case, limits and codes as
+/// the gRPC one, in the hub's JSON error shape.
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_uploads_over_http_with_the_same_limits_and_codes() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.images.max_bytes = 64 * 1024;
+    setup.config.images.max_images_per_user = 1;
+    setup.config.images.stall_timeout_ms = 1_000;
+    let hub = Hub::from(setup.start().await);
+    let token = hub.token("alice").await;
+    let base = hub.hub.url(Service::GrpcImages);
+    let bytes = picture(21, image::ImageFormat::Png);
+
+    let (status, image) = curl_upload(&base, Some(&token), &bytes).await;
+    assert_eq!(status, 201, "{image}");
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(40), Some(30))
+    );
+    let stored = reqwest::get(image["url"].as_str().unwrap()).await.unwrap();
+    assert_eq!(
+        hex_sha256(&stored.bytes().await.unwrap()),
+        image["sha256"].as_str().unwrap()
+    );
+    // The gRPC listing has it: one use case behind both.
+    let mut client = hub.client().await;
+    let listed = client
+        .list_images(authorized(ListImagesRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.images.len(), 1);
+    assert_eq!(listed.images[0].id, image["id"].as_str().unwrap());
+
+    for (token, body, want_status, want_code) in [
+        (None, bytes.clone(), 401, "INVALID_TOKEN"),
+        (
+            Some(token.as_str()),
+            b"<svg onload=alert(1)>".to_vec(),
+            400,
+            "UNSUPPORTED_IMAGE_TYPE",
+        ),
+        (
+            Some(token.as_str()),
+            vec![0u8; 100 * 1024],
+            413,
+            "IMAGE_TOO_LARGE",
+        ),
+        (
+            Some(token.as_str()),
+            picture(22, image::ImageFormat::Png),
+            429,
+            "QUOTA_EXCEEDED",
+        ),
+    ] {
+        let (status, body) = curl_upload(&base, token, &body).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (want_status, Some(want_code)),
+            "{body}"
+        );
+    }
+
+    // A body that stops arriving is answered 408 and the place freed.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /v1/images HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: image/png\r\nContent-Length: 50000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stream.write_all(&bytes[..100]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("answered within the stall timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
+    hub.hub.stop().await;
+}

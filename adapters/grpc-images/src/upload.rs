@@ -1,0 +1,84 @@
+//! `POST /v1/images` on 5015's HTTP side: the upload for clients that
+//! cannot speak gRPC (a browser, curl), the REST shape the proto's
+//! `google.api.http` annotation names. The raw image is the body; the same
+//! use case, limits and codes as `UploadImage`: a bearer token, one of the
+//! user's uploads in progress, the size cap the moment it is passed, the
+//! stall timeout between chunks, then sanitizing and the quota.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use futures_util::StreamExt;
+use hub_core::{Error, ErrorCode, UploadBuffer};
+use hub_runtime::{BearerToken, HttpError};
+use serde::Serialize;
+
+use crate::ImagesState;
+
+/// An image as the JSON upload answers it: the fields of the gRPC `Image`.
+#[derive(Debug, Serialize)]
+pub struct ImageJson {
+    pub id: String,
+    pub url: String,
+    pub content_type: String,
+    pub size_bytes: u64,
+    pub width: u32,
+    pub height: u32,
+    pub sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    pub owner_id: String,
+}
+
+fn stalled(after: Duration) -> HttpError {
+    HttpError::with_status(
+        StatusCode::REQUEST_TIMEOUT,
+        Error::with_message(
+            ErrorCode::RequestTimeout,
+            format!("no upload bytes for {} ms", after.as_millis()),
+        ),
+    )
+}
+
+pub(crate) async fn upload(
+    State(state): State<ImagesState>,
+    BearerToken(token): BearerToken,
+    body: Body,
+) -> Result<(StatusCode, Json<ImageJson>), HttpError> {
+    let principal = state.authentication.authenticate(&token).await?;
+    let _slot = state.library.begin_upload(&principal)?;
+    let mut buffer = UploadBuffer::new(state.library.limits());
+    let mut chunks = body.into_data_stream();
+    loop {
+        match tokio::time::timeout(state.stall_timeout, chunks.next()).await {
+            Err(_) => return Err(stalled(state.stall_timeout)),
+            Ok(None) => break,
+            Ok(Some(Ok(chunk))) => buffer.push(chunk.to_vec())?,
+            Ok(Some(Err(e))) => {
+                return Err(Error::with_message(
+                    ErrorCode::InvalidRequest,
+                    format!("the upload body could not be read: {e}"),
+                )
+                .into());
+            }
+        }
+    }
+    let image = state.library.upload(&principal, buffer).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ImageJson {
+            id: image.id.to_string(),
+            url: state.urls.url(&image.key),
+            content_type: image.content_type,
+            size_bytes: image.size_bytes,
+            width: image.width,
+            height: image.height,
+            sha256: image.sha256,
+            created_at: image.created_at,
+            owner_id: image.owner_id.to_string(),
+        }),
+    ))
+}
