@@ -15,7 +15,17 @@ use futures_util::StreamExt;
 use hub_core::ImageLibrary;
 use hub_runtime::HttpError;
 
-async fn deliver(
+/// `GET /images/{key}`
+#[utoipa::path(
+    get, path = "/images/{key}", tag = "images",
+    params(("key" = String, Path, description = "The image's key, as in its `url`")),
+    responses(
+        (status = 200, description = "The stored bytes, with their content type and ETag", content_type = "image/*"),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 404, description = "NOT_FOUND", body = crate::upload::ErrorBody),
+    )
+)]
+pub(crate) async fn deliver(
     State(library): State<ImageLibrary>,
     Path(key): Path<String>,
     headers: HeaderMap,

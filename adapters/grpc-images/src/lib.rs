@@ -21,6 +21,36 @@ pub mod pb {
 mod delivery;
 mod upload;
 
+/// The OpenAPI 3.1 document of 5015's HTTP side (the gRPC side is
+/// described by proto/ and reflection).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "polyhub grpc-images, HTTP side", description = "The HTTP upload and public delivery beside the gRPC ImageDelivery service."),
+    paths(upload::upload, delivery::deliver),
+    components(schemas(upload::ImageJson, upload::ErrorBody)),
+    modifiers(&BearerScheme),
+)]
+struct HttpApi;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    Http::builder()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -328,6 +358,13 @@ pub fn router(
         .merge(
             axum::Router::new()
                 .route("/v1/images", axum::routing::post(upload::upload))
+                .route(
+                    "/openapi.json",
+                    axum::routing::get(|| async {
+                        use utoipa::OpenApi;
+                        axum::Json(HttpApi::openapi())
+                    }),
+                )
                 .with_state(state.clone()),
         )
         .route_service(&images_path, images)

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::ImagesState;
 
 /// An image as the JSON upload answers it: the fields of the gRPC `Image`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ImageJson {
     pub id: String,
     pub url: String,
@@ -29,6 +29,7 @@ pub struct ImageJson {
     pub height: u32,
     pub sha256: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: time::OffsetDateTime,
     pub owner_id: String,
 }
@@ -43,6 +44,30 @@ fn stalled(after: Duration) -> HttpError {
     )
 }
 
+/// The hub's one error shape.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `{"code": a stable code from docs/ERRORS.md, "message"}`.
+    #[schema(value_type = Object)]
+    pub error: serde_json::Value,
+    pub request_id: Option<String>,
+}
+
+/// `POST /v1/images`
+#[utoipa::path(
+    post, path = "/v1/images", tag = "images",
+    security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "image/png", description = "The image's bytes (PNG, JPEG, GIF or WebP, whatever the content type says)"),
+    responses(
+        (status = 201, description = "Sanitized and stored (or the same image the user stored before)", body = ImageJson),
+        (status = 400, description = "EMPTY_UPLOAD, UNSUPPORTED_IMAGE_TYPE, CORRUPT_IMAGE or IMAGE_TOO_MANY_PIXELS", body = ErrorBody),
+        (status = 401, description = "INVALID_TOKEN", body = ErrorBody),
+        (status = 408, description = "REQUEST_TIMEOUT: no bytes for images.stall_timeout_ms", body = ErrorBody),
+        (status = 413, description = "IMAGE_TOO_LARGE: past images.max_bytes", body = ErrorBody),
+        (status = 429, description = "UPLOADS_IN_PROGRESS or QUOTA_EXCEEDED", body = ErrorBody),
+        (status = 503, description = "UNAVAILABLE: the store or the database is away", body = ErrorBody),
+    )
+)]
 pub(crate) async fn upload(
     State(state): State<ImagesState>,
     BearerToken(token): BearerToken,

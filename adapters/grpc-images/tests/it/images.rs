@@ -1036,6 +1036,22 @@ async fn curl_uploads_over_http_with_the_same_limits_and_codes() {
         );
     }
 
+    // The HTTP side describes itself.
+    let document: Value = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        document["paths"]["/v1/images"]["post"].is_object(),
+        "{document}"
+    );
+    assert!(
+        document["paths"]["/images/{key}"]["get"].is_object(),
+        "{document}"
+    );
+
     // A body that stops arriving is answered 408 and the place freed.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://").to_owned();
