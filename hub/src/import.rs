@@ -73,10 +73,48 @@ impl TryFrom<CsvRow> for ImportRecord {
     }
 }
 
+/// The file, counting the bytes read from it, for the progress shown.
+struct Counted {
+    file: File,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::io::Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// How far through the file the import is.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    total: u64,
+}
+
+impl Progress {
+    /// `[#####.....]  52%` of the file's bytes read.
+    fn bar(&self) -> String {
+        let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
+        let percent = (read.min(self.total) * 100)
+            .checked_div(self.total)
+            .map_or(100, |p| p as usize);
+        let filled = percent / 5;
+        format!(
+            "[{}{}] {percent:>3}%",
+            "#".repeat(filled),
+            ".".repeat(20 - filled)
+        )
+    }
+}
+
 /// Numbered records, or the number and reason of a line that is not one.
 type Line = (u64, Result<ImportRecord, String>);
 
-fn jsonl(file: File) -> impl Iterator<Item = anyhow::Result<Line>> {
+fn jsonl(file: Counted) -> impl Iterator<Item = anyhow::Result<Line>> {
     BufReader::new(file)
         .lines()
         .enumerate()
@@ -96,7 +134,7 @@ fn jsonl(file: File) -> impl Iterator<Item = anyhow::Result<Line>> {
         })
 }
 
-fn csv_rows(file: File) -> impl Iterator<Item = anyhow::Result<Line>> {
+fn csv_rows(file: Counted) -> impl Iterator<Item = anyhow::Result<Line>> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
@@ -225,7 +263,7 @@ impl TryFrom<KeycloakUser> for ImportRecord {
 /// The users of a realm export, numbered by their place in `users`, read
 /// by a thread of their own and handed over a bounded channel: one user in
 /// memory at a time, whatever the export's size.
-fn keycloak(file: File) -> impl Iterator<Item = anyhow::Result<Line>> {
+fn keycloak(file: Counted) -> impl Iterator<Item = anyhow::Result<Line>> {
     use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
     type Sink = std::sync::mpsc::SyncSender<anyhow::Result<Line>>;
@@ -313,6 +351,13 @@ pub async fn run(
         None => ImportFormat::of(path)?,
     };
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let read = std::sync::Arc::default();
+    let progress = Progress {
+        read: std::sync::Arc::clone(&read),
+        total,
+    };
+    let file = Counted { file, read };
     let (lines, unit): (Box<dyn Iterator<Item = anyhow::Result<Line>>>, _) = match format {
         ImportFormat::Jsonl => (Box::new(jsonl(file)), "line"),
         ImportFormat::Csv => (Box::new(csv_rows(file)), "line"),
@@ -322,6 +367,7 @@ pub async fn run(
         &hub.importer().allowing_insecure(allow_insecure),
         lines,
         unit,
+        Some(&progress),
         hub.config().import.batch_size,
         dry_run,
     )
@@ -352,11 +398,13 @@ async fn finished(
 }
 
 /// Feeds `lines` to `importer` a batch at a time, printing refusals as
-/// they come and progress every 10,000 lines (on one line on a terminal).
+/// they come and progress every 10,000 records (a bar of the file's bytes
+/// read, redrawn in place on a terminal; plain lines otherwise).
 pub async fn import(
     importer: &Importer,
     lines: impl Iterator<Item = anyhow::Result<Line>>,
     unit: &str,
+    progress: Option<&Progress>,
     batch_size: usize,
     dry_run: bool,
 ) -> anyhow::Result<ImportReport> {
@@ -402,10 +450,11 @@ pub async fn import(
             )));
         }
         if read % 10_000 == 0 {
+            let bar = progress.map(Progress::bar).unwrap_or_default();
             if terminal {
-                eprint!("\r{read} lines read, {} imported", report.imported);
+                eprint!("\r{bar} {read} read, {} imported", report.imported);
             } else {
-                eprintln!("{read} lines read, {} imported", report.imported);
+                eprintln!("{bar} {read} read, {} imported", report.imported);
             }
         }
     }
