@@ -202,7 +202,14 @@ pub fn sanitize(bytes: &[u8], limits: &ImageLimits) -> Result<SanitizedImage, Er
     let mut decoding = ImageReader::with_format(Cursor::new(bytes), format.codec());
     decoding.limits(decoder_limits);
     let image = decoding.decode().map_err(corrupt)?;
-    let clean = encode(&image, format)?;
+    // The decode is the proof the pixels are well-formed. A PNG is then
+    // rewritten from an allow-list around its own compressed data (no
+    // re-encoding: nothing grows, no encoder's CPU); the other formats are
+    // still re-encoded.
+    let clean = match format {
+        ImageFormat::Png => crate::container::rewrite_png(bytes)?,
+        _ => encode(&image, format)?,
+    };
     let sha256 = Sha256::digest(&clean)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -341,6 +348,111 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// PNG chunks as `(type, data)`, from after the signature.
+    fn png_chunks(png: &[u8]) -> Vec<([u8; 4], Vec<u8>)> {
+        let mut rest = &png[8..];
+        let mut out = Vec::new();
+        while rest.len() >= 12 {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            out.push((rest[4..8].try_into().unwrap(), rest[8..8 + len].to_vec()));
+            rest = &rest[12 + len..];
+        }
+        out
+    }
+
+    fn png_from(chunks: &[([u8; 4], Vec<u8>)], tail: &[u8]) -> Vec<u8> {
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in chunks {
+            out.extend((data.len() as u32).to_be_bytes());
+            out.extend(kind);
+            out.extend(data);
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(kind);
+            crc.update(data);
+            out.extend(crc.finalize().to_be_bytes());
+        }
+        out.extend(tail);
+        out
+    }
+
+    /// The amplifier: one random row and every other row the same, with the
+    /// Up filter, compresses to almost nothing; re-encoded it grew hundreds
+    /// of times (past the upload cap). Rewritten, it cannot grow at all.
+    #[test]
+    fn a_png_that_compresses_well_is_stored_no_larger_than_uploaded() {
+        use image::ImageEncoder;
+        use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+        let (width, height) = (3_000u32, 2_000u32);
+        let mut seed = 0x2545_f491_u32;
+        let row: Vec<u8> = (0..width * 3)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect();
+        let pixels: Vec<u8> = (0..height).flat_map(|_| row.iter().copied()).collect();
+        let mut upload = Vec::new();
+        PngEncoder::new_with_quality(&mut upload, CompressionType::Best, FilterType::Up)
+            .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        assert!(upload.len() < 100 * 1024, "{}", upload.len());
+        let limits = ImageLimits::default();
+        let clean = sanitize(&upload, &limits).unwrap();
+        assert!(
+            clean.bytes.len() <= upload.len(),
+            "{} bytes stored from {} uploaded",
+            clean.bytes.len(),
+            upload.len()
+        );
+        assert_eq!((clean.width, clean.height), (width, height));
+    }
+
+    /// Text, EXIF, private chunks, bytes hidden after the zlib stream inside
+    /// IDAT and bytes after IEND are all gone; the pixels are the same.
+    #[test]
+    fn a_rewritten_png_keeps_only_the_allowed_chunks_and_the_same_pixels() {
+        let png = encoded(ImageFormat::Png);
+        let chunks = png_chunks(&png);
+        let mut hostile = vec![chunks[0].clone()];
+        hostile.push((*b"tEXt", b"Comment\0<script>alert(1)</script>".to_vec()));
+        hostile.push((*b"eXIf", b"MM\0*GPS".to_vec()));
+        hostile.push((*b"prIv", b"secret".to_vec()));
+        hostile.push((*b"gAMA", 45_455u32.to_be_bytes().to_vec()));
+        for (kind, data) in &chunks[1..] {
+            if kind == b"IDAT" {
+                let mut data = data.clone();
+                data.extend(b"PK\x03\x04hidden");
+                hostile.push((*kind, data));
+            } else {
+                hostile.push((*kind, data.clone()));
+            }
+        }
+        let hostile = png_from(&hostile, b"<html>after IEND</html>");
+        let clean = sanitize(&hostile, &LIMITS).unwrap();
+        let kinds: Vec<[u8; 4]> = png_chunks(&clean.bytes)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(kinds, vec![*b"IHDR", *b"gAMA", *b"IDAT", *b"IEND"]);
+        for needle in [
+            &b"<script>"[..],
+            b"GPS",
+            b"secret",
+            b"PK\x03\x04",
+            b"<html>",
+        ] {
+            assert!(
+                !clean.bytes.windows(needle.len()).any(|w| w == needle),
+                "{needle:?}"
+            );
+        }
+        let before = image::load_from_memory(&png).unwrap();
+        let after = image::load_from_memory(&clean.bytes).unwrap();
+        assert_eq!(before.to_rgba8(), after.to_rgba8());
     }
 
     #[test]

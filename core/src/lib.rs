@@ -7,6 +7,7 @@
 
 pub mod administration;
 pub mod authentication;
+mod container;
 pub mod directory;
 pub mod error;
 pub mod hashing;
