@@ -10,6 +10,13 @@
 //! free text), pHYs, every text and time chunk, eXIf, APNG's animation
 //! chunks (the default image is what is kept), private chunks, anything
 //! after the zlib stream's end inside IDAT and anything after IEND.
+//!
+//! JPEG keeps the frame (SOFn), the tables (DQT, DHT, DAC, DNL, DRI), every scan
+//! (SOS and its entropy-coded data, restart markers included), a JFIF APP0
+//! and an Adobe APP14 (it says how the colours were transformed, so the
+//! pixels decode the same). It drops every other APPn (EXIF and its GPS and
+//! orientation, XMP, IPTC, ICC profiles), COM, and anything after EOI. The
+//! orientation went with EXIF before too: the decoder never applied it.
 
 use miniz_oxide::inflate::stream::{InflateState, inflate};
 use miniz_oxide::{DataFormat, MZFlush, MZStatus};
@@ -99,5 +106,84 @@ pub(crate) fn rewrite_png(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let stream = zlib_stream_len(&idat)?;
     chunk(&mut out, b"IDAT", &idat[..stream])?;
     chunk(&mut out, b"IEND", &[])?;
+    Ok(out)
+}
+
+/// JPEG marker segments kept, besides SOI, the scans and EOI.
+fn jpeg_kept(marker: u8, data: &[u8]) -> bool {
+    match marker {
+        // SOF0-SOF15 but DHT (C4), JPG (C8) and DAC (CC) are frames; those
+        // three, DQT, DNL and DRI are tables.
+        0xC0..=0xCF | 0xDB | 0xDC | 0xDD => marker != 0xC8,
+        0xE0 => data.starts_with(b"JFIF\0"),
+        0xEE => data.starts_with(b"Adobe"),
+        _ => false,
+    }
+}
+
+/// The JPEG in `bytes`, rebuilt from the allow-list.
+pub(crate) fn rewrite_jpeg(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut rest = bytes
+        .strip_prefix(&[0xFF, 0xD8])
+        .ok_or_else(|| corrupt("no JPEG start"))?;
+    let mut out = vec![0xFF, 0xD8];
+    let mut scans = 0;
+    loop {
+        // Fill bytes (0xFF repeated) may precede a marker.
+        let at = rest
+            .iter()
+            .position(|&b| b != 0xFF)
+            .ok_or_else(|| corrupt("the JPEG ends before EOI"))?;
+        if at == 0 {
+            return Err(corrupt("a JPEG segment does not start with a marker"));
+        }
+        let marker = rest[at];
+        rest = &rest[at + 1..];
+        match marker {
+            0xD9 => break,
+            0xD0..=0xD7 | 0x01 => continue, // no length
+            _ => {}
+        }
+        if rest.len() < 2 {
+            return Err(corrupt("a JPEG segment is cut short"));
+        }
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        if len < 2 {
+            return Err(corrupt("a JPEG segment has a bad length"));
+        }
+        let segment = rest
+            .get(..len)
+            .ok_or_else(|| corrupt("a JPEG segment runs past the end"))?;
+        rest = &rest[len..];
+        if marker == 0xDA {
+            // The scan header, then its entropy-coded data up to the next
+            // marker that is neither a stuffed 0xFF00 nor a restart.
+            let mut end = 0;
+            while end + 1 < rest.len() {
+                if rest[end] == 0xFF
+                    && rest[end + 1] != 0x00
+                    && !(0xD0..=0xD7).contains(&rest[end + 1])
+                {
+                    break;
+                }
+                end += 1;
+            }
+            if end + 1 >= rest.len() {
+                return Err(corrupt("a JPEG scan runs past the end"));
+            }
+            out.extend([0xFF, 0xDA]);
+            out.extend(segment);
+            out.extend(&rest[..end]);
+            rest = &rest[end..];
+            scans += 1;
+        } else if jpeg_kept(marker, &segment[2..]) {
+            out.extend([0xFF, marker]);
+            out.extend(segment);
+        }
+    }
+    if scans == 0 {
+        return Err(corrupt("the JPEG has no scan"));
+    }
+    out.extend([0xFF, 0xD9]);
     Ok(out)
 }

@@ -202,12 +202,13 @@ pub fn sanitize(bytes: &[u8], limits: &ImageLimits) -> Result<SanitizedImage, Er
     let mut decoding = ImageReader::with_format(Cursor::new(bytes), format.codec());
     decoding.limits(decoder_limits);
     let image = decoding.decode().map_err(corrupt)?;
-    // The decode is the proof the pixels are well-formed. A PNG is then
-    // rewritten from an allow-list around its own compressed data (no
-    // re-encoding: nothing grows, no encoder's CPU); the other formats are
+    // The decode is the proof the pixels are well-formed. A PNG or a JPEG
+    // is then rewritten from an allow-list around its own compressed data
+    // (no re-encoding: nothing grows, no encoder's CPU); GIF and WebP are
     // still re-encoded.
     let clean = match format {
         ImageFormat::Png => crate::container::rewrite_png(bytes)?,
+        ImageFormat::Jpeg => crate::container::rewrite_jpeg(bytes)?,
         _ => encode(&image, format)?,
     };
     let sha256 = Sha256::digest(&clean)
@@ -453,6 +454,46 @@ mod tests {
         let before = image::load_from_memory(&png).unwrap();
         let after = image::load_from_memory(&clean.bytes).unwrap();
         assert_eq!(before.to_rgba8(), after.to_rgba8());
+    }
+
+    /// A rewritten JPEG keeps its frame, tables and scan as they were and
+    /// nothing else: comments, XMP, IPTC and ICC segments are gone, and it
+    /// decodes to exactly the same pixels (the scan's bytes are the same).
+    #[test]
+    fn a_rewritten_jpeg_keeps_only_the_allowed_segments_and_the_same_pixels() {
+        let jpeg = encoded(ImageFormat::Jpeg);
+        let segment = |marker: u8, data: &[u8]| {
+            let mut out = vec![0xFF, marker];
+            out.extend(u16::try_from(data.len() + 2).unwrap().to_be_bytes());
+            out.extend(data);
+            out
+        };
+        let mut hostile = jpeg[..2].to_vec();
+        hostile.extend(segment(0xFE, b"<script>comment</script>"));
+        hostile.extend(segment(
+            0xE1,
+            b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta>GPS</x:xmpmeta>",
+        ));
+        hostile.extend(segment(0xED, b"Photoshop 3.0\0IPTC byline"));
+        hostile.extend(segment(0xE2, b"ICC_PROFILE\0\x01\x01desc secret"));
+        hostile.extend(&jpeg[2..]);
+        let clean = sanitize(&hostile, &LIMITS).unwrap();
+        for needle in [
+            &b"<script>"[..],
+            b"xmpmeta",
+            b"IPTC",
+            b"ICC_PROFILE",
+            b"secret",
+        ] {
+            assert!(
+                !clean.bytes.windows(needle.len()).any(|w| w == needle),
+                "{needle:?}"
+            );
+        }
+        assert!(clean.bytes.len() <= hostile.len());
+        let before = image::load_from_memory(&jpeg).unwrap();
+        let after = image::load_from_memory(&clean.bytes).unwrap();
+        assert_eq!(before.to_rgb8(), after.to_rgb8());
     }
 
     #[test]
