@@ -17,6 +17,13 @@
 //! pixels decode the same). It drops every other APPn (EXIF and its GPS and
 //! orientation, XMP, IPTC, ICC profiles), COM, and anything after EOI. The
 //! orientation went with EXIF before too: the decoder never applied it.
+//!
+//! GIF keeps its header, screen descriptor and colour tables, and its first
+//! frame with that frame's graphic control (transparency): the decode that
+//! proves the data well-formed reads the first frame only, so only it is
+//! kept, as the re-encode did before. Comments, plain text, application
+//! extensions (XMP, looping: there is one frame), later frames and anything
+//! after the first frame are dropped, and a new trailer ends the file.
 
 use miniz_oxide::inflate::stream::{InflateState, inflate};
 use miniz_oxide::{DataFormat, MZFlush, MZStatus};
@@ -186,4 +193,83 @@ pub(crate) fn rewrite_jpeg(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     }
     out.extend([0xFF, 0xD9]);
     Ok(out)
+}
+
+/// The GIF in `bytes`, rebuilt from the allow-list: its first frame only.
+pub(crate) fn rewrite_gif(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let header = bytes
+        .get(..13)
+        .filter(|h| h.starts_with(b"GIF87a") || h.starts_with(b"GIF89a"))
+        .ok_or_else(|| corrupt("no GIF header"))?;
+    let mut out = header.to_vec();
+    let mut at = 13;
+    // The global colour table, when the screen descriptor says there is one.
+    let flags = header[10];
+    if flags & 0x80 != 0 {
+        let table = 3 * (1usize << ((flags & 0x07) + 1));
+        out.extend(
+            bytes
+                .get(at..at + table)
+                .ok_or_else(|| corrupt("the GIF's colour table is cut short"))?,
+        );
+        at += table;
+    }
+    // Data sub-blocks from `at`: their length, terminator included.
+    let sub_blocks = |mut at: usize| -> Result<usize, Error> {
+        let start = at;
+        loop {
+            let len = usize::from(
+                *bytes
+                    .get(at)
+                    .ok_or_else(|| corrupt("a GIF block runs past the end"))?,
+            );
+            at += 1 + len;
+            if len == 0 {
+                return Ok(at - start);
+            }
+            if at > bytes.len() {
+                return Err(corrupt("a GIF block runs past the end"));
+            }
+        }
+    };
+    let mut control: Option<&[u8]> = None;
+    loop {
+        match bytes.get(at) {
+            Some(0x21) => {
+                let label = *bytes
+                    .get(at + 1)
+                    .ok_or_else(|| corrupt("a GIF extension is cut short"))?;
+                let len = 2 + sub_blocks(at + 2)?;
+                // Only the graphic control of the frame kept (transparency,
+                // disposal); comments, plain text and application data go.
+                if label == 0xF9 {
+                    control = Some(&bytes[at..at + len]);
+                }
+                at += len;
+            }
+            Some(0x2C) => {
+                let descriptor = bytes
+                    .get(at..at + 10)
+                    .ok_or_else(|| corrupt("a GIF image descriptor is cut short"))?;
+                let mut end = at + 10;
+                let local = descriptor[9];
+                if local & 0x80 != 0 {
+                    end += 3 * (1usize << ((local & 0x07) + 1));
+                }
+                // The LZW minimum code size, then the image data.
+                end += 1;
+                if end > bytes.len() {
+                    return Err(corrupt("a GIF image is cut short"));
+                }
+                end += sub_blocks(end)?;
+                if let Some(control) = control {
+                    out.extend(control);
+                }
+                out.extend(&bytes[at..end]);
+                out.push(0x3B);
+                return Ok(out);
+            }
+            _ => return Err(corrupt("the GIF has no image")),
+        }
+    }
 }
