@@ -24,6 +24,12 @@
 //! kept, as the re-encode did before. Comments, plain text, application
 //! extensions (XMP, looping: there is one frame), later frames and anything
 //! after the first frame are dropped, and a new trailer ends the file.
+//!
+//! A still WebP keeps VP8X (its ICC, EXIF and XMP flags cleared), ALPH and
+//! the image chunk (VP8 or VP8L), with a RIFF size made anew; ICCP, EXIF,
+//! XMP, unknown chunks and anything past the image chunk are dropped. An
+//! animated WebP is not rewritten: the decode proved its first frame only,
+//! so those pixels are what is kept, re-encoded.
 
 use miniz_oxide::inflate::stream::{InflateState, inflate};
 use miniz_oxide::{DataFormat, MZFlush, MZStatus};
@@ -272,4 +278,74 @@ pub(crate) fn rewrite_gif(bytes: &[u8]) -> Result<Vec<u8>, Error> {
             _ => return Err(corrupt("the GIF has no image")),
         }
     }
+}
+
+/// VP8X flags of the parts a rewritten WebP no longer has: ICC profile,
+/// EXIF, XMP.
+const VP8X_DROPPED: u8 = 0x20 | 0x08 | 0x04;
+/// VP8X's animation flag.
+const VP8X_ANIMATED: u8 = 0x02;
+
+/// The WebP in `bytes`, rebuilt from the allow-list; `None` for an
+/// animation (the decode proved its first frame only, so the caller keeps
+/// just those pixels its own way).
+pub(crate) fn rewrite_webp(bytes: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WEBP" {
+        return Err(corrupt("no WebP header"));
+    }
+    let declared = usize::try_from(u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]))
+        .map_err(|_| corrupt("a WebP size is too large"))?;
+    // Chunks as the RIFF size declares them; anything after is dropped.
+    let body = bytes
+        .get(12..(8 + declared).min(bytes.len()))
+        .ok_or_else(|| corrupt("the WebP is cut short"))?;
+    let mut rest = body;
+    let mut kept = Vec::new();
+    let mut has_image = false;
+    while rest.len() >= 8 {
+        let kind: [u8; 4] = [rest[0], rest[1], rest[2], rest[3]];
+        let len = usize::try_from(u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]))
+            .map_err(|_| corrupt("a WebP chunk is too large"))?;
+        let data = rest
+            .get(8..8 + len)
+            .ok_or_else(|| corrupt("a WebP chunk runs past the end"))?;
+        rest = rest.get(8 + len + (len & 1)..).unwrap_or(&[]);
+        match &kind {
+            b"VP8X" => {
+                let mut data = data.to_vec();
+                let flags = *data
+                    .first()
+                    .ok_or_else(|| corrupt("a VP8X chunk is empty"))?;
+                if flags & VP8X_ANIMATED != 0 {
+                    return Ok(None);
+                }
+                data[0] = flags & !VP8X_DROPPED;
+                kept.push((kind, data));
+            }
+            b"ALPH" => kept.push((kind, data.to_vec())),
+            b"VP8 " | b"VP8L" => {
+                kept.push((kind, data.to_vec()));
+                has_image = true;
+                break; // the image is the last chunk a still WebP needs
+            }
+            b"ANIM" | b"ANMF" => return Ok(None),
+            _ => {} // ICCP, EXIF, XMP, unknown: dropped
+        }
+    }
+    if !has_image {
+        return Err(corrupt("the WebP has no image chunk"));
+    }
+    let mut out = b"RIFF\0\0\0\0WEBP".to_vec();
+    for (kind, data) in kept {
+        out.extend(kind);
+        let len = u32::try_from(data.len()).map_err(|_| corrupt("a WebP chunk is too large"))?;
+        out.extend(len.to_le_bytes());
+        out.extend(&data);
+        if data.len() % 2 == 1 {
+            out.push(0);
+        }
+    }
+    let size = u32::try_from(out.len() - 8).map_err(|_| corrupt("the WebP is too large"))?;
+    out[4..8].copy_from_slice(&size.to_le_bytes());
+    Ok(Some(out))
 }

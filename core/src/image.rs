@@ -202,15 +202,18 @@ pub fn sanitize(bytes: &[u8], limits: &ImageLimits) -> Result<SanitizedImage, Er
     let mut decoding = ImageReader::with_format(Cursor::new(bytes), format.codec());
     decoding.limits(decoder_limits);
     let image = decoding.decode().map_err(corrupt)?;
-    // The decode is the proof the pixels are well-formed. A PNG, JPEG or
-    // GIF is then rewritten from an allow-list around its own compressed
-    // data (no re-encoding: nothing grows, no encoder's CPU); WebP is still
-    // re-encoded.
+    // The decode is the proof the pixels are well-formed. The image is then
+    // rewritten from an allow-list around its own compressed data (no
+    // re-encoding: nothing grows, no encoder's CPU); only an animated WebP
+    // is re-encoded, its first frame.
     let clean = match format {
         ImageFormat::Png => crate::container::rewrite_png(bytes)?,
         ImageFormat::Jpeg => crate::container::rewrite_jpeg(bytes)?,
         ImageFormat::Gif => crate::container::rewrite_gif(bytes)?,
-        ImageFormat::WebP => encode_webp(&image)?,
+        ImageFormat::WebP => match crate::container::rewrite_webp(bytes)? {
+            Some(rewritten) => rewritten,
+            None => encode_webp(&image)?,
+        },
     };
     let sha256 = Sha256::digest(&clean)
         .iter()
@@ -225,8 +228,8 @@ pub fn sanitize(bytes: &[u8], limits: &ImageLimits) -> Result<SanitizedImage, Er
     })
 }
 
-/// A WebP re-encoded, losslessly, from its decoded pixels: until WebP has
-/// a rewriter of its own, only the pixels survive this way.
+/// An animated WebP's first frame, re-encoded losslessly from the pixels
+/// the decode proved: only they survive.
 fn encode_webp(image: &DynamicImage) -> Result<Vec<u8>, Error> {
     use image::codecs::webp::WebPEncoder;
     let mut out = Vec::new();
@@ -517,6 +520,69 @@ mod tests {
             decoder.read_next_frame().unwrap().is_none(),
             "one frame only"
         );
+    }
+
+    /// An extended WebP with an ICC profile, EXIF and XMP, and bytes past
+    /// its RIFF size, comes out as VP8X (flags cleared) and its image chunk.
+    #[test]
+    fn a_rewritten_webp_keeps_only_the_image() {
+        let webp = encoded(ImageFormat::WebP);
+        assert_eq!(
+            &webp[12..16],
+            b"VP8L",
+            "the encoder writes a simple lossless WebP"
+        );
+        let image_chunk = &webp[12..];
+        let chunk = |kind: &[u8; 4], data: &[u8]| {
+            let mut out = kind.to_vec();
+            out.extend((data.len() as u32).to_le_bytes());
+            out.extend(data);
+            if data.len() % 2 == 1 {
+                out.push(0);
+            }
+            out
+        };
+        let (w, h) = (64u32 - 1, 48u32 - 1);
+        let mut vp8x = vec![0x20 | 0x08 | 0x04, 0, 0, 0];
+        vp8x.extend(&w.to_le_bytes()[..3]);
+        vp8x.extend(&h.to_le_bytes()[..3]);
+        let mut body = b"WEBP".to_vec();
+        body.extend(chunk(b"VP8X", &vp8x));
+        body.extend(chunk(b"ICCP", b"desc secret profile"));
+        body.extend(image_chunk);
+        body.extend(chunk(b"EXIF", b"MM\0*GPS"));
+        body.extend(chunk(b"XMP ", b"<x:xmpmeta>creator</x:xmpmeta>"));
+        let mut hostile = b"RIFF".to_vec();
+        hostile.extend((body.len() as u32).to_le_bytes());
+        hostile.extend(body);
+        hostile.extend(b"<script>after the RIFF</script>");
+        let clean = sanitize(&hostile, &LIMITS).unwrap();
+        for needle in [
+            &b"secret"[..],
+            b"GPS",
+            b"xmpmeta",
+            b"<script>",
+            b"ICCP",
+            b"EXIF",
+        ] {
+            assert!(
+                !clean.bytes.windows(needle.len()).any(|w| w == needle),
+                "{needle:?}"
+            );
+        }
+        assert_eq!(&clean.bytes[12..16], b"VP8X");
+        assert_eq!(
+            clean.bytes[20] & (0x20 | 0x08 | 0x04),
+            0,
+            "the flags of what was dropped"
+        );
+        assert_eq!(
+            u32::from_le_bytes(clean.bytes[4..8].try_into().unwrap()) as usize,
+            clean.bytes.len() - 8
+        );
+        let before = image::load_from_memory(&webp).unwrap();
+        let after = image::load_from_memory(&clean.bytes).unwrap();
+        assert_eq!(before.to_rgba8(), after.to_rgba8());
     }
 
     #[test]
