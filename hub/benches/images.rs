@@ -86,7 +86,10 @@ fn serve() -> Served {
             .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", &keys.private)
             .env("POLYHUB_SERVICES__REST_AUTH__PORT", rest_port.to_string())
             .env("POLYHUB_SERVICES__GRPC_IMAGES__PORT", grpc_port.to_string())
-            .env("POLYHUB_LOG__LEVEL", "warn");
+            .env("POLYHUB_LOG__LEVEL", "warn")
+            // One user makes every upload here, 16 at once in the memory
+            // run: the per-user cap on uploads in progress is widened.
+            .env("POLYHUB_IMAGES__MAX_UPLOADS_PER_USER", "16");
     };
     let mut migrate = Command::new(hub);
     env(&mut migrate);
