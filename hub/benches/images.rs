@@ -239,4 +239,81 @@ async fn main() {
         "| peak RSS of hub serve, 16 clients uploading 8 MiB at once | {peak:.0} MiB (before the burst {before:.0} MiB) | budget 16 x 3 x 8 MiB + 50 MiB = {budget:.0} MiB | {:.2} of budget |",
         peak / budget
     );
+    sanitizing_per_megapixel();
+}
+
+/// Noise: the worst case for every decoder (nothing compresses), at
+/// `width` x `height`, in each accepted format.
+fn noise_in(format: image::ImageFormat, width: u32, height: u32) -> Vec<u8> {
+    let mut seed = 0x9e37_79b9_u32;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed as u8
+    };
+    if format == image::ImageFormat::Gif {
+        // Indexed noise through the gif crate: the image crate's encoder
+        // would quantize for seconds first.
+        let palette: Vec<u8> = (0..=255u8)
+            .flat_map(|i| [i, i.wrapping_mul(7), i.wrapping_mul(13)])
+            .collect();
+        let pixels: Vec<u8> = (0..width * height).map(|_| next()).collect();
+        let mut out = Vec::new();
+        let mut encoder =
+            gif::Encoder::new(&mut out, width as u16, height as u16, &palette).unwrap();
+        encoder
+            .write_frame(&gif::Frame::from_indexed_pixels(
+                width as u16,
+                height as u16,
+                pixels,
+                None,
+            ))
+            .unwrap();
+        drop(encoder);
+        return out;
+    }
+    let pixels: Vec<u8> = (0..width * height * 3).map(|_| next()).collect();
+    let image = DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, pixels).unwrap());
+    let mut out = Cursor::new(Vec::new());
+    image.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+/// hub-core's sanitizing of noise in each format, best of three, per
+/// megapixel and against PNG's.
+fn sanitizing_per_megapixel() {
+    let (width, height) = (2_000u32, 2_000u32);
+    let megapixels = f64::from(width * height) / 1e6;
+    let limits = hub_core::ImageLimits {
+        max_bytes: 64 * MIB,
+        max_pixels: 50_000_000,
+    };
+    println!("\nsanitizing noise, {width} x {height}, best of 3:");
+    println!("| format | upload | ms per megapixel | against PNG |");
+    println!("|---|---|---|---|");
+    let mut png = None;
+    for format in [
+        image::ImageFormat::Png,
+        image::ImageFormat::Jpeg,
+        image::ImageFormat::Gif,
+        image::ImageFormat::WebP,
+    ] {
+        let bytes = noise_in(format, width, height);
+        let best = (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                hub_core::image::sanitize(&bytes, &limits).unwrap();
+                started.elapsed()
+            })
+            .min()
+            .unwrap();
+        let per_mp = best.as_secs_f64() * 1000.0 / megapixels;
+        let png_per_mp = *png.get_or_insert(per_mp);
+        println!(
+            "| {format:?} | {:.1} MB | {per_mp:.2} | {:.2} |",
+            bytes.len() as f64 / 1e6,
+            per_mp / png_per_mp
+        );
+    }
 }
