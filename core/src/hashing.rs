@@ -80,40 +80,72 @@ impl Default for HashingPoolConfig {
     }
 }
 
-type Job = Box<dyn FnOnce(&PasswordHasher) + Send + 'static>;
+type Job<C> = Box<dyn FnOnce(&C) + Send + 'static>;
 
-/// The scheduling priority of hashing threads: below the async workers'.
+/// The scheduling priority of pool threads: below the async workers'.
 const HASHING_NICE: i32 = 10;
 
-/// Runs password hashing on a bounded set of dedicated threads.
-#[derive(Debug, Clone)]
-pub struct HashingPool {
-    hasher: Arc<PasswordHasher>,
-    jobs: mpsc::Sender<Job>,
+/// Runs CPU-heavy work on a bounded set of dedicated threads at a lower
+/// priority, each job handed the pool's context `C` (the password hasher,
+/// or the image limits), with fair admission across clients.
+pub struct WorkPool<C: Send + Sync + 'static> {
+    name: &'static str,
+    context: Arc<C>,
+    jobs: mpsc::Sender<Job<C>>,
     admission: Arc<Semaphore>,
     running: Arc<Semaphore>,
     shares: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     config: HashingPoolConfig,
 }
 
-fn lower_own_priority() {
+/// Runs password hashing on a bounded set of dedicated threads.
+pub type HashingPool = WorkPool<PasswordHasher>;
+
+impl<C: Send + Sync + 'static> Clone for WorkPool<C> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            context: Arc::clone(&self.context),
+            jobs: self.jobs.clone(),
+            admission: Arc::clone(&self.admission),
+            running: Arc::clone(&self.running),
+            shares: Arc::clone(&self.shares),
+            config: self.config,
+        }
+    }
+}
+
+impl<C: Send + Sync + 'static> std::fmt::Debug for WorkPool<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkPool")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lower_own_priority(name: &str) {
     // Linux applies PRIO_PROCESS with a thread id to that thread alone.
     if let Err(e) =
         rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASHING_NICE)
     {
-        tracing::warn!(error = %e, "cannot lower the hashing thread's priority; it competes with request handling");
+        tracing::warn!(pool = name, error = %e, "cannot lower a pool thread's priority; it competes with request handling");
     }
 }
 
-fn start_workers(hasher: &Arc<PasswordHasher>, workers: usize) -> mpsc::Sender<Job> {
-    let (tx, rx) = mpsc::channel::<Job>();
+fn start_workers<C: Send + Sync + 'static>(
+    name: &'static str,
+    context: &Arc<C>,
+    workers: usize,
+) -> mpsc::Sender<Job<C>> {
+    let (tx, rx) = mpsc::channel::<Job<C>>();
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..workers {
-        let (rx, hasher) = (Arc::clone(&rx), Arc::clone(hasher));
+        let (rx, hasher) = (Arc::clone(&rx), Arc::clone(context));
         let spawned = std::thread::Builder::new()
-            .name(format!("hashing-{i}"))
+            .name(format!("{name}-{i}"))
             .spawn(move || {
-                lower_own_priority();
+                lower_own_priority(name);
                 loop {
                     // The lock is held only to take the next job, never while hashing.
                     let job = match rx.lock() {
@@ -126,7 +158,7 @@ fn start_workers(hasher: &Arc<PasswordHasher>, workers: usize) -> mpsc::Sender<J
                         Ok(job) => {
                             let run = std::panic::AssertUnwindSafe(|| job(&hasher));
                             if std::panic::catch_unwind(run).is_err() {
-                                tracing::error!("a hashing job panicked");
+                                tracing::error!(pool = name, "a pool job panicked");
                             }
                         }
                         Err(_) => return, // the pool is gone
@@ -134,7 +166,7 @@ fn start_workers(hasher: &Arc<PasswordHasher>, workers: usize) -> mpsc::Sender<J
                 }
             });
         if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a hashing thread");
+            tracing::error!(pool = name, error = %e, "cannot start a pool thread");
         }
     }
     tx
@@ -148,8 +180,19 @@ pub struct PoolLoad {
     pub capacity: usize,
 }
 
-impl HashingPool {
+impl WorkPool<PasswordHasher> {
     pub fn new(hasher: PasswordHasher, config: HashingPoolConfig) -> Self {
+        Self::start("hashing", hasher, config)
+    }
+
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.context
+    }
+}
+
+impl<C: Send + Sync + 'static> WorkPool<C> {
+    /// `config.workers` threads named `{name}-N`, each job given `context`.
+    pub fn start(name: &'static str, context: C, config: HashingPoolConfig) -> Self {
         let workers = config.workers.max(1);
         let max_per_client = match config.max_per_client {
             0 => ((workers + config.max_waiting) / 4).max(1),
@@ -160,10 +203,11 @@ impl HashingPool {
             max_per_client,
             ..config
         };
-        let hasher = Arc::new(hasher);
+        let context = Arc::new(context);
         Self {
-            jobs: start_workers(&hasher, workers),
-            hasher,
+            name,
+            jobs: start_workers(name, &context, workers),
+            context,
             admission: Arc::new(Semaphore::new(workers + config.max_waiting)),
             running: Arc::new(Semaphore::new(workers)),
             shares: Arc::default(),
@@ -171,10 +215,10 @@ impl HashingPool {
         }
     }
 
-    /// Takes a place of the current client's share, when the work is
-    /// attributed to one; `OVERLOADED` when its share is full.
-    fn share(&self) -> Result<Option<Share>, Error> {
-        let Ok(client) = CLIENT.try_with(Arc::clone) else {
+    /// Takes a place of `client`'s share, when the work is attributed to
+    /// one; `OVERLOADED` when its share is full.
+    fn share(&self, client: Option<Arc<str>>) -> Result<Option<Share>, Error> {
+        let Some(client) = client else {
             return Ok(None);
         };
         let mut shares = match self.shares.lock() {
@@ -183,7 +227,7 @@ impl HashingPool {
         };
         let held = shares.entry(Arc::clone(&client)).or_insert(0);
         if *held >= self.config.max_per_client {
-            tracing::warn!(%client, held = *held, "one client's share of the hashing pool is full, request refused");
+            tracing::warn!(pool = self.name, %client, held = *held, "one client's share of the pool is full, request refused");
             return Err(Error::new(ErrorCode::Overloaded));
         }
         *held += 1;
@@ -191,10 +235,6 @@ impl HashingPool {
             client,
             shares: Arc::clone(&self.shares),
         }))
-    }
-
-    pub fn hasher(&self) -> &PasswordHasher {
-        &self.hasher
     }
 
     pub fn load(&self) -> PoolLoad {
@@ -208,19 +248,29 @@ impl HashingPool {
         }
     }
 
-    /// Runs `work` on a hashing thread once one is free, or refuses with
+    /// Runs `work` on a pool thread once one is free, counted against the
+    /// current client's share (see [`as_client`]), or refuses with
     /// `OVERLOADED` when the pool and its queue are full or the wait is too long.
     pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&PasswordHasher) -> T + Send + 'static,
+        F: FnOnce(&C) -> T + Send + 'static,
+    {
+        self.run_for(CLIENT.try_with(Arc::clone).ok(), work).await
+    }
+
+    /// As [`Self::run`], counted against `client`'s share (a user, say).
+    pub async fn run_for<T, F>(&self, client: Option<Arc<str>>, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&C) -> T + Send + 'static,
     {
         let overloaded = || Error::new(ErrorCode::Overloaded);
-        let share = self.share()?;
+        let share = self.share(client)?;
         let admitted = Arc::clone(&self.admission)
             .try_acquire_owned()
             .map_err(|_| {
-                tracing::warn!(load = ?self.load(), "hashing pool full, request refused");
+                tracing::warn!(pool = self.name, load = ?self.load(), "pool full, request refused");
                 overloaded()
             })?;
         let worker = tokio::time::timeout(
@@ -229,7 +279,7 @@ impl HashingPool {
         )
         .await
         .map_err(|_| {
-            tracing::warn!(wait = ?self.config.max_wait, "no hashing worker free in time");
+            tracing::warn!(pool = self.name, wait = ?self.config.max_wait, "no pool worker free in time");
             overloaded()
         })?
         .map_err(Error::internal)?;
@@ -238,7 +288,7 @@ impl HashingPool {
         // taken until the hash really finishes.
         let slots: (OwnedSemaphorePermit, OwnedSemaphorePermit, Option<Share>) =
             (admitted, worker, share);
-        let job: Job = Box::new(move |hasher| {
+        let job: Job<C> = Box::new(move |hasher| {
             let result = work(hasher);
             // Free the slots before answering, so a caller that has its answer
             // never sees its own job still counted as running.
@@ -247,10 +297,10 @@ impl HashingPool {
         });
         self.jobs
             .send(job)
-            .map_err(|_| Error::internal("the hashing threads are gone"))?;
+            .map_err(|_| Error::internal("the pool's threads are gone"))?;
         result
             .await
-            .map_err(|_| Error::internal("a hashing job ended without a result"))
+            .map_err(|_| Error::internal("a pool job ended without a result"))
     }
 }
 

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode};
+use crate::hashing::{HashingPoolConfig, WorkPool};
 use crate::image::{ImageFormat, ImageLimits, SanitizedImage, UploadBuffer, sanitize};
 use crate::ports::{Clock, ObjectStore, StoredObject};
 use crate::token::Principal;
@@ -107,7 +108,9 @@ pub struct ImageLibrary {
     store: Arc<dyn ObjectStore>,
     clock: Arc<dyn Clock>,
     limits: ImageLimits,
-    sanitizing: Arc<tokio::sync::Semaphore>,
+    /// Sanitizing runs here: threads of its own at a lower priority, at
+    /// most a quarter of its places per user.
+    sanitizing: WorkPool<ImageLimits>,
     quota: ImageQuota,
     in_progress: Arc<std::sync::Mutex<std::collections::HashMap<UserId, usize>>>,
 }
@@ -206,7 +209,16 @@ impl ImageLibrary {
             store,
             clock,
             limits,
-            sanitizing: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
+            sanitizing: WorkPool::start(
+                "sanitizing",
+                limits,
+                HashingPoolConfig {
+                    workers: workers.max(1),
+                    max_waiting: workers.max(1) * 32,
+                    max_wait: std::time::Duration::from_secs(30),
+                    max_per_client: 0,
+                },
+            ),
             quota: ImageQuota::default(),
             in_progress: Arc::default(),
         }
@@ -241,6 +253,11 @@ impl ImageLibrary {
         })
     }
 
+    /// How busy the sanitizing pool is.
+    pub fn sanitizing_load(&self) -> crate::hashing::PoolLoad {
+        self.sanitizing.load()
+    }
+
     /// Uploads in progress now, all users together.
     pub fn uploads_in_progress(&self) -> usize {
         match self.in_progress.lock() {
@@ -264,18 +281,15 @@ impl ImageLibrary {
         if upload.is_empty() {
             return Err(Error::new(ErrorCode::EmptyUpload));
         }
-        let clean = {
-            let _slot = self
-                .sanitizing
-                .acquire()
-                .await
-                .map_err(|_| Error::internal("the sanitizing pool is closed"))?;
-            let limits = self.limits;
-            // Joined only now, with a slot: waiting uploads stay in chunks.
-            tokio::task::spawn_blocking(move || sanitize(&upload.into_bytes(), &limits))
-                .await
-                .map_err(|e| Error::internal(format!("sanitizing panicked: {e}")))??
-        };
+        // Joined only on a sanitizing thread: waiting uploads stay in chunks.
+        // One user holds at most a quarter of the pool's places, so a flood
+        // from one account waits (or is OVERLOADED) on its own share.
+        let clean = self
+            .sanitizing
+            .run_for(Some(owner.user_id.to_string().into()), move |limits| {
+                sanitize(&upload.into_bytes(), limits)
+            })
+            .await??;
         let key = ImageKey::for_image(owner.user_id, &clean)?.to_string();
         if let Some(existing) = self
             .images

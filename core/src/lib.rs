@@ -27,7 +27,7 @@ pub use administration::Administration;
 pub use authentication::{AccountKey, Authentication, LoginName, LoginOutcome, ProfileChange};
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
-pub use hashing::{HashingPool, HashingPoolConfig, as_client};
+pub use hashing::{HashingPool, HashingPoolConfig, WorkPool, as_client};
 pub use image::{ImageFormat, ImageLimits, SanitizedImage, UploadBuffer};
 pub use images::{ImageKey, ImageLibrary, ImageQuota, ImageRepository, StoredImage, UploadSlot};
 pub use legacy::{

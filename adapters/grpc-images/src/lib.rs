@@ -118,6 +118,19 @@ impl hub_runtime::metrics::MetricsSource for UploadMetrics {
             &[],
             self.0.uploads_in_progress() as f64,
         );
+        let load = self.0.sanitizing_load();
+        out.family(
+            "gauge",
+            "polyhub_sanitizing_running",
+            "Uploads being sanitized now, on the sanitizing pool's own threads.",
+        )
+        .sample("polyhub_sanitizing_running", &[], load.running as f64);
+        out.family(
+            "gauge",
+            "polyhub_sanitizing_waiting",
+            "Uploads waiting for a sanitizing thread (past the pool's places: OVERLOADED).",
+        )
+        .sample("polyhub_sanitizing_waiting", &[], load.waiting as f64);
     }
 }
 

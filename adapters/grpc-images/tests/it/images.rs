@@ -860,6 +860,16 @@ async fn stalled_streams_are_ended_and_uploads_in_progress_are_capped_per_user()
         }
     })
     .await;
+    let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    for gauge in [
+        "polyhub_sanitizing_running{} 0",
+        "polyhub_sanitizing_waiting{} 0",
+    ] {
+        assert!(
+            text.contains(gauge),
+            "streaming uploads hold no sanitizing place: {text}"
+        );
+    }
     let mut client = hub.client().await;
     let third = upload_file(&mut client, &alice, "t.png", &bytes)
         .await
