@@ -88,6 +88,7 @@ error_codes! {
     CorruptImage => ("CORRUPT_IMAGE", Invalid, "the image could not be decoded"),
     ImageTooManyPixels => ("IMAGE_TOO_MANY_PIXELS", Invalid, "the image has more pixels than allowed"),
     ImageTooLarge => ("IMAGE_TOO_LARGE", TooLarge, "the image is larger than the upload limit"),
+    SanitizedTooLarge => ("SANITIZED_TOO_LARGE", TooLarge, "the image would be larger once sanitized than it was uploaded"),
     RequestTooLarge => ("REQUEST_TOO_LARGE", TooLarge, "the request body is larger than allowed"),
     RequestTimeout => ("REQUEST_TIMEOUT", Unavailable, "the request took longer than the server allows"),
     Overloaded => ("OVERLOADED", TooMany, "the server is busy; retry shortly"),

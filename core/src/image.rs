@@ -215,6 +215,7 @@ pub fn sanitize(bytes: &[u8], limits: &ImageLimits) -> Result<SanitizedImage, Er
             None => encode_webp(&image)?,
         },
     };
+    refuse_growth(bytes.len(), clean.len(), limits)?;
     let sha256 = Sha256::digest(&clean)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -226,6 +227,22 @@ pub fn sanitize(bytes: &[u8], limits: &ImageLimits) -> Result<SanitizedImage, Er
         height,
         sha256,
     })
+}
+
+/// A sanitized image may never be larger than its upload, nor than the
+/// upload cap: the rewriters only drop bytes, and the one re-encode left
+/// (an animated WebP's first frame) is refused when it would grow.
+fn refuse_growth(uploaded: usize, sanitized: usize, limits: &ImageLimits) -> Result<(), Error> {
+    if sanitized > uploaded || sanitized > limits.max_bytes {
+        return Err(Error::with_message(
+            ErrorCode::SanitizedTooLarge,
+            format!(
+                "sanitized, the image would be {sanitized} bytes, more than the {uploaded} uploaded or the limit of {}",
+                limits.max_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An animated WebP's first frame, re-encoded losslessly from the pixels
@@ -583,6 +600,23 @@ mod tests {
         let before = image::load_from_memory(&webp).unwrap();
         let after = image::load_from_memory(&clean.bytes).unwrap();
         assert_eq!(before.to_rgba8(), after.to_rgba8());
+    }
+
+    #[test]
+    fn a_sanitized_image_never_grows() {
+        let limits = ImageLimits {
+            max_bytes: 1_000,
+            max_pixels: 1,
+        };
+        assert!(refuse_growth(500, 500, &limits).is_ok());
+        assert_eq!(
+            refuse_growth(500, 501, &limits).unwrap_err().code(),
+            ErrorCode::SanitizedTooLarge
+        );
+        assert_eq!(
+            refuse_growth(2_000, 1_001, &limits).unwrap_err().code(),
+            ErrorCode::SanitizedTooLarge
+        );
     }
 
     #[test]
