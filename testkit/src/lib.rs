@@ -241,6 +241,16 @@ impl TestHub {
         Self::with(&Service::ALL).await
     }
 
+    /// `service`'s `/metrics`, as text.
+    pub async fn metrics(&self, service: Service) -> String {
+        reqwest::get(format!("{}/metrics", self.url(service)))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Where `service` answers; it must be one the test started.
     pub fn url(&self, service: Service) -> String {
         self.try_url(service)

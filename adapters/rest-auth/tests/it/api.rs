@@ -615,12 +615,7 @@ async fn a_username_and_an_email_of_one_account_share_one_budget() {
             "TOO_MANY_ATTEMPTS",
         );
     }
-    let metrics = reqwest::get(format!("{}/metrics", api.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics(Service::RestAuth).await;
     assert!(
         metrics.contains(r#"polyhub_limiter_keys{budget="login_account"} 1"#),
         "one account key for both names: {metrics}"
@@ -1156,12 +1151,7 @@ async fn a_known_device_logs_in_through_an_attackers_lockout() {
         StatusCode::TOO_MANY_REQUESTS,
         "TOO_MANY_ATTEMPTS",
     );
-    let metrics = reqwest::get(format!("{}/metrics", api.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics(Service::RestAuth).await;
     assert!(
         metrics.contains(r#"polyhub_limiter_keys{budget="login_device_locked"} 1"#),
         "{metrics}"

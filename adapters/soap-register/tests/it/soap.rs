@@ -465,12 +465,7 @@ async fn registrations_are_limited_per_client_across_rest_and_soap() {
         .unwrap();
     let (status, body, _) = rest_register(other, "uma").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let metrics = reqwest::get(format!("{}/metrics", hub.url(Service::SoapRegister)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics(Service::SoapRegister).await;
     assert!(
         metrics.contains(r#"polyhub_limiter_keys{budget="registration_client"} 2"#),
         "{metrics}"
