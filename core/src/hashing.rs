@@ -1,4 +1,5 @@
-//! The bounded pool that password hashing runs on.
+//! The bounded pools CPU-heavy work runs on: [`WorkPool`], and its
+//! password-hashing instance [`HashingPool`] (sanitizing images has one too).
 //!
 //! PBKDF2 at production parameters costs a core for tens of milliseconds, so it
 //! never runs on the async workers. It runs on `workers` threads of its own,

@@ -1,10 +1,12 @@
 //! Image uploads and listings: the use case behind the gRPC image service.
 //!
-//! An upload is sanitized (see [`crate::image`]) on a bounded number of
-//! blocking threads, so memory stays proportional to the uploads being
-//! sanitized at once, not to the uploads in flight. It is stored under
-//! `users/{owner}/{sha256}.{ext}` (the client's file name is never part of
-//! it), so the same image uploaded twice is stored once.
+//! An upload is sanitized (see [`crate::image`]) on the sanitizing pool's
+//! own threads (a [`WorkPool`], shares by user), so memory stays
+//! proportional to the uploads being sanitized at once, not to the uploads
+//! in flight. It is stored under `users/{owner}/{random}.{ext}` (the
+//! client's file name is never part of it, nor anything computable from the
+//! bytes); the content hash in PostgreSQL makes the same image uploaded
+//! twice one image.
 
 use std::sync::Arc;
 
