@@ -92,6 +92,13 @@ impl Hub {
                 Ok(())
             });
         }
+        if let Some(cache) = &self.directory_cache {
+            let (cache, shutdown) = (Arc::clone(cache), shutdown.clone());
+            tasks.spawn(async move {
+                cache.listen(shutdown.wait()).await;
+                Ok(())
+            });
+        }
         if let Some(relay) = relay {
             let shutdown = shutdown.clone();
             tasks.spawn(async move {

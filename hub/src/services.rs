@@ -8,9 +8,11 @@ use anyhow::Context;
 use hub_core::{RelayStatus, SystemClock};
 use hub_runtime::connections::ConnectionStats;
 use hub_runtime::metrics::HashingMetrics;
+use hub_runtime::service::Backing;
 use hub_runtime::{Service, ServiceContext};
 
 use crate::Hub;
+use crate::wiring::DirectoryMetrics;
 
 /// What is known about the whole start before any router is built: where
 /// each service is reached (the WSDL names two of them), and this process's
@@ -53,9 +55,16 @@ impl Hub {
         service: Service,
         connections: Arc<ConnectionStats>,
     ) -> anyhow::Result<ServiceContext> {
+        let mut readiness = self.readiness(service).await?.with_metrics(connections);
+        // One read model per process, reported by every service that reads it.
+        if let Some(cache) = &self.directory_cache
+            && service.uses(Backing::Postgres)
+        {
+            readiness = readiness.with_metrics(Arc::new(DirectoryMetrics(Arc::clone(cache))));
+        }
         Ok(ServiceContext {
             service,
-            readiness: self.readiness(service).await?.with_metrics(connections),
+            readiness,
             http: self.config.http.clone(),
             cors: service.cors(&self.config.services).cloned(),
         })

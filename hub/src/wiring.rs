@@ -16,9 +16,9 @@ use hub_runtime::limits::HashingLimits;
 use hub_runtime::service::{Backing, Need};
 use hub_runtime::{Config, Readiness, Service};
 use hub_store::{
-    CachedSessions, MongoActivityLog, MongoDatabase, MongoProbe, MongoSettings, PgImageRepository,
-    PgOutbox, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings, S3ObjectStore, S3Probe,
-    S3Settings,
+    CachedSessions, CachedUsers, MongoActivityLog, MongoDatabase, MongoProbe, MongoSettings,
+    PgImageRepository, PgOutbox, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings,
+    S3ObjectStore, S3Probe, S3Settings,
 };
 use sqlx::PgPool;
 
@@ -35,6 +35,9 @@ pub struct Hub {
     /// The open-session cache behind `sessions`, when configured; its
     /// listener runs while the services do.
     pub(crate) session_cache: Option<Arc<CachedSessions>>,
+    /// The directory read model behind `users`, when configured; its
+    /// listener runs while the services do.
+    pub(crate) directory_cache: Option<Arc<CachedUsers>>,
     /// Registration and password-check budgets: one per process, so every
     /// service offering them spends the same.
     pub(crate) limits: Arc<HashingLimits>,
@@ -95,13 +98,31 @@ impl Hub {
             .context("configuring password hashing")?;
         let hashing = HashingPool::new(hasher, config.hashing.pool_config());
         let tokens = load_tokens(&config.tokens)?.map(Arc::new);
-        let session_cache = (config.sessions.cache_capacity > 0).then(|| {
-            Arc::new(CachedSessions::new(
+        let directory_cache = (config.directory.cache_capacity > 0).then(|| {
+            Arc::new(CachedUsers::new(
                 pool.clone(),
-                config.sessions.cache_capacity,
-                Duration::from_secs(config.sessions.cache_max_age_secs),
+                config.directory.cache_capacity,
+                config.directory.cache_max_age(),
             ))
         });
+        let users: Arc<dyn UserRepository> = match &directory_cache {
+            Some(cache) => Arc::clone(cache) as Arc<dyn UserRepository>,
+            None => Arc::new(PgUserRepository::new(pool.clone())),
+        };
+        // With the directory on, the session cache runs even at capacity 0:
+        // it tells the directory of credential changes and serves profiles.
+        let session_cache =
+            (config.sessions.cache_capacity > 0 || directory_cache.is_some()).then(|| {
+                let cache = CachedSessions::new(
+                    pool.clone(),
+                    config.sessions.cache_capacity,
+                    Duration::from_secs(config.sessions.cache_max_age_secs),
+                );
+                Arc::new(match &directory_cache {
+                    Some(directory) => cache.with_directory(Arc::clone(directory)),
+                    None => cache,
+                })
+            });
         let sessions: Arc<dyn SessionRepository> = match &session_cache {
             Some(cache) => Arc::clone(cache) as Arc<dyn SessionRepository>,
             None => Arc::new(PgSessionRepository::new(pool.clone())),
@@ -112,9 +133,10 @@ impl Hub {
         ));
         Ok(Self {
             limits,
-            users: Arc::new(PgUserRepository::new(pool.clone())),
+            users,
             sessions,
             session_cache,
+            directory_cache,
             config,
             pool,
             hashing,
@@ -352,5 +374,55 @@ impl hub_runtime::metrics::MetricsSource for InsecureHashes {
             }
             Err(e) => tracing::debug!(error = %e, "insecure hashes not counted"),
         }
+    }
+}
+
+/// `polyhub_directory_cache_*`: the directory read model's size, whether it
+/// is on, and how its reads were answered (the hit rate is hits over hits
+/// plus misses).
+pub(crate) struct DirectoryMetrics(pub(crate) Arc<CachedUsers>);
+
+#[async_trait::async_trait]
+impl hub_runtime::metrics::MetricsSource for DirectoryMetrics {
+    async fn collect(&self, out: &mut hub_runtime::metrics::Exposition) {
+        let stats = self.0.stats();
+        out.gauge(
+            "polyhub_directory_cache_listening",
+            "1 while the directory cache's change listener is connected (the cache is used only then).",
+            f64::from(u8::from(stats.listening)),
+        )
+        .counter(
+            "polyhub_directory_cache_connections_total",
+            "Times the directory cache's change listener connected; past 1, each is a reconnection after a loss (the cache restarts empty).",
+            stats.connections,
+        )
+        .gauge(
+            "polyhub_directory_cache_capacity",
+            "Users the directory cache may hold (directory.cache_capacity).",
+            stats.capacity as f64,
+        );
+        out.family(
+            "gauge",
+            "polyhub_directory_cache_entries",
+            "Entries in the directory cache: users, and names known to be free.",
+        )
+        .sample(
+            "polyhub_directory_cache_entries",
+            &[("kind", "user")],
+            stats.users as f64,
+        )
+        .sample(
+            "polyhub_directory_cache_entries",
+            &[("kind", "missing")],
+            stats.missing as f64,
+        );
+        out.family(
+            "counter",
+            "polyhub_directory_cache_reads_total",
+            "Directory reads: hit (answered from memory), miss (asked PostgreSQL), bypass (cache off, asked PostgreSQL).",
+        )
+        .sample("polyhub_directory_cache_reads_total", &[("result", "hit")], stats.hits as f64)
+        .sample("polyhub_directory_cache_reads_total", &[("result", "miss")], stats.misses as f64)
+        .sample("polyhub_directory_cache_reads_total", &[("result", "bypass")], stats.bypassed as f64);
     }
 }

@@ -26,6 +26,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub tokens: TokenConfig,
     pub sessions: SessionConfig,
+    pub directory: DirectoryConfig,
     pub mongo: MongoConfig,
     pub relay: RelayConfig,
     pub images: ImagesConfig,
@@ -285,6 +286,33 @@ impl Default for SessionConfig {
             cache_capacity: 100_000,
             cache_max_age_secs: 30,
         }
+    }
+}
+
+/// The directory read model: users remembered in memory for lookups and
+/// `/profile`, invalidated by PostgreSQL notifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// Users remembered (and an eighth of that in names known to be free);
+    /// 0 turns the cache off.
+    pub cache_capacity: usize,
+    /// The longest any remembered user is trusted without asking again.
+    pub cache_max_age_secs: u64,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 100_000,
+            cache_max_age_secs: 30,
+        }
+    }
+}
+
+impl DirectoryConfig {
+    pub fn cache_max_age(&self) -> Duration {
+        Duration::from_secs(self.cache_max_age_secs)
     }
 }
 

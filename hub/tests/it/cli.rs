@@ -1,21 +1,14 @@
 //! The real `hub` binary as an operator runs it, against the real PostgreSQL:
 //! migrate, create users, grant admin, serve, answer probes, stop on SIGTERM.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::{BufRead, Write};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hub_testkit::{Service, free_port, fresh_database_url as fresh_database};
-use sqlx::{Connection, PgConnection};
 
-fn hub(database_url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hub"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("POLYHUB_DATABASE__URL", database_url)
-        .env("POLYHUB_DATABASE__ACQUIRE_TIMEOUT_MS", "1000");
-    cmd
-}
+use crate::serving::{Serving, hub};
+use sqlx::{Connection, PgConnection};
 
 /// A signing key made the way an operator makes one.
 fn generated_key() -> std::path::PathBuf {
@@ -87,34 +80,6 @@ fn serve_all(database_url: &str, rest_port: u16) -> Command {
         .env("POLYHUB_TOKENS__SIGNING_KEY_PATH", generated_key())
         .arg("serve");
     serve
-}
-
-/// A running `hub serve`, killed when the test ends. Its stdout stays open
-/// for as long as it runs, as a terminal's would.
-struct Serving {
-    child: Child,
-    stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Serving {
-    fn start(mut cmd: Command) -> (Self, String) {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut first_line = String::new();
-        stdout.read_line(&mut first_line).unwrap();
-        (Self { child, stdout }, first_line)
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,5 +6,7 @@
 mod binaries;
 mod cli;
 mod deploy;
+mod directory;
 mod import;
 mod metrics;
+mod serving;

@@ -1,12 +1,15 @@
 //! PostgreSQL: connection pool, migrations, error classification, and the
 //! repositories of users and sessions.
 
+mod directory_cache;
 mod images;
+mod listen;
 mod outbox;
 mod session_cache;
 mod sessions;
 mod users;
 
+pub use directory_cache::{CachedUsers, DirectoryStats};
 pub use images::PgImageRepository;
 pub use outbox::PgOutbox;
 pub use session_cache::CachedSessions;

@@ -24,8 +24,7 @@
 //! is remembered only if the generation did not move during its query.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -33,10 +32,12 @@ use hub_core::{
     CredentialChange, Error, PasswordHash, Session, SessionEvent, SessionId, SessionQuery,
     SessionRepository, User, UserId,
 };
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
 
 use super::PgSessionRepository;
+use super::directory_cache::CachedUsers;
+use super::listen::{Invalidated, Liveness, listen};
 
 /// The channel the `sessions_changed` trigger notifies.
 pub const CHANNEL: &str = "polyhub_sessions";
@@ -49,14 +50,16 @@ pub struct CachedSessions {
     open: Mutex<HashMap<SessionId, (Session, Instant)>>,
     capacity: usize,
     max_age: Duration,
-    generation: AtomicU64,
-    listening: AtomicBool,
-    connections: AtomicU64,
+    live: Liveness,
+    /// The users read model, told of credential changes made here and fed
+    /// the users that profile reads bring back.
+    directory: Option<Arc<CachedUsers>>,
 }
 
 impl CachedSessions {
     /// At most `capacity` sessions are remembered (past that the cache
-    /// starts again empty), each for at most `max_age`.
+    /// starts again empty), each for at most `max_age`; with a `capacity`
+    /// of 0 none is, and only the directory (if any) is served.
     pub fn new(pool: PgPool, capacity: usize, max_age: Duration) -> Self {
         Self {
             inner: PgSessionRepository::new(pool.clone()),
@@ -64,20 +67,27 @@ impl CachedSessions {
             open: Mutex::new(HashMap::new()),
             capacity,
             max_age,
-            generation: AtomicU64::new(0),
-            listening: AtomicBool::new(false),
-            connections: AtomicU64::new(0),
+            live: Liveness::default(),
+            directory: None,
         }
+    }
+
+    /// The same cache, answering profile reads (a session and its user)
+    /// from `directory` too, and telling it of credential changes at once.
+    #[must_use]
+    pub fn with_directory(mut self, directory: Arc<CachedUsers>) -> Self {
+        self.directory = Some(directory);
+        self
     }
 
     /// Whether the cache is in use (its listener is connected).
     pub fn is_listening(&self) -> bool {
-        self.listening.load(Ordering::Acquire)
+        self.live.is_listening()
     }
 
     /// How many times the listener has connected (reconnections included).
     pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Acquire)
+        self.live.connections()
     }
 
     /// How many open sessions are remembered now.
@@ -86,36 +96,27 @@ impl CachedSessions {
     }
 
     fn forget(&self, id: SessionId) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.live.bump();
         if let Ok(mut open) = self.open.lock() {
             open.remove(&id);
         }
     }
 
     fn forget_user(&self, user: UserId) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.live.bump();
         if let Ok(mut open) = self.open.lock() {
             open.retain(|_, (s, _)| s.user_id != user);
         }
     }
 
-    fn forget_all(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut open) = self.open.lock() {
-            open.clear();
-        }
-    }
-
     fn remember(&self, session: &Session, generation: u64) {
-        if !self.is_listening() {
+        if self.capacity == 0 {
             return;
         }
         let Ok(mut open) = self.open.lock() else {
             return;
         };
-        // Checked under the lock: a forgetting takes the same lock after
-        // bumping the generation, so it cannot slip in between.
-        if self.generation.load(Ordering::Acquire) != generation {
+        if !self.live.may_remember(generation) {
             return;
         }
         if open.len() >= self.capacity {
@@ -124,57 +125,39 @@ impl CachedSessions {
         open.insert(session.id, (session.clone(), Instant::now()));
     }
 
+    /// The session if it is remembered and fresh; None when the cache is
+    /// off or does not have it.
+    fn recall(&self, id: SessionId) -> Option<Session> {
+        if !self.is_listening() {
+            return None;
+        }
+        let (session, at) = self.open.lock().ok()?.get(&id).cloned()?;
+        (at.elapsed() < self.max_age).then_some(session)
+    }
+
     /// Listens for session changes until `stop` completes, reconnecting with
     /// backoff; the cache is used only while this runs and is connected.
     pub async fn listen(&self, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        let mut wait = Duration::from_millis(100);
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut stop => break,
-                result = self.listen_once() => {
-                    self.listening.store(false, Ordering::Release);
-                    self.forget_all();
-                    match result {
-                        Ok(()) => {
-                            tracing::warn!("session-change listener lost its connection; cache off until it is back");
-                            wait = Duration::from_millis(100);
-                        }
-                        Err(e) => tracing::debug!(error = %e, retry_in = ?wait, "session-change listener cannot connect"),
-                    }
-                }
-            }
-            tokio::select! {
-                biased;
-                () = &mut stop => break,
-                () = tokio::time::sleep(wait) => {}
-            }
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
-        self.listening.store(false, Ordering::Release);
-        self.forget_all();
+        listen(&self.pool, CHANNEL, "sessions", self, stop).await;
+    }
+}
+
+impl Invalidated for CachedSessions {
+    fn liveness(&self) -> &Liveness {
+        &self.live
     }
 
-    /// One connection's worth of listening: returns when it is lost.
-    async fn listen_once(&self) -> Result<(), sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        // Lost notifications cannot be told apart from none: a lost
-        // connection ends this listener instead of reconnecting silently.
-        listener.ignore_pool_close_event(true);
-        listener.listen(CHANNEL).await?;
-        self.forget_all();
-        self.listening.store(true, Ordering::Release);
-        self.connections.fetch_add(1, Ordering::AcqRel);
-        tracing::info!("session-change listener connected; open sessions are cached");
-        loop {
-            match listener.try_recv().await? {
-                Some(notification) => match SessionId::parse(notification.payload()) {
-                    Ok(id) => self.forget(id),
-                    Err(_) => self.forget_all(),
-                },
-                None => return Ok(()),
-            }
+    fn notified(&self, payload: &str) {
+        match SessionId::parse(payload) {
+            Ok(id) => self.forget(id),
+            Err(_) => self.forget_all(),
+        }
+    }
+
+    fn forget_all(&self) {
+        self.live.bump();
+        if let Ok(mut open) = self.open.lock() {
+            open.clear();
         }
     }
 }
@@ -199,6 +182,9 @@ impl SessionRepository for CachedSessions {
         if change.password_hash.is_some() {
             self.forget_user(change.user);
         }
+        if let Some(directory) = &self.directory {
+            directory.forget_user(change.user);
+        }
         changed
     }
 
@@ -207,19 +193,10 @@ impl SessionRepository for CachedSessions {
         id: SessionId,
         now: OffsetDateTime,
     ) -> Result<Option<Session>, Error> {
-        if self.is_listening() {
-            let cached = self
-                .open
-                .lock()
-                .ok()
-                .and_then(|open| open.get(&id).cloned());
-            if let Some((session, at)) = cached
-                && at.elapsed() < self.max_age
-            {
-                return Ok(session.is_open_at(now).then_some(session));
-            }
+        if let Some(session) = self.recall(id) {
+            return Ok(session.is_open_at(now).then_some(session));
         }
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.live.generation();
         let found = self.inner.find_open(id, now).await?;
         if let Some(session) = &found {
             self.remember(session, generation);
@@ -232,7 +209,21 @@ impl SessionRepository for CachedSessions {
         id: SessionId,
         now: OffsetDateTime,
     ) -> Result<Option<(Session, User)>, Error> {
-        self.inner.find_open_with_user(id, now).await
+        let Some(directory) = &self.directory else {
+            return self.inner.find_open_with_user(id, now).await;
+        };
+        if let Some(session) = self.recall(id)
+            && let Some(user) = directory.recall_id(session.user_id)
+        {
+            return Ok(session.is_open_at(now).then_some((session, user)));
+        }
+        let (generation, users_generation) = (self.live.generation(), directory.generation());
+        let found = self.inner.find_open_with_user(id, now).await?;
+        if let Some((session, user)) = &found {
+            self.remember(session, generation);
+            directory.remember_user(user, users_generation);
+        }
+        Ok(found)
     }
 
     async fn revoke(&self, id: SessionId, at: OffsetDateTime, reason: &str) -> Result<bool, Error> {
