@@ -29,14 +29,18 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(work) {
+    let code = match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "polyhub failed");
+            telemetry::flush();
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The log's last lines are still queued for its writer thread.
+    telemetry::flush();
+    code
 }
 
 /// Loads the configuration (`file`, then `POLYHUB_*` variables) and starts

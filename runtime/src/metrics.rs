@@ -462,6 +462,11 @@ pub async fn render(
 ) -> Exposition {
     let mut out = Exposition::new();
     metrics.write(&mut out);
+    out.counter(
+        "polyhub_log_lines_dropped_total",
+        "Log lines dropped because standard error did not keep up with them (16,384 may wait).",
+        crate::telemetry::dropped_lines(),
+    );
     for source in sources.iter() {
         source.collect(&mut out).await;
     }

@@ -72,6 +72,14 @@ async fn every_service_counts_its_requests_by_route_and_status() {
         r#"polyhub_http_request_duration_seconds_count{service="rest-auth",method="POST",route="/login"} 2"#
     ));
     assert!(metrics.contains("polyhub_hashing_capacity "), "{metrics}");
+    assert!(
+        metrics.contains("polyhub_log_lines_dropped_total 0"),
+        "nothing dropped by a quiet hub: {metrics}"
+    );
+    assert!(
+        metrics.contains("polyhub_directory_cache_capacity 100000"),
+        "{metrics}"
+    );
 
     let metrics = scrape(&hub, Service::Sessions).await;
     assert!(
