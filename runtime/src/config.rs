@@ -197,6 +197,10 @@ pub struct HttpConfig {
     /// Cookies the hub sets are `Secure` (sent over HTTPS only); turn off
     /// only for plain-HTTP loopback use.
     pub secure_cookies: bool,
+    /// Gateways whose `X-Forwarded-For` names the client (addresses or
+    /// networks, `["127.0.0.1", "10.0.0.0/8"]`); none by default, and a
+    /// header from any other peer is ignored.
+    pub trusted_proxies: Vec<crate::forwarded::ProxyNet>,
 }
 
 /// Which requests the access log writes.
@@ -228,6 +232,7 @@ impl Default for HttpConfig {
             access_log: AccessLogMode::All,
             access_log_sample: 1,
             secure_cookies: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }

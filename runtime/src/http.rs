@@ -367,6 +367,10 @@ pub fn grpc_service_router(
             config.client_ipv6_prefix,
             hash_as_client,
         ))
+        .layer(middleware::from_fn_with_state(
+            crate::forwarded::TrustedProxies::new(&config.trusted_proxies),
+            crate::forwarded::forwarded_client,
+        ))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(
             TraceLayer::new_for_http()

@@ -10,6 +10,7 @@ pub mod connections;
 #[cfg(test)]
 mod doc_table;
 pub mod errors;
+pub mod forwarded;
 pub mod grpc;
 pub mod health;
 pub mod http;

@@ -1344,3 +1344,80 @@ async fn an_admin_imports_users_over_rest_and_they_log_in() {
     );
     hub.stop().await;
 }
+
+/// Five failed logins from `client` (as `X-Forwarded-For` says), then the
+/// status of a sixth.
+async fn sixth_login_from(api: &Api, client: &str) -> StatusCode {
+    let mut last = StatusCode::OK;
+    for _ in 0..6 {
+        last = api
+            .client
+            .post(format!("{}/login", api.base))
+            .header("x-forwarded-for", client)
+            .json(&json!({"username": "nobody-here", "password": "wrong wrong"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_the_login_budget_is_the_forwarded_clients() {
+    let limited = |trusted: &[&str]| {
+        let mut setup = TestSetup::new(SERVICES);
+        let limit = &mut setup.config.services.rest_auth.login_limit;
+        limit.per_ip_burst = 5;
+        limit.per_ip_replenish_ms = 60_000;
+        limit.per_user_burst = 1_000;
+        setup.config.http.trusted_proxies = trusted.iter().map(|p| p.parse().unwrap()).collect();
+        setup
+    };
+    // The test's client is 127.0.0.1: trusted as a gateway, each forwarded
+    // client has a budget of its own...
+    let hub = limited(&["127.0.0.1"]).start().await;
+    let api = Api::new(&hub);
+    assert_eq!(
+        sixth_login_from(&api, "203.0.113.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        sixth_login_from(&api, "198.51.100.1, 203.0.113.2").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a forged entry left of the gateway's is not believed"
+    );
+    // ...the second client's first five were its own, not the first's.
+    let (status, _) = api
+        .post(
+            "/login",
+            json!({"username": "nobody-here", "password": "wrong wrong"}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the gateway's own address still has its budget"
+    );
+    hub.stop().await;
+
+    // Not trusted: the header is the client's word, ignored; one budget.
+    let hub = limited(&["10.0.0.0/8"]).start().await;
+    let api = Api::new(&hub);
+    assert_eq!(
+        sixth_login_from(&api, "203.0.113.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let (status, _) = api
+        .post(
+            "/login",
+            json!({"username": "nobody-here", "password": "wrong wrong"}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "every attempt spent the peer's budget"
+    );
+    hub.stop().await;
+}

@@ -1,0 +1,183 @@
+//! The client's address behind a gateway: `X-Forwarded-For`, believed only
+//! from the proxies named in `http.trusted_proxies`.
+//!
+//! Behind a gateway every request comes from the gateway's address, so the
+//! per-client budgets (logins, registrations, hashing shares) would spend
+//! one budget for everyone, and sessions would record the gateway as each
+//! user's client. When the connection's peer is a trusted proxy, the
+//! request's client is read from `X-Forwarded-For` instead: walking it from
+//! the right (the entry the nearest proxy added) past further trusted
+//! proxies, the first other address is the client. Entries to its left are
+//! whatever the client sent and never believed. A header from any other peer
+//! is ignored, so a client cannot choose its own address by sending one.
+//! With no trusted proxies (the default) nothing changes.
+//!
+//! The connection caps still count the socket's peer: behind a gateway they
+//! bound the gateway's connections, and the gateway bounds its clients'.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// One trusted proxy: an address (`10.0.0.5`) or a network (`10.0.0.0/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ProxyNet(IpNet);
+
+impl FromStr for ProxyNet {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        raw.parse::<IpNet>()
+            .or_else(|_| raw.parse::<IpAddr>().map(IpNet::from))
+            .map(Self)
+            .map_err(|_| format!("{raw:?} is neither an IP address nor a network (10.0.0.0/8)"))
+    }
+}
+
+impl TryFrom<String> for ProxyNet {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        raw.parse()
+    }
+}
+
+/// The proxies whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Arc<Vec<ProxyNet>>);
+
+impl TrustedProxies {
+    pub fn new(proxies: &[ProxyNet]) -> Self {
+        Self(Arc::new(proxies.to_vec()))
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        self.0.iter().any(|net| net.0.contains(&ip))
+    }
+
+    /// The client of a request whose connection came from `peer`.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if self.0.is_empty() || !self.trusts(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        let entries = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect::<Vec<_>>();
+        for entry in entries.iter().rev() {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                // Unreadable from here on: the last address believed stands.
+                return client;
+            };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// Replaces the request's `ConnectInfo` with its forwarded client, so every
+/// later reader (budgets, hashing shares, session client info) sees it.
+pub async fn forwarded_client(
+    State(proxies): State<TrustedProxies>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(ConnectInfo(peer)) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .copied()
+    {
+        let client = proxies.client(peer.ip(), request.headers());
+        if client != peer.ip() {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::new(client, 0)));
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxies(list: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(&list.iter().map(|p| p.parse().unwrap()).collect::<Vec<_>>())
+    }
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", v.parse().unwrap());
+        }
+        headers
+    }
+
+    fn ip(raw: &str) -> IpAddr {
+        raw.parse().unwrap()
+    }
+
+    #[test]
+    fn only_a_trusted_peer_is_believed() {
+        let headers = forwarded(&["203.0.113.9"]);
+        assert_eq!(
+            TrustedProxies::default().client(ip("127.0.0.1"), &headers),
+            ip("127.0.0.1"),
+            "no proxies configured: the peer"
+        );
+        let trusted = proxies(&["10.0.0.0/8"]);
+        assert_eq!(trusted.client(ip("192.0.2.1"), &headers), ip("192.0.2.1"));
+        assert_eq!(trusted.client(ip("10.1.2.3"), &headers), ip("203.0.113.9"));
+        assert_eq!(
+            trusted.client(ip("::ffff:10.1.2.3"), &headers),
+            ip("203.0.113.9"),
+            "an IPv4 peer on a dual-stack socket"
+        );
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_entry_is_the_client() {
+        let trusted = proxies(&["10.0.0.1", "10.0.0.2"]);
+        // The client forged the first entry; the gateways appended the rest.
+        let headers = forwarded(&["198.51.100.7, 203.0.113.9", "10.0.0.2"]);
+        assert_eq!(trusted.client(ip("10.0.0.1"), &headers), ip("203.0.113.9"));
+        // All trusted: the leftmost of them.
+        let headers = forwarded(&["10.0.0.2"]);
+        assert_eq!(trusted.client(ip("10.0.0.1"), &headers), ip("10.0.0.2"));
+        // No header: the peer.
+        assert_eq!(
+            trusted.client(ip("10.0.0.1"), &HeaderMap::new()),
+            ip("10.0.0.1")
+        );
+        // Garbage to the left of a believed entry stops the walk there.
+        let headers = forwarded(&["not-an-ip, 203.0.113.9"]);
+        assert_eq!(trusted.client(ip("10.0.0.1"), &headers), ip("203.0.113.9"));
+        let headers = forwarded(&["203.0.113.9, junk"]);
+        assert_eq!(trusted.client(ip("10.0.0.1"), &headers), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_misspelt_proxy_is_refused() {
+        assert!("10.0.0.0/33".parse::<ProxyNet>().is_err());
+        assert!("gateway".parse::<ProxyNet>().is_err());
+        assert!("::1".parse::<ProxyNet>().is_ok());
+    }
+}
