@@ -12,6 +12,8 @@ use hub_core::{
 use hub_store::{CachedUsers, PgUserRepository};
 use sqlx::PgPool;
 
+use crate::until;
+
 fn new_user(username: &str) -> NewUser {
     let username = Username::parse(username).unwrap();
     let hash = PasswordHasher::insecure_for_tests(1)
@@ -58,16 +60,6 @@ async fn listening(
     });
     until("the listener connects", || cache.is_listening()).await;
     (cache, stop, task)
-}
-
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..250 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what}: not within 5 s");
 }
 
 async fn lookup(cache: &CachedUsers, raw: &str) -> Option<User> {

@@ -12,6 +12,8 @@ use hub_core::{
 use hub_store::{CachedSessions, PgSessionRepository, PgUserRepository};
 use sqlx::PgPool;
 
+use crate::until;
+
 async fn open_session(pool: &PgPool) -> Session {
     let username = Username::parse("alice").unwrap();
     let hash = PasswordHasher::insecure_for_tests(1)
@@ -65,16 +67,6 @@ fn listening(
             .await;
     });
     (stop, task)
-}
-
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..250 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what}: not within 5 s");
 }
 
 async fn is_open(cache: &CachedSessions, id: SessionId) -> bool {
