@@ -43,5 +43,8 @@ pub use ports::{
 pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelayError, RelaySettings, RelaySnapshot, RelayStatus};
 pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId, SessionState};
-pub use token::{Claims, IssuedToken, Jwks, KeySet, KnownDevice, Principal, TokenSettings, Tokens};
+pub use token::{
+    Claims, IssuedToken, Jwks, KeySet, KnownDevice, Principal, TokenSettings, Tokens,
+    claimed_identity,
+};
 pub use user::{Email, Password, Role, UserId, Username};

@@ -107,6 +107,31 @@ impl Environment {
         environment
     }
 
+    /// Sets (or replaces) one `POLYHUB_*` variable for every process started
+    /// from this configuration from now on.
+    pub fn set(&mut self, name: &str, value: &str) -> &mut Self {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Another instance of the same deployment: the same database, MongoDB
+    /// database, bucket, key and settings, on ports of its own.
+    pub fn instance(&self) -> Self {
+        let vars = self
+            .vars
+            .iter()
+            .map(|(k, v)| {
+                if k.starts_with("POLYHUB_SERVICES__") && k.ends_with("__PORT") {
+                    (k.clone(), free_port().to_string())
+                } else {
+                    (k.clone(), v.clone())
+                }
+            })
+            .collect();
+        Self { vars }
+    }
+
     /// `binary args`, with this configuration and nothing else inherited.
     pub fn command(&self, binary: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin(binary));
@@ -115,6 +140,15 @@ impl Environment {
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .args(args);
         cmd
+    }
+
+    /// One `POLYHUB_*` variable of this configuration.
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{name} is not set"))
     }
 
     /// The port this configuration gives `service` (`rest-auth`, ...).
@@ -227,4 +261,112 @@ pub async fn python_json(script: &Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The six services of an instance, in the order `scripts/gateway` takes
+/// their ports.
+pub const SERVICES: [&str; 6] = [
+    "rest-auth",
+    "soap-register",
+    "soap-lookup",
+    "sessions",
+    "session-tracker",
+    "grpc-images",
+];
+
+/// nginx from the project's config (`deploy/nginx/polyhub.conf`, written
+/// out by `scripts/gateway`) in front of `instances`, on free loopback
+/// ports with its own prefix. Stopped when dropped.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Child,
+    pub dir: PathBuf,
+    pub http_port: u16,
+    pub grpc_port: u16,
+}
+
+impl Gateway {
+    pub fn start(instances: &[&Environment]) -> Self {
+        Self::start_on(free_port(), free_port(), instances)
+    }
+
+    /// On ports chosen beforehand (the instances' `external_url` names them).
+    pub fn start_on(http_port: u16, grpc_port: u16, instances: &[&Environment]) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("polyhub-gateway-{}", uuid::Uuid::now_v7().simple()));
+        let specs: Vec<String> = instances
+            .iter()
+            .map(|e| {
+                SERVICES
+                    .iter()
+                    .map(|s| e.port(s).to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            })
+            .collect();
+        let conf = Command::new("bash")
+            .arg(Path::new(ROOT).join("scripts/gateway"))
+            .arg("conf")
+            .arg(&dir)
+            .args([http_port.to_string(), grpc_port.to_string()])
+            .args(&specs)
+            .output()
+            .unwrap();
+        assert!(
+            conf.status.success(),
+            "scripts/gateway conf: {}{}",
+            String::from_utf8_lossy(&conf.stdout),
+            String::from_utf8_lossy(&conf.stderr)
+        );
+        let child = Command::new("bash")
+            .arg(Path::new(ROOT).join("scripts/gateway"))
+            .arg("run")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx did not listen on {http_port}: {}",
+                std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            child,
+            dir,
+            http_port,
+            grpc_port,
+        }
+    }
+
+    /// The one origin: `http://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The gRPC origin, as grpcio names a target.
+    pub fn grpc_target(&self) -> String {
+        format!("127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// The gateway's error log so far (for assertion messages).
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // `scripts/gateway run` execs nginx: this is the master process,
+        // which takes its workers with it on SIGTERM.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

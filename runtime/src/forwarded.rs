@@ -14,17 +14,37 @@
 //!
 //! The connection caps still count the socket's peer: behind a gateway they
 //! bound the gateway's connections, and the gateway bounds its clients'.
+//!
+//! A gateway that authenticates at the edge (nginx's `auth_request` against
+//! `/api/sessions/verify`) passes the identity it verified upstream in
+//! [`IDENTITY_HEADERS`]. polyhub still verifies every token itself; it only
+//! checks that the two agree. From a trusted proxy, a request carrying
+//! these headers must carry a bearer token that claims the same user and
+//! session, or it is refused as `INVALID_TOKEN`: a gateway that let a
+//! client's own header through is found on the first request, not trusted.
+//! From any other peer the headers are removed unread.
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, header};
 use axum::middleware::Next;
+use axum::response::IntoResponse;
 use axum::response::Response;
+use hub_core::{Error, ErrorCode};
 use ipnet::IpNet;
 use serde::Deserialize;
+
+/// The identity an authenticating gateway passes upstream: the user id,
+/// session id and role `/api/sessions/verify` answered with (it sends them
+/// as response headers of the same names for `auth_request_set`).
+pub const IDENTITY_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-polyhub-user-id"),
+    HeaderName::from_static("x-polyhub-session-id"),
+    HeaderName::from_static("x-polyhub-role"),
+];
 
 /// One trusted proxy: an address (`10.0.0.5`) or a network (`10.0.0.0/8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -60,6 +80,9 @@ impl TrustedProxies {
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             IpAddr::V4(_) => ip,
@@ -93,8 +116,42 @@ impl TrustedProxies {
     }
 }
 
+/// Why a gateway's identity headers and the request's token disagree, or
+/// `None` when they agree (or there are none).
+fn identity_mismatch(headers: &HeaderMap) -> Option<&'static str> {
+    let [user, session, _] = &IDENTITY_HEADERS;
+    if !IDENTITY_HEADERS.iter().any(|h| headers.contains_key(h)) {
+        return None;
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(token) = token else {
+        return Some("the gateway's identity headers came without a bearer token");
+    };
+    let Some((claimed_user, claimed_session)) = hub_core::claimed_identity(token) else {
+        return Some("the gateway's identity headers came with an unreadable token");
+    };
+    let header_is = |name: &HeaderName, claimed: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(claimed))
+    };
+    if header_is(user, &claimed_user) && header_is(session, &claimed_session) {
+        None
+    } else {
+        Some("the gateway's identity headers do not match the bearer token")
+    }
+}
+
 /// Replaces the request's `ConnectInfo` with its forwarded client, so every
-/// later reader (budgets, hashing shares, session client info) sees it.
+/// later reader (budgets, hashing shares, session client info) sees it, and
+/// checks a trusted gateway's identity headers against the token (or drops
+/// an untrusted peer's).
 pub async fn forwarded_client(
     State(proxies): State<TrustedProxies>,
     mut request: Request,
@@ -105,6 +162,25 @@ pub async fn forwarded_client(
         .get::<ConnectInfo<SocketAddr>>()
         .copied()
     {
+        if proxies.trusts(peer.ip()) {
+            if let Some(why) = identity_mismatch(request.headers()) {
+                tracing::warn!(
+                    peer = %peer.ip(),
+                    path = request.uri().path(),
+                    "{why}: refused (is the gateway removing clients' X-Polyhub-* headers?)"
+                );
+                let error = Error::with_message(ErrorCode::InvalidToken, why);
+                return if crate::pacing::is_grpc(&request) {
+                    crate::grpc::status(&error).into_http()
+                } else {
+                    crate::HttpError::from(error).into_response()
+                };
+            }
+        } else {
+            for name in &IDENTITY_HEADERS {
+                request.headers_mut().remove(name);
+            }
+        }
         let client = proxies.client(peer.ip(), request.headers());
         if client != peer.ip() {
             request
@@ -172,6 +248,54 @@ mod tests {
         assert_eq!(trusted.client(ip("10.0.0.1"), &headers), ip("203.0.113.9"));
         let headers = forwarded(&["203.0.113.9, junk"]);
         assert_eq!(trusted.client(ip("10.0.0.1"), &headers), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn identity_headers_must_match_the_token() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = |sub: &str, sid: &str| {
+            let claims = format!(r#"{{"sub":"{sub}","sid":"{sid}"}}"#);
+            format!("e30.{}.sig", b64.encode(claims))
+        };
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        let bearer = format!("Bearer {}", token("u1", "s1"));
+        assert_eq!(
+            identity_mismatch(&headers(&[("authorization", &bearer)])),
+            None
+        );
+        let agreeing = headers(&[
+            ("authorization", &bearer),
+            ("x-polyhub-user-id", "U1"),
+            ("x-polyhub-session-id", "s1"),
+            ("x-polyhub-role", "user"),
+        ]);
+        assert_eq!(identity_mismatch(&agreeing), None);
+        for forged in [
+            headers(&[("x-polyhub-user-id", "u1")]),
+            headers(&[("x-polyhub-role", "admin")]),
+            headers(&[
+                ("authorization", &bearer),
+                ("x-polyhub-session-id", "s2"),
+                ("x-polyhub-user-id", "u1"),
+            ]),
+            headers(&[("authorization", &bearer), ("x-polyhub-user-id", "u1")]),
+            headers(&[
+                ("authorization", "Bearer junk"),
+                ("x-polyhub-user-id", "u1"),
+            ]),
+        ] {
+            assert!(identity_mismatch(&forged).is_some(), "{forged:?}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use config::Config;
+pub use forwarded::IDENTITY_HEADERS;
 pub use health::Readiness;
 pub use http::{BearerToken, HttpError, JsonBody, QueryParams, cors_layer, service_router};
 pub use secret::Secret;

@@ -124,7 +124,7 @@ pub fn is_slow_body(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn is_grpc(request: &Request) -> bool {
+pub(crate) fn is_grpc(request: &Request) -> bool {
     request
         .headers()
         .get(header::CONTENT_TYPE)

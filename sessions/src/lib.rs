@@ -16,12 +16,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Json;
+use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use hub_core::{ClientInfo, Error, Outbox, RelayStatus, SessionId, SessionLifecycle, UserId};
 use hub_runtime::health::ReadinessDetail;
 use hub_runtime::metrics::{Exposition, MetricsSource};
-use hub_runtime::{BearerToken, HttpError, QueryParams, Service, ServiceContext};
+use hub_runtime::{BearerToken, HttpError, IDENTITY_HEADERS, QueryParams, Service, ServiceContext};
 use serde_json::{Value, json};
 
 use crate::api::{
@@ -73,19 +73,32 @@ async fn open(
     ))
 }
 
-/// `GET /api/sessions/verify`: what other services and gateways call.
+/// `GET /api/sessions/verify`: what other services and gateways call. The
+/// identity is also in response headers ([`IDENTITY_HEADERS`]), which is
+/// all nginx's `auth_request` can read of the answer.
 async fn verify(
     State(state): State<SessionsState>,
     BearerToken(token): BearerToken,
-) -> Result<Json<Verified>, HttpError> {
+) -> Result<impl IntoResponse, HttpError> {
     let principal = state.lifecycle.verify(&token).await?;
-    Ok(Json(Verified {
-        valid: true,
-        user_id: principal.user_id.as_uuid(),
-        session_id: principal.session_id.as_uuid(),
-        role: principal.role.as_str().to_owned(),
-        expires_at: principal.expires_at,
-    }))
+    let [user, session, role] = IDENTITY_HEADERS;
+    let user_id = principal.user_id.as_uuid();
+    let session_id = principal.session_id.as_uuid();
+    let identity = [
+        (user, user_id.to_string()),
+        (session, session_id.to_string()),
+        (role, principal.role.as_str().to_owned()),
+    ];
+    Ok((
+        identity,
+        Json(Verified {
+            valid: true,
+            user_id,
+            session_id,
+            role: principal.role.as_str().to_owned(),
+            expires_at: principal.expires_at,
+        }),
+    ))
 }
 
 /// `GET /api/sessions/{user_id}`: open sessions (or all), newest first.

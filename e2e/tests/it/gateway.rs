@@ -1,0 +1,540 @@
+//! Three `hub serve` processes sharing PostgreSQL, MongoDB and S3 behind
+//! nginx running the project's own config (deploy/nginx/polyhub.conf): the
+//! one origin works for every protocol's client, the edge authenticates and
+//! rate-limits, and what one instance does the others see at once.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hub_e2e::{
+    Environment, Gateway, ROOT, Served, eventually, free_port, log_in, python, python_json,
+};
+use mongodb::bson::{Document, doc};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+/// A 2 x 2 PNG, made by hand.
+const PNG: &str = "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a730000001149444154789c63f8cfc000440c60f23f001bf203fdf3e74bb10000000049454e44ae426082";
+const PASSWORD: &str = "correct horse battery";
+
+struct Deployment {
+    environments: Vec<Environment>,
+    instances: Vec<Option<Served>>,
+    gateway: Gateway,
+}
+
+impl Deployment {
+    /// Three instances that name the gateway as their public address and
+    /// trust it as their proxy, and the gateway in front of them.
+    fn start() -> Self {
+        let (http_port, grpc_port) = (free_port(), free_port());
+        let origin = format!("http://127.0.0.1:{http_port}");
+        let mut first = Environment::new();
+        first.set("POLYHUB_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]");
+        for section in [
+            "REST_AUTH",
+            "SOAP_REGISTER",
+            "SOAP_LOOKUP",
+            "SESSIONS",
+            "SESSION_TRACKER",
+            "GRPC_IMAGES",
+        ] {
+            first.set(
+                &format!("POLYHUB_SERVICES__{section}__EXTERNAL_URL"),
+                &origin,
+            );
+        }
+        let environments = vec![first.instance(), first.instance(), first];
+        let instances = environments
+            .iter()
+            .map(|e| Some(e.start("hub", &["serve"], 6)))
+            .collect();
+        let gateway = Gateway::start_on(
+            http_port,
+            grpc_port,
+            &environments.iter().collect::<Vec<_>>(),
+        );
+        Self {
+            environments,
+            instances,
+            gateway,
+        }
+    }
+
+    /// Instance `i`'s own URL for `service`, bypassing the gateway.
+    fn direct(&self, i: usize, service: &str) -> String {
+        format!("http://127.0.0.1:{}", self.environments[i].port(service))
+    }
+
+    fn origin(&self) -> String {
+        self.gateway.url()
+    }
+}
+
+fn png_file(name: &str) -> std::path::PathBuf {
+    let image = std::env::temp_dir().join(format!("{name}.png"));
+    let bytes: Vec<u8> = (0..PNG.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&PNG[i..i + 2], 16).unwrap())
+        .collect();
+    std::fs::write(&image, bytes).unwrap();
+    image
+}
+
+async fn grpcio(target: &str, token: &str, images: &[&Path]) -> Value {
+    let script = Path::new(ROOT).join("adapters/grpc-images/tests/clients/grpcio_images.py");
+    let proto = Path::new(ROOT).join("proto");
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .args([target, token])
+        .arg(proto)
+        .args(images)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpcio_images.py {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_behind_the_gateway() {
+    let mut hub = Deployment::start();
+    let http = Client::new();
+    let origin = hub.origin();
+    let name = format!("gw.{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+
+    // The WSDL names the gateway; zeep registers and looks up through it.
+    let wsdl = http
+        .get(format!("{origin}/register?wsdl"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        wsdl.contains(&format!("location=\"{origin}/register\"")),
+        "{wsdl}"
+    );
+    let soap = python_json(
+        &Path::new(ROOT).join("e2e/clients/soap_user.py"),
+        &[
+            "register",
+            &format!("{origin}/register?wsdl"),
+            &format!("{origin}/user/soap?wsdl"),
+            &name,
+            &format!("{name}@example.com"),
+            PASSWORD,
+        ],
+    )
+    .await;
+    let user_id = soap["registered"].as_str().unwrap().to_owned();
+    assert_eq!(soap["found"], user_id.as_str(), "{soap}");
+
+    // REST login and profile through the one origin, on polyhub's path and
+    // on the seed contract's.
+    let token = log_in(&http, &origin, &name, PASSWORD).await;
+    let seed_login: Value = http
+        .post(format!("{origin}/api/auth/login"))
+        .json(&json!({"username": name, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(seed_login["token"].is_string(), "{seed_login}");
+    let profile = http
+        .get(format!("{origin}/profile"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(profile.status(), 200);
+    let verified: Value = http
+        .get(format!("{origin}/api/sessions/verify"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verified["user_id"], user_id.as_str(), "{verified}");
+    let session_id = verified["session_id"].as_str().unwrap().to_owned();
+
+    // The login reached MongoDB; the tracker answers through the gateway.
+    let last = eventually(Duration::from_secs(30), "the login in MongoDB", || {
+        let (http, origin, token) = (http.clone(), origin.clone(), token.clone());
+        async move {
+            let body: Value = http
+                .get(format!("{origin}/last-connection"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (!body["last_connection"].is_null()).then_some(body)
+        }
+    })
+    .await;
+    assert_eq!(last["username"], name.as_str());
+
+    // grpcio uploads through the gateway's gRPC origin; the image lists on
+    // every instance and is delivered through the gateway.
+    let image = png_file(&name);
+    let target = hub.gateway.grpc_target();
+    let uploaded = eventually(Duration::from_secs(30), "an upload via the gateway", || {
+        let (target, token, image) = (target.clone(), token.clone(), image.clone());
+        async move {
+            let seen = grpcio(&target, &token, &[&image]).await;
+            (seen["health"] == "SERVING").then_some(seen)
+        }
+    })
+    .await;
+    assert_eq!(
+        uploaded["without_token"], "UNAUTHENTICATED",
+        "the edge refuses a call without a token in gRPC's shape: {uploaded}"
+    );
+    let image_id = uploaded["uploaded"][0]["id"].as_str().unwrap().to_owned();
+    let url = uploaded["uploaded"][0]["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&format!("{origin}/images/")), "{url}");
+    let fetched = http.get(&url).send().await.unwrap();
+    assert_eq!(fetched.status(), 200, "{url}");
+    for i in 0..3 {
+        let direct = format!("127.0.0.1:{}", hub.environments[i].port("grpc-images"));
+        let seen = grpcio(&direct, &token, &[]).await;
+        assert!(
+            seen["listed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|id| id == image_id.as_str()),
+            "instance {i} lists the upload: {seen}"
+        );
+    }
+
+    // Identity headers from a client never reach an instance: through the
+    // gateway they are replaced (profile) or removed (login); sent straight
+    // to an instance, which trusts loopback as its proxy, they are refused.
+    let forged = [
+        ("x-polyhub-user-id", "0190a0a0-0000-7000-8000-000000000000"),
+        (
+            "x-polyhub-session-id",
+            "0190a0a0-0000-7000-8000-000000000001",
+        ),
+        ("x-polyhub-role", "admin"),
+    ];
+    let with_forged = |request: reqwest::RequestBuilder| {
+        forged
+            .iter()
+            .fold(request, |r, (name, value)| r.header(*name, *value))
+    };
+    let through = with_forged(http.get(format!("{origin}/profile")).bearer_auth(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        through.status(),
+        200,
+        "the gateway replaced the forged identity"
+    );
+    let body: Value = through.json().await.unwrap();
+    assert_eq!(body["id"], user_id.as_str(), "{body}");
+    let login = json!({"username": name, "password": PASSWORD});
+    let through = with_forged(http.post(format!("{origin}/login")).json(&login))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        through.status(),
+        200,
+        "the gateway removed the forged identity"
+    );
+    for (url, request) in [
+        (
+            "profile",
+            http.get(format!("{}/profile", hub.direct(1, "rest-auth")))
+                .bearer_auth(&token),
+        ),
+        (
+            "login",
+            http.post(format!("{}/login", hub.direct(1, "rest-auth")))
+                .json(&login),
+        ),
+    ] {
+        let direct = with_forged(request).send().await.unwrap();
+        assert_eq!(direct.status(), 401, "{url} with a forged identity, direct");
+        let body: Value = direct.json().await.unwrap();
+        assert_eq!(error_code(&body), "INVALID_TOKEN", "{body}");
+    }
+
+    session_changes_arrive_once(&hub, &http, &name, &user_id).await;
+    edge_rate_limit(&hub, &http).await;
+
+    // A logout through instance 1 is refused at once by the others, direct
+    // and through the gateway, on every protected route.
+    let logout = http
+        .post(format!("{}/logout", hub.direct(0, "rest-auth")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    for i in [1, 2] {
+        for url in [
+            format!("{}/profile", hub.direct(i, "rest-auth")),
+            format!("{}/api/sessions/verify", hub.direct(i, "sessions")),
+            format!("{}/last-connection", hub.direct(i, "session-tracker")),
+        ] {
+            let refused = http.get(&url).bearer_auth(&token).send().await.unwrap();
+            assert_eq!(refused.status(), 401, "{url} after logout on instance 1");
+        }
+    }
+    for (method, path) in [
+        ("GET", "/profile".to_owned()),
+        ("POST", "/logout".to_owned()),
+        ("GET", "/api/auth/profile".to_owned()),
+        ("GET", "/api/sessions/verify".to_owned()),
+        ("GET", format!("/api/sessions/{user_id}")),
+        (
+            "DELETE",
+            format!("/api/sessions/{user_id}?session={session_id}"),
+        ),
+        ("GET", "/last-connection".to_owned()),
+        ("POST", "/v1/images".to_owned()),
+        ("POST", "/admin/users/import".to_owned()),
+    ] {
+        let refused = http
+            .request(method.parse().unwrap(), format!("{origin}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401, "{method} {path} after logout");
+        assert!(refused.headers().contains_key("www-authenticate"));
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(
+            error_code(&body),
+            "INVALID_TOKEN",
+            "{method} {path}: {body}"
+        );
+    }
+    let refused = grpcio(&hub.gateway.grpc_target(), &token, &[]).await;
+    assert_eq!(refused["list_error"], "UNAUTHENTICATED", "{refused}");
+
+    // Last, as it leaves two instances: one dies under load.
+    let token = log_in(&http, &hub.direct(0, "rest-auth"), &name, PASSWORD).await;
+    an_instance_dies_under_load(&mut hub, &http, &name, &token).await;
+}
+
+/// 500 session changes, spread over the three instances and the gateway,
+/// each in MongoDB exactly once: every instance runs a relay, and no two
+/// deliver the same event.
+async fn session_changes_arrive_once(hub: &Deployment, http: &Client, name: &str, user_id: &str) {
+    let token = log_in(http, &hub.origin(), name, PASSWORD).await;
+    let bases: Vec<String> = (0..3)
+        .map(|i| hub.direct(i, "sessions"))
+        .chain([hub.origin()])
+        .collect();
+    let bases = Arc::new(bases);
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, bases, next, token) = (
+                http.clone(),
+                Arc::clone(&bases),
+                Arc::clone(&next),
+                token.clone(),
+            );
+            let user_id = user_id.to_owned();
+            tokio::spawn(async move {
+                // 250 opened sessions, each revoked: 500 changes.
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= 250 {
+                        break;
+                    }
+                    let opened = http
+                        .post(format!("{}/api/sessions", bases[n % 4]))
+                        .bearer_auth(&token)
+                        .json(&json!({}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(opened.status(), 201, "open #{n}");
+                    let opened: Value = opened.json().await.unwrap();
+                    let session = opened["session"]["id"].as_str().unwrap().to_owned();
+                    let revoked = http
+                        .delete(format!(
+                            "{}/api/sessions/{user_id}?session={session}",
+                            bases[(n + 1) % 4]
+                        ))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(
+                        revoked.status().is_success(),
+                        "revoke #{n}: {}",
+                        revoked.status()
+                    );
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let environment = &hub.environments[0];
+    let mut db = sqlx::PgConnection::connect(environment.var("POLYHUB_DATABASE__URL"))
+        .await
+        .unwrap();
+    let outbox: BTreeSet<String> = sqlx::query_as::<_, (uuid::Uuid,)>("SELECT id FROM outbox")
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id,)| id.to_string())
+        .collect();
+    assert!(outbox.len() >= 500, "{} events in the outbox", outbox.len());
+    let mongo = mongodb::Client::with_uri_str(environment.var("POLYHUB_MONGO__URL"))
+        .await
+        .unwrap();
+    let events = mongo
+        .database(environment.var("POLYHUB_MONGO__DATABASE"))
+        .collection::<Document>("session_events");
+    let expected = outbox.len() as u64;
+    let documents = eventually(Duration::from_secs(60), "every event in MongoDB", || {
+        let events = events.clone();
+        async move {
+            let n = events.count_documents(doc! {}).await.ok()?;
+            (n >= expected).then_some(n)
+        }
+    })
+    .await;
+    // Give a duplicate the time to show up before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let documents = documents.max(events.count_documents(doc! {}).await.unwrap());
+    assert_eq!(documents, expected, "one document per event");
+    let recorded: BTreeSet<String> = events
+        .distinct("_id", doc! {})
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recorded, outbox, "the same events on both sides");
+}
+
+/// Past its burst, the gateway's login limit answers 429 in polyhub's shape
+/// without reaching an instance.
+async fn edge_rate_limit(hub: &Deployment, http: &Client) {
+    let attempts: Vec<_> = (0..40)
+        .map(|_| {
+            http.post(format!("{}/api/auth/login", hub.origin()))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+        })
+        .collect();
+    let (mut limited, mut reached) = (0, 0);
+    for attempt in attempts {
+        let response = attempt.await.unwrap();
+        match response.status() {
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(error_code(&body), "TOO_MANY_ATTEMPTS", "{body}");
+                assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+                limited += 1;
+            }
+            // The instance's own answer to an empty login.
+            StatusCode::BAD_REQUEST => reached += 1,
+            other => panic!("an empty login answered {other}"),
+        }
+    }
+    assert!(limited >= 10, "{limited} of 40 limited at the edge");
+    assert!(reached >= 1, "the burst reached an instance");
+}
+
+/// One instance killed while honest clients read through the gateway: the
+/// gateway retries their idempotent requests elsewhere (no error is seen)
+/// and stops sending to the dead instance.
+async fn an_instance_dies_under_load(hub: &mut Deployment, http: &Client, name: &str, token: &str) {
+    let origin = hub.origin();
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (http, origin, stop, served) = (
+                http.clone(),
+                origin.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&served),
+            );
+            let (name, token) = (name.to_owned(), token.to_owned());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let request = if w % 2 == 0 {
+                        http.get(format!("{origin}/user/soap?username={name}"))
+                    } else {
+                        http.get(format!("{origin}/api/sessions/verify"))
+                            .bearer_auth(&token)
+                    };
+                    let response = request.send().await.unwrap();
+                    assert_eq!(
+                        response.status(),
+                        200,
+                        "worker {w}: {}",
+                        response.text().await.unwrap()
+                    );
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let access_log = hub.gateway.dir.join("logs/polyhub-access.log");
+    let dead_ports: Vec<String> = ["soap-lookup", "sessions"]
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", hub.environments[1].port(s)))
+        .collect();
+    hub.instances[1] = None; // SIGKILL: no graceful goodbye
+    let killed_at = std::fs::metadata(&access_log).unwrap().len() as usize;
+    let before = served.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let after = served.load(Ordering::Relaxed) - before;
+    assert!(after >= 50, "only {after} requests after the kill");
+    let log = std::fs::read_to_string(&access_log).unwrap();
+    let tried_dead = log[killed_at..]
+        .lines()
+        .filter(|line| dead_ports.iter().any(|port| line.contains(port.as_str())))
+        .count();
+    // Each upstream group tries the dead instance until it fails once
+    // (max_fails=1), and then not again within fail_timeout.
+    assert!(
+        tried_dead <= 8,
+        "{tried_dead} of {after} requests after the kill still went to the dead instance:\n{}",
+        hub.gateway.error_log()
+    );
+}
