@@ -294,6 +294,51 @@ def check_render(label: str, docs: list[dict], crds: dict, problems: Problems,
             problems.add(f"{label} {name_of(policy)}", "its podSelector selects no pod")
 
 
+# The verify the edge authenticates against, and what it passes upstream.
+AUTH_URL = "http://sessions.polyhub.svc.cluster.local:5004/api/sessions/verify"
+IDENTITY_HEADERS = {"X-Polyhub-User-Id", "X-Polyhub-Session-Id", "X-Polyhub-Role"}
+# Routes that need a token: they must sit behind the edge's authentication.
+PROTECTED = {"/profile", "/logout", "/admin/users/import", "/api/sessions",
+             "/last-connection", "/v1/images", "/polyhub.images.v1.ImageDelivery/"}
+
+
+def check_ingresses(label: str, docs: list[dict], problems: Problems, tls: bool) -> None:
+    """Each Ingress path reaches a Service port that exists; every protected
+    route is authenticated at the edge; with `tls`, every Ingress has it."""
+    ports = {}
+    for doc in docs:
+        if doc["kind"] == "Service":
+            ports[doc["metadata"]["name"]] = {p.get("name") for p in doc["spec"]["ports"]} | {
+                p["port"] for p in doc["spec"]["ports"]}
+    ingresses = [d for d in docs if d["kind"] == "Ingress"]
+    if not ingresses:
+        problems.add(label, "no Ingress")
+    routed = set()
+    for ingress in ingresses:
+        where = f"{label} {name_of(ingress)}"
+        notes = ingress["metadata"].get("annotations") or {}
+        authenticated = notes.get("nginx.ingress.kubernetes.io/auth-url") == AUTH_URL
+        if authenticated:
+            passed = set(notes.get("nginx.ingress.kubernetes.io/auth-response-headers", "").split(","))
+            if passed != IDENTITY_HEADERS:
+                problems.add(where, f"auth-response-headers must be {sorted(IDENTITY_HEADERS)}")
+        if tls and not ingress["spec"].get("tls"):
+            problems.add(where, "no TLS")
+        for rule in ingress["spec"].get("rules", []):
+            for path in (rule.get("http") or {}).get("paths", []):
+                service = path["backend"]["service"]
+                port = service["port"].get("name", service["port"].get("number"))
+                if port not in ports.get(service["name"], set()):
+                    problems.add(where, f"{path['path']} goes to {service['name']}:{port}, "
+                                        "which no Service has")
+                if path["path"] in PROTECTED and not authenticated:
+                    problems.add(where, f"{path['path']} needs a token but is not "
+                                        "authenticated at the edge")
+                routed.add(path["path"])
+    for path in sorted(PROTECTED - routed):
+        problems.add(label, f"no Ingress routes {path}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     root = pathlib.Path(__file__).resolve().parent.parent
@@ -312,6 +357,8 @@ def main() -> int:
         production = render(args.kubectl, k8s / "production")
     check_render("base", base, crds, problems, complete=False)
     check_render("production", production, crds, problems, complete=True)
+    check_ingresses("base", base, problems, tls=False)
+    check_ingresses("production", production, problems, tls=True)
     restore = []
     for path in sorted((args.root / "restore").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):

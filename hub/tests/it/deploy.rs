@@ -183,6 +183,27 @@ fn kubernetes_validation_names_each_mistake() {
             "              path: /health",
             "base Deployment/soap-lookup: readinessProbe must GET /ready",
         ),
+        // A protected route moved to the Ingress without edge authentication.
+        (
+            "base/ingress.yaml",
+            "          - path: /.well-known/jwks.json\n",
+            "          - path: /last-connection\n            pathType: Prefix\n            backend: { service: { name: session-tracker, port: { name: http } } }\n          - path: /.well-known/jwks.json\n",
+            "base Ingress/polyhub-public: /last-connection needs a token but is not authenticated at the edge",
+        ),
+        // A backend port no Service has.
+        (
+            "base/ingress.yaml",
+            "backend: { service: { name: soap-lookup, port: { name: http } } }",
+            "backend: { service: { name: soap-lookup, port: { name: soap } } }",
+            "base Ingress/polyhub-public: /user/soap goes to soap-lookup:soap, which no Service has",
+        ),
+        // The overlay's certificate dropped.
+        (
+            "production/kustomization.yaml",
+            "  - path: patches/ingress-tls.yaml\n    target:\n      kind: Ingress\n",
+            "",
+            "production Ingress/polyhub-protected: no TLS",
+        ),
         // A Secret the pods read that the overlay no longer makes.
         (
             "production/kustomization.yaml",
