@@ -60,6 +60,7 @@ fn docker_compose_validates_and_runs_every_service_on_its_port() {
         services,
         [
             "bucket",
+            "gateway",
             "grpc-images",
             "migrate",
             "minio",
@@ -87,6 +88,11 @@ fn docker_compose_validates_and_runs_every_service_on_its_port() {
             "{service} has a readiness healthcheck"
         );
     }
+    // The gateway runs the project's nginx config, in front of them all.
+    assert!(
+        config.contains("/deploy/nginx/polyhub.conf:/etc/nginx/conf.d/polyhub.conf:ro"),
+        "the gateway mounts deploy/nginx/polyhub.conf:\n{config}"
+    );
     // Images are pinned: no floating tags.
     for line in config
         .lines()
