@@ -276,7 +276,8 @@ pub const SERVICES: [&str; 6] = [
 
 /// nginx from the project's config (`deploy/nginx/polyhub.conf`, written
 /// out by `scripts/gateway`) in front of `instances`, on free loopback
-/// ports with its own prefix. Stopped when dropped.
+/// ports with its own prefix under `.data/gateway-tests/`. Stopped, and its
+/// prefix removed, when dropped.
 #[derive(Debug)]
 pub struct Gateway {
     child: Child,
@@ -292,8 +293,11 @@ impl Gateway {
 
     /// On ports chosen beforehand (the instances' `external_url` names them).
     pub fn start_on(http_port: u16, grpc_port: u16, instances: &[&Environment]) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("polyhub-gateway-{}", uuid::Uuid::now_v7().simple()));
+        // Its own prefix under .data/, as scripts/gateway up uses: no
+        // root-owned path, nothing of the system's nginx.
+        let dir = Path::new(ROOT)
+            .join(".data/gateway-tests")
+            .join(uuid::Uuid::now_v7().simple().to_string());
         let specs: Vec<String> = instances
             .iter()
             .map(|e| {
