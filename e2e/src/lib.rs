@@ -167,20 +167,28 @@ impl Environment {
     /// Starts `binary args` and waits until it has printed the address of
     /// each of the `listeners` it is expected to serve.
     pub fn start(&self, binary: &str, args: &[&str], listeners: usize) -> Served {
+        // Its log, for the message when it stops early.
+        let log_path = std::env::temp_dir().join(format!(
+            "polyhub-e2e-{binary}-{}.log",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut child = self
             .command(binary, args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut urls = std::collections::HashMap::new();
         while urls.len() < listeners {
             let mut line = String::new();
-            assert!(
-                stdout.read_line(&mut line).unwrap() > 0,
-                "{binary} stopped early"
-            );
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("{binary} stopped early:\n{}", tail.join("\n"));
+            }
             let mut parts = line.split_whitespace();
             if let (Some(service), Some(url)) = (parts.next(), parts.next()) {
                 urls.insert(service.to_owned(), url.to_owned());
@@ -188,7 +196,11 @@ impl Environment {
         }
         // Keep reading stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in stdout.lines() {});
-        Served { child, urls }
+        Served {
+            child,
+            urls,
+            log: log_path,
+        }
     }
 }
 
@@ -203,12 +215,14 @@ impl Default for Environment {
 pub struct Served {
     child: Child,
     urls: std::collections::HashMap<String, String>,
+    log: PathBuf,
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
