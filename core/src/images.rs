@@ -313,7 +313,12 @@ impl ImageLibrary {
             created_at: self.clock.now(),
         };
         self.store
-            .put(&key, clean.bytes, clean.format.content_type())
+            .put(
+                &key,
+                clean.bytes,
+                clean.format.content_type(),
+                Some(&clean.sha256),
+            )
             .await?;
         match self.images.insert(&image, &self.quota).await {
             Ok(stored) if stored.key != key => {

@@ -647,8 +647,17 @@ impl std::fmt::Debug for StoredObject {
 /// cannot be reached, or refuses our credentials, is `UNAVAILABLE`.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
-    /// Stores `bytes` at `key` (replacing what was there).
-    async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), Error>;
+    /// Stores `bytes` at `key` (replacing what was there). `sha256`, when
+    /// the caller has it already (lower-case hex of `bytes`), spares the
+    /// store hashing the bytes again (S3 signs the payload's SHA-256); a
+    /// wrong one makes the store refuse the object.
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        sha256: Option<&str>,
+    ) -> Result<(), Error>;
     /// The object at `key`, streamed; `None` when there is none.
     async fn get(&self, key: &str) -> Result<Option<StoredObject>, Error>;
     /// Whether an object is at `key`.

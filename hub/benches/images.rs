@@ -190,6 +190,8 @@ async fn direct_puts(images: &[Arc<Vec<u8>>], clients: usize) -> f64 {
                     &format!("direct/{i}.png"),
                     image.to_vec(),
                     "image/png",
+                    // A plain client: the SDK hashes the payload to sign it.
+                    None,
                 )
                 .await
                 .unwrap();

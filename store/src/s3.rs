@@ -217,18 +217,58 @@ impl S3ObjectStore {
     }
 }
 
+/// Tells the SigV4 signer the payload's SHA-256 instead of letting it hash
+/// the body (`x-amz-content-sha256` is then the given value).
+#[derive(Debug)]
+struct PrecomputedPayloadHash(String);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for PrecomputedPayloadHash {
+    fn name(&self) -> &'static str {
+        "PrecomputedPayloadHash"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        cfg.interceptor_state()
+            .store_put(aws_runtime::auth::PayloadSigningOverride::Precomputed(
+                self.0.clone(),
+            ));
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3ObjectStore {
-    async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), Error> {
-        self.client
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        sha256: Option<&str>,
+    ) -> Result<(), Error> {
+        let put = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
-            .body(SdkByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(|e| classify("storing an object", e))?;
+            .body(SdkByteStream::from(bytes));
+        let sent = match sha256 {
+            // The signature covers the payload's SHA-256: the caller's, so
+            // the SDK does not hash the bytes a second time.
+            Some(sha256) => {
+                put.customize()
+                    .interceptor(PrecomputedPayloadHash(sha256.to_owned()))
+                    .send()
+                    .await
+            }
+            None => put.send().await,
+        };
+        sent.map_err(|e| classify("storing an object", e))?;
         Ok(())
     }
 

@@ -1,9 +1,11 @@
 //! hub-store's tests against the real PostgreSQL (`#[sqlx::test]`: a fresh
-//! database per test) and a real MongoDB-wire server: one binary.
+//! database per test), a real MongoDB-wire server and a real S3 server: one
+//! binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod directory_cache;
 mod mongo;
+mod s3;
 mod session_cache;
 mod sessions;
 mod users;
