@@ -261,6 +261,43 @@ pub async fn log_in(http: &reqwest::Client, rest_auth: &str, name: &str, passwor
         .to_owned()
 }
 
+/// A 2 x 2 PNG, made by hand, written to a file named after `name`.
+pub fn png_file(name: &str) -> PathBuf {
+    const PNG: &str = "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a730000001149444154789c63f8cfc000440c60f23f001bf203fdf3e74bb10000000049454e44ae426082";
+    let image = std::env::temp_dir().join(format!("{name}.png"));
+    let bytes: Vec<u8> = (0..PNG.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&PNG[i..i + 2], 16).unwrap())
+        .collect();
+    std::fs::write(&image, bytes).unwrap();
+    image
+}
+
+/// The caller's last connection from the tracker at `tracker`, once the
+/// relay has put the login in MongoDB.
+pub async fn last_connection(http: &reqwest::Client, tracker: &str, token: &str) -> Value {
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the login in MongoDB",
+        || {
+            let (http, tracker, token) = (http.clone(), tracker.to_owned(), token.to_owned());
+            async move {
+                let body: Value = http
+                    .get(format!("{tracker}/last-connection"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (!body["last_connection"].is_null()).then_some(body)
+            }
+        },
+    )
+    .await
+}
+
 pub async fn python_json(script: &Path, args: &[&str]) -> Value {
     let out = tokio::process::Command::new(python())
         .arg(script)

@@ -10,15 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hub_e2e::{
-    Environment, Gateway, ROOT, Served, eventually, free_port, log_in, python, python_json,
+    Environment, Gateway, ROOT, Served, eventually, free_port, last_connection, log_in, png_file,
+    python_json,
 };
 use mongodb::bson::{Document, doc};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-/// A 2 x 2 PNG, made by hand.
-const PNG: &str = "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a730000001149444154789c63f8cfc000440c60f23f001bf203fdf3e74bb10000000049454e44ae426082";
 const PASSWORD: &str = "correct horse battery";
 
 struct Deployment {
@@ -75,33 +74,13 @@ impl Deployment {
     }
 }
 
-fn png_file(name: &str) -> std::path::PathBuf {
-    let image = std::env::temp_dir().join(format!("{name}.png"));
-    let bytes: Vec<u8> = (0..PNG.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&PNG[i..i + 2], 16).unwrap())
-        .collect();
-    std::fs::write(&image, bytes).unwrap();
-    image
-}
-
 async fn grpcio(target: &str, token: &str, images: &[&Path]) -> Value {
     let script = Path::new(ROOT).join("adapters/grpc-images/tests/clients/grpcio_images.py");
-    let proto = Path::new(ROOT).join("proto");
-    let out = tokio::process::Command::new(python())
-        .arg(script)
-        .args([target, token])
-        .arg(proto)
-        .args(images)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "grpcio_images.py {target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let proto = Path::new(ROOT).join("proto").display().to_string();
+    let images: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    let mut args = vec![target, token, proto.as_str()];
+    args.extend(images.iter().map(String::as_str));
+    python_json(&script, &args).await
 }
 
 fn error_code(body: &Value) -> &str {
@@ -198,22 +177,7 @@ async fn three_instances_behind_the_gateway() {
     let session_id = verified["session_id"].as_str().unwrap().to_owned();
 
     // The login reached MongoDB; the tracker answers through the gateway.
-    let last = eventually(Duration::from_secs(30), "the login in MongoDB", || {
-        let (http, origin, token) = (http.clone(), origin.clone(), token.clone());
-        async move {
-            let body: Value = http
-                .get(format!("{origin}/last-connection"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (!body["last_connection"].is_null()).then_some(body)
-        }
-    })
-    .await;
+    let last = last_connection(&http, &origin, &token).await;
     assert_eq!(last["username"], name.as_str());
 
     // grpcio uploads through the gateway's gRPC origin; the image lists on

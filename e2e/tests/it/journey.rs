@@ -5,11 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hub_e2e::{ROOT, eventually, log_in, python, python_json, serve};
+use hub_e2e::{ROOT, eventually, last_connection, log_in, png_file, python, python_json, serve};
 use serde_json::Value;
-
-/// A 2 x 2 PNG, made by hand.
-const PNG: &str = "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a730000001149444154789c63f8cfc000440c60f23f001bf203fdf3e74bb10000000049454e44ae426082";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_user_through_every_protocol() {
@@ -66,12 +63,7 @@ async fn one_user_through_every_protocol() {
     assert_eq!(verified["user_id"], user_id.as_str());
 
     // Upload an image with grpcio, and fetch its URL without credentials.
-    let image = std::env::temp_dir().join(format!("{name}.png"));
-    let bytes: Vec<u8> = (0..PNG.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&PNG[i..i + 2], 16).unwrap())
-        .collect();
-    std::fs::write(&image, bytes).unwrap();
+    let image = png_file(&name);
     let grpc_target = hub
         .url("grpc-images")
         .trim_start_matches("http://")
@@ -110,23 +102,7 @@ async fn one_user_through_every_protocol() {
     assert_eq!(fetched.headers()["content-type"], "image/png");
 
     // The login shows as the last connection.
-    let tracker = hub.url("session-tracker").to_owned();
-    let last = eventually(Duration::from_secs(30), "the login in MongoDB", || {
-        let (http, tracker, token) = (http.clone(), tracker.clone(), token.clone());
-        async move {
-            let body: Value = http
-                .get(format!("{tracker}/last-connection"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (!body["last_connection"].is_null()).then_some(body)
-        }
-    })
-    .await;
+    let last = last_connection(&http, hub.url("session-tracker"), &token).await;
     assert_eq!(last["user_id"], user_id.as_str());
     assert_eq!(last["username"], name.as_str());
 
