@@ -74,18 +74,8 @@ impl Environment {
             ),
         ];
         // Production hashing (600,000 iterations): these are the real binaries.
-        for section in [
-            "REST_AUTH",
-            "SOAP_REGISTER",
-            "SOAP_LOOKUP",
-            "SESSIONS",
-            "SESSION_TRACKER",
-            "GRPC_IMAGES",
-        ] {
-            vars.push((
-                format!("POLYHUB_SERVICES__{section}__PORT"),
-                free_port().to_string(),
-            ));
+        for service in SERVICES {
+            vars.push((setting(service, "PORT"), free_port().to_string()));
         }
         let environment = Self { vars };
         let key_arg = key.display().to_string();
@@ -112,6 +102,16 @@ impl Environment {
     pub fn set(&mut self, name: &str, value: &str) -> &mut Self {
         self.vars.retain(|(k, _)| k != name);
         self.vars.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Behind a gateway at `origin` on loopback: every service names it as
+    /// its public address and trusts loopback as its proxy.
+    pub fn behind_gateway(&mut self, origin: &str) -> &mut Self {
+        self.set("POLYHUB_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]");
+        for service in SERVICES {
+            self.set(&setting(service, "EXTERNAL_URL"), origin);
+        }
         self
     }
 
@@ -153,10 +153,7 @@ impl Environment {
 
     /// The port this configuration gives `service` (`rest-auth`, ...).
     pub fn port(&self, service: &str) -> u16 {
-        let name = format!(
-            "POLYHUB_SERVICES__{}__PORT",
-            service.replace('-', "_").to_uppercase()
-        );
+        let name = setting(service, "PORT");
         self.vars
             .iter()
             .find(|(k, _)| *k == name)
@@ -312,6 +309,14 @@ pub async fn python_json(script: &Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `POLYHUB_SERVICES__{SERVICE}__{key}` for `service` (`rest-auth`, ...).
+fn setting(service: &str, key: &str) -> String {
+    format!(
+        "POLYHUB_SERVICES__{}__{key}",
+        service.replace('-', "_").to_uppercase()
+    )
 }
 
 /// The six services of an instance, in the order `scripts/gateway` takes

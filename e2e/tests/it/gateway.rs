@@ -33,20 +33,7 @@ impl Deployment {
         let (http_port, grpc_port) = (free_port(), free_port());
         let origin = format!("http://127.0.0.1:{http_port}");
         let mut first = Environment::new();
-        first.set("POLYHUB_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]");
-        for section in [
-            "REST_AUTH",
-            "SOAP_REGISTER",
-            "SOAP_LOOKUP",
-            "SESSIONS",
-            "SESSION_TRACKER",
-            "GRPC_IMAGES",
-        ] {
-            first.set(
-                &format!("POLYHUB_SERVICES__{section}__EXTERNAL_URL"),
-                &origin,
-            );
-        }
+        first.behind_gateway(&origin);
         let environments = vec![first.instance(), first.instance(), first];
         let instances = environments
             .iter()
