@@ -23,7 +23,7 @@ pub mod session;
 pub mod token;
 pub mod user;
 
-pub use administration::Administration;
+pub use administration::{Administration, UserPage};
 pub use authentication::{AccountKey, Authentication, LoginName, LoginOutcome, ProfileChange};
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};

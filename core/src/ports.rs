@@ -71,6 +71,15 @@ pub trait UserRepository: Send + Sync + 'static {
     async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error>;
     /// Changes the user's email; `EMAIL_TAKEN` when another user has it.
     async fn update_email(&self, id: UserId, email: &Email) -> Result<(), Error>;
+    /// Up to `limit` users whose username or email starts with `prefix`
+    /// (folded; empty matches everyone), by username, after the username
+    /// `after`: the admin console's search, one page at a time.
+    async fn search(
+        &self,
+        prefix: &str,
+        after: Option<&Username>,
+        limit: u32,
+    ) -> Result<Vec<User>, Error>;
 }
 
 /// Where sessions live. Every change is written together with its outbox
@@ -390,6 +399,29 @@ pub mod memory {
                 }
                 None => Err(Error::new(ErrorCode::UserNotFound)),
             })?
+        }
+
+        async fn search(
+            &self,
+            prefix: &str,
+            after: Option<&Username>,
+            limit: u32,
+        ) -> Result<Vec<User>, Error> {
+            let prefix = prefix.to_lowercase();
+            self.with(|users| {
+                let mut found: Vec<User> = users
+                    .values()
+                    .filter(|u| {
+                        u.username.as_str().starts_with(&prefix)
+                            || u.email.as_str().starts_with(&prefix)
+                    })
+                    .filter(|u| after.is_none_or(|a| u.username.as_str() > a.as_str()))
+                    .cloned()
+                    .collect();
+                found.sort_by(|a, b| a.username.as_str().cmp(b.username.as_str()));
+                found.truncate(limit as usize);
+                found
+            })
         }
 
         async fn update_email(&self, id: UserId, email: &Email) -> Result<(), Error> {

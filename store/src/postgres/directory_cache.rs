@@ -311,6 +311,15 @@ impl UserRepository for CachedUsers {
         self.inner.find_by_email(email).await
     }
 
+    async fn search(
+        &self,
+        prefix: &str,
+        after: Option<&Username>,
+        limit: u32,
+    ) -> Result<Vec<User>, Error> {
+        self.inner.search(prefix, after, limit).await
+    }
+
     async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error> {
         let done = self.inner.update_password_hash(id, hash).await;
         self.forget_user(id);

@@ -246,6 +246,40 @@ impl UserRepository for PgUserRepository {
         found(done.rows_affected())
     }
 
+    async fn search(
+        &self,
+        prefix: &str,
+        after: Option<&Username>,
+        limit: u32,
+    ) -> Result<Vec<User>, Error> {
+        // A prefix, not a substring: both indexes below answer it, so a
+        // search costs a page whatever the number of users.
+        let escaped: String = prefix
+            .to_lowercase()
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, email, password_hash, role, created_at, updated_at \
+             FROM users \
+             WHERE (lower(username) LIKE $1 || '%' OR lower(email) LIKE $1 || '%') \
+               AND ($2::text IS NULL OR lower(username) > $2) \
+             ORDER BY lower(username) LIMIT $3",
+        )
+        .bind(escaped)
+        .bind(after.map(Username::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| classify("searching users", e))?
+        .into_iter()
+        .map(User::try_from)
+        .collect()
+    }
+
     async fn update_email(&self, id: UserId, email: &Email) -> Result<(), Error> {
         let done = sqlx::query("UPDATE users SET email = $2, updated_at = now() WHERE id = $1")
             .bind(id.as_uuid())

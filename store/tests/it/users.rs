@@ -209,3 +209,44 @@ async fn probe_reports_latency(pool: PgPool) {
     let latency = PgProbe::new(pool).probe().await.unwrap();
     assert!(latency < Duration::from_secs(2));
 }
+
+#[sqlx::test(migrator = "hub_store::MIGRATOR")]
+async fn search_pages_by_prefix_and_takes_wildcards_literally(pool: PgPool) {
+    let repo = PgUserRepository::new(pool.clone());
+    for (name, email) in [
+        ("anna", "anna@example.com"),
+        ("annabel", "bel@example.com"),
+        ("bob", "annex@example.org"),
+        ("a_b", "underscore@example.com"),
+        ("axb", "x@example.com"),
+    ] {
+        repo.insert(new_user(name, email)).await.unwrap();
+    }
+    let names = |users: Vec<hub_core::User>| -> Vec<String> {
+        users.iter().map(|u| u.username.as_str().to_owned()).collect()
+    };
+    // By username or email, ordered by username, case folded.
+    let found = repo.search("ANN", None, 10).await.unwrap();
+    assert_eq!(names(found), ["anna", "annabel", "bob"]);
+    // Keyset pages.
+    let first = repo.search("ann", None, 2).await.unwrap();
+    assert_eq!(names(first.clone()), ["anna", "annabel"]);
+    let rest = repo
+        .search("ann", Some(&first[1].username), 2)
+        .await
+        .unwrap();
+    assert_eq!(names(rest), ["bob"]);
+    // `_` and `%` are characters, not LIKE's wildcards.
+    assert_eq!(names(repo.search("a_", None, 10).await.unwrap()), ["a_b"]);
+    assert!(repo.search("%", None, 10).await.unwrap().is_empty());
+    // An empty prefix is everyone.
+    assert_eq!(repo.search("", None, 10).await.unwrap().len(), 5);
+    // The prefix indexes exist (the search reads a page, not the table).
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'users' AND indexname LIKE '%prefix'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes.len(), 2, "{indexes:?}");
+}
