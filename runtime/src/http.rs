@@ -57,6 +57,16 @@ impl HttpError {
     pub fn error(&self) -> &Error {
         &self.error
     }
+
+    /// The status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or_else(|| status_for(self.error.kind()))
+    }
+
+    /// When the client may come back, if it was told.
+    pub fn wait(&self) -> Option<Duration> {
+        self.retry_after
+    }
 }
 
 impl From<Error> for HttpError {

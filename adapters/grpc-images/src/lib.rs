@@ -21,6 +21,8 @@ pub mod pb {
 mod delivery;
 mod upload;
 
+pub use upload::receive;
+
 /// The OpenAPI 3.1 document of 5015's HTTP side (the gRPC side is
 /// described by proto/ and reflection).
 #[derive(utoipa::OpenApi)]

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
-use hub_core::{Error, ErrorCode, UploadBuffer};
+use hub_core::{Error, ErrorCode, ImageLimits, UploadBuffer};
 use hub_runtime::{BearerToken, HttpError};
 use serde::Serialize;
 
@@ -53,6 +53,36 @@ pub struct ErrorBody {
     pub request_id: Option<String>,
 }
 
+/// Reads an upload's bytes as they come: `IMAGE_TOO_LARGE` the moment the
+/// cap is passed, `REQUEST_TIMEOUT` when no bytes come for `stall`. The
+/// HTTP upload and the account console's upload form both read through here.
+pub async fn receive<S, B, E>(
+    mut chunks: S,
+    limits: &ImageLimits,
+    stall: Duration,
+) -> Result<UploadBuffer, HttpError>
+where
+    S: futures_util::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    let mut buffer = UploadBuffer::new(limits);
+    loop {
+        match tokio::time::timeout(stall, chunks.next()).await {
+            Err(_) => return Err(stalled(stall)),
+            Ok(None) => return Ok(buffer),
+            Ok(Some(Ok(chunk))) => buffer.push(chunk.as_ref().to_vec())?,
+            Ok(Some(Err(e))) => {
+                return Err(Error::with_message(
+                    ErrorCode::InvalidRequest,
+                    format!("the upload body could not be read: {e}"),
+                )
+                .into());
+            }
+        }
+    }
+}
+
 /// `POST /v1/images`
 #[utoipa::path(
     post, path = "/v1/images", tag = "images",
@@ -75,22 +105,12 @@ pub(crate) async fn upload(
 ) -> Result<(StatusCode, Json<ImageJson>), HttpError> {
     let principal = state.authentication.authenticate(&token).await?;
     let _slot = state.library.begin_upload(&principal)?;
-    let mut buffer = UploadBuffer::new(state.library.limits());
-    let mut chunks = body.into_data_stream();
-    loop {
-        match tokio::time::timeout(state.stall_timeout, chunks.next()).await {
-            Err(_) => return Err(stalled(state.stall_timeout)),
-            Ok(None) => break,
-            Ok(Some(Ok(chunk))) => buffer.push(chunk.to_vec())?,
-            Ok(Some(Err(e))) => {
-                return Err(Error::with_message(
-                    ErrorCode::InvalidRequest,
-                    format!("the upload body could not be read: {e}"),
-                )
-                .into());
-            }
-        }
-    }
+    let buffer = receive(
+        body.into_data_stream(),
+        state.library.limits(),
+        state.stall_timeout,
+    )
+    .await?;
     let image = state.library.upload(&principal, buffer).await?;
     Ok((
         StatusCode::CREATED,

@@ -70,7 +70,7 @@ impl DeviceCookie {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -90,7 +90,7 @@ impl std::fmt::Debug for RestAuthState {
     }
 }
 
-fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
+pub fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
@@ -126,6 +126,42 @@ async fn login(
             .into());
         }
     };
+    let signed_in = sign_in(&state, name, request.password, addr, &headers).await?;
+    let mut response = Json(LoginResponse {
+        token: signed_in.outcome.token.token,
+        token_type: "Bearer".to_owned(),
+        expires_in: signed_in.outcome.token.expires_in,
+        session_id: signed_in.outcome.session.id.as_uuid(),
+    })
+    .into_response();
+    if let Some(value) = signed_in.device_cookie {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// A login that passed every limit: the session, and the device token's
+/// `Set-Cookie` for this device's next login.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub outcome: hub_core::LoginOutcome,
+    pub device_cookie: Option<HeaderValue>,
+}
+
+/// A login with this service's limits: per client, then per account unless
+/// the device's own token (the `polyhub_device` cookie in `headers`) names
+/// this account, then the password. The JSON login and the account console
+/// both sign in through here, so the same limits hold for both.
+pub async fn sign_in(
+    state: &RestAuthState,
+    name: LoginName,
+    password: String,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<SignedIn, HttpError> {
     if let Err(wait) = state.limiter.check_client(addr.ip()) {
         tracing::warn!(client_ip = %addr.ip(), "login attempts limited for this client");
         return Err(too_many(wait));
@@ -136,7 +172,7 @@ async fn login(
     // A device that signed in to this account before spends its own
     // failures, not the account's budget, so guesses from elsewhere cannot
     // lock the owner out.
-    let known_device = cookie(&headers, DEVICE_COOKIE)
+    let known_device = cookie(headers, DEVICE_COOKIE)
         .and_then(|token| state.authentication.known_device(token))
         .filter(|device| account.user() == Some(device.user_id))
         .filter(|device| !state.limiter.device_locked(&device.device));
@@ -148,7 +184,7 @@ async fn login(
     }
     let outcome = match state
         .authentication
-        .login(name, request.password, client_info(addr, &headers))
+        .login(name, password, client_info(addr, headers))
         .await
     {
         Ok(outcome) => outcome,
@@ -161,30 +197,54 @@ async fn login(
             return Err(e.into());
         }
     };
-    let mut response = Json(LoginResponse {
-        token: outcome.token.token,
-        token_type: "Bearer".to_owned(),
-        expires_in: outcome.token.expires_in,
-        session_id: outcome.session.id.as_uuid(),
-    })
-    .into_response();
     // A fresh device token at every login: the next one from this device
     // is known to the account.
-    match state
+    let device_cookie = match state
         .authentication
         .device_token(outcome.user.id, state.device_cookie.lifetime)
     {
-        Ok(device) => {
-            if let Some(value) = state.device_cookie.set_cookie(&device.token) {
-                response.headers_mut().insert(header::SET_COOKIE, value);
-            }
+        Ok(device) => state.device_cookie.set_cookie(&device.token),
+        Err(e) => {
+            tracing::warn!(error = %e, "no device token for this login");
+            None
         }
-        Err(e) => tracing::warn!(error = %e, "no device token for this login"),
+    };
+    Ok(SignedIn {
+        outcome,
+        device_cookie,
+    })
+}
+
+/// A registration with this service's per-client budget (shared with
+/// soap-register).
+pub async fn sign_up(
+    state: &RestAuthState,
+    addr: SocketAddr,
+    request: RegisterUser,
+) -> Result<hub_core::User, HttpError> {
+    state.limits.register(addr.ip()).map_err(too_many)?;
+    Ok(state.registration.register(request).await?)
+}
+
+/// A profile change, its check of the current password budgeted per
+/// client and per account (each is a full hash), so one token cannot keep
+/// the pool busy.
+pub async fn change_profile(
+    state: &RestAuthState,
+    addr: SocketAddr,
+    principal: &hub_core::Principal,
+    change: ProfileChange,
+) -> Result<hub_core::User, HttpError> {
+    if change.current_password.is_some() {
+        state
+            .limits
+            .password_check(addr.ip(), principal.user_id)
+            .map_err(too_many)?;
     }
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(state
+        .authentication
+        .update_profile(principal, change)
+        .await?)
 }
 
 /// `POST /register`
@@ -204,15 +264,16 @@ async fn register(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     JsonBody(request): JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<Profile>), HttpError> {
-    state.limits.register(addr.ip()).map_err(too_many)?;
-    let user = state
-        .registration
-        .register(RegisterUser {
+    let user = sign_up(
+        &state,
+        addr,
+        RegisterUser {
             username: request.username,
             email: request.email,
             password: request.password,
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(user.into())))
 }
 
@@ -255,25 +316,17 @@ async fn update_profile(
     JsonBody(update): JsonBody<ProfileUpdate>,
 ) -> Result<Json<Profile>, HttpError> {
     let principal = state.authentication.authenticate(&token).await?;
-    // Each check of the current password is a full hash: budgeted per
-    // client and per account, so one token cannot keep the pool busy.
-    if update.current_password.is_some() {
-        state
-            .limits
-            .password_check(addr.ip(), principal.user_id)
-            .map_err(too_many)?;
-    }
-    let user = state
-        .authentication
-        .update_profile(
-            &principal,
-            ProfileChange {
-                email: update.email,
-                current_password: update.current_password,
-                new_password: update.new_password,
-            },
-        )
-        .await?;
+    let user = change_profile(
+        &state,
+        addr,
+        &principal,
+        ProfileChange {
+            email: update.email,
+            current_password: update.current_password,
+            new_password: update.new_password,
+        },
+    )
+    .await?;
     Ok(Json(user.into()))
 }
 
@@ -373,6 +426,16 @@ async fn test_db(State(state): State<RestAuthState>) -> Result<Json<DatabaseChec
 /// The whole service: its routes, `/openapi.json`, `/health` and `/ready`,
 /// behind the configured CORS allow-list.
 pub fn router(state: RestAuthState, context: ServiceContext) -> Result<Router, Error> {
+    router_with(state, context, Router::new())
+}
+
+/// As [`router`], with `mounted` (the account console) served on the same
+/// port, inside the same layers.
+pub fn router_with(
+    state: RestAuthState,
+    context: ServiceContext,
+    mounted: Router,
+) -> Result<Router, Error> {
     let document: Arc<str> = openapi::document().into();
     let import_max_bytes = state.import_max_bytes;
     let routes = Router::new()
@@ -398,6 +461,7 @@ pub fn router(state: RestAuthState, context: ServiceContext) -> Result<Router, E
                 }
             }),
         )
-        .with_state(state);
+        .with_state(state)
+        .merge(mounted);
     Ok(context.serve(routes))
 }
