@@ -62,6 +62,19 @@ impl Hub {
                 (service, url)
             })
             .collect();
+        let probes = Service::ALL
+            .into_iter()
+            .map(|service| {
+                let url = match bound.iter().find(|(_, l)| l.service == service) {
+                    Some((_, listener)) => local_url(listener.local_addr),
+                    None => match self.config.console.probe_url(service) {
+                        Some(url) => url.to_owned(),
+                        None => self.configured_address(service),
+                    },
+                };
+                (service, url)
+            })
+            .collect();
         self.prepare_stores(services, shutdown.clone()).await?;
         let relay = if !services.contains(&Service::Sessions) {
             None
@@ -73,6 +86,7 @@ impl Hub {
         };
         let assembly = Assembly {
             addresses,
+            probes,
             relay: relay.as_ref().map(hub_core::Relay::status),
         };
         let mut routers = Vec::new();
@@ -179,4 +193,15 @@ async fn supervise(
             Ok(())
         }
     }
+}
+
+/// A listener's own address as a URL this process can call: a wildcard
+/// bind is reached on loopback.
+fn local_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }

@@ -21,6 +21,9 @@ use crate::wiring::DirectoryMetrics;
 pub(crate) struct Assembly {
     /// The public address of every service, bound here or configured.
     pub addresses: Vec<(Service, String)>,
+    /// Where each service's `/ready` and `/metrics` are read from here: its
+    /// listener when this process runs it, else its configured address.
+    pub probes: Vec<(Service, String)>,
     pub relay: Option<Arc<RelayStatus>>,
 }
 
@@ -30,6 +33,18 @@ impl Assembly {
             .iter()
             .find(|(s, _)| *s == service)
             .map_or("", |(_, url)| url.as_str())
+    }
+
+    /// Where uploaded images are shown from.
+    fn public_urls(&self, base_url: Option<&str>) -> hub_grpc_images::PublicUrls {
+        match base_url {
+            Some(base) => hub_grpc_images::PublicUrls::External {
+                base: base.trim_end_matches('/').to_owned(),
+            },
+            None => hub_grpc_images::PublicUrls::Delivered {
+                base: self.address(Service::GrpcImages).to_owned(),
+            },
+        }
     }
 
     fn wsdl(&self) -> Arc<str> {
@@ -42,6 +57,33 @@ impl Assembly {
 }
 
 impl Hub {
+    /// The account console's state, beside rest-auth's own.
+    async fn console(
+        &self,
+        rest: hub_rest_auth::RestAuthState,
+        assembly: &Assembly,
+    ) -> anyhow::Result<hub_console::ConsoleState> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .build()
+            .context("building the console's HTTP client")?;
+        Ok(hub_console::ConsoleState {
+            rest,
+            lifecycle: self.session_lifecycle().await?,
+            administration: self.administration(),
+            library: self.image_library(),
+            urls: assembly.public_urls(self.config.images.public_base_url.as_deref()),
+            stall_timeout: self.config.images.stall_timeout(),
+            secure_cookies: self.config.http.secure_cookies,
+            readiness: assembly
+                .probes
+                .iter()
+                .map(|(service, url)| (service.name().to_owned(), url.clone()))
+                .collect(),
+            http,
+        })
+    }
+
     fn soap_limits(&self) -> hub_soap::Limits {
         hub_soap::Limits {
             max_bytes: self.config.soap.max_body_bytes,
@@ -86,21 +128,23 @@ impl Hub {
                     &self.config.services.rest_auth.login_limit,
                     self.config.http.client_ipv6_prefix,
                 ));
-                hub_rest_auth::router(
-                    hub_rest_auth::RestAuthState {
-                        authentication: self.authentication()?,
-                        registration: self.registration(),
-                        database: Arc::new(hub_store::PgProbe::new(self.pool.clone())),
-                        limiter: Arc::clone(&limiter),
-                        limits: Arc::clone(&self.limits),
-                        device_cookie: hub_rest_auth::DeviceCookie {
-                            lifetime: self.config.services.rest_auth.login_limit.device_lifetime(),
-                            secure: self.config.http.secure_cookies,
-                        },
-                        importer: self.importer(),
-                        import_batch: self.config.import.batch_size,
-                        import_max_bytes: self.config.import.max_body_bytes,
+                let rest = hub_rest_auth::RestAuthState {
+                    authentication: self.authentication()?,
+                    registration: self.registration(),
+                    database: Arc::new(hub_store::PgProbe::new(self.pool.clone())),
+                    limiter: Arc::clone(&limiter),
+                    limits: Arc::clone(&self.limits),
+                    device_cookie: hub_rest_auth::DeviceCookie {
+                        lifetime: self.config.services.rest_auth.login_limit.device_lifetime(),
+                        secure: self.config.http.secure_cookies,
                     },
+                    importer: self.importer(),
+                    import_batch: self.config.import.batch_size,
+                    import_max_bytes: self.config.import.max_body_bytes,
+                };
+                let console = hub_console::routes(self.console(rest.clone(), assembly).await?);
+                hub_rest_auth::router_with(
+                    rest,
                     ServiceContext {
                         readiness: context
                             .readiness
@@ -111,6 +155,7 @@ impl Hub {
                             .with_metrics(self.insecure_hashes()),
                         ..context
                     },
+                    console,
                 )
             }
             Service::SoapRegister => hub_soap_register::router(
@@ -159,14 +204,7 @@ impl Hub {
                     hub_grpc_images::ImagesState {
                         library: library.clone(),
                         authentication: self.authentication()?,
-                        urls: match &self.config.images.public_base_url {
-                            Some(base) => hub_grpc_images::PublicUrls::External {
-                                base: base.trim_end_matches('/').to_owned(),
-                            },
-                            None => hub_grpc_images::PublicUrls::Delivered {
-                                base: assembly.address(service).to_owned(),
-                            },
-                        },
+                        urls: assembly.public_urls(self.config.images.public_base_url.as_deref()),
                         store_probe: Arc::new(hub_store::S3Probe::new(self.image_store())),
                         max_message_bytes: self.config.images.max_message_bytes,
                         stall_timeout: self.config.images.stall_timeout(),

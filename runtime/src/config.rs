@@ -33,6 +33,7 @@ pub struct Config {
     pub soap: SoapConfig,
     pub limits: LimitsConfig,
     pub import: ImportConfig,
+    pub console: ConsoleConfig,
     pub services: ServicesConfig,
 }
 
@@ -632,6 +633,29 @@ impl LoginLimitConfig {
 
     pub fn device_lifetime(&self) -> Duration {
         Duration::from_secs(self.device_lifetime_days.max(1) * 24 * 60 * 60)
+    }
+}
+
+/// The account console (on rest-auth's port).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Where the admin's system page reads `/ready` and `/metrics` of a
+    /// service this process does not run, by service (`sessions`,
+    /// `session_tracker`, ...: `POLYHUB_CONSOLE__PROBE_URLS__SESSIONS`).
+    /// A service without one is read at its configured address; one this
+    /// process runs, on its own listener.
+    pub probe_urls: std::collections::BTreeMap<String, String>,
+}
+
+impl ConsoleConfig {
+    /// The probe address configured for `service`, if any.
+    pub fn probe_url(&self, service: Service) -> Option<&str> {
+        let key = service.name().replace('-', "_");
+        self.probe_urls
+            .iter()
+            .find(|(k, _)| k.replace('-', "_").eq_ignore_ascii_case(&key))
+            .map(|(_, url)| url.trim_end_matches('/'))
     }
 }
 

@@ -100,7 +100,9 @@ impl Service {
     /// What it serves, in a few words (the port table and `--help`).
     pub const fn summary(self) -> &'static str {
         match self {
-            Service::RestAuth => "REST/JSON auth: register, login, profile, JWKS",
+            Service::RestAuth => {
+                "REST/JSON auth: register, login, profile, JWKS; the account console"
+            }
             Service::SoapRegister => "SOAP 1.1/1.2 RegisterUser",
             Service::SoapLookup => "SOAP 1.1/1.2 LookupUser and the legacy GET",
             Service::Sessions => "session API and the outbox relay",
@@ -123,9 +125,14 @@ impl Service {
     /// The backing stores it uses, and how its readiness depends on each.
     pub const fn backing(self) -> &'static [(Backing, Need)] {
         match self {
-            Service::RestAuth | Service::SoapRegister | Service::SoapLookup => {
-                &[(Backing::Postgres, Need::Required)]
-            }
+            // The account console, on rest-auth's port, shows the last
+            // connection and stores uploads; both degrade without their store.
+            Service::RestAuth => &[
+                (Backing::Postgres, Need::Required),
+                (Backing::Mongo, Need::Reported),
+                (Backing::ObjectStore, Need::Reported),
+            ],
+            Service::SoapRegister | Service::SoapLookup => &[(Backing::Postgres, Need::Required)],
             Service::Sessions => &[
                 (Backing::Postgres, Need::Required),
                 (Backing::Mongo, Need::Reported),

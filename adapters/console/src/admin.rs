@@ -1,0 +1,468 @@
+//! An admin's pages: find users, see and revoke a user's sessions, grant and
+//! withdraw admin, and the system's state as `/ready` and `/metrics` tell
+//! it. Every call is checked by hub-core's use cases (FORBIDDEN for anyone
+//! but an admin); the pages only show what they answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Form;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use hub_core::{Error, ErrorCode, Role, SessionId};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::ConsoleState;
+use crate::account::{nav, open_sessions, read, session_card, whoami};
+use crate::guard;
+use crate::pages::{csrf, error_page, layout, notice, when};
+
+/// Users per page of a search.
+const USERS_PAGE: u32 = 20;
+/// How long the system page waits for one service.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `/metrics` families the system page shows: the pools and the relay.
+const SHOWN_METRICS: [&str; 5] = ["hashing", "sanitiz", "upload", "relay", "outbox"];
+/// At most this many metric lines per service.
+const MAX_METRIC_LINES: usize = 40;
+
+/// `GET /admin`
+pub(crate) async fn home() -> Redirect {
+    Redirect::to("/admin/users")
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct Search {
+    q: String,
+    after: Option<String>,
+}
+
+/// `GET /admin/users?q=&after=`
+pub(crate) async fn users(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Query(search): Query<Search>,
+) -> Response {
+    let signed = match guard::signed_in(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(page) => return page.into_response(),
+    };
+    let me = match whoami(&state, &signed).await {
+        Ok(user) => user,
+        Err(page) => return page.into_response(),
+    };
+    let page = match state
+        .administration
+        .search_as(
+            &signed.principal,
+            &search.q,
+            search.after.as_deref(),
+            USERS_PAGE,
+        )
+        .await
+    {
+        Ok(page) => page,
+        Err(e) => return error_page(&e),
+    };
+    let token = signed.csrf();
+    layout(
+        "Users",
+        Some(&nav(&me, &token, "/admin/users")),
+        html! {
+            form.card.search method="get" action="/admin/users" role="search" {
+                div.field {
+                    label for="q" { "Username or email starts with" }
+                    input id="q" name="q" type="search" value=(search.q) autocomplete="off";
+                }
+                button type="submit" { "Search" }
+            }
+            @if page.users.is_empty() {
+                p { "No user matches." }
+            } @else {
+                table.users {
+                    caption { "Users, by username" }
+                    thead { tr { th scope="col" { "Username" } th scope="col" { "Email" } th scope="col" { "Role" } th scope="col" { "Since" } } }
+                    tbody {
+                        @for user in &page.users {
+                            tr {
+                                td { a href={ "/admin/users/" (user.username.as_str()) } { (user.username.as_str()) } }
+                                td { (user.email.as_str()) }
+                                td { (user.role.as_str()) }
+                                td { (when(user.created_at)) }
+                            }
+                        }
+                    }
+                }
+                @if let Some(next) = &page.next {
+                    p { a href={ "/admin/users?q=" (encode(&search.q)) "&after=" (next.as_str()) } { "Next page" } }
+                }
+            }
+        },
+    )
+    .into_response()
+}
+
+/// A query value, percent-encoded.
+fn encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct Done {
+    done: Option<String>,
+}
+
+/// `GET /admin/users/{username}`
+pub(crate) async fn user(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    Query(query): Query<Done>,
+) -> Response {
+    let signed = match guard::signed_in(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(page) => return page.into_response(),
+    };
+    let me = match whoami(&state, &signed).await {
+        Ok(user) => user,
+        Err(page) => return page.into_response(),
+    };
+    let user = match state
+        .administration
+        .find_as(&signed.principal, &username)
+        .await
+    {
+        Ok(user) => user,
+        Err(e) => return error_page(&e),
+    };
+    let sessions = match open_sessions(&state, &signed, user.id).await {
+        Ok(sessions) => sessions,
+        Err(e) => return error_page(&e),
+    };
+    let last = match state
+        .lifecycle
+        .last_connection(&signed.principal, Some(user.username.as_str()))
+        .await
+    {
+        Ok((_, _, Some(last))) => when(last.at),
+        Ok((_, _, None)) => "Not recorded yet".to_owned(),
+        Err(e) => format!("Not available right now (code {})", e.code()),
+    };
+    let token = signed.csrf();
+    let base = format!("/admin/users/{}", user.username.as_str());
+    let note = match query.done.as_deref() {
+        Some("revoked") => Some("Sessions revoked."),
+        Some("role") => Some("Role changed."),
+        _ => None,
+    };
+    let (role_to, role_label) = match user.role {
+        Role::Admin => ("user", "Withdraw admin"),
+        Role::User => ("admin", "Grant admin"),
+    };
+    layout(
+        &format!("User {}", user.username.as_str()),
+        Some(&nav(&me, &token, "/admin/users")),
+        html! {
+            (notice(note))
+            section.card aria-labelledby="details" {
+                h2 id="details" { "Details" }
+                dl {
+                    dt { "Username" } dd { (user.username.as_str()) }
+                    dt { "Email" } dd { (user.email.as_str()) }
+                    dt { "Role" } dd { (user.role.as_str()) }
+                    dt { "Member since" } dd { (when(user.created_at)) }
+                    dt { "Last connection" } dd { (last) }
+                }
+                @if user.id != me.id {
+                    form method="post" action={ (base) "/role" } {
+                        (csrf(&token))
+                        input type="hidden" name="role" value=(role_to);
+                        button type="submit" { (role_label) }
+                    }
+                }
+            }
+            section aria-labelledby="sessions" {
+                h2 id="sessions" { "Open sessions (" (sessions.len()) ")" }
+                ul.devices {
+                    @for session in &sessions {
+                        (session_card(session, session.id == signed.principal.session_id, html! {
+                            form method="post" action={ (base) "/sessions/revoke" } {
+                                (csrf(&token))
+                                input type="hidden" name="session" value=(session.id.as_uuid());
+                                button type="submit" aria-label={ "Revoke the session signed in " (when(session.created_at)) } { "Revoke" }
+                            }
+                        }))
+                    }
+                }
+                @if !sessions.is_empty() {
+                    form method="post" action={ (base) "/sessions/revoke" } {
+                        (csrf(&token))
+                        button.danger type="submit" { "Revoke every session" }
+                    }
+                }
+            }
+        },
+    )
+    .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RevokeForm {
+    csrf: Option<String>,
+    session: Option<String>,
+}
+
+/// `POST /admin/users/{username}/sessions/revoke`: one session, or all.
+pub(crate) async fn revoke_sessions(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    form: Result<Form<RevokeForm>, FormRejection>,
+) -> Response {
+    let form = match read(form) {
+        Ok(form) => form,
+        Err(page) => return page.into_response(),
+    };
+    let signed = match guard::signed_post(&state, &headers, form.csrf.as_deref()).await {
+        Ok(signed) => signed,
+        Err(page) => return page.into_response(),
+    };
+    let revoked = async {
+        let user = state
+            .administration
+            .find_as(&signed.principal, &username)
+            .await?;
+        let session = form
+            .session
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(SessionId::parse)
+            .transpose()?;
+        state
+            .lifecycle
+            .revoke(&signed.principal, user.id, session)
+            .await?;
+        Ok::<_, Error>(user.username)
+    }
+    .await;
+    match revoked {
+        Ok(name) => {
+            Redirect::to(&format!("/admin/users/{}?done=revoked", name.as_str())).into_response()
+        }
+        Err(e) => error_page(&e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RoleForm {
+    csrf: Option<String>,
+    role: String,
+}
+
+/// `POST /admin/users/{username}/role`
+pub(crate) async fn set_role(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    form: Result<Form<RoleForm>, FormRejection>,
+) -> Response {
+    let form = match read(form) {
+        Ok(form) => form,
+        Err(page) => return page.into_response(),
+    };
+    let signed = match guard::signed_post(&state, &headers, form.csrf.as_deref()).await {
+        Ok(signed) => signed,
+        Err(page) => return page.into_response(),
+    };
+    let changed = async {
+        let role = Role::parse(&form.role)?;
+        state
+            .administration
+            .set_role_as(&signed.principal, &username, role)
+            .await
+    }
+    .await;
+    match changed {
+        Ok(user) => Redirect::to(&format!(
+            "/admin/users/{}?done=role",
+            user.username.as_str()
+        ))
+        .into_response(),
+        Err(e) => error_page(&e),
+    }
+}
+
+/// One service as the system page shows it.
+struct ServiceState {
+    name: String,
+    ready: Result<(u16, Value), String>,
+    metrics: Vec<String>,
+}
+
+async fn probe(http: &reqwest::Client, name: &str, base: &str) -> ServiceState {
+    let ready = async {
+        let response = http
+            .get(format!("{base}/ready"))
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| format!("unreachable: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .json::<Value>()
+            .await
+            .map_err(|e| format!("not JSON: {e}"))?;
+        Ok((status, body))
+    }
+    .await;
+    let metrics = async {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+                .filter(|l| {
+                    let name = l.split(['{', ' ']).next().unwrap_or_default();
+                    SHOWN_METRICS.iter().any(|m| name.contains(m))
+                })
+                .take(MAX_METRIC_LINES)
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+    .await
+    .unwrap_or_default();
+    ServiceState {
+        name: name.to_owned(),
+        ready,
+        metrics,
+    }
+}
+
+/// `/ready`'s JSON as `path: value` lines.
+fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&path, value, out);
+            }
+        }
+        Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        other => out.push((prefix.to_owned(), other.to_string())),
+    }
+}
+
+/// `GET /admin/system`: every service's readiness, the relay's backlog and
+/// lag, and the pools' load, read from the services' own `/ready` and
+/// `/metrics`.
+pub(crate) async fn system(State(state): State<Arc<ConsoleState>>, headers: HeaderMap) -> Response {
+    let signed = match guard::signed_in(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(page) => return page.into_response(),
+    };
+    if signed.principal.role != Role::Admin {
+        return error_page(&Error::with_message(
+            ErrorCode::Forbidden,
+            "the system's state is for admins",
+        ));
+    }
+    let me = match whoami(&state, &signed).await {
+        Ok(user) => user,
+        Err(page) => return page.into_response(),
+    };
+    let services = futures_util::future::join_all(
+        state
+            .readiness
+            .iter()
+            .map(|(name, base)| probe(&state.http, name, base)),
+    )
+    .await;
+    let token = signed.csrf();
+    layout(
+        "System",
+        Some(&nav(&me, &token, "/admin/system")),
+        html! {
+            ul.services {
+                @for service in &services {
+                    (service_card(service))
+                }
+            }
+        },
+    )
+    .into_response()
+}
+
+fn service_card(service: &ServiceState) -> Markup {
+    let (verdict, class) = match &service.ready {
+        Ok((200, _)) => ("Ready".to_owned(), "ok"),
+        Ok((status, _)) => (format!("Not ready (HTTP {status})"), "bad"),
+        Err(e) => (format!("Not reachable: {e}"), "bad"),
+    };
+    let mut fields = Vec::new();
+    if let Ok((_, body)) = &service.ready {
+        flatten("", body, &mut fields);
+    }
+    html! {
+        li.card {
+            h2 { (service.name) " " span class={ "state " (class) } { (verdict) } }
+            @if !fields.is_empty() {
+                dl.ready {
+                    @for (key, value) in &fields {
+                        dt { (key) } dd { (value) }
+                    }
+                }
+            }
+            @if !service.metrics.is_empty() {
+                details open {
+                    summary { "Pools and relay in /metrics" }
+                    pre { @for line in &service.metrics { (line) "\n" } }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_is_shown_as_paths() {
+        let mut out = Vec::new();
+        flatten(
+            "",
+            &serde_json::json!({"status": "ready", "relay": {"backlog": 3, "lag_ms": 12}}),
+            &mut out,
+        );
+        assert!(out.contains(&("relay.backlog".to_owned(), "3".to_owned())));
+        assert!(out.contains(&("status".to_owned(), "ready".to_owned())));
+        assert_eq!(encode("a b&c@d"), "a%20b%26c%40d");
+    }
+}

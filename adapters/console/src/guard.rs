@@ -1,0 +1,235 @@
+//! What stands between a browser and the pages: the session cookie, the
+//! CSRF tokens, the origin check on every POST, and the headers every page
+//! is sent with.
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hub_core::{Error, ErrorCode, Principal};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::ConsoleState;
+use crate::pages::{self, Early};
+
+/// The session's token: HttpOnly, SameSite=Strict, so no script and no
+/// other site's request carries it.
+pub const SESSION_COOKIE: &str = "polyhub_session";
+/// The CSRF token of the forms shown before signing in (sign in, sign up).
+pub const CSRF_COOKIE: &str = "polyhub_csrf";
+
+/// Every console page is sent with these: nothing loads but this origin's
+/// stylesheet and images, no frame may hold it, no address leaks to
+/// another site as a referrer, and nothing personal is cached.
+pub(crate) async fn page_headers(policy: HeaderValue, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, policy);
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // `same-origin`, not `no-referrer`: under `no-referrer` a browser sends
+    // `Origin: null` with the page's own forms, and the origin check needs
+    // the real one. Nothing goes to another site either way.
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A cookie's header value; `max_age` `Some(0)` removes it.
+pub(crate) fn set_cookie(
+    state: &ConsoleState,
+    name: &str,
+    value: &str,
+    max_age: Option<u64>,
+) -> Option<HeaderValue> {
+    let secure = if state.secure_cookies { "; Secure" } else { "" };
+    let max_age = max_age.map_or(String::new(), |s| format!("; Max-Age={s}"));
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{max_age}"
+    ))
+    .ok()
+}
+
+/// The CSRF token of a signed-in session: derived from the session's own
+/// token, which only this browser holds (in an HttpOnly cookie), so it is
+/// bound to the session, needs no storage, and is the same on every
+/// instance behind a gateway.
+pub(crate) fn session_csrf(token: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"polyhub console csrf\0");
+    hash.update(token.as_bytes());
+    URL_SAFE_NO_PAD.encode(hash.finalize())
+}
+
+/// A fresh random token for the forms shown before signing in.
+pub(crate) fn fresh_csrf() -> Result<String, Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::internal(format!("no randomness for a CSRF token: {e}")))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn equal(a: &str, b: &str) -> bool {
+    !a.is_empty() && a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// Why a POST was refused before it was read.
+pub(crate) fn refused(why: &str) -> Response {
+    tracing::warn!(why, "console form refused");
+    pages::problem_page(
+        StatusCode::FORBIDDEN,
+        &Error::with_message(ErrorCode::Forbidden, why),
+    )
+}
+
+/// The POST comes from a page of this origin: its `Origin` names the host
+/// the request was sent to. A browser sends `Origin` with every POST; one
+/// without it, or from elsewhere, is refused.
+pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Early> {
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Early::from(refused("the form was posted without an Origin")))?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Early::from(refused("the request names no host")))?;
+    let authority = origin
+        .split_once("://")
+        .map(|(_, authority)| authority)
+        .unwrap_or_default();
+    if authority.eq_ignore_ascii_case(host) {
+        Ok(())
+    } else {
+        Err(refused("the form was posted from another origin").into())
+    }
+}
+
+/// The form's CSRF token is the one expected.
+pub(crate) fn check_csrf(expected: &str, given: Option<&str>) -> Result<(), Early> {
+    match given {
+        Some(given) if equal(expected, given) => Ok(()),
+        Some(_) => Err(refused("the form's CSRF token is not this session's").into()),
+        None => Err(refused("the form was posted without its CSRF token").into()),
+    }
+}
+
+/// A signed-in browser: who it is and its session's token.
+#[derive(Debug)]
+pub(crate) struct Signed {
+    pub principal: Principal,
+    pub token: String,
+}
+
+impl Signed {
+    pub fn csrf(&self) -> String {
+        session_csrf(&self.token)
+    }
+}
+
+/// Back to the sign-in page, forgetting a cookie that no longer works.
+fn to_sign_in(state: &ConsoleState) -> Response {
+    let mut response = Redirect::to("/account/signin").into_response();
+    if let Some(clear) = set_cookie(state, SESSION_COOKIE, "", Some(0)) {
+        response.headers_mut().insert(header::SET_COOKIE, clear);
+    }
+    response
+}
+
+/// The signed-in browser, checked as every API request is (signature,
+/// claims, an open session); anything else goes to the sign-in page.
+pub(crate) async fn signed_in(state: &ConsoleState, headers: &HeaderMap) -> Result<Signed, Early> {
+    let Some(token) = hub_rest_auth::cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty())
+    else {
+        return Err(Redirect::to("/account/signin").into_response().into());
+    };
+    match state.rest.authentication.authenticate(token).await {
+        Ok(principal) => Ok(Signed {
+            principal,
+            token: token.to_owned(),
+        }),
+        Err(e) if e.code() == ErrorCode::InvalidToken => Err(to_sign_in(state).into()),
+        Err(e) => Err(pages::error_page(&e).into()),
+    }
+}
+
+/// A signed-in POST: from this origin, signed in, with the session's CSRF
+/// token.
+pub(crate) async fn signed_post(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+) -> Result<Signed, Early> {
+    same_origin(headers)?;
+    let signed = signed_in(state, headers).await?;
+    check_csrf(&signed.csrf(), csrf)?;
+    Ok(signed)
+}
+
+/// A POST from a form shown before signing in: from this origin, with the
+/// token of the `polyhub_csrf` cookie.
+pub(crate) fn anonymous_post(headers: &HeaderMap, csrf: Option<&str>) -> Result<(), Early> {
+    same_origin(headers)?;
+    let expected = hub_rest_auth::cookie(headers, CSRF_COOKIE).unwrap_or_default();
+    check_csrf(expected, csrf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn a_post_must_name_this_origin() {
+        let ok = headers(&[
+            (header::ORIGIN, "http://127.0.0.1:5001"),
+            (header::HOST, "127.0.0.1:5001"),
+        ]);
+        assert!(same_origin(&ok).is_ok());
+        for bad in [
+            headers(&[(header::HOST, "127.0.0.1:5001")]),
+            headers(&[
+                (header::ORIGIN, "http://evil.example"),
+                (header::HOST, "127.0.0.1:5001"),
+            ]),
+            headers(&[
+                (header::ORIGIN, "http://127.0.0.1:5002"),
+                (header::HOST, "127.0.0.1:5001"),
+            ]),
+            headers(&[(header::ORIGIN, "null"), (header::HOST, "127.0.0.1:5001")]),
+        ] {
+            let refused = same_origin(&bad).unwrap_err().into_response();
+            assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        }
+    }
+
+    #[test]
+    fn csrf_tokens_are_bound_and_compared_whole() {
+        let a = session_csrf("token-a");
+        assert_eq!(a, session_csrf("token-a"));
+        assert_ne!(a, session_csrf("token-b"));
+        assert!(check_csrf(&a, Some(&a)).is_ok());
+        assert!(check_csrf(&a, Some(&session_csrf("token-b"))).is_err());
+        assert!(check_csrf(&a, Some(&a[..10])).is_err());
+        assert!(check_csrf(&a, None).is_err());
+        // No cookie means no token matches, not even an empty one.
+        assert!(check_csrf("", Some("")).is_err());
+        assert_ne!(fresh_csrf().unwrap(), fresh_csrf().unwrap());
+    }
+}

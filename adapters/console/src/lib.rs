@@ -1,0 +1,156 @@
+//! The account console: polyhub in a browser. Server-rendered pages (maud,
+//! compiled with the crate; no script, no build step) for a user under
+//! `/account` (sign up, sign in, profile, devices, images) and for an admin
+//! under `/admin` (users, their sessions and role, the system's state).
+//!
+//! It is mounted on rest-auth's port ([`routes`], merged by
+//! `hub_rest_auth::router_with`), so it works with or without the gateway,
+//! and it goes through hub-core's use cases and rest-auth's own sign-in,
+//! sign-up and profile paths: the same limits, the same hashing budgets, the
+//! same error codes as the API.
+//!
+//! Browser security: the session's token lives in an HttpOnly,
+//! SameSite=Strict cookie (`Secure` unless `http.secure_cookies` is off);
+//! every form carries a CSRF token (bound to the session once signed in, to
+//! a cookie of its own before) and every POST must come from this origin;
+//! every page is sent with a strict Content-Security-Policy, `frame-ancestors
+//! 'none'`, no referrer and `Cache-Control: no-store`.
+
+mod account;
+mod admin;
+mod guard;
+mod pages;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
+use axum::middleware;
+use axum::routing::{get, post};
+use hub_core::{Administration, ImageLibrary, SessionLifecycle};
+use hub_grpc_images::PublicUrls;
+use hub_rest_auth::RestAuthState;
+
+pub use crate::guard::{CSRF_COOKIE, SESSION_COOKIE};
+
+/// The largest form the console reads, except the upload.
+const FORM_MAX_BYTES: usize = 16 * 1024;
+/// What the upload form may add around the image itself.
+const UPLOAD_FORM_OVERHEAD: usize = 64 * 1024;
+
+/// What the pages need.
+#[derive(Clone)]
+pub struct ConsoleState {
+    /// rest-auth's own state: sign-in, sign-up and profile changes go
+    /// through the same functions, limits and budgets as its JSON API.
+    pub rest: RestAuthState,
+    pub lifecycle: SessionLifecycle,
+    pub administration: Administration,
+    pub library: ImageLibrary,
+    /// Where a stored image is shown from.
+    pub urls: PublicUrls,
+    /// An upload that sends nothing for this long is ended.
+    pub stall_timeout: Duration,
+    /// Cookies carry `Secure` (off only for plain-HTTP loopback use).
+    pub secure_cookies: bool,
+    /// Every service and the address its `/ready` is read at, for the
+    /// admin's system page.
+    pub readiness: Vec<(String, String)>,
+    /// The client that reads them (short timeouts).
+    pub http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ConsoleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleState")
+            .field("secure_cookies", &self.secure_cookies)
+            .field("readiness", &self.readiness)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The origin images are shown from, for the policy's `img-src`: `'self'`
+/// when they are relative, else the scheme and authority of their address.
+fn image_origin(urls: &PublicUrls) -> String {
+    let sample = urls.url("x");
+    match sample.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split('/').next().unwrap_or_default();
+            format!("{scheme}://{authority}")
+        }
+        None => "'self'".to_owned(),
+    }
+}
+
+/// The console's routes, to be mounted on rest-auth's router (inside its
+/// request ids, tracing, connection limits and CORS).
+pub fn routes(state: ConsoleState) -> Router {
+    let policy = format!(
+        "default-src 'none'; style-src 'self'; img-src 'self' {}; form-action 'self'; \
+         frame-ancestors 'none'; base-uri 'none'",
+        image_origin(&state.urls)
+    );
+    let policy = HeaderValue::from_str(&policy)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
+    let upload_max = state
+        .library
+        .limits()
+        .max_bytes
+        .saturating_add(UPLOAD_FORM_OVERHEAD);
+    let pages = Router::new()
+        .route("/account", get(account::overview))
+        .route(
+            "/account/signup",
+            get(account::signup_page).post(account::signup),
+        )
+        .route(
+            "/account/signin",
+            get(account::signin_page).post(account::signin),
+        )
+        .route("/account/signout", post(account::signout))
+        .route("/account/email", post(account::change_email))
+        .route("/account/password", post(account::change_password))
+        .route("/account/devices", get(account::devices))
+        .route("/account/devices/signout", post(account::sign_device_out))
+        .route(
+            "/account/devices/signout-others",
+            post(account::sign_others_out),
+        )
+        .route(
+            "/account/images",
+            get(account::images)
+                .post(account::upload)
+                .layer(DefaultBodyLimit::max(upload_max)),
+        )
+        .route("/admin", get(admin::home))
+        .route("/admin/users", get(admin::users))
+        .route("/admin/users/{username}", get(admin::user))
+        .route(
+            "/admin/users/{username}/sessions/revoke",
+            post(admin::revoke_sessions),
+        )
+        .route("/admin/users/{username}/role", post(admin::set_role))
+        .route("/admin/system", get(admin::system))
+        .layer(DefaultBodyLimit::max(FORM_MAX_BYTES))
+        .layer(middleware::from_fn(move |request, next| {
+            guard::page_headers(policy.clone(), request, next)
+        }))
+        .with_state(Arc::new(state));
+    Router::new()
+        .route("/account/console.css", get(stylesheet))
+        .merge(pages)
+}
+
+/// The one stylesheet, compiled in.
+async fn stylesheet() -> impl axum::response::IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        include_str!("console.css"),
+    )
+}
