@@ -75,6 +75,24 @@ ensure_python_tools() {
     ensure_venv_requirements "$ROOT/scripts/requirements-test.txt"
 }
 
+# The account console's browser test: Debian's Chromium and its driver
+# (selenium is pointed at them; nothing downloads a browser), and axe-core
+# from npm, pinned by e2e/clients/package-lock.json.
+ensure_browser() {
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        log "installing chromium and chromium-driver (the console's browser test)"
+        apt_install chromium chromium-driver
+    fi
+    command -v npm >/dev/null || { log "installing npm (axe-core)"; apt_install nodejs npm; }
+    local clients="$ROOT/e2e/clients" stamp="$ROOT/e2e/clients/node_modules/.lock.sha256" want
+    want=$(sha256sum "$clients/package-lock.json" | cut -d' ' -f1)
+    if [ ! -f "$clients/node_modules/axe-core/axe.min.js" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "installing axe-core into e2e/clients/node_modules"
+        npm ci --prefix "$clients" --no-audit --no-fund --silent
+        echo "$want" >"$stamp"
+    fi
+}
+
 # A MongoDB-wire server: reuse whatever answers at MONGODB_URL; otherwise run
 # SecantusDB from .venv on that loopback port, with its data in .data/mongo.
 ensure_mongo() {
