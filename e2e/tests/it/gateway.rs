@@ -257,6 +257,7 @@ async fn three_instances_behind_the_gateway() {
     }
 
     session_changes_arrive_once(&hub, &http, &name, &user_id).await;
+    console_through_the_gateway(&hub, &name).await;
     edge_rate_limit(&hub, &http).await;
 
     // A logout through instance 1 is refused at once by the others, direct
@@ -444,6 +445,71 @@ async fn edge_rate_limit(hub: &Deployment, http: &Client) {
     }
     assert!(limited >= 10, "{limited} of 40 limited at the edge");
     assert!(reached >= 1, "the burst reached an instance");
+}
+
+/// The account console through the gateway: its pages are routed, and a
+/// sign-in form whose Origin names the gateway is accepted (nginx passes the
+/// client's Host, port included, which the origin check compares with).
+async fn console_through_the_gateway(hub: &Deployment, name: &str) {
+    let origin = hub.origin();
+    let browser = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = browser
+        .get(format!("{origin}/account/signin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    let csrf = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("polyhub_csrf="))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned();
+    let form = format!(
+        "csrf={csrf}&login={name}&password={}",
+        PASSWORD.replace(' ', "+")
+    );
+    let post = |origin_header: String| {
+        browser
+            .post(format!("{origin}/account/signin"))
+            .header("origin", origin_header)
+            .header("cookie", format!("polyhub_csrf={csrf}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.clone())
+            .send()
+    };
+    let forged = post("http://evil.example".to_owned()).await.unwrap();
+    assert_eq!(forged.status(), 403, "a form from another origin");
+    let signed_in = post(origin.clone()).await.unwrap();
+    assert_eq!(signed_in.status(), 303, "{:?}", signed_in.text().await);
+    assert_eq!(signed_in.headers()["location"], "/account");
+    let session = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("polyhub_session="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let account = browser
+        .get(format!("{origin}/account"))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(account.status(), 200);
+    assert!(account.text().await.unwrap().contains(name));
 }
 
 /// One instance killed while honest clients read through the gateway: the
