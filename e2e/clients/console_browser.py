@@ -39,9 +39,27 @@ browsers = []
 def fail(why):
     sys.stderr.write(f"console browser test failed: {why}\n")
     for driver in browsers:
-        page = driver.find_element(By.TAG_NAME, "body").text[:600]
-        sys.stderr.write(f"  at {driver.current_url}:\n{page}\n")
+        try:
+            page = driver.find_element(By.TAG_NAME, "body").text[:600]
+            sys.stderr.write(f"  at {driver.current_url}:\n{page}\n")
+        except Exception as e:
+            sys.stderr.write(f"  (a browser that cannot tell: {e})\n")
+    for driver in browsers:
+        try:
+            driver.quit()
+        except Exception:
+            pass
     sys.exit(1)
+
+
+def on_error(kind, value, trace):
+    """Any exception: its trace, then where every browser stood."""
+    import traceback
+    traceback.print_exception(kind, value, trace)
+    fail(f"{kind.__name__}: {value}")
+
+
+sys.excepthook = on_error
 
 
 def check(condition, why):
@@ -87,7 +105,17 @@ def press(driver, element, keys=None):
         element.click()
     else:
         element.send_keys(keys)
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+    try:
+        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+    except Exception as e:  # the page did not change: say where it stood
+        fail(f"no next page after pressing {element_name(element)}: {type(e).__name__} {e}")
+
+
+def element_name(element):
+    try:
+        return f"{element.tag_name} {element.text!r}"
+    except Exception:
+        return "an element that is gone"
 
 
 def submit(driver, action):

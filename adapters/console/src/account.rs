@@ -35,8 +35,13 @@ pub(crate) fn unreadable(rejection: &impl std::fmt::Display) -> Response {
 
 /// Reads a form, or answers the page saying why it could not.
 pub(crate) fn read<T>(form: Result<Form<T>, FormRejection>) -> Result<T, Early> {
-    form.map(|Form(form)| form)
-        .map_err(|e| unreadable(&e).into())
+    form.map(|Form(form)| form).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            pages::error_page(&Error::new(ErrorCode::RequestTooLarge)).into()
+        } else {
+            unreadable(&e).into()
+        }
+    })
 }
 
 /// The signed-in user's record and the navigation for a page.

@@ -19,8 +19,9 @@ fn screenshots() -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_in_a_real_browser() {
     let mut environment = Environment::new();
-    // Plain HTTP on loopback: the cookies cannot be Secure here.
-    environment.set("POLYHUB_HTTP__SECURE_COOKIES", "false");
+    // Secure cookies, as in production: browsers keep them over plain HTTP
+    // on loopback (a secure context), as `scripts/up` serves it.
+    environment.set("POLYHUB_HTTP__SECURE_COOKIES", "true");
     let hub = environment.start("hub", &["serve"], 6);
     let base = hub.url("rest-auth").to_owned();
     let http = reqwest::Client::new();
