@@ -223,7 +223,10 @@ async fn search_pages_by_prefix_and_takes_wildcards_literally(pool: PgPool) {
         repo.insert(new_user(name, email)).await.unwrap();
     }
     let names = |users: Vec<hub_core::User>| -> Vec<String> {
-        users.iter().map(|u| u.username.as_str().to_owned()).collect()
+        users
+            .iter()
+            .map(|u| u.username.as_str().to_owned())
+            .collect()
     };
     // By username or email, ordered by username, case folded.
     let found = repo.search("ANN", None, 10).await.unwrap();
