@@ -168,6 +168,11 @@ def inspect(driver, name):
         overflow = driver.execute_script(
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
         check(overflow <= 1, f"{name}: {overflow} px wider than the window at {width} px")
+    # The narrowest phones: nothing cut off sideways at 360 px either.
+    driver.set_window_size(360, 900)
+    overflow = driver.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    check(overflow <= 1, f"{name}: {overflow} px wider than the window at 360 px")
     driver.set_window_size(1280, 900)
     report["pages"].append({"page": name, "minor_axe": [v["id"] for v in result]})
 
