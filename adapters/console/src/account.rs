@@ -807,7 +807,7 @@ async fn images_page(
                                     img src=(url) alt={ "Image uploaded " (when(image.created_at)) }
                                         width=(image.width.min(320)) loading="lazy";
                                     figcaption {
-                                        (image.width) "×" (image.height) ", " (image.size_bytes / 1024) " KiB · "
+                                        (image.width) "×" (image.height) ", " (size(image.size_bytes)) " · "
                                         a href=(url) { "Public link" }
                                     }
                                 }
@@ -822,6 +822,15 @@ async fn images_page(
         },
     );
     (status, page).into_response()
+}
+
+/// A size as people read it.
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} bytes"),
+        1024..1_048_576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
+    }
 }
 
 /// `GET /account/images`
