@@ -91,7 +91,7 @@ fn row(name: &str, timing: &mut Timing, health: &mut Timing) {
     );
 }
 
-/// Signs in through the console's own form; the session cookie.
+/// Signs in through the console's own form; the `Cookie` header from then on.
 async fn sign_in(client: &reqwest::Client, base: &str, name: &str, password: &str) -> String {
     let page = client
         .get(format!("{base}/account/signin"))
@@ -120,15 +120,16 @@ async fn sign_in(client: &reqwest::Client, base: &str, name: &str, password: &st
         .await
         .unwrap();
     assert_eq!(signed_in.status(), 303);
+    // The session and its CSRF secret, as a browser sends them.
     signed_in
         .headers()
         .get_all(header::SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("polyhub_session="))
-        .and_then(|c| c.split(';').next())
-        .unwrap()
-        .to_owned()
+        .filter(|c| c.starts_with("polyhub_session=") || c.starts_with("polyhub_csrf="))
+        .filter_map(|c| c.split(';').next())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[tokio::main]

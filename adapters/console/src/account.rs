@@ -259,13 +259,23 @@ pub(crate) async fn signin(
     };
     match hub_rest_auth::sign_in(&state.rest, name, form.password, addr, &headers).await {
         Ok(signed_in) => {
-            let token = &signed_in.outcome.token;
+            // The session's cookie ends with the browser: the server decides
+            // how long the session lives (renewed while used, see
+            // `guard::keep_alive`). A fresh CSRF secret for the new session.
+            let secret = match guard::fresh_csrf() {
+                Ok(secret) => secret,
+                Err(e) => return pages::error_page(&e),
+            };
             let mut response = see_other("/account");
             let cookies = response.headers_mut();
-            if let Some(session) =
-                guard::set_cookie(&state, SESSION_COOKIE, &token.token, Some(token.expires_in))
+            for cookie in [
+                guard::set_cookie(&state, SESSION_COOKIE, &signed_in.outcome.token.token, None),
+                guard::set_cookie(&state, CSRF_COOKIE, &secret, None),
+            ]
+            .into_iter()
+            .flatten()
             {
-                cookies.append(header::SET_COOKIE, session);
+                cookies.append(header::SET_COOKIE, cookie);
             }
             if let Some(device) = signed_in.device_cookie {
                 cookies.append(header::SET_COOKIE, device);

@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hub_core::{Error, ErrorCode, Principal};
+use hub_core::{Error, ErrorCode, Principal, SessionId};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -59,14 +59,17 @@ pub(crate) fn set_cookie(
     .ok()
 }
 
-/// The CSRF token of a signed-in session: derived from the session's own
-/// token, which only this browser holds (in an HttpOnly cookie), so it is
-/// bound to the session, needs no storage, and is the same on every
-/// instance behind a gateway.
-pub(crate) fn session_csrf(token: &str) -> String {
+/// The CSRF token of a signed-in session: derived from this browser's own
+/// random secret (the HttpOnly `polyhub_csrf` cookie, fresh at every
+/// sign-in) and the session's id. Bound to the session, needs no storage,
+/// the same on every instance behind a gateway, and unchanged when the
+/// session's token is renewed, so a page open in another tab still posts.
+pub(crate) fn session_csrf(secret: &str, session: SessionId) -> String {
     let mut hash = Sha256::new();
     hash.update(b"polyhub console csrf\0");
-    hash.update(token.as_bytes());
+    hash.update(secret.as_bytes());
+    hash.update(b"\0");
+    hash.update(session.as_uuid().as_bytes());
     URL_SAFE_NO_PAD.encode(hash.finalize())
 }
 
@@ -123,17 +126,22 @@ pub(crate) fn check_csrf(expected: &str, given: Option<&str>) -> Result<(), Earl
     }
 }
 
-/// A signed-in browser: who it is and its session's token.
+/// A signed-in browser: who it is, and its CSRF secret.
 #[derive(Debug)]
 pub(crate) struct Signed {
     pub principal: Principal,
-    pub token: String,
+    secret: String,
 }
 
 impl Signed {
     pub fn csrf(&self) -> String {
-        session_csrf(&self.token)
+        session_csrf(&self.secret, self.principal.session_id)
     }
+}
+
+/// A well-formed CSRF secret from the browser's cookie.
+fn csrf_secret(headers: &HeaderMap) -> Option<&str> {
+    hub_rest_auth::cookie(headers, CSRF_COOKIE).filter(|t| t.len() == 43)
 }
 
 /// Back to the sign-in page, forgetting a cookie that no longer works.
@@ -146,19 +154,73 @@ fn to_sign_in(state: &ConsoleState) -> Response {
 }
 
 /// The signed-in browser, checked as every API request is (signature,
-/// claims, an open session); anything else goes to the sign-in page.
+/// claims, an open session); anything else goes to the sign-in page. A
+/// browser without its CSRF secret signs in again: its forms could not be
+/// told from forged ones.
 pub(crate) async fn signed_in(state: &ConsoleState, headers: &HeaderMap) -> Result<Signed, Early> {
     let Some(token) = hub_rest_auth::cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty())
     else {
         return Err(Redirect::to("/account/signin").into_response().into());
     };
+    let Some(secret) = csrf_secret(headers) else {
+        return Err(to_sign_in(state).into());
+    };
     match state.rest.authentication.authenticate(token).await {
         Ok(principal) => Ok(Signed {
             principal,
-            token: token.to_owned(),
+            secret: secret.to_owned(),
         }),
         Err(e) if e.code() == ErrorCode::InvalidToken => Err(to_sign_in(state).into()),
         Err(e) => Err(pages::error_page(&e).into()),
+    }
+}
+
+/// How close to its end a session's token is renewed on a page view.
+const RENEW_WITHIN: time::Duration = time::Duration::minutes(10);
+
+/// Keeps a browser's session alive while it is used: a page view (GET)
+/// whose token ends within [`RENEW_WITHIN`] slides the session (as
+/// `PUT /api/sessions/{id}` does, never past its maximum lifetime) and
+/// gets a fresh token in the cookie. Without it a console session would end
+/// with its first token, whatever the user was doing.
+pub(crate) async fn keep_alive(
+    state: axum::extract::State<std::sync::Arc<ConsoleState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let renewed = match (request.method() == axum::http::Method::GET)
+        .then(|| hub_rest_auth::cookie(request.headers(), SESSION_COOKIE))
+        .flatten()
+        .filter(|t| !t.is_empty())
+    {
+        Some(token) => renew(&state, token).await,
+        None => None,
+    };
+    let mut response = next.run(request).await;
+    if let Some(cookie) = renewed {
+        let sets_session = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .any(|v| v.as_bytes().starts_with(SESSION_COOKIE.as_bytes()));
+        if !sets_session {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+    }
+    response
+}
+
+async fn renew(state: &ConsoleState, token: &str) -> Option<HeaderValue> {
+    let principal = state.lifecycle.verify(token).await.ok()?;
+    if principal.expires_at - state.lifecycle.now() > RENEW_WITHIN {
+        return None;
+    }
+    match state.lifecycle.touch(&principal, principal.user_id).await {
+        Ok((_, fresh)) => set_cookie(state, SESSION_COOKIE, &fresh.token, None),
+        Err(e) => {
+            tracing::debug!(error = %e, "console session not renewed");
+            None
+        }
     }
 }
 
@@ -179,8 +241,7 @@ pub(crate) async fn signed_post(
 /// token of the `polyhub_csrf` cookie.
 pub(crate) fn anonymous_post(headers: &HeaderMap, csrf: Option<&str>) -> Result<(), Early> {
     same_origin(headers)?;
-    let expected = hub_rest_auth::cookie(headers, CSRF_COOKIE).unwrap_or_default();
-    check_csrf(expected, csrf)
+    check_csrf(csrf_secret(headers).unwrap_or_default(), csrf)
 }
 
 #[cfg(test)]
@@ -221,11 +282,18 @@ mod tests {
 
     #[test]
     fn csrf_tokens_are_bound_and_compared_whole() {
-        let a = session_csrf("token-a");
-        assert_eq!(a, session_csrf("token-a"));
-        assert_ne!(a, session_csrf("token-b"));
+        let (one, two) = (SessionId::generate(), SessionId::generate());
+        let secret = fresh_csrf().unwrap();
+        let a = session_csrf(&secret, one);
+        assert_eq!(a, session_csrf(&secret, one));
+        assert_ne!(a, session_csrf(&secret, two), "another session");
+        assert_ne!(
+            a,
+            session_csrf(&fresh_csrf().unwrap(), one),
+            "another browser"
+        );
         assert!(check_csrf(&a, Some(&a)).is_ok());
-        assert!(check_csrf(&a, Some(&session_csrf("token-b"))).is_err());
+        assert!(check_csrf(&a, Some(&session_csrf(&secret, two))).is_err());
         assert!(check_csrf(&a, Some(&a[..10])).is_err());
         assert!(check_csrf(&a, None).is_err());
         // No cookie means no token matches, not even an empty one.

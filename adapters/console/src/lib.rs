@@ -94,6 +94,7 @@ pub fn routes(state: ConsoleState) -> Router {
     );
     let policy = HeaderValue::from_str(&policy)
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
+    let state = Arc::new(state);
     let upload_max = state
         .library
         .limits()
@@ -134,10 +135,14 @@ pub fn routes(state: ConsoleState) -> Router {
         .route("/admin/users/{username}/role", post(admin::set_role))
         .route("/admin/system", get(admin::system))
         .layer(DefaultBodyLimit::max(FORM_MAX_BYTES))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard::keep_alive,
+        ))
         .layer(middleware::from_fn(move |request, next| {
             guard::page_headers(policy.clone(), request, next)
         }))
-        .with_state(Arc::new(state));
+        .with_state(state);
     Router::new()
         .route("/account/console.css", get(stylesheet))
         .merge(pages)

@@ -491,17 +491,16 @@ async fn console_through_the_gateway(hub: &Deployment, name: &str) {
     let signed_in = post(origin.clone()).await.unwrap();
     assert_eq!(signed_in.status(), 303, "{:?}", signed_in.text().await);
     assert_eq!(signed_in.headers()["location"], "/account");
+    // What the browser sends from now on: the session and its CSRF secret.
     let session = signed_in
         .headers()
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("polyhub_session="))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+        .filter(|c| c.starts_with("polyhub_session=") || c.starts_with("polyhub_csrf="))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("; ");
     let account = browser
         .get(format!("{origin}/account"))
         .header("cookie", session)

@@ -1,4 +1,4 @@
-use hub_testkit::{Service, TestHub};
+use hub_testkit::{Service, TestHub, TestSetup};
 use reqwest::{Client, StatusCode, header};
 use serde_json::json;
 
@@ -41,6 +41,16 @@ fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
         .find_map(|c| c.strip_prefix(&format!("{name}=")))
         .and_then(|c| c.split(';').next())
         .map(str::to_owned)
+}
+
+/// The `Cookie` header a browser sends after `signed_in` (the session and
+/// its CSRF secret).
+fn session_cookies(signed_in: &reqwest::Response) -> String {
+    format!(
+        "polyhub_session={}; polyhub_csrf={}",
+        set_cookie(signed_in, "polyhub_session").unwrap(),
+        set_cookie(signed_in, "polyhub_csrf").unwrap()
+    )
 }
 
 /// The `csrf` hidden field of the form posting to `action` in `page`.
@@ -104,10 +114,7 @@ async fn every_page_is_sent_with_the_browser_policies() {
     for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
         assert!(cookie.contains(attribute), "{cookie}");
     }
-    let session = format!(
-        "polyhub_session={}",
-        set_cookie(&signed_in, "polyhub_session").unwrap()
-    );
+    let session = session_cookies(&signed_in);
     for page in [
         "/account/signin",
         "/account/signup",
@@ -187,10 +194,7 @@ async fn pages_need_a_session_and_admin_pages_an_admin() {
 
     register(&http, &base, "quinn").await;
     let signed_in = sign_in(&http, &base, "quinn", PASSWORD).await;
-    let session = format!(
-        "polyhub_session={}",
-        set_cookie(&signed_in, "polyhub_session").unwrap()
-    );
+    let session = session_cookies(&signed_in);
     for page in ["/admin/users", "/admin/users/quinn", "/admin/system"] {
         let answer = http
             .get(format!("{base}{page}"))
@@ -210,10 +214,7 @@ async fn forged_and_oversized_forms_are_refused_before_they_act() {
     let http = client();
     register(&http, &base, "rosa").await;
     let signed_in = sign_in(&http, &base, "rosa", PASSWORD).await;
-    let session = format!(
-        "polyhub_session={}",
-        set_cookie(&signed_in, "polyhub_session").unwrap()
-    );
+    let session = session_cookies(&signed_in);
     let page = http
         .get(format!("{base}/account"))
         .header(header::COOKIE, &session)
@@ -325,4 +326,67 @@ async fn sign_in_spends_the_api_login_budget_and_says_when_to_come_back() {
         limited.contains("TOO_MANY_ATTEMPTS") && limited.contains("Try again in"),
         "{limited}"
     );
+}
+
+#[tokio::test]
+async fn a_session_in_use_is_renewed_and_its_open_forms_still_post() {
+    let mut setup = TestSetup::new(SERVICES);
+    // Tokens of five minutes: every page view is within the renewal window.
+    setup.config.tokens.lifetime_secs = 300;
+    let hub = setup.start().await;
+    let base = hub.url(Service::RestAuth);
+    let http = client();
+    register(&http, &base, "tove").await;
+    let signed_in = sign_in(&http, &base, "tove", PASSWORD).await;
+    let first = set_cookie(&signed_in, "polyhub_session").unwrap();
+    let secret = set_cookie(&signed_in, "polyhub_csrf").unwrap();
+    // Tokens count in whole seconds: a renewal within the login's second
+    // would sign the very same claims.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let page = http
+        .get(format!("{base}/account"))
+        .header(header::COOKIE, session_cookies(&signed_in))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let renewed = set_cookie(&page, "polyhub_session").expect("the token was not renewed");
+    assert_ne!(renewed, first);
+    let csrf = form_csrf(&page.text().await.unwrap(), "/account/email");
+    // The renewed token is a live one for the API too.
+    let profile = http
+        .get(format!("{base}/profile"))
+        .bearer_auth(&renewed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(profile.status(), StatusCode::OK);
+    // The form rendered before the renewal posts with the new cookie.
+    let posted = http
+        .post(format!("{base}/account/email"))
+        .header(header::ORIGIN, &base)
+        .header(
+            header::COOKIE,
+            format!("polyhub_session={renewed}; polyhub_csrf={secret}"),
+        )
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(encoded(&[
+            ("csrf", csrf.as_str()),
+            ("email", "tove.new@example.com"),
+            ("email_current_password", PASSWORD),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::SEE_OTHER);
+    // A POST never renews: only page views do.
+    assert!(set_cookie(&posted, "polyhub_session").is_none());
+    // Without its CSRF secret a browser is sent to sign in again.
+    let no_secret = http
+        .get(format!("{base}/account"))
+        .header(header::COOKIE, format!("polyhub_session={renewed}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_secret.status(), StatusCode::SEE_OTHER);
 }
