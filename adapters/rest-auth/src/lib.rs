@@ -110,7 +110,7 @@ pub fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
     )
 )]
 async fn login(
-    State(state): State<RestAuthState>,
+    State(state): State<Arc<RestAuthState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<LoginRequest>,
@@ -260,7 +260,7 @@ pub async fn change_profile(
     )
 )]
 async fn register(
-    State(state): State<RestAuthState>,
+    State(state): State<Arc<RestAuthState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     JsonBody(request): JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<Profile>), HttpError> {
@@ -288,7 +288,7 @@ async fn register(
     )
 )]
 async fn profile(
-    State(state): State<RestAuthState>,
+    State(state): State<Arc<RestAuthState>>,
     BearerToken(token): BearerToken,
 ) -> Result<Json<Profile>, HttpError> {
     let (_, user) = state.authentication.authenticate_user(&token).await?;
@@ -310,7 +310,7 @@ async fn profile(
     )
 )]
 async fn update_profile(
-    State(state): State<RestAuthState>,
+    State(state): State<Arc<RestAuthState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     BearerToken(token): BearerToken,
     JsonBody(update): JsonBody<ProfileUpdate>,
@@ -346,7 +346,7 @@ async fn update_profile(
     )
 )]
 async fn import_users(
-    State(state): State<RestAuthState>,
+    State(state): State<Arc<RestAuthState>>,
     BearerToken(token): BearerToken,
     hub_runtime::QueryParams(options): hub_runtime::QueryParams<api::ImportOptions>,
     JsonBody(users): JsonBody<Vec<api::ImportUser>>,
@@ -384,7 +384,7 @@ async fn import_users(
     )
 )]
 async fn logout(
-    State(state): State<RestAuthState>,
+    State(state): State<Arc<RestAuthState>>,
     BearerToken(token): BearerToken,
 ) -> Result<StatusCode, HttpError> {
     let principal = state.authentication.authenticate(&token).await?;
@@ -397,7 +397,7 @@ async fn logout(
     get, path = "/.well-known/jwks.json", tag = "auth",
     responses((status = 200, description = "The keys that verify our tokens", body = JwkSet))
 )]
-async fn jwks(State(state): State<RestAuthState>) -> Response {
+async fn jwks(State(state): State<Arc<RestAuthState>>) -> Response {
     let keys: JwkSet = state.authentication.tokens().jwks().into();
     let mut response = Json(keys).into_response();
     response.headers_mut().insert(
@@ -415,7 +415,9 @@ async fn jwks(State(state): State<RestAuthState>) -> Response {
         (status = 503, description = "UNAVAILABLE", body = api::ErrorBody),
     )
 )]
-async fn test_db(State(state): State<RestAuthState>) -> Result<Json<DatabaseCheck>, HttpError> {
+async fn test_db(
+    State(state): State<Arc<RestAuthState>>,
+) -> Result<Json<DatabaseCheck>, HttpError> {
     let latency = state.database.probe().await?;
     Ok(Json(DatabaseCheck {
         database: "ok".to_owned(),
@@ -461,7 +463,7 @@ pub fn router_with(
                 }
             }),
         )
-        .with_state(state)
+        .with_state(Arc::new(state))
         .merge(mounted);
     Ok(context.serve(routes))
 }

@@ -84,7 +84,7 @@ async fn operation(state: &SoapLookupState, call: OperationCall) -> Result<Respo
 
 /// `POST /user/soap` (LookupUser), `GET /user/soap?wsdl`, and the legacy
 /// `GET /user/soap?username=NAME`.
-async fn endpoint(State(state): State<SoapLookupState>, request: Request) -> Response {
+async fn endpoint(State(state): State<Arc<SoapLookupState>>, request: Request) -> Response {
     let request_id = hub_soap::request_id(request.headers());
     let outcome = match *request.method() {
         Method::GET if hub_soap::wants_wsdl(request.uri()) => {
@@ -145,7 +145,7 @@ pub fn router(state: SoapLookupState, context: ServiceContext) -> Result<Router,
         .unwrap_or_default();
     let routes = Router::new()
         .route("/user/soap", any(endpoint))
-        .with_state(state);
+        .with_state(Arc::new(state));
     Ok(context.serve(routes).layer(middleware::from_fn_with_state(
         Arc::new(allowed),
         refuse_unlisted_preflight,

@@ -104,7 +104,7 @@ async fn register(
 }
 
 /// `POST /register` (RegisterUser) and `GET /register?wsdl`.
-async fn endpoint(State(state): State<SoapRegisterState>, request: Request) -> Response {
+async fn endpoint(State(state): State<Arc<SoapRegisterState>>, request: Request) -> Response {
     let request_id = hub_soap::request_id(request.headers());
     let outcome = match *request.method() {
         Method::GET if hub_soap::wants_wsdl(request.uri()) => {
@@ -133,6 +133,6 @@ pub fn router(
 ) -> Result<Router, hub_core::Error> {
     let routes = Router::new()
         .route("/register", any(endpoint))
-        .with_state(state);
+        .with_state(Arc::new(state));
     Ok(context.serve(routes))
 }
