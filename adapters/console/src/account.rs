@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::ConsoleState;
 use crate::guard::{self, CSRF_COOKIE, SESSION_COOKIE, Signed};
 use crate::pages::{
-    self, Early, Field, Nav, Problem, csrf, field, form_problem, layout, notice, when,
+    self, Early, Field, Nav, Page, Problem, csrf, field, form_problem, layout, notice, when,
 };
 
 /// A form that could not be read at all (not url-encoded, too large).
@@ -51,7 +51,7 @@ pub(crate) async fn whoami(state: &ConsoleState, signed: &Signed) -> Result<User
         .authentication
         .profile(&signed.principal)
         .await
-        .map_err(|e| pages::error_page(&e).into())
+        .map_err(Early::from)
 }
 
 pub(crate) fn nav<'a>(user: &'a User, csrf: &'a str, current: &'a str) -> Nav<'a> {
@@ -63,8 +63,12 @@ pub(crate) fn nav<'a>(user: &'a User, csrf: &'a str, current: &'a str) -> Nav<'a
     }
 }
 
-fn see_other(to: &str) -> Response {
+fn redirect(to: &str) -> Response {
     Redirect::to(to).into_response()
+}
+
+fn see_other(to: &str) -> Page {
+    Ok(redirect(to))
 }
 
 /// `page` with the pre-sign-in CSRF cookie: the browser's own if it has a
@@ -74,19 +78,16 @@ fn anonymous_page(
     headers: &HeaderMap,
     status: StatusCode,
     page: impl FnOnce(&str) -> Markup,
-) -> Response {
+) -> Page {
     let existing = hub_rest_auth::cookie(headers, CSRF_COOKIE)
         .filter(|t| t.len() == 43)
         .map(str::to_owned);
-    let token = match existing.map_or_else(guard::fresh_csrf, Ok) {
-        Ok(token) => token,
-        Err(e) => return pages::problem_page(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    };
+    let token = existing.map_or_else(guard::fresh_csrf, Ok)?;
     let mut response = (status, page(&token)).into_response();
     if let Some(cookie) = guard::set_cookie(state, CSRF_COOKIE, &token, None) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
-    response
+    Ok(response)
 }
 
 // ---- sign up ----
@@ -134,7 +135,7 @@ fn signup_view(token: &str, form: &SignupForm, problem: Option<&Problem>) -> Mar
 pub(crate) async fn signup_page(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
-) -> Response {
+) -> Page {
     anonymous_page(&state, &headers, StatusCode::OK, |token| {
         signup_view(token, &SignupForm::default(), None)
     })
@@ -146,14 +147,9 @@ pub(crate) async fn signup(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     form: Result<Form<SignupForm>, FormRejection>,
-) -> Response {
-    let form = match read(form) {
-        Ok(form) => form,
-        Err(page) => return page.into_response(),
-    };
-    if let Err(refused) = guard::anonymous_post(&headers, form.csrf.as_deref()) {
-        return refused.into_response();
-    }
+) -> Page {
+    let form = read(form)?;
+    guard::anonymous_post(&headers, form.csrf.as_deref())?;
     let registered = hub_rest_auth::sign_up(
         &state.rest,
         addr,
@@ -224,7 +220,7 @@ pub(crate) async fn signin_page(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     Query(query): Query<SigninQuery>,
-) -> Response {
+) -> Page {
     let note = match (&query.created, &query.signed_out) {
         (Some(name), _) => Some(format!("Account {name} created: sign in with it.")),
         (None, Some(_)) => Some("You are signed out.".to_owned()),
@@ -243,14 +239,9 @@ pub(crate) async fn signin(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     form: Result<Form<SigninForm>, FormRejection>,
-) -> Response {
-    let form = match read(form) {
-        Ok(form) => form,
-        Err(page) => return page.into_response(),
-    };
-    if let Err(refused) = guard::anonymous_post(&headers, form.csrf.as_deref()) {
-        return refused.into_response();
-    }
+) -> Page {
+    let form = read(form)?;
+    guard::anonymous_post(&headers, form.csrf.as_deref())?;
     let login = form.login.trim();
     let name = if login.contains('@') {
         LoginName::Email(login.to_owned())
@@ -262,11 +253,8 @@ pub(crate) async fn signin(
             // The session's cookie ends with the browser: the server decides
             // how long the session lives (renewed while used, see
             // `guard::keep_alive`). A fresh CSRF secret for the new session.
-            let secret = match guard::fresh_csrf() {
-                Ok(secret) => secret,
-                Err(e) => return pages::error_page(&e),
-            };
-            let mut response = see_other("/account");
+            let secret = guard::fresh_csrf()?;
+            let mut response = redirect("/account");
             let cookies = response.headers_mut();
             for cookie in [
                 guard::set_cookie(&state, SESSION_COOKIE, &signed_in.outcome.token.token, None),
@@ -280,7 +268,7 @@ pub(crate) async fn signin(
             if let Some(device) = signed_in.device_cookie {
                 cookies.append(header::SET_COOKIE, device);
             }
-            response
+            Ok(response)
         }
         Err(e) => {
             let problem = Problem::new(&e, signin_field);
@@ -303,23 +291,15 @@ pub(crate) async fn signout(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     form: Result<Form<CsrfOnly>, FormRejection>,
-) -> Response {
-    let form = match read(form) {
-        Ok(form) => form,
-        Err(page) => return page.into_response(),
-    };
-    let signed = match guard::signed_post(&state, &headers, form.csrf.as_deref()).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
-    if let Err(e) = state.rest.authentication.logout(&signed.principal).await {
-        return pages::error_page(&e);
-    }
-    let mut response = see_other("/account/signin?signed_out=1");
+) -> Page {
+    let form = read(form)?;
+    let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
+    state.rest.authentication.logout(&signed.principal).await?;
+    let mut response = redirect("/account/signin?signed_out=1");
     if let Some(clear) = guard::set_cookie(&state, SESSION_COOKIE, "", Some(0)) {
         response.headers_mut().insert(header::SET_COOKIE, clear);
     }
-    response
+    Ok(response)
 }
 
 // ---- profile ----
@@ -359,11 +339,8 @@ async fn profile_page(
     signed: &Signed,
     note: Option<&str>,
     problem: Option<(ProfileForm, &Problem)>,
-) -> Response {
-    let user = match whoami(state, signed).await {
-        Ok(user) => user,
-        Err(page) => return page.into_response(),
-    };
+) -> Page {
+    let user = whoami(state, signed).await?;
     let last = match state
         .lifecycle
         .last_connection(&signed.principal, None)
@@ -418,7 +395,7 @@ async fn profile_page(
             }
         },
     );
-    (status, page).into_response()
+    Ok((status, page).into_response())
 }
 
 /// `GET /account`
@@ -426,11 +403,8 @@ pub(crate) async fn overview(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     Query(query): Query<Done>,
-) -> Response {
-    let signed = match guard::signed_in(&state, &headers).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
+) -> Page {
+    let signed = guard::signed_in(&state, &headers).await?;
     let note = match query.done.as_deref() {
         Some("email") => Some("Your email is changed."),
         Some("password") => {
@@ -455,15 +429,9 @@ pub(crate) async fn change_email(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     form: Result<Form<EmailForm>, FormRejection>,
-) -> Response {
-    let form = match read(form) {
-        Ok(form) => form,
-        Err(page) => return page.into_response(),
-    };
-    let signed = match guard::signed_post(&state, &headers, form.csrf.as_deref()).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
+) -> Page {
+    let form = read(form)?;
+    let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
     let change = ProfileChange {
         email: Some(form.email),
         current_password: Some(form.email_current_password),
@@ -492,15 +460,9 @@ pub(crate) async fn change_password(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     form: Result<Form<PasswordForm>, FormRejection>,
-) -> Response {
-    let form = match read(form) {
-        Ok(form) => form,
-        Err(page) => return page.into_response(),
-    };
-    let signed = match guard::signed_post(&state, &headers, form.csrf.as_deref()).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
+) -> Page {
+    let form = read(form)?;
+    let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
     let change = ProfileChange {
         email: None,
         current_password: Some(form.current_password),
@@ -604,19 +566,10 @@ pub(crate) async fn devices(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     Query(query): Query<Done>,
-) -> Response {
-    let signed = match guard::signed_in(&state, &headers).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
-    let user = match whoami(&state, &signed).await {
-        Ok(user) => user,
-        Err(page) => return page.into_response(),
-    };
-    let sessions = match open_sessions(&state, &signed, user.id).await {
-        Ok(sessions) => sessions,
-        Err(e) => return pages::error_page(&e),
-    };
+) -> Page {
+    let signed = guard::signed_in(&state, &headers).await?;
+    let user = whoami(&state, &signed).await?;
+    let sessions = open_sessions(&state, &signed, user.id).await?;
     let token = signed.csrf();
     let note = match query.done.as_deref() {
         Some("one") => Some("That device is signed out."),
@@ -627,7 +580,7 @@ pub(crate) async fn devices(
         .iter()
         .filter(|s| s.id != signed.principal.session_id)
         .count();
-    layout(
+    Ok(layout(
         "Devices",
         Some(&nav(&user, &token, "/account/devices")),
         html! {
@@ -655,7 +608,7 @@ pub(crate) async fn devices(
             }
         },
     )
-    .into_response()
+    .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -670,28 +623,15 @@ pub(crate) async fn sign_device_out(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     form: Result<Form<DeviceForm>, FormRejection>,
-) -> Response {
-    let form = match read(form) {
-        Ok(form) => form,
-        Err(page) => return page.into_response(),
-    };
-    let signed = match guard::signed_post(&state, &headers, form.csrf.as_deref()).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
-    let revoked = match SessionId::parse(&form.session) {
-        Ok(id) => {
-            state
-                .lifecycle
-                .revoke(&signed.principal, signed.principal.user_id, Some(id))
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    match revoked {
-        Ok(_) => see_other("/account/devices?done=one"),
-        Err(e) => pages::error_page(&e),
-    }
+) -> Page {
+    let form = read(form)?;
+    let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
+    let id = SessionId::parse(&form.session)?;
+    state
+        .lifecycle
+        .revoke(&signed.principal, signed.principal.user_id, Some(id))
+        .await?;
+    see_other("/account/devices?done=one")
 }
 
 /// `POST /account/devices/signout-others`
@@ -699,36 +639,21 @@ pub(crate) async fn sign_others_out(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     form: Result<Form<CsrfOnly>, FormRejection>,
-) -> Response {
-    let form = match read(form) {
-        Ok(form) => form,
-        Err(page) => return page.into_response(),
-    };
-    let signed = match guard::signed_post(&state, &headers, form.csrf.as_deref()).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
+) -> Page {
+    let form = read(form)?;
+    let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
     let me = signed.principal.user_id;
-    let result = async {
-        let mut revoked = 0;
-        for session in open_sessions(&state, &signed, me).await? {
-            if session.id != signed.principal.session_id {
-                revoked += state
-                    .lifecycle
-                    .revoke(&signed.principal, me, Some(session.id))
-                    .await?;
-            }
+    let mut revoked = 0;
+    for session in open_sessions(&state, &signed, me).await? {
+        if session.id != signed.principal.session_id {
+            revoked += state
+                .lifecycle
+                .revoke(&signed.principal, me, Some(session.id))
+                .await?;
         }
-        Ok::<u64, Error>(revoked)
     }
-    .await;
-    match result {
-        Ok(revoked) => {
-            tracing::info!(user_id = %me, revoked, "signed out everywhere else from the console");
-            see_other("/account/devices?done=others")
-        }
-        Err(e) => pages::error_page(&e),
-    }
+    tracing::info!(user_id = %me, revoked, "signed out everywhere else from the console");
+    see_other("/account/devices?done=others")
 }
 
 // ---- images ----
@@ -757,20 +682,13 @@ async fn images_page(
     before: Option<&str>,
     note: Option<&str>,
     problem: Option<&Problem>,
-) -> Response {
-    let user = match whoami(state, signed).await {
-        Ok(user) => user,
-        Err(page) => return page.into_response(),
-    };
+) -> Page {
+    let user = whoami(state, signed).await?;
     let before = before.and_then(|b| uuid::Uuid::parse_str(b).ok());
-    let (images, next) = match state
+    let (images, next) = state
         .library
         .list(&signed.principal, None, IMAGES_PAGE, before)
-        .await
-    {
-        Ok(page) => page,
-        Err(e) => return pages::error_page(&e),
-    };
+        .await?;
     let token = signed.csrf();
     let limits = state.library.limits();
     let error = problem.filter(|p| p.field == Some("file"));
@@ -831,7 +749,7 @@ async fn images_page(
             }
         },
     );
-    (status, page).into_response()
+    Ok((status, page).into_response())
 }
 
 /// A size as people read it.
@@ -848,11 +766,8 @@ pub(crate) async fn images(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     Query(query): Query<Done>,
-) -> Response {
-    let signed = match guard::signed_in(&state, &headers).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
+) -> Page {
+    let signed = guard::signed_in(&state, &headers).await?;
     let note = query.done.as_deref().map(|_| "Your image is stored.");
     images_page(&state, &signed, query.before.as_deref(), note, None).await
 }
@@ -865,26 +780,19 @@ pub(crate) async fn upload(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Response {
-    if let Err(refused) = guard::same_origin(&headers) {
-        return refused.into_response();
-    }
-    let signed = match guard::signed_in(&state, &headers).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
+) -> Page {
+    guard::same_origin(&headers)?;
+    let signed = guard::signed_in(&state, &headers).await?;
     let mut multipart = match multipart {
         Ok(multipart) => multipart,
-        Err(e) => return unreadable(&e),
+        Err(e) => return Err(unreadable(&e).into()),
     };
     // The token first: nothing of the file is read before it is checked.
     let token = match multipart.next_field().await {
         Ok(Some(field)) if field.name() == Some("csrf") => field.text().await.ok(),
         _ => None,
     };
-    if let Err(refused) = guard::check_csrf(&signed.csrf(), token.as_deref()) {
-        return refused.into_response();
-    }
+    guard::check_csrf(&signed.csrf(), token.as_deref())?;
     let stored = async {
         let slot = state.library.begin_upload(&signed.principal)?;
         let field = match multipart.next_field().await {

@@ -10,7 +10,7 @@ use axum::Form;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect};
 use hub_core::{Error, ErrorCode, Role, SessionId};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::ConsoleState;
 use crate::account::{nav, open_sessions, read, session_card, whoami};
 use crate::guard;
-use crate::pages::{csrf, error_page, layout, notice, when};
+use crate::pages::{Page, csrf, layout, notice, when};
 
 /// Users per page of a search.
 const USERS_PAGE: u32 = 20;
@@ -47,16 +47,10 @@ pub(crate) async fn users(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     Query(search): Query<Search>,
-) -> Response {
-    let signed = match guard::signed_in(&state, &headers).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
-    let me = match whoami(&state, &signed).await {
-        Ok(user) => user,
-        Err(page) => return page.into_response(),
-    };
-    let page = match state
+) -> Page {
+    let signed = guard::signed_in(&state, &headers).await?;
+    let me = whoami(&state, &signed).await?;
+    let page = state
         .administration
         .search_as(
             &signed.principal,
@@ -64,13 +58,9 @@ pub(crate) async fn users(
             search.after.as_deref(),
             USERS_PAGE,
         )
-        .await
-    {
-        Ok(page) => page,
-        Err(e) => return error_page(&e),
-    };
+        .await?;
     let token = signed.csrf();
-    layout(
+    Ok(layout(
         "Users",
         Some(&nav(&me, &token, "/admin/users")),
         html! {
@@ -104,7 +94,7 @@ pub(crate) async fn users(
             }
         },
     )
-    .into_response()
+    .into_response())
 }
 
 /// A query value, percent-encoded.
@@ -131,27 +121,14 @@ pub(crate) async fn user(
     headers: HeaderMap,
     Path(username): Path<String>,
     Query(query): Query<Done>,
-) -> Response {
-    let signed = match guard::signed_in(&state, &headers).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
-    let me = match whoami(&state, &signed).await {
-        Ok(user) => user,
-        Err(page) => return page.into_response(),
-    };
-    let user = match state
+) -> Page {
+    let signed = guard::signed_in(&state, &headers).await?;
+    let me = whoami(&state, &signed).await?;
+    let user = state
         .administration
         .find_as(&signed.principal, &username)
-        .await
-    {
-        Ok(user) => user,
-        Err(e) => return error_page(&e),
-    };
-    let sessions = match open_sessions(&state, &signed, user.id).await {
-        Ok(sessions) => sessions,
-        Err(e) => return error_page(&e),
-    };
+        .await?;
+    let sessions = open_sessions(&state, &signed, user.id).await?;
     let last = match state
         .lifecycle
         .last_connection(&signed.principal, Some(user.username.as_str()))
@@ -172,7 +149,7 @@ pub(crate) async fn user(
         Role::Admin => ("user", "Withdraw admin"),
         Role::User => ("admin", "Grant admin"),
     };
-    layout(
+    Ok(layout(
         &format!("User {}", user.username.as_str()),
         Some(&nav(&me, &token, "/admin/users")),
         html! {
@@ -216,7 +193,7 @@ pub(crate) async fn user(
             }
         },
     )
-    .into_response()
+    .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,39 +209,25 @@ pub(crate) async fn revoke_sessions(
     headers: HeaderMap,
     Path(username): Path<String>,
     form: Result<Form<RevokeForm>, FormRejection>,
-) -> Response {
-    let form = match read(form) {
-        Ok(form) => form,
-        Err(page) => return page.into_response(),
-    };
-    let signed = match guard::signed_post(&state, &headers, form.csrf.as_deref()).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
-    let revoked = async {
-        let user = state
-            .administration
-            .find_as(&signed.principal, &username)
-            .await?;
-        let session = form
-            .session
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(SessionId::parse)
-            .transpose()?;
-        state
-            .lifecycle
-            .revoke(&signed.principal, user.id, session)
-            .await?;
-        Ok::<_, Error>(user.username)
-    }
-    .await;
-    match revoked {
-        Ok(name) => {
-            Redirect::to(&format!("/admin/users/{}?done=revoked", name.as_str())).into_response()
-        }
-        Err(e) => error_page(&e),
-    }
+) -> Page {
+    let form = read(form)?;
+    let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
+    let user = state
+        .administration
+        .find_as(&signed.principal, &username)
+        .await?;
+    let session = form
+        .session
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(SessionId::parse)
+        .transpose()?;
+    state
+        .lifecycle
+        .revoke(&signed.principal, user.id, session)
+        .await?;
+    let to = format!("/admin/users/{}?done=revoked", user.username.as_str());
+    Ok(Redirect::to(&to).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -280,31 +243,16 @@ pub(crate) async fn set_role(
     headers: HeaderMap,
     Path(username): Path<String>,
     form: Result<Form<RoleForm>, FormRejection>,
-) -> Response {
-    let form = match read(form) {
-        Ok(form) => form,
-        Err(page) => return page.into_response(),
-    };
-    let signed = match guard::signed_post(&state, &headers, form.csrf.as_deref()).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
-    let changed = async {
-        let role = Role::parse(&form.role)?;
-        state
-            .administration
-            .set_role_as(&signed.principal, &username, role)
-            .await
-    }
-    .await;
-    match changed {
-        Ok(user) => Redirect::to(&format!(
-            "/admin/users/{}?done=role",
-            user.username.as_str()
-        ))
-        .into_response(),
-        Err(e) => error_page(&e),
-    }
+) -> Page {
+    let form = read(form)?;
+    let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
+    let role = Role::parse(&form.role)?;
+    let user = state
+        .administration
+        .set_role_as(&signed.principal, &username, role)
+        .await?;
+    let to = format!("/admin/users/{}?done=role", user.username.as_str());
+    Ok(Redirect::to(&to).into_response())
 }
 
 /// One service as the system page shows it.
@@ -382,21 +330,14 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
 /// `GET /admin/system`: every service's readiness, the relay's backlog and
 /// lag, and the pools' load, read from the services' own `/ready` and
 /// `/metrics`.
-pub(crate) async fn system(State(state): State<Arc<ConsoleState>>, headers: HeaderMap) -> Response {
-    let signed = match guard::signed_in(&state, &headers).await {
-        Ok(signed) => signed,
-        Err(page) => return page.into_response(),
-    };
+pub(crate) async fn system(State(state): State<Arc<ConsoleState>>, headers: HeaderMap) -> Page {
+    let signed = guard::signed_in(&state, &headers).await?;
     if signed.principal.role != Role::Admin {
-        return error_page(&Error::with_message(
-            ErrorCode::Forbidden,
-            "the system's state is for admins",
-        ));
+        return Err(
+            Error::with_message(ErrorCode::Forbidden, "the system's state is for admins").into(),
+        );
     }
-    let me = match whoami(&state, &signed).await {
-        Ok(user) => user,
-        Err(page) => return page.into_response(),
-    };
+    let me = whoami(&state, &signed).await?;
     let services = futures_util::future::join_all(
         state
             .readiness
@@ -405,7 +346,7 @@ pub(crate) async fn system(State(state): State<Arc<ConsoleState>>, headers: Head
     )
     .await;
     let token = signed.csrf();
-    layout(
+    Ok(layout(
         "System",
         Some(&nav(&me, &token, "/admin/system")),
         html! {
@@ -416,7 +357,7 @@ pub(crate) async fn system(State(state): State<Arc<ConsoleState>>, headers: Head
             }
         },
     )
-    .into_response()
+    .into_response())
 }
 
 fn service_card(service: &ServiceState) -> Markup {

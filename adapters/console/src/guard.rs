@@ -171,7 +171,7 @@ pub(crate) async fn signed_in(state: &ConsoleState, headers: &HeaderMap) -> Resu
             secret: secret.to_owned(),
         }),
         Err(e) if e.code() == ErrorCode::InvalidToken => Err(to_sign_in(state).into()),
-        Err(e) => Err(pages::error_page(&e).into()),
+        Err(e) => Err(e.into()),
     }
 }
 

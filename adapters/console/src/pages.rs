@@ -27,6 +27,16 @@ impl From<Response> for Early {
     }
 }
 
+/// A use case's refusal ends the request with its page.
+impl From<Error> for Early {
+    fn from(error: Error) -> Self {
+        error_page(&error).into()
+    }
+}
+
+/// What a handler answers: its page, or a page that ended it early.
+pub(crate) type Page = Result<Response, Early>;
+
 /// An error as a page shows it: next to the field it concerns (or above
 /// the form), in words, with the stable code for support staff.
 #[derive(Debug, Clone)]
