@@ -90,7 +90,7 @@ impl std::fmt::Debug for RestAuthState {
     }
 }
 
-pub fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
+fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
