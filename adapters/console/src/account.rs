@@ -334,6 +334,38 @@ fn password_field(code: ErrorCode) -> Option<&'static str> {
     }
 }
 
+/// When `username` (or the caller) was last seen, as a page says it; the
+/// page still shows when the tracker's store is away.
+pub(crate) async fn last_seen(
+    state: &ConsoleState,
+    signed: &Signed,
+    username: Option<&str>,
+) -> String {
+    match state
+        .lifecycle
+        .last_connection(&signed.principal, username)
+        .await
+    {
+        Ok((_, _, Some(last))) => when(last.at),
+        Ok((_, _, None)) => "Not recorded yet".to_owned(),
+        Err(e) => format!("Not available right now (code {})", e.code()),
+    }
+}
+
+/// A user's details: the profile's card, and the admin's view of a user.
+pub(crate) fn details(user: &User, last: &str) -> Markup {
+    html! {
+        h2 id="details" { "Details" }
+        dl {
+            dt { "Username" } dd { (user.username.as_str()) }
+            dt { "Email" } dd { (user.email.as_str()) }
+            dt { "Role" } dd { (user.role.as_str()) }
+            dt { "Member since" } dd { (when(user.created_at)) }
+            dt { "Last connection" } dd { (last) }
+        }
+    }
+}
+
 async fn profile_page(
     state: &ConsoleState,
     signed: &Signed,
@@ -341,15 +373,7 @@ async fn profile_page(
     problem: Option<(ProfileForm, &Problem)>,
 ) -> Page {
     let user = whoami(state, signed).await?;
-    let last = match state
-        .lifecycle
-        .last_connection(&signed.principal, None)
-        .await
-    {
-        Ok((_, _, Some(last))) => when(last.at),
-        Ok((_, _, None)) => "Not recorded yet".to_owned(),
-        Err(e) => format!("Not available right now (code {})", e.code()),
-    };
+    let last = last_seen(state, signed, None).await;
     let token = signed.csrf();
     let for_form = |which| problem.filter(|(w, _)| *w == which).map(|(_, p)| p);
     let status = problem.map_or(StatusCode::OK, |(_, p)| p.status);
@@ -359,14 +383,7 @@ async fn profile_page(
         html! {
             (notice(note))
             section.card aria-labelledby="details" {
-                h2 id="details" { "Details" }
-                dl {
-                    dt { "Username" } dd { (user.username.as_str()) }
-                    dt { "Email" } dd { (user.email.as_str()) }
-                    dt { "Role" } dd { (user.role.as_str()) }
-                    dt { "Member since" } dd { (when(user.created_at)) }
-                    dt { "Last connection" } dd { (last) }
-                }
+                (details(&user, &last))
             }
             section.card aria-labelledby="change-email" {
                 h2 id="change-email" { "Change your email" }
@@ -437,11 +454,27 @@ pub(crate) async fn change_email(
         current_password: Some(form.email_current_password),
         new_password: None,
     };
+    change_profile(&state, addr, &signed, change, ProfileForm::Email).await
+}
+
+/// A profile form's change through rest-auth's path: on success back to the
+/// profile saying so, else the profile with the problem at its form.
+async fn change_profile(
+    state: &ConsoleState,
+    addr: SocketAddr,
+    signed: &Signed,
+    change: ProfileChange,
+    which: ProfileForm,
+) -> Page {
+    let (done, field_of): (_, fn(ErrorCode) -> Option<&'static str>) = match which {
+        ProfileForm::Email => ("/account?done=email", email_field),
+        ProfileForm::Password => ("/account?done=password", password_field),
+    };
     match hub_rest_auth::change_profile(&state.rest, addr, &signed.principal, change).await {
-        Ok(_) => see_other("/account?done=email"),
+        Ok(_) => see_other(done),
         Err(e) => {
-            let problem = Problem::new(&e, email_field);
-            profile_page(&state, &signed, None, Some((ProfileForm::Email, &problem))).await
+            let problem = Problem::new(&e, field_of);
+            profile_page(state, signed, None, Some((which, &problem))).await
         }
     }
 }
@@ -468,19 +501,7 @@ pub(crate) async fn change_password(
         current_password: Some(form.current_password),
         new_password: Some(form.new_password),
     };
-    match hub_rest_auth::change_profile(&state.rest, addr, &signed.principal, change).await {
-        Ok(_) => see_other("/account?done=password"),
-        Err(e) => {
-            let problem = Problem::new(&e, password_field);
-            profile_page(
-                &state,
-                &signed,
-                None,
-                Some((ProfileForm::Password, &problem)),
-            )
-            .await
-        }
-    }
+    change_profile(&state, addr, &signed, change, ProfileForm::Password).await
 }
 
 // ---- devices ----

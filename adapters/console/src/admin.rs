@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::ConsoleState;
-use crate::account::{nav, open_sessions, read, session_card, whoami};
+use crate::account::{details, last_seen, nav, open_sessions, read, session_card, whoami};
 use crate::guard;
 use crate::pages::{Page, csrf, layout, notice, when};
 
@@ -129,15 +129,7 @@ pub(crate) async fn user(
         .find_as(&signed.principal, &username)
         .await?;
     let sessions = open_sessions(&state, &signed, user.id).await?;
-    let last = match state
-        .lifecycle
-        .last_connection(&signed.principal, Some(user.username.as_str()))
-        .await
-    {
-        Ok((_, _, Some(last))) => when(last.at),
-        Ok((_, _, None)) => "Not recorded yet".to_owned(),
-        Err(e) => format!("Not available right now (code {})", e.code()),
-    };
+    let last = last_seen(&state, &signed, Some(user.username.as_str())).await;
     let token = signed.csrf();
     let base = format!("/admin/users/{}", user.username.as_str());
     let note = match query.done.as_deref() {
@@ -155,14 +147,7 @@ pub(crate) async fn user(
         html! {
             (notice(note))
             section.card aria-labelledby="details" {
-                h2 id="details" { "Details" }
-                dl {
-                    dt { "Username" } dd { (user.username.as_str()) }
-                    dt { "Email" } dd { (user.email.as_str()) }
-                    dt { "Role" } dd { (user.role.as_str()) }
-                    dt { "Member since" } dd { (when(user.created_at)) }
-                    dt { "Last connection" } dd { (last) }
-                }
+                (details(&user, &last))
                 @if user.id != me.id {
                     form method="post" action={ (base) "/role" } {
                         (csrf(&token))
