@@ -2,7 +2,8 @@
 //! proved its pixels well-formed: the original compressed data is kept (no
 //! re-encoding, so no amplification and no encoder's CPU), and everything
 //! the allow-list does not name is gone: text, time, EXIF and private
-//! chunks, and whatever follows the image's end.
+//! chunks, and whatever follows the image's end. A PNG's image data is
+//! proved here, in the same pass that finds its end (`prove_png_data`).
 //!
 //! PNG keeps IHDR, PLTE, tRNS, the colour chunks a viewer needs to show the
 //! pixels right (gAMA, cHRM, sRGB, sBIT) and bKGD, then one IDAT holding
@@ -31,6 +32,8 @@
 //! animated WebP is not rewritten: the decode proved its first frame only,
 //! so those pixels are what is kept, re-encoded.
 
+use std::ops::Range;
+
 use miniz_oxide::inflate::stream::{InflateState, inflate};
 use miniz_oxide::{DataFormat, MZFlush, MZStatus};
 
@@ -48,45 +51,370 @@ fn corrupt(why: &str) -> Error {
     )
 }
 
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) -> Result<(), Error> {
-    let len = u32::try_from(data.len()).map_err(|_| corrupt("a chunk is too large"))?;
-    out.extend(len.to_be_bytes());
-    out.extend(kind);
-    out.extend(data);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(kind);
-    crc.update(data);
-    out.extend(crc.finalize().to_be_bytes());
-    Ok(())
+/// Kept parts shorter than this are copied into the plan rather than
+/// referred to.
+const MIN_KEPT_SPAN: usize = 4096;
+
+/// One piece of a rewritten image: a span of the upload kept as it is, or
+/// a few bytes made anew (a length, a checksum, a trailer).
+#[derive(Debug)]
+enum Piece {
+    Kept(Range<usize>),
+    New(Vec<u8>),
 }
 
-/// How many leading bytes of `data` the zlib stream takes, inflated into a
-/// small buffer that is thrown away (the decode already made the pixels).
-fn zlib_stream_len(data: &[u8]) -> Result<usize, Error> {
-    let mut state = InflateState::new_boxed(DataFormat::Zlib);
-    let mut sink = vec![0u8; 64 * 1024];
-    let mut consumed = 0;
-    loop {
-        let result = inflate(&mut state, &data[consumed..], &mut sink, MZFlush::None);
-        consumed += result.bytes_consumed;
-        match result.status {
-            Ok(MZStatus::StreamEnd) => return Ok(consumed),
-            Ok(_) if result.bytes_consumed == 0 && result.bytes_written == 0 => {
-                return Err(corrupt("the image data ends early"));
+/// A rewrite, planned while the upload is only read and then laid out in
+/// the upload's own buffer: kept spans only ever move towards its start, so
+/// an 8 MiB image is rewritten without a second 8 MiB allocation.
+#[derive(Debug)]
+pub(crate) struct Rewrite {
+    base: usize,
+    pieces: Vec<Piece>,
+    len: usize,
+}
+
+impl Rewrite {
+    fn of(bytes: &[u8]) -> Self {
+        Self {
+            base: bytes.as_ptr().addr(),
+            pieces: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Keeps `part`, a slice of the bytes the rewrite was made `of`. Short
+    /// parts are copied into the plan instead, so a flood of tiny chunks
+    /// costs no more than the bytes themselves.
+    fn keep(&mut self, part: &[u8]) {
+        if part.len() < MIN_KEPT_SPAN {
+            self.add(part);
+            return;
+        }
+        let start = part.as_ptr().addr() - self.base;
+        self.len += part.len();
+        match self.pieces.last_mut() {
+            Some(Piece::Kept(last)) if last.end == start => last.end += part.len(),
+            _ => self.pieces.push(Piece::Kept(start..start + part.len())),
+        }
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        self.len += bytes.len();
+        match self.pieces.last_mut() {
+            Some(Piece::New(last)) => last.extend_from_slice(bytes),
+            _ => self.pieces.push(Piece::New(bytes.to_vec())),
+        }
+    }
+
+    /// A PNG chunk around `data` (slices of the upload, in order).
+    fn chunk(&mut self, kind: &[u8; 4], data: &[&[u8]]) -> Result<(), Error> {
+        let len: usize = data.iter().map(|d| d.len()).sum();
+        let len = u32::try_from(len).map_err(|_| corrupt("a chunk is too large"))?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        let mut header = len.to_be_bytes().to_vec();
+        header.extend(kind);
+        self.add(&header);
+        for part in data {
+            crc.update(part);
+            self.keep(part);
+        }
+        self.add(&crc.finalize().to_be_bytes());
+        Ok(())
+    }
+
+    /// The rewritten image, laid out in `buffer` (the bytes the rewrite was
+    /// planned `of`), or in a new buffer when a made-anew piece would land
+    /// on bytes still to be moved.
+    pub(crate) fn apply(self, mut buffer: Vec<u8>) -> Vec<u8> {
+        debug_assert_eq!(buffer.as_ptr().addr(), self.base);
+        if !self.fits_in_place(buffer.len()) {
+            let mut out = Vec::with_capacity(self.len);
+            for piece in &self.pieces {
+                match piece {
+                    Piece::Kept(range) => out.extend_from_slice(&buffer[range.clone()]),
+                    Piece::New(bytes) => out.extend_from_slice(bytes),
+                }
             }
-            Ok(_) => {}
-            Err(_) => return Err(corrupt("the image data is not a zlib stream")),
+            return out;
+        }
+        let mut at = 0;
+        for piece in &self.pieces {
+            match piece {
+                Piece::Kept(range) => {
+                    if range.start != at {
+                        buffer.copy_within(range.clone(), at);
+                    }
+                    at += range.len();
+                }
+                Piece::New(bytes) => {
+                    buffer[at..at + bytes.len()].copy_from_slice(bytes);
+                    at += bytes.len();
+                }
+            }
+        }
+        buffer.truncate(at);
+        buffer
+    }
+
+    /// Whether every piece lands at or before where it is read from, and
+    /// every made-anew piece before the next kept span starts.
+    fn fits_in_place(&self, len: usize) -> bool {
+        let mut at = 0;
+        // The next kept span's start, found once per span: linear in pieces.
+        let mut next = 0;
+        for (i, piece) in self.pieces.iter().enumerate() {
+            match piece {
+                Piece::Kept(range) if range.start < at => return false,
+                Piece::Kept(range) => at += range.len(),
+                Piece::New(bytes) => {
+                    next = next.max(i + 1);
+                    while next < self.pieces.len() && matches!(self.pieces[next], Piece::New(_)) {
+                        next += 1;
+                    }
+                    let limit = match self.pieces.get(next) {
+                        Some(Piece::Kept(range)) => range.start,
+                        _ => len,
+                    };
+                    at += bytes.len();
+                    if at > limit {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The rows a PNG's image data must inflate to, as its header declares
+/// them: for each pass (one, or Adam7's seven), how many rows and how many
+/// bytes each, its filter-type byte included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PngRows {
+    passes: Vec<(u64, usize)>,
+}
+
+impl PngRows {
+    /// The rows of a `width` x `height` image whose rows of `w` pixels take
+    /// `row_len(w)` bytes (filter byte included), Adam7-interlaced or not.
+    pub(crate) fn new(
+        width: u32,
+        height: u32,
+        interlaced: bool,
+        row_len: impl Fn(u32) -> usize,
+    ) -> Self {
+        // Adam7's passes: first column and row, then the step between them.
+        const ADAM7: [(u32, u32, u32, u32); 7] = [
+            (0, 0, 8, 8),
+            (4, 0, 8, 8),
+            (0, 4, 4, 8),
+            (2, 0, 4, 4),
+            (0, 2, 2, 4),
+            (1, 0, 2, 2),
+            (0, 1, 1, 2),
+        ];
+        let passes = if interlaced {
+            ADAM7
+                .iter()
+                .filter_map(|&(x0, y0, dx, dy)| {
+                    let w = width.saturating_sub(x0).div_ceil(dx);
+                    let h = height.saturating_sub(y0).div_ceil(dy);
+                    // An empty pass has no rows, not even filter bytes.
+                    (w > 0 && h > 0).then(|| (u64::from(h), row_len(w)))
+                })
+                .collect()
+        } else {
+            vec![(u64::from(height), row_len(width))]
+        };
+        Self { passes }
+    }
+}
+
+/// Checks inflated image data as it comes: every row starts with a filter
+/// type the format defines (0 to 4), and there are exactly the rows the
+/// header declares, no fewer and no more (bytes past the last row would
+/// be a hiding place inside the compressed stream itself).
+struct RowCheck<'a> {
+    passes: std::slice::Iter<'a, (u64, usize)>,
+    rows_left: u64,
+    row_len: usize,
+    /// Bytes to the next row's filter byte.
+    to_next_row: usize,
+}
+
+impl<'a> RowCheck<'a> {
+    fn new(rows: &'a PngRows) -> Self {
+        let mut check = Self {
+            passes: rows.passes.iter(),
+            rows_left: 0,
+            row_len: 0,
+            to_next_row: 0,
+        };
+        check.next_pass();
+        check
+    }
+
+    fn next_pass(&mut self) {
+        if let Some(&(rows, len)) = self.passes.next() {
+            (self.rows_left, self.row_len) = (rows, len);
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.rows_left == 0 && self.to_next_row == 0 && self.passes.as_slice().is_empty()
+    }
+
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), Error> {
+        loop {
+            if self.to_next_row >= data.len() {
+                self.to_next_row -= data.len();
+                return Ok(());
+            }
+            data = &data[self.to_next_row..];
+            if self.rows_left == 0 {
+                self.next_pass();
+                if self.rows_left == 0 {
+                    return Err(corrupt("the image data holds more than its rows"));
+                }
+            }
+            if data[0] > 4 {
+                return Err(corrupt("a row has an unknown filter type"));
+            }
+            self.rows_left -= 1;
+            self.to_next_row = self.row_len;
         }
     }
 }
 
-/// The PNG in `bytes`, rebuilt from the allow-list.
-pub(crate) fn rewrite_png(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+/// Inflated output is written here; back-references reach 32 KiB behind.
+const WINDOW: usize = 32 * 1024;
+const INFLATE_BUFFER: usize = WINDOW + 256 * 1024;
+
+/// The PNG's proof and the end of its zlib stream, in one pass: the image
+/// data laid across `parts` (the IDAT chunks' data, in order) is inflated
+/// (fdeflate, the png crate's own inflater, checking the Adler-32) into a
+/// small rolling buffer, and every row is checked against the header. The
+/// answer is the part the stream ends in and how many of its bytes it takes.
+fn prove_png_data(parts: &[&[u8]], rows: &PngRows) -> Result<(usize, usize), Error> {
+    let mut inflater = fdeflate::Decompressor::new();
+    let mut out = vec![0u8; INFLATE_BUFFER];
+    let mut at_out = 0;
+    let mut adler = simd_adler32::Adler32::new();
+    let mut check = RowCheck::new(rows);
+    let mut consumed_total = 0usize;
+    for (i, part) in parts.iter().enumerate() {
+        let mut at = 0;
+        loop {
+            if at_out == out.len() {
+                out.copy_within(INFLATE_BUFFER - WINDOW.., 0);
+                at_out = WINDOW;
+            }
+            let last = i + 1 == parts.len();
+            let (consumed, produced) = inflater
+                .read(&part[at..], &mut out, at_out, last)
+                .map_err(|_| corrupt("the image data is not a zlib stream"))?;
+            let inflated = &out[at_out..at_out + produced];
+            check.feed(inflated)?;
+            adler.write(inflated);
+            at += consumed;
+            at_out += produced;
+            if inflater.is_done() {
+                if !check.done() {
+                    return Err(corrupt("the image data ends early"));
+                }
+                return exact_end(parts, i, consumed_total + at, adler.finish());
+            }
+            if consumed == 0 && produced == 0 {
+                if at == part.len() {
+                    break; // the next part, with the output buffer just full
+                }
+                return Err(corrupt("the image data ends early"));
+            }
+            if at == part.len() && at_out < out.len() {
+                break;
+            }
+        }
+        consumed_total += part.len();
+    }
+    Err(corrupt("the image data ends early"))
+}
+
+/// fdeflate may read a few bytes past the stream's end into its bit buffer
+/// before it says it is done, so `read` (through part `part`) overshoots
+/// by at most 8. The stream ends with its Adler-32, big-endian: when exactly
+/// one position in that reach is preceded by it, that is the end; when the
+/// bytes make it ambiguous (a tail repeating the checksum), miniz_oxide,
+/// which reads no further than it needs, finds the end instead.
+fn exact_end(
+    parts: &[&[u8]],
+    part: usize,
+    read: usize,
+    adler: u32,
+) -> Result<(usize, usize), Error> {
+    let starts: Vec<usize> = parts
+        .iter()
+        .scan(0, |start, p| {
+            let at = *start;
+            *start += p.len();
+            Some(at)
+        })
+        .collect();
+    let byte = |k: usize| -> Option<u8> {
+        let i = starts.partition_point(|&s| s <= k).checked_sub(1)?;
+        parts[i].get(k - starts[i]).copied()
+    };
+    let want = adler.to_be_bytes();
+    let candidates: Vec<usize> = (read.saturating_sub(8).max(6)..=read)
+        .filter(|&end| (0..4).all(|j| byte(end - 4 + j) == Some(want[j])))
+        .collect();
+    match candidates[..] {
+        [end] => {
+            // Back to (part, bytes of it); the end may lie in an earlier
+            // part than the one the overshoot reached.
+            let i = starts[..=part]
+                .partition_point(|&s| s < end)
+                .saturating_sub(1);
+            Ok((i, end - starts[i]))
+        }
+        _ => zlib_stream_end(parts),
+    }
+}
+
+/// Where the zlib stream laid across `parts` ends, found by miniz_oxide:
+/// slower than fdeflate, but it never reads past the stream's end.
+fn zlib_stream_end(parts: &[&[u8]]) -> Result<(usize, usize), Error> {
+    let mut state = InflateState::new_boxed(DataFormat::Zlib);
+    let mut sink = vec![0u8; 64 * 1024];
+    for (i, part) in parts.iter().enumerate() {
+        let mut consumed = 0;
+        loop {
+            let last = i + 1 == parts.len();
+            let result = inflate(&mut state, &part[consumed..], &mut sink, MZFlush::None);
+            consumed += result.bytes_consumed;
+            match result.status {
+                Ok(MZStatus::StreamEnd) => return Ok((i, consumed)),
+                Ok(_) if consumed == part.len() && (!last || result.bytes_written == 0) => break,
+                Ok(_) if result.bytes_consumed == 0 && result.bytes_written == 0 => {
+                    return Err(corrupt("the image data ends early"));
+                }
+                Ok(_) => {}
+                Err(_) => return Err(corrupt("the image data is not a zlib stream")),
+            }
+        }
+    }
+    Err(corrupt("the image data ends early"))
+}
+
+/// The PNG in `bytes`, its image data proved against `rows`, rebuilt from
+/// the allow-list. Every chunk's CRC is checked.
+pub(crate) fn rewrite_png(bytes: &[u8], rows: &PngRows) -> Result<Rewrite, Error> {
     let mut rest = bytes
         .strip_prefix(SIGNATURE)
         .ok_or_else(|| corrupt("no PNG signature"))?;
-    let mut out = SIGNATURE.to_vec();
-    let mut idat = Vec::new();
+    let mut out = Rewrite::of(bytes);
+    out.keep(&bytes[..SIGNATURE.len()]);
+    let mut idat: Vec<&[u8]> = Vec::new();
     let mut seen_ihdr = false;
     loop {
         if rest.len() < 12 {
@@ -98,27 +426,43 @@ pub(crate) fn rewrite_png(bytes: &[u8]) -> Result<Vec<u8>, Error> {
         let data = rest
             .get(8..8 + len)
             .ok_or_else(|| corrupt("a chunk runs past the end"))?;
-        rest = rest
-            .get(12 + len..)
+        let crc = rest
+            .get(8 + len..12 + len)
             .ok_or_else(|| corrupt("a chunk runs past the end"))?;
-        match &kind {
-            b"IHDR" => {
-                chunk(&mut out, &kind, data)?;
-                seen_ihdr = true;
+        let kept = matches!(&kind, b"IHDR" | b"IDAT" | b"PLTE")
+            || (PNG_KEPT.contains(&&kind) && idat.is_empty());
+        if kept {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&kind);
+            hasher.update(data);
+            if hasher.finalize().to_be_bytes() != crc {
+                return Err(corrupt("a chunk's CRC is wrong"));
             }
-            b"IDAT" => idat.extend_from_slice(data),
+        }
+        rest = &rest[12 + len..];
+        match &kind {
+            b"IHDR" => seen_ihdr = true,
+            b"IDAT" => {
+                idat.push(data);
+                continue;
+            }
             b"IEND" => break,
-            b"PLTE" => chunk(&mut out, &kind, data)?,
-            kept if PNG_KEPT.contains(&kept) && idat.is_empty() => chunk(&mut out, &kind, data)?,
-            _ => {} // dropped
+            _ => {}
+        }
+        if kept {
+            out.chunk(&kind, &[data])?;
         }
     }
-    if !seen_ihdr || idat.is_empty() {
+    if !seen_ihdr || idat.iter().all(|d| d.is_empty()) {
         return Err(corrupt("no IHDR or no image data"));
     }
-    let stream = zlib_stream_len(&idat)?;
-    chunk(&mut out, b"IDAT", &idat[..stream])?;
-    chunk(&mut out, b"IEND", &[])?;
+    let (last, taken) = prove_png_data(&idat, rows)?;
+    idat.truncate(last + 1);
+    idat[last] = &idat[last][..taken];
+    out.chunk(b"IDAT", &idat)?;
+    out.add(&[0, 0, 0, 0]);
+    out.add(b"IEND");
+    out.add(&crc32fast::hash(b"IEND").to_be_bytes());
     Ok(out)
 }
 
@@ -135,11 +479,12 @@ fn jpeg_kept(marker: u8, data: &[u8]) -> bool {
 }
 
 /// The JPEG in `bytes`, rebuilt from the allow-list.
-pub(crate) fn rewrite_jpeg(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+pub(crate) fn rewrite_jpeg(bytes: &[u8]) -> Result<Rewrite, Error> {
     let mut rest = bytes
         .strip_prefix(&[0xFF, 0xD8])
         .ok_or_else(|| corrupt("no JPEG start"))?;
-    let mut out = vec![0xFF, 0xD8];
+    let mut out = Rewrite::of(bytes);
+    out.keep(&bytes[..2]);
     let mut scans = 0;
     loop {
         // Fill bytes (0xFF repeated) may precede a marker.
@@ -172,48 +517,46 @@ pub(crate) fn rewrite_jpeg(bytes: &[u8]) -> Result<Vec<u8>, Error> {
             // The scan header, then its entropy-coded data up to the next
             // marker that is neither a stuffed 0xFF00 nor a restart.
             let mut end = 0;
-            while end + 1 < rest.len() {
-                if rest[end] == 0xFF
-                    && rest[end + 1] != 0x00
-                    && !(0xD0..=0xD7).contains(&rest[end + 1])
-                {
-                    break;
+            loop {
+                end += memchr::memchr(0xFF, &rest[end..])
+                    .ok_or_else(|| corrupt("a JPEG scan runs past the end"))?;
+                match rest.get(end + 1) {
+                    None => return Err(corrupt("a JPEG scan runs past the end")),
+                    Some(0x00 | 0xD0..=0xD7) => end += 1,
+                    Some(_) => break,
                 }
-                end += 1;
             }
-            if end + 1 >= rest.len() {
-                return Err(corrupt("a JPEG scan runs past the end"));
-            }
-            out.extend([0xFF, 0xDA]);
-            out.extend(segment);
-            out.extend(&rest[..end]);
+            out.add(&[0xFF, 0xDA]);
+            out.keep(segment);
+            out.keep(&rest[..end]);
             rest = &rest[end..];
             scans += 1;
         } else if jpeg_kept(marker, &segment[2..]) {
-            out.extend([0xFF, marker]);
-            out.extend(segment);
+            out.add(&[0xFF, marker]);
+            out.keep(segment);
         }
     }
     if scans == 0 {
         return Err(corrupt("the JPEG has no scan"));
     }
-    out.extend([0xFF, 0xD9]);
+    out.add(&[0xFF, 0xD9]);
     Ok(out)
 }
 
 /// The GIF in `bytes`, rebuilt from the allow-list: its first frame only.
-pub(crate) fn rewrite_gif(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+pub(crate) fn rewrite_gif(bytes: &[u8]) -> Result<Rewrite, Error> {
     let header = bytes
         .get(..13)
         .filter(|h| h.starts_with(b"GIF87a") || h.starts_with(b"GIF89a"))
         .ok_or_else(|| corrupt("no GIF header"))?;
-    let mut out = header.to_vec();
+    let mut out = Rewrite::of(bytes);
+    out.keep(header);
     let mut at = 13;
     // The global colour table, when the screen descriptor says there is one.
     let flags = header[10];
     if flags & 0x80 != 0 {
         let table = 3 * (1usize << ((flags & 0x07) + 1));
-        out.extend(
+        out.keep(
             bytes
                 .get(at..at + table)
                 .ok_or_else(|| corrupt("the GIF's colour table is cut short"))?,
@@ -269,10 +612,10 @@ pub(crate) fn rewrite_gif(bytes: &[u8]) -> Result<Vec<u8>, Error> {
                 }
                 end += sub_blocks(end)?;
                 if let Some(control) = control {
-                    out.extend(control);
+                    out.keep(control);
                 }
-                out.extend(&bytes[at..end]);
-                out.push(0x3B);
+                out.keep(&bytes[at..end]);
+                out.add(&[0x3B]);
                 return Ok(out);
             }
             _ => return Err(corrupt("the GIF has no image")),
@@ -289,7 +632,7 @@ const VP8X_ANIMATED: u8 = 0x02;
 /// The WebP in `bytes`, rebuilt from the allow-list; `None` for an
 /// animation (the decode proved its first frame only, so the caller keeps
 /// just those pixels its own way).
-pub(crate) fn rewrite_webp(bytes: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+pub(crate) fn rewrite_webp(bytes: &[u8]) -> Result<Option<Rewrite>, Error> {
     if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WEBP" {
         return Err(corrupt("no WebP header"));
     }
@@ -300,7 +643,8 @@ pub(crate) fn rewrite_webp(bytes: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         .get(12..(8 + declared).min(bytes.len()))
         .ok_or_else(|| corrupt("the WebP is cut short"))?;
     let mut rest = body;
-    let mut kept = Vec::new();
+    // A VP8X chunk is kept with flags changed; the other chunks as they are.
+    let mut kept: Vec<([u8; 4], std::borrow::Cow<'_, [u8]>)> = Vec::new();
     let mut has_image = false;
     while rest.len() >= 8 {
         let kind: [u8; 4] = [rest[0], rest[1], rest[2], rest[3]];
@@ -320,11 +664,11 @@ pub(crate) fn rewrite_webp(bytes: &[u8]) -> Result<Option<Vec<u8>>, Error> {
                     return Ok(None);
                 }
                 data[0] = flags & !VP8X_DROPPED;
-                kept.push((kind, data));
+                kept.push((kind, data.into()));
             }
-            b"ALPH" => kept.push((kind, data.to_vec())),
+            b"ALPH" => kept.push((kind, data.into())),
             b"VP8 " | b"VP8L" => {
-                kept.push((kind, data.to_vec()));
+                kept.push((kind, data.into()));
                 has_image = true;
                 break; // the image is the last chunk a still WebP needs
             }
@@ -335,17 +679,84 @@ pub(crate) fn rewrite_webp(bytes: &[u8]) -> Result<Option<Vec<u8>>, Error> {
     if !has_image {
         return Err(corrupt("the WebP has no image chunk"));
     }
-    let mut out = b"RIFF\0\0\0\0WEBP".to_vec();
-    for (kind, data) in kept {
-        out.extend(kind);
+    let size: usize = 4 + kept
+        .iter()
+        .map(|(_, data)| 8 + data.len() + data.len() % 2)
+        .sum::<usize>();
+    let size = u32::try_from(size).map_err(|_| corrupt("the WebP is too large"))?;
+    let mut out = Rewrite::of(bytes);
+    out.add(b"RIFF");
+    out.add(&size.to_le_bytes());
+    out.add(b"WEBP");
+    for (kind, data) in &kept {
+        out.add(kind);
         let len = u32::try_from(data.len()).map_err(|_| corrupt("a WebP chunk is too large"))?;
-        out.extend(len.to_le_bytes());
-        out.extend(&data);
+        out.add(&len.to_le_bytes());
+        match data {
+            std::borrow::Cow::Borrowed(data) => out.keep(data),
+            std::borrow::Cow::Owned(data) => out.add(data),
+        }
         if data.len() % 2 == 1 {
-            out.push(0);
+            out.add(&[0]);
         }
     }
-    let size = u32::try_from(out.len() - 8).map_err(|_| corrupt("the WebP is too large"))?;
-    out[4..8].copy_from_slice(&size.to_le_bytes());
     Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload() -> Vec<u8> {
+        (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// Spans moving towards the start, with bytes made anew between them,
+    /// are laid out in the upload's own allocation.
+    #[test]
+    fn a_plan_that_only_moves_bytes_back_is_laid_out_in_place() {
+        let bytes = upload();
+        let mut plan = Rewrite::of(&bytes);
+        plan.add(b"head");
+        plan.keep(&bytes[100..5_000]);
+        plan.add(b"mid");
+        plan.keep(&bytes[9_000..20_000]);
+        let mut expected = b"head".to_vec();
+        expected.extend(&bytes[100..5_000]);
+        expected.extend(b"mid");
+        expected.extend(&bytes[9_000..]);
+        let address = bytes.as_ptr().addr();
+        let out = plan.apply(bytes);
+        assert_eq!(out, expected);
+        assert_eq!(out.as_ptr().addr(), address);
+    }
+
+    /// Bytes made anew that would land on a span still to be moved send
+    /// the layout to a new buffer, and the result is the same.
+    #[test]
+    fn a_plan_that_would_overwrite_what_it_needs_is_laid_out_anew() {
+        let bytes = upload();
+        let mut plan = Rewrite::of(&bytes);
+        plan.add(&[1; 10]);
+        plan.keep(&bytes[4..8_196]);
+        plan.add(&[2; 3]);
+        let mut expected = vec![1; 10];
+        expected.extend(&bytes[4..8_196]);
+        expected.extend([2; 3]);
+        assert_eq!(plan.apply(bytes), expected);
+    }
+
+    /// A flood of tiny chunks costs a plan no more than their bytes: short
+    /// kept parts are copied into one piece, not listed one by one.
+    #[test]
+    fn short_kept_parts_are_copied_not_listed() {
+        let bytes = upload();
+        let mut plan = Rewrite::of(&bytes);
+        for i in 0..1_000 {
+            plan.add(b"len!");
+            plan.keep(&bytes[i * 20..i * 20 + 8]);
+        }
+        assert_eq!(plan.pieces.len(), 1);
+        assert_eq!(plan.len, 12_000);
+    }
 }

@@ -4,15 +4,18 @@
 //! nothing. The type comes from the magic bytes; the dimensions are read
 //! from the header and checked before anything is decoded, so a small file
 //! that declares a huge canvas (a decompression bomb) costs nothing; then
-//! the image is decoded and encoded again in its own format. Re-encoding
-//! keeps only pixels: EXIF and GPS, comments, text chunks and anything
-//! appended after the image's end (a script, a zip) do not survive it.
+//! the image is decoded, which proves its data well-formed, and its
+//! container is rewritten from an allow-list around that same data
+//! (`container`): EXIF and GPS, comments, text chunks and anything appended
+//! after the image's end (a script, a zip) do not survive it.
 
 use std::io::Cursor;
 
+use bytes::Bytes;
 use image::{DynamicImage, ImageFormat as Codec, ImageReader, Limits};
 use sha2::{Digest, Sha256};
 
+use crate::container::PngRows;
 use crate::error::{Error, ErrorCode};
 
 /// The formats accepted.
@@ -96,12 +99,12 @@ impl Default for ImageLimits {
 }
 
 /// An upload's bytes as they arrive, refused the moment they pass the limit.
-/// Chunks are kept as they came (moved in, not copied) and joined once, into
-/// an allocation of exactly the right size, when the image is sanitized: a
-/// growing vector would hold up to twice the upload.
+/// Chunks are kept as they came (the transport's own buffers, not copies)
+/// and joined once, into an allocation of exactly the right size, when the
+/// image is sanitized: a growing vector would hold up to twice the upload.
 #[derive(Debug)]
 pub struct UploadBuffer {
-    chunks: Vec<Vec<u8>>,
+    chunks: Vec<Bytes>,
     len: usize,
     max: usize,
 }
@@ -116,7 +119,8 @@ impl UploadBuffer {
     }
 
     /// Adds one chunk; `IMAGE_TOO_LARGE` as soon as the total passes the cap.
-    pub fn push(&mut self, chunk: Vec<u8>) -> Result<(), Error> {
+    pub fn push(&mut self, chunk: impl Into<Bytes>) -> Result<(), Error> {
+        let chunk = chunk.into();
         if self.len.saturating_add(chunk.len()) > self.max {
             return Err(Error::with_message(
                 ErrorCode::ImageTooLarge,
@@ -141,7 +145,12 @@ impl UploadBuffer {
     /// The bytes in one piece.
     pub fn into_bytes(self) -> Vec<u8> {
         if self.chunks.len() == 1 {
-            return self.chunks.into_iter().next().unwrap_or_default();
+            return self
+                .chunks
+                .into_iter()
+                .next()
+                .map(Vec::from)
+                .unwrap_or_default();
         }
         let mut bytes = Vec::with_capacity(self.len);
         for chunk in self.chunks {
@@ -167,16 +176,16 @@ fn corrupt(why: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::CorruptImage)
 }
 
-/// Checks and re-encodes an uploaded image. CPU-bound: run it off the
-/// async threads.
-pub fn sanitize(bytes: &[u8], limits: &ImageLimits) -> Result<SanitizedImage, Error> {
+/// Checks an uploaded image and rewrites it from an allow-list, in the
+/// upload's own buffer. CPU-bound: run it off the async threads.
+pub fn sanitize(bytes: Vec<u8>, limits: &ImageLimits) -> Result<SanitizedImage, Error> {
     if bytes.len() > limits.max_bytes {
         return Err(Error::new(ErrorCode::ImageTooLarge));
     }
     let format =
-        ImageFormat::sniff(bytes).ok_or_else(|| Error::new(ErrorCode::UnsupportedImageType))?;
+        ImageFormat::sniff(&bytes).ok_or_else(|| Error::new(ErrorCode::UnsupportedImageType))?;
     // The header alone, parsed without a decoder.
-    let size = imagesize::blob_size(bytes).map_err(corrupt)?;
+    let size = imagesize::blob_size(&bytes).map_err(corrupt)?;
     let (width, height) = (
         u32::try_from(size.width).map_err(corrupt)?,
         u32::try_from(size.height).map_err(corrupt)?,
@@ -195,27 +204,31 @@ pub fn sanitize(bytes: &[u8], limits: &ImageLimits) -> Result<SanitizedImage, Er
     }
     // The decoder may allocate what the checked dimensions need, at four
     // bytes per pixel (RGBA8), and a little more; nothing else.
-    let mut decoder_limits = Limits::default();
-    decoder_limits.max_image_width = Some(width);
-    decoder_limits.max_image_height = Some(height);
-    decoder_limits.max_alloc = Some(u64::from(width) * u64::from(height) * 8 + (1 << 20));
-    let mut decoding = ImageReader::with_format(Cursor::new(bytes), format.codec());
-    decoding.limits(decoder_limits);
-    let image = decoding.decode().map_err(corrupt)?;
+    let max_alloc = u64::from(width) * u64::from(height) * 8 + (1 << 20);
     // The decode is the proof the pixels are well-formed. The image is then
     // rewritten from an allow-list around its own compressed data (no
     // re-encoding: nothing grows, no encoder's CPU); only an animated WebP
     // is re-encoded, its first frame.
+    let uploaded = bytes.len();
     let clean = match format {
-        ImageFormat::Png => crate::container::rewrite_png(bytes)?,
-        ImageFormat::Jpeg => crate::container::rewrite_jpeg(bytes)?,
-        ImageFormat::Gif => crate::container::rewrite_gif(bytes)?,
-        ImageFormat::WebP => match crate::container::rewrite_webp(bytes)? {
-            Some(rewritten) => rewritten,
-            None => encode_webp(&image)?,
-        },
+        ImageFormat::Png => {
+            let rows = png_rows(&bytes, (width, height), max_alloc)?;
+            crate::container::rewrite_png(&bytes, &rows)?.apply(bytes)
+        }
+        ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::WebP => {
+            let image = decode(&bytes, format, (width, height), max_alloc)?;
+            let rewrite = match format {
+                ImageFormat::Jpeg => Some(crate::container::rewrite_jpeg(&bytes)?),
+                ImageFormat::Gif => Some(crate::container::rewrite_gif(&bytes)?),
+                _ => crate::container::rewrite_webp(&bytes)?,
+            };
+            match rewrite {
+                Some(rewrite) => rewrite.apply(bytes),
+                None => encode_webp(&image)?,
+            }
+        }
     };
-    refuse_growth(bytes.len(), clean.len(), limits)?;
+    refuse_growth(uploaded, clean.len(), limits)?;
     let sha256 = Sha256::digest(&clean)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -227,6 +240,45 @@ pub fn sanitize(bytes: &[u8], limits: &ImageLimits) -> Result<SanitizedImage, Er
         height,
         sha256,
     })
+}
+
+/// What a PNG's image data must inflate to, from its header as the png
+/// crate reads it (IHDR's fields and their combinations, the chunks before
+/// the image data and their CRCs, a palette for an indexed image). The rest
+/// of the proof, inflating every row, is the rewrite's own pass over the
+/// data (`container::rewrite_png`): the pixels are never unfiltered or held.
+fn png_rows(bytes: &[u8], (width, height): (u32, u32), max_alloc: u64) -> Result<PngRows, Error> {
+    let limits = png::Limits {
+        bytes: usize::try_from(max_alloc).unwrap_or(usize::MAX),
+    };
+    let decoder = png::Decoder::new_with_limits(Cursor::new(bytes), limits);
+    let reader = decoder.read_info().map_err(corrupt)?;
+    let info = reader.info();
+    if (info.width, info.height) != (width, height) {
+        return Err(corrupt("the header's size changed between two reads"));
+    }
+    if info.color_type == png::ColorType::Indexed && info.palette.is_none() {
+        return Err(corrupt("an indexed image without a palette"));
+    }
+    Ok(PngRows::new(width, height, info.interlaced, |w| {
+        info.raw_row_length_from_width(w)
+    }))
+}
+
+/// Every other format's proof: the whole image decoded.
+fn decode(
+    bytes: &[u8],
+    format: ImageFormat,
+    (width, height): (u32, u32),
+    max_alloc: u64,
+) -> Result<DynamicImage, Error> {
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_image_width = Some(width);
+    decoder_limits.max_image_height = Some(height);
+    decoder_limits.max_alloc = Some(max_alloc);
+    let mut decoding = ImageReader::with_format(Cursor::new(bytes), format.codec());
+    decoding.limits(decoder_limits);
+    decoding.decode().map_err(corrupt)
 }
 
 /// A sanitized image may never be larger than its upload, nor than the
@@ -329,7 +381,7 @@ mod tests {
             ImageFormat::Gif,
             ImageFormat::WebP,
         ] {
-            let clean = sanitize(&encoded(format), &LIMITS).unwrap();
+            let clean = sanitize(encoded(format), &LIMITS).unwrap();
             assert_eq!(clean.format, format);
             assert_eq!((clean.width, clean.height), (64, 48));
             assert_eq!(ImageFormat::sniff(&clean.bytes), Some(format));
@@ -337,7 +389,7 @@ mod tests {
             // Sanitizing is stable: clean bytes sanitize to themselves.
             if format != ImageFormat::Jpeg {
                 assert_eq!(
-                    sanitize(&clean.bytes, &LIMITS).unwrap().sha256,
+                    sanitize(clean.bytes.clone(), &LIMITS).unwrap().sha256,
                     clean.sha256
                 );
             }
@@ -395,7 +447,7 @@ mod tests {
             .unwrap();
         assert!(upload.len() < 100 * 1024, "{}", upload.len());
         let limits = ImageLimits::default();
-        let clean = sanitize(&upload, &limits).unwrap();
+        let clean = sanitize(upload.to_vec(), &limits).unwrap();
         assert!(
             clean.bytes.len() <= upload.len(),
             "{} bytes stored from {} uploaded",
@@ -426,7 +478,7 @@ mod tests {
             }
         }
         let hostile = png_from(&hostile, b"<html>after IEND</html>");
-        let clean = sanitize(&hostile, &LIMITS).unwrap();
+        let clean = sanitize(hostile.to_vec(), &LIMITS).unwrap();
         let kinds: Vec<[u8; 4]> = png_chunks(&clean.bytes)
             .into_iter()
             .map(|(k, _)| k)
@@ -470,7 +522,7 @@ mod tests {
         hostile.extend(segment(0xED, b"Photoshop 3.0\0IPTC byline"));
         hostile.extend(segment(0xE2, b"ICC_PROFILE\0\x01\x01desc secret"));
         hostile.extend(&jpeg[2..]);
-        let clean = sanitize(&hostile, &LIMITS).unwrap();
+        let clean = sanitize(hostile.to_vec(), &LIMITS).unwrap();
         for needle in [
             &b"<script>"[..],
             b"xmpmeta",
@@ -517,7 +569,7 @@ mod tests {
         }
         upload.extend(b"PK\x03\x04zipped");
         assert!(upload.len() < 64 * 1024, "{}", upload.len());
-        let clean = sanitize(&upload, &ImageLimits::default()).unwrap();
+        let clean = sanitize(upload.to_vec(), &ImageLimits::default()).unwrap();
         assert!(clean.bytes.len() <= upload.len());
         for needle in [&b"<script>"[..], b"NETSCAPE", b"PK\x03\x04"] {
             assert!(
@@ -537,6 +589,214 @@ mod tests {
             decoder.read_next_frame().unwrap().is_none(),
             "one frame only"
         );
+    }
+
+    /// The zlib stream spread over several IDAT chunks, with bytes hidden
+    /// after its end inside the chunk it ends in and whole IDAT chunks after
+    /// that: one IDAT holding exactly the stream comes out, and the same
+    /// pixels.
+    #[test]
+    fn a_zlib_stream_across_idat_chunks_is_kept_to_its_last_byte() {
+        let png = encoded(ImageFormat::Png);
+        let chunks = png_chunks(&png);
+        let stream: Vec<u8> = chunks
+            .iter()
+            .filter(|(k, _)| k == b"IDAT")
+            .flat_map(|(_, d)| d.clone())
+            .collect();
+        let mut split = vec![chunks[0].clone()];
+        let third = stream.len() / 3;
+        split.push((*b"IDAT", stream[..third].to_vec()));
+        split.push((*b"IDAT", Vec::new()));
+        let mut last = stream[third..].to_vec();
+        last.extend(b"PK\x03\x04hidden");
+        split.push((*b"IDAT", last));
+        split.push((*b"IDAT", b"<html>more</html>".to_vec()));
+        split.push((*b"IEND", Vec::new()));
+        let hostile = png_from(&split, b"");
+        let clean = sanitize(hostile, &LIMITS).unwrap();
+        let out = png_chunks(&clean.bytes);
+        let idat: Vec<&Vec<u8>> = out
+            .iter()
+            .filter(|(k, _)| k == b"IDAT")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(idat, vec![&stream], "one IDAT, exactly the stream");
+        let before = image::load_from_memory(&png).unwrap();
+        let after = image::load_from_memory(&clean.bytes).unwrap();
+        assert_eq!(before.to_rgba8(), after.to_rgba8());
+    }
+
+    /// A PNG made by hand: IHDR as given, image data of `rows` (each row
+    /// its filter byte and bytes) deflated, then `after` inside the IDAT
+    /// past the zlib stream, split over `idat_chunks` chunks.
+    fn hand_png(ihdr: [u8; 13], data: &[u8], after: &[u8], idat_chunks: usize) -> Vec<u8> {
+        let mut stream = miniz_oxide::deflate::compress_to_vec_zlib(data, 6);
+        stream.extend(after);
+        let mut chunks = vec![(*b"IHDR", ihdr.to_vec())];
+        let size = stream.len().div_ceil(idat_chunks);
+        chunks.extend(stream.chunks(size).map(|c| (*b"IDAT", c.to_vec())));
+        chunks.push((*b"IEND", Vec::new()));
+        png_from(&chunks, b"")
+    }
+
+    fn ihdr(width: u32, height: u32, depth: u8, colour: u8, interlace: u8) -> [u8; 13] {
+        let mut out = [0u8; 13];
+        out[..4].copy_from_slice(&width.to_be_bytes());
+        out[4..8].copy_from_slice(&height.to_be_bytes());
+        out[8..].copy_from_slice(&[depth, colour, 0, 0, interlace]);
+        out
+    }
+
+    /// Rows for an image of `width` x `height` at `bits` per pixel,
+    /// Adam7's passes when `interlaced`, every row filter `filter`.
+    fn rows_for(width: u32, height: u32, bits: u32, interlaced: bool, filter: u8) -> Vec<u8> {
+        let passes: Vec<(u32, u32)> = if interlaced {
+            [
+                (0, 0, 8, 8),
+                (4, 0, 8, 8),
+                (0, 4, 4, 8),
+                (2, 0, 4, 4),
+                (0, 2, 2, 4),
+                (1, 0, 2, 2),
+                (0, 1, 1, 2),
+            ]
+            .iter()
+            .map(|&(x0, y0, dx, dy): &(u32, u32, u32, u32)| {
+                (
+                    width.saturating_sub(x0).div_ceil(dx),
+                    height.saturating_sub(y0).div_ceil(dy),
+                )
+            })
+            .filter(|&(w, h)| w > 0 && h > 0)
+            .collect()
+        } else {
+            vec![(width, height)]
+        };
+        let mut data = Vec::new();
+        for (w, h) in passes {
+            for y in 0..h {
+                data.push(filter);
+                data.extend((0..(w * bits).div_ceil(8)).map(|x| (x * 31 + y * 7) as u8));
+            }
+        }
+        data
+    }
+
+    /// Interlaced, sub-byte and 16-bit PNGs, including sizes where some of
+    /// Adam7's passes are empty, are proved and kept: the rows the header
+    /// declares are exactly the rows the png crate decodes.
+    #[test]
+    fn interlaced_and_unusual_depths_are_proved_row_by_row() {
+        for (width, height, depth, colour, samples) in [
+            (1, 1, 8, 2, 3),
+            (3, 2, 8, 6, 4),
+            (13, 7, 1, 0, 1),
+            (33, 17, 16, 6, 4),
+            (5, 9, 4, 0, 1),
+            (64, 1, 2, 0, 1),
+        ] {
+            for interlaced in [false, true] {
+                let data = rows_for(width, height, depth * samples, interlaced, 0);
+                let png = hand_png(
+                    ihdr(width, height, depth as u8, colour, u8::from(interlaced)),
+                    &data,
+                    b"",
+                    2,
+                );
+                let reference = image::load_from_memory(&png).unwrap_or_else(|e| {
+                    panic!("{width}x{height} depth {depth} interlaced {interlaced}: {e}")
+                });
+                let clean = sanitize(png.clone(), &LIMITS).unwrap_or_else(|e| {
+                    panic!("{width}x{height} depth {depth} interlaced {interlaced}: {e:?}")
+                });
+                let after = image::load_from_memory(&clean.bytes).unwrap();
+                assert_eq!(reference.into_bytes(), after.into_bytes());
+            }
+        }
+    }
+
+    /// A row with a filter type the format does not define, image data
+    /// that stops a row short, or that holds more than its rows (a hiding
+    /// place inside the stream itself), is CORRUPT_IMAGE.
+    #[test]
+    fn image_data_that_is_not_exactly_its_rows_is_refused() {
+        let header = ihdr(9, 5, 8, 2, 0);
+        let good = rows_for(9, 5, 24, false, 1);
+        let mut bad_filter = good.clone();
+        bad_filter[28 * 2] = 5;
+        let short = &good[..good.len() - 1];
+        let mut long = good.clone();
+        long.extend(b"PK\x03\x04 inside the stream");
+        for data in [&bad_filter[..], short, &long[..]] {
+            let err = sanitize(hand_png(header, data, b"", 1), &LIMITS).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::CorruptImage);
+        }
+        assert!(sanitize(hand_png(header, &good, b"", 3), &LIMITS).is_ok());
+    }
+
+    /// Bytes after the zlib stream that repeat its checksum make its end
+    /// ambiguous to the fast inflater; the end found is still exact.
+    #[test]
+    fn a_tail_that_repeats_the_checksum_does_not_survive() {
+        let data = rows_for(20, 20, 24, false, 0);
+        let stream = miniz_oxide::deflate::compress_to_vec_zlib(&data, 6);
+        let checksum = stream[stream.len() - 4..].to_vec();
+        for tail in [
+            checksum.repeat(2),
+            [&checksum[1..], &checksum[..]].concat(),
+            b"x".to_vec(),
+        ] {
+            let png = hand_png(ihdr(20, 20, 8, 2, 0), &data, &tail, 2);
+            let clean = sanitize(png, &LIMITS).unwrap();
+            let idat: Vec<u8> = png_chunks(&clean.bytes)
+                .into_iter()
+                .filter(|(k, _)| k == b"IDAT")
+                .flat_map(|(_, d)| d)
+                .collect();
+            assert_eq!(idat, stream, "tail {tail:?}");
+        }
+    }
+
+    /// A chunk whose CRC does not match its bytes is CORRUPT_IMAGE, IDAT
+    /// included (the png crate no longer reads the image data itself).
+    #[test]
+    fn a_wrong_crc_is_refused() {
+        let png = hand_png(ihdr(4, 4, 8, 2, 0), &rows_for(4, 4, 24, false, 0), b"", 1);
+        let idat = png.windows(4).position(|w| w == b"IDAT").unwrap();
+        let len = u32::from_be_bytes(png[idat - 4..idat].try_into().unwrap()) as usize;
+        let mut broken = png.clone();
+        broken[idat + 4 + len] ^= 1;
+        let err = sanitize(broken, &LIMITS).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::CorruptImage);
+    }
+
+    /// A large image is rewritten in the upload's own buffer, not a copy of
+    /// it: the stored bytes are the allocation the upload arrived in.
+    #[test]
+    fn a_large_image_is_rewritten_in_its_own_buffer() {
+        let (w, h) = (600u32, 400u32);
+        let mut state = 0x2545_f491_u32;
+        let noise = RgbImage::from_fn(w, h, |_, _| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            Rgb([state as u8, (state >> 8) as u8, (state >> 16) as u8])
+        });
+        let mut png = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(noise)
+            .write_to(&mut png, Codec::Png)
+            .unwrap();
+        let mut chunks = png_chunks(png.get_ref());
+        chunks.insert(1, (*b"tEXt", b"Comment\0dropped".to_vec()));
+        let upload = png_from(&chunks, b"tail");
+        let (address, len) = (upload.as_ptr().addr(), upload.len());
+        let clean = sanitize(upload, &ImageLimits::default()).unwrap();
+        assert_eq!(clean.bytes.as_ptr().addr(), address, "laid out in place");
+        assert!(clean.bytes.len() < len);
+        assert!(!clean.bytes.windows(7).any(|w| w == b"dropped"));
+        let decoded = image::load_from_memory(&clean.bytes).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (w, h));
     }
 
     /// An extended WebP with an ICC profile, EXIF and XMP, and bytes past
@@ -573,7 +833,7 @@ mod tests {
         hostile.extend((body.len() as u32).to_le_bytes());
         hostile.extend(body);
         hostile.extend(b"<script>after the RIFF</script>");
-        let clean = sanitize(&hostile, &LIMITS).unwrap();
+        let clean = sanitize(hostile.to_vec(), &LIMITS).unwrap();
         for needle in [
             &b"secret"[..],
             b"GPS",
@@ -649,7 +909,7 @@ mod tests {
         with_exif.extend(&app1);
         with_exif.extend(&jpeg[2..]);
         with_exif.extend(b"<script>alert(1)</script>PK\x03\x04zipped");
-        let clean = sanitize(&with_exif, &LIMITS).unwrap();
+        let clean = sanitize(with_exif.to_vec(), &LIMITS).unwrap();
         let contains =
             |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
         assert!(contains(&with_exif, b"Exif\0\0"));
@@ -663,7 +923,7 @@ mod tests {
 
         let mut png = encoded(ImageFormat::Png);
         png.extend(b"<script>alert(1)</script>");
-        let clean = sanitize(&png, &LIMITS).unwrap();
+        let clean = sanitize(png.to_vec(), &LIMITS).unwrap();
         assert!(!contains(&clean.bytes, b"<script>"));
     }
 
@@ -683,7 +943,7 @@ mod tests {
             (b"", ErrorCode::UnsupportedImageType),
         ];
         for (bytes, code) in cases {
-            assert_eq!(sanitize(bytes, &LIMITS).unwrap_err().code(), code);
+            assert_eq!(sanitize(bytes.to_vec(), &LIMITS).unwrap_err().code(), code);
         }
     }
 
@@ -692,11 +952,11 @@ mod tests {
         let png = encoded(ImageFormat::Png);
         let truncated = &png[..png.len() / 2];
         assert_eq!(
-            sanitize(truncated, &LIMITS).unwrap_err().code(),
+            sanitize(truncated.to_vec(), &LIMITS).unwrap_err().code(),
             ErrorCode::CorruptImage
         );
         let bomb = test_support::png_header(60_000, 60_000);
-        let err = sanitize(&bomb, &ImageLimits::default()).unwrap_err();
+        let err = sanitize(bomb.to_vec(), &ImageLimits::default()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::ImageTooManyPixels);
         assert!(err.message().contains("60000 x 60000"), "{}", err.message());
     }

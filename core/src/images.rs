@@ -289,7 +289,7 @@ impl ImageLibrary {
         let clean = self
             .sanitizing
             .run_for(Some(owner.user_id.to_string().into()), move |limits| {
-                sanitize(&upload.into_bytes(), limits)
+                sanitize(upload.into_bytes(), limits)
             })
             .await??;
         let key = ImageKey::for_image(owner.user_id, &clean)?.to_string();
