@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Upload chunks are the transport's own buffers, not copies of them.
+        .bytes(".polyhub.images.v1.UploadImageRequest.chunk")
         .compile_fds(files)?;
     Ok(())
 }

@@ -6,9 +6,12 @@
 //!
 //! 1. Upload throughput in MB/s with sanitizing on, for 1 MiB and 8 MiB
 //!    PNGs (noise, so they do not compress), 4 clients at once, vs direct
-//!    PUTs of the same bytes to the same S3 server from 4 tasks.
+//!    PUTs of the same bytes to the same S3 server from 4 tasks; two
+//!    rounds, with the CPU each process spent per upload.
 //! 2. Peak RSS of the hub while 16 clients upload 8 MiB images at once,
 //!    against the budget 16 x 3 x 8 MiB + 50 MiB.
+//! 3. Sanitizing time per megapixel: noise in each format, then each
+//!    format's hardest inputs against PNG's.
 //!
 //! Every upload is a distinct image: the same image twice is stored once, so
 //! repeats would measure the shortcut.
@@ -56,6 +59,57 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Busy and total jiffies of every CPU since boot, from /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let idle = fields[3] + fields[4];
+    let total: u64 = fields.iter().take(8).sum();
+    (total - idle, total)
+}
+
+/// CPU seconds used so far by every process whose command name starts
+/// with one of `names` (the hub, s3s-fs, PostgreSQL's backends, this one).
+fn cpu_by_process(names: &[&str]) -> Vec<f64> {
+    let mut totals = vec![0.0; names.len()];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        if let Some(i) = names.iter().position(|n| comm.starts_with(n)) {
+            totals[i] += ticks / 100.0;
+        }
+    }
+    totals
+}
+
+const PROCESSES: [&str; 4] = ["hub", "s3s-fs", "postgres", "images-"];
+
+/// How busy the machine's CPUs were while `work` ran, 0 to 1.
+async fn busy_while<T>(work: impl std::future::Future<Output = T>) -> (T, f64) {
+    let (busy0, total0) = cpu_jiffies();
+    let out = work.await;
+    let (busy1, total1) = cpu_jiffies();
+    (
+        out,
+        (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
+    )
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -121,7 +175,7 @@ async fn upload(mut client: ImageDeliveryClient<Channel>, token: &str, bytes: Ar
         })),
     }];
     messages.extend(bytes.chunks(MIB).map(|c| UploadImageRequest {
-        data: Some(Data::Chunk(c.to_vec())),
+        data: Some(Data::Chunk(bytes::Bytes::copy_from_slice(c))),
     }));
     let mut request = tonic::Request::new(futures_util::stream::iter(messages));
     request
@@ -221,14 +275,35 @@ async fn main() {
             })
             .collect()
     };
-    for (label, size, count) in [("1 MiB", MIB, 48), ("8 MiB", 8 * MIB, 12)] {
+    // Two rounds, hub then direct each time: one pass of a few hundred
+    // milliseconds moves with whatever else the two cores are doing.
+    let sizes = [("1 MiB", MIB, 64), ("8 MiB", 8 * MIB, 16)];
+    for (label, size, count) in sizes.into_iter().chain(sizes) {
         let for_hub = images(size, count);
         let for_store = images(size, count);
-        let hub_rate = through_hub(&served.grpc, &token, &for_hub, 4).await;
-        let direct_rate = direct_puts(&for_store, 4).await;
+        let before = cpu_by_process(&PROCESSES);
+        let (hub_rate, hub_busy) = busy_while(through_hub(&served.grpc, &token, &for_hub, 4)).await;
+        let middle = cpu_by_process(&PROCESSES);
+        let (direct_rate, direct_busy) = busy_while(direct_puts(&for_store, 4)).await;
+        let after = cpu_by_process(&PROCESSES);
+        let per_upload = |from: &[f64], to: &[f64]| -> String {
+            PROCESSES
+                .iter()
+                .zip(from.iter().zip(to))
+                .map(|(name, (a, b))| format!("{name} {:.2}", (b - a) * 1000.0 / count as f64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!(
-            "| upload {label} PNGs, 4 clients ({count} distinct images, {:.1} MB each) | {hub_rate:.1} MB/s | direct PUT of the same bytes {direct_rate:.1} MB/s | ratio {:.2} |",
+            "  CPU ms per {label} upload: through the hub: {}; direct: {}",
+            per_upload(&before, &middle),
+            per_upload(&middle, &after)
+        );
+        println!(
+            "| upload {label} PNGs, 4 clients ({count} distinct images, {:.1} MB each) | {hub_rate:.1} MB/s (CPUs {:.0}% busy) | direct PUT of the same bytes {direct_rate:.1} MB/s (CPUs {:.0}% busy) | ratio {:.2} |",
             for_hub[0].len() as f64 / 1e6,
+            hub_busy * 100.0,
+            direct_busy * 100.0,
             hub_rate / direct_rate
         );
     }
@@ -242,10 +317,12 @@ async fn main() {
         peak / budget
     );
     sanitizing_per_megapixel();
+    worst_case_per_megapixel();
 }
 
-/// Noise: the worst case for every decoder (nothing compresses), at
-/// `width` x `height`, in each accepted format.
+/// Noise at `width` x `height`, in each accepted format, as its default
+/// encoder writes it. For PNG that is its cheapest case (the encoder gives
+/// up on compressing and stores the rows); see `hardest_inputs`.
 fn noise_in(format: image::ImageFormat, width: u32, height: u32) -> Vec<u8> {
     let mut seed = 0x9e37_79b9_u32;
     let mut next = move || {
@@ -291,7 +368,7 @@ fn sanitizing_per_megapixel() {
         max_bytes: 64 * MIB,
         max_pixels: 50_000_000,
     };
-    println!("\nsanitizing noise, {width} x {height}, best of 3:");
+    println!("\nsanitizing noise, {width} x {height}, each format's default encoding, best of 3:");
     println!("| format | upload | ms per megapixel | against PNG |");
     println!("|---|---|---|---|");
     let mut png = None;
@@ -304,8 +381,9 @@ fn sanitizing_per_megapixel() {
         let bytes = noise_in(format, width, height);
         let best = (0..3)
             .map(|_| {
+                let upload = bytes.clone();
                 let started = Instant::now();
-                hub_core::image::sanitize(&bytes, &limits).unwrap();
+                hub_core::image::sanitize(upload, &limits).unwrap();
                 started.elapsed()
             })
             .min()
@@ -317,5 +395,109 @@ fn sanitizing_per_megapixel() {
             bytes.len() as f64 / 1e6,
             per_mp / png_per_mp
         );
+    }
+}
+
+/// Milliseconds per megapixel to sanitize `bytes`, best of three.
+fn ms_per_megapixel(bytes: &[u8], megapixels: f64) -> f64 {
+    let limits = hub_core::ImageLimits {
+        max_bytes: 64 * MIB,
+        max_pixels: 50_000_000,
+    };
+    (0..3)
+        .map(|_| {
+            let upload = bytes.to_vec();
+            let started = Instant::now();
+            hub_core::image::sanitize(upload, &limits).unwrap();
+            started.elapsed().as_secs_f64() * 1000.0 / megapixels
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+/// The inputs that cost each format the most per megapixel, found by
+/// trying what each decoder finds hardest: for PNG, samples of 16 bits
+/// with alpha (8 bytes a pixel), and rows that deflate really compresses
+/// (Huffman-coded, so inflating is work, not a copy); for JPEG, quality
+/// 100 (the most entropy-coded data per block); GIF and WebP as above.
+fn hardest_inputs(width: u32, height: u32) -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let mut seed = 0x2545_f491_u32;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed as u8
+    };
+    let pixels = (width * height) as usize;
+    let encode = |image: DynamicImage, format| {
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    };
+    let rgba16: Vec<u16> = (0..pixels * 4)
+        .map(|_| u16::from_be_bytes([next(), next()]))
+        .collect();
+    let low_entropy: Vec<u8> = (0..pixels * 3).map(|_| next() & 0x0f).collect();
+    let noise: Vec<u8> = (0..pixels * 3).map(|_| next()).collect();
+    let mut q100 = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut q100, 100)
+        .encode(&noise, width, height, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    vec![
+        (
+            "PNG",
+            "RGBA, 16 bits a sample, noise",
+            encode(
+                DynamicImage::ImageRgba16(
+                    image::ImageBuffer::from_raw(width, height, rgba16).unwrap(),
+                ),
+                image::ImageFormat::Png,
+            ),
+        ),
+        (
+            "PNG",
+            "RGB, 16 levels a sample (Huffman-coded)",
+            encode(
+                DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, low_entropy).unwrap()),
+                image::ImageFormat::Png,
+            ),
+        ),
+        ("JPEG", "quality 100, noise", q100),
+        (
+            "GIF",
+            "256 colours, noise",
+            noise_in(image::ImageFormat::Gif, width, height),
+        ),
+        (
+            "WebP",
+            "lossless, noise",
+            noise_in(image::ImageFormat::WebP, width, height),
+        ),
+    ]
+}
+
+/// Each format's worst input per megapixel, against PNG's worst.
+fn worst_case_per_megapixel() {
+    let (width, height) = (2_000u32, 2_000u32);
+    let megapixels = f64::from(width * height) / 1e6;
+    println!("\nsanitizing each format's hardest inputs, {width} x {height}, best of 3:");
+    println!("| format | input | upload | ms per megapixel |");
+    println!("|---|---|---|---|");
+    let mut worst: Vec<(&str, f64)> = Vec::new();
+    for (format, input, bytes) in hardest_inputs(width, height) {
+        let per_mp = ms_per_megapixel(&bytes, megapixels);
+        println!(
+            "| {format} | {input} | {:.1} MB | {per_mp:.2} |",
+            bytes.len() as f64 / 1e6
+        );
+        match worst.iter_mut().find(|(f, _)| *f == format) {
+            Some((_, w)) => *w = w.max(per_mp),
+            None => worst.push((format, per_mp)),
+        }
+    }
+    let png = worst[0].1;
+    println!("\n| format | worst ms per megapixel | against PNG's worst |");
+    println!("|---|---|---|");
+    for (format, per_mp) in &worst {
+        println!("| {format} | {per_mp:.2} | {:.2} |", per_mp / png);
     }
 }

@@ -63,7 +63,7 @@ pub async fn receive<S, B, E>(
 ) -> Result<UploadBuffer, HttpError>
 where
     S: futures_util::Stream<Item = Result<B, E>> + Unpin,
-    B: AsRef<[u8]>,
+    B: Into<bytes::Bytes>,
     E: std::fmt::Display,
 {
     let mut buffer = UploadBuffer::new(limits);
@@ -71,7 +71,7 @@ where
         match tokio::time::timeout(stall, chunks.next()).await {
             Err(_) => return Err(stalled(stall)),
             Ok(None) => return Ok(buffer),
-            Ok(Some(Ok(chunk))) => buffer.push(chunk.as_ref().to_vec())?,
+            Ok(Some(Ok(chunk))) => buffer.push(chunk)?,
             Ok(Some(Err(e))) => {
                 return Err(Error::with_message(
                     ErrorCode::InvalidRequest,

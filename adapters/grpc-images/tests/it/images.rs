@@ -95,7 +95,7 @@ fn messages(metadata: Option<(&str, &str)>, bytes: &[u8], chunk: usize) -> Vec<U
         });
     }
     out.extend(bytes.chunks(chunk).map(|c| UploadImageRequest {
-        data: Some(Data::Chunk(c.to_vec())),
+        data: Some(Data::Chunk(bytes::Bytes::copy_from_slice(c))),
     }));
     out
 }
@@ -732,7 +732,7 @@ async fn an_oversized_message_is_refused_with_the_hubs_code() {
         .into_iter()
         .take(1)
         .chain([UploadImageRequest {
-            data: Some(Data::Chunk(vec![0; 100 * 1024])),
+            data: Some(Data::Chunk(vec![0; 100 * 1024].into())),
         }])
         .collect(),
     )
