@@ -190,6 +190,11 @@ pub struct HttpConfig {
     pub client_ipv6_prefix: u8,
     /// HTTP/2 streams one connection may have open at once.
     pub max_streams_per_connection: u32,
+    /// The largest HTTP/2 frame a client may send (16 KiB to 16 MiB less
+    /// one byte; clamped into that range). A connection buffers at most
+    /// one frame it is reading, and fewer, larger frames make an upload
+    /// cheaper on both ends.
+    pub max_frame_bytes: u32,
     /// Which requests get an access line: `all`, `errors` or `off`.
     pub access_log: AccessLogMode,
     /// With `all`: one in this many successful requests is written (errors
@@ -230,6 +235,7 @@ impl Default for HttpConfig {
             max_connections_per_client: 128,
             client_ipv6_prefix: 64,
             max_streams_per_connection: 100,
+            max_frame_bytes: 256 * 1024,
             access_log: AccessLogMode::All,
             access_log_sample: 1,
             secure_cookies: true,

@@ -346,7 +346,8 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(config.max_streams_per_connection);
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .max_frame_size(config.max_frame_bytes.clamp(16_384, 16_777_215));
     let idle = Duration::from_millis(config.idle_timeout_ms);
     let ipv6_prefix = config.client_ipv6_prefix;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
