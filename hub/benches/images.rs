@@ -416,8 +416,9 @@ fn ms_per_megapixel(bytes: &[u8], megapixels: f64) -> f64 {
 
 /// The inputs that cost each format the most per megapixel, found by
 /// trying what each decoder finds hardest: for PNG, samples of 16 bits
-/// with alpha (8 bytes a pixel), and rows that deflate really compresses
-/// (Huffman-coded, so inflating is work, not a copy); for JPEG, quality
+/// with alpha (8 bytes a pixel), stored and Huffman-coded, and 8-bit rows
+/// that deflate really compresses (inflating is work, not a copy; of the
+/// inputs tried, 16-bit samples of 256 levels cost PNG the most); for JPEG, quality
 /// 100 (the most entropy-coded data per block); GIF and WebP as above.
 fn hardest_inputs(width: u32, height: u32) -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut seed = 0x2545_f491_u32;
@@ -436,6 +437,9 @@ fn hardest_inputs(width: u32, height: u32) -> Vec<(&'static str, &'static str, V
     let rgba16: Vec<u16> = (0..pixels * 4)
         .map(|_| u16::from_be_bytes([next(), next()]))
         .collect();
+    // 16-bit samples of 256 levels: every sample's high byte is zero, so
+    // deflate Huffman-codes the rows and inflating 8 bytes a pixel is work.
+    let rgba16_coded: Vec<u16> = (0..pixels * 4).map(|_| u16::from(next())).collect();
     let low_entropy: Vec<u8> = (0..pixels * 3).map(|_| next() & 0x0f).collect();
     let noise: Vec<u8> = (0..pixels * 3).map(|_| next()).collect();
     let mut q100 = Vec::new();
@@ -449,6 +453,16 @@ fn hardest_inputs(width: u32, height: u32) -> Vec<(&'static str, &'static str, V
             encode(
                 DynamicImage::ImageRgba16(
                     image::ImageBuffer::from_raw(width, height, rgba16).unwrap(),
+                ),
+                image::ImageFormat::Png,
+            ),
+        ),
+        (
+            "PNG",
+            "RGBA, 16 bits a sample, 256 levels (Huffman-coded)",
+            encode(
+                DynamicImage::ImageRgba16(
+                    image::ImageBuffer::from_raw(width, height, rgba16_coded).unwrap(),
                 ),
                 image::ImageFormat::Png,
             ),
