@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use hub_core::{Error, ErrorCode, ImageQuota, ImageRepository, StoredImage, UserId};
 use sqlx::postgres::PgPool;
+use sqlx::{FromRow, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -62,45 +63,32 @@ macro_rules! columns {
 
 #[async_trait]
 impl ImageRepository for PgImageRepository {
-    /// One transaction: the owner's row locked (so two uploads of one user
-    /// are decided one after the other), an existing image with the same
-    /// hash returned as it is, else the quota checked, then the row stored.
+    /// One call of `store_image` (a migration), one round trip: the owner's
+    /// row locked (so two uploads of one user are decided one after the
+    /// other), an existing image with the same hash returned as it is, else
+    /// the quota checked, then the row stored, all in one transaction.
     async fn insert(&self, image: &StoredImage, quota: &ImageQuota) -> Result<StoredImage, Error> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| classify("storing image metadata", e))?;
-        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(image.owner_id.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify("storing image metadata", e))?;
-        let existing: Option<ImageRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM images WHERE owner_id = $1 AND sha256 = $2"
-        ))
-        .bind(image.owner_id.as_uuid())
-        .bind(&image.sha256)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| classify("storing image metadata", e))?;
-        if let Some(row) = existing {
-            return StoredImage::try_from(row);
-        }
-        let (count, bytes): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), coalesce(sum(size_bytes), 0)::bigint FROM images WHERE owner_id = $1",
-        )
-        .bind(image.owner_id.as_uuid())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| classify("checking an image quota", e))?;
-        let (count, bytes) = (
-            u64::try_from(count).unwrap_or(0),
-            u64::try_from(bytes).unwrap_or(0),
-        );
-        if count >= quota.max_images || bytes.saturating_add(image.size_bytes) > quota.max_bytes {
+        let row =
+            sqlx::query("SELECT * FROM store_image($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+                .bind(image.id)
+                .bind(image.owner_id.as_uuid())
+                .bind(&image.key)
+                .bind(&image.content_type)
+                .bind(i64::try_from(image.size_bytes).unwrap_or(i64::MAX))
+                .bind(i32::try_from(image.width).unwrap_or(i32::MAX))
+                .bind(i32::try_from(image.height).unwrap_or(i32::MAX))
+                .bind(&image.sha256)
+                .bind(image.created_at)
+                .bind(i64::try_from(quota.max_images).unwrap_or(i64::MAX))
+                .bind(i64::try_from(quota.max_bytes).unwrap_or(i64::MAX))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| classify("storing image metadata", e))?;
+        let read = |e| classify("reading what storing image metadata answered", e);
+        let outcome: String = row.try_get("outcome").map_err(read)?;
+        if outcome == "quota" {
+            let count: i64 = row.try_get("used_images").map_err(read)?;
+            let bytes: i64 = row.try_get("used_bytes").map_err(read)?;
             tracing::info!(owner = %image.owner_id, count, bytes, "upload refused: the user's image quota is full");
             return Err(Error::with_message(
                 ErrorCode::QuotaExceeded,
@@ -110,28 +98,7 @@ impl ImageRepository for PgImageRepository {
                 ),
             ));
         }
-        let inserted: ImageRow = sqlx::query_as(concat!(
-            "INSERT INTO images (",
-            columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
-            columns!()
-        ))
-        .bind(image.id)
-        .bind(image.owner_id.as_uuid())
-        .bind(&image.key)
-        .bind(&image.content_type)
-        .bind(i64::try_from(image.size_bytes).unwrap_or(i64::MAX))
-        .bind(i32::try_from(image.width).unwrap_or(i32::MAX))
-        .bind(i32::try_from(image.height).unwrap_or(i32::MAX))
-        .bind(&image.sha256)
-        .bind(image.created_at)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| classify("storing image metadata", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| classify("storing image metadata", e))?;
-        StoredImage::try_from(inserted)
+        StoredImage::try_from(ImageRow::from_row(&row).map_err(read)?)
     }
 
     async fn find_by_hash(
