@@ -20,6 +20,8 @@ use subtle::ConstantTimeEq;
 use crate::error::{Error, ErrorCode};
 use crate::user::Password;
 
+mod sha256_chain;
+
 const ALGORITHM: &str = "pbkdf2-sha256";
 const SALT_LEN: usize = 16;
 const OUTPUT_LEN: usize = 32;
@@ -616,7 +618,9 @@ fn derive_with(
         Pbkdf2Digest::Sha1 => {
             pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, &mut out)
         }
-        Pbkdf2Digest::Sha256 => pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out),
+        Pbkdf2Digest::Sha256 => {
+            sha256_chain::pbkdf2_hmac_sha256(password, salt, iterations, &mut out)
+        }
         Pbkdf2Digest::Sha512 => {
             pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, salt, iterations, &mut out)
         }
