@@ -28,9 +28,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderName, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hub_core::{Error, ErrorCode};
 use ipnet::IpNet;
@@ -151,10 +150,10 @@ fn identity_mismatch(headers: &HeaderMap) -> Option<&'static str> {
 /// later reader (budgets, hashing shares, session client info) sees it, and
 /// checks a trusted gateway's identity headers against the token (or drops
 /// an untrusted peer's).
-pub async fn forwarded_client(
-    State(proxies): State<TrustedProxies>,
+pub(crate) async fn forwarded_client<Run: std::future::Future<Output = Response>>(
+    proxies: &TrustedProxies,
     mut request: Request,
-    next: Next,
+    next: impl FnOnce(Request) -> Run,
 ) -> Response {
     if let Some(ConnectInfo(peer)) = request
         .extensions()
@@ -187,7 +186,7 @@ pub async fn forwarded_client(
                 .insert(ConnectInfo(SocketAddr::new(client, 0)));
         }
     }
-    next.run(request).await
+    next(request).await
 }
 
 #[cfg(test)]

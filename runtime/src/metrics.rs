@@ -10,9 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 /// One scrape's worth of metrics, written in order.
@@ -408,10 +407,10 @@ impl Drop for GrpcResponseBody {
 /// The middleware that feeds [`HttpMetrics`]: routes by their pattern
 /// (`/api/sessions/{user_id}`), gRPC calls by their method path and status
 /// code, anything unrouted as `unmatched`, so labels stay bounded.
-pub async fn record(
-    State(metrics): State<Arc<HttpMetrics>>,
+pub(crate) async fn record<Run: std::future::Future<Output = Response>>(
+    metrics: Arc<HttpMetrics>,
     request: Request,
-    next: Next,
+    next: impl FnOnce(Request) -> Run,
 ) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
@@ -431,7 +430,7 @@ pub async fn record(
             metrics,
             started,
         };
-        let response = next.run(request).await;
+        let response = next(request).await;
         // Refused before any message: the status is in the headers.
         if let Some(code) = grpc_status(response.headers()) {
             call.finish(code);
@@ -445,7 +444,7 @@ pub async fn record(
         return Response::from_parts(parts, Body::new(body));
     }
     let route = matched.unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(request).await;
+    let response = next(request).await;
     metrics.observe(
         method,
         &route,

@@ -9,9 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body::Frame;
 use hub_core::{Error, ErrorCode};
@@ -132,12 +131,13 @@ pub(crate) fn is_grpc(request: &Request) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
-/// The middleware: paces the body and bounds the whole request. A request
-/// past its deadline is `REQUEST_TIMEOUT` in its protocol's shape.
-pub(crate) async fn guard(
-    State(limits): State<RequestLimits>,
+/// Paces the body and bounds the whole request (`next`, the rest of the
+/// stack). A request past its deadline is `REQUEST_TIMEOUT` in its
+/// protocol's shape.
+pub(crate) async fn guard<Run: Future<Output = Response>>(
+    limits: RequestLimits,
     request: Request,
-    next: Next,
+    next: impl FnOnce(Request) -> Run,
 ) -> Response {
     let grpc = is_grpc(&request);
     let request = request.map(|inner| {
@@ -149,7 +149,7 @@ pub(crate) async fn guard(
             timer: None,
         })
     });
-    match tokio::time::timeout(limits.deadline, next.run(request)).await {
+    match tokio::time::timeout(limits.deadline, next(request)).await {
         Ok(response) => response,
         Err(_) => {
             let error = Error::new(ErrorCode::RequestTimeout);
