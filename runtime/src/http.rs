@@ -368,43 +368,49 @@ pub fn grpc_service_router(
         .merge(health::routes(readiness))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(ClientEdge {
-                proxies: crate::forwarded::TrustedProxies::new(&config.trusted_proxies),
-                ipv6_prefix: config.client_ipv6_prefix,
-                limits: crate::pacing::RequestLimits::new(config),
-            }),
-            client_edge,
-        ))
-        .layer(CatchPanicLayer::custom(panicked))
+        // One `layer` call: every call wraps the routes in a box of its own,
+        // and each request clones the boxes of the stack from the outside in.
+        // Outermost first.
         .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(move |req: &Request| {
-                    let request_id = req
-                        .headers()
-                        .get(&REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    // The route's pattern, not the client's path: bounded, and
-                    // what the metrics are labelled with too.
-                    let route = req
-                        .extensions()
-                        .get::<axum::extract::MatchedPath>()
-                        .map_or("unmatched", |m| m.as_str());
-                    tracing::info_span!(
-                        "request",
-                        service,
-                        method = %req.method(),
-                        route,
-                        request_id,
-                    )
-                })
-                .on_request(())
-                .on_failure(())
-                .on_response(AccessLog::new(config)),
+            tower::ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(metrics, observed))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(move |req: &Request| {
+                            let request_id = req
+                                .headers()
+                                .get(&REQUEST_ID)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("");
+                            // The route's pattern, not the client's path: bounded, and
+                            // what the metrics are labelled with too.
+                            let route = req
+                                .extensions()
+                                .get::<axum::extract::MatchedPath>()
+                                .map_or("unmatched", |m| m.as_str());
+                            tracing::info_span!(
+                                "request",
+                                service,
+                                method = %req.method(),
+                                route,
+                                request_id,
+                            )
+                        })
+                        .on_request(())
+                        .on_failure(())
+                        .on_response(AccessLog::new(config)),
+                )
+                .layer(CatchPanicLayer::custom(panicked))
+                .layer(middleware::from_fn_with_state(
+                    Arc::new(ClientEdge {
+                        proxies: crate::forwarded::TrustedProxies::new(&config.trusted_proxies),
+                        ipv6_prefix: config.client_ipv6_prefix,
+                        limits: crate::pacing::RequestLimits::new(config),
+                    }),
+                    client_edge,
+                ))
+                .layer(DefaultBodyLimit::max(config.max_body_bytes)),
         )
-        .layer(middleware::from_fn_with_state(metrics, observed))
 }
 
 /// One access line per request, inside its span (so with its method, route
