@@ -404,7 +404,8 @@ impl Drop for GrpcResponseBody {
     }
 }
 
-/// The middleware that feeds [`HttpMetrics`]: routes by their pattern
+/// Feeds [`HttpMetrics`] around `next` (a step of the outermost middleware,
+/// `http::observed`): routes by their pattern
 /// (`/api/sessions/{user_id}`), gRPC calls by their method path and status
 /// code, anything unrouted as `unmatched`, so labels stay bounded.
 pub(crate) async fn record<Run: std::future::Future<Output = Response>>(
