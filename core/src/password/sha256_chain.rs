@@ -49,6 +49,7 @@ fn write_words(words: &[u32; 8], into: &mut [u8]) {
 
 /// HMAC-SHA256 with its key folded into two chaining states.
 struct KeyedHmac {
+    key: [u8; BLOCK],
     inner: [u32; 8],
     outer: [u32; 8],
 }
@@ -63,29 +64,30 @@ impl KeyedHmac {
             key[..password.len()].copy_from_slice(password);
         }
         Self {
+            key,
             inner: keyed_state(&key, 0x36),
             outer: keyed_state(&key, 0x5c),
         }
     }
 
-    /// HMAC of `message`, any length: the first iteration's `salt || INT(i)`.
+    /// HMAC of `message`, any length (the first iteration's
+    /// `salt || INT(i)`), by the book: once per output block, so sha2's own
+    /// buffering and padding do it.
     fn mac(&self, message: &[u8]) -> [u32; 8] {
-        // The inner hash has one keyed block before the message, so its
-        // length in bits counts that block too.
-        let bits = ((BLOCK + message.len()) as u64) * 8;
-        let mut padded = Vec::with_capacity((message.len() + 9).div_ceil(BLOCK) * BLOCK);
-        padded.extend_from_slice(message);
-        padded.push(0x80);
-        padded.resize((message.len() + 9).div_ceil(BLOCK) * BLOCK - 8, 0);
-        padded.extend_from_slice(&bits.to_be_bytes());
-        let mut inner = self.inner;
-        for block in padded.chunks_exact(BLOCK) {
-            let mut one = [0u8; BLOCK];
-            one.copy_from_slice(block);
-            compress256(&mut inner, &[one]);
+        let pad = |with: u8| self.key.map(|byte| byte ^ with);
+        let inner = Sha256::new()
+            .chain_update(pad(0x36))
+            .chain_update(message)
+            .finalize();
+        let outer = Sha256::new()
+            .chain_update(pad(0x5c))
+            .chain_update(inner)
+            .finalize();
+        let mut words = [0u32; 8];
+        for (word, bytes) in words.iter_mut().zip(outer.chunks_exact(4)) {
+            *word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         }
-        let mut block = digest_block();
-        self.outer_of(&inner, &mut block)
+        words
     }
 
     /// The outer hash of an inner digest, in `block` (a [`digest_block`]).
