@@ -99,64 +99,180 @@ impl Default for ImageLimits {
 }
 
 /// An upload's bytes as they arrive, refused the moment they pass the limit.
-/// Chunks are kept as they came (the transport's own buffers, not copies)
-/// and joined once, into an allocation of exactly the right size, when the
-/// image is sanitized: a growing vector would hold up to twice the upload.
+/// Each chunk is copied into the upload's one buffer as it comes and let go
+/// at once, so the transport fills the same receive buffer again instead
+/// of a fresh one per message; the buffer itself comes from a
+/// [`BufferPool`] and goes back to it when the upload is stored or refused.
+/// It grows at most to the limit, never past it.
 #[derive(Debug)]
 pub struct UploadBuffer {
-    chunks: Vec<Bytes>,
-    len: usize,
+    bytes: Vec<u8>,
     max: usize,
+    pool: Option<BufferPool>,
 }
 
 impl UploadBuffer {
+    /// A buffer of its own, not from a pool.
     pub fn new(limits: &ImageLimits) -> Self {
         Self {
-            chunks: Vec::new(),
-            len: 0,
+            bytes: Vec::new(),
             max: limits.max_bytes,
+            pool: None,
+        }
+    }
+
+    /// A buffer from `pool` (one an earlier upload gave back, when there is
+    /// one), given back to it when this upload ends.
+    pub fn pooled(limits: &ImageLimits, pool: &BufferPool) -> Self {
+        Self {
+            bytes: pool.take(),
+            max: limits.max_bytes,
+            pool: Some(pool.clone()),
         }
     }
 
     /// Adds one chunk; `IMAGE_TOO_LARGE` as soon as the total passes the cap.
-    pub fn push(&mut self, chunk: impl Into<Bytes>) -> Result<(), Error> {
-        let chunk = chunk.into();
-        if self.len.saturating_add(chunk.len()) > self.max {
+    pub fn push(&mut self, chunk: impl AsRef<[u8]>) -> Result<(), Error> {
+        let chunk = chunk.as_ref();
+        let len = self.bytes.len().saturating_add(chunk.len());
+        if len > self.max {
             return Err(Error::with_message(
                 ErrorCode::ImageTooLarge,
                 format!("the image is larger than the limit of {} bytes", self.max),
             ));
         }
-        self.len += chunk.len();
-        if !chunk.is_empty() {
-            self.chunks.push(chunk);
+        if len > self.bytes.capacity() {
+            // Doubling, as a vector grows, but never past the cap.
+            let grown = len
+                .max(self.bytes.capacity().saturating_mul(2))
+                .min(self.max);
+            self.bytes.reserve_exact(grown - self.bytes.len());
         }
+        self.bytes.extend_from_slice(chunk);
         Ok(())
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.bytes.is_empty()
+    }
+
+    /// The bytes in one piece, and the pool they go back to.
+    pub fn into_parts(mut self) -> (Vec<u8>, Option<BufferPool>) {
+        (std::mem::take(&mut self.bytes), self.pool.take())
     }
 
     /// The bytes in one piece.
     pub fn into_bytes(self) -> Vec<u8> {
-        if self.chunks.len() == 1 {
-            return self
-                .chunks
-                .into_iter()
-                .next()
-                .map(Vec::from)
-                .unwrap_or_default();
+        self.into_parts().0
+    }
+}
+
+impl Drop for UploadBuffer {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give(std::mem::take(&mut self.bytes));
         }
-        let mut bytes = Vec::with_capacity(self.len);
-        for chunk in self.chunks {
-            bytes.extend_from_slice(&chunk);
+    }
+}
+
+/// Upload buffers kept for the next upload, up to a number of bytes. A
+/// fresh buffer of a few MiB is faulted in, and zeroed by the kernel, page
+/// by page as it is first written, which cost more of an upload's CPU than
+/// copying the bytes into it; a buffer given back is written again without
+/// either. What it keeps is bounded: buffers given back past `max_bytes`
+/// (counted by capacity) are freed.
+#[derive(Debug, Clone)]
+pub struct BufferPool {
+    inner: std::sync::Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    /// Idle buffers, the most recently given back last, and their capacity in all.
+    idle: std::sync::Mutex<(Vec<Vec<u8>>, usize)>,
+    max_bytes: usize,
+}
+
+impl BufferPool {
+    /// A pool keeping at most `max_bytes` of idle buffers (0: none).
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: std::sync::Arc::new(PoolInner {
+                idle: std::sync::Mutex::new((Vec::new(), 0)),
+                max_bytes,
+            }),
         }
-        bytes
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, (Vec<Vec<u8>>, usize)> {
+        match self.inner.idle.lock() {
+            Ok(idle) => idle,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The buffer given back last (its pages still the process's), empty;
+    /// a new one when none is idle.
+    pub fn take(&self) -> Vec<u8> {
+        let mut idle = self.idle();
+        match idle.0.pop() {
+            Some(buffer) => {
+                idle.1 -= buffer.capacity();
+                buffer
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Keeps `buffer` for a later upload, or frees it when the pool holds
+    /// its `max_bytes` already.
+    pub fn give(&self, mut buffer: Vec<u8>) {
+        let capacity = buffer.capacity();
+        if capacity == 0 {
+            return;
+        }
+        buffer.clear();
+        let mut idle = self.idle();
+        if idle.1 + capacity <= self.inner.max_bytes {
+            idle.1 += capacity;
+            idle.0.push(buffer);
+        }
+    }
+
+    /// Bytes of idle buffers kept now (their capacity).
+    pub fn idle_bytes(&self) -> usize {
+        self.idle().1
+    }
+
+    /// `bytes` as a [`Bytes`] that gives its buffer back to this pool when
+    /// the last of its clones is dropped (when the store has sent it).
+    pub fn recycled(&self, bytes: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Recycled {
+            bytes,
+            pool: self.clone(),
+        })
+    }
+}
+
+/// A buffer on its way back to its pool.
+struct Recycled {
+    bytes: Vec<u8>,
+    pool: BufferPool,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -967,13 +1083,78 @@ mod tests {
             max_bytes: 10,
             max_pixels: 1,
         });
-        buffer.push(b"12345".to_vec()).unwrap();
-        buffer.push(b"67890".to_vec()).unwrap();
+        buffer.push(b"12345").unwrap();
+        buffer.push(b"67890").unwrap();
         assert_eq!(
-            buffer.push(b"x".to_vec()).unwrap_err().code(),
+            buffer.push(b"x").unwrap_err().code(),
             ErrorCode::ImageTooLarge
         );
         assert_eq!(buffer.len(), 10);
         assert_eq!(buffer.into_bytes(), b"1234567890");
+    }
+
+    #[test]
+    fn a_buffer_grows_by_doubling_but_never_past_the_cap() {
+        let limits = ImageLimits {
+            max_bytes: 3000,
+            max_pixels: 1,
+        };
+        let mut buffer = UploadBuffer::new(&limits);
+        buffer.push([1u8; 1000]).unwrap();
+        buffer.push([2u8; 1000]).unwrap();
+        buffer.push([3u8; 1000]).unwrap();
+        let bytes = buffer.into_bytes();
+        assert_eq!(bytes.len(), 3000);
+        assert_eq!(bytes.capacity(), 3000, "grown to the cap, not past it");
+        assert!(bytes[..1000].iter().all(|&b| b == 1) && bytes[2000..].iter().all(|&b| b == 3));
+    }
+
+    #[test]
+    fn a_pooled_buffer_comes_back_when_its_bytes_are_dropped() {
+        let limits = ImageLimits::default();
+        let pool = BufferPool::new(1 << 20);
+        let mut first = UploadBuffer::pooled(&limits, &pool);
+        first.push(vec![7u8; 100_000]).unwrap();
+        let (bytes, back_to) = first.into_parts();
+        let at = bytes.as_ptr();
+        assert_eq!(pool.idle_bytes(), 0, "taken while in use");
+        let sent = back_to.unwrap().recycled(bytes);
+        let clone = sent.clone();
+        drop(sent);
+        assert_eq!(pool.idle_bytes(), 0, "a clone still holds it");
+        assert_eq!(&clone[..3], &[7, 7, 7]);
+        drop(clone);
+        assert!(
+            pool.idle_bytes() >= 100_000,
+            "given back once the last clone went"
+        );
+        let mut second = UploadBuffer::pooled(&limits, &pool);
+        assert_eq!(pool.idle_bytes(), 0);
+        second.push(b"new").unwrap();
+        assert_eq!(second.len(), 3, "given back empty");
+        // A refused upload's buffer goes back too, and it is the same
+        // allocation: its pages are not faulted in again.
+        drop(second);
+        let again = pool.take();
+        assert_eq!(again.as_ptr(), at);
+    }
+
+    #[test]
+    fn a_pool_keeps_no_more_than_its_bytes() {
+        let pool = BufferPool::new(250_000);
+        pool.give(Vec::with_capacity(100_000));
+        pool.give(Vec::with_capacity(100_000));
+        pool.give(Vec::with_capacity(100_000));
+        assert_eq!(pool.idle_bytes(), 200_000, "the third would pass the bound");
+        let refused = UploadBuffer::pooled(&ImageLimits::default(), &pool);
+        drop(refused);
+        assert_eq!(
+            pool.idle_bytes(),
+            200_000,
+            "taken and given back, counted once"
+        );
+        let none = BufferPool::new(0);
+        none.give(Vec::with_capacity(10));
+        assert_eq!(none.idle_bytes(), 0);
     }
 }

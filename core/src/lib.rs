@@ -28,8 +28,11 @@ pub use authentication::{AccountKey, Authentication, LoginName, LoginOutcome, Pr
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig, WorkPool, as_client};
-pub use image::{ImageFormat, ImageLimits, SanitizedImage, UploadBuffer};
-pub use images::{ImageKey, ImageLibrary, ImageQuota, ImageRepository, StoredImage, UploadSlot};
+pub use image::{BufferPool, ImageFormat, ImageLimits, SanitizedImage, UploadBuffer};
+pub use images::{
+    DEFAULT_BUFFER_POOL_BYTES, ImageKey, ImageLibrary, ImageQuota, ImageRepository, StoredImage,
+    UploadSlot,
+};
 pub use legacy::{
     HashCeilings, HashRefusal, ImportRecord, ImportReport, Importer, import_hash, import_hash_with,
 };

@@ -686,7 +686,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn put(
         &self,
         key: &str,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
         content_type: &str,
         sha256: Option<&str>,
     ) -> Result<(), Error>;

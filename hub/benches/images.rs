@@ -242,7 +242,7 @@ async fn direct_puts(images: &[Arc<Vec<u8>>], clients: usize) -> f64 {
                 hub_core::ObjectStore::put(
                     &*store,
                     &format!("direct/{i}.png"),
-                    image.to_vec(),
+                    bytes::Bytes::from(image.to_vec()),
                     "image/png",
                     // A plain client: the SDK hashes the payload to sign it.
                     None,

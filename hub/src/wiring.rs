@@ -286,6 +286,7 @@ impl Hub {
             self.config.images.workers(),
         )
         .with_quota(self.config.images.quota())
+        .with_buffer_pool(self.config.images.buffer_pool_bytes)
     }
 
     /// Managing sessions once signed in; needs the token keys.

@@ -445,6 +445,9 @@ pub struct ImagesConfig {
     /// Images, and bytes as stored, one user may keep.
     pub max_images_per_user: u64,
     pub max_bytes_per_user: u64,
+    /// Bytes of idle upload buffers kept for the next uploads (counted by
+    /// capacity); past it a finished upload's buffer is freed. 0 keeps none.
+    pub buffer_pool_bytes: usize,
     pub s3: S3Config,
 }
 
@@ -475,6 +478,7 @@ impl Default for ImagesConfig {
             max_uploads_per_user: hub_core::ImageQuota::default().max_uploads_in_progress,
             max_images_per_user: hub_core::ImageQuota::default().max_images,
             max_bytes_per_user: hub_core::ImageQuota::default().max_bytes,
+            buffer_pool_bytes: hub_core::DEFAULT_BUFFER_POOL_BYTES,
             s3: S3Config::default(),
         }
     }

@@ -246,7 +246,7 @@ impl ObjectStore for S3ObjectStore {
     async fn put(
         &self,
         key: &str,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
         content_type: &str,
         sha256: Option<&str>,
     ) -> Result<(), Error> {

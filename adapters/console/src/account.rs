@@ -828,7 +828,8 @@ pub(crate) async fn upload(
             }
         };
         let buffer =
-            hub_grpc_images::receive(field, state.library.limits(), state.stall_timeout).await?;
+            hub_grpc_images::receive(field, state.library.new_upload(), state.stall_timeout)
+                .await?;
         let image = state.library.upload(&signed.principal, buffer).await?;
         drop(slot);
         Ok(image)

@@ -57,8 +57,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hub_core::{
-    Authentication, DependencyProbe, ErrorCode, ImageLibrary, Principal, StoredImage, UploadBuffer,
-    UserId,
+    Authentication, DependencyProbe, ErrorCode, ImageLibrary, Principal, StoredImage, UserId,
 };
 use hub_runtime::ServiceContext;
 use hub_runtime::grpc::{BearerAuth, principal, status};
@@ -133,6 +132,16 @@ impl hub_runtime::metrics::MetricsSource for UploadMetrics {
             "Uploads waiting for a sanitizing thread (past the pool's places: OVERLOADED).",
         )
         .sample("polyhub_sanitizing_waiting", &[], load.waiting as f64);
+        out.family(
+            "gauge",
+            "polyhub_image_buffer_pool_bytes",
+            "Idle upload buffers kept for the next uploads, in bytes (at most images.buffer_pool_bytes).",
+        )
+        .sample(
+            "polyhub_image_buffer_pool_bytes",
+            &[],
+            self.0.pooled_buffer_bytes() as f64,
+        );
     }
 }
 
@@ -202,7 +211,7 @@ impl ImageDelivery for Images {
             .begin_upload(&principal)
             .map_err(|e| status(&e))?;
         let mut stream = request.into_inner();
-        let mut buffer = UploadBuffer::new(self.state.library.limits());
+        let mut buffer = self.state.library.new_upload();
         // A stream that ends at once is an empty upload, which the library
         // refuses (EMPTY_UPLOAD) as it does one without chunks.
         let max = self.state.max_message_bytes;

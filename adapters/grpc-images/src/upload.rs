@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
-use hub_core::{Error, ErrorCode, ImageLimits, UploadBuffer};
+use hub_core::{Error, ErrorCode, UploadBuffer};
 use hub_runtime::{BearerToken, HttpError};
 use serde::Serialize;
 
@@ -58,15 +58,14 @@ pub struct ErrorBody {
 /// HTTP upload and the account console's upload form both read through here.
 pub async fn receive<S, B, E>(
     mut chunks: S,
-    limits: &ImageLimits,
+    mut buffer: UploadBuffer,
     stall: Duration,
 ) -> Result<UploadBuffer, HttpError>
 where
     S: futures_util::Stream<Item = Result<B, E>> + Unpin,
-    B: Into<bytes::Bytes>,
+    B: AsRef<[u8]>,
     E: std::fmt::Display,
 {
-    let mut buffer = UploadBuffer::new(limits);
     loop {
         match tokio::time::timeout(stall, chunks.next()).await {
             Err(_) => return Err(stalled(stall)),
@@ -107,7 +106,7 @@ pub(crate) async fn upload(
     let _slot = state.library.begin_upload(&principal)?;
     let buffer = receive(
         body.into_data_stream(),
-        state.library.limits(),
+        state.library.new_upload(),
         state.stall_timeout,
     )
     .await?;

@@ -26,7 +26,7 @@ fn store() -> S3ObjectStore {
 async fn a_precomputed_payload_hash_signs_the_put() {
     let store = store();
     store.ensure_bucket().await.unwrap();
-    let bytes = b"an image's bytes, sanitized".to_vec();
+    let bytes = bytes::Bytes::from_static(b"an image's bytes, sanitized");
     let sha256: String = Sha256::digest(&bytes)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -837,6 +837,7 @@ async fn stalled_streams_are_ended_and_uploads_in_progress_are_capped_per_user()
     let mut setup = TestSetup::new(SERVICES);
     setup.config.images.stall_timeout_ms = 2_000;
     setup.config.images.max_uploads_per_user = 2;
+    setup.config.images.buffer_pool_bytes = 1 << 20;
     let hub = Hub::from(setup.start().await);
     let (alice, bob) = (hub.token("alice").await, hub.token("bob").await);
     let bytes = picture(3, image::ImageFormat::Png);
@@ -889,6 +890,16 @@ async fn stalled_streams_are_ended_and_uploads_in_progress_are_capped_per_user()
     upload_file(&mut client, &alice, "after.png", &bytes)
         .await
         .expect("the places came back");
+    // The buffers of the stored and the ended uploads were kept for the
+    // next ones, within the pool's bound.
+    let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    let pooled: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("polyhub_image_buffer_pool_bytes{} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no buffer pool gauge: {text}"));
+    assert!(pooled >= bytes.len() as f64, "{pooled}");
+    assert!(pooled <= f64::from(1u32 << 20), "{pooled}");
     hub.hub.stop().await;
 }
 
