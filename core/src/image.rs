@@ -146,7 +146,13 @@ impl UploadBuffer {
             let grown = len
                 .max(self.bytes.capacity().saturating_mul(2))
                 .min(self.max);
-            self.bytes.reserve_exact(grown - self.bytes.len());
+            if self.bytes.is_empty() {
+                // A pooled buffer too small for the first chunk: a new one,
+                // rather than a reallocation that copies what it held before.
+                self.bytes = Vec::with_capacity(grown);
+            } else {
+                self.bytes.reserve_exact(grown - self.bytes.len());
+            }
         }
         self.bytes.extend_from_slice(chunk);
         Ok(())

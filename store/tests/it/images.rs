@@ -114,3 +114,45 @@ async fn concurrent_uploads_cannot_pass_the_quota(pool: PgPool) {
     assert_eq!(repo.list(alice, None, 100).await.unwrap().len(), 3);
     repo.insert(&image(bob, 1, 10), &limits).await.unwrap();
 }
+
+/// The owner's usage row the quota reads follows every change to images,
+/// not only store_image's inserts: a row deleted by hand gives its place
+/// back, and deleting the user removes both.
+#[sqlx::test(migrator = "hub_store::MIGRATOR")]
+async fn the_usage_the_quota_reads_follows_every_change(pool: PgPool) {
+    let repo = PgImageRepository::new(pool.clone());
+    let alice = owner(&pool, "alice").await;
+    let usage = async || -> Option<(i64, i64)> {
+        sqlx::query_as("SELECT images, bytes FROM image_usage WHERE owner_id = $1")
+            .bind(alice.as_uuid())
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(usage().await, None, "nothing stored yet");
+    let limits = quota(2, 1_000);
+    let first = repo.insert(&image(alice, 1, 300), &limits).await.unwrap();
+    repo.insert(&image(alice, 2, 200), &limits).await.unwrap();
+    assert_eq!(usage().await, Some((2, 500)));
+    let full = repo.insert(&image(alice, 3, 1), &limits).await.unwrap_err();
+    assert_eq!(full.code(), ErrorCode::QuotaExceeded);
+    assert!(
+        full.to_string().contains("2 images and 500 bytes"),
+        "{full}"
+    );
+    sqlx::query("DELETE FROM images WHERE id = $1")
+        .bind(first.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(usage().await, Some((1, 200)));
+    repo.insert(&image(alice, 3, 1), &limits)
+        .await
+        .expect("the deleted image's place came back");
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(alice.as_uuid())
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(usage().await, None);
+}
