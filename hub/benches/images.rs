@@ -7,7 +7,8 @@
 //! 1. Upload throughput in MB/s with sanitizing on, for 1 MiB and 8 MiB
 //!    PNGs (noise, so they do not compress), 4 clients at once, vs direct
 //!    PUTs of the same bytes to the same S3 server from 4 tasks; two
-//!    rounds, with the CPU each process spent per upload.
+//!    rounds, with the CPU each process spent per upload. Each side first
+//!    sends four images untimed over the client it is timed with.
 //! 2. Peak RSS of the hub while 16 clients upload 8 MiB images at once,
 //!    against the budget 16 x 3 x 8 MiB + 50 MiB.
 //! 3. Sanitizing time per megapixel: noise in each format, then each
@@ -184,14 +185,37 @@ async fn upload(mut client: ImageDeliveryClient<Channel>, token: &str, bytes: Ar
     client.upload_image(request).await.unwrap();
 }
 
-/// MB/s for uploading every image through the hub, `clients` at a time.
-async fn through_hub(grpc: &str, token: &str, images: &[Arc<Vec<u8>>], clients: usize) -> f64 {
-    let total: usize = images.iter().map(|i| i.len()).sum();
-    // One HTTP/2 connection, as the direct PUTs share one client.
+/// One HTTP/2 connection to the hub (as the direct PUTs share one client),
+/// after the `warmup` images went through it untimed, all at once: the
+/// timed pass then measures neither opening connections (the hub's to the
+/// store and PostgreSQL included), nor preparing statements, nor the
+/// hub's first buffers.
+async fn hub_client(
+    grpc: &str,
+    token: &str,
+    warmup: &[Arc<Vec<u8>>],
+) -> ImageDeliveryClient<Channel> {
     let client = ImageDeliveryClient::connect(grpc.to_owned())
         .await
         .unwrap()
         .max_encoding_message_size(8 * MIB);
+    futures_util::future::join_all(
+        warmup
+            .iter()
+            .map(|image| upload(client.clone(), token, Arc::clone(image))),
+    )
+    .await;
+    client
+}
+
+/// MB/s for uploading every image through the hub, `clients` at a time.
+async fn through_hub(
+    client: &ImageDeliveryClient<Channel>,
+    token: &str,
+    images: &[Arc<Vec<u8>>],
+    clients: usize,
+) -> f64 {
+    let total: usize = images.iter().map(|i| i.len()).sum();
     let started = Instant::now();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(clients));
     let tasks: Vec<_> = images
@@ -211,8 +235,9 @@ async fn through_hub(grpc: &str, token: &str, images: &[Arc<Vec<u8>>], clients: 
     total as f64 / 1e6 / started.elapsed().as_secs_f64()
 }
 
-/// MB/s for PUTting the same bytes straight into the same store.
-async fn direct_puts(images: &[Arc<Vec<u8>>], clients: usize) -> f64 {
+/// A client of the same store, as the hub configures its own, after the
+/// `warmup` images were PUT through it untimed, all at once.
+async fn store_client(warmup: &[Arc<Vec<u8>>]) -> Arc<hub_store::S3ObjectStore> {
     let s3 = hub_testkit::s3_config();
     let settings = hub_store::S3Settings {
         endpoint: s3.endpoint.clone(),
@@ -222,9 +247,27 @@ async fn direct_puts(images: &[Arc<Vec<u8>>], clients: usize) -> f64 {
         secret_key: s3.secret_key.expose().as_str().into(),
         timeout: Duration::from_secs(30),
     };
-    let store = hub_store::S3ObjectStore::new(&settings);
+    let store = Arc::new(hub_store::S3ObjectStore::new(&settings));
     store.ensure_bucket().await.unwrap();
-    let store = Arc::new(store);
+    let puts = warmup.iter().enumerate().map(|(i, image)| {
+        let (store, bytes) = (Arc::clone(&store), bytes::Bytes::from(image.to_vec()));
+        async move {
+            let key = format!("direct/warmup-{i}.png");
+            hub_core::ObjectStore::put(&*store, &key, bytes, "image/png", None)
+                .await
+                .unwrap();
+        }
+    });
+    futures_util::future::join_all(puts).await;
+    store
+}
+
+/// MB/s for PUTting the same bytes straight into the same store.
+async fn direct_puts(
+    store: &Arc<hub_store::S3ObjectStore>,
+    images: &[Arc<Vec<u8>>],
+    clients: usize,
+) -> f64 {
     let total: usize = images.iter().map(|i| i.len()).sum();
     let started = Instant::now();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(clients));
@@ -232,11 +275,8 @@ async fn direct_puts(images: &[Arc<Vec<u8>>], clients: usize) -> f64 {
         .iter()
         .enumerate()
         .map(|(i, image)| {
-            let (store, image, semaphore) = (
-                Arc::clone(&store),
-                Arc::clone(image),
-                Arc::clone(&semaphore),
-            );
+            let (store, image, semaphore) =
+                (Arc::clone(store), Arc::clone(image), Arc::clone(&semaphore));
             tokio::spawn(async move {
                 let _slot = semaphore.acquire().await.unwrap();
                 hub_core::ObjectStore::put(
@@ -281,10 +321,14 @@ async fn main() {
     for (label, size, count) in sizes.into_iter().chain(sizes) {
         let for_hub = images(size, count);
         let for_store = images(size, count);
+        // Four untimed uploads (and PUTs) first, one per client.
+        let warmup = images(size, 4);
+        let client = hub_client(&served.grpc, &token, &warmup).await;
+        let store = store_client(&warmup).await;
         let before = cpu_by_process(&PROCESSES);
-        let (hub_rate, hub_busy) = busy_while(through_hub(&served.grpc, &token, &for_hub, 4)).await;
+        let (hub_rate, hub_busy) = busy_while(through_hub(&client, &token, &for_hub, 4)).await;
         let middle = cpu_by_process(&PROCESSES);
-        let (direct_rate, direct_busy) = busy_while(direct_puts(&for_store, 4)).await;
+        let (direct_rate, direct_busy) = busy_while(direct_puts(&store, &for_store, 4)).await;
         let after = cpu_by_process(&PROCESSES);
         let per_upload = |from: &[f64], to: &[f64]| -> String {
             PROCESSES
@@ -309,7 +353,8 @@ async fn main() {
     }
     let before = peak_rss_mib(served.child.id());
     let burst = images(8 * MIB, 16);
-    through_hub(&served.grpc, &token, &burst, 16).await;
+    let client = hub_client(&served.grpc, &token, &[]).await;
+    through_hub(&client, &token, &burst, 16).await;
     let peak = peak_rss_mib(served.child.id());
     let budget = 16.0 * 3.0 * 8.0 + 50.0;
     println!(
