@@ -108,7 +108,7 @@ impl Default for ImageLimits {
 pub struct UploadBuffer {
     bytes: Vec<u8>,
     max: usize,
-    pool: Option<BufferPool>,
+    loan: Option<Loan>,
 }
 
 impl UploadBuffer {
@@ -117,17 +117,18 @@ impl UploadBuffer {
         Self {
             bytes: Vec::new(),
             max: limits.max_bytes,
-            pool: None,
+            loan: None,
         }
     }
 
     /// A buffer from `pool` (one an earlier upload gave back, when there is
     /// one), given back to it when this upload ends.
     pub fn pooled(limits: &ImageLimits, pool: &BufferPool) -> Self {
+        let (bytes, loan) = pool.lend();
         Self {
-            bytes: pool.take(),
+            bytes,
             max: limits.max_bytes,
-            pool: Some(pool.clone()),
+            loan: Some(loan),
         }
     }
 
@@ -166,9 +167,10 @@ impl UploadBuffer {
         self.bytes.is_empty()
     }
 
-    /// The bytes in one piece, and the pool they go back to.
-    pub fn into_parts(mut self) -> (Vec<u8>, Option<BufferPool>) {
-        (std::mem::take(&mut self.bytes), self.pool.take())
+    /// The bytes in one piece, and the loan that gives them back to their
+    /// pool (none for a buffer of its own).
+    pub fn into_parts(mut self) -> (Vec<u8>, Option<Loan>) {
+        (std::mem::take(&mut self.bytes), self.loan.take())
     }
 
     /// The bytes in one piece.
@@ -179,8 +181,8 @@ impl UploadBuffer {
 
 impl Drop for UploadBuffer {
     fn drop(&mut self) {
-        if let Some(pool) = &self.pool {
-            pool.give(std::mem::take(&mut self.bytes));
+        if let Some(loan) = self.loan.take() {
+            loan.give_back(std::mem::take(&mut self.bytes));
         }
     }
 }
@@ -189,8 +191,10 @@ impl Drop for UploadBuffer {
 /// fresh buffer of a few MiB is faulted in, and zeroed by the kernel, page
 /// by page as it is first written, which cost more of an upload's CPU than
 /// copying the bytes into it; a buffer given back is written again without
-/// either. What it keeps is bounded: buffers given back past `max_bytes`
-/// (counted by capacity) are freed.
+/// either. What it holds is bounded: the idle buffers and those lent out
+/// (their capacity when lent; a lent buffer keeps its pages however little
+/// the upload holding it has received) stay under `max_bytes` together, and
+/// a buffer given back past that is freed.
 #[derive(Debug, Clone)]
 pub struct BufferPool {
     inner: std::sync::Arc<PoolInner>,
@@ -198,76 +202,111 @@ pub struct BufferPool {
 
 #[derive(Debug)]
 struct PoolInner {
-    /// Idle buffers, the most recently given back last, and their capacity in all.
-    idle: std::sync::Mutex<(Vec<Vec<u8>>, usize)>,
+    shelf: std::sync::Mutex<Shelf>,
     max_bytes: usize,
 }
 
+#[derive(Debug, Default)]
+struct Shelf {
+    /// Idle buffers, the most recently given back last.
+    idle: Vec<Vec<u8>>,
+    /// Their capacity in all.
+    idle_bytes: usize,
+    /// The capacity of the buffers lent out, as it was when each was lent.
+    lent_bytes: usize,
+}
+
 impl BufferPool {
-    /// A pool keeping at most `max_bytes` of idle buffers (0: none).
+    /// A pool holding at most `max_bytes` of buffers, idle or lent (0: none).
     pub fn new(max_bytes: usize) -> Self {
         Self {
             inner: std::sync::Arc::new(PoolInner {
-                idle: std::sync::Mutex::new((Vec::new(), 0)),
+                shelf: std::sync::Mutex::new(Shelf::default()),
                 max_bytes,
             }),
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, (Vec<Vec<u8>>, usize)> {
-        match self.inner.idle.lock() {
-            Ok(idle) => idle,
+    fn shelf(&self) -> std::sync::MutexGuard<'_, Shelf> {
+        match self.inner.shelf.lock() {
+            Ok(shelf) => shelf,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// The buffer given back last (its pages still the process's), empty;
-    /// a new one when none is idle.
-    pub fn take(&self) -> Vec<u8> {
-        let mut idle = self.idle();
-        match idle.0.pop() {
-            Some(buffer) => {
-                idle.1 -= buffer.capacity();
-                buffer
-            }
-            None => Vec::new(),
-        }
-    }
-
-    /// Keeps `buffer` for a later upload, or frees it when the pool holds
-    /// its `max_bytes` already.
-    pub fn give(&self, mut buffer: Vec<u8>) {
-        let capacity = buffer.capacity();
-        if capacity == 0 {
-            return;
-        }
-        buffer.clear();
-        let mut idle = self.idle();
-        if idle.1 + capacity <= self.inner.max_bytes {
-            idle.1 += capacity;
-            idle.0.push(buffer);
-        }
+    /// The buffer given back last (its pages still the process's), empty,
+    /// or a new one when none is idle; and the loan that gives it back.
+    pub fn lend(&self) -> (Vec<u8>, Loan) {
+        let mut shelf = self.shelf();
+        let buffer = shelf.idle.pop().unwrap_or_default();
+        shelf.idle_bytes -= buffer.capacity();
+        shelf.lent_bytes += buffer.capacity();
+        let loan = Loan {
+            pool: self.clone(),
+            capacity: buffer.capacity(),
+        };
+        (buffer, loan)
     }
 
     /// Bytes of idle buffers kept now (their capacity).
     pub fn idle_bytes(&self) -> usize {
-        self.idle().1
+        self.shelf().idle_bytes
     }
 
-    /// `bytes` as a [`Bytes`] that gives its buffer back to this pool when
-    /// the last of its clones is dropped (when the store has sent it).
-    pub fn recycled(&self, bytes: Vec<u8>) -> Bytes {
+    /// Bytes of buffers lent out now (their capacity when lent).
+    pub fn lent_bytes(&self) -> usize {
+        self.shelf().lent_bytes
+    }
+}
+
+/// A buffer lent by a [`BufferPool`]. Given back with [`Loan::give_back`]
+/// (or through [`Loan::recycled`]), the buffer is kept if the pool has room;
+/// dropped, the loan is settled and the buffer is the holder's to free.
+#[derive(Debug)]
+pub struct Loan {
+    pool: BufferPool,
+    capacity: usize,
+}
+
+impl Loan {
+    /// Gives `buffer` back: kept for a later upload while the pool's idle
+    /// and lent buffers stay under its bound, freed otherwise.
+    pub fn give_back(mut self, mut buffer: Vec<u8>) {
+        let lent = std::mem::take(&mut self.capacity);
+        let capacity = buffer.capacity();
+        buffer.clear();
+        let mut shelf = self.pool.shelf();
+        shelf.lent_bytes -= lent;
+        if capacity > 0
+            && shelf.idle_bytes + shelf.lent_bytes + capacity <= self.pool.inner.max_bytes
+        {
+            shelf.idle_bytes += capacity;
+            shelf.idle.push(buffer);
+        }
+    }
+
+    /// `bytes` as a [`Bytes`] that gives its buffer back when the last of
+    /// its clones is dropped (when the store has sent it).
+    pub fn recycled(self, bytes: Vec<u8>) -> Bytes {
         Bytes::from_owner(Recycled {
             bytes,
-            pool: self.clone(),
+            loan: Some(self),
         })
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        if self.capacity > 0 {
+            self.pool.shelf().lent_bytes -= self.capacity;
+        }
     }
 }
 
 /// A buffer on its way back to its pool.
 struct Recycled {
     bytes: Vec<u8>,
-    pool: BufferPool,
+    loan: Option<Loan>,
 }
 
 impl AsRef<[u8]> for Recycled {
@@ -278,7 +317,9 @@ impl AsRef<[u8]> for Recycled {
 
 impl Drop for Recycled {
     fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.bytes));
+        if let Some(loan) = self.loan.take() {
+            loan.give_back(std::mem::take(&mut self.bytes));
+        }
     }
 }
 
@@ -1141,26 +1182,37 @@ mod tests {
         // A refused upload's buffer goes back too, and it is the same
         // allocation: its pages are not faulted in again.
         drop(second);
-        let again = pool.take();
+        assert_eq!(pool.lent_bytes(), 0);
+        let (again, _loan) = pool.lend();
         assert_eq!(again.as_ptr(), at);
     }
 
     #[test]
-    fn a_pool_keeps_no_more_than_its_bytes() {
+    fn a_pool_holds_no_more_than_its_bytes_idle_and_lent_together() {
         let pool = BufferPool::new(250_000);
-        pool.give(Vec::with_capacity(100_000));
-        pool.give(Vec::with_capacity(100_000));
-        pool.give(Vec::with_capacity(100_000));
+        let fresh: Vec<_> = (0..3).map(|_| pool.lend()).collect();
+        for (buffer, loan) in fresh {
+            assert_eq!(buffer.capacity(), 0, "nothing idle yet");
+            loan.give_back(Vec::with_capacity(100_000));
+        }
         assert_eq!(pool.idle_bytes(), 200_000, "the third would pass the bound");
-        let refused = UploadBuffer::pooled(&ImageLimits::default(), &pool);
-        drop(refused);
-        assert_eq!(
-            pool.idle_bytes(),
-            200_000,
-            "taken and given back, counted once"
-        );
+        let (a, loan_a) = pool.lend();
+        let (b, loan_b) = pool.lend();
+        assert_eq!((pool.idle_bytes(), pool.lent_bytes()), (0, 200_000));
+        // Lent buffers keep their pages: they count against the bound, so a
+        // buffer given back meanwhile finds no room.
+        let (_, loan_c) = pool.lend();
+        loan_c.give_back(Vec::with_capacity(100_000));
+        assert_eq!(pool.idle_bytes(), 0);
+        // A buffer its holder freed settles its loan.
+        drop(a);
+        drop(loan_a);
+        assert_eq!(pool.lent_bytes(), 100_000);
+        loan_b.give_back(b);
+        assert_eq!((pool.idle_bytes(), pool.lent_bytes()), (100_000, 0));
         let none = BufferPool::new(0);
-        none.give(Vec::with_capacity(10));
+        let (_, loan) = none.lend();
+        loan.give_back(Vec::with_capacity(10));
         assert_eq!(none.idle_bytes(), 0);
     }
 }

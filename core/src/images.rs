@@ -119,8 +119,9 @@ pub struct ImageLibrary {
     buffers: BufferPool,
 }
 
-/// Bytes of idle upload buffers kept for reuse unless configured: four
-/// 8 MiB uploads' worth, as a doubling buffer grows (16 MiB each).
+/// Bytes of upload buffers kept for reuse, idle and lent together, unless
+/// configured: four 8 MiB uploads' worth, as a doubling buffer grows
+/// (16 MiB each).
 pub const DEFAULT_BUFFER_POOL_BYTES: usize = 64 * 1024 * 1024;
 
 impl std::fmt::Debug for ImageLibrary {
@@ -233,7 +234,8 @@ impl ImageLibrary {
         }
     }
 
-    /// The same library keeping at most `max_bytes` of idle upload buffers.
+    /// The same library keeping at most `max_bytes` of upload buffers, idle
+    /// and lent together.
     pub fn with_buffer_pool(mut self, max_bytes: usize) -> Self {
         self.buffers = BufferPool::new(max_bytes);
         self
@@ -309,7 +311,7 @@ impl ImageLibrary {
         }
         // One user holds at most a quarter of the pool's places, so a flood
         // from one account waits (or is OVERLOADED) on its own share.
-        let (bytes, pool) = upload.into_parts();
+        let (bytes, loan) = upload.into_parts();
         let clean = self
             .sanitizing
             .run_for(Some(owner.user_id.to_string().into()), move |limits| {
@@ -337,8 +339,8 @@ impl ImageLibrary {
             created_at: self.clock.now(),
         };
         // The buffer goes back to its pool once the store has sent it.
-        let body = match pool {
-            Some(pool) => pool.recycled(clean.bytes),
+        let body = match loan {
+            Some(loan) => loan.recycled(clean.bytes),
             None => bytes::Bytes::from(clean.bytes),
         };
         self.store

@@ -28,7 +28,7 @@ pub use authentication::{AccountKey, Authentication, LoginName, LoginOutcome, Pr
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use hashing::{HashingPool, HashingPoolConfig, WorkPool, as_client};
-pub use image::{BufferPool, ImageFormat, ImageLimits, SanitizedImage, UploadBuffer};
+pub use image::{BufferPool, ImageFormat, ImageLimits, Loan, SanitizedImage, UploadBuffer};
 pub use images::{
     DEFAULT_BUFFER_POOL_BYTES, ImageKey, ImageLibrary, ImageQuota, ImageRepository, StoredImage,
     UploadSlot,

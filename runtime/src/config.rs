@@ -445,8 +445,9 @@ pub struct ImagesConfig {
     /// Images, and bytes as stored, one user may keep.
     pub max_images_per_user: u64,
     pub max_bytes_per_user: u64,
-    /// Bytes of idle upload buffers kept for the next uploads (counted by
-    /// capacity); past it a finished upload's buffer is freed. 0 keeps none.
+    /// Bytes of upload buffers kept for reuse, idle and lent out together
+    /// (counted by capacity); past it a finished upload's buffer is freed.
+    /// 0 keeps none.
     pub buffer_pool_bytes: usize,
     pub s3: S3Config,
 }
