@@ -9,10 +9,22 @@
 //! `max_wait`; anything past that is refused at once with `OVERLOADED`
 //! (TooMany) instead of joining an unbounded queue.
 //!
-//! Admission is fair across clients: work attributed to a client (the
-//! adapters run each request inside [`as_client`], keyed by its address)
-//! holds at most `max_per_client` places, running or waiting, so a flood from
-//! one client is refused on its own share and a quiet client still gets in.
+//! Admission is fair across clients and across accounts. Work attributed to
+//! a client (the adapters run each request inside [`as_client`], keyed by its
+//! address) holds at most `max_per_client` places, running or waiting, so a
+//! flood from one client is refused on its own share and a quiet client still
+//! gets in. Work done for a signed-in account ([`WorkPool::run_for_account`])
+//! counts twice: against the account's own share (a quarter of a client's),
+//! wherever its requests come from, and against its client's, of which
+//! accounts together hold at most half. The other half stays for work no
+//! account is signed in for (logins, registrations), so behind one address
+//! (a NAT, a gateway) one account's flood leaves room for the other
+//! accounts, and many accounts' floods still leave the logins theirs.
+//!
+//! Shares are counted only while their places are held, and a place is held
+//! only with one of the pool's admission permits: whatever the number of
+//! clients and accounts, the counts never have more keys than the pool has
+//! places (`workers + max_waiting`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,6 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::{Error, ErrorCode};
 use crate::password::PasswordHasher;
+use crate::user::UserId;
 
 /// Sizes of the hashing pool.
 #[derive(Debug, Clone, Copy)]
@@ -34,7 +47,8 @@ pub struct HashingPoolConfig {
     /// How long one request may wait for a worker.
     pub max_wait: Duration,
     /// Places (running or waiting) that one client's work may hold at once;
-    /// 0 means a quarter of `workers + max_waiting`.
+    /// 0 means a quarter of `workers + max_waiting`. Accounts' shares follow
+    /// from it (see [`ShareLimits`]).
     pub max_per_client: usize,
 }
 
@@ -48,22 +62,85 @@ pub async fn as_client<F: Future>(client: Arc<str>, work: F) -> F::Output {
     CLIENT.scope(client, work).await
 }
 
-/// One client's place in the pool; given back when its job is done.
+/// What the shares of the pool may hold, running or waiting, all derived
+/// from `max_per_client` so that one setting sizes them (and a client share
+/// of `usize::MAX`, fairness off, turns the account shares off too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShareLimits {
+    /// Everything one client's requests hold.
+    pub per_client: usize,
+    /// What the accounts' work from one client holds together: half of the
+    /// client's share (rounded up), so the other half is always there for
+    /// its work that no account is signed in for.
+    pub accounts_per_client: usize,
+    /// What one account's work holds, from whichever clients: a quarter of
+    /// a client's share, at least one place.
+    pub per_account: usize,
+}
+
+impl ShareLimits {
+    fn for_client_share(per_client: usize) -> Self {
+        let per_client = per_client.max(1);
+        Self {
+            per_client,
+            accounts_per_client: per_client.div_ceil(2),
+            per_account: (per_client / 4).max(1),
+        }
+    }
+}
+
+/// The places that clients and accounts hold now. A key is here only while
+/// it holds a place, so there are never more keys than places.
+#[derive(Debug, Default)]
+struct Shares {
+    clients: HashMap<Arc<str>, ClientPlaces>,
+    accounts: HashMap<UserId, usize>,
+}
+
+/// One client's places: all of them, and those of them taken by accounts.
+#[derive(Debug, Default, Clone, Copy)]
+struct ClientPlaces {
+    all: usize,
+    for_accounts: usize,
+}
+
+fn lock(shares: &Mutex<Shares>) -> std::sync::MutexGuard<'_, Shares> {
+    // The counts are updated in one step each, so a poisoned lock still
+    // guards consistent counts.
+    match shares.lock() {
+        Ok(shares) => shares,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A job's places in the shares of its client and its account; given back
+/// when the job is done.
 struct Share {
-    client: Arc<str>,
-    shares: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    client: Option<Arc<str>>,
+    account: Option<UserId>,
+    shares: Arc<Mutex<Shares>>,
 }
 
 impl Drop for Share {
     fn drop(&mut self) {
-        let mut shares = match self.shares.lock() {
-            Ok(shares) => shares,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(held) = shares.get_mut(&self.client) {
+        let mut shares = lock(&self.shares);
+        if let Some(client) = &self.client
+            && let Some(held) = shares.clients.get_mut(client)
+        {
+            held.all -= 1;
+            if self.account.is_some() {
+                held.for_accounts -= 1;
+            }
+            if held.all == 0 {
+                shares.clients.remove(client);
+            }
+        }
+        if let Some(account) = &self.account
+            && let Some(held) = shares.accounts.get_mut(account)
+        {
             *held -= 1;
             if *held == 0 {
-                shares.remove(&self.client);
+                shares.accounts.remove(account);
             }
         }
     }
@@ -95,7 +172,8 @@ pub struct WorkPool<C: Send + Sync + 'static> {
     jobs: mpsc::Sender<Job<C>>,
     admission: Arc<Semaphore>,
     running: Arc<Semaphore>,
-    shares: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    shares: Arc<Mutex<Shares>>,
+    limits: ShareLimits,
     config: HashingPoolConfig,
 }
 
@@ -111,6 +189,7 @@ impl<C: Send + Sync + 'static> Clone for WorkPool<C> {
             admission: Arc::clone(&self.admission),
             running: Arc::clone(&self.running),
             shares: Arc::clone(&self.shares),
+            limits: self.limits,
             config: self.config,
         }
     }
@@ -212,28 +291,60 @@ impl<C: Send + Sync + 'static> WorkPool<C> {
             admission: Arc::new(Semaphore::new(workers + config.max_waiting)),
             running: Arc::new(Semaphore::new(workers)),
             shares: Arc::default(),
+            limits: ShareLimits::for_client_share(max_per_client),
             config,
         }
     }
 
-    /// Takes a place of `client`'s share, when the work is attributed to
-    /// one; `OVERLOADED` when its share is full.
-    fn share(&self, client: Option<Arc<str>>) -> Result<Option<Share>, Error> {
-        let Some(client) = client else {
+    /// What each client's and account's share may hold.
+    pub fn share_limits(&self) -> ShareLimits {
+        self.limits
+    }
+
+    /// Takes a place of `client`'s share and of `account`'s, for those the
+    /// work is attributed to; `OVERLOADED`, taking nothing, when one is full.
+    fn share(
+        &self,
+        client: Option<Arc<str>>,
+        account: Option<UserId>,
+    ) -> Result<Option<Share>, Error> {
+        if client.is_none() && account.is_none() {
             return Ok(None);
-        };
-        let mut shares = match self.shares.lock() {
-            Ok(shares) => shares,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let held = shares.entry(Arc::clone(&client)).or_insert(0);
-        if *held >= self.config.max_per_client {
-            tracing::warn!(pool = self.name, %client, held = *held, "one client's share of the pool is full, request refused");
-            return Err(Error::new(ErrorCode::Overloaded));
         }
-        *held += 1;
+        let limits = self.limits;
+        let refused = || Err(Error::new(ErrorCode::Overloaded));
+        let mut shares = lock(&self.shares);
+        if let Some(account) = account {
+            let held = shares.accounts.get(&account).copied().unwrap_or(0);
+            if held >= limits.per_account {
+                tracing::warn!(pool = self.name, user_id = %account, held, "one account's share of the pool is full, request refused");
+                return refused();
+            }
+        }
+        if let Some(client) = &client {
+            let held = shares.clients.get(client).copied().unwrap_or_default();
+            if held.all >= limits.per_client {
+                tracing::warn!(pool = self.name, %client, held = held.all, "one client's share of the pool is full, request refused");
+                return refused();
+            }
+            if account.is_some() && held.for_accounts >= limits.accounts_per_client {
+                tracing::warn!(pool = self.name, %client, held = held.for_accounts, "the accounts' part of one client's share of the pool is full, request refused");
+                return refused();
+            }
+        }
+        if let Some(account) = account {
+            *shares.accounts.entry(account).or_insert(0) += 1;
+        }
+        if let Some(client) = &client {
+            let held = shares.clients.entry(Arc::clone(client)).or_default();
+            held.all += 1;
+            if account.is_some() {
+                held.for_accounts += 1;
+            }
+        }
         Ok(Some(Share {
             client,
+            account,
             shares: Arc::clone(&self.shares),
         }))
     }
@@ -260,14 +371,38 @@ impl<C: Send + Sync + 'static> WorkPool<C> {
         self.run_for(CLIENT.try_with(Arc::clone).ok(), work).await
     }
 
+    /// As [`Self::run`], for work done on behalf of the signed-in `account`
+    /// (a token verified, never a login's claimed name): counted against the
+    /// account's own share wherever it comes from, and against the accounts'
+    /// half of the current client's share, so it never takes the places
+    /// the client keeps for work no account is signed in for.
+    pub async fn run_for_account<T, F>(&self, account: UserId, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&C) -> T + Send + 'static,
+    {
+        let share = self.share(CLIENT.try_with(Arc::clone).ok(), Some(account))?;
+        self.admit(share, work).await
+    }
+
     /// As [`Self::run`], counted against `client`'s share (a user, say).
     pub async fn run_for<T, F>(&self, client: Option<Arc<str>>, work: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&C) -> T + Send + 'static,
     {
+        let share = self.share(client, None)?;
+        self.admit(share, work).await
+    }
+
+    /// Runs `work` holding `share`, once the pool admits it and a worker is
+    /// free.
+    async fn admit<T, F>(&self, share: Option<Share>, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&C) -> T + Send + 'static,
+    {
         let overloaded = || Error::new(ErrorCode::Overloaded);
-        let share = self.share(client)?;
         let admitted = Arc::clone(&self.admission)
             .try_acquire_owned()
             .map_err(|_| {
@@ -362,10 +497,244 @@ mod tests {
             f.await.unwrap().unwrap();
         }
         assert!(
-            pool.shares.lock().unwrap().is_empty(),
+            lock(&pool.shares).clients.is_empty(),
             "every place given back"
         );
         as_client("flooder".into(), pool.run(|_| ())).await.unwrap();
+    }
+
+    /// Jobs that hold their places until the test lets them go.
+    struct Gate {
+        release: mpsc::Sender<()>,
+        gate: Arc<std::sync::Mutex<mpsc::Receiver<()>>>,
+    }
+
+    impl Gate {
+        fn new() -> Self {
+            let (release, gate) = mpsc::channel();
+            Self {
+                release,
+                gate: Arc::new(std::sync::Mutex::new(gate)),
+            }
+        }
+
+        fn open(&self, jobs: usize) {
+            for _ in 0..jobs {
+                self.release.send(()).unwrap();
+            }
+        }
+    }
+
+    /// One worker, and `places` places in all (running or waiting).
+    fn pool_of(places: usize) -> HashingPool {
+        HashingPool::new(
+            PasswordHasher::insecure_for_tests(1),
+            HashingPoolConfig {
+                workers: 1,
+                max_waiting: places - 1,
+                max_wait: Duration::from_secs(30),
+                max_per_client: 0,
+            },
+        )
+    }
+
+    fn held(pool: &HashingPool) -> usize {
+        let load = pool.load();
+        load.running + load.waiting
+    }
+
+    type Held = tokio::task::JoinHandle<Result<(), Error>>;
+
+    /// Starts a job that waits at `gate`, from `client` and for `account`
+    /// (either may be none), and returns it once it holds a place in the
+    /// pool, or `None` once it was refused with `OVERLOADED`.
+    async fn try_hold(
+        pool: &HashingPool,
+        gate: &Gate,
+        client: Option<&str>,
+        account: Option<UserId>,
+    ) -> Option<Held> {
+        let before = held(pool);
+        let (pool_, gate_) = (pool.clone(), Arc::clone(&gate.gate));
+        let job = move |_: &PasswordHasher| {
+            let _ = gate_.lock().unwrap().recv();
+        };
+        let work = async move {
+            match account {
+                Some(account) => pool_.run_for_account(account, job).await,
+                None => pool_.run(job).await,
+            }
+        };
+        let task = match client {
+            Some(client) => tokio::spawn(as_client(client.into(), work)),
+            None => tokio::spawn(work),
+        };
+        for _ in 0..1_000 {
+            if task.is_finished() {
+                let refused = task.await.unwrap().unwrap_err();
+                assert_eq!(refused.code(), ErrorCode::Overloaded);
+                return None;
+            }
+            if held(pool) > before {
+                return Some(task);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("a job neither got a place nor was refused");
+    }
+
+    /// Tries `tries` jobs one after another; the places they got.
+    async fn flood(
+        pool: &HashingPool,
+        gate: &Gate,
+        tries: usize,
+        from: impl Fn(usize) -> (Option<String>, Option<UserId>),
+    ) -> Vec<Held> {
+        let mut holding = Vec::new();
+        for i in 0..tries {
+            let (client, account) = from(i);
+            holding.extend(try_hold(pool, gate, client.as_deref(), account).await);
+        }
+        holding
+    }
+
+    /// Lets every held job finish, and checks that every place was given back.
+    async fn release(pool: &HashingPool, gate: &Gate, holding: Vec<Held>) {
+        gate.open(holding.len());
+        for job in holding {
+            job.await.unwrap().unwrap();
+        }
+        let shares = lock(&pool.shares);
+        assert!(
+            shares.clients.is_empty() && shares.accounts.is_empty(),
+            "every place given back: {shares:?}"
+        );
+    }
+
+    #[test]
+    fn the_account_shares_follow_the_client_share() {
+        let limits = |per_client, accounts_per_client, per_account| ShareLimits {
+            per_client,
+            accounts_per_client,
+            per_account,
+        };
+        // Two cores by default: 2 + 64 places, a client a quarter of them.
+        assert_eq!(ShareLimits::for_client_share(16), limits(16, 8, 4));
+        assert_eq!(ShareLimits::for_client_share(3), limits(3, 2, 1));
+        assert_eq!(ShareLimits::for_client_share(1), limits(1, 1, 1));
+        assert_eq!(ShareLimits::for_client_share(0), limits(1, 1, 1));
+        // Fairness turned off (the benchmark's one load generator).
+        let off = ShareLimits::for_client_share(usize::MAX);
+        assert!(off.accounts_per_client > usize::MAX / 2 && off.per_account >= usize::MAX / 4 - 1);
+        assert_eq!(pool_of(32).share_limits(), limits(8, 4, 2));
+    }
+
+    /// The penetration test's finding: one account flooding current-password
+    /// checks from one address held that address's whole share, and another
+    /// user's login from the same address was refused at once. Now the
+    /// account holds its own share, wherever it asks from, and the login and
+    /// another account's check from that address get their places.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_account_flooding_leaves_its_address_room_for_other_users() {
+        let pool = pool_of(32); // a client's share 8, the accounts' part 4, an account's 2
+        let gate = Gate::new();
+        let (mallory, trudy) = (UserId::generate(), UserId::generate());
+        let mut holding = flood(&pool, &gate, 90, |_| (Some("nat".into()), Some(mallory))).await;
+        let mallorys = holding.len();
+        let victor_login = try_hold(&pool, &gate, Some("nat"), None).await;
+        assert!(
+            victor_login.is_some(),
+            "a login from mallory's address is refused"
+        );
+        holding.extend(victor_login);
+        let trudy_check = try_hold(&pool, &gate, Some("nat"), Some(trudy)).await;
+        assert!(
+            trudy_check.is_some(),
+            "another account's check from mallory's address is refused"
+        );
+        holding.extend(trudy_check);
+        assert_eq!(mallorys, 2, "mallory holds her account's share, no more");
+        assert!(
+            try_hold(&pool, &gate, Some("far"), Some(mallory))
+                .await
+                .is_none(),
+            "nor more from another address"
+        );
+        release(&pool, &gate, holding).await;
+    }
+
+    /// Many accounts from one address fill the accounts' half of its share
+    /// and no more: the other half stays for its logins, and the accounts
+    /// still have their own shares elsewhere.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_accounts_from_one_address_leave_its_logins_their_half() {
+        let pool = pool_of(32);
+        let gate = Gate::new();
+        let accounts: Vec<_> = (0..3).map(|_| UserId::generate()).collect();
+        let mut holding = flood(&pool, &gate, 4, |i| {
+            (Some("nat".into()), Some(accounts[i / 2]))
+        })
+        .await;
+        assert_eq!(holding.len(), 4, "two accounts, two places each");
+        assert!(
+            try_hold(&pool, &gate, Some("nat"), Some(accounts[2]))
+                .await
+                .is_none(),
+            "a third account finds the accounts' half of the address full"
+        );
+        let logins = flood(&pool, &gate, 5, |_| (Some("nat".into()), None)).await;
+        assert_eq!(
+            logins.len(),
+            4,
+            "the logins' half, then the address's share is full"
+        );
+        holding.extend(logins);
+        let elsewhere = try_hold(&pool, &gate, Some("home"), Some(accounts[2])).await;
+        assert!(
+            elsewhere.is_some(),
+            "the third account is served from another address"
+        );
+        holding.extend(elsewhere);
+        release(&pool, &gate, holding).await;
+    }
+
+    /// One account asking from many addresses (or from none: work no client
+    /// is attributed to) holds its own share and no more; the addresses'
+    /// other users are not touched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_account_from_many_addresses_holds_its_share_and_no_more() {
+        let pool = pool_of(32);
+        let gate = Gate::new();
+        let mallory = UserId::generate();
+        let mut holding = flood(&pool, &gate, 6, |i| {
+            (Some(format!("bot-{i}")), Some(mallory))
+        })
+        .await;
+        assert_eq!(holding.len(), 2, "mallory's share, whichever address asks");
+        assert!(try_hold(&pool, &gate, None, Some(mallory)).await.is_none());
+        let other = try_hold(&pool, &gate, Some("bot-5"), None).await;
+        assert!(other.is_some(), "a login from one of mallory's addresses");
+        holding.extend(other);
+        release(&pool, &gate, holding).await;
+    }
+
+    /// Counts are kept only for the keys that hold places, so their memory
+    /// is bounded by the pool's places, however many clients and accounts
+    /// come, and they are all forgotten when the work is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_shares_hold_no_more_keys_than_the_pool_has_places() {
+        let pool = pool_of(4);
+        let gate = Gate::new();
+        let holding = flood(&pool, &gate, 200, |i| {
+            (Some(format!("client-{i}")), Some(UserId::generate()))
+        })
+        .await;
+        assert_eq!(holding.len(), 4, "the pool is full");
+        {
+            let shares = lock(&pool.shares);
+            assert_eq!((shares.clients.len(), shares.accounts.len()), (4, 4));
+        }
+        release(&pool, &gate, holding).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

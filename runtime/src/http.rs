@@ -463,7 +463,9 @@ impl<B> tower_http::trace::OnResponse<B> for AccessLog {
 
 /// Runs the request with any password hashing it asks for counted against
 /// its client's share of the pool (an IPv4 address or an IPv6 network), so
-/// one client's flood is refused on its own share.
+/// one client's flood is refused on its own share. Hashing the core does for
+/// a signed-in account (`run_for_account`) counts against that account's
+/// share as well, and within the accounts' half of this client's share.
 async fn hash_as_client<Run: std::future::Future<Output = Response>>(
     ipv6_prefix: u8,
     request: Request,

@@ -2,8 +2,9 @@
 //! key, then one more every period (GCRA, through governor), answered with
 //! 429 `TOO_MANY_ATTEMPTS` and `Retry-After` past it.
 //!
-//! The hashing pool's per-client share bounds what a client holds at one
-//! moment; these bound what it may spend over time, per entry point:
+//! The hashing pool's shares (per client, and per account for the checks a
+//! signed-in account asks for) bound what is held at one moment; these
+//! bound what may be spent over time, per entry point:
 //! registrations per client (REST and SOAP together, one budget), and
 //! current-password checks per client and per account. Login has its own
 //! limiter in rest-auth, built from the same [`Budget`].
