@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{ConnectInfo, Multipart, Query, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use hub_core::{
@@ -16,11 +16,11 @@ use hub_runtime::HttpError;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use crate::ConsoleState;
 use crate::guard::{self, CSRF_COOKIE, SESSION_COOKIE, Signed};
 use crate::pages::{
     self, Early, Field, Nav, Page, Problem, csrf, field, form_problem, layout, notice, when,
 };
+use crate::{ConsoleState, upload_form};
 
 /// A form that could not be read at all (not url-encoded, too large).
 pub(crate) fn unreadable(rejection: &impl std::fmt::Display) -> Response {
@@ -71,20 +71,19 @@ fn see_other(to: &str) -> Page {
     Ok(redirect(to))
 }
 
-/// `page` with the pre-sign-in CSRF cookie: the browser's own if it has a
-/// well-formed one, else a fresh one.
+/// `page` with the pre-sign-in CSRF token, derived from the browser's
+/// secret: its own if it has a well-formed one (a signed-in browser keeps
+/// its session's), else a fresh one set in the cookie. The page holds the
+/// token only, never the HttpOnly secret.
 fn anonymous_page(
     state: &ConsoleState,
     headers: &HeaderMap,
     status: StatusCode,
     page: impl FnOnce(&str) -> Markup,
 ) -> Page {
-    let existing = hub_rest_auth::cookie(headers, CSRF_COOKIE)
-        .filter(|t| t.len() == 43)
-        .map(str::to_owned);
-    let token = existing.map_or_else(guard::fresh_csrf, Ok)?;
-    let mut response = (status, page(&token)).into_response();
-    if let Some(cookie) = guard::set_cookie(state, CSRF_COOKIE, &token, None) {
+    let (secret, fresh) = guard::browser_secret(headers)?;
+    let mut response = (status, page(&guard::form_csrf(&secret))).into_response();
+    if fresh && let Some(cookie) = guard::set_cookie(state, CSRF_COOKIE, &secret, None) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     Ok(response)
@@ -161,7 +160,8 @@ pub(crate) async fn signup(
     )
     .await;
     match registered {
-        Ok(user) => see_other(&format!("/account/signin?created={}", user.username)),
+        // The notice is the server's own words (see `SigninQuery`).
+        Ok(_) => see_other("/account/signin?created=1"),
         Err(e) => {
             let problem = Problem::new(&e, signup_field);
             anonymous_page(&state, &headers, problem.status, |token| {
@@ -181,11 +181,26 @@ pub(crate) struct SigninForm {
     password: String,
 }
 
+/// What the sign-in page was sent to say: flags only, never words. A
+/// notice on this origin is believed, so its text is always the server's.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct SigninQuery {
     created: Option<String>,
     signed_out: Option<String>,
+}
+
+impl SigninQuery {
+    fn notice(&self) -> Option<&'static str> {
+        let set = |flag: &Option<String>| flag.as_deref() == Some("1");
+        if set(&self.created) {
+            Some("Account created: sign in with it.")
+        } else if set(&self.signed_out) {
+            Some("You are signed out.")
+        } else {
+            None
+        }
+    }
 }
 
 fn signin_field(code: ErrorCode) -> Option<&'static str> {
@@ -221,14 +236,8 @@ pub(crate) async fn signin_page(
     headers: HeaderMap,
     Query(query): Query<SigninQuery>,
 ) -> Page {
-    let note = match (&query.created, &query.signed_out) {
-        (Some(name), _) => Some(format!("Account {name} created: sign in with it.")),
-        (None, Some(_)) => Some("You are signed out.".to_owned()),
-        _ => None,
-    };
-    let login = query.created.clone().unwrap_or_default();
     anonymous_page(&state, &headers, StatusCode::OK, |token| {
-        signin_view(token, &login, None, note.as_deref())
+        signin_view(token, "", None, query.notice())
     })
 }
 
@@ -794,28 +803,24 @@ pub(crate) async fn images(
 }
 
 /// `POST /account/images`: a multipart form whose first field is the CSRF
-/// token and whose second is the file. The file goes through the HTTP
-/// upload's own path: one of the user's uploads in progress, the size cap
-/// the moment it is passed, the stall timeout, sanitizing and the quota.
+/// token and whose second is the file. The token is read within a few KiB
+/// of the body and checked, and one of the user's uploads in progress
+/// taken, before a byte of the file is read (`upload_form`). The file then
+/// goes through the HTTP upload's own path: the size cap the moment it is
+/// passed, the stall timeout, sanitizing and the quota.
 pub(crate) async fn upload(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    request: Request,
 ) -> Page {
     guard::same_origin(&headers)?;
     let signed = guard::signed_in(&state, &headers).await?;
-    let mut multipart = match multipart {
-        Ok(multipart) => multipart,
-        Err(e) => return Err(unreadable(&e).into()),
-    };
-    // The token first: nothing of the file is read before it is checked.
-    let token = match multipart.next_field().await {
-        Ok(Some(field)) if field.name() == Some("csrf") => field.text().await.ok(),
-        _ => None,
-    };
-    guard::check_csrf(&signed.csrf(), token.as_deref())?;
+    let (mut multipart, gate) = upload_form::read(request).await?;
+    let token = upload_form::token(&mut multipart, &gate).await?;
+    guard::check_csrf(&signed.csrf(), Some(&token))?;
     let stored = async {
         let slot = state.library.begin_upload(&signed.principal)?;
+        gate.open();
         let field = match multipart.next_field().await {
             Ok(Some(field)) if field.name() == Some("file") => field,
             Ok(_) => return Err(HttpError::from(Error::new(ErrorCode::EmptyUpload))),

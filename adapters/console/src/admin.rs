@@ -21,6 +21,13 @@ use crate::account::{details, last_seen, nav, open_sessions, read, session_card,
 use crate::guard;
 use crate::pages::{Page, csrf, layout, notice, when};
 
+/// Where an admin's page of one user lives: `/admin/user/{username}`, not
+/// under `/admin/users/`, whose names rest-auth's API shares (`POST
+/// /admin/users/import`): there a user named `import` would have no page.
+pub(crate) fn user_page(username: &str) -> String {
+    format!("/admin/user/{username}")
+}
+
 /// Users per page of a search.
 const USERS_PAGE: u32 = 20;
 /// How long the system page waits for one service.
@@ -80,7 +87,7 @@ pub(crate) async fn users(
                     tbody {
                         @for user in &page.users {
                             tr {
-                                td { a href={ "/admin/users/" (user.username.as_str()) } { (user.username.as_str()) } }
+                                td { a href=(user_page(user.username.as_str())) { (user.username.as_str()) } }
                                 td { (user.email.as_str()) }
                                 td { (user.role.as_str()) }
                                 td { (when(user.created_at)) }
@@ -115,7 +122,7 @@ pub(crate) struct Done {
     done: Option<String>,
 }
 
-/// `GET /admin/users/{username}`
+/// `GET /admin/user/{username}`
 pub(crate) async fn user(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
@@ -131,7 +138,7 @@ pub(crate) async fn user(
     let sessions = open_sessions(&state, &signed, user.id).await?;
     let last = last_seen(&state, &signed, Some(user.username.as_str())).await;
     let token = signed.csrf();
-    let base = format!("/admin/users/{}", user.username.as_str());
+    let base = user_page(user.username.as_str());
     let note = match query.done.as_deref() {
         Some("revoked") => Some("Sessions revoked."),
         Some("role") => Some("Role changed."),
@@ -188,7 +195,7 @@ pub(crate) struct RevokeForm {
     session: Option<String>,
 }
 
-/// `POST /admin/users/{username}/sessions/revoke`: one session, or all.
+/// `POST /admin/user/{username}/sessions/revoke`: one session, or all.
 pub(crate) async fn revoke_sessions(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
@@ -211,7 +218,7 @@ pub(crate) async fn revoke_sessions(
         .lifecycle
         .revoke(&signed.principal, user.id, session)
         .await?;
-    let to = format!("/admin/users/{}?done=revoked", user.username.as_str());
+    let to = format!("{}?done=revoked", user_page(user.username.as_str()));
     Ok(Redirect::to(&to).into_response())
 }
 
@@ -222,7 +229,7 @@ pub(crate) struct RoleForm {
     role: String,
 }
 
-/// `POST /admin/users/{username}/role`
+/// `POST /admin/user/{username}/role`
 pub(crate) async fn set_role(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
@@ -236,7 +243,7 @@ pub(crate) async fn set_role(
         .administration
         .set_role_as(&signed.principal, &username, role)
         .await?;
-    let to = format!("/admin/users/{}?done=role", user.username.as_str());
+    let to = format!("{}?done=role", user_page(user.username.as_str()));
     Ok(Redirect::to(&to).into_response())
 }
 

@@ -18,7 +18,8 @@ use crate::pages::{self, Early};
 /// The session's token: HttpOnly, SameSite=Strict, so no script and no
 /// other site's request carries it.
 pub const SESSION_COOKIE: &str = "polyhub_session";
-/// The CSRF token of the forms shown before signing in (sign in, sign up).
+/// The browser's CSRF secret (HttpOnly, SameSite=Strict): every form's
+/// token is derived from it, and no page holds it.
 pub const CSRF_COOKIE: &str = "polyhub_csrf";
 
 /// Every console page is sent with these: nothing loads but this origin's
@@ -73,7 +74,18 @@ pub(crate) fn session_csrf(secret: &str, session: SessionId) -> String {
     URL_SAFE_NO_PAD.encode(hash.finalize())
 }
 
-/// A fresh random token for the forms shown before signing in.
+/// The CSRF token of the forms shown before signing in (sign in, sign up):
+/// derived from the browser's secret, never the secret itself. A
+/// signed-in browser may open those pages too, and its secret is the one
+/// its session's tokens come from: a page holds only what a page may leak.
+pub(crate) fn form_csrf(secret: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"polyhub console form csrf\0");
+    hash.update(secret.as_bytes());
+    URL_SAFE_NO_PAD.encode(hash.finalize())
+}
+
+/// A fresh random CSRF secret for a browser's cookie.
 pub(crate) fn fresh_csrf() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
@@ -94,9 +106,36 @@ pub(crate) fn refused(why: &str) -> Response {
     )
 }
 
-/// The POST comes from a page of this origin: its `Origin` names the host
-/// the request was sent to. A browser sends `Origin` with every POST; one
-/// without it, or from elsewhere, is refused.
+/// The scheme the browser reached the hub with. The hub's listeners speak
+/// plain HTTP, so a request straight from a browser came over `http`; a
+/// gateway that terminates TLS says so in `X-Forwarded-Proto` (the bundled
+/// nginx sets it from `$scheme`, replacing whatever the client sent; so do
+/// Kubernetes ingress controllers). Its first value is the scheme of the
+/// proxy nearest the browser; one that is neither `http` nor `https` is
+/// `None`, and the form is refused.
+///
+/// It is believed from any peer, not only from `http.trusted_proxies`:
+/// this check stands against a page of another origin making a browser
+/// post here, and no page can make a browser send `X-Forwarded-Proto` (it
+/// is not CORS-safelisted, and no CORS allow-list of the hub's lets it
+/// through); a client that can set it can set `Origin` as well.
+/// `http.secure_cookies` says nothing of the scheme: browsers keep Secure
+/// cookies over plain HTTP on loopback.
+fn request_scheme(headers: &HeaderMap) -> Option<&'static str> {
+    let Some(forwarded) = headers.get("x-forwarded-proto") else {
+        return Some("http");
+    };
+    let first = forwarded.to_str().ok()?.split(',').next()?.trim();
+    ["http", "https"]
+        .into_iter()
+        .find(|scheme| first.eq_ignore_ascii_case(scheme))
+}
+
+/// The POST comes from a page of this origin: its `Origin` names the
+/// scheme the browser used and the host the request was sent to (port
+/// included). Without the scheme, a page on `http://host` (which anyone on
+/// the path can write) could post to `https://host`. A browser sends
+/// `Origin` with every POST; one without it, or from elsewhere, is refused.
 pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Early> {
     let origin = headers
         .get(header::ORIGIN)
@@ -106,11 +145,15 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Early> {
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| Early::from(refused("the request names no host")))?;
-    let authority = origin
-        .split_once("://")
-        .map(|(_, authority)| authority)
-        .unwrap_or_default();
-    if authority.eq_ignore_ascii_case(host) {
+    let scheme = request_scheme(headers).ok_or_else(|| {
+        Early::from(refused(
+            "the gateway's X-Forwarded-Proto is neither http nor https",
+        ))
+    })?;
+    let same = origin.split_once("://").is_some_and(|(theirs, authority)| {
+        theirs.eq_ignore_ascii_case(scheme) && authority.eq_ignore_ascii_case(host)
+    });
+    if same {
         Ok(())
     } else {
         Err(refused("the form was posted from another origin").into())
@@ -237,15 +280,35 @@ pub(crate) async fn signed_post(
     Ok(signed)
 }
 
+/// The browser's CSRF secret, or a fresh one for it: `(secret, fresh)`. A
+/// signed-in browser keeps its own, so its session's forms in other tabs
+/// still post.
+pub(crate) fn browser_secret(headers: &HeaderMap) -> Result<(String, bool), Error> {
+    match csrf_secret(headers) {
+        Some(secret) => Ok((secret.to_owned(), false)),
+        None => fresh_csrf().map(|secret| (secret, true)),
+    }
+}
+
 /// A POST from a form shown before signing in: from this origin, with the
-/// token of the `polyhub_csrf` cookie.
+/// token derived from the `polyhub_csrf` cookie ([`form_csrf`]). A client
+/// that reads its own cookie (a script, not a page) may send the secret
+/// itself: knowing it is knowing the token, so this opens nothing.
 pub(crate) fn anonymous_post(headers: &HeaderMap, csrf: Option<&str>) -> Result<(), Early> {
     same_origin(headers)?;
-    check_csrf(csrf_secret(headers).unwrap_or_default(), csrf)
+    let secret = csrf_secret(headers);
+    if let (Some(secret), Some(given)) = (secret, csrf)
+        && equal(secret, given)
+    {
+        return Ok(());
+    }
+    check_csrf(&secret.map(form_csrf).unwrap_or_default(), csrf)
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderName;
+
     use super::*;
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
@@ -263,7 +326,31 @@ mod tests {
             (header::HOST, "127.0.0.1:5001"),
         ]);
         assert!(same_origin(&ok).is_ok());
+        let behind_tls = headers(&[
+            (header::ORIGIN, "https://hub.example"),
+            (header::HOST, "hub.example"),
+            (HeaderName::from_static("x-forwarded-proto"), "https"),
+        ]);
+        assert!(same_origin(&behind_tls).is_ok());
         for bad in [
+            headers(&[
+                (header::ORIGIN, "https://127.0.0.1:5001"),
+                (header::HOST, "127.0.0.1:5001"),
+            ]),
+            headers(&[
+                (header::ORIGIN, "http://hub.example"),
+                (header::HOST, "hub.example"),
+                (HeaderName::from_static("x-forwarded-proto"), "https"),
+            ]),
+            headers(&[
+                (header::ORIGIN, "https://hub.example"),
+                (header::HOST, "hub.example"),
+                (HeaderName::from_static("x-forwarded-proto"), "wss"),
+            ]),
+            headers(&[
+                (header::ORIGIN, "127.0.0.1:5001"),
+                (header::HOST, "127.0.0.1:5001"),
+            ]),
             headers(&[(header::HOST, "127.0.0.1:5001")]),
             headers(&[
                 (header::ORIGIN, "http://evil.example"),
@@ -299,5 +386,37 @@ mod tests {
         // No cookie means no token matches, not even an empty one.
         assert!(check_csrf("", Some("")).is_err());
         assert_ne!(fresh_csrf().unwrap(), fresh_csrf().unwrap());
+        // The pre-sign-in token is the secret's, and is not the secret.
+        assert_eq!(form_csrf(&secret), form_csrf(&secret));
+        assert_ne!(form_csrf(&secret), secret);
+        assert_ne!(form_csrf(&secret), session_csrf(&secret, one));
+    }
+
+    #[test]
+    fn a_pre_sign_in_form_proves_it_knows_the_browser_s_secret() {
+        let secret = fresh_csrf().unwrap();
+        let with = |cookie: Option<&str>| {
+            let mut map = headers(&[
+                (header::ORIGIN, "http://127.0.0.1:5001"),
+                (header::HOST, "127.0.0.1:5001"),
+            ]);
+            if let Some(cookie) = cookie {
+                map.insert(
+                    header::COOKIE,
+                    HeaderValue::from_str(&format!("{CSRF_COOKIE}={cookie}")).unwrap(),
+                );
+            }
+            map
+        };
+        let cookie = with(Some(&secret));
+        assert!(anonymous_post(&cookie, Some(&form_csrf(&secret))).is_ok());
+        assert!(anonymous_post(&cookie, Some(&secret)).is_ok());
+        let other = fresh_csrf().unwrap();
+        for given in [Some(form_csrf(&other)), Some(String::new()), None] {
+            assert!(anonymous_post(&cookie, given.as_deref()).is_err());
+        }
+        // Without the cookie nothing matches, not the hash of no secret.
+        assert!(anonymous_post(&with(None), Some(&form_csrf(""))).is_err());
+        assert!(anonymous_post(&with(None), Some("")).is_err());
     }
 }

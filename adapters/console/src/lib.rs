@@ -11,8 +11,9 @@
 //!
 //! Browser security: the session's token lives in an HttpOnly,
 //! SameSite=Strict cookie (`Secure` unless `http.secure_cookies` is off);
-//! every form carries a CSRF token (bound to the session once signed in, to
-//! a cookie of its own before) and every POST must come from this origin;
+//! every form carries a CSRF token derived from the browser's HttpOnly
+//! secret (and bound to the session once signed in), never the secret
+//! itself, and every POST must come from this origin, scheme included;
 //! every page is sent with a strict Content-Security-Policy, `frame-ancestors
 //! 'none'`, no referrer and `Cache-Control: no-store`.
 
@@ -20,6 +21,7 @@ mod account;
 mod admin;
 mod guard;
 mod pages;
+mod upload_form;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,12 +129,14 @@ pub fn routes(state: ConsoleState) -> Router {
         )
         .route("/admin", get(admin::home))
         .route("/admin/users", get(admin::users))
-        .route("/admin/users/{username}", get(admin::user))
+        // One user's pages share no path with rest-auth's API (see
+        // `admin::user_page`).
+        .route("/admin/user/{username}", get(admin::user))
         .route(
-            "/admin/users/{username}/sessions/revoke",
+            "/admin/user/{username}/sessions/revoke",
             post(admin::revoke_sessions),
         )
-        .route("/admin/users/{username}/role", post(admin::set_role))
+        .route("/admin/user/{username}/role", post(admin::set_role))
         .route("/admin/system", get(admin::system))
         .layer(DefaultBodyLimit::max(FORM_MAX_BYTES))
         .layer(middleware::from_fn_with_state(

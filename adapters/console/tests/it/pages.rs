@@ -2,10 +2,10 @@ use hub_testkit::{Service, TestHub, TestSetup};
 use reqwest::{Client, StatusCode, header};
 use serde_json::json;
 
-const SERVICES: &[Service] = &[Service::RestAuth];
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const SERVICES: &[Service] = &[Service::RestAuth];
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
-fn client() -> Client {
+pub(crate) fn client() -> Client {
     Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -13,7 +13,7 @@ fn client() -> Client {
 }
 
 /// A form body, url-encoded.
-fn encoded(fields: &[(&str, &str)]) -> String {
+pub(crate) fn encoded(fields: &[(&str, &str)]) -> String {
     let escape = |raw: &str| -> String {
         raw.bytes()
             .map(|b| match b {
@@ -32,7 +32,7 @@ fn encoded(fields: &[(&str, &str)]) -> String {
 }
 
 /// The value of cookie `name` that `response` sets.
-fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+pub(crate) fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
     response
         .headers()
         .get_all(header::SET_COOKIE)
@@ -45,7 +45,7 @@ fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
 
 /// The `Cookie` header a browser sends after `signed_in` (the session and
 /// its CSRF secret).
-fn session_cookies(signed_in: &reqwest::Response) -> String {
+pub(crate) fn session_cookies(signed_in: &reqwest::Response) -> String {
     format!(
         "polyhub_session={}; polyhub_csrf={}",
         set_cookie(signed_in, "polyhub_session").unwrap(),
@@ -54,13 +54,13 @@ fn session_cookies(signed_in: &reqwest::Response) -> String {
 }
 
 /// The `csrf` hidden field of the form posting to `action` in `page`.
-fn form_csrf(page: &str, action: &str) -> String {
+pub(crate) fn form_csrf(page: &str, action: &str) -> String {
     let form = &page[page.find(&format!("action=\"{action}\"")).unwrap()..];
     let start = form.find("name=\"csrf\" value=\"").unwrap() + 19;
     form[start..start + form[start..].find('"').unwrap()].to_owned()
 }
 
-async fn register(http: &Client, base: &str, name: &str) {
+pub(crate) async fn register(http: &Client, base: &str, name: &str) {
     let answer = http
         .post(format!("{base}/register"))
         .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": PASSWORD}))
@@ -71,20 +71,22 @@ async fn register(http: &Client, base: &str, name: &str) {
 }
 
 /// Signs in through the console's form: the `Cookie` header of the session.
-async fn sign_in(http: &Client, base: &str, name: &str, password: &str) -> reqwest::Response {
+pub(crate) async fn sign_in(
+    http: &Client,
+    base: &str,
+    name: &str,
+    password: &str,
+) -> reqwest::Response {
     let page = http
         .get(format!("{base}/account/signin"))
         .send()
         .await
         .unwrap();
-    let csrf = set_cookie(&page, "polyhub_csrf").unwrap();
-    assert_eq!(
-        csrf,
-        form_csrf(&page.text().await.unwrap(), "/account/signin")
-    );
+    let secret = set_cookie(&page, "polyhub_csrf").unwrap();
+    let csrf = form_csrf(&page.text().await.unwrap(), "/account/signin");
     http.post(format!("{base}/account/signin"))
         .header(header::ORIGIN, base)
-        .header(header::COOKIE, format!("polyhub_csrf={csrf}"))
+        .header(header::COOKIE, format!("polyhub_csrf={secret}"))
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(encoded(&[
             ("csrf", csrf.as_str()),
@@ -195,7 +197,7 @@ async fn pages_need_a_session_and_admin_pages_an_admin() {
     register(&http, &base, "quinn").await;
     let signed_in = sign_in(&http, &base, "quinn", PASSWORD).await;
     let session = session_cookies(&signed_in);
-    for page in ["/admin/users", "/admin/users/quinn", "/admin/system"] {
+    for page in ["/admin/users", "/admin/user/quinn", "/admin/system"] {
         let answer = http
             .get(format!("{base}{page}"))
             .header(header::COOKIE, &session)
