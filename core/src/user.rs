@@ -57,6 +57,14 @@ impl FromStr for Username {
 
 /// An email address, checked against RFC 5322's address grammar, with a
 /// domain of at least two labels, and stored lower-case.
+///
+/// As a username, an address is ASCII only, its local part a dot-atom (no
+/// quoted string): a Cyrillic `а`, a fullwidth `ａ` or quotes would give a
+/// second account an address that reads as, or delivers to, another's
+/// (`аlice@example.com`, `"alice"@example.com` beside `alice@example.com`).
+/// Refused, never mapped onto the ASCII it resembles: that would be another
+/// mailbox than the one given. The domain's labels were ASCII already
+/// (an internationalised domain is written in its `xn--` form).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Email(String);
@@ -76,6 +84,12 @@ impl Email {
         if parsed.as_str() != raw || parsed.display_part() != "" {
             return Err(invalid());
         }
+        // RFC 5322's atext and the dots between atoms: no character of
+        // another script, no compatibility form, no quoted string.
+        let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
+        if !parsed.local_part().chars().all(atext) {
+            return Err(invalid());
+        }
         let domain = parsed.domain();
         let labels: Vec<&str> = domain.split('.').collect();
         let label_ok = |l: &&str| {
@@ -88,7 +102,25 @@ impl Email {
         if labels.len() < 2 || !labels.iter().all(label_ok) {
             return Err(invalid());
         }
-        Ok(Self(raw.to_lowercase()))
+        Ok(Self(raw.to_ascii_lowercase()))
+    }
+
+    /// An address read back from the store: accepted as it was written, so
+    /// a row stored before today's stricter rule (a non-ASCII local part)
+    /// stays readable, and its owner can still sign in and change it. Only
+    /// what no rule ever allowed is refused: empty, over [`Self::MAX_LEN`],
+    /// surrounding white space, or no `@` between two non-empty parts.
+    pub fn stored(raw: &str) -> Result<Self, Error> {
+        let invalid = || Error::new(ErrorCode::InvalidEmail);
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || raw.trim() != raw {
+            return Err(invalid());
+        }
+        match raw.rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
+                Ok(Self(raw.to_owned()))
+            }
+            _ => Err(invalid()),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -307,6 +339,45 @@ mod tests {
         ] {
             assert_eq!(code(Email::parse(bad)), ErrorCode::InvalidEmail, "{bad:?}");
         }
+    }
+
+    /// The addresses the domain rule already refused, and those the
+    /// local-part rule adds: each reads as, or delivers to, `alice@example.com`.
+    #[test]
+    fn email_refuses_look_alikes_of_another_address() {
+        for look_alike in [
+            "\u{430}lice@example.com",                         // Cyrillic а
+            "\u{ff41}lice@example.com",                        // fullwidth ａ
+            "\u{430}\u{4cf}\u{456}\u{441}\u{435}@example.com", // аӏісе, all Cyrillic
+            "\u{3b1}lice@example.com",                         // Greek α
+            "a\u{301}lice@example.com",                        // a combining accent
+            "alice\u{ff20}example.com",                        // fullwidth ＠
+            "alice@ex\u{430}mple.com",                         // in the domain
+            "alice@\u{ff45}xample.com",
+            "\"alice\"@example.com", // the same mailbox, quoted
+            "\"al\\ice\"@example.com",
+            "alic\u{435}@example.com",
+            "alice\u{200b}@example.com", // a zero-width space
+        ] {
+            assert_eq!(
+                code(Email::parse(look_alike)),
+                ErrorCode::InvalidEmail,
+                "{look_alike:?}"
+            );
+        }
+        // What a registration form sees every day still passes, folded.
+        for ok in [
+            "o'brien@example.com",
+            "a.b-c_d+e@example.co.uk",
+            "x!#$%&*/=?^`{|}~@example.com",
+            "alice@xn--exmple-cua.com",
+        ] {
+            assert!(Email::parse(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            Email::parse("ALICE@EXAMPLE.COM").unwrap(),
+            Email::parse("alice@example.com").unwrap()
+        );
     }
 
     #[test]

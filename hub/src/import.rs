@@ -3,7 +3,12 @@
 //! time through hub-core's [`hub_core::Importer`]. Refused lines are printed
 //! with their number as they are met (the user's place in a Keycloak
 //! export's `users`); a summary ends the run.
+//!
+//! The file is someone else's text: whatever of it is printed (a refusal
+//! quotes a field's name, a hash's format, a path) goes through
+//! [`printable`] first, so it cannot drive the operator's terminal.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::Path;
@@ -12,6 +17,41 @@ use anyhow::Context;
 use hub_core::{ImportRecord, ImportReport, Importer};
 
 use crate::Hub;
+
+/// Whether `c` acts on a terminal instead of showing: C0 (newline and tab
+/// included: a refusal is one line), DEL, C1 (which holds CSI and OSC), the
+/// bidi controls that reorder a line (U+061C, U+200E, U+200F, U+202A to
+/// U+202E, U+2066 to U+2069), and the line and paragraph separators.
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{61c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `text` as an operator's terminal may show it: every character that
+/// would act on the terminal is written as a `\u{..}` escape, the rest as is.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(acts_on_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if acts_on_terminal(c) {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    Cow::Owned(shown)
+}
 
 /// How an import file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -329,8 +369,21 @@ fn keycloak(file: Counted) -> impl Iterator<Item = anyhow::Result<Line>> {
 }
 
 /// Reads `path` and imports every user in it; prints each refused line
-/// and a summary.
+/// and a summary. An error that stops it is returned [`printable`]: its
+/// chain may quote the file or its name.
 pub async fn run(
+    hub: &Hub,
+    path: &Path,
+    format: Option<ImportFormat>,
+    dry_run: bool,
+    allow_insecure: bool,
+) -> anyhow::Result<()> {
+    import_file(hub, path, format, dry_run, allow_insecure)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", printable(&format!("{e:#}"))))
+}
+
+async fn import_file(
     hub: &Hub,
     path: &Path,
     format: Option<ImportFormat>,
@@ -419,7 +472,7 @@ pub async fn import(
     let settle = |done: ImportReport, report: &mut ImportReport| -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         for (line, why) in &done.rejected {
-            writeln!(out, "{unit} {line}: rejected: {why}")?;
+            writeln!(out, "{unit} {line}: rejected: {}", printable(why))?;
         }
         report.add(done);
         Ok(())
@@ -434,7 +487,7 @@ pub async fn import(
         match record {
             Ok(record) => batch.push((number, record)),
             Err(why) => {
-                println!("{unit} {number}: rejected: {why}");
+                println!("{unit} {number}: rejected: {}", printable(&why));
                 report.rejected.push((number, why));
             }
         }
@@ -469,4 +522,35 @@ pub async fn import(
     }
     report.rejected.sort_by_key(|(line, _)| *line);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_what_acts_on_a_terminal_and_keeps_the_rest() {
+        assert!(matches!(
+            printable("bad role \"king\": user or admin"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(printable("naïve 名前 ✓"), "naïve 名前 ✓");
+        assert_eq!(
+            printable("\u{1b}]0;owned\u{7}\u{1b}[2J"),
+            "\\u{1b}]0;owned\\u{7}\\u{1b}[2J"
+        );
+        assert_eq!(
+            printable("a\tb\nc\rd\u{7f}e\u{85}f\u{9b}g"),
+            "a\\u{9}b\\u{a}c\\u{d}d\\u{7f}e\\u{85}f\\u{9b}g"
+        );
+        for bidi in [
+            '\u{61c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202e}', '\u{2066}', '\u{2069}',
+            '\u{2028}', '\u{2029}',
+        ] {
+            assert_eq!(
+                printable(&format!("x{bidi}y")),
+                format!("x\\u{{{:x}}}y", u32::from(bidi))
+            );
+        }
+    }
 }

@@ -392,3 +392,88 @@ async fn insecure_digests_need_a_flag_and_a_date_and_are_counted() {
 }
 
 const PEPPER_HASH: &str = "4b65d30b048d9eab292a2ea50fd60423d3d5d581a6ed85169b8a0c4f7dd10c00";
+
+/// Characters that rewrite or reorder what a terminal shows: C0 (newline
+/// aside), DEL, C1, and the bidi controls.
+fn terminal_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || matches!(
+                    c,
+                    '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+                )
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+        })
+        .collect()
+}
+
+/// An import file is someone else's text: what it says is shown to the
+/// operator escaped, never played on their terminal (an ANSI sequence that
+/// clears the screen or retitles the window, a bidi override that reorders
+/// a line).
+#[tokio::test(flavor = "multi_thread")]
+async fn control_characters_in_an_import_file_are_printed_escaped() {
+    let hash =
+        "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b";
+    let attack = "\u{1b}]0;owned\u{7}\u{1b}[2J\u{1b}[31m\u{202e}\u{85}\u{7f}";
+    let lines = [
+        json!({"username": "good1", "email": "good1@example.com", "password_hash": hash}),
+        // An unknown field: serde names it in its refusal.
+        {
+            let mut line =
+                json!({"username": "evil1", "email": "evil1@example.com", "password_hash": hash});
+            line[attack] = json!(1);
+            line
+        },
+        json!({"username": "evil2", "email": "evil2@example.com", "password_hash": hash, "role": attack}),
+        json!({"username": "evil3", "email": "evil3@example.com", "password_hash": format!("{attack}$x")}),
+        json!({"username": attack, "email": "evil4@example.com", "password_hash": hash}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let dir = scratch_dir();
+    let file = dir.join("users.jsonl");
+    std::fs::write(&file, text).unwrap();
+    let database = fresh_database_url();
+    stdout(&hub(&database, &["migrate"]));
+
+    let out = hub(&database, &["users", "import", file.to_str().unwrap()]);
+    let (printed, logged) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{printed}\n{logged}");
+    assert!(
+        printed.contains("imported 1, already present 0, rejected 4"),
+        "{printed}"
+    );
+    assert!(printed.contains("line 2: rejected: "), "{printed}");
+    assert!(printed.contains(r"\u{1b}]0;owned\u{7}"), "{printed}");
+    assert_eq!(
+        terminal_controls(&printed),
+        Vec::<char>::new(),
+        "stdout: {printed:?}"
+    );
+    assert_eq!(
+        terminal_controls(&logged),
+        Vec::<char>::new(),
+        "stderr: {logged:?}"
+    );
+
+    // A file of that name, which is not there: the error names it, escaped.
+    let named = dir.join(format!("users{attack}.jsonl"));
+    let out = hub(&database, &["users", "import", named.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let logged = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(logged.contains(r"users\u{1b}]0;owned"), "{logged}");
+    assert_eq!(
+        terminal_controls(&logged),
+        Vec::<char>::new(),
+        "stderr: {logged:?}"
+    );
+    assert_eq!(
+        terminal_controls(&String::from_utf8_lossy(&out.stdout)),
+        Vec::<char>::new()
+    );
+}

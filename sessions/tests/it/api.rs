@@ -516,3 +516,94 @@ async fn without_mongodb_sessions_work_and_the_tracker_says_503() {
     assert!(metrics.contains("polyhub_outbox_backlog "), "{metrics}");
     hub.hub.stop().await;
 }
+
+/// Every answer of the session API and the tracker is about one user (their
+/// sessions, tokens, addresses, when they were last seen), so none may be
+/// kept by a cache: 2xx, refusals and errors alike carry `no-store`.
+#[tokio::test(flavor = "multi_thread")]
+async fn personal_answers_are_never_stored_by_a_cache() {
+    let hub = Hub::start().await;
+    let (me, token) = hub.signed_in("alice").await;
+    let (other, _) = hub.signed_in("bob").await;
+    let answer = |method: Method, service: Service, path: String, token: Option<String>| {
+        let mut request = hub
+            .client
+            .request(method, format!("{}{path}", hub.hub.url(service)));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let cases = [
+        (
+            Method::POST,
+            Service::Sessions,
+            "/api/sessions".to_owned(),
+            StatusCode::CREATED,
+        ),
+        (
+            Method::GET,
+            Service::Sessions,
+            "/api/sessions/verify".to_owned(),
+            StatusCode::OK,
+        ),
+        (
+            Method::GET,
+            Service::Sessions,
+            format!("/api/sessions/{me}"),
+            StatusCode::OK,
+        ),
+        (
+            Method::PUT,
+            Service::Sessions,
+            format!("/api/sessions/{me}"),
+            StatusCode::OK,
+        ),
+        (
+            Method::GET,
+            Service::Sessions,
+            format!("/api/sessions/{other}"),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::GET,
+            Service::Sessions,
+            "/api/sessions/not-an-id".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            Service::SessionTracker,
+            "/last-connection".to_owned(),
+            StatusCode::OK,
+        ),
+        (
+            Method::DELETE,
+            Service::Sessions,
+            format!("/api/sessions/{me}"),
+            StatusCode::OK,
+        ),
+    ];
+    for (method, service, path, status) in cases {
+        for (token, expected) in [
+            (Some(token.clone()), status),
+            (None, StatusCode::UNAUTHORIZED),
+            (Some("not-a-token".to_owned()), StatusCode::UNAUTHORIZED),
+        ] {
+            let what = format!("{method} {path} ({service}), token {}", token.is_some());
+            // The DELETE revoked the token: it is last, and its refusals
+            // are asked with no token or a bad one anyway.
+            let resp = answer(method.clone(), service, path.clone(), token).await;
+            assert_eq!(resp.status(), expected, "{what}");
+            assert_eq!(
+                resp.headers()
+                    .get(reqwest::header::CACHE_CONTROL)
+                    .and_then(|v| v.to_str().ok()),
+                Some("no-store"),
+                "{what}: {:?}",
+                resp.headers()
+            );
+        }
+    }
+    hub.hub.stop().await;
+}
