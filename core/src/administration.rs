@@ -2,11 +2,17 @@
 //! role. The `hub users grant-admin` command and the admin console come
 //! through here, never to the repository directly; the console's calls
 //! (`*_as`) are checked against the caller's role first.
+//!
+//! A token's `role` claim says what the role was when it was issued; it is
+//! never what an admin check believes. [`require_admin`] reads the role
+//! from the directory, and a role change revokes every session of the
+//! user in the same transaction (`SessionRepository::change_role`), so a
+//! demoted admin is refused at once on every protocol and instance.
 
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorCode};
-use crate::ports::{User, UserRepository};
+use crate::ports::{Clock, SessionRepository, User, UserRepository};
 use crate::token::Principal;
 use crate::user::{Role, Username};
 
@@ -20,14 +26,26 @@ pub struct UserPage {
     pub next: Option<Username>,
 }
 
-fn admins_only(principal: &Principal) -> Result<(), Error> {
-    if principal.role == Role::Admin {
-        Ok(())
+/// The principal's user as the directory has it now, when that user is an
+/// admin now: what every admin-only decision checks, whatever role the
+/// token claims. `FORBIDDEN` (with `what` as the message) for anyone else;
+/// `INVALID_TOKEN` when the user is gone.
+pub async fn require_admin(
+    users: &dyn UserRepository,
+    principal: &Principal,
+    what: &str,
+) -> Result<User, Error> {
+    let user = users
+        .find_by_id(principal.user_id)
+        .await?
+        .ok_or_else(|| Error::new(ErrorCode::InvalidToken))?;
+    if user.role == Role::Admin {
+        Ok(user)
     } else {
-        Err(Error::with_message(
-            ErrorCode::Forbidden,
-            "managing users is for admins",
-        ))
+        if principal.role == Role::Admin {
+            tracing::warn!(user_id = %principal.user_id, "an admin token of a user who is no longer admin was refused");
+        }
+        Err(Error::with_message(ErrorCode::Forbidden, what))
     }
 }
 
@@ -35,6 +53,8 @@ fn admins_only(principal: &Principal) -> Result<(), Error> {
 #[derive(Clone)]
 pub struct Administration {
     users: Arc<dyn UserRepository>,
+    sessions: Arc<dyn SessionRepository>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Administration {
@@ -44,12 +64,25 @@ impl std::fmt::Debug for Administration {
 }
 
 impl Administration {
-    pub fn new(users: Arc<dyn UserRepository>) -> Self {
-        Self { users }
+    pub fn new(
+        users: Arc<dyn UserRepository>,
+        sessions: Arc<dyn SessionRepository>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            users,
+            sessions,
+            clock,
+        }
+    }
+
+    async fn admins_only(&self, principal: &Principal) -> Result<User, Error> {
+        require_admin(&*self.users, principal, "managing users is for admins").await
     }
 
     /// Gives the user named `username` the role `role`; the user as it now is.
-    /// An unknown name is `USER_NOT_FOUND`.
+    /// A change revokes every session of the user (their tokens carry the
+    /// old role), so they sign in again. An unknown name is `USER_NOT_FOUND`.
     #[tracing::instrument(skip(self))]
     pub async fn set_role(&self, username: &str, role: Role) -> Result<User, Error> {
         let username = Username::parse(username)?;
@@ -61,8 +94,11 @@ impl Administration {
                 Error::with_message(ErrorCode::UserNotFound, format!("no user named {username}"))
             })?;
         if user.role != role {
-            self.users.set_role(user.id, role).await?;
-            tracing::info!(user = %user.id, %role, "role changed");
+            let revoked = self
+                .sessions
+                .change_role(user.id, role, self.clock.now())
+                .await?;
+            tracing::info!(user = %user.id, %role, revoked, "role changed; the user's sessions are revoked");
             user.role = role;
         }
         Ok(user)
@@ -77,7 +113,6 @@ impl Administration {
         username: &str,
         role: Role,
     ) -> Result<User, Error> {
-        admins_only(principal)?;
         let target = self.find_as(principal, username).await?;
         if target.id == principal.user_id && role != Role::Admin {
             return Err(Error::with_message(
@@ -91,7 +126,7 @@ impl Administration {
 
     /// The user named `username`, for an admin.
     pub async fn find_as(&self, principal: &Principal, username: &str) -> Result<User, Error> {
-        admins_only(principal)?;
+        self.admins_only(principal).await?;
         let username = Username::parse(username)?;
         self.users
             .find_by_username(&username)
@@ -110,12 +145,20 @@ impl Administration {
         after: Option<&str>,
         limit: u32,
     ) -> Result<UserPage, Error> {
-        admins_only(principal)?;
+        self.admins_only(principal).await?;
         let query = query.trim();
         if query.chars().count() > 254 {
             return Err(Error::with_message(
                 ErrorCode::InvalidRequest,
                 "a search is at most 254 characters",
+            ));
+        }
+        // No name or address holds a control character, and PostgreSQL
+        // text cannot hold NUL: such a search is the client's mistake.
+        if query.chars().any(char::is_control) {
+            return Err(Error::with_message(
+                ErrorCode::InvalidRequest,
+                "a search cannot contain control characters",
             ));
         }
         let after = after.map(Username::parse).transpose()?;
@@ -135,9 +178,17 @@ impl Administration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::NewUser;
-    use crate::ports::memory::InMemoryUsers;
+    use crate::ports::memory::{InMemorySessions, InMemoryUsers};
+    use crate::ports::{NewUser, SystemClock};
     use crate::user::{Email, UserId};
+
+    fn administration(users: &Arc<InMemoryUsers>) -> (Administration, Arc<InMemorySessions>) {
+        let sessions = Arc::new(InMemorySessions::with_users(users.clone()));
+        (
+            Administration::new(users.clone(), sessions.clone(), Arc::new(SystemClock)),
+            sessions,
+        )
+    }
 
     #[tokio::test]
     async fn grants_a_role_and_refuses_unknown_names() {
@@ -159,7 +210,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let admin = Administration::new(users.clone());
+        let (admin, _) = administration(&users);
         let user = admin.set_role("Olivia", Role::Admin).await.unwrap();
         assert_eq!(user.role, Role::Admin);
         let stored = users
@@ -213,7 +264,7 @@ mod tests {
                     .unwrap(),
             );
         }
-        let admin = Administration::new(users.clone());
+        let (admin, _) = administration(&users);
         let (anna, bert) = (principal(&stored[0]), principal(&stored[1]));
 
         let page = admin.search_as(&anna, "B", None, 1).await.unwrap();
@@ -245,5 +296,81 @@ mod tests {
         }
         let granted = admin.set_role_as(&anna, "bert", Role::Admin).await.unwrap();
         assert_eq!(granted.role, Role::Admin);
+        let err = admin.search_as(&anna, "a\0b", None, 10).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidRequest);
+    }
+
+    /// The token's role is what it was at issue; the directory decides.
+    #[tokio::test]
+    async fn a_withdrawn_admin_is_refused_whatever_the_token_claims() {
+        let users = Arc::new(InMemoryUsers::default());
+        let hash = crate::PasswordHasher::insecure_for_tests(1_000)
+            .hash(
+                &crate::Password::parse("correct horse", &Username::parse("anna").unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+        let mut stored = Vec::new();
+        for name in ["anna", "bert"] {
+            stored.push(
+                users
+                    .insert(NewUser {
+                        id: UserId::generate(),
+                        username: Username::parse(name).unwrap(),
+                        email: Email::parse(&format!("{name}@example.com")).unwrap(),
+                        password_hash: hash.clone(),
+                        role: Role::Admin,
+                        created_at: time::OffsetDateTime::now_utc(),
+                    })
+                    .await
+                    .unwrap(),
+            );
+        }
+        let (admin, sessions) = administration(&users);
+        let bert = principal(&stored[1]);
+        let now = time::OffsetDateTime::now_utc();
+        let session = crate::Session {
+            id: bert.session_id,
+            user_id: bert.user_id,
+            created_at: now,
+            expires_at: now + time::Duration::hours(1),
+            last_seen_at: now,
+            revoked_at: None,
+            client: crate::ClientInfo::default(),
+        };
+        let opened = crate::SessionEvent::new(crate::SessionEventKind::Opened, &session, now);
+        sessions.open(&session, &opened).await.unwrap();
+
+        admin.set_role("bert", Role::User).await.unwrap();
+        // Bert's session died with the role it was opened under...
+        assert!(
+            sessions
+                .find_open(bert.session_id, time::OffsetDateTime::now_utc())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            sessions.events().last().unwrap().reason.as_deref(),
+            Some(crate::ports::ROLE_CHANGED)
+        );
+        // ...and a principal still claiming admin gets nothing, not even
+        // the role back, nor anna's.
+        assert_eq!(bert.role, Role::Admin);
+        for err in [
+            admin.find_as(&bert, "anna").await.unwrap_err(),
+            admin
+                .set_role_as(&bert, "bert", Role::Admin)
+                .await
+                .unwrap_err(),
+            admin
+                .set_role_as(&bert, "anna", Role::User)
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(err.code(), ErrorCode::Forbidden, "{err}");
+        }
+        let anna = users.find_by_id(stored[0].id).await.unwrap().unwrap();
+        assert_eq!(anna.role, Role::Admin);
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorCode};
 use crate::hashing::HashingPool;
-use crate::ports::{Clock, CredentialChange, SessionRepository, User, UserRepository};
+use crate::ports::{
+    Clock, CredentialChange, KnownDevices, SessionRepository, User, UserRepository,
+};
 use crate::session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};
 use crate::token::{IssuedToken, KnownDevice, Principal, Tokens};
 use crate::user::{Email, Password, UserId, Username};
@@ -80,7 +82,13 @@ pub struct Authentication {
     session_lifetime: Duration,
     /// Until when imported insecure hashes still log in (then refused).
     insecure_until: Option<time::OffsetDateTime>,
+    devices: Arc<dyn KnownDevices>,
+    /// How many devices each user keeps remembered (the most recently used).
+    devices_per_user: u32,
 }
+
+/// Devices remembered per user unless configured otherwise.
+pub const DEFAULT_DEVICES_PER_USER: u32 = 10;
 
 impl std::fmt::Debug for Authentication {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,6 +110,7 @@ impl Authentication {
         tokens: Arc<Tokens>,
         clock: Arc<dyn Clock>,
         session_lifetime: Duration,
+        devices: Arc<dyn KnownDevices>,
     ) -> Self {
         Self {
             users,
@@ -111,7 +120,15 @@ impl Authentication {
             clock,
             session_lifetime,
             insecure_until: None,
+            devices,
+            devices_per_user: DEFAULT_DEVICES_PER_USER,
         }
+    }
+
+    /// Keeps at most `count` (at least 1) remembered devices per user.
+    pub fn with_devices_per_user(mut self, count: u32) -> Self {
+        self.devices_per_user = count.max(1);
+        self
     }
 
     /// Lets imported insecure hashes (bare digests) log in, and so be
@@ -125,14 +142,67 @@ impl Authentication {
         &self.tokens
     }
 
-    /// The device a device token shows, when it verifies now.
-    pub fn known_device(&self, token: &str) -> Option<KnownDevice> {
-        self.tokens.verify_device(token, self.clock.now())
+    /// The device a device token shows, when its signature holds now, it
+    /// names the user `account` resolves to, and that user still remembers
+    /// the device: a password change, a role change and "sign out
+    /// everywhere" forget every device, so tokens minted before them count
+    /// for nothing.
+    pub async fn known_device(
+        &self,
+        token: &str,
+        account: &AccountKey,
+    ) -> Result<Option<KnownDevice>, Error> {
+        let Some(device) = self.tokens.verify_device(token, self.clock.now()) else {
+            return Ok(None);
+        };
+        if account.user() != Some(device.user_id) {
+            return Ok(None);
+        }
+        if !self
+            .devices
+            .is_known(device.user_id, &device.device)
+            .await?
+        {
+            tracing::info!(user_id = %device.user_id, "a device token of a forgotten device was ignored");
+            return Ok(None);
+        }
+        Ok(Some(device))
     }
 
-    /// A device token for `user`, valid for `lifetime` from now.
-    pub fn device_token(&self, user: UserId, lifetime: Duration) -> Result<IssuedToken, Error> {
-        self.tokens.issue_device(user, lifetime, self.clock.now())
+    /// A device token for the user `signed_in` opened a session for, valid
+    /// for `lifetime` from now. The device the login showed (`shown`, when
+    /// it is this user's) keeps its id, and so its failure budget; any other
+    /// gets a new id. The device is remembered only while that session is
+    /// still open, so a change that revoked it (a password change landing
+    /// meanwhile) leaves no device behind: then `None`.
+    pub async fn device_token(
+        &self,
+        signed_in: &LoginOutcome,
+        lifetime: Duration,
+        shown: Option<&KnownDevice>,
+    ) -> Result<Option<IssuedToken>, Error> {
+        let user = signed_in.user.id;
+        let device = match shown {
+            Some(shown) if shown.user_id == user => shown.device.clone(),
+            _ => crate::token::new_device_id()?,
+        };
+        let now = self.clock.now();
+        if !self
+            .devices
+            .remember(
+                user,
+                &device,
+                signed_in.session.id,
+                now,
+                self.devices_per_user,
+            )
+            .await?
+        {
+            return Ok(None);
+        }
+        self.tokens
+            .issue_device(user, &device, lifetime, now)
+            .map(Some)
     }
 
     async fn find(&self, name: &LoginName) -> Result<Option<User>, Error> {
@@ -238,10 +308,10 @@ impl Authentication {
         let (session, event) = self.new_session(&user, client)?;
         if !self
             .sessions
-            .open_verified(&session, &event, &credential)
+            .open_verified(&session, &event, &credential, user.role)
             .await?
         {
-            tracing::info!(user_id = %user.id, "login refused: the password changed while it was checked");
+            tracing::info!(user_id = %user.id, "login refused: the password or the role changed while it was checked");
             return Err(bad_credentials());
         }
         let token = self.tokens.issue(user.id, user.role, &session, event.at)?;
@@ -382,7 +452,7 @@ impl Authentication {
         let changes_password = new_password.is_some();
         let new_hash = self
             .hashing
-            .run(move |hasher| {
+            .run_for_account(principal.user_id, move |hasher| {
                 hasher
                     .verify(&current, &stored)
                     .then(|| new_password.map(|p| hasher.hash(&p)).transpose())
@@ -453,6 +523,7 @@ mod tests {
                 tokens,
                 Arc::new(SystemClock),
                 Duration::from_secs(3600),
+                sessions.clone(),
             ),
             registration: Registration::new(users.clone(), hashing, Arc::new(SystemClock)),
             users,
@@ -679,6 +750,135 @@ mod tests {
                 .unwrap_err()
                 .code(),
             ErrorCode::InvalidRequest
+        );
+    }
+
+    async fn login(world: &World, password: &str) -> Result<LoginOutcome, Error> {
+        world
+            .auth
+            .login(
+                LoginName::Username("alice".into()),
+                password.into(),
+                ClientInfo::default(),
+            )
+            .await
+    }
+
+    /// A device token counts while its device is remembered: a login that
+    /// shows it keeps its id; a password change, a role change and "sign
+    /// out everywhere" forget every device; each user keeps a bounded few.
+    #[tokio::test]
+    async fn device_tokens_are_bound_to_the_credential_and_bounded() {
+        let world = world_with_iterations(10);
+        let user = alice(&world).await;
+        let account = AccountKey::User(user.id);
+        let day = Duration::from_secs(86_400);
+        let first = login(&world, "correct horse").await.unwrap();
+        let token = world
+            .auth
+            .device_token(&first, day, None)
+            .await
+            .unwrap()
+            .unwrap();
+        let known = world
+            .auth
+            .known_device(&token.token, &account)
+            .await
+            .unwrap()
+            .expect("a device just minted is known");
+        // Not for another account.
+        assert!(
+            world
+                .auth
+                .known_device(&token.token, &AccountKey::Unknown("bob".into()))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Shown again at a login, the device keeps its id (and budget).
+        let again = login(&world, "correct horse").await.unwrap();
+        let renewed = world
+            .auth
+            .device_token(&again, day, Some(&known))
+            .await
+            .unwrap()
+            .unwrap();
+        let renewed = world
+            .auth
+            .known_device(&renewed.token, &account)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(renewed.device, known.device);
+
+        // A password change forgets it.
+        let me = world.auth.authenticate(&again.token.token).await.unwrap();
+        world
+            .auth
+            .update_profile(
+                &me,
+                ProfileChange {
+                    current_password: Some("correct horse".into()),
+                    new_password: Some("battery staple".into()),
+                    ..ProfileChange::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            world
+                .auth
+                .known_device(&token.token, &account)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // A session revoked before the device is remembered leaves none.
+        let raced = login(&world, "battery staple").await.unwrap();
+        world
+            .sessions
+            .revoke(raced.session.id, time::OffsetDateTime::now_utc(), "test")
+            .await
+            .unwrap();
+        assert!(
+            world
+                .auth
+                .device_token(&raced, day, None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // At most the configured number stay remembered, the newest.
+        let auth = world.auth.clone().with_devices_per_user(2);
+        let mut minted = Vec::new();
+        for _ in 0..3 {
+            let out = login(&world, "battery staple").await.unwrap();
+            minted.push(auth.device_token(&out, day, None).await.unwrap().unwrap());
+        }
+        let mut known = Vec::new();
+        for token in &minted {
+            known.push(
+                auth.known_device(&token.token, &account)
+                    .await
+                    .unwrap()
+                    .is_some(),
+            );
+        }
+        assert_eq!(known, [false, true, true]);
+
+        // Sign out everywhere forgets them too.
+        world
+            .sessions
+            .revoke_all(user.id, None, time::OffsetDateTime::now_utc(), "test")
+            .await
+            .unwrap();
+        assert!(
+            auth.known_device(&minted[2].token, &account)
+                .await
+                .unwrap()
+                .is_none()
         );
     }
 }

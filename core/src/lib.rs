@@ -23,7 +23,7 @@ pub mod session;
 pub mod token;
 pub mod user;
 
-pub use administration::{Administration, UserPage};
+pub use administration::{Administration, UserPage, require_admin};
 pub use authentication::{AccountKey, Authentication, LoginName, LoginOutcome, ProfileChange};
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
@@ -40,8 +40,8 @@ pub use lifecycle::{SessionLifecycle, SessionLimits, SessionPage};
 pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{
     ActivityLog, Backlog, ByteStream, ClaimedEvents, Clock, CredentialChange, DependencyProbe,
-    ImportOutcome, LastConnection, NewUser, ObjectStore, Outbox, PendingEvent, SessionQuery,
-    SessionRepository, StoredObject, SystemClock, User, UserRepository,
+    ImportOutcome, KnownDevices, LastConnection, NewUser, ObjectStore, Outbox, PendingEvent,
+    SessionQuery, SessionRepository, StoredObject, SystemClock, User, UserRepository,
 };
 pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelayError, RelaySettings, RelaySnapshot, RelayStatus};

@@ -4,6 +4,7 @@
 //!
 //! The rule for acting on a user's sessions is the same everywhere: a user
 //! acts on their own, an admin on anyone's, and anything else is `FORBIDDEN`.
+//! Who is an admin is read from the directory, not from the token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,9 +95,12 @@ impl SessionLifecycle {
         if principal.user_id == user {
             return Ok(());
         }
-        if principal.role != Role::Admin {
-            return Err(forbidden("a user may only act on their own sessions"));
-        }
+        crate::administration::require_admin(
+            &*self.users,
+            principal,
+            "a user may only act on their own sessions",
+        )
+        .await?;
         match self.users.find_by_id(user).await? {
             Some(_) => Ok(()),
             None => Err(Error::new(ErrorCode::UserNotFound)),
@@ -239,19 +243,21 @@ impl SessionLifecycle {
                 .ok_or_else(|| Error::new(ErrorCode::InvalidToken))
         };
         let user = match username {
-            // Whether another name exists is not told to a non-admin.
-            Some(raw) if principal.role != Role::Admin => {
+            Some(raw) => {
                 let me = me().await?;
-                if !me.username.as_str().eq_ignore_ascii_case(raw) {
+                if me.username.as_str().eq_ignore_ascii_case(raw) {
+                    me
+                } else if me.role == Role::Admin {
+                    // The directory's role, not the token's.
+                    self.users
+                        .find_by_username(&Username::parse(raw)?)
+                        .await?
+                        .ok_or_else(|| Error::new(ErrorCode::UserNotFound))?
+                } else {
+                    // Whether another name exists is not told to a non-admin.
                     return Err(forbidden("only admins may ask about other users"));
                 }
-                me
             }
-            Some(raw) => self
-                .users
-                .find_by_username(&Username::parse(raw)?)
-                .await?
-                .ok_or_else(|| Error::new(ErrorCode::UserNotFound))?,
             None => me().await?,
         };
         let last = self.activity.last_connection(user.id).await?;
@@ -292,7 +298,7 @@ mod tests {
         lifecycle: SessionLifecycle,
         auth: Authentication,
         registration: Registration,
-        users: Arc<InMemoryUsers>,
+        sessions: Arc<InMemorySessions>,
     }
 
     fn world(limits: SessionLimits) -> World {
@@ -318,19 +324,20 @@ mod tests {
             tokens,
             Arc::new(SystemClock),
             limits.lifetime,
+            sessions.clone(),
         );
         World {
             lifecycle: SessionLifecycle::new(
                 auth.clone(),
                 users.clone(),
-                sessions,
+                sessions.clone(),
                 Arc::new(NoActivity),
                 Arc::new(SystemClock),
                 limits,
             ),
             auth,
             registration: Registration::new(users.clone(), hashing, Arc::new(SystemClock)),
-            users,
+            sessions,
         }
     }
 
@@ -391,15 +398,26 @@ mod tests {
             assert_eq!(err.code(), ErrorCode::Forbidden, "{name}");
         }
 
-        world.users.set_role(bob.id, Role::Admin).await.unwrap();
-        // The role is read from a token issued after the change.
         let bob_p = world.lifecycle.verify(&bob_token).await.unwrap();
         assert_eq!(bob_p.role, Role::User);
-        let (_, admin_token) = world
-            .lifecycle
-            .open_additional(&bob_token, ClientInfo::default())
+        world
+            .sessions
+            .change_role(bob.id, Role::Admin, OffsetDateTime::now_utc())
             .await
             .unwrap();
+        // The change ended the session the old role was issued under.
+        let err = world.lifecycle.verify(&bob_token).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidToken);
+        let admin_token = world
+            .auth
+            .login(
+                LoginName::Username("bob".into()),
+                "correct horse".into(),
+                ClientInfo::default(),
+            )
+            .await
+            .unwrap()
+            .token;
         let admin = world.lifecycle.verify(&admin_token.token).await.unwrap();
         assert_eq!(admin.role, Role::Admin);
         let page = world

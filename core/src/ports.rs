@@ -67,8 +67,6 @@ pub trait UserRepository: Send + Sync + 'static {
     async fn import(&self, users: &[User], dry_run: bool) -> Result<Vec<ImportOutcome>, Error>;
     /// How many users still have an insecure imported hash.
     async fn count_insecure_hashes(&self) -> Result<u64, Error>;
-    /// Changes the user's role; `USER_NOT_FOUND` when no such user.
-    async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error>;
     /// Changes the user's email; `EMAIL_TAKEN` when another user has it.
     async fn update_email(&self, id: UserId, email: &Email) -> Result<(), Error>;
     /// Up to `limit` users whose username or email starts with `prefix`
@@ -89,18 +87,21 @@ pub trait SessionRepository: Send + Sync + 'static {
     /// Stores a new session with its `session.opened` event.
     async fn open(&self, session: &Session, event: &SessionEvent) -> Result<(), Error>;
     /// As [`Self::open`], only while `credential` is still the user's
-    /// password hash, checked in the same transaction: a login that verified
-    /// a password must not open a session after a change replaced it. False
-    /// (and nothing stored) when the hash is no longer `credential`.
+    /// password hash and `role` their role, checked in the same
+    /// transaction: a login that verified a password must not open a
+    /// session after a change replaced it, nor one whose token would carry
+    /// a role withdrawn meanwhile. False (and nothing stored) otherwise.
     async fn open_verified(
         &self,
         session: &Session,
         event: &SessionEvent,
         credential: &PasswordHash,
+        role: Role,
     ) -> Result<bool, Error>;
     /// Applies `change` all at once or not at all: the new email and/or
     /// hash, and with a new hash the revocation of every other session (each
-    /// with its event), in one transaction, after the new hash is stored.
+    /// with its event) and of every known device, in one transaction, after
+    /// the new hash is stored.
     /// `INVALID_CREDENTIALS` when the stored hash is no longer the one the
     /// change was authorised with; `EMAIL_TAKEN` changes nothing. How many
     /// sessions were revoked.
@@ -119,8 +120,9 @@ pub trait SessionRepository: Send + Sync + 'static {
     /// Revokes one open session with a `session.revoked` event; false when it
     /// was not open.
     async fn revoke(&self, id: SessionId, at: OffsetDateTime, reason: &str) -> Result<bool, Error>;
-    /// Revokes every open session of `user` except `keep`, each with its event;
-    /// how many were revoked.
+    /// Revokes every open session of `user` except `keep`, each with its
+    /// event, and forgets the user's known devices (a "sign out everywhere"
+    /// leaves no device trusted); how many sessions were revoked.
     async fn revoke_all(
         &self,
         user: UserId,
@@ -128,6 +130,14 @@ pub trait SessionRepository: Send + Sync + 'static {
         at: OffsetDateTime,
         reason: &str,
     ) -> Result<u64, Error>;
+    /// Gives the user `role` and, in the same transaction, revokes every
+    /// open session of the user (each with a `role_changed` event) and
+    /// forgets their known devices: no token issued under the old role
+    /// outlives the change, on any protocol or instance. A role that is
+    /// already the user's changes nothing (0). `USER_NOT_FOUND` when no such
+    /// user. How many sessions were revoked.
+    async fn change_role(&self, user: UserId, role: Role, at: OffsetDateTime)
+    -> Result<u64, Error>;
     /// The session in whatever state it is, if it exists.
     async fn find(&self, id: SessionId) -> Result<Option<Session>, Error>;
     /// One page of a user's sessions, newest first.
@@ -154,6 +164,32 @@ pub struct CredentialChange {
 
 /// Why a credential change revokes sessions, as their events record it.
 pub const PASSWORD_CHANGED: &str = "password_changed";
+
+/// Why a role change revokes sessions, as their events record it.
+pub const ROLE_CHANGED: &str = "role_changed";
+
+/// The devices each user has signed in from, remembered server-side so a
+/// device token counts only while its device is: a password change, a
+/// role change and a "sign out everywhere" forget them all (see
+/// [`SessionRepository`]), and each user keeps at most a bounded number.
+#[async_trait]
+pub trait KnownDevices: Send + Sync + 'static {
+    /// Whether `device` is one of `user`'s remembered devices now.
+    async fn is_known(&self, user: UserId, device: &str) -> Result<bool, Error>;
+    /// Remembers `device` for `user` as used at `at` (or refreshes it),
+    /// then forgets the user's least recently used devices beyond `keep`;
+    /// all only while `session` (the one the device just signed in with) is
+    /// still open, so a revocation that forgot the user's devices is never
+    /// undone by a login that raced it. False when it was not open.
+    async fn remember(
+        &self,
+        user: UserId,
+        device: &str,
+        session: SessionId,
+        at: OffsetDateTime,
+        keep: u32,
+    ) -> Result<bool, Error>;
+}
 
 /// Which of a user's sessions to list, and where the page starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,9 +288,29 @@ pub mod memory {
     #[derive(Debug, Default)]
     pub struct InMemoryUsers {
         users: Mutex<HashMap<UserId, User>>,
+        /// Known devices by user, each with when it was last used.
+        devices: Mutex<HashMap<UserId, Vec<(String, OffsetDateTime)>>>,
     }
 
     impl InMemoryUsers {
+        fn forget_devices(&self, user: UserId) {
+            if let Ok(mut devices) = self.devices.lock() {
+                devices.remove(&user);
+            }
+        }
+
+        /// Sets the role; false when it already was the user's.
+        fn set_role(&self, id: UserId, role: Role) -> Result<bool, Error> {
+            self.with(|users| match users.get_mut(&id) {
+                Some(u) if u.role == role => Ok(false),
+                Some(u) => {
+                    u.role = role;
+                    Ok(true)
+                }
+                None => Err(Error::new(ErrorCode::UserNotFound)),
+            })?
+        }
+
         fn with<T>(&self, f: impl FnOnce(&mut HashMap<UserId, User>) -> T) -> Result<T, Error> {
             let mut guard = self
                 .users
@@ -391,16 +447,6 @@ pub mod memory {
             })
         }
 
-        async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error> {
-            self.with(|users| match users.get_mut(&id) {
-                Some(u) => {
-                    u.role = role;
-                    Ok(())
-                }
-                None => Err(Error::new(ErrorCode::UserNotFound)),
-            })?
-        }
-
         async fn search(
             &self,
             prefix: &str,
@@ -474,6 +520,49 @@ pub mod memory {
     }
 
     #[async_trait]
+    impl KnownDevices for InMemorySessions {
+        async fn is_known(&self, user: UserId, device: &str) -> Result<bool, Error> {
+            let devices = self
+                .users
+                .devices
+                .lock()
+                .map_err(|_| Error::internal("in-memory device store poisoned"))?;
+            Ok(devices
+                .get(&user)
+                .is_some_and(|known| known.iter().any(|(d, _)| d == device)))
+        }
+
+        async fn remember(
+            &self,
+            user: UserId,
+            device: &str,
+            session: SessionId,
+            at: OffsetDateTime,
+            keep: u32,
+        ) -> Result<bool, Error> {
+            let open = self.with(|sessions, _| {
+                sessions
+                    .get(&session)
+                    .is_some_and(|s| s.user_id == user && s.revoked_at.is_none())
+            })?;
+            if !open {
+                return Ok(false);
+            }
+            let mut devices = self
+                .users
+                .devices
+                .lock()
+                .map_err(|_| Error::internal("in-memory device store poisoned"))?;
+            let known = devices.entry(user).or_default();
+            known.retain(|(d, _)| d != device);
+            known.push((device.to_owned(), at));
+            known.sort_by_key(|(_, used)| std::cmp::Reverse(*used));
+            known.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+            Ok(true)
+        }
+    }
+
+    #[async_trait]
     impl SessionRepository for InMemorySessions {
         async fn open(&self, session: &Session, event: &SessionEvent) -> Result<(), Error> {
             self.with(|sessions, events| {
@@ -487,12 +576,13 @@ pub mod memory {
             session: &Session,
             event: &SessionEvent,
             credential: &PasswordHash,
+            role: Role,
         ) -> Result<bool, Error> {
             let current = self
                 .users
                 .find_by_id(session.user_id)
                 .await?
-                .is_some_and(|u| u.password_hash == *credential);
+                .is_some_and(|u| u.password_hash == *credential && u.role == role);
             if current {
                 self.open(session, event).await?;
             }
@@ -506,6 +596,18 @@ pub mod memory {
             }
             self.revoke_all(change.user, change.keep, change.at, super::PASSWORD_CHANGED)
                 .await
+        }
+
+        async fn change_role(
+            &self,
+            user: UserId,
+            role: Role,
+            at: OffsetDateTime,
+        ) -> Result<u64, Error> {
+            if !self.users.set_role(user, role)? {
+                return Ok(0);
+            }
+            self.revoke_all(user, None, at, super::ROLE_CHANGED).await
         }
 
         async fn find_open(
@@ -557,6 +659,7 @@ pub mod memory {
             at: OffsetDateTime,
             reason: &str,
         ) -> Result<u64, Error> {
+            self.users.forget_devices(user);
             self.with(|sessions, events| {
                 let mut count = 0;
                 for s in sessions.values_mut() {

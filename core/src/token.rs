@@ -378,11 +378,10 @@ impl Tokens {
     pub fn issue_device(
         &self,
         user_id: UserId,
+        device: &str,
         lifetime: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedToken, Error> {
-        let mut nonce = [0u8; 16];
-        getrandom::fill(&mut nonce).map_err(|e| key_error("the random source failed", e))?;
         let lifetime = time::Duration::try_from(lifetime)
             .map_err(|e| key_error("device token lifetime out of range", e))?;
         let expires_at = now + lifetime;
@@ -390,7 +389,7 @@ impl Tokens {
             iss: self.settings.issuer.clone(),
             aud: device_audience(&self.settings.audience),
             sub: user_id.to_string(),
-            dev: B64URL.encode(nonce),
+            dev: device.to_owned(),
             iat: now.unix_timestamp(),
             exp: expires_at.unix_timestamp(),
         };
@@ -436,6 +435,14 @@ impl Tokens {
             device: claims.dev,
         })
     }
+}
+
+/// A new random device id (22 characters): what a device's failure budget
+/// and its place among the user's remembered devices are kept under.
+pub fn new_device_id() -> Result<String, Error> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| key_error("the random source failed", e))?;
+    Ok(B64URL.encode(nonce))
 }
 
 /// The audience of device tokens: never the access tokens' own, so neither
@@ -506,13 +513,23 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let user = UserId::generate();
         let device = tokens
-            .issue_device(user, Duration::from_secs(3600), now)
+            .issue_device(
+                user,
+                &new_device_id().unwrap(),
+                Duration::from_secs(3600),
+                now,
+            )
             .unwrap();
         let known = tokens.verify_device(&device.token, now).unwrap();
         assert_eq!(known.user_id, user);
         assert_eq!(known.device.len(), 22);
         let other = tokens
-            .issue_device(user, Duration::from_secs(3600), now)
+            .issue_device(
+                user,
+                &new_device_id().unwrap(),
+                Duration::from_secs(3600),
+                now,
+            )
             .unwrap();
         assert_ne!(
             tokens.verify_device(&other.token, now).unwrap().device,

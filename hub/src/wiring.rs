@@ -17,8 +17,8 @@ use hub_runtime::service::{Backing, Need};
 use hub_runtime::{Config, Readiness, Service};
 use hub_store::{
     CachedSessions, CachedUsers, MongoActivityLog, MongoDatabase, MongoProbe, MongoSettings,
-    PgImageRepository, PgOutbox, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings,
-    S3ObjectStore, S3Probe, S3Settings,
+    PgImageRepository, PgKnownDevices, PgOutbox, PgProbe, PgSessionRepository, PgUserRepository,
+    PoolSettings, S3ObjectStore, S3Probe, S3Settings,
 };
 use sqlx::PgPool;
 
@@ -194,7 +194,11 @@ impl Hub {
 
     /// What operators do to accounts (`hub users grant-admin`).
     pub fn administration(&self) -> Administration {
-        Administration::new(self.users())
+        Administration::new(
+            self.users(),
+            Arc::clone(&self.sessions),
+            Arc::new(SystemClock),
+        )
     }
 
     /// The token keys; a service that signs or verifies tokens needs them.
@@ -216,8 +220,16 @@ impl Hub {
             self.tokens()?,
             Arc::new(SystemClock),
             self.config.sessions.lifetime(),
+            Arc::new(PgKnownDevices::new(self.pool.clone())),
         )
-        .with_insecure_until(self.config.import.insecure_until))
+        .with_insecure_until(self.config.import.insecure_until)
+        .with_devices_per_user(
+            self.config
+                .services
+                .rest_auth
+                .login_limit
+                .max_devices_per_user,
+        ))
     }
 
     pub fn directory(&self) -> Directory {

@@ -604,6 +604,10 @@ pub struct LoginLimitConfig {
     pub per_device_replenish_ms: u64,
     /// How long a device token (issued at each successful login) is honoured.
     pub device_lifetime_days: u64,
+    /// Devices each account keeps remembered (the most recently used): a
+    /// device token counts only while its device is one of them, so this
+    /// bounds the failure budgets one account can hold.
+    pub max_devices_per_user: u32,
 }
 
 impl Default for LoginLimitConfig {
@@ -616,6 +620,7 @@ impl Default for LoginLimitConfig {
             per_device_burst: 10,
             per_device_replenish_ms: 60_000,
             device_lifetime_days: 90,
+            max_devices_per_user: 10,
         }
     }
 }

@@ -13,8 +13,8 @@ pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_
 /// The MongoDB database handle [`connect_mongo`] gives.
 pub use mongodb::Database as MongoDatabase;
 pub use postgres::{
-    CachedSessions, CachedUsers, DirectoryStats, MIGRATOR, PgImageRepository, PgOutbox, PgProbe,
-    PgSessionRepository, PgUserRepository, PoolSettings, connect_lazy, ensure_database, migrate,
-    ping,
+    CachedSessions, CachedUsers, DirectoryStats, MIGRATOR, PgImageRepository, PgKnownDevices,
+    PgOutbox, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings, connect_lazy,
+    ensure_database, migrate, ping,
 };
 pub use s3::{S3ObjectStore, S3Probe, S3Settings};

@@ -169,12 +169,15 @@ pub async fn sign_in(
     // By account, not by the string typed: a username and an email of one
     // user share one budget.
     let account = state.authentication.account_key(&name).await?;
-    // A device that signed in to this account before spends its own
-    // failures, not the account's budget, so guesses from elsewhere cannot
-    // lock the owner out.
-    let known_device = cookie(headers, DEVICE_COOKIE)
-        .and_then(|token| state.authentication.known_device(token))
-        .filter(|device| account.user() == Some(device.user_id))
+    // A device that signed in to this account before, and that the account
+    // still remembers, spends its own failures, not the account's budget,
+    // so guesses from elsewhere cannot lock the owner out.
+    let shown = match cookie(headers, DEVICE_COOKIE) {
+        Some(token) => state.authentication.known_device(token, &account).await?,
+        None => None,
+    };
+    let known_device = shown
+        .clone()
         .filter(|device| !state.limiter.device_locked(&device.device));
     if known_device.is_none()
         && let Err(wait) = state.limiter.check_account(&account)
@@ -197,13 +200,16 @@ pub async fn sign_in(
             return Err(e.into());
         }
     };
-    // A fresh device token at every login: the next one from this device
-    // is known to the account.
+    // A device token at every login, so the next one from this device is
+    // known to the account; a device it knew already keeps its id, and with
+    // it its failure budget.
     let device_cookie = match state
         .authentication
-        .device_token(outcome.user.id, state.device_cookie.lifetime)
+        .device_token(&outcome, state.device_cookie.lifetime, shown.as_ref())
+        .await
     {
-        Ok(device) => state.device_cookie.set_cookie(&device.token),
+        Ok(Some(device)) => state.device_cookie.set_cookie(&device.token),
+        Ok(None) => None,
         Err(e) => {
             tracing::warn!(error = %e, "no device token for this login");
             None
@@ -289,10 +295,19 @@ async fn register(
 )]
 async fn profile(
     State(state): State<Arc<RestAuthState>>,
-    BearerToken(token): BearerToken,
-) -> Result<Json<Profile>, HttpError> {
-    let (_, user) = state.authentication.authenticate_user(&token).await?;
-    Ok(Json(user.into()))
+    token: Result<BearerToken, HttpError>,
+) -> Response {
+    let answer = async {
+        let BearerToken(token) = token?;
+        let (_, user) = state.authentication.authenticate_user(&token).await?;
+        Ok::<_, HttpError>(Json(Profile::from(user)))
+    };
+    // A profile is personal, and so is why it is refused: no cache keeps either.
+    let mut response = answer.await.into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `PUT /profile`
@@ -312,22 +327,32 @@ async fn profile(
 async fn update_profile(
     State(state): State<Arc<RestAuthState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    BearerToken(token): BearerToken,
-    JsonBody(update): JsonBody<ProfileUpdate>,
-) -> Result<Json<Profile>, HttpError> {
-    let principal = state.authentication.authenticate(&token).await?;
-    let user = change_profile(
-        &state,
-        addr,
-        &principal,
-        ProfileChange {
-            email: update.email,
-            current_password: update.current_password,
-            new_password: update.new_password,
-        },
-    )
-    .await?;
-    Ok(Json(user.into()))
+    token: Result<BearerToken, HttpError>,
+    update: Result<JsonBody<ProfileUpdate>, HttpError>,
+) -> Response {
+    let answer = async {
+        // The token's refusal before the body's, as when both were extractors.
+        let BearerToken(token) = token?;
+        let JsonBody(update) = update?;
+        let principal = state.authentication.authenticate(&token).await?;
+        let user = change_profile(
+            &state,
+            addr,
+            &principal,
+            ProfileChange {
+                email: update.email,
+                current_password: update.current_password,
+                new_password: update.new_password,
+            },
+        )
+        .await?;
+        Ok::<_, HttpError>(Json(Profile::from(user)))
+    };
+    let mut response = answer.await.into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `POST /admin/users/import`

@@ -137,6 +137,7 @@ mod tests {
                 per_device_burst: 2,
                 per_device_replenish_ms: 60_000,
                 device_lifetime_days: 1,
+                max_devices_per_user: 10,
             },
             64,
         )

@@ -202,12 +202,33 @@ async fn a_cached_directory_follows_every_change_made_by_another_process() {
         "{}",
         String::from_utf8_lossy(&granted.stderr)
     );
+    // It ended dave's sessions, whose tokens carried the old role: the
+    // child sees the revocation, and a new login there is an admin.
     eventually(
         Duration::from_secs(5),
-        "the role change is seen",
-        || async { (profile(&http, &rest, token).await["role"] == "admin").then_some(()) },
+        "the role change's revocation is seen",
+        || async {
+            let resp = http
+                .get(format!("{rest}/profile"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?;
+            (resp.status() == 401).then_some(())
+        },
     )
     .await;
+    let login: Value = http
+        .post(format!("{rest}/login"))
+        .json(&json!({"username": "dave", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = login["token"].as_str().unwrap();
+    assert_eq!(profile(&http, &rest, admin).await["role"], "admin");
 
     // The child's listener is cut and reconnects: a name it remembered as
     // missing, registered around the cut, is found after it.

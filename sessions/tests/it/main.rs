@@ -5,3 +5,4 @@
 
 mod api;
 mod relay;
+mod roles;

@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hub_core::{
-    Email, Error, ImportOutcome, NewUser, PasswordHash, Role, User, UserId, UserRepository,
-    Username,
+    Email, Error, ImportOutcome, NewUser, PasswordHash, User, UserId, UserRepository, Username,
 };
 use sqlx::postgres::PgPool;
 
@@ -349,12 +348,6 @@ impl UserRepository for CachedUsers {
 
     async fn count_insecure_hashes(&self) -> Result<u64, Error> {
         self.inner.count_insecure_hashes().await
-    }
-
-    async fn set_role(&self, id: UserId, role: Role) -> Result<(), Error> {
-        let done = self.inner.set_role(id, role).await;
-        self.forget_user(id);
-        done
     }
 
     async fn update_email(&self, id: UserId, email: &Email) -> Result<(), Error> {

@@ -1,6 +1,7 @@
 //! PostgreSQL: connection pool, migrations, error classification, and the
 //! repositories of users and sessions.
 
+mod devices;
 mod directory_cache;
 mod images;
 mod listen;
@@ -9,6 +10,7 @@ mod session_cache;
 mod sessions;
 mod users;
 
+pub use devices::PgKnownDevices;
 pub use directory_cache::{CachedUsers, DirectoryStats};
 pub use images::PgImageRepository;
 pub use outbox::PgOutbox;

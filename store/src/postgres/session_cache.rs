@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hub_core::{
-    CredentialChange, Error, PasswordHash, Session, SessionEvent, SessionId, SessionQuery,
+    CredentialChange, Error, PasswordHash, Role, Session, SessionEvent, SessionId, SessionQuery,
     SessionRepository, User, UserId,
 };
 use sqlx::postgres::PgPool;
@@ -173,8 +173,11 @@ impl SessionRepository for CachedSessions {
         session: &Session,
         event: &SessionEvent,
         credential: &PasswordHash,
+        role: Role,
     ) -> Result<bool, Error> {
-        self.inner.open_verified(session, event, credential).await
+        self.inner
+            .open_verified(session, event, credential, role)
+            .await
     }
 
     async fn change_credentials(&self, change: &CredentialChange) -> Result<u64, Error> {
@@ -242,6 +245,20 @@ impl SessionRepository for CachedSessions {
         let revoked = self.inner.revoke_all(user, keep, at, reason).await;
         self.forget_user(user);
         revoked
+    }
+
+    async fn change_role(
+        &self,
+        user: UserId,
+        role: Role,
+        at: OffsetDateTime,
+    ) -> Result<u64, Error> {
+        let changed = self.inner.change_role(user, role, at).await;
+        self.forget_user(user);
+        if let Some(directory) = &self.directory {
+            directory.forget_user(user);
+        }
+        changed
     }
 
     async fn find(&self, id: SessionId) -> Result<Option<Session>, Error> {

@@ -4,9 +4,9 @@
 use std::net::IpAddr;
 
 use async_trait::async_trait;
-use hub_core::ports::PASSWORD_CHANGED;
+use hub_core::ports::{PASSWORD_CHANGED, ROLE_CHANGED};
 use hub_core::{
-    ClientInfo, CredentialChange, Error, ErrorCode, PasswordHash, Session, SessionEvent,
+    ClientInfo, CredentialChange, Error, ErrorCode, PasswordHash, Role, Session, SessionEvent,
     SessionEventKind, SessionId, SessionQuery, SessionRepository, User, UserId,
 };
 use sqlx::postgres::{PgPool, PgTransaction};
@@ -144,6 +144,39 @@ async fn insert_session(
     insert_event(tx, event).await
 }
 
+/// Forgets every known device of `user`, inside the transaction that
+/// revokes their sessions (see `known_devices` in the migrations).
+async fn forget_devices(tx: &mut PgTransaction<'_>, user: UserId) -> Result<(), Error> {
+    sqlx::query("DELETE FROM known_devices WHERE user_id = $1")
+        .bind(user.as_uuid())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| classify("forgetting a user's devices", e))?;
+    Ok(())
+}
+
+/// Revokes every open session of `user` but `keep`, inside `tx`, and the
+/// rows revoked.
+async fn revoke_sessions_of(
+    tx: &mut PgTransaction<'_>,
+    user: UserId,
+    keep: Option<SessionId>,
+    at: OffsetDateTime,
+) -> Result<Vec<SessionRow>, Error> {
+    sqlx::query_as(concat!(
+        "UPDATE sessions SET revoked_at = $3 \
+         WHERE user_id = $1 AND ($2::uuid IS NULL OR id <> $2) \
+         AND revoked_at IS NULL AND expires_at > $3 RETURNING ",
+        session_columns!()
+    ))
+    .bind(user.as_uuid())
+    .bind(keep.map(|k| k.as_uuid()))
+    .bind(at)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(|e| classify("revoking a user's sessions", e))
+}
+
 async fn revoked_with_events(
     mut tx: PgTransaction<'_>,
     rows: Vec<SessionRow>,
@@ -182,20 +215,23 @@ impl SessionRepository for PgSessionRepository {
         session: &Session,
         event: &SessionEvent,
         credential: &PasswordHash,
+        role: Role,
     ) -> Result<bool, Error> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(|e| classify("opening a session", e))?;
-        // FOR SHARE: a password change (an UPDATE of this row) either waits
-        // for this login to commit, and then revokes its session, or commits
-        // first, and this login then finds the hash replaced.
+        // FOR SHARE: a password or role change (an UPDATE of this row)
+        // either waits for this login to commit, and then revokes its
+        // session, or commits first, and this login then finds the hash or
+        // the role replaced.
         let current: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 FOR SHARE",
+            "SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 AND role = $3 FOR SHARE",
         )
         .bind(session.user_id.as_uuid())
         .bind(credential.as_str())
+        .bind(role.as_str())
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| classify("checking the credential a login verified", e))?;
@@ -243,18 +279,8 @@ impl SessionRepository for PgSessionRepository {
         // After the new hash, in the same transaction: a login racing this
         // change has either committed its session (revoked here) or will
         // find the hash replaced.
-        let rows: Vec<SessionRow> = sqlx::query_as(concat!(
-            "UPDATE sessions SET revoked_at = $3 \
-             WHERE user_id = $1 AND ($2::uuid IS NULL OR id <> $2) \
-             AND revoked_at IS NULL AND expires_at > $3 RETURNING ",
-            session_columns!()
-        ))
-        .bind(change.user.as_uuid())
-        .bind(change.keep.map(|k| k.as_uuid()))
-        .bind(change.at)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| classify("revoking sessions after a password change", e))?;
+        let rows = revoke_sessions_of(&mut tx, change.user, change.keep, change.at).await?;
+        forget_devices(&mut tx, change.user).await?;
         revoked_with_events(tx, rows, change.at, PASSWORD_CHANGED).await
     }
 
@@ -339,19 +365,46 @@ impl SessionRepository for PgSessionRepository {
             .begin()
             .await
             .map_err(|e| classify("revoking a user's sessions", e))?;
-        let rows: Vec<SessionRow> = sqlx::query_as(concat!(
-            "UPDATE sessions SET revoked_at = $3 \
-             WHERE user_id = $1 AND ($2::uuid IS NULL OR id <> $2) \
-             AND revoked_at IS NULL AND expires_at > $3 RETURNING ",
-            session_columns!()
-        ))
-        .bind(user.as_uuid())
-        .bind(keep.map(|k| k.as_uuid()))
-        .bind(at)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| classify("revoking a user's sessions", e))?;
+        let rows = revoke_sessions_of(&mut tx, user, keep, at).await?;
+        forget_devices(&mut tx, user).await?;
         revoked_with_events(tx, rows, at, reason).await
+    }
+
+    async fn change_role(
+        &self,
+        user: UserId,
+        role: Role,
+        at: OffsetDateTime,
+    ) -> Result<u64, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("changing a user's role", e))?;
+        // The row lock this takes orders it with logins (FOR SHARE in
+        // open_verified): a login either committed its session before, and
+        // it is revoked below, or reads the new role after.
+        let previous: Option<String> =
+            sqlx::query_scalar("SELECT role FROM users WHERE id = $1 FOR UPDATE")
+                .bind(user.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| classify("changing a user's role", e))?;
+        match previous {
+            None => return Err(Error::new(ErrorCode::UserNotFound)),
+            Some(previous) if previous == role.as_str() => return Ok(0),
+            Some(_) => {}
+        }
+        sqlx::query("UPDATE users SET role = $2, updated_at = $3 WHERE id = $1")
+            .bind(user.as_uuid())
+            .bind(role.as_str())
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify("changing a user's role", e))?;
+        let rows = revoke_sessions_of(&mut tx, user, None, at).await?;
+        forget_devices(&mut tx, user).await?;
+        revoked_with_events(tx, rows, at, ROLE_CHANGED).await
     }
 
     async fn find(&self, id: SessionId) -> Result<Option<Session>, Error> {

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hub_core::{
-    Clock, Email, NewUser, Password, PasswordHasher, Role, SystemClock, User, UserId,
-    UserRepository, Username,
+    Clock, Email, NewUser, Password, PasswordHasher, Role, SessionRepository, SystemClock, User,
+    UserId, UserRepository, Username,
 };
-use hub_store::{CachedUsers, PgUserRepository};
+use hub_store::{CachedSessions, CachedUsers, PgSessionRepository, PgUserRepository};
 use sqlx::PgPool;
+use time::OffsetDateTime;
 
 use crate::until;
 
@@ -137,12 +138,19 @@ async fn email_and_role_changes_elsewhere_are_never_answered_stale(pool: PgPool)
         "new@example.com"
     );
 
-    elsewhere.set_role(alice.id, Role::Admin).await.unwrap();
+    PgSessionRepository::new(pool.clone())
+        .change_role(alice.id, Role::Admin, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     until("the role change is forgotten", || cache.stats().users == 0).await;
     assert_eq!(lookup(&cache, "alice").await.unwrap().role, Role::Admin);
 
-    // A change through the cache is forgotten before the call returns.
-    cache.set_role(alice.id, Role::User).await.unwrap();
+    // A change through the caches is forgotten before the call returns.
+    CachedSessions::new(pool.clone(), 100, Duration::from_secs(60))
+        .with_directory(cache.clone())
+        .change_role(alice.id, Role::User, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     assert_eq!(
         cache.find_by_id(alice.id).await.unwrap().unwrap().role,
         Role::User

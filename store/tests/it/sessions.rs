@@ -3,11 +3,11 @@
 use std::net::IpAddr;
 
 use hub_core::{
-    ClientInfo, Clock, Email, ErrorCode, NewUser, Password, PasswordHasher, Role, Session,
-    SessionEvent, SessionEventKind, SessionId, SessionRepository, SystemClock, User, UserId,
-    UserRepository, Username,
+    ClientInfo, Clock, Email, ErrorCode, KnownDevices, NewUser, Password, PasswordHasher, Role,
+    Session, SessionEvent, SessionEventKind, SessionId, SessionRepository, SystemClock, User,
+    UserId, UserRepository, Username,
 };
-use hub_store::{PgSessionRepository, PgUserRepository};
+use hub_store::{PgKnownDevices, PgSessionRepository, PgUserRepository};
 use sqlx::PgPool;
 use time::{Duration, OffsetDateTime};
 
@@ -202,4 +202,109 @@ async fn the_open_session_and_its_user_in_one_query(pool: PgPool) {
     assert_eq!(user.password_hash, alice.password_hash);
     repo.revoke(s.id, now, "logout").await.unwrap();
     assert!(repo.find_open_with_user(s.id, now).await.unwrap().is_none());
+}
+
+/// A role change lands with the revocation of every session of the user
+/// and the loss of their known devices, in one transaction, so no token of
+/// the old role is left; the same role again changes nothing.
+#[sqlx::test(migrator = "hub_store::MIGRATOR")]
+async fn a_role_change_revokes_the_users_sessions_and_devices(pool: PgPool) {
+    let repo = PgSessionRepository::new(pool.clone());
+    let devices = PgKnownDevices::new(pool.clone());
+    let (bea, cy) = (user(&pool, "bea").await, user(&pool, "cyd").await);
+    let now = SystemClock.now();
+    let (one, two, other) = (
+        session(bea.id, now),
+        session(bea.id, now),
+        session(cy.id, now),
+    );
+    for s in [&one, &two, &other] {
+        open(&repo, s).await;
+    }
+    assert!(
+        devices
+            .remember(bea.id, "bea-phone", one.id, now, 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        devices
+            .remember(cy.id, "cy-phone", other.id, now, 10)
+            .await
+            .unwrap()
+    );
+
+    assert_eq!(repo.change_role(bea.id, Role::Admin, now).await.unwrap(), 2);
+    assert_eq!(repo.change_role(bea.id, Role::Admin, now).await.unwrap(), 0);
+    let later = now + Duration::seconds(1);
+    for s in [&one, &two] {
+        assert!(repo.find_open(s.id, later).await.unwrap().is_none());
+    }
+    assert!(repo.find_open(other.id, later).await.unwrap().is_some());
+    assert!(!devices.is_known(bea.id, "bea-phone").await.unwrap());
+    assert!(devices.is_known(cy.id, "cy-phone").await.unwrap());
+    let reasons: Vec<_> = outbox(&pool)
+        .await
+        .into_iter()
+        .filter(|(kind, _)| kind == "session.revoked")
+        .map(|(_, payload)| payload["reason"].clone())
+        .collect();
+    assert_eq!(reasons, ["role_changed", "role_changed"]);
+    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+        .bind(bea.id.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(role, "admin");
+    assert_eq!(
+        repo.change_role(UserId::generate(), Role::Admin, now)
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::UserNotFound
+    );
+}
+
+/// Devices are remembered only under an open session, at most `keep` per
+/// user (the most recently used), and forgotten by "sign out everywhere".
+#[sqlx::test(migrator = "hub_store::MIGRATOR")]
+async fn known_devices_are_bounded_and_die_with_the_sessions(pool: PgPool) {
+    let repo = PgSessionRepository::new(pool.clone());
+    let devices = PgKnownDevices::new(pool.clone());
+    let dora = user(&pool, "dora").await;
+    let now = SystemClock.now();
+    let s = session(dora.id, now);
+    open(&repo, &s).await;
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let at = now + Duration::seconds(i as i64);
+        assert!(devices.remember(dora.id, name, s.id, at, 2).await.unwrap());
+    }
+    let mut known = Vec::new();
+    for name in ["a", "b", "c"] {
+        known.push(devices.is_known(dora.id, name).await.unwrap());
+    }
+    assert_eq!(known, [false, true, true]);
+    // Used again, "b" outlives "c" when "d" comes.
+    assert!(
+        devices
+            .remember(dora.id, "b", s.id, now + Duration::seconds(5), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        devices
+            .remember(dora.id, "d", s.id, now + Duration::seconds(6), 2)
+            .await
+            .unwrap()
+    );
+    assert!(devices.is_known(dora.id, "b").await.unwrap());
+    assert!(!devices.is_known(dora.id, "c").await.unwrap());
+
+    repo.revoke_all(dora.id, None, now + Duration::seconds(7), "everywhere")
+        .await
+        .unwrap();
+    assert!(!devices.is_known(dora.id, "b").await.unwrap());
+    // A login whose session was revoked meanwhile leaves no device behind.
+    assert!(!devices.remember(dora.id, "e", s.id, now, 2).await.unwrap());
+    assert!(!devices.is_known(dora.id, "e").await.unwrap());
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use hub_core::{
     Clock, DependencyProbe, Directory, Email, ErrorCode, HashingPool, HashingPoolConfig, NewUser,
-    Password, PasswordHasher, RegisterUser, Registration, Role, SystemClock, UserId,
-    UserRepository, Username,
+    Password, PasswordHasher, RegisterUser, Registration, Role, SessionRepository, SystemClock,
+    UserId, UserRepository, Username,
 };
-use hub_store::{PgProbe, PgUserRepository, PoolSettings};
+use hub_store::{PgProbe, PgSessionRepository, PgUserRepository, PoolSettings};
 use sqlx::PgPool;
 
 fn new_user(username: &str, email: &str) -> NewUser {
@@ -145,12 +145,16 @@ async fn concurrent_registrations_through_the_use_case(pool: PgPool) {
 
 #[sqlx::test(migrator = "hub_store::MIGRATOR")]
 async fn updates_report_missing_users(pool: PgPool) {
+    let repo_pool = pool.clone();
     let repo = PgUserRepository::new(pool);
     let user = repo
         .insert(new_user("erin", "erin@example.com"))
         .await
         .unwrap();
-    repo.set_role(user.id, Role::Admin).await.unwrap();
+    PgSessionRepository::new(repo_pool.clone())
+        .change_role(user.id, Role::Admin, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     let hash = PasswordHasher::insecure_for_tests(2)
         .hash(&Password::parse("another secret", &user.username).unwrap())
         .unwrap();
@@ -162,7 +166,8 @@ async fn updates_report_missing_users(pool: PgPool) {
 
     let missing = UserId::generate();
     assert_eq!(
-        repo.set_role(missing, Role::Admin)
+        PgSessionRepository::new(repo_pool)
+            .change_role(missing, Role::Admin, time::OffsetDateTime::now_utc())
             .await
             .unwrap_err()
             .code(),
@@ -252,4 +257,25 @@ async fn search_pages_by_prefix_and_takes_wildcards_literally(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(indexes.len(), 2, "{indexes:?}");
+}
+
+/// An address stored before the ASCII-only rule (a Cyrillic letter in its
+/// local part) still reads back, so its owner is not locked out of their
+/// account by a rule that came later.
+#[sqlx::test(migrator = "hub_store::MIGRATOR")]
+async fn an_address_stored_under_an_older_rule_still_reads(pool: PgPool) {
+    let repo = PgUserRepository::new(pool.clone());
+    let new = new_user("vera", "vera@example.com");
+    repo.insert(new.clone()).await.unwrap();
+    sqlx::query("UPDATE users SET email = 'vеra@example.com' WHERE id = $1")
+        .bind(new.id.as_uuid())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let found = repo.find_by_id(new.id).await.unwrap().unwrap();
+    assert_eq!(found.email.as_str(), "vеra@example.com");
+    assert!(
+        Email::parse("vеra@example.com").is_err(),
+        "not accepted anew"
+    );
 }

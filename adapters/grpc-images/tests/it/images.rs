@@ -1098,3 +1098,55 @@ async fn curl_uploads_over_http_with_the_same_limits_and_codes() {
     assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
     hub.hub.stop().await;
 }
+
+/// Finding: a withdrawn admin's token kept listing other users' images.
+/// The role change revokes the session the token names, so the gRPC call
+/// is refused at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_withdrawn_admin_lists_no_other_users_images() {
+    let hub = Hub::start().await;
+    let _alice = hub.token("alice").await;
+    let owner = hub
+        .hub
+        .hub
+        .users()
+        .find_by_username(&hub_core::Username::parse("alice").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    hub_testkit::sign_up(&hub.hub.url(Service::RestAuth), "bruno", "correct horse").await;
+    let admin = hub.hub.hub.administration();
+    admin
+        .set_role("bruno", hub_core::Role::Admin)
+        .await
+        .unwrap();
+    let login: serde_json::Value = hub
+        .http
+        .post(format!("{}/login", hub.hub.url(Service::RestAuth)))
+        .json(&serde_json::json!({"username": "bruno", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bruno = login["token"].as_str().unwrap().to_owned();
+    let mut client = hub.client().await;
+    let of_alice = || ListImagesRequest {
+        owner_id: owner.to_string(),
+        ..Default::default()
+    };
+    client
+        .list_images(authorized(of_alice(), &bruno))
+        .await
+        .expect("an admin lists anyone's images");
+
+    admin.set_role("bruno", hub_core::Role::User).await.unwrap();
+    let status = client
+        .list_images(authorized(of_alice(), &bruno))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    hub.hub.stop().await;
+}
