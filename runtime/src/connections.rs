@@ -6,6 +6,14 @@
 //! of connections still answers `/health`, `/ready` and gRPC health, so
 //! probes see a full port as alive; everything else on them is a fast 503
 //! in the error shape, and past the reserve a connection is closed at once.
+//!
+//! A trusted proxy (`http.trusted_proxies`) is many clients on one address:
+//! counting its connections against one client's cap would let a few of its
+//! clients fill that cap for all of them. Its connections are counted only
+//! against the listener's cap, and the per-client cap applies instead to the
+//! requests in flight of each forwarded client ([`ForwardedClients`]), once
+//! a request's head has named that client (a connection is accepted before
+//! any header is read).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,6 +40,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::config::HttpConfig;
+use crate::forwarded::TrustedProxies;
 use crate::http::HttpError;
 use crate::metrics::{Exposition, MetricsSource};
 use crate::shutdown::Shutdown;
@@ -62,9 +71,12 @@ pub struct ConnectionStats {
     reserve: AtomicUsize,
     refused_full: AtomicU64,
     refused_per_client: AtomicU64,
+    refused_forwarded: AtomicU64,
     shed: AtomicU64,
     timed_out: AtomicU64,
     clients: Mutex<HashMap<IpAddr, usize>>,
+    /// Requests in flight from each forwarded client of a trusted proxy.
+    forwarded: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl ConnectionStats {
@@ -75,9 +87,11 @@ impl ConnectionStats {
             reserve: AtomicUsize::new(0),
             refused_full: AtomicU64::new(0),
             refused_per_client: AtomicU64::new(0),
+            refused_forwarded: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
             clients: Mutex::new(HashMap::new()),
+            forwarded: Mutex::new(HashMap::new()),
         }
     }
 
@@ -86,23 +100,31 @@ impl ConnectionStats {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Counts a new connection from `client` in, or says why it is refused.
-    fn admit(self: &Arc<Self>, client: IpAddr, limits: &Limits) -> Admission {
-        let mut clients = match self.clients.lock() {
-            Ok(clients) => clients,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let from_client = clients.get(&client).copied().unwrap_or(0);
-        if from_client >= limits.per_client {
-            self.refused_per_client.fetch_add(1, Ordering::Relaxed);
-            return Admission::Refused;
+    /// Requests from forwarded clients in flight now.
+    pub fn forwarded_in_flight(&self) -> usize {
+        locked(&self.forwarded).values().sum()
+    }
+
+    /// Counts a new connection in, or says why it is refused: one from
+    /// `Some(client)` against that client's cap and the listener's, one from
+    /// a trusted proxy (`None`) against the listener's only.
+    fn admit(self: &Arc<Self>, client: Option<IpAddr>, limits: &Limits) -> Admission {
+        let mut clients = locked(&self.clients);
+        if let Some(client) = client {
+            let from_client = clients.get(&client).copied().unwrap_or(0);
+            if from_client >= limits.per_client {
+                self.refused_per_client.fetch_add(1, Ordering::Relaxed);
+                return Admission::Refused;
+            }
         }
         let open = self.open.load(Ordering::Relaxed);
         if open >= limits.max + limits.reserve {
             self.refused_full.fetch_add(1, Ordering::Relaxed);
             return Admission::Refused;
         }
-        *clients.entry(client).or_insert(0) += 1;
+        if let Some(client) = client {
+            *clients.entry(client).or_insert(0) += 1;
+        }
         self.open.fetch_add(1, Ordering::Relaxed);
         let reserve = open >= limits.max;
         if reserve {
@@ -155,6 +177,17 @@ impl MetricsSource for ConnectionStats {
                 count.load(Ordering::Relaxed) as f64,
             );
         }
+        out.family(
+            "counter",
+            "polyhub_forwarded_requests_refused_total",
+            "Requests from a trusted proxy refused: their forwarded client had \
+             http.max_connections_per_client requests in flight.",
+        )
+        .sample(
+            "polyhub_forwarded_requests_refused_total",
+            &service,
+            self.refused_forwarded.load(Ordering::Relaxed) as f64,
+        );
         out.counter(
             "polyhub_connections_shed_requests_total",
             "Requests on reserve connections answered 503 (not health or readiness).",
@@ -173,10 +206,33 @@ enum Admission {
     Refused,
 }
 
+/// A count table's lock; a panic elsewhere while it was held leaves the
+/// counts as they were, which are still the best there are.
+fn locked(
+    table: &Mutex<HashMap<IpAddr, usize>>,
+) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+    match table.lock() {
+        Ok(table) => table,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Gives one of `client`'s places in `table` back.
+fn release(table: &Mutex<HashMap<IpAddr, usize>>, client: IpAddr) {
+    let mut table = locked(table);
+    if let Some(count) = table.get_mut(&client) {
+        *count -= 1;
+        if *count == 0 {
+            table.remove(&client);
+        }
+    }
+}
+
 /// One admitted connection; dropping it gives its places back.
 struct Held {
     stats: Arc<ConnectionStats>,
-    client: IpAddr,
+    /// `None` for a trusted proxy's connection, which no client's cap counts.
+    client: Option<IpAddr>,
     reserve: bool,
 }
 
@@ -186,16 +242,87 @@ impl Drop for Held {
         if self.reserve {
             self.stats.reserve.fetch_sub(1, Ordering::Relaxed);
         }
-        let mut clients = match self.stats.clients.lock() {
-            Ok(clients) => clients,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(count) = clients.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                clients.remove(&self.client);
-            }
+        if let Some(client) = self.client {
+            release(&self.stats.clients, client);
         }
+    }
+}
+
+/// The per-client cap of a trusted proxy's connection, for the requests on
+/// it: put in each request's extensions by [`serve`], applied by the
+/// forwarded-client middleware once it has read the client from
+/// `X-Forwarded-For`.
+#[derive(Debug, Clone)]
+pub(crate) struct ForwardedClients {
+    stats: Arc<ConnectionStats>,
+    per_client: usize,
+    ipv6_prefix: u8,
+}
+
+impl ForwardedClients {
+    /// Takes one of `client`'s places for one request, or `None` when its
+    /// requests in flight already fill the per-client cap.
+    pub(crate) fn enter(&self, client: IpAddr) -> Option<InFlight> {
+        let client = client_key(client, self.ipv6_prefix);
+        let mut forwarded = locked(&self.stats.forwarded);
+        let in_flight = forwarded.entry(client).or_insert(0);
+        if *in_flight >= self.per_client {
+            self.stats.refused_forwarded.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *in_flight += 1;
+        Some(InFlight {
+            stats: Arc::clone(&self.stats),
+            client,
+        })
+    }
+}
+
+/// One forwarded client's request in flight; dropping it gives the place
+/// back.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    stats: Arc<ConnectionStats>,
+    client: IpAddr,
+}
+
+impl InFlight {
+    /// Keeps the place until `response`'s body has been sent (or dropped):
+    /// a request is in flight until its answer has left.
+    pub(crate) fn until_sent(self, response: Response) -> Response {
+        response.map(|inner| Body::new(HoldingBody { inner, _held: self }))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        release(&self.stats.forwarded, self.client);
+    }
+}
+
+/// A response body that holds its request's place while it is sent.
+struct HoldingBody {
+    inner: Body,
+    _held: InFlight,
+}
+
+impl http_body::Body for HoldingBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -350,6 +477,12 @@ pub async fn serve(
         .max_frame_size(config.max_frame_bytes.clamp(16_384, 16_777_215));
     let idle = Duration::from_millis(config.idle_timeout_ms);
     let ipv6_prefix = config.client_ipv6_prefix;
+    let proxies = TrustedProxies::new(&config.trusted_proxies);
+    let forwarded_clients = ForwardedClients {
+        stats: Arc::clone(&stats),
+        per_client: limits.per_client,
+        ipv6_prefix,
+    };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let stopping = shutdown.wait();
     tokio::pin!(stopping);
@@ -366,7 +499,11 @@ pub async fn serve(
                 }
             },
         };
-        let held = match stats.admit(client_key(remote.ip(), ipv6_prefix), &limits) {
+        // A trusted proxy's clients are capped per request, once its head
+        // names them; a connection from anyone else counts against its own.
+        let from_proxy = proxies.trusts(remote.ip());
+        let client = (!from_proxy).then(|| client_key(remote.ip(), ipv6_prefix));
+        let held = match stats.admit(client, &limits) {
             Admission::Admitted(held) => held,
             Admission::Refused => {
                 tracing::debug!(service = stats.service, client = %remote.ip(), "connection refused: over a cap");
@@ -379,10 +516,14 @@ pub async fn serve(
         let reserve = held.reserve;
         let router = router.clone();
         let shed_count = Arc::clone(&stats);
+        let forwarded = from_proxy.then(|| forwarded_clients.clone());
         let service =
             tower::service_fn(move |request: axum::http::Request<hyper::body::Incoming>| {
                 let mut request: Request = request.map(Body::new);
                 request.extensions_mut().insert(ConnectInfo(remote));
+                if let Some(forwarded) = &forwarded {
+                    request.extensions_mut().insert(forwarded.clone());
+                }
                 let router = router.clone();
                 let shed_count = Arc::clone(&shed_count);
                 async move {
@@ -466,17 +607,101 @@ mod tests {
         let one: IpAddr = "192.0.2.1".parse().unwrap();
         let two: IpAddr = "192.0.2.2".parse().unwrap();
         let held: Vec<Held> = (0..3)
-            .map(|_| match stats.admit(one, &limits) {
+            .map(|_| match stats.admit(Some(one), &limits) {
                 Admission::Admitted(h) => h,
                 Admission::Refused => panic!("refused early"),
             })
             .collect();
         assert!(!held[0].reserve && !held[1].reserve && held[2].reserve);
-        assert!(matches!(stats.admit(one, &limits), Admission::Refused));
-        assert!(matches!(stats.admit(two, &limits), Admission::Refused));
+        assert!(matches!(
+            stats.admit(Some(one), &limits),
+            Admission::Refused
+        ));
+        assert!(matches!(
+            stats.admit(Some(two), &limits),
+            Admission::Refused
+        ));
         drop(held);
         assert_eq!(stats.open(), 0);
         assert!(stats.clients.lock().unwrap().is_empty());
-        assert!(matches!(stats.admit(two, &limits), Admission::Admitted(_)));
+        assert!(matches!(
+            stats.admit(Some(two), &limits),
+            Admission::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_held_to_the_listener_cap_only() {
+        let stats = Arc::new(ConnectionStats::new("test"));
+        let limits = Limits {
+            max: 4,
+            per_client: 1,
+            reserve: 0,
+        };
+        let held: Vec<Held> = (0..4)
+            .map(|_| match stats.admit(None, &limits) {
+                Admission::Admitted(h) => h,
+                Admission::Refused => panic!("a proxy's connection refused under the listener cap"),
+            })
+            .collect();
+        assert!(matches!(stats.admit(None, &limits), Admission::Refused));
+        assert!(
+            stats.clients.lock().unwrap().is_empty(),
+            "no client counted"
+        );
+        drop(held);
+        assert_eq!(stats.open(), 0);
+    }
+
+    #[test]
+    fn forwarded_clients_are_capped_per_client_in_flight() {
+        let stats = Arc::new(ConnectionStats::new("test"));
+        let clients = ForwardedClients {
+            stats: Arc::clone(&stats),
+            per_client: 2,
+            ipv6_prefix: 64,
+        };
+        let one: IpAddr = "203.0.113.1".parse().unwrap();
+        let two: IpAddr = "203.0.113.2".parse().unwrap();
+        let first = clients.enter(one).unwrap();
+        let second = clients.enter(one).unwrap();
+        assert!(
+            clients.enter(one).is_none(),
+            "a third request of one client"
+        );
+        let other = clients.enter(two).expect("another client is not held back");
+        assert_eq!(stats.forwarded_in_flight(), 3);
+        drop(first);
+        let again = clients
+            .enter(one)
+            .expect("a place given back is taken again");
+        // One IPv6 /64 is one client, as for connections.
+        let a: IpAddr = "2001:db8:1:2::a".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2::b".parse().unwrap();
+        let v6 = [clients.enter(a).unwrap(), clients.enter(b).unwrap()];
+        assert!(clients.enter(a).is_none());
+        drop((second, other, again, v6));
+        assert_eq!(stats.forwarded_in_flight(), 0);
+        assert!(stats.forwarded.lock().unwrap().is_empty());
+        assert_eq!(stats.refused_forwarded.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_keeps_its_place_until_its_answer_is_sent() {
+        let stats = Arc::new(ConnectionStats::new("test"));
+        let clients = ForwardedClients {
+            stats: Arc::clone(&stats),
+            per_client: 1,
+            ipv6_prefix: 64,
+        };
+        let client: IpAddr = "203.0.113.1".parse().unwrap();
+        let held = clients.enter(client).unwrap();
+        let response = held.until_sent(Response::new(Body::from("answer")));
+        assert!(clients.enter(client).is_none(), "held while unsent");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"answer");
+        assert_eq!(stats.forwarded_in_flight(), 0, "given back once sent");
     }
 }

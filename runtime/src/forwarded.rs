@@ -12,8 +12,15 @@
 //! is ignored, so a client cannot choose its own address by sending one.
 //! With no trusted proxies (the default) nothing changes.
 //!
-//! The connection caps still count the socket's peer: behind a gateway they
-//! bound the gateway's connections, and the gateway bounds its clients'.
+//! The per-client cap (`http.max_connections_per_client`) follows the
+//! client too. A trusted proxy's connections count only against the
+//! listener's cap (a connection is accepted before its first header is
+//! read, so it cannot be charged to a client then), and each request on
+//! them takes one of its forwarded client's places, given back once its
+//! answer is sent: a client behind the gateway holds at most that many
+//! requests in flight on a port, and the rest of the gateway's clients keep
+//! theirs. Past it the request is refused as `TOO_MANY_ATTEMPTS` (429 with
+//! `Retry-After`, gRPC `RESOURCE_EXHAUSTED`).
 //!
 //! A gateway that authenticates at the edge (nginx's `auth_request` against
 //! `/api/sessions/verify`) passes the identity it verified upstream in
@@ -33,6 +40,8 @@ use axum::http::{HeaderMap, HeaderName, header};
 use axum::response::{IntoResponse, Response};
 use hub_core::{Error, ErrorCode};
 use ipnet::IpNet;
+
+use crate::connections::ForwardedClients;
 use serde::Deserialize;
 
 /// The identity an authenticating gateway passes upstream: the user id,
@@ -77,7 +86,9 @@ impl TrustedProxies {
         Self(Arc::new(proxies.to_vec()))
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the trusted proxies (an IPv4-mapped IPv6
+    /// address as its IPv4).
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         if self.0.is_empty() {
             return false;
         }
@@ -180,13 +191,46 @@ pub(crate) async fn forwarded_client<Run: std::future::Future<Output = Response>
             }
         }
         let client = proxies.client(peer.ip(), request.headers());
+        // Only a trusted proxy's connections carry the cap (connections.rs).
+        let in_flight = match request.extensions().get::<ForwardedClients>() {
+            Some(clients) => match clients.enter(client) {
+                Some(in_flight) => Some(in_flight),
+                None => {
+                    tracing::info!(
+                        peer = %peer.ip(),
+                        %client,
+                        "request refused: its client has too many in flight"
+                    );
+                    return too_many_in_flight(&request);
+                }
+            },
+            None => None,
+        };
         if client != peer.ip() {
             request
                 .extensions_mut()
                 .insert(ConnectInfo(SocketAddr::new(client, 0)));
         }
+        if let Some(in_flight) = in_flight {
+            return in_flight.until_sent(next(request).await);
+        }
     }
     next(request).await
+}
+
+/// The answer to a forwarded client past its cap of requests in flight.
+fn too_many_in_flight(request: &Request) -> Response {
+    let error = Error::with_message(
+        ErrorCode::TooManyAttempts,
+        "this client has too many requests in flight on this port; retry when one ends",
+    );
+    if crate::pacing::is_grpc(request) {
+        crate::grpc::status(&error).into_http()
+    } else {
+        crate::HttpError::from(error)
+            .retry_after(std::time::Duration::from_secs(1))
+            .into_response()
+    }
 }
 
 #[cfg(test)]

@@ -188,6 +188,24 @@ async fn three_instances_behind_the_gateway() {
     assert!(url.starts_with(&format!("{origin}/images/")), "{url}");
     let fetched = http.get(&url).send().await.unwrap();
     assert_eq!(fetched.status(), 200, "{url}");
+    grpc_listener_serves_only_grpc(&hub, &token).await;
+    // An HTTP upload past the gateway's default 1m reaches an instance:
+    // the edge's authentication subrequest does not judge the body's size.
+    let large = http
+        .post(format!("{origin}/v1/images"))
+        .bearer_auth(&token)
+        .header("content-type", "image/png")
+        .body(vec![0u8; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    let status = large.status();
+    let body: Value = large.json().await.unwrap();
+    assert!(
+        status.is_client_error() && !["UNAVAILABLE", "INVALID_TOKEN"].contains(&error_code(&body)),
+        "a 2 MiB upload through the gateway: {status} {body}\n{}",
+        hub.gateway.error_log()
+    );
     for i in 0..3 {
         let direct = format!("127.0.0.1:{}", hub.environments[i].port("grpc-images"));
         let seen = grpcio(&direct, &token, &[]).await;
@@ -260,8 +278,10 @@ async fn three_instances_behind_the_gateway() {
     console_through_the_gateway(&hub, &name).await;
     edge_rate_limit(&hub, &http).await;
 
-    // A logout through instance 1 is refused at once by the others, direct
-    // and through the gateway, on every protected route.
+    // A logout through instance 1 is refused by the others, direct and
+    // through the gateway, on every protected route, as soon as their
+    // session caches have the commit's notification (milliseconds; the
+    // bound below only keeps a loaded machine from failing the test).
     let logout = http
         .post(format!("{}/logout", hub.direct(0, "rest-auth")))
         .bearer_auth(&token)
@@ -275,8 +295,15 @@ async fn three_instances_behind_the_gateway() {
             format!("{}/api/sessions/verify", hub.direct(i, "sessions")),
             format!("{}/last-connection", hub.direct(i, "session-tracker")),
         ] {
-            let refused = http.get(&url).bearer_auth(&token).send().await.unwrap();
-            assert_eq!(refused.status(), 401, "{url} after logout on instance 1");
+            eventually(
+                Duration::from_secs(2),
+                &format!("{url} refused after logout on instance 1"),
+                || async {
+                    let answer = http.get(&url).bearer_auth(&token).send().await.ok()?;
+                    (answer.status() == 401).then_some(())
+                },
+            )
+            .await;
         }
     }
     for (method, path) in [
@@ -503,12 +530,193 @@ async fn console_through_the_gateway(hub: &Deployment, name: &str) {
         .join("; ");
     let account = browser
         .get(format!("{origin}/account"))
-        .header("cookie", session)
+        .header("cookie", &session)
         .send()
         .await
         .unwrap();
     assert_eq!(account.status(), 200);
     assert!(account.text().await.unwrap().contains(name));
+    console_upload_at_the_edge(hub, &browser, &session, &origin).await;
+}
+
+/// A raw HTTP/1.1 request to the gateway: `head` (its blank line included)
+/// and the first bytes of its body, the rest never sent.
+fn stalled_request(port: u16, head: &str, body_start: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body_start).unwrap();
+    stream
+}
+
+/// The head of the answer on `stream`, if one arrives within `within`.
+fn answer_head(stream: &mut std::net::TcpStream, within: Duration) -> Option<String> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    text.split_once("\r\n\r\n").map(|(head, _)| head.to_owned())
+}
+
+/// The console's upload form at the edge: a browser that is not signed in
+/// is sent to sign in by the gateway before it reads a byte of the body (it
+/// used to spool up to 64 MiB of it first), a signed-in one uploads
+/// through it, and one client has at most 8 uploads in flight.
+async fn console_upload_at_the_edge(
+    hub: &Deployment,
+    browser: &Client,
+    session: &str,
+    origin: &str,
+) {
+    let port = hub.gateway.http_port;
+    let boundary = "polyhub-e2e-boundary";
+    let head = |cookie: &str, length: usize| {
+        format!(
+            "POST /account/images HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {origin}\r\n\
+             Content-Type: multipart/form-data; boundary={boundary}\r\n\
+             Content-Length: {length}\r\n{cookie}\r\n"
+        )
+    };
+    // Not signed in, announcing 60 MB and sending a few bytes: answered at
+    // once, by the edge (the console's own answers carry its CSP).
+    let mut anonymous = stalled_request(
+        port,
+        &head("", 60_000_000),
+        format!("--{boundary}\r\n").as_bytes(),
+    );
+    let answered = answer_head(&mut anonymous, Duration::from_secs(3)).unwrap_or_else(|| {
+        panic!(
+            "no answer to an anonymous upload while its body is unsent: the gateway is reading \
+             (spooling) it before authenticating"
+        )
+    });
+    assert!(
+        answered.starts_with("HTTP/1.1 303"),
+        "{answered}\n{}",
+        hub.gateway.error_log()
+    );
+    let lower = answered.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nlocation: /account/signin"),
+        "{answered}"
+    );
+    assert!(
+        !lower.contains("content-security-policy"),
+        "answered by the edge: {answered}"
+    );
+    // A forged or stale cookie is no better.
+    let mut forged = stalled_request(
+        port,
+        &head("Cookie: polyhub_session=e30.e30.forged\r\n", 60_000_000),
+        b"",
+    );
+    let answered =
+        answer_head(&mut forged, Duration::from_secs(3)).expect("an answer to a forged cookie");
+    assert!(answered.starts_with("HTTP/1.1 303"), "{answered}");
+
+    // Signed in, the form goes through the edge (which passes no identity
+    // headers the instance would refuse without a bearer token).
+    let page = browser
+        .get(format!("{origin}/account/images"))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token in the images page:\n{page}"))
+        .to_owned();
+    let png = std::fs::read(png_file("gw-console")).unwrap();
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"gw.png\"\r\n\
+         Content-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend_from_slice(&png);
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let uploaded = browser
+        .post(format!("{origin}/account/images"))
+        .header("origin", origin)
+        .header("cookie", session)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 303, "{:?}", uploaded.text().await);
+    assert_eq!(uploaded.headers()["location"], "/account/images?done=1");
+
+    // Eight signed-in uploads stalled in their CSRF field (each held by an
+    // instance, waiting): a ninth from the same client is refused at the
+    // edge, in polyhub's shape.
+    let cookie = format!("Cookie: {session}\r\n");
+    let start = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{}",
+        &csrf[..10]
+    );
+    let stalled: Vec<_> = (0..8)
+        .map(|_| stalled_request(port, &head(&cookie, 100_000), start.as_bytes()))
+        .collect();
+    // Give the gateway the time to take them all in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ninth = stalled_request(port, &head(&cookie, 100_000), start.as_bytes());
+    let answered = answer_head(&mut ninth, Duration::from_secs(3))
+        .expect("the ninth upload in flight is answered at once");
+    assert!(answered.starts_with("HTTP/1.1 429"), "{answered}");
+    assert!(
+        answered.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answered}"
+    );
+    drop(stalled);
+}
+
+/// The gateway's gRPC listener forwards only the image service's gRPC
+/// services: with a valid token, the instance's `/metrics` and `/ready`
+/// (and anything else) are 404 there.
+async fn grpc_listener_serves_only_grpc(hub: &Deployment, token: &str) {
+    for path in [
+        "/metrics",
+        "/ready",
+        "/health",
+        "/v1/images/openapi.json",
+        "/nope",
+    ] {
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+            ])
+            .arg(format!("authorization: Bearer {token}"))
+            .arg(format!("http://{}{path}", hub.gateway.grpc_target()))
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or_default();
+        assert_eq!(status, "404", "{path} through the gRPC listener: {text}");
+        assert!(!body.contains("polyhub_"), "{path}: {body}");
+        assert!(body.contains("NOT_FOUND"), "{path}: {body}");
+    }
 }
 
 /// One instance killed while honest clients read through the gateway: the

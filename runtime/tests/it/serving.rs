@@ -424,3 +424,152 @@ async fn the_access_log_can_keep_errors_only_or_a_sample() {
         "two of four successes and the error: {sampled:#?}"
     );
 }
+
+/// Behind a gateway: loopback is the trusted proxy, and each request names
+/// its client in `X-Forwarded-For`.
+fn behind_a_gateway(per_client: usize) -> HttpConfig {
+    HttpConfig {
+        max_connections_per_client: per_client,
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..patient()
+    }
+}
+
+/// One answer on a kept-alive connection: its head and body (by
+/// Content-Length), or what came before the server closed it.
+async fn answer(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return text;
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return text;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("an answer within 5 s")
+}
+
+async fn get_as(stream: &mut TcpStream, path: &str, client: &str) -> String {
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {client}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    answer(stream).await
+}
+
+#[tokio::test]
+async fn a_gateways_clients_are_not_capped_as_one_client() {
+    let server = start(behind_a_gateway(2)).await;
+    // The gateway's connections, all open at once, for four clients.
+    let mut gateway = Vec::new();
+    for _ in 0..4 {
+        gateway.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    for (i, stream) in gateway.iter_mut().enumerate() {
+        let answer = get_as(stream, "/health", &format!("203.0.113.{i}")).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "the gateway's connection {i} for its own client: {answer:?}"
+        );
+    }
+    // Untrusted peers are still capped by their connections (no proxy
+    // trusts 127.0.0.2, which loopback also answers on).
+    let direct = behind_a_gateway(1);
+    let server = start(HttpConfig {
+        trusted_proxies: vec!["127.0.0.2".parse().unwrap()],
+        ..direct
+    })
+    .await;
+    let _one = TcpStream::connect(server.addr).await.unwrap();
+    let mut second = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(
+        until_closed(&mut second, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some(""),
+        "a second connection from an untrusted address is closed"
+    );
+}
+
+#[tokio::test]
+async fn a_forwarded_client_is_capped_by_its_requests_in_flight() {
+    let server = start(behind_a_gateway(2)).await;
+    // Two uploads of one client, stalled half-way, on two of the gateway's
+    // connections.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.7\r\n\
+                  Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":",
+            )
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.stats.forwarded_in_flight() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled uploads were not in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The same client's third request is refused, in the error shape...
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    let refused = get_as(&mut third, "/health", "203.0.113.7").await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.contains("TOO_MANY_ATTEMPTS"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 1"),
+        "{refused}"
+    );
+    // ...on a connection that goes on serving the gateway's other clients,
+    // as do its fresh ones.
+    let other = get_as(&mut third, "/health", "203.0.113.8").await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    let mut fresh = TcpStream::connect(server.addr).await.unwrap();
+    let other = get_as(&mut fresh, "/health", "198.51.100.1").await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    // An upload that ends gives its place back.
+    stalled[0].write_all(b"1}").await.unwrap();
+    let done = answer(&mut stalled[0]).await;
+    assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+    while server.stats.forwarded_in_flight() > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ended upload kept its place"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let again = get_as(&mut third, "/health", "203.0.113.7").await;
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    let metrics = get_as(&mut fresh, "/metrics", "198.51.100.1").await;
+    assert!(
+        metrics.contains(r#"polyhub_forwarded_requests_refused_total{service="test-svc"} 1"#),
+        "{metrics}"
+    );
+}
