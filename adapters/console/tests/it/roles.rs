@@ -90,3 +90,37 @@ async fn a_withdrawn_admin_is_refused_at_once_in_the_console() {
     assert_eq!(role_of(&hub, "bea").await, Role::User);
     assert_eq!(role_of(&hub, "root").await, Role::Admin);
 }
+
+/// Finding: `GET /admin/users?q=a%00b` was 500 `INTERNAL` (PostgreSQL text
+/// cannot hold NUL); a search with a control character is the client's
+/// mistake, 400.
+#[tokio::test]
+async fn a_search_with_a_control_character_is_a_bad_request() {
+    let hub = TestHub::with(SERVICES).await;
+    let base = hub.url(Service::RestAuth);
+    let http = client();
+    register(&http, &base, "root").await;
+    hub.hub
+        .administration()
+        .set_role("root", Role::Admin)
+        .await
+        .unwrap();
+    let root = session_cookies(&sign_in(&http, &base, "root", PASSWORD).await);
+    for query in ["a%00b", "a%07b", "%1B%5B2J"] {
+        let answer = http
+            .get(format!("{base}/admin/users?q={query}"))
+            .header(header::COOKIE, &root)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{query}");
+    }
+    let answer = http
+        .get(format!("{base}/admin/users?q=ro"))
+        .header(header::COOKIE, &root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(answer.text().await.unwrap().contains("root"));
+}
