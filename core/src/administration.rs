@@ -80,6 +80,12 @@ impl Administration {
         require_admin(&*self.users, principal, "managing users is for admins").await
     }
 
+    /// The principal's user, when an admin now (read from the directory):
+    /// for admin pages that change nothing, with `what` as the refusal.
+    pub async fn admin_only(&self, principal: &Principal, what: &str) -> Result<User, Error> {
+        require_admin(&*self.users, principal, what).await
+    }
+
     /// Gives the user named `username` the role `role`; the user as it now is.
     /// A change revokes every session of the user (their tokens carry the
     /// old role), so they sign in again. An unknown name is `USER_NOT_FOUND`.

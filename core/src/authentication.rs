@@ -182,24 +182,25 @@ impl Authentication {
         shown: Option<&KnownDevice>,
     ) -> Result<Option<IssuedToken>, Error> {
         let user = signed_in.user.id;
-        let device = match shown {
-            Some(shown) if shown.user_id == user => shown.device.clone(),
-            _ => crate::token::new_device_id()?,
-        };
+        let shown = shown
+            .filter(|shown| shown.user_id == user)
+            .map(|shown| shown.device.as_str());
+        let fresh = crate::token::new_device_id()?;
         let now = self.clock.now();
-        if !self
+        let Some(device) = self
             .devices
             .remember(
                 user,
-                &device,
+                shown,
+                &fresh,
                 signed_in.session.id,
                 now,
                 self.devices_per_user,
             )
             .await?
-        {
+        else {
             return Ok(None);
-        }
+        };
         self.tokens
             .issue_device(user, &device, lifetime, now)
             .map(Some)
@@ -345,15 +346,26 @@ impl Authentication {
         Ok((session, event))
     }
 
-    /// Opens a new session for `user` and signs its token (another device of
-    /// a signed-in user; logins go through [`Self::login`]).
+    /// Opens a new session for `user` and signs its token: another device
+    /// of a user signed in with the session `parent` (logins go through
+    /// [`Self::login`]). Opened only while `parent` is still open and the
+    /// user's role still the one read, checked in the new session's
+    /// transaction; otherwise `INVALID_TOKEN`, as the parent's token is.
     pub async fn open_session(
         &self,
         user: &User,
+        parent: Option<SessionId>,
         client: ClientInfo,
     ) -> Result<(Session, IssuedToken), Error> {
         let (session, event) = self.new_session(user, client)?;
-        self.sessions.open(&session, &event).await?;
+        if !self
+            .sessions
+            .open_beside(parent, &session, &event, user.role)
+            .await?
+        {
+            tracing::info!(user_id = %user.id, "another session refused: the session or the role changed meanwhile");
+            return Err(Error::new(ErrorCode::InvalidToken));
+        }
         let token = self.tokens.issue(user.id, user.role, &session, event.at)?;
         Ok((session, token))
     }

@@ -113,8 +113,11 @@ impl SessionLifecycle {
         token: &str,
         client: ClientInfo,
     ) -> Result<(Session, IssuedToken), Error> {
-        let (_, user) = self.authentication.authenticate_user(token).await?;
-        let (session, token) = self.authentication.open_session(&user, client).await?;
+        let (parent, user) = self.authentication.authenticate_user(token).await?;
+        let (session, token) = self
+            .authentication
+            .open_session(&user, Some(parent.session_id), client)
+            .await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "additional session opened");
         Ok((session, token))
     }

@@ -98,6 +98,21 @@ pub trait SessionRepository: Send + Sync + 'static {
         credential: &PasswordHash,
         role: Role,
     ) -> Result<bool, Error>;
+    /// As [`Self::open`], only while the user's role is still `role` and,
+    /// with a `parent`, while that session of the user is still open, all
+    /// checked in the session's transaction: another device's session,
+    /// opened from a token, must not outlive a change that revoked the
+    /// token's session or withdrew its role. False (and nothing stored)
+    /// otherwise. Implementations lock the user's row before any session
+    /// row, as every revocation does, so a revocation either sees the new
+    /// session or is seen by it.
+    async fn open_beside(
+        &self,
+        parent: Option<SessionId>,
+        session: &Session,
+        event: &SessionEvent,
+        role: Role,
+    ) -> Result<bool, Error>;
     /// Applies `change` all at once or not at all: the new email and/or
     /// hash, and with a new hash the revocation of every other session (each
     /// with its event) and of every known device, in one transaction, after
@@ -176,19 +191,23 @@ pub const ROLE_CHANGED: &str = "role_changed";
 pub trait KnownDevices: Send + Sync + 'static {
     /// Whether `device` is one of `user`'s remembered devices now.
     async fn is_known(&self, user: UserId, device: &str) -> Result<bool, Error>;
-    /// Remembers `device` for `user` as used at `at` (or refreshes it),
-    /// then forgets the user's least recently used devices beyond `keep`;
-    /// all only while `session` (the one the device just signed in with) is
+    /// Remembers a device of `user` as used at `at`: `shown` when it is
+    /// still remembered (refreshed, never brought back once forgotten, so
+    /// its old tokens stay dead), otherwise a new one with the id `fresh`.
+    /// Then forgets the user's least recently used devices beyond `keep`.
+    /// All only while `session` (the one the device just signed in with) is
     /// still open, so a revocation that forgot the user's devices is never
-    /// undone by a login that raced it. False when it was not open.
+    /// undone by a login that raced it. The id remembered; `None` when the
+    /// session was not open.
     async fn remember(
         &self,
         user: UserId,
-        device: &str,
+        shown: Option<&str>,
+        fresh: &str,
         session: SessionId,
         at: OffsetDateTime,
         keep: u32,
-    ) -> Result<bool, Error>;
+    ) -> Result<Option<String>, Error>;
 }
 
 /// Which of a user's sessions to list, and where the page starts.
@@ -535,18 +554,19 @@ pub mod memory {
         async fn remember(
             &self,
             user: UserId,
-            device: &str,
+            shown: Option<&str>,
+            fresh: &str,
             session: SessionId,
             at: OffsetDateTime,
             keep: u32,
-        ) -> Result<bool, Error> {
+        ) -> Result<Option<String>, Error> {
             let open = self.with(|sessions, _| {
                 sessions
                     .get(&session)
                     .is_some_and(|s| s.user_id == user && s.revoked_at.is_none())
             })?;
             if !open {
-                return Ok(false);
+                return Ok(None);
             }
             let mut devices = self
                 .users
@@ -554,11 +574,15 @@ pub mod memory {
                 .lock()
                 .map_err(|_| Error::internal("in-memory device store poisoned"))?;
             let known = devices.entry(user).or_default();
+            let device = match shown {
+                Some(shown) if known.iter().any(|(d, _)| d == shown) => shown,
+                _ => fresh,
+            };
             known.retain(|(d, _)| d != device);
             known.push((device.to_owned(), at));
             known.sort_by_key(|(_, used)| std::cmp::Reverse(*used));
             known.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
-            Ok(true)
+            Ok(Some(device.to_owned()))
         }
     }
 
@@ -587,6 +611,33 @@ pub mod memory {
                 self.open(session, event).await?;
             }
             Ok(current)
+        }
+
+        async fn open_beside(
+            &self,
+            parent: Option<SessionId>,
+            session: &Session,
+            event: &SessionEvent,
+            role: Role,
+        ) -> Result<bool, Error> {
+            let role_holds = self
+                .users
+                .find_by_id(session.user_id)
+                .await?
+                .is_some_and(|u| u.role == role);
+            let parent_open = match parent {
+                Some(parent) => self.with(|sessions, _| {
+                    sessions
+                        .get(&parent)
+                        .is_some_and(|p| p.user_id == session.user_id && p.is_open_at(event.at))
+                })?,
+                None => true,
+            };
+            if !(role_holds && parent_open) {
+                return Ok(false);
+            }
+            self.open(session, event).await?;
+            Ok(true)
         }
 
         async fn change_credentials(&self, change: &super::CredentialChange) -> Result<u64, Error> {

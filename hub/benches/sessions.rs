@@ -146,7 +146,7 @@ async fn main() {
                     let (auth, alice) = (auth.clone(), alice.clone());
                     tokio::spawn(async move {
                         for _ in 0..BACKLOG / 8 {
-                            auth.open_session(&alice, ClientInfo::default())
+                            auth.open_session(&alice, None, ClientInfo::default())
                                 .await
                                 .unwrap();
                         }
@@ -209,7 +209,7 @@ async fn main() {
                     tick.tick().await;
                     let (auth, alice) = (auth.clone(), alice.clone());
                     tokio::spawn(async move {
-                        auth.open_session(&alice, ClientInfo::default())
+                        auth.open_session(&alice, None, ClientInfo::default())
                             .await
                             .unwrap();
                     });
@@ -224,7 +224,7 @@ async fn main() {
         let mut visible = Vec::new();
         while started.elapsed() < run {
             let (session, _) = auth
-                .open_session(&sampler_user, ClientInfo::default())
+                .open_session(&sampler_user, None, ClientInfo::default())
                 .await
                 .unwrap();
             let committed = Instant::now();

@@ -11,7 +11,7 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect};
-use hub_core::{Error, ErrorCode, Role, SessionId};
+use hub_core::{Role, SessionId};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
@@ -324,11 +324,10 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
 /// `/metrics`.
 pub(crate) async fn system(State(state): State<Arc<ConsoleState>>, headers: HeaderMap) -> Page {
     let signed = guard::signed_in(&state, &headers).await?;
-    if signed.principal.role != Role::Admin {
-        return Err(
-            Error::with_message(ErrorCode::Forbidden, "the system's state is for admins").into(),
-        );
-    }
+    state
+        .administration
+        .admin_only(&signed.principal, "the system's state is for admins")
+        .await?;
     let me = whoami(&state, &signed).await?;
     let services = futures_util::future::join_all(
         state

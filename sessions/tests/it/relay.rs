@@ -85,7 +85,7 @@ async fn hub_with_backlog(events: usize, batch_size: u32) -> Hub {
     let alice = user(&hub, "alice").await;
     let auth = hub.authentication().unwrap();
     for _ in 0..events {
-        auth.open_session(&alice, ClientInfo::default())
+        auth.open_session(&alice, None, ClientInfo::default())
             .await
             .unwrap();
     }
@@ -335,7 +335,7 @@ async fn an_event_the_activity_log_keeps_refusing_is_quarantined() {
     let alice = user(&hub, "alice").await;
     let auth = hub.authentication().unwrap();
     for agent in ["ok/1", "ok/2", "poison/1.0", "ok/3", "ok/4"] {
-        auth.open_session(&alice, ClientInfo::new(None, Some(agent)))
+        auth.open_session(&alice, None, ClientInfo::new(None, Some(agent)))
             .await
             .unwrap();
     }

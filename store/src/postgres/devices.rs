@@ -38,11 +38,12 @@ impl KnownDevices for PgKnownDevices {
     async fn remember(
         &self,
         user: UserId,
-        device: &str,
+        shown: Option<&str>,
+        fresh: &str,
         session: SessionId,
         at: OffsetDateTime,
         keep: u32,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<String>, Error> {
         let mut tx = self
             .pool
             .begin()
@@ -51,7 +52,7 @@ impl KnownDevices for PgKnownDevices {
         // FOR SHARE on the session: a revocation (an UPDATE of that row,
         // which forgets the user's devices in its own transaction) either
         // committed first, and the session is found closed here, or waits
-        // for this insert to commit and then deletes it.
+        // for this to commit and then deletes what it wrote.
         let open: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
              FOR SHARE",
@@ -62,19 +63,43 @@ impl KnownDevices for PgKnownDevices {
         .await
         .map_err(|e| classify("remembering a device", e))?;
         if open.is_none() {
-            return Ok(false); // rolled back on drop
+            return Ok(None); // rolled back on drop
         }
-        sqlx::query(
-            "INSERT INTO known_devices (user_id, device_id, created_at, last_used_at) \
-             VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (user_id, device_id) DO UPDATE SET last_used_at = EXCLUDED.last_used_at",
-        )
-        .bind(user.as_uuid())
-        .bind(device)
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| classify("remembering a device", e))?;
+        // The device shown keeps its id only while it is still remembered:
+        // once forgotten, an id is never brought back, so the tokens that
+        // carried it stay dead.
+        let mut device = None;
+        if let Some(shown) = shown {
+            let refreshed = sqlx::query(
+                "UPDATE known_devices SET last_used_at = $3 \
+                 WHERE user_id = $1 AND device_id = $2",
+            )
+            .bind(user.as_uuid())
+            .bind(shown)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify("remembering a device", e))?;
+            if refreshed.rows_affected() > 0 {
+                device = Some(shown);
+            }
+        }
+        let device = match device {
+            Some(device) => device,
+            None => {
+                sqlx::query(
+                    "INSERT INTO known_devices (user_id, device_id, created_at, last_used_at) \
+                     VALUES ($1, $2, $3, $3)",
+                )
+                .bind(user.as_uuid())
+                .bind(fresh)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify("remembering a device", e))?;
+                fresh
+            }
+        };
         // The cap: the least recently used beyond `keep` are forgotten.
         sqlx::query(
             "DELETE FROM known_devices WHERE user_id = $1 AND device_id NOT IN \
@@ -89,6 +114,6 @@ impl KnownDevices for PgKnownDevices {
         tx.commit()
             .await
             .map_err(|e| classify("remembering a device", e))?;
-        Ok(true)
+        Ok(Some(device.to_owned()))
     }
 }

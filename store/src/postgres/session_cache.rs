@@ -180,6 +180,16 @@ impl SessionRepository for CachedSessions {
             .await
     }
 
+    async fn open_beside(
+        &self,
+        parent: Option<SessionId>,
+        session: &Session,
+        event: &SessionEvent,
+        role: Role,
+    ) -> Result<bool, Error> {
+        self.inner.open_beside(parent, session, event, role).await
+    }
+
     async fn change_credentials(&self, change: &CredentialChange) -> Result<u64, Error> {
         let changed = self.inner.change_credentials(change).await;
         if change.password_hash.is_some() {

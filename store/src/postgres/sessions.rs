@@ -235,13 +235,61 @@ impl SessionRepository for PgSessionRepository {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| classify("checking the credential a login verified", e))?;
-        if current.is_none() && std::env::var_os("MUTANT").is_none() {
+        if current.is_none() {
             return Ok(false); // rolled back on drop
         }
         insert_session(&mut tx, session, event).await?;
         tx.commit()
             .await
             .map_err(|e| classify("committing a new session", e))?;
+        Ok(true)
+    }
+
+    async fn open_beside(
+        &self,
+        parent: Option<SessionId>,
+        session: &Session,
+        event: &SessionEvent,
+        role: Role,
+    ) -> Result<bool, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("opening another session", e))?;
+        // The user's row first, as every revocation locks it first
+        // (change_credentials, change_role, revoke_all): a revocation then
+        // either commits before this, and is seen below, or waits for this
+        // session to commit and revokes it with the statement that follows.
+        let current: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1 AND role = $2 FOR SHARE")
+                .bind(session.user_id.as_uuid())
+                .bind(role.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| classify("checking the role of another session", e))?;
+        if current.is_none() {
+            return Ok(false); // rolled back on drop
+        }
+        if let Some(parent) = parent {
+            let open: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 \
+                 AND revoked_at IS NULL AND expires_at > $3 FOR SHARE",
+            )
+            .bind(parent.as_uuid())
+            .bind(session.user_id.as_uuid())
+            .bind(event.at)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| classify("checking the session another is opened from", e))?;
+            if open.is_none() {
+                return Ok(false);
+            }
+        }
+        insert_session(&mut tx, session, event).await?;
+        tx.commit()
+            .await
+            .map_err(|e| classify("committing another session", e))?;
         Ok(true)
     }
 
@@ -365,6 +413,14 @@ impl SessionRepository for PgSessionRepository {
             .begin()
             .await
             .map_err(|e| classify("revoking a user's sessions", e))?;
+        // The user's row first, as a session opened beside another locks
+        // it first: that session is either committed before the UPDATE
+        // below reads, or opened after it and finds its parent revoked.
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify("revoking a user's sessions", e))?;
         let rows = revoke_sessions_of(&mut tx, user, keep, at).await?;
         forget_devices(&mut tx, user).await?;
         revoked_with_events(tx, rows, at, reason).await
@@ -381,11 +437,14 @@ impl SessionRepository for PgSessionRepository {
             .begin()
             .await
             .map_err(|e| classify("changing a user's role", e))?;
-        // The row lock this takes orders it with logins (FOR SHARE in
-        // open_verified): a login either committed its session before, and
-        // it is revoked below, or reads the new role after.
+        // The row lock this takes orders it with logins and other sessions
+        // (FOR SHARE in open_verified and open_beside): a login either
+        // committed its session before, and it is revoked below, or reads
+        // the new role after. NO KEY UPDATE, not UPDATE: a device being
+        // remembered holds KEY SHARE on this row (its foreign key), and
+        // must not wait on this while this waits on its session.
         let previous: Option<String> =
-            sqlx::query_scalar("SELECT role FROM users WHERE id = $1 FOR UPDATE")
+            sqlx::query_scalar("SELECT role FROM users WHERE id = $1 FOR NO KEY UPDATE")
                 .bind(user.as_uuid())
                 .fetch_optional(&mut *tx)
                 .await

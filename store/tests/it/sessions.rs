@@ -223,15 +223,17 @@ async fn a_role_change_revokes_the_users_sessions_and_devices(pool: PgPool) {
     }
     assert!(
         devices
-            .remember(bea.id, "bea-phone", one.id, now, 10)
+            .remember(bea.id, None, "bea-phone", one.id, now, 10)
             .await
             .unwrap()
+            .is_some()
     );
     assert!(
         devices
-            .remember(cy.id, "cy-phone", other.id, now, 10)
+            .remember(cy.id, None, "cy-phone", other.id, now, 10)
             .await
             .unwrap()
+            .is_some()
     );
 
     assert_eq!(repo.change_role(bea.id, Role::Admin, now).await.unwrap(), 2);
@@ -277,7 +279,8 @@ async fn known_devices_are_bounded_and_die_with_the_sessions(pool: PgPool) {
     open(&repo, &s).await;
     for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
         let at = now + Duration::seconds(i as i64);
-        assert!(devices.remember(dora.id, name, s.id, at, 2).await.unwrap());
+        let remembered = devices.remember(dora.id, None, name, s.id, at, 2).await;
+        assert!(remembered.unwrap().is_some());
     }
     let mut known = Vec::new();
     for name in ["a", "b", "c"] {
@@ -285,18 +288,12 @@ async fn known_devices_are_bounded_and_die_with_the_sessions(pool: PgPool) {
     }
     assert_eq!(known, [false, true, true]);
     // Used again, "b" outlives "c" when "d" comes.
-    assert!(
-        devices
-            .remember(dora.id, "b", s.id, now + Duration::seconds(5), 2)
-            .await
-            .unwrap()
-    );
-    assert!(
-        devices
-            .remember(dora.id, "d", s.id, now + Duration::seconds(6), 2)
-            .await
-            .unwrap()
-    );
+    let at = now + Duration::seconds(5);
+    let remembered = devices.remember(dora.id, Some("b"), "b", s.id, at, 2).await;
+    assert_eq!(remembered.unwrap().as_deref(), Some("b"));
+    let at = now + Duration::seconds(6);
+    let remembered = devices.remember(dora.id, Some("d"), "d", s.id, at, 2).await;
+    assert_eq!(remembered.unwrap().as_deref(), Some("d"));
     assert!(devices.is_known(dora.id, "b").await.unwrap());
     assert!(!devices.is_known(dora.id, "c").await.unwrap());
 
@@ -305,6 +302,62 @@ async fn known_devices_are_bounded_and_die_with_the_sessions(pool: PgPool) {
         .unwrap();
     assert!(!devices.is_known(dora.id, "b").await.unwrap());
     // A login whose session was revoked meanwhile leaves no device behind.
-    assert!(!devices.remember(dora.id, "e", s.id, now, 2).await.unwrap());
+    let late = devices.remember(dora.id, None, "e", s.id, now, 2).await;
+    assert!(late.unwrap().is_none());
     assert!(!devices.is_known(dora.id, "e").await.unwrap());
+}
+
+/// A forgotten device is never brought back: a login that showed it before
+/// the revocation and remembers after it gets a new id, so the tokens that
+/// carried the old one stay dead.
+#[sqlx::test(migrator = "hub_store::MIGRATOR")]
+async fn a_forgotten_device_is_not_brought_back(pool: PgPool) {
+    let repo = PgSessionRepository::new(pool.clone());
+    let devices = PgKnownDevices::new(pool.clone());
+    let eve = user(&pool, "eve").await;
+    let now = SystemClock.now();
+    let first = session(eve.id, now);
+    open(&repo, &first).await;
+    let remembered = devices
+        .remember(eve.id, None, "laptop", first.id, now, 10)
+        .await
+        .unwrap();
+    assert_eq!(remembered.as_deref(), Some("laptop"));
+    let shown = devices
+        .remember(eve.id, Some("laptop"), "unused", first.id, now, 10)
+        .await
+        .unwrap();
+    assert_eq!(shown.as_deref(), Some("laptop"), "a remembered device keeps its id");
+
+    repo.revoke_all(eve.id, None, now, "everywhere").await.unwrap();
+    let second = session(eve.id, now);
+    open(&repo, &second).await;
+    let after = devices
+        .remember(eve.id, Some("laptop"), "laptop-2", second.id, now, 10)
+        .await
+        .unwrap();
+    assert_eq!(after.as_deref(), Some("laptop-2"));
+    assert!(!devices.is_known(eve.id, "laptop").await.unwrap());
+}
+
+/// Another device's session opens only while the session it is opened
+/// from is open and the role it was read under is still the user's.
+#[sqlx::test(migrator = "hub_store::MIGRATOR")]
+async fn another_session_needs_its_parent_open_and_its_role_current(pool: PgPool) {
+    let repo = PgSessionRepository::new(pool.clone());
+    let fay = user(&pool, "fay").await;
+    let now = SystemClock.now();
+    let parent = session(fay.id, now);
+    open(&repo, &parent).await;
+    let beside = |s: &Session| SessionEvent::new(SessionEventKind::Opened, s, now);
+    let child = session(fay.id, now);
+    assert!(repo.open_beside(Some(parent.id), &child, &beside(&child), Role::User).await.unwrap());
+    let stale = session(fay.id, now);
+    assert!(!repo.open_beside(Some(parent.id), &stale, &beside(&stale), Role::Admin).await.unwrap());
+    repo.revoke(parent.id, now, "logout").await.unwrap();
+    let orphan = session(fay.id, now);
+    assert!(!repo.open_beside(Some(parent.id), &orphan, &beside(&orphan), Role::User).await.unwrap());
+    for refused in [&stale, &orphan] {
+        assert!(repo.find(refused.id).await.unwrap().is_none());
+    }
 }
