@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, FromRequest, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -374,9 +374,17 @@ async fn import_users(
     State(state): State<Arc<RestAuthState>>,
     BearerToken(token): BearerToken,
     hub_runtime::QueryParams(options): hub_runtime::QueryParams<api::ImportOptions>,
-    JsonBody(users): JsonBody<Vec<api::ImportUser>>,
+    request: axum::extract::Request,
 ) -> Result<Json<api::ImportResult>, HttpError> {
+    // The caller is an admin before a byte of the (up to
+    // import.max_body_bytes) body is read: any user's token passes the
+    // gateway's edge auth, and must not make this instance hold it.
     let principal = state.authentication.authenticate(&token).await?;
+    state
+        .authentication
+        .require_admin(&principal, "importing users is for admins")
+        .await?;
+    let JsonBody(users) = JsonBody::<Vec<api::ImportUser>>::from_request(request, &()).await?;
     let report = state
         .importer
         .import_as(

@@ -185,3 +185,35 @@ async fn device_tokens_die_with_the_password_and_are_bounded() {
     }
     hub.stop().await;
 }
+
+/// Review finding: `POST /admin/users/import` read and parsed its whole
+/// body (up to `import.max_body_bytes`) before checking the caller was an
+/// admin, and any user's token passes the gateway's edge auth. A
+/// non-admin is refused before the body is read: here a body that is
+/// promised and never sent gets its 403 at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_admins_import_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let hub = TestHub::with(SERVICES).await;
+    let (client, base) = (Client::new(), hub.url(Service::RestAuth));
+    register(&client, &base, "walt").await;
+    let (_, body, _) = login(&client, &base, "walt", PASSWORD, None).await;
+    let token = body["token"].as_str().unwrap().to_owned();
+    let address = base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /admin/users/import HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 8000000\r\n\r\n[{{\"username\":"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut answer))
+        .await
+        .expect("an answer while the body is still owed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("FORBIDDEN"), "{answer}");
+    hub.stop().await;
+}
