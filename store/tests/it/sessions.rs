@@ -327,9 +327,15 @@ async fn a_forgotten_device_is_not_brought_back(pool: PgPool) {
         .remember(eve.id, Some("laptop"), "unused", first.id, now, 10)
         .await
         .unwrap();
-    assert_eq!(shown.as_deref(), Some("laptop"), "a remembered device keeps its id");
+    assert_eq!(
+        shown.as_deref(),
+        Some("laptop"),
+        "a remembered device keeps its id"
+    );
 
-    repo.revoke_all(eve.id, None, now, "everywhere").await.unwrap();
+    repo.revoke_all(eve.id, None, now, "everywhere")
+        .await
+        .unwrap();
     let second = session(eve.id, now);
     open(&repo, &second).await;
     let after = devices
@@ -351,12 +357,26 @@ async fn another_session_needs_its_parent_open_and_its_role_current(pool: PgPool
     open(&repo, &parent).await;
     let beside = |s: &Session| SessionEvent::new(SessionEventKind::Opened, s, now);
     let child = session(fay.id, now);
-    assert!(repo.open_beside(Some(parent.id), &child, &beside(&child), Role::User).await.unwrap());
+    assert!(
+        repo.open_beside(Some(parent.id), &child, &beside(&child), Role::User)
+            .await
+            .unwrap()
+    );
     let stale = session(fay.id, now);
-    assert!(!repo.open_beside(Some(parent.id), &stale, &beside(&stale), Role::Admin).await.unwrap());
+    assert!(
+        !repo
+            .open_beside(Some(parent.id), &stale, &beside(&stale), Role::Admin)
+            .await
+            .unwrap()
+    );
     repo.revoke(parent.id, now, "logout").await.unwrap();
     let orphan = session(fay.id, now);
-    assert!(!repo.open_beside(Some(parent.id), &orphan, &beside(&orphan), Role::User).await.unwrap());
+    assert!(
+        !repo
+            .open_beside(Some(parent.id), &orphan, &beside(&orphan), Role::User)
+            .await
+            .unwrap()
+    );
     for refused in [&stale, &orphan] {
         assert!(repo.find(refused.id).await.unwrap().is_none());
     }
