@@ -17,6 +17,14 @@
 //!
 //! A hash whose work is above the configured [`HashCeilings`] is refused at
 //! import: an import file must not become a denial of service at login.
+//! The work is the real one ([`PasswordHash::work`]): PBKDF2's iterations
+//! times its output blocks, scrypt's N * r * p, argon2's m * t, bcrypt's
+//! 2^cost, all in one unit, so no parameter left out multiplies it.
+//!
+//! There is no floor: a cheap hash (`pbkdf2:sha256:1`) is imported, as its
+//! user could not log in otherwise. It tells nothing by its speed (a wrong
+//! password against it costs a standard verification, see
+//! `PasswordHasher::verify`), and it is replaced at the user's next login.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -26,29 +34,45 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64_PADDED, STANDARD_NO_PAD as B64};
 
 use crate::error::Error;
-use crate::password::{Cost, PasswordHash, Pbkdf2Digest};
+use crate::password::{Cost, MAX_WORK, PasswordHash, PasswordHasher, Pbkdf2Digest, scrypt_bytes};
 use crate::ports::{Clock, ImportOutcome, User, UserRepository};
 use crate::user::{Email, Role, UserId, Username};
 
-/// The most work an imported hash may ask of one login.
+/// The most work an imported hash may ask of one login. A hash over any of
+/// them is refused at import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashCeilings {
+    /// The most work of any scheme, in work units ([`PasswordHash::work`]):
+    /// as many PBKDF2-SHA256 iterations of one output block as cost as
+    /// much. For PBKDF2-SHA256 with a 32-byte output it is the iteration
+    /// count, hence the setting's name (`import.max_pbkdf2_iterations`);
+    /// more output blocks, a dearer digest, scrypt, argon2 and bcrypt all
+    /// count against it too. Never more than [`MAX_WORK`], which no stored
+    /// hash may pass.
     pub max_pbkdf2_iterations: u32,
+    /// bcrypt's cost (2^cost rounds).
     pub max_bcrypt_cost: u32,
+    /// scrypt's memory, 128 * r * N bytes, in MiB.
     pub max_scrypt_mib: u32,
     pub max_scrypt_p: u32,
+    /// argon2's memory (m), in MiB.
     pub max_argon2_mib: u32,
     pub max_argon2_t: u32,
+    /// argon2's lanes: they add no work here (see [`PasswordHash::work`]),
+    /// but a hash made for many threads is capped all the same.
     pub max_argon2_p: u32,
 }
 
 impl Default for HashCeilings {
-    /// Each about a second of one core or less, and at most 256 MiB:
-    /// above every default of Werkzeug, Django, passlib and Keycloak.
+    /// 2,000,000 work units: 3 1/3 standard logins, about 0.7 s of one core
+    /// without SHA extensions (1.4 s on the pen test's), the "about a
+    /// second" the ceilings promise, whatever the scheme; at most 256 MiB.
+    /// Above every default of Werkzeug, Django, passlib, argon2-cffi,
+    /// bcrypt (12) and Keycloak; bcrypt 14 would be 3,276,800 units.
     fn default() -> Self {
         Self {
             max_pbkdf2_iterations: 2_000_000,
-            max_bcrypt_cost: 14,
+            max_bcrypt_cost: 13,
             max_scrypt_mib: 64,
             max_scrypt_p: 16,
             max_argon2_mib: 256,
@@ -308,38 +332,74 @@ pub fn import_hash_with(
         )
     })?;
     let over = |what: String| Err(HashRefusal::OverCeiling(what));
-    match hash.cost() {
-        Cost::Pbkdf2 { iterations } if iterations > ceilings.max_pbkdf2_iterations => {
-            over(format!(
-                "{iterations} PBKDF2 iterations, ceiling {}",
-                ceilings.max_pbkdf2_iterations
-            ))
+    let cost = hash.cost();
+    match cost {
+        Cost::Bcrypt { cost } if cost > ceilings.max_bcrypt_cost => {
+            return over(format!(
+                "bcrypt cost {cost}, ceiling {}",
+                ceilings.max_bcrypt_cost
+            ));
         }
-        Cost::Bcrypt { cost } if cost > ceilings.max_bcrypt_cost => over(format!(
-            "bcrypt cost {cost}, ceiling {}",
-            ceilings.max_bcrypt_cost
-        )),
-        Cost::Scrypt { bytes, p }
-            if bytes > u64::from(ceilings.max_scrypt_mib) << 20 || p > ceilings.max_scrypt_p =>
+        Cost::Scrypt { log_n, r, p }
+            if scrypt_bytes(log_n, r) > u64::from(ceilings.max_scrypt_mib) << 20
+                || p > ceilings.max_scrypt_p =>
         {
-            over(format!(
+            return over(format!(
                 "scrypt needs {} MiB with p={p}, ceilings {} MiB and p={}",
-                bytes >> 20,
+                scrypt_bytes(log_n, r) >> 20,
                 ceilings.max_scrypt_mib,
                 ceilings.max_scrypt_p
-            ))
+            ));
         }
         Cost::Argon2 { kib, t, p }
             if kib > ceilings.max_argon2_mib.saturating_mul(1024)
                 || t > ceilings.max_argon2_t
                 || p > ceilings.max_argon2_p =>
         {
-            over(format!(
+            return over(format!(
                 "argon2 m={kib} KiB, t={t}, p={p}; ceilings {} MiB, t={}, p={}",
                 ceilings.max_argon2_mib, ceilings.max_argon2_t, ceilings.max_argon2_p
-            ))
+            ));
         }
-        _ => Ok(hash),
+        _ => {}
+    }
+    // Each parameter may be within its own ceiling and their product not.
+    let work = cost.work();
+    let ceiling = u64::from(ceilings.max_pbkdf2_iterations).min(MAX_WORK);
+    if work > ceiling {
+        return over(format!(
+            "{} is the work of {work} PBKDF2-SHA256 iterations ({:.1} standard logins), ceiling {ceiling}",
+            what_costs(cost),
+            work as f64 / f64::from(PasswordHasher::MIN_ITERATIONS)
+        ));
+    }
+    Ok(hash)
+}
+
+/// The parameters that make a hash's work, as a refusal names them.
+fn what_costs(cost: Cost) -> String {
+    match cost {
+        Cost::Pbkdf2 {
+            digest,
+            iterations,
+            blocks: 1,
+        } => format!("{}, {iterations} iterations", digest.name()),
+        Cost::Pbkdf2 {
+            digest,
+            iterations,
+            blocks,
+        } => format!(
+            "{}, {iterations} iterations x {blocks} output blocks of {} bytes",
+            digest.name(),
+            digest.output_len()
+        ),
+        Cost::Scrypt { log_n, r, p } => format!(
+            "scrypt N={}, r={r}, p={p}",
+            1u64.checked_shl(u32::from(log_n)).unwrap_or(u64::MAX)
+        ),
+        Cost::Bcrypt { cost } => format!("bcrypt cost {cost}"),
+        Cost::Argon2 { kib, t, p } => format!("argon2 m={kib} KiB, t={t} (p={p})"),
+        Cost::Digest => "a bare digest".to_owned(),
     }
 }
 
@@ -460,12 +520,12 @@ impl Importer {
         batch: usize,
         dry_run: bool,
     ) -> Result<ImportReport, Error> {
-        if principal.role != Role::Admin {
-            return Err(Error::with_message(
-                crate::error::ErrorCode::Forbidden,
-                "importing users is for admins",
-            ));
-        }
+        crate::administration::require_admin(
+            &*self.users,
+            principal,
+            "importing users is for admins",
+        )
+        .await?;
         let mut report = ImportReport::default();
         let mut numbered = (1u64..).zip(records).peekable();
         while numbered.peek().is_some() {
@@ -638,6 +698,174 @@ mod tests {
             Err(HashRefusal::Malformed(_))
         ));
     }
+
+    /// The pen test's three hashes: each parameter within its own ceiling,
+    /// their product far over the work ceiling. Refused at import, before
+    /// anything is hashed, saying what makes the work.
+    #[test]
+    fn the_pen_tests_hashes_are_refused_for_their_real_work() {
+        let ceilings = HashCeilings::default();
+        for (raw, reason) in [
+            (
+                FOUR_BLOCK_PBKDF2,
+                "pbkdf2-sha256, 2000000 iterations x 4 output blocks of 32 bytes is the work of 8000000 PBKDF2-SHA256 iterations (13.3 standard logins), ceiling 2000000",
+            ),
+            (
+                WERKZEUG_SCRYPT_P16,
+                "scrypt N=65536, r=8, p=16 is the work of 25165824 PBKDF2-SHA256 iterations (41.9 standard logins), ceiling 2000000",
+            ),
+            (
+                ARGON2_M256_T10_P8,
+                "argon2 m=262144 KiB, t=10 (p=8) is the work of 7864320 PBKDF2-SHA256 iterations (13.1 standard logins), ceiling 2000000",
+            ),
+        ] {
+            let refusal = import_hash(raw, &ceilings).unwrap_err();
+            assert_eq!(refusal, HashRefusal::OverCeiling(reason.into()), "{raw}");
+            assert_eq!(
+                refusal.to_string(),
+                format!("password hash parameters over the ceiling: {reason}")
+            );
+        }
+    }
+
+    /// What the reference libraries make at their defaults (made by each,
+    /// password "correct horse battery staple"), Keycloak's, PHP's and
+    /// polyhub's own: all within the default ceilings.
+    #[test]
+    fn every_librarys_default_hash_is_accepted() {
+        let ceilings = HashCeilings::default();
+        for (source, raw) in [
+            (
+                "werkzeug pbkdf2:sha256",
+                "pbkdf2:sha256:1000000$vyUX1vKZdwTXTxjW$a7d7a777cc6c5eba5bf7f59e3f9645f9e4431e6150c92bdd19b1392c67279ee2",
+            ),
+            (
+                "werkzeug pbkdf2:sha512",
+                "pbkdf2:sha512:1000000$WR6vIa0evEZdtBTp$5326b6634a23994f4b3d24bbe323ac4018cfdcb5bb20e31387162d8ac7c6f4abfab828d0bd89ca3667c630c067da7722faf01d88e66a0f54740ee507b4893de2",
+            ),
+            (
+                "werkzeug scrypt",
+                "scrypt:32768:8:1$UuReOlJ3hH1MtFwT$a2ad5a675deabc2042f3e435d161f68464aae1797619ff679cc379649f72bf2716cb96ea5def520ad2f96850da1329c323639c893a97d6d72aec615fb1762cff",
+            ),
+            (
+                "django pbkdf2_sha256",
+                "pbkdf2_sha256$1000000$Vsnhb98vTPyjiRzpRETILc$lIqh0WYtRJxBg0aK6+/2OcKaBo6H26chAPgFuCWPRBY=",
+            ),
+            (
+                "django pbkdf2_sha1",
+                "pbkdf2_sha1$1000000$rRwmO2a4mFegBVgf3LBRKp$pZ/yWtvwv1qK4MHYwZchB+Hd2hE=",
+            ),
+            (
+                "django bcrypt_sha256",
+                "bcrypt_sha256$$2b$12$Crqw4eSNlTeBckSscqdA6.lR8ZE.nR289qBwvexn0dZOG5a7X41KK",
+            ),
+            (
+                "django argon2",
+                "argon2$argon2id$v=19$m=102400,t=2,p=8$amVxRGt6enBxVVdWYlFFWWNMN2x3Tg$n2CXqEF5GfhjiOMu9Lh32VrsdC7oSpGOo9jvY4PB2sg",
+            ),
+            (
+                "passlib pbkdf2_sha256",
+                "$pbkdf2-sha256$29000$yZlzrhVCyLkXolQqhfDe.w$WXqJ6pAXwzB3.FY5vQsdhlstU12ql48gASgA98OeROw",
+            ),
+            (
+                "passlib pbkdf2_sha512",
+                "$pbkdf2-sha512$25000$w3iv1VorZUwpZYwxRihFCA$sk0Rad3omY6uo2wTNNKeO0WXgiGrU3vatUaUePRN/t7x./2I4oAXAHxBmlL8ZuRkcAI45BfFZ8WWstxErRFu0A",
+            ),
+            (
+                "passlib pbkdf2 (sha1)",
+                "$pbkdf2$131000$LQUAACAE4DwnhFAqpdS6Vw$as8XoMvn0RIsJZRrxuoLJgs8kZg",
+            ),
+            (
+                "passlib scrypt",
+                "$scrypt$ln=16,r=8,p=1$o3ROSYkR4rz3XsuZc641Zg$HNMHup6GevWvl7CyRHRvRccF8pfUaABXH/hWl4Pf09s",
+            ),
+            (
+                "argon2-cffi",
+                "$argon2id$v=19$m=65536,t=3,p=4$c5uXMF8f0Km3Cu/4tGdAJQ$8NrzBgBNYyX6640kOmcWVLdLm0tFN2/FzWxuWw1rYOM",
+            ),
+            (
+                "PHP argon2id",
+                "$argon2id$v=19$m=65536,t=4,p=1$c2FsdHNhbHRzYWx0c2FsdA$AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+            ),
+            (
+                "bcrypt",
+                "$2b$12$JOGTfjcFrVkdsC3S8J4AfOGL3hJAmWdXBI7SvBEAkbDyr0xA5BKSu",
+            ),
+            (
+                "bcrypt 13",
+                "$2b$13$yKBAbHOvOuoG7m9oFbgPLOQcou38SM25/pQfqOIRYFV1V.EPHvPpm",
+            ),
+            (
+                "keycloak pbkdf2-sha512",
+                "$pbkdf2-sha512$i=210000,l=64$c2FsdHNhbHRzYWx0c2FsdA$AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw",
+            ),
+            (
+                "keycloak pbkdf2-sha256",
+                "$pbkdf2-sha256$i=27500,l=64$c2FsdHNhbHRzYWx0c2FsdA$AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw",
+            ),
+            (
+                "polyhub, the seed's services",
+                "$pbkdf2-sha256$i=600000,l=32$c2FsdHNhbHRzYWx0c2FsdA$AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+            ),
+        ] {
+            let hash = import_hash(raw, &ceilings).unwrap_or_else(|e| panic!("{source}: {e}"));
+            assert!(hash.work() <= 2_000_000, "{source}: {}", hash.work());
+        }
+    }
+
+    /// The work ceiling is inclusive, counts output blocks, and is the
+    /// configured one (but never past what a stored hash may ask).
+    #[test]
+    fn the_work_ceiling_counts_output_blocks_and_follows_the_setting() {
+        let ceilings = HashCeilings::default();
+        let pbkdf2 = |iterations: u32, hash: &str| {
+            format!("$pbkdf2-sha256$i={iterations}$c2FsdHNhbHRzYWx0c2FsdA${hash}")
+        };
+        let one_block = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+        let two_blocks = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g";
+        assert!(import_hash(&pbkdf2(2_000_000, one_block), &ceilings).is_ok());
+        assert!(matches!(
+            import_hash(&pbkdf2(2_000_001, one_block), &ceilings),
+            Err(HashRefusal::OverCeiling(_))
+        ));
+        assert!(import_hash(&pbkdf2(1_000_000, two_blocks), &ceilings).is_ok());
+        assert!(matches!(
+            import_hash(&pbkdf2(1_000_001, two_blocks), &ceilings),
+            Err(HashRefusal::OverCeiling(_))
+        ));
+        let raised = HashCeilings {
+            max_pbkdf2_iterations: 8_000_000,
+            ..ceilings
+        };
+        assert!(import_hash(FOUR_BLOCK_PBKDF2, &raised).is_ok());
+        let past_any_login = HashCeilings {
+            max_pbkdf2_iterations: u32::MAX,
+            ..ceilings
+        };
+        assert_eq!(
+            import_hash(&pbkdf2(20_000_000, two_blocks), &past_any_login),
+            Err(HashRefusal::OverCeiling(
+                "pbkdf2-sha256, 20000000 iterations x 2 output blocks of 32 bytes is the work of 40000000 PBKDF2-SHA256 iterations (66.7 standard logins), ceiling 20000000".into()
+            ))
+        );
+        // Each parameter keeps its own ceiling and message.
+        assert_eq!(
+            import_hash(
+                "$2b$14$abcdefghijklmnopqrstuuWJ6X6c6pUJmLqwi8xZNaW8eFVQqaL0y",
+                &ceilings
+            ),
+            Err(HashRefusal::OverCeiling(
+                "bcrypt cost 14, ceiling 13".into()
+            ))
+        );
+    }
+
+    /// `$pbkdf2-sha256$i=2000000,l=128$`: 2,000,000 iterations, four times.
+    const FOUR_BLOCK_PBKDF2: &str = "$pbkdf2-sha256$i=2000000,l=128$c2FsdHNhbHRzYWx0c2FsdA$AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+P0BBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5fYGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6e3x9fn8";
+    /// Werkzeug's `scrypt:65536:8:16`: 64 MiB, sixteen times.
+    const WERKZEUG_SCRYPT_P16: &str = "scrypt:65536:8:16$saltsaltsaltsalt$000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f";
+    /// argon2id at 256 MiB and ten passes.
+    const ARGON2_M256_T10_P8: &str = "$argon2id$v=19$m=262144,t=10,p=8$c2FsdHNhbHRzYWx0c2FsdA$AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
     #[test]
     fn unknown_malformed_and_costly_hashes_are_refused() {

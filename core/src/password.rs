@@ -29,6 +29,14 @@ const OUTPUT_LEN: usize = 32;
 /// verifying it would pin a worker for minutes.
 const MAX_ITERATIONS: u32 = 20_000_000;
 
+/// The most work one verification may spend, in work units (see
+/// [`PasswordHash::work`]): what our own hasher spends at the highest
+/// iteration count configuration allows. A stored hash that asks more,
+/// however it got into the row, is never run: its login fails as a wrong
+/// password would, after the same work. Imports are held to the tighter,
+/// configured ceiling ([`crate::legacy::HashCeilings`]).
+pub(crate) const MAX_WORK: u64 = MAX_ITERATIONS as u64;
+
 /// Hashes and verifies passwords at the current parameters.
 #[derive(Debug, Clone)]
 pub struct PasswordHasher {
@@ -89,14 +97,31 @@ impl PasswordHasher {
 
     /// Whether `candidate` is the password behind `stored`, compared in
     /// constant time, whichever scheme made it.
+    ///
+    /// A wrong password costs at least a standard verification (the one
+    /// [`Self::verify_dummy`] spends for an unknown user), whatever the
+    /// stored hash: otherwise a cheap imported hash (`pbkdf2:sha256:1`, a
+    /// bare digest, bcrypt at cost 4) would answer at once and tell which
+    /// usernames exist. Only a PBKDF2-SHA256 hash (ours, or imported) of
+    /// at least today's work is its own proof of that; for any other the
+    /// dummy runs too, as the work of other schemes is an estimate, rounded
+    /// up for the ceilings (it cannot show that a hash costs at least as
+    /// much on this machine). A right password needs no padding: the login
+    /// that follows replaces the hash at full cost.
     pub fn verify(&self, candidate: &str, stored: &PasswordHash) -> bool {
-        stored.matches(candidate)
+        if stored.matches(candidate) {
+            return true;
+        }
+        if !stored.runs_at_least(self.iterations) {
+            let _ = self.dummy.matches(candidate);
+        }
+        false
     }
 
     /// Spends the time of a real verification and refuses: used when no user
     /// matched, so timing does not tell which usernames exist.
     pub fn verify_dummy(&self, candidate: &str) -> bool {
-        let _ = self.verify(candidate, &self.dummy);
+        let _ = self.dummy.matches(candidate);
         false
     }
 
@@ -124,6 +149,15 @@ pub enum Pbkdf2Digest {
 }
 
 impl Pbkdf2Digest {
+    /// The bytes of one PBKDF2 output block: the digest's size.
+    pub(crate) fn output_len(self) -> usize {
+        match self {
+            Pbkdf2Digest::Sha1 => 20,
+            Pbkdf2Digest::Sha256 => 32,
+            Pbkdf2Digest::Sha512 => 64,
+        }
+    }
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             Pbkdf2Digest::Sha1 => "pbkdf2-sha1",
@@ -212,10 +246,10 @@ enum Scheme {
     },
 }
 
-/// Work a stored hash may ask of one verification. Rows past these are
-/// corrupt, whatever wrote them: no login can pin a worker for minutes or
-/// take gigabytes. Imports apply tighter, configured ceilings
-/// ([`crate::legacy::HashCeilings`]).
+/// Parameters a stored hash may have. Rows past these are corrupt, whatever
+/// wrote them: no login can take gigabytes. The work they ask for is held
+/// to [`MAX_WORK`] besides, when verified; imports apply tighter,
+/// configured ceilings ([`crate::legacy::HashCeilings`]).
 pub(crate) const MAX_SCRYPT_BYTES: u64 = 1 << 30;
 pub(crate) const MAX_SCRYPT_P: u32 = 16;
 pub(crate) const MAX_ARGON2_KIB: u32 = 4 << 20;
@@ -310,17 +344,25 @@ impl PasswordHash {
         }
     }
 
-    /// The work one verification of this hash asks for.
+    /// The parameters that set the work one verification of this hash asks for.
     pub(crate) fn cost(&self) -> Cost {
         match &self.scheme {
-            Scheme::Pbkdf2 { iterations, .. } => Cost::Pbkdf2 {
+            Scheme::Pbkdf2 {
+                digest,
+                iterations,
+                hash,
+                ..
+            } => Cost::Pbkdf2 {
+                digest: *digest,
                 iterations: *iterations,
+                blocks: hash.len().div_ceil(digest.output_len()).max(1) as u64,
             },
             Scheme::Scrypt { log_n, r, p, .. } => Cost::Scrypt {
-                bytes: scrypt_bytes(*log_n, *r),
+                log_n: *log_n,
+                r: *r,
                 p: *p,
             },
-            Scheme::Insecure { .. } => Cost::Pbkdf2 { iterations: 1 },
+            Scheme::Insecure { .. } => Cost::Digest,
             Scheme::Bcrypt { .. } => Cost::Bcrypt {
                 cost: bcrypt_cost(self.phc.trim_start_matches("bcrypt_sha256$")).unwrap_or(31),
             },
@@ -334,6 +376,28 @@ impl PasswordHash {
                 t: *t_cost,
                 p: *p_cost,
             },
+        }
+    }
+
+    /// The work one verification of this hash asks for, in work units: one
+    /// unit is one PBKDF2-HMAC-SHA256 iteration of one 32-byte output block,
+    /// so a standard login (ours, 600,000 iterations) is 600,000. Each
+    /// scheme's parameters are converted at known ratios ([`Cost::work`]).
+    pub fn work(&self) -> u64 {
+        self.cost().work()
+    }
+
+    /// Whether verifying this hash is known to run at least `iterations` of
+    /// PBKDF2-SHA256: counted exactly for a PBKDF2-SHA256 hash that is run
+    /// at all (not past [`MAX_WORK`]), never taken on an estimate for other
+    /// schemes.
+    fn runs_at_least(&self, iterations: u32) -> bool {
+        match &self.scheme {
+            Scheme::Pbkdf2 {
+                digest: Pbkdf2Digest::Sha256,
+                ..
+            } => (u64::from(iterations)..=MAX_WORK).contains(&self.work()),
+            _ => false,
         }
     }
 
@@ -351,8 +415,19 @@ impl PasswordHash {
     }
 
     /// Whether `candidate` is the password behind this hash, compared in
-    /// constant time.
+    /// constant time. A hash asking more than [`MAX_WORK`] is not run: it
+    /// does not match, and the log says why.
     fn matches(&self, candidate: &str) -> bool {
+        let work = self.work();
+        if work > MAX_WORK {
+            tracing::warn!(
+                scheme = self.scheme_name(),
+                work,
+                max_work = MAX_WORK,
+                "stored password hash asks more work than any login may spend: not verified, the login fails"
+            );
+            return false;
+        }
         match &self.scheme {
             Scheme::Pbkdf2 {
                 digest,
@@ -416,13 +491,100 @@ impl PasswordHash {
     }
 }
 
-/// The work of one verification, by scheme.
+/// The parameters that set one verification's work, by scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cost {
-    Pbkdf2 { iterations: u32 },
-    Scrypt { bytes: u64, p: u32 },
-    Bcrypt { cost: u32 },
-    Argon2 { kib: u32, t: u32, p: u32 },
+    /// `blocks` output blocks of the digest's size, each its own chain of
+    /// `iterations`.
+    Pbkdf2 {
+        digest: Pbkdf2Digest,
+        iterations: u32,
+        blocks: u64,
+    },
+    Scrypt {
+        log_n: u8,
+        r: u32,
+        p: u32,
+    },
+    Bcrypt {
+        cost: u32,
+    },
+    Argon2 {
+        kib: u32,
+        t: u32,
+        p: u32,
+    },
+    /// One digest of salt and password (an insecure import).
+    Digest,
+}
+
+/// What one step of each scheme costs, in work units: one unit is one
+/// PBKDF2-HMAC-SHA256 iteration (two SHA-256 compressions) of one 32-byte
+/// output block, timed on a core without SHA extensions (sha2's software
+/// backend: about 350 ns on the benchmark machine, 0.7 us on the pen test's).
+///
+/// Known ratios, not a calibration at start: whether an import takes a hash
+/// must not depend on the machine that runs it or how busy it is (a
+/// `--dry-run` on a laptop and the import on a server agree; a loaded
+/// server does not refuse hashes at random). Measured by
+/// `cargo bench -p hub-core --bench password -- work` (each case there is
+/// about 200,000 units), rounded up:
+///
+/// | step | measured | counted |
+/// |---|---|---|
+/// | PBKDF2-SHA1 iteration, per 20-byte block | 0.3 to 0.5 | 1 |
+/// | PBKDF2-SHA512 iteration, per 64-byte block | 1.4 to 1.7 | 2 |
+/// | scrypt, per N * r * p | 0.5 to 0.9 here, 2.8 on the pen test's machine | 3 |
+/// | argon2, per KiB of m per pass t | 2.0 to 3.0 | 3 |
+/// | bcrypt, per 2^cost | 155 to 205 | 200 |
+///
+/// argon2's lanes (p) add no work: they split m, and our argon2 is built
+/// without its `parallel` feature, so they run one after another on the
+/// hashing pool's one thread; p is capped apart. A core with SHA
+/// extensions (SHA-NI, ARMv8 SHA2) runs PBKDF2 three to four times faster
+/// than counted and the other schemes not at all faster, so a unit is the
+/// dearer, software time: a ceiling in units is a ceiling in time on either.
+const SHA1_ITERATION: u64 = 1;
+const SHA512_ITERATION: u64 = 2;
+const SCRYPT_STEP: u64 = 3;
+const ARGON2_KIB_PASS: u64 = 3;
+const BCRYPT_ROUND: u64 = 200;
+
+impl Cost {
+    /// The work of one verification, in work units (saturating: a hash
+    /// whose work does not fit is over every ceiling anyway).
+    pub(crate) fn work(self) -> u64 {
+        match self {
+            Cost::Pbkdf2 {
+                digest,
+                iterations,
+                blocks,
+            } => {
+                let per_iteration = match digest {
+                    Pbkdf2Digest::Sha1 => SHA1_ITERATION,
+                    Pbkdf2Digest::Sha256 => 1,
+                    Pbkdf2Digest::Sha512 => SHA512_ITERATION,
+                };
+                u64::from(iterations)
+                    .saturating_mul(blocks)
+                    .saturating_mul(per_iteration)
+            }
+            Cost::Scrypt { log_n, r, p } => 1u64
+                .checked_shl(u32::from(log_n))
+                .unwrap_or(u64::MAX)
+                .saturating_mul(u64::from(r))
+                .saturating_mul(u64::from(p))
+                .saturating_mul(SCRYPT_STEP),
+            Cost::Bcrypt { cost } => 1u64
+                .checked_shl(cost)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(BCRYPT_ROUND),
+            Cost::Argon2 { kib, t, .. } => u64::from(kib)
+                .saturating_mul(u64::from(t))
+                .saturating_mul(ARGON2_KIB_PASS),
+            Cost::Digest => 1,
+        }
+    }
 }
 
 /// A bcrypt string's cost, checked against bcrypt's own range.
@@ -619,6 +781,8 @@ fn derive_with(
             pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, &mut out)
         }
         Pbkdf2Digest::Sha256 => {
+            #[cfg(test)]
+            meter::add(u64::from(iterations.max(1)) * len.div_ceil(OUTPUT_LEN) as u64);
             sha256_chain::pbkdf2_hmac_sha256(password, salt, iterations, &mut out)
         }
         Pbkdf2Digest::Sha512 => {
@@ -626,6 +790,28 @@ fn derive_with(
         }
     }
     out
+}
+
+/// The PBKDF2-SHA256 work this thread has run, so tests show what a
+/// verification spent by counting it, not by timing it.
+#[cfg(test)]
+pub(crate) mod meter {
+    use std::cell::Cell;
+
+    thread_local! {
+        static SHA256_ITERATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) fn add(iterations: u64) {
+        SHA256_ITERATIONS.with(|count| count.set(count.get() + iterations));
+    }
+
+    /// The PBKDF2-SHA256 iterations (one per output block) `f` runs.
+    pub(crate) fn sha256_iterations_during(f: impl FnOnce()) -> u64 {
+        let before = SHA256_ITERATIONS.with(Cell::get);
+        f();
+        SHA256_ITERATIONS.with(Cell::get) - before
+    }
 }
 
 fn derive_raw(password: &[u8], salt: &[u8], iterations: u32, len: usize) -> Vec<u8> {
@@ -752,6 +938,175 @@ mod tests {
     fn dummy_verification_always_refuses() {
         let hasher = PasswordHasher::insecure_for_tests(10);
         assert!(!hasher.verify_dummy("polyhub-dummy-password"));
+    }
+
+    /// Counted, not timed: a wrong password against any stored hash runs
+    /// at least the standard verification (the dummy an unknown user
+    /// costs), so a cheap imported hash does not answer sooner than a
+    /// username that does not exist.
+    #[test]
+    fn a_wrong_password_costs_a_standard_verification_whatever_the_stored_hash() {
+        use crate::legacy::{HashCeilings, import_hash, import_hash_with};
+        let hasher = PasswordHasher::insecure_for_tests(1_000);
+        let unknown_user = meter::sha256_iterations_during(|| {
+            assert!(!hasher.verify_dummy("wrong password"));
+        });
+        assert_eq!(unknown_user, 1_000);
+        let ceilings = HashCeilings::default();
+        let werkzeug_one_iteration = import_hash(
+            "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b",
+            &ceilings,
+        )
+        .unwrap();
+        let user = Username::parse("alice").unwrap();
+        let ours_below_today = PasswordHasher::insecure_for_tests(10)
+            .hash(&Password::parse("s3cret-enough", &user).unwrap())
+            .unwrap();
+        let cheap = [
+            werkzeug_one_iteration.clone(),
+            ours_below_today,
+            import_hash(
+                "pbkdf2:sha1:2$salt$ea6c014dc72d6f8ccd1ed92ace1d41f0d8de8957",
+                &ceilings,
+            )
+            .unwrap(),
+            import_hash(
+                "$2b$04$IulLTpl451KOmw2nOGAIeOk2GVpLNHSh8XXDxtnc2yq9ScpjoVuvu",
+                &ceilings,
+            )
+            .unwrap(),
+            import_hash(
+                "$scrypt$ln=4,r=1,p=1$c2FsdHNhbHQ$AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+                &ceilings,
+            )
+            .unwrap(),
+            import_hash(
+                "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+                &ceilings,
+            )
+            .unwrap(),
+            import_hash_with("5f4dcc3b5aa765d61d8327deb882cf99", &ceilings, true).unwrap(),
+        ];
+        for stored in &cheap {
+            let spent = meter::sha256_iterations_during(|| {
+                assert!(!hasher.verify("wrong password", stored));
+            });
+            assert!(
+                spent >= unknown_user,
+                "{}: a wrong password ran {spent} PBKDF2-SHA256 iterations, an unknown user {unknown_user}",
+                stored.scheme_name()
+            );
+        }
+        // The right password costs its own work: the login's rehash follows.
+        let spent = meter::sha256_iterations_during(|| {
+            assert!(hasher.verify("password", &werkzeug_one_iteration));
+        });
+        assert_eq!(spent, 1);
+        // A hash of ours at today's parameters is the standard work itself.
+        let ours = hasher
+            .hash(&Password::parse("s3cret-enough", &user).unwrap())
+            .unwrap();
+        let spent = meter::sha256_iterations_during(|| {
+            assert!(!hasher.verify("wrong password", &ours));
+        });
+        assert_eq!(spent, 1_000);
+    }
+
+    /// Each parameter counts: PBKDF2's output blocks and digest, scrypt's
+    /// p, argon2's m times t (its lanes split m and add nothing).
+    #[test]
+    fn work_counts_every_parameter() {
+        let work = |phc: &str| PasswordHash::parse(phc).unwrap().work();
+        let salt = "c2FsdHNhbHRzYWx0c2FsdA";
+        let b64 = |len: usize| B64.encode((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+        assert_eq!(
+            work(&format!("$pbkdf2-sha256$i=600000,l=32${salt}${}", b64(32))),
+            600_000
+        );
+        assert_eq!(
+            work(&format!(
+                "$pbkdf2-sha256$i=2000000,l=128${salt}${}",
+                b64(128)
+            )),
+            8_000_000
+        );
+        assert_eq!(
+            work(&format!("$pbkdf2-sha256$i=1000,l=33${salt}${}", b64(33))),
+            2_000
+        );
+        assert_eq!(
+            work(&format!("$pbkdf2-sha1$i=1000,l=20${salt}${}", b64(20))),
+            1_000
+        );
+        assert_eq!(
+            work(&format!("$pbkdf2-sha1$i=1000,l=64${salt}${}", b64(64))),
+            4_000
+        );
+        assert_eq!(
+            work(&format!("$pbkdf2-sha512$i=210000,l=64${salt}${}", b64(64))),
+            420_000
+        );
+        assert_eq!(
+            work(&format!("$scrypt$ln=16,r=8,p=1${salt}${}", b64(32))),
+            65_536 * 8 * 3
+        );
+        assert_eq!(
+            work(&format!("$scrypt$ln=16,r=8,p=16${salt}${}", b64(32))),
+            65_536 * 8 * 16 * 3
+        );
+        for p in [1, 8] {
+            assert_eq!(
+                work(&format!(
+                    "$argon2id$v=19$m=262144,t=10,p={p}${salt}${}",
+                    b64(32)
+                )),
+                262_144 * 10 * 3
+            );
+        }
+        assert_eq!(
+            work("$2b$12$JOGTfjcFrVkdsC3S8J4AfOGL3hJAmWdXBI7SvBEAkbDyr0xA5BKSu"),
+            4_096 * 200
+        );
+        assert_eq!(
+            work("bcrypt_sha256$$2b$12$Crqw4eSNlTeBckSscqdA6.lR8ZE.nR289qBwvexn0dZOG5a7X41KK"),
+            4_096 * 200
+        );
+    }
+
+    /// However a hash got into its row, one that asks more than any login
+    /// may spend is not run: it fails as a wrong password would, after the
+    /// standard work only.
+    #[test]
+    fn a_stored_hash_over_the_hard_limit_is_never_run() {
+        let hasher = PasswordHasher::insecure_for_tests(1_000);
+        // Within the row's caps (20,000,000 iterations, 128 bytes), but four
+        // output blocks: 80,000,000 units.
+        let salt = "c2FsdHNhbHRzYWx0c2FsdA";
+        let four_blocks = PasswordHash::parse(&format!(
+            "$pbkdf2-sha256$i=20000000,l=128${salt}${}",
+            B64.encode([7u8; 128])
+        ))
+        .unwrap();
+        assert_eq!(four_blocks.work(), 80_000_000);
+        let spent = meter::sha256_iterations_during(|| {
+            assert!(!hasher.verify("anything", &four_blocks));
+        });
+        assert_eq!(spent, 1_000, "only the standard dummy ran");
+        // 4 GiB and 100 passes: never allocated, never run.
+        let argon2 = PasswordHash::parse(&format!(
+            "$argon2id$v=19$m=4194304,t=100,p=1${salt}${}",
+            B64.encode([7u8; 32])
+        ))
+        .unwrap();
+        assert!(argon2.work() > MAX_WORK);
+        assert!(!hasher.verify("anything", &argon2));
+        // The most our own hasher may be configured to spend still runs.
+        let ours_at_most = PasswordHash::parse(&format!(
+            "$pbkdf2-sha256$i=20000000,l=32${salt}${}",
+            B64.encode([7u8; 32])
+        ))
+        .unwrap();
+        assert_eq!(ours_at_most.work(), MAX_WORK);
     }
 
     #[test]

@@ -681,6 +681,9 @@ impl ConsoleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImportConfig {
+    /// The most work of any imported hash, whatever its scheme, in
+    /// PBKDF2-SHA256 iterations of one 32-byte block
+    /// (`hub_core::PasswordHash::work`).
     pub max_pbkdf2_iterations: u32,
     pub max_bcrypt_cost: u32,
     pub max_scrypt_mib: u32,

@@ -8,5 +8,6 @@ mod cli;
 mod deploy;
 mod directory;
 mod import;
+mod import_costs;
 mod metrics;
 mod serving;

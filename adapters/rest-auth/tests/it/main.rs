@@ -5,4 +5,5 @@
 mod api;
 mod authorization;
 mod fairness;
+mod hash_costs;
 mod schemathesis;
