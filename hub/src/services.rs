@@ -104,6 +104,14 @@ impl Hub {
         {
             readiness = readiness.with_metrics(Arc::new(DirectoryMetrics(Arc::clone(cache))));
         }
+        // One image library per process (grpc-images, and the console on
+        // rest-auth's port), reported alike by every service that stores
+        // images: its uploads in progress, sanitizing pool and buffer pool.
+        if service.uses(Backing::ObjectStore) {
+            readiness = readiness.with_metrics(Arc::new(hub_grpc_images::UploadMetrics(
+                self.image_library(),
+            )));
+        }
         Ok(ServiceContext {
             service,
             readiness,
@@ -124,10 +132,7 @@ impl Hub {
         let hashing = || Arc::new(HashingMetrics(self.hashing.clone()));
         let router = match service {
             Service::RestAuth => {
-                let limiter = Arc::new(hub_rest_auth::LoginLimiter::new(
-                    &self.config.services.rest_auth.login_limit,
-                    self.config.http.client_ipv6_prefix,
-                ));
+                let limiter = self.login_limiter();
                 let rest = hub_rest_auth::RestAuthState {
                     authentication: self.authentication()?,
                     registration: self.registration(),
@@ -198,30 +203,18 @@ impl Hub {
                 },
                 context,
             ),
-            Service::GrpcImages => {
-                let library = self.image_library();
-                hub_grpc_images::router(
-                    hub_grpc_images::ImagesState {
-                        library: library.clone(),
-                        authentication: self.authentication()?,
-                        urls: assembly.public_urls(self.config.images.public_base_url.as_deref()),
-                        store_probe: Arc::new(hub_store::S3Probe::new(self.image_store())),
-                        max_message_bytes: self.config.images.max_message_bytes,
-                        stall_timeout: self.config.images.stall_timeout(),
-                        auth: hub_runtime::grpc::BearerAuth::new(
-                            self.tokens()?,
-                            Arc::new(SystemClock),
-                        ),
-                    },
-                    ServiceContext {
-                        readiness: context
-                            .readiness
-                            .clone()
-                            .with_metrics(Arc::new(hub_grpc_images::UploadMetrics(library))),
-                        ..context
-                    },
-                )
-            }
+            Service::GrpcImages => hub_grpc_images::router(
+                hub_grpc_images::ImagesState {
+                    library: self.image_library(),
+                    authentication: self.authentication()?,
+                    urls: assembly.public_urls(self.config.images.public_base_url.as_deref()),
+                    store_probe: Arc::new(hub_store::S3Probe::new(self.image_store())),
+                    max_message_bytes: self.config.images.max_message_bytes,
+                    stall_timeout: self.config.images.stall_timeout(),
+                    auth: hub_runtime::grpc::BearerAuth::new(self.tokens()?, Arc::new(SystemClock)),
+                },
+                context,
+            ),
         };
         router.with_context(|| format!("building {service}"))
     }

@@ -1,8 +1,10 @@
 //! The shared wiring: configuration in, stores and use cases out. Every
 //! service of a process shares one PostgreSQL pool, one hashing pool, one
-//! MongoDB client and one S3 client, built here.
+//! MongoDB client and one S3 client, built here, and every part that keeps
+//! state (budgets, limiters, the image library's pools and uploads in
+//! progress) is built once here and handed to each service that uses it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +13,7 @@ use hub_core::{
     ImageLibrary, KeySet, Outbox, PasswordHasher, Registration, Relay, SessionLifecycle,
     SessionRepository, SystemClock, TokenSettings, Tokens, UserRepository,
 };
+use hub_rest_auth::LoginLimiter;
 use hub_runtime::config::TokenConfig;
 use hub_runtime::limits::HashingLimits;
 use hub_runtime::service::{Backing, Need};
@@ -41,6 +44,24 @@ pub struct Hub {
     /// Registration and password-check budgets: one per process, so every
     /// service offering them spends the same.
     pub(crate) limits: Arc<HashingLimits>,
+    /// Login attempts per client, account and device: one per process, so
+    /// every port that signs users in spends the same budgets.
+    login_limiter: Arc<LoginLimiter>,
+    /// The parts built on first use, shared by every clone of this hub.
+    once: Arc<BuiltOnce>,
+}
+
+/// What a process builds at most once, on first use (a command that serves
+/// nothing starts no sanitizing threads): every service, and every clone of
+/// the [`Hub`], gets the same one.
+#[derive(Default)]
+struct BuiltOnce {
+    /// The S3 client and its connections.
+    image_store: OnceLock<S3ObjectStore>,
+    /// Its sanitizing pool, upload buffer pool and uploads-in-progress map
+    /// are per process: one per service would double the threads and the
+    /// pooled bytes, and let a user hold twice their uploads in progress.
+    image_library: OnceLock<ImageLibrary>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -131,8 +152,14 @@ impl Hub {
             &config.limits,
             config.http.client_ipv6_prefix,
         ));
+        let login_limiter = Arc::new(LoginLimiter::new(
+            &config.services.rest_auth.login_limit,
+            config.http.client_ipv6_prefix,
+        ));
         Ok(Self {
             limits,
+            login_limiter,
+            once: Arc::default(),
             users,
             sessions,
             session_cache,
@@ -276,29 +303,48 @@ impl Hub {
     }
 
     /// The image store (S3 or compatible), as configured; connects on use.
+    /// One client per process: the uploads, the probes and the bucket's
+    /// set-up share its connections.
     pub fn image_store(&self) -> S3ObjectStore {
-        let s3 = &self.config.images.s3;
-        S3ObjectStore::new(&S3Settings {
-            endpoint: s3.endpoint.clone(),
-            region: s3.region.clone(),
-            bucket: s3.bucket.clone(),
-            access_key: s3.access_key.clone(),
-            secret_key: s3.secret_key.expose().as_str().into(),
-            timeout: Duration::from_millis(s3.timeout_ms),
-        })
+        self.once
+            .image_store
+            .get_or_init(|| {
+                let s3 = &self.config.images.s3;
+                S3ObjectStore::new(&S3Settings {
+                    endpoint: s3.endpoint.clone(),
+                    region: s3.region.clone(),
+                    bucket: s3.bucket.clone(),
+                    access_key: s3.access_key.clone(),
+                    secret_key: s3.secret_key.expose().as_str().into(),
+                    timeout: Duration::from_millis(s3.timeout_ms),
+                })
+            })
+            .clone()
     }
 
-    /// Image uploads, listings and public delivery.
+    /// Image uploads, listings and public delivery: the process's one
+    /// library (its clones share the sanitizing pool, the buffer pool and
+    /// the uploads in progress), built on first use.
     pub fn image_library(&self) -> ImageLibrary {
-        ImageLibrary::new(
-            Arc::new(PgImageRepository::new(self.pool.clone())),
-            Arc::new(self.image_store()),
-            Arc::new(SystemClock),
-            self.config.images.limits(),
-            self.config.images.workers(),
-        )
-        .with_quota(self.config.images.quota())
-        .with_buffer_pool(self.config.images.buffer_pool_bytes)
+        self.once
+            .image_library
+            .get_or_init(|| {
+                ImageLibrary::new(
+                    Arc::new(PgImageRepository::new(self.pool.clone())),
+                    Arc::new(self.image_store()),
+                    Arc::new(SystemClock),
+                    self.config.images.limits(),
+                    self.config.images.workers(),
+                )
+                .with_quota(self.config.images.quota())
+                .with_buffer_pool(self.config.images.buffer_pool_bytes)
+            })
+            .clone()
+    }
+
+    /// The process's login limiter, for every port that signs users in.
+    pub fn login_limiter(&self) -> Arc<LoginLimiter> {
+        Arc::clone(&self.login_limiter)
     }
 
     /// Managing sessions once signed in; needs the token keys.
@@ -437,5 +483,42 @@ impl hub_runtime::metrics::MetricsSource for DirectoryMetrics {
         .sample("polyhub_directory_cache_reads_total", &[("result", "hit")], stats.hits as f64)
         .sample("polyhub_directory_cache_reads_total", &[("result", "miss")], stats.misses as f64)
         .sample("polyhub_directory_cache_reads_total", &[("result", "bypass")], stats.bypassed as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hub_core::{ErrorCode, Principal, Role, SessionId, UserId};
+
+    /// Every service gets its stateful parts from the hub, so asking twice,
+    /// or asking a clone, must give the same ones.
+    #[tokio::test]
+    async fn stateful_parts_are_built_once_per_process() {
+        let mut config = Config::default();
+        config.images.max_uploads_per_user = 1;
+        let hub = Hub::build(config).unwrap();
+        let other = hub.clone();
+        assert!(Arc::ptr_eq(&hub.login_limiter(), &other.login_limiter()));
+        assert!(Arc::ptr_eq(&hub.limits, &other.limits));
+
+        let user = Principal {
+            user_id: UserId::generate(),
+            session_id: SessionId::generate(),
+            role: Role::User,
+            expires_at: time::OffsetDateTime::now_utc(),
+        };
+        let held = hub.image_library().begin_upload(&user).unwrap();
+        assert_eq!(other.image_library().uploads_in_progress(), 1);
+        let refused = other.image_library().begin_upload(&user).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::UploadsInProgress);
+        drop(held);
+        assert_eq!(hub.image_library().uploads_in_progress(), 0);
+
+        // A buffer given back by one service's upload is there for another's.
+        let mut upload = hub.image_library().new_upload();
+        upload.push([0u8; 4096]).unwrap();
+        drop(upload);
+        assert!(other.image_library().pooled_buffer_bytes() >= 4096);
     }
 }

@@ -10,4 +10,5 @@ mod directory;
 mod import;
 mod import_costs;
 mod metrics;
+mod per_process;
 mod serving;

@@ -1,0 +1,248 @@
+//! What one process holds once, whichever of its services use it: the
+//! console (on rest-auth's port) and grpc-images upload through one image
+//! library, so a user's uploads in progress are counted once, and both
+//! ports' `/metrics` report the same uploads and the same buffer pool.
+
+use std::time::Duration;
+
+use hub_grpc_images::pb::image_delivery_client::ImageDeliveryClient;
+use hub_grpc_images::pb::upload_image_request::Data;
+use hub_grpc_images::pb::{UploadImageRequest, UploadMetadata};
+use hub_testkit::{Service, TestHub, TestSetup, eventually};
+use reqwest::{StatusCode, header};
+
+const PASSWORD: &str = "correct horse battery";
+const BOUNDARY: &str = "polyhub-test-boundary";
+
+/// A PNG of noise, so it is some KiB and its halves are both non-empty.
+fn png() -> Vec<u8> {
+    let mut seed = 0x2545_f491_u32;
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_fn(64, 64, |_, _| {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let [r, g, b, _] = seed.to_be_bytes();
+        image::Rgb([r, g, b])
+    })
+    .write_to(&mut bytes, image::ImageFormat::Png)
+    .unwrap();
+    bytes.into_inner()
+}
+
+/// The value of cookie `name` that `response` sets.
+fn set_cookie(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix(&format!("{name}=")))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+        .to_owned()
+}
+
+/// The `csrf` hidden field of the form posting to `action` in `page`.
+fn form_csrf(page: &str, action: &str) -> String {
+    let form = &page[page.find(&format!("action=\"{action}\"")).unwrap()..];
+    let start = form.find("name=\"csrf\" value=\"").unwrap() + 19;
+    form[start..start + form[start..].find('"').unwrap()].to_owned()
+}
+
+/// A form body, url-encoded.
+fn encoded(fields: &[(&str, &str)]) -> String {
+    let escape = |raw: &str| -> String {
+        raw.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A browser signed in to the console at `base` as `name`: its `Cookie`
+/// header and the images page's upload token.
+async fn console_session(http: &reqwest::Client, base: &str, name: &str) -> (String, String) {
+    let page = http
+        .get(format!("{base}/account/signin"))
+        .send()
+        .await
+        .unwrap();
+    let secret = set_cookie(&page, "polyhub_csrf");
+    let csrf = form_csrf(&page.text().await.unwrap(), "/account/signin");
+    let signed_in = http
+        .post(format!("{base}/account/signin"))
+        .header(header::ORIGIN, base)
+        .header(header::COOKIE, format!("polyhub_csrf={secret}"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(encoded(&[
+            ("csrf", csrf.as_str()),
+            ("login", name),
+            ("password", PASSWORD),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    let cookies = format!(
+        "polyhub_session={}; polyhub_csrf={}",
+        set_cookie(&signed_in, "polyhub_session"),
+        set_cookie(&signed_in, "polyhub_csrf")
+    );
+    let page = http
+        .get(format!("{base}/account/images"))
+        .header(header::COOKIE, &cookies)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token = form_csrf(&page, "/account/images");
+    (cookies, token)
+}
+
+/// Uploads `png` through the console's form: its status and page.
+async fn console_upload(
+    http: &reqwest::Client,
+    base: &str,
+    (cookies, token): &(String, String),
+    png: &[u8],
+) -> (StatusCode, String) {
+    let body = [
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{token}\r\n")
+            .into_bytes(),
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\
+             Content-Type: image/png\r\n\r\n"
+        )
+        .into_bytes(),
+        png.to_vec(),
+        format!("\r\n--{BOUNDARY}--\r\n").into_bytes(),
+    ]
+    .concat();
+    let answer = http
+        .post(format!("{base}/account/images"))
+        .header(header::ORIGIN, base)
+        .header(header::COOKIE, cookies)
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (answer.status(), answer.text().await.unwrap())
+}
+
+/// A gauge's value in a `/metrics` text.
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}{{}} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}: {metrics}"))
+}
+
+/// The image gauges on both ports, once they agree and `ready` holds.
+async fn image_gauges(hub: &TestHub, what: &str, ready: impl Fn(f64, f64) -> bool) -> (f64, f64) {
+    eventually(Duration::from_secs(10), what, || async {
+        let (rest, grpc) = (
+            hub.metrics(Service::RestAuth).await,
+            hub.metrics(Service::GrpcImages).await,
+        );
+        let read = |metrics: &str| {
+            (
+                gauge(metrics, "polyhub_image_uploads_in_progress"),
+                gauge(metrics, "polyhub_image_buffer_pool_bytes"),
+            )
+        };
+        let (seen, other) = (read(&rest), read(&grpc));
+        (seen == other && ready(seen.0, seen.1)).then_some(seen)
+    })
+    .await
+}
+
+/// One image library per process: a user holding their one upload in
+/// progress over gRPC cannot start another through the console, both ports
+/// count that upload and the buffer it gave back to the one pool, and the
+/// place it held is the console's again once it ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_and_grpc_images_share_one_image_library() {
+    let mut setup = TestSetup::new(&[Service::RestAuth, Service::GrpcImages]);
+    setup.config.images.max_uploads_per_user = 1;
+    setup.config.images.stall_timeout_ms = 2_000;
+    let hub = setup.start().await;
+    let base = hub.url(Service::RestAuth);
+    let login = hub_testkit::sign_up(&base, "ada", PASSWORD).await;
+    let bearer = format!("Bearer {}", login["token"].as_str().unwrap());
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let console = console_session(&http, &base, "ada").await;
+    let png = png();
+
+    // Half an image over gRPC, then nothing: the upload stays in progress
+    // until the stall timeout ends it.
+    let first = png[..png.len() / 2].to_vec();
+    let messages = [
+        UploadImageRequest {
+            data: Some(Data::Metadata(UploadMetadata {
+                filename: "s.png".into(),
+                content_type: "image/png".into(),
+            })),
+        },
+        UploadImageRequest {
+            data: Some(Data::Chunk(first.into())),
+        },
+    ];
+    let mut request = tonic::Request::new(futures_util::StreamExt::chain(
+        futures_util::stream::iter(messages),
+        futures_util::stream::pending(),
+    ));
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    let mut grpc = ImageDeliveryClient::connect(hub.url(Service::GrpcImages))
+        .await
+        .unwrap();
+    let stalled = tokio::spawn(async move { grpc.upload_image(request).await });
+    image_gauges(
+        &hub,
+        "the stalled upload in progress on both ports",
+        |n, _| n == 1.0,
+    )
+    .await;
+
+    let (status, page) = console_upload(&http, &base, &console, &png).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{page}");
+    assert!(page.contains("UPLOADS_IN_PROGRESS"), "{page}");
+
+    let ended = stalled.await.unwrap().unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::DeadlineExceeded, "{ended:?}");
+    let (_, pooled) = image_gauges(
+        &hub,
+        "the stalled upload's buffer back in the one pool",
+        |n, pooled| n == 0.0 && pooled > 0.0,
+    )
+    .await;
+
+    let (status, page) = console_upload(&http, &base, &console, &png).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "the place came back: {page}");
+    // The console's upload took the pooled buffer and gave it back.
+    let (_, after) = image_gauges(&hub, "the console's buffer back in the pool", |n, p| {
+        n == 0.0 && p > 0.0
+    })
+    .await;
+    assert!(after >= pooled, "{after} < {pooled}");
+    hub.stop().await;
+}
