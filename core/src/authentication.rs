@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorCode};
-use crate::hashing::HashingPool;
 use crate::ports::{
     Clock, CredentialChange, KnownDevices, SessionRepository, User, UserRepository,
 };
 use crate::session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};
 use crate::token::{IssuedToken, KnownDevice, Principal, Tokens};
 use crate::user::{Email, Password, UserId, Username};
+use crate::work_pool::HashingPool;
 
 /// How a user names themself at login.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -504,12 +504,12 @@ impl Authentication {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hashing::HashingPoolConfig;
     use crate::password::PasswordHasher;
     use crate::ports::SystemClock;
     use crate::ports::memory::{InMemorySessions, InMemoryUsers};
     use crate::registration::{RegisterUser, Registration};
     use crate::token::{KeySet, TokenSettings};
+    use crate::work_pool::WorkPoolConfig;
 
     struct World {
         auth: Authentication,
@@ -523,7 +523,7 @@ mod tests {
         let sessions = Arc::new(InMemorySessions::with_users(users.clone()));
         let hashing = HashingPool::new(
             PasswordHasher::insecure_for_tests(iterations),
-            HashingPoolConfig::default(),
+            WorkPoolConfig::default(),
         );
         let key = KeySet::generate().unwrap();
         let tokens = Arc::new(Tokens::new(
@@ -650,7 +650,7 @@ mod tests {
         // The same stores, now behind a hasher with more iterations.
         let stronger = HashingPool::new(
             PasswordHasher::insecure_for_tests(20),
-            HashingPoolConfig::default(),
+            WorkPoolConfig::default(),
         );
         let auth = Authentication {
             hashing: stronger,

@@ -53,18 +53,18 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hashing::{HashingPool, HashingPoolConfig};
     use crate::password::PasswordHasher;
     use crate::ports::SystemClock;
     use crate::ports::memory::InMemoryUsers;
     use crate::registration::{RegisterUser, Registration};
+    use crate::work_pool::{HashingPool, WorkPoolConfig};
 
     #[tokio::test]
     async fn finds_case_insensitively_and_reports_missing_users() {
         let users = Arc::new(InMemoryUsers::default());
         let pool = HashingPool::new(
             PasswordHasher::insecure_for_tests(1),
-            HashingPoolConfig::default(),
+            WorkPoolConfig::default(),
         );
         let registered = Registration::new(users.clone(), pool, Arc::new(SystemClock))
             .register(RegisterUser {

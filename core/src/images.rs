@@ -1,6 +1,6 @@
 //! Image uploads and listings: the use case behind the gRPC image service.
 //!
-//! An upload is sanitized (see [`crate::image`]) on the sanitizing pool's
+//! An upload is sanitized (see [`crate::upload`]) on the sanitizing pool's
 //! own threads (a [`WorkPool`], shares by user), so memory stays
 //! proportional to the uploads being sanitized at once, not to the uploads
 //! in flight. It is stored under `users/{owner}/{random}.{ext}` (the
@@ -14,11 +14,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode};
-use crate::hashing::{HashingPoolConfig, WorkPool};
-use crate::image::{BufferPool, ImageFormat, ImageLimits, SanitizedImage, UploadBuffer, sanitize};
 use crate::ports::{Clock, ObjectStore, StoredObject};
 use crate::token::Principal;
+use crate::upload::{BufferPool, ImageFormat, ImageLimits, SanitizedImage, UploadBuffer, sanitize};
 use crate::user::{Role, UserId};
+use crate::work_pool::{WorkPool, WorkPoolConfig};
 
 /// An image as stored and listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,7 +221,7 @@ impl ImageLibrary {
             sanitizing: WorkPool::start(
                 "sanitizing",
                 limits,
-                HashingPoolConfig {
+                WorkPoolConfig {
                     workers: workers.max(1),
                     max_waiting: workers.max(1) * 32,
                     max_wait: std::time::Duration::from_secs(30),
@@ -282,7 +282,7 @@ impl ImageLibrary {
     }
 
     /// How busy the sanitizing pool is.
-    pub fn sanitizing_load(&self) -> crate::hashing::PoolLoad {
+    pub fn sanitizing_load(&self) -> crate::work_pool::PoolLoad {
         self.sanitizing.load()
     }
 

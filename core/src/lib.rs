@@ -10,8 +10,6 @@ pub mod authentication;
 mod container;
 pub mod directory;
 pub mod error;
-pub mod hashing;
-pub mod image;
 pub mod images;
 pub mod legacy;
 pub mod lifecycle;
@@ -21,14 +19,14 @@ pub mod registration;
 pub mod relay;
 pub mod session;
 pub mod token;
+pub mod upload;
 pub mod user;
+pub mod work_pool;
 
 pub use administration::{Administration, UserPage, require_admin};
 pub use authentication::{AccountKey, Authentication, LoginName, LoginOutcome, ProfileChange};
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
-pub use hashing::{HashingPool, HashingPoolConfig, WorkPool, as_client};
-pub use image::{BufferPool, ImageFormat, ImageLimits, Loan, SanitizedImage, UploadBuffer};
 pub use images::{
     DEFAULT_BUFFER_POOL_BYTES, ImageKey, ImageLibrary, ImageQuota, ImageRepository, StoredImage,
     UploadSlot,
@@ -50,4 +48,6 @@ pub use token::{
     Claims, IssuedToken, Jwks, KeySet, KnownDevice, Principal, TokenSettings, Tokens,
     claimed_identity,
 };
+pub use upload::{BufferPool, ImageFormat, ImageLimits, Loan, SanitizedImage, UploadBuffer};
 pub use user::{Email, Password, Role, UserId, Username};
+pub use work_pool::{HashingPool, WorkPool, WorkPoolConfig, as_client};

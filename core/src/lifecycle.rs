@@ -276,12 +276,12 @@ impl SessionLifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hashing::{HashingPool, HashingPoolConfig};
     use crate::password::PasswordHasher;
     use crate::ports::SystemClock;
     use crate::ports::memory::{InMemorySessions, InMemoryUsers};
     use crate::registration::{RegisterUser, Registration};
     use crate::token::{KeySet, TokenSettings, Tokens};
+    use crate::work_pool::{HashingPool, WorkPoolConfig};
     use crate::{LoginName, User};
 
     /// Remembers nothing: these tests are about sessions, not activity.
@@ -309,7 +309,7 @@ mod tests {
         let sessions = Arc::new(InMemorySessions::with_users(users.clone()));
         let hashing = HashingPool::new(
             PasswordHasher::insecure_for_tests(10),
-            HashingPoolConfig::default(),
+            WorkPoolConfig::default(),
         );
         let key = KeySet::generate().unwrap();
         let tokens = Arc::new(Tokens::new(

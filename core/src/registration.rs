@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorCode};
-use crate::hashing::HashingPool;
 use crate::ports::{Clock, NewUser, User, UserRepository};
 use crate::user::{Email, Password, Role, UserId, Username};
+use crate::work_pool::HashingPool;
 
 /// A registration request as it arrives from any protocol, not yet validated.
 #[derive(Clone)]
@@ -103,16 +103,16 @@ impl Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hashing::HashingPoolConfig;
     use crate::password::PasswordHasher;
     use crate::ports::SystemClock;
     use crate::ports::memory::InMemoryUsers;
+    use crate::work_pool::WorkPoolConfig;
 
     fn registration() -> (Registration, Arc<InMemoryUsers>) {
         let users = Arc::new(InMemoryUsers::default());
         let pool = HashingPool::new(
             PasswordHasher::insecure_for_tests(10),
-            HashingPoolConfig::default(),
+            WorkPoolConfig::default(),
         );
         (
             Registration::new(users.clone(), pool, Arc::new(SystemClock)),

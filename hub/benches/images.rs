@@ -428,7 +428,7 @@ fn sanitizing_per_megapixel() {
             .map(|_| {
                 let upload = bytes.clone();
                 let started = Instant::now();
-                hub_core::image::sanitize(upload, &limits).unwrap();
+                hub_core::upload::sanitize(upload, &limits).unwrap();
                 started.elapsed()
             })
             .min()
@@ -453,7 +453,7 @@ fn ms_per_megapixel(bytes: &[u8], megapixels: f64) -> f64 {
         .map(|_| {
             let upload = bytes.to_vec();
             let started = Instant::now();
-            hub_core::image::sanitize(upload, &limits).unwrap();
+            hub_core::upload::sanitize(upload, &limits).unwrap();
             started.elapsed().as_secs_f64() * 1000.0 / megapixels
         })
         .fold(f64::MAX, f64::min)

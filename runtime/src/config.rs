@@ -138,14 +138,14 @@ impl Default for HashingConfig {
 }
 
 impl HashingConfig {
-    pub fn pool_config(&self) -> hub_core::HashingPoolConfig {
-        let defaults = hub_core::HashingPoolConfig::default();
+    pub fn pool_config(&self) -> hub_core::WorkPoolConfig {
+        let defaults = hub_core::WorkPoolConfig::default();
         let workers = if self.workers == 0 {
             defaults.workers
         } else {
             self.workers
         };
-        hub_core::HashingPoolConfig {
+        hub_core::WorkPoolConfig {
             workers,
             max_waiting: if self.max_waiting == 0 {
                 workers * 32

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hub_core::{
-    Clock, DependencyProbe, Directory, Email, ErrorCode, HashingPool, HashingPoolConfig, NewUser,
-    Password, PasswordHasher, RegisterUser, Registration, Role, SessionRepository, SystemClock,
-    UserId, UserRepository, Username,
+    Clock, DependencyProbe, Directory, Email, ErrorCode, HashingPool, NewUser, Password,
+    PasswordHasher, RegisterUser, Registration, Role, SessionRepository, SystemClock, UserId,
+    UserRepository, Username, WorkPoolConfig,
 };
 use hub_store::{PgProbe, PgSessionRepository, PgUserRepository, PoolSettings};
 use sqlx::PgPool;
@@ -116,7 +116,7 @@ async fn concurrent_registrations_through_the_use_case(pool: PgPool) {
     let repo = Arc::new(PgUserRepository::new(pool));
     let hashing = HashingPool::new(
         PasswordHasher::insecure_for_tests(100),
-        HashingPoolConfig::default(),
+        WorkPoolConfig::default(),
     );
     let registration = Registration::new(repo.clone(), hashing, Arc::new(SystemClock));
     let attempts = (0..10).map(|i| {

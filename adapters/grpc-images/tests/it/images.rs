@@ -321,7 +321,7 @@ async fn hostile_uploads_are_refused_and_leave_nothing_behind() {
     .unwrap();
 
     let png = picture(1, image::ImageFormat::Png);
-    let bomb = hub_core::image::test_support::png_header(60_000, 60_000);
+    let bomb = hub_core::upload::test_support::png_header(60_000, 60_000);
     let cases: Vec<(&str, Vec<UploadImageRequest>, Code, &str)> = vec![
         (
             "text named .png",

@@ -37,9 +37,9 @@ use crate::error::{Error, ErrorCode};
 use crate::password::PasswordHasher;
 use crate::user::UserId;
 
-/// Sizes of the hashing pool.
+/// Sizes of a work pool (the hashing pool's, or the sanitizing pool's).
 #[derive(Debug, Clone, Copy)]
-pub struct HashingPoolConfig {
+pub struct WorkPoolConfig {
     /// Hashes that run at once; by default one per core.
     pub workers: usize,
     /// Requests that may wait for a worker before new ones are refused.
@@ -146,7 +146,7 @@ impl Drop for Share {
     }
 }
 
-impl Default for HashingPoolConfig {
+impl Default for WorkPoolConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
@@ -174,7 +174,7 @@ pub struct WorkPool<C: Send + Sync + 'static> {
     running: Arc<Semaphore>,
     shares: Arc<Mutex<Shares>>,
     limits: ShareLimits,
-    config: HashingPoolConfig,
+    config: WorkPoolConfig,
 }
 
 /// Runs password hashing on a bounded set of dedicated threads.
@@ -261,7 +261,7 @@ pub struct PoolLoad {
 }
 
 impl WorkPool<PasswordHasher> {
-    pub fn new(hasher: PasswordHasher, config: HashingPoolConfig) -> Self {
+    pub fn new(hasher: PasswordHasher, config: WorkPoolConfig) -> Self {
         Self::start("hashing", hasher, config)
     }
 
@@ -272,13 +272,13 @@ impl WorkPool<PasswordHasher> {
 
 impl<C: Send + Sync + 'static> WorkPool<C> {
     /// `config.workers` threads named `{name}-N`, each job given `context`.
-    pub fn start(name: &'static str, context: C, config: HashingPoolConfig) -> Self {
+    pub fn start(name: &'static str, context: C, config: WorkPoolConfig) -> Self {
         let workers = config.workers.max(1);
         let max_per_client = match config.max_per_client {
             0 => ((workers + config.max_waiting) / 4).max(1),
             n => n,
         };
-        let config = HashingPoolConfig {
+        let config = WorkPoolConfig {
             workers,
             max_per_client,
             ..config
@@ -451,7 +451,7 @@ mod tests {
     async fn one_client_cannot_take_another_clients_place() {
         let pool = HashingPool::new(
             PasswordHasher::insecure_for_tests(1),
-            HashingPoolConfig {
+            WorkPoolConfig {
                 workers: 1,
                 max_waiting: 7,
                 max_wait: Duration::from_secs(30),
@@ -529,7 +529,7 @@ mod tests {
     fn pool_of(places: usize) -> HashingPool {
         HashingPool::new(
             PasswordHasher::insecure_for_tests(1),
-            HashingPoolConfig {
+            WorkPoolConfig {
                 workers: 1,
                 max_waiting: places - 1,
                 max_wait: Duration::from_secs(30),
@@ -741,7 +741,7 @@ mod tests {
     async fn refuses_at_once_when_full() {
         let pool = HashingPool::new(
             PasswordHasher::insecure_for_tests(1),
-            HashingPoolConfig {
+            WorkPoolConfig {
                 workers: 1,
                 max_waiting: 1,
                 max_wait: Duration::from_secs(30),
@@ -797,7 +797,7 @@ mod tests {
     async fn a_panicking_job_is_an_error_and_the_worker_survives() {
         let pool = HashingPool::new(
             PasswordHasher::insecure_for_tests(1),
-            HashingPoolConfig {
+            WorkPoolConfig {
                 workers: 1,
                 max_waiting: 1,
                 max_wait: Duration::from_secs(5),
@@ -817,7 +817,7 @@ mod tests {
     async fn hashing_threads_run_below_normal_priority() {
         let pool = HashingPool::new(
             PasswordHasher::insecure_for_tests(1),
-            HashingPoolConfig::default(),
+            WorkPoolConfig::default(),
         );
         let nice = pool
             .run(|_| rustix::process::getpriority_process(Some(rustix::thread::gettid())))
@@ -831,7 +831,7 @@ mod tests {
     async fn refuses_after_waiting_too_long() {
         let pool = HashingPool::new(
             PasswordHasher::insecure_for_tests(1),
-            HashingPoolConfig {
+            WorkPoolConfig {
                 workers: 1,
                 max_waiting: 4,
                 max_wait: Duration::from_millis(50),
