@@ -9,13 +9,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
 use hub_core::Directory;
 use hub_runtime::ServiceContext;
-use hub_soap::{Fault, Limits, OperationCall, SoapVersion, USERS_NS, escape_text};
+use hub_soap::{Answer, Call, Dispatcher, Fault, Limits, SoapVersion, USERS_NS, escape_text};
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use yaserde::YaDeserialize;
@@ -46,11 +45,7 @@ struct LegacyQuery {
     username: Option<String>,
 }
 
-async fn lookup(
-    state: &SoapLookupState,
-    version: SoapVersion,
-    username: &str,
-) -> Result<Response, Fault> {
+async fn lookup(state: &SoapLookupState, version: SoapVersion, username: &str) -> Answer {
     let user = state
         .directory
         .lookup(username)
@@ -60,55 +55,31 @@ async fn lookup(
         .created_at
         .format(&Rfc3339)
         .map_err(|e| Fault::from_error(version, &hub_core::Error::internal(e)))?;
-    let body = format!(
+    Ok(format!(
         "<tns:LookupUserResponse xmlns:tns=\"{USERS_NS}\"><tns:userId>{}</tns:userId>\
          <tns:username>{}</tns:username><tns:createdAt>{}</tns:createdAt></tns:LookupUserResponse>",
         user.id,
         escape_text(user.username.as_str()),
         created_at,
-    );
-    Ok(hub_soap::envelope_response(version, &body))
+    ))
 }
 
-async fn operation(state: &SoapLookupState, call: OperationCall) -> Result<Response, Fault> {
-    if call.operation != "LookupUser" {
-        return Err(Fault::client(
-            call.version,
-            format!("this endpoint offers LookupUser, not {}", call.operation),
-        ));
+/// `LookupUser`, POSTed in either version.
+async fn lookup_user(state: Arc<SoapLookupState>, call: Call<LookupUserRequest>) -> Answer {
+    lookup(&state, call.version(), &call.request.username).await
+}
+
+/// The legacy `GET /user/soap?username=NAME`, answered in SOAP 1.1.
+async fn legacy_lookup(state: Arc<SoapLookupState>, uri: Uri) -> Answer {
+    match Query::<LegacyQuery>::try_from_uri(&uri) {
+        Ok(Query(LegacyQuery {
+            username: Some(username),
+        })) => lookup(&state, SoapVersion::V11, &username).await,
+        _ => Err(Fault::client(
+            SoapVersion::V11,
+            "give ?username=NAME, or ?wsdl",
+        )),
     }
-    let request: LookupUserRequest = yaserde::de::from_str(&call.payload)
-        .map_err(|e| Fault::client(call.version, format!("LookupUser is malformed: {e}")))?;
-    lookup(state, call.version, &request.username).await
-}
-
-/// `POST /user/soap` (LookupUser), `GET /user/soap?wsdl`, and the legacy
-/// `GET /user/soap?username=NAME`.
-async fn endpoint(State(state): State<Arc<SoapLookupState>>, request: Request) -> Response {
-    let request_id = hub_soap::request_id(request.headers());
-    let outcome = match *request.method() {
-        Method::GET if hub_soap::wants_wsdl(request.uri()) => {
-            Ok(hub_soap::wsdl_response(&state.wsdl))
-        }
-        Method::GET => match Query::<LegacyQuery>::try_from_uri(request.uri()) {
-            Ok(Query(LegacyQuery {
-                username: Some(username),
-            })) => lookup(&state, SoapVersion::V11, &username).await,
-            _ => Err(Fault::client(
-                SoapVersion::V11,
-                "give ?username=NAME, or ?wsdl",
-            )),
-        },
-        Method::POST => {
-            let (parts, body) = request.into_parts();
-            match hub_soap::read_request(&parts.headers, body, &state.limits).await {
-                Ok(call) => operation(&state, call).await,
-                Err(fault) => Err(fault),
-            }
-        }
-        _ => Err(hub_soap::method_not_allowed()),
-    };
-    outcome.unwrap_or_else(|fault| fault.into_response_for(request_id.as_deref()))
 }
 
 /// Refuses a CORS preflight from an origin that is not listed, before the CORS
@@ -136,16 +107,20 @@ async fn refuse_unlisted_preflight(
     next.run(request).await
 }
 
-/// The whole service: `/user/soap`, `/health` and `/ready`, behind strict CORS.
+/// The whole service: `POST /user/soap` (LookupUser), `GET /user/soap?wsdl`,
+/// the legacy `GET /user/soap?username=NAME`, `/health` and `/ready`, behind
+/// strict CORS.
 pub fn router(state: SoapLookupState, context: ServiceContext) -> Result<Router, hub_core::Error> {
     let allowed = context
         .cors
         .as_ref()
         .map(|cors| cors.allowed_origins.clone())
         .unwrap_or_default();
-    let routes = Router::new()
-        .route("/user/soap", any(endpoint))
-        .with_state(Arc::new(state));
+    let (wsdl, limits) = (Arc::clone(&state.wsdl), state.limits);
+    let routes = Dispatcher::new(state, wsdl, limits)
+        .operation("LookupUser", lookup_user)
+        .get(legacy_lookup)
+        .into_router("/user/soap");
     Ok(context.serve(routes).layer(middleware::from_fn_with_state(
         Arc::new(allowed),
         refuse_unlisted_preflight,

@@ -5,18 +5,13 @@
 //! is hub-core's `Registration`: the same username rules, hashing and codes as
 //! every other protocol.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::Method;
-use axum::response::Response;
-use axum::routing::any;
 use hub_core::{ErrorCode, RegisterUser, Registration};
 use hub_runtime::ServiceContext;
 use hub_runtime::limits::HashingLimits;
-use hub_soap::{Fault, Limits, OperationCall, USERS_NS, escape_text};
+use hub_soap::{Answer, Call, Dispatcher, Fault, Limits, USERS_NS, escape_text};
 use time::format_description::well_known::Rfc3339;
 use yaserde::YaDeserialize;
 
@@ -59,39 +54,34 @@ impl std::fmt::Debug for RegisterUserRequest {
     }
 }
 
-async fn register(
-    state: &SoapRegisterState,
-    client: Option<SocketAddr>,
-    call: OperationCall,
-) -> Result<Response, Fault> {
-    let version = call.version;
-    if call.operation != "RegisterUser" {
-        return Err(Fault::client(
-            version,
-            format!("this endpoint offers RegisterUser, not {}", call.operation),
-        ));
+async fn register(state: Arc<SoapRegisterState>, call: Call<RegisterUserRequest>) -> Answer {
+    let version = call.version();
+    let fault = |e: &hub_core::Error| Fault::from_error(version, e);
+    if let Some(client) = call.client {
+        state
+            .budgets
+            .register(client.ip())
+            .map_err(|wait| fault(&ErrorCode::TooManyAttempts.into()).retry_after(wait))?;
     }
-    let request: RegisterUserRequest = yaserde::de::from_str(&call.payload)
-        .map_err(|e| Fault::client(version, format!("RegisterUser is malformed: {e}")))?;
-    if let Some(client) = client {
-        state.budgets.register(client.ip()).map_err(|wait| {
-            Fault::from_error(version, &ErrorCode::TooManyAttempts.into()).retry_after(wait)
-        })?;
-    }
+    let RegisterUserRequest {
+        username,
+        email,
+        password,
+    } = call.request;
     let user = state
         .registration
         .register(RegisterUser {
-            username: request.username,
-            email: request.email,
-            password: request.password,
+            username,
+            email,
+            password,
         })
         .await
-        .map_err(|e| Fault::from_error(version, &e))?;
+        .map_err(|e| fault(&e))?;
     let created_at = user
         .created_at
         .format(&Rfc3339)
-        .map_err(|e| Fault::from_error(version, &hub_core::Error::internal(e)))?;
-    let body = format!(
+        .map_err(|e| fault(&hub_core::Error::internal(e)))?;
+    Ok(format!(
         "<tns:RegisterUserResponse xmlns:tns=\"{USERS_NS}\"><tns:userId>{}</tns:userId>\
          <tns:username>{}</tns:username><tns:email>{}</tns:email><tns:createdAt>{}</tns:createdAt>\
          </tns:RegisterUserResponse>",
@@ -99,40 +89,18 @@ async fn register(
         escape_text(user.username.as_str()),
         escape_text(user.email.as_str()),
         created_at,
-    );
-    Ok(hub_soap::envelope_response(version, &body))
+    ))
 }
 
-/// `POST /register` (RegisterUser) and `GET /register?wsdl`.
-async fn endpoint(State(state): State<Arc<SoapRegisterState>>, request: Request) -> Response {
-    let request_id = hub_soap::request_id(request.headers());
-    let outcome = match *request.method() {
-        Method::GET if hub_soap::wants_wsdl(request.uri()) => {
-            Ok(hub_soap::wsdl_response(&state.wsdl))
-        }
-        Method::POST => {
-            let (parts, body) = request.into_parts();
-            let client = parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0);
-            match hub_soap::read_request(&parts.headers, body, &state.limits).await {
-                Ok(call) => register(&state, client, call).await,
-                Err(fault) => Err(fault),
-            }
-        }
-        _ => Err(hub_soap::method_not_allowed()),
-    };
-    outcome.unwrap_or_else(|fault| fault.into_response_for(request_id.as_deref()))
-}
-
-/// The whole service: `/register`, `/health` and `/ready`.
+/// The whole service: `POST /register` (RegisterUser), `GET /register?wsdl`,
+/// `/health` and `/ready`.
 pub fn router(
     state: SoapRegisterState,
     context: ServiceContext,
 ) -> Result<Router, hub_core::Error> {
-    let routes = Router::new()
-        .route("/register", any(endpoint))
-        .with_state(Arc::new(state));
+    let (wsdl, limits) = (Arc::clone(&state.wsdl), state.limits);
+    let routes = Dispatcher::new(state, wsdl, limits)
+        .operation("RegisterUser", register)
+        .into_router("/register");
     Ok(context.serve(routes))
 }

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use hub_core::{ErrorCode, ErrorKind};
 use hub_runtime::errors::{FaultClass, log_failure, mapping};
 
+use crate::header::QName;
 use crate::write::escape_text;
 use crate::{SoapVersion, USERS_NS};
 
@@ -52,6 +53,8 @@ pub struct Fault {
     error_code: ErrorCode,
     status: Option<StatusCode>,
     retry_after: Option<std::time::Duration>,
+    /// The header blocks a `MustUnderstand` fault is about.
+    not_understood: Vec<QName>,
 }
 
 impl Fault {
@@ -67,12 +70,33 @@ impl Fault {
             error_code,
             status: None,
             retry_after: None,
+            not_understood: Vec::new(),
         }
     }
 
     /// The request was malformed: `INVALID_REQUEST`.
     pub fn client(version: SoapVersion, reason: impl Into<String>) -> Self {
         Self::new(version, FaultCode::Client, reason)
+    }
+
+    /// SOAP's `MustUnderstand`: header blocks meant for us, marked
+    /// `mustUnderstand`, that no one here understands. SOAP 1.2's fault names
+    /// each in an `env:NotUnderstood` header block (Part 1, 5.4.8).
+    pub fn must_understand(version: SoapVersion, names: Vec<QName>) -> Self {
+        let list = names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reason = if names.len() == 1 {
+            format!("the header block {list} must be understood and is not")
+        } else {
+            format!("the header blocks {list} must be understood and are not")
+        };
+        Self {
+            not_understood: names,
+            ..Self::new(version, FaultCode::MustUnderstand, reason)
+        }
     }
 
     /// A domain error: its kind picks the fault code, its code goes in the
@@ -87,6 +111,7 @@ impl Fault {
             error_code: error.code(),
             status: None,
             retry_after: None,
+            not_understood: Vec::new(),
         }
     }
 
@@ -119,6 +144,11 @@ impl Fault {
         &self.reason
     }
 
+    /// The header blocks a `MustUnderstand` fault names.
+    pub fn not_understood(&self) -> &[QName] {
+        &self.not_understood
+    }
+
     /// SOAP 1.1 answers every fault with 500; SOAP 1.2's HTTP binding answers
     /// Sender faults with 400 and the rest with 500.
     pub fn status(&self) -> StatusCode {
@@ -146,19 +176,22 @@ impl Fault {
                  <detail>{detail}</detail></soap:Fault></soap:Body></soap:Envelope>"
             ),
             SoapVersion::V12 => {
-                // A version mismatch tells the client which envelope we speak.
-                let upgrade = if self.code == FaultCode::VersionMismatch {
+                // A version mismatch tells the client which envelope we speak;
+                // a MustUnderstand fault, which blocks it did not understand.
+                let header = if self.code == FaultCode::VersionMismatch {
                     format!(
                         "<env:Header><env:Upgrade><env:SupportedEnvelope qname=\"ns1:Envelope\" xmlns:ns1=\"{ns}\"/>\
                          <env:SupportedEnvelope qname=\"ns2:Envelope\" xmlns:ns2=\"{}\"/></env:Upgrade></env:Header>",
                         SoapVersion::V11.envelope_ns()
                     )
-                } else {
+                } else if self.not_understood.is_empty() {
                     String::new()
+                } else {
+                    not_understood_header(&self.not_understood)
                 };
                 format!(
                     "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
-                     <env:Envelope xmlns:env=\"{ns}\">{upgrade}<env:Body><env:Fault>\
+                     <env:Envelope xmlns:env=\"{ns}\">{header}<env:Body><env:Fault>\
                      <env:Code><env:Value>env:{code}</env:Value></env:Code>\
                      <env:Reason><env:Text xml:lang=\"en\">{reason}</env:Text></env:Reason>\
                      <env:Detail>{detail}</env:Detail></env:Fault></env:Body></env:Envelope>"
@@ -193,6 +226,26 @@ impl Fault {
         }
         response
     }
+}
+
+/// SOAP 1.2's `env:NotUnderstood` header blocks, one per name, each
+/// declaring its own prefix for the name's namespace.
+fn not_understood_header(names: &[QName]) -> String {
+    let mut header = String::from("<env:Header>");
+    for (i, name) in names.iter().enumerate() {
+        let local = escape_text(name.local());
+        if name.namespace().is_empty() {
+            header.push_str(&format!("<env:NotUnderstood qname=\"{local}\"/>"));
+        } else {
+            header.push_str(&format!(
+                "<env:NotUnderstood qname=\"ns{n}:{local}\" xmlns:ns{n}=\"{}\"/>",
+                escape_text(name.namespace()),
+                n = i + 1,
+            ));
+        }
+    }
+    header.push_str("</env:Header>");
+    header
 }
 
 #[cfg(test)]

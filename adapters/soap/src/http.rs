@@ -63,7 +63,7 @@ pub async fn read_request(
                 too_large()
             }
         })?;
-    read_call(version, &bytes, limits)
+    read_call(version, bytes, limits)
 }
 
 /// Whether a fault with `status` may leave the request's body unread (too

@@ -6,17 +6,26 @@
 //! matched by namespace URI, never by prefix. The envelope, the SOAP version
 //! and the operation element are checked by a namespace-aware streaming
 //! reader first; only the operation's payload is handed on, re-emitted
-//! without namespaces, for the services to deserialize.
+//! without namespaces, for the services to deserialize. The Header's blocks
+//! (name, `mustUnderstand`, actor or role, bytes as sent) and the Body's
+//! bytes are kept for what needs them as signed: WS-Security, later.
+//!
+//! Both SOAP services are a [`Dispatcher`] each, given their operations: the
+//! request handling around an operation (method, WSDL, reading, headers,
+//! faults) is written once, here, and not exported piecemeal.
 
+mod dispatch;
 mod envelope;
 mod fault;
+mod header;
 mod http;
 mod write;
 
+pub use dispatch::{Answer, Call, Dispatcher};
 pub use envelope::{Limits, OperationCall, read_call, version_of};
 pub use fault::{Fault, FaultCode};
-pub use http::{method_not_allowed, read_request, request_id, wants_wsdl};
-pub use write::{envelope_response, escape_text, wsdl_response};
+pub use header::{HeaderBlock, MAX_HEADER_BLOCKS, MAX_HEADER_BYTES, QName, Role};
+pub use write::escape_text;
 
 /// The namespace of polyhub's user services, their messages and fault detail.
 pub const USERS_NS: &str = "urn:polyhub:users:v1";

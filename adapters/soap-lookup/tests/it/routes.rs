@@ -148,3 +148,28 @@ async fn a_preflight_from_an_unlisted_origin_is_refused() {
         "https://portal.example.com"
     );
 }
+
+#[tokio::test]
+async fn header_blocks_are_bounded() {
+    let (router, id) = lookup_router().await;
+    let with_blocks = |n: usize| {
+        let blocks: String = (0..n)
+            .map(|i| format!("<t:Hop xmlns:t=\"urn:example:trace\">{i}</t:Hop>"))
+            .collect();
+        format!(
+            "<s:Envelope xmlns:s=\"{}\"><s:Header>{blocks}</s:Header><s:Body>{}</s:Body></s:Envelope>",
+            hub_testkit::soap::V11,
+            lookup_op("olga")
+        )
+    };
+    let (status, xml) = send(&router, post(TEXT_XML, with_blocks(32))).await;
+    assert_eq!(status, StatusCode::OK, "{xml}");
+    assert_eq!(element(&xml, "userId"), Some(id.to_string()), "{xml}");
+    let (status, xml) = send(&router, post(TEXT_XML, with_blocks(33))).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{xml}");
+    assert!(xml.contains("<faultcode>soap:Client</faultcode>"), "{xml}");
+    assert_eq!(
+        element(&xml, "ErrorCode").as_deref(),
+        Some("INVALID_REQUEST")
+    );
+}

@@ -226,3 +226,110 @@ async fn soap_lookup_alone_is_ready_on_postgres_alone() {
     assert!(hub.try_url(Service::Sessions).is_none());
     hub.stop().await;
 }
+
+/// SOAP's `mustUnderstand`, honoured: a mandatory header block meant for us
+/// that no one here understands is a `MustUnderstand` fault (SOAP 1.2's names
+/// it in an `env:NotUnderstood` header block); an optional one, or one for
+/// another actor or role, is ignored and the lookup answered as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn mandatory_header_blocks_no_one_understands_are_refused() {
+    let hub = TestHub::with(SERVICES).await;
+    let soap = Soap::new(&hub);
+    let (status, xml) = soap
+        .post(
+            &soap.register,
+            TEXT_XML,
+            v11(&register_op(
+                "mira",
+                "mira@example.com",
+                "correct horse battery",
+            )),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{xml}");
+    let user_id = element(&xml, "userId").unwrap();
+
+    let op = lookup_op("mira");
+    let v11_with = |block: &str| {
+        format!(
+            "<s:Envelope xmlns:s=\"{V11}\"><s:Header>{block}</s:Header><s:Body>{op}</s:Body></s:Envelope>"
+        )
+    };
+    let v12_with = |block: &str| {
+        format!(
+            "<e:Envelope xmlns:e=\"{V12}\"><e:Header>{block}</e:Header><e:Body>{op}</e:Body></e:Envelope>"
+        )
+    };
+    let block = |attributes: &str| {
+        format!("<w:Ticket xmlns:w=\"urn:example:tickets\" {attributes}><w:id>7</w:id></w:Ticket>")
+    };
+
+    let (status, xml) = soap
+        .post(
+            &soap.lookup,
+            TEXT_XML,
+            v11_with(&block("s:mustUnderstand=\"1\"")),
+        )
+        .await;
+    assert_fault(
+        status,
+        &xml,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "<faultcode>soap:MustUnderstand</faultcode>",
+        "INVALID_REQUEST",
+    );
+    let (status, xml) = soap
+        .post(
+            &soap.lookup,
+            SOAP12,
+            v12_with(&block("e:mustUnderstand=\"true\"")),
+        )
+        .await;
+    assert_fault(
+        status,
+        &xml,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "<env:Value>env:MustUnderstand</env:Value>",
+        "INVALID_REQUEST",
+    );
+    assert!(
+        xml.contains("<env:NotUnderstood qname=\"ns1:Ticket\" xmlns:ns1=\"urn:example:tickets\"/>"),
+        "{xml}"
+    );
+
+    for (what, content_type, envelope) in [
+        (
+            "1.1, mustUnderstand 0",
+            TEXT_XML,
+            v11_with(&block("s:mustUnderstand=\"0\"")),
+        ),
+        (
+            "1.1, for another actor",
+            TEXT_XML,
+            v11_with(&block(
+                "s:mustUnderstand=\"1\" s:actor=\"http://example.com/gateway\"",
+            )),
+        ),
+        (
+            "1.2, mustUnderstand 0",
+            SOAP12,
+            v12_with(&block("e:mustUnderstand=\"0\"")),
+        ),
+        (
+            "1.2, for another role",
+            SOAP12,
+            v12_with(&block(
+                "e:mustUnderstand=\"true\" e:role=\"http://example.com/gateway\"",
+            )),
+        ),
+    ] {
+        let (status, xml) = soap.post(&soap.lookup, content_type, envelope).await;
+        assert_eq!(status, StatusCode::OK, "{what}: {xml}");
+        assert_eq!(
+            element(&xml, "userId").as_deref(),
+            Some(user_id.as_str()),
+            "{what}: {xml}"
+        );
+    }
+    hub.stop().await;
+}

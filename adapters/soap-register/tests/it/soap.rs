@@ -472,3 +472,147 @@ async fn registrations_are_limited_per_client_across_rest_and_soap() {
     );
     hub.stop().await;
 }
+
+fn v11_with_header(header: &str, operation: &str) -> String {
+    format!(
+        "<soapenv:Envelope xmlns:soapenv=\"{V11}\"><soapenv:Header>{header}</soapenv:Header>\
+         <soapenv:Body>{operation}</soapenv:Body></soapenv:Envelope>"
+    )
+}
+
+fn v12_with_header(header: &str, operation: &str) -> String {
+    format!(
+        "<env:Envelope xmlns:env=\"{V12}\"><env:Header>{header}</env:Header>\
+         <env:Body>{operation}</env:Body></env:Envelope>"
+    )
+}
+
+/// SOAP's `mustUnderstand`, honoured: a mandatory header block meant for us
+/// that no one here understands is a `MustUnderstand` fault (SOAP 1.2's names
+/// it in an `env:NotUnderstood` header block) and nothing is registered; an
+/// optional one, or one for another actor or role, is ignored and the call
+/// served as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn mandatory_header_blocks_no_one_understands_are_refused() {
+    let hub = TestHub::with(&[Service::SoapRegister]).await;
+    let soap = Soap::new(&hub);
+    let op = |name: &str| {
+        register_op(
+            name,
+            &format!("{name}@example.com"),
+            "correct horse battery",
+        )
+    };
+    let trace = |attributes: &str| {
+        format!("<t:Trace xmlns:t=\"urn:example:trace\" {attributes}>abc</t:Trace>")
+    };
+
+    let refused = [
+        (
+            "1.1, mustUnderstand 1",
+            TEXT_XML,
+            v11_with_header(&trace("soapenv:mustUnderstand=\"1\""), &op("mu.a")),
+        ),
+        (
+            "1.1, for the next actor",
+            TEXT_XML,
+            v11_with_header(
+                &trace(
+                    "soapenv:mustUnderstand=\"1\" \
+                     soapenv:actor=\"http://schemas.xmlsoap.org/soap/actor/next\"",
+                ),
+                &op("mu.b"),
+            ),
+        ),
+        (
+            "1.2, mustUnderstand true",
+            SOAP12,
+            v12_with_header(&trace("env:mustUnderstand=\"true\""), &op("mu.c")),
+        ),
+        (
+            "1.2, for the ultimate receiver",
+            SOAP12,
+            v12_with_header(
+                &trace(
+                    "env:mustUnderstand=\"1\" \
+                     env:role=\"http://www.w3.org/2003/05/soap-envelope/role/ultimateReceiver\"",
+                ),
+                &op("mu.d"),
+            ),
+        ),
+    ];
+    for (what, content_type, envelope) in refused {
+        let (status, xml) = soap.post(&soap.register, content_type, envelope).await;
+        if content_type == TEXT_XML {
+            assert_fault(
+                status,
+                &xml,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<faultcode>soap:MustUnderstand</faultcode>",
+                "INVALID_REQUEST",
+            );
+        } else {
+            assert_fault(
+                status,
+                &xml,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<env:Value>env:MustUnderstand</env:Value>",
+                "INVALID_REQUEST",
+            );
+            assert!(
+                xml.contains(
+                    "<env:Header><env:NotUnderstood qname=\"ns1:Trace\" xmlns:ns1=\"urn:example:trace\"/></env:Header>"
+                ),
+                "{what}: {xml}"
+            );
+        }
+    }
+
+    // The same names again, with headers we may ignore: nothing was
+    // registered by the refused calls, so each is served.
+    let served = [
+        (
+            "1.1, mustUnderstand 0",
+            TEXT_XML,
+            v11_with_header(&trace("soapenv:mustUnderstand=\"0\""), &op("mu.a")),
+        ),
+        (
+            "1.1, for another actor",
+            TEXT_XML,
+            v11_with_header(
+                &trace("soapenv:mustUnderstand=\"1\" soapenv:actor=\"http://example.com/gateway\""),
+                &op("mu.b"),
+            ),
+        ),
+        (
+            "1.2, mustUnderstand false",
+            SOAP12,
+            v12_with_header(&trace("env:mustUnderstand=\"false\""), &op("mu.c")),
+        ),
+        (
+            "1.2, for no one",
+            SOAP12,
+            v12_with_header(
+                &trace(
+                    "env:mustUnderstand=\"true\" \
+                     env:role=\"http://www.w3.org/2003/05/soap-envelope/role/none\"",
+                ),
+                &op("mu.d"),
+            ),
+        ),
+        (
+            "1.2, for another role",
+            SOAP12,
+            v12_with_header(
+                &trace("env:mustUnderstand=\"true\" env:role=\"http://example.com/gateway\""),
+                &op("mu.e"),
+            ),
+        ),
+    ];
+    for (what, content_type, envelope) in served {
+        let (status, xml) = soap.post(&soap.register, content_type, envelope).await;
+        assert_eq!(status, StatusCode::OK, "{what}: {xml}");
+        assert!(element(&xml, "userId").is_some(), "{what}: {xml}");
+    }
+    hub.stop().await;
+}
