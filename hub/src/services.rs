@@ -138,7 +138,7 @@ impl Hub {
                     registration: self.registration(),
                     database: Arc::new(hub_store::PgProbe::new(self.pool.clone())),
                     limiter: Arc::clone(&limiter),
-                    limits: Arc::clone(&self.limits),
+                    budgets: Arc::clone(&self.budgets),
                     device_cookie: hub_rest_auth::DeviceCookie {
                         lifetime: self.config.services.rest_auth.login_limit.device_lifetime(),
                         secure: self.config.http.secure_cookies,
@@ -156,7 +156,7 @@ impl Hub {
                             .clone()
                             .with_metrics(hashing())
                             .with_metrics(limiter)
-                            .with_metrics(self.limits.clone())
+                            .with_metrics(self.budgets.clone())
                             .with_metrics(self.insecure_hashes()),
                         ..context
                     },
@@ -168,14 +168,14 @@ impl Hub {
                     registration: self.registration(),
                     wsdl: assembly.wsdl(),
                     limits: self.soap_limits(),
-                    budgets: Arc::clone(&self.limits),
+                    budgets: Arc::clone(&self.budgets),
                 },
                 ServiceContext {
                     readiness: context
                         .readiness
                         .clone()
                         .with_metrics(hashing())
-                        .with_metrics(self.limits.clone()),
+                        .with_metrics(self.budgets.clone()),
                     ..context
                 },
             ),

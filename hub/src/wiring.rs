@@ -14,8 +14,8 @@ use hub_core::{
     SessionRepository, SystemClock, TokenSettings, Tokens, UserRepository,
 };
 use hub_rest_auth::LoginLimiter;
+use hub_runtime::budgets::AttemptBudgets;
 use hub_runtime::config::TokenConfig;
-use hub_runtime::limits::HashingLimits;
 use hub_runtime::service::{Backing, Need};
 use hub_runtime::{Config, Readiness, Service};
 use hub_store::{
@@ -43,7 +43,7 @@ pub struct Hub {
     pub(crate) directory_cache: Option<Arc<CachedUsers>>,
     /// Registration and password-check budgets: one per process, so every
     /// service offering them spends the same.
-    pub(crate) limits: Arc<HashingLimits>,
+    pub(crate) budgets: Arc<AttemptBudgets>,
     /// Login attempts per client, account and device: one per process, so
     /// every port that signs users in spends the same budgets.
     login_limiter: Arc<LoginLimiter>,
@@ -148,7 +148,7 @@ impl Hub {
             Some(cache) => Arc::clone(cache) as Arc<dyn SessionRepository>,
             None => Arc::new(PgSessionRepository::new(pool.clone())),
         };
-        let limits = Arc::new(HashingLimits::new(
+        let budgets = Arc::new(AttemptBudgets::new(
             &config.limits,
             config.http.client_ipv6_prefix,
         ));
@@ -157,7 +157,7 @@ impl Hub {
             config.http.client_ipv6_prefix,
         ));
         Ok(Self {
-            limits,
+            budgets,
             login_limiter,
             once: Arc::default(),
             users,
@@ -500,7 +500,7 @@ mod tests {
         let hub = Hub::build(config).unwrap();
         let other = hub.clone();
         assert!(Arc::ptr_eq(&hub.login_limiter(), &other.login_limiter()));
-        assert!(Arc::ptr_eq(&hub.limits, &other.limits));
+        assert!(Arc::ptr_eq(&hub.budgets, &other.budgets));
 
         let user = Principal {
             user_id: UserId::generate(),

@@ -5,6 +5,7 @@
 //! their routers on top of [`http::service_router`] so every service answers
 //! the same way.
 
+pub mod budgets;
 pub mod config;
 pub mod connections;
 #[cfg(test)]
@@ -14,7 +15,6 @@ pub mod forwarded;
 pub mod grpc;
 pub mod health;
 pub mod http;
-pub mod limits;
 pub mod metrics;
 pub mod pacing;
 pub mod secret;

@@ -22,7 +22,7 @@ use hub_core::{
     Authentication, ClientInfo, DependencyProbe, Error, ErrorCode, LoginName, ProfileChange,
     RegisterUser, Registration,
 };
-use hub_runtime::limits::HashingLimits;
+use hub_runtime::budgets::AttemptBudgets;
 use hub_runtime::{BearerToken, HttpError, JsonBody, ServiceContext};
 
 use crate::api::{
@@ -39,7 +39,7 @@ pub struct RestAuthState {
     pub database: Arc<dyn DependencyProbe>,
     pub limiter: Arc<LoginLimiter>,
     /// Registration and current-password budgets, shared with soap-register.
-    pub limits: Arc<HashingLimits>,
+    pub budgets: Arc<AttemptBudgets>,
     pub device_cookie: DeviceCookie,
     pub importer: hub_core::Importer,
     /// Users stored per database batch, and the largest import body.
@@ -228,7 +228,7 @@ pub async fn sign_up(
     addr: SocketAddr,
     request: RegisterUser,
 ) -> Result<hub_core::User, HttpError> {
-    state.limits.register(addr.ip()).map_err(too_many)?;
+    state.budgets.register(addr.ip()).map_err(too_many)?;
     Ok(state.registration.register(request).await?)
 }
 
@@ -243,7 +243,7 @@ pub async fn change_profile(
 ) -> Result<hub_core::User, HttpError> {
     if change.current_password.is_some() {
         state
-            .limits
+            .budgets
             .password_check(addr.ip(), principal.user_id)
             .map_err(too_many)?;
     }

@@ -18,9 +18,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hub_core::AccountKey;
+use hub_runtime::budgets::{Budget, expose_sizes};
 use hub_runtime::config::LoginLimitConfig;
 use hub_runtime::connections::client_key;
-use hub_runtime::limits::{Budget, expose_sizes};
 use hub_runtime::metrics::{Exposition, MetricsSource};
 
 /// Account keys are cut to this length so none can grow the map.

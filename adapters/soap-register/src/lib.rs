@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::Router;
 use hub_core::{ErrorCode, RegisterUser, Registration};
 use hub_runtime::ServiceContext;
-use hub_runtime::limits::HashingLimits;
+use hub_runtime::budgets::AttemptBudgets;
 use hub_soap::{Answer, Call, Dispatcher, Fault, Limits, USERS_NS, escape_text};
 use time::format_description::well_known::Rfc3339;
 use yaserde::YaDeserialize;
@@ -25,7 +25,7 @@ pub struct SoapRegisterState {
     pub wsdl: Arc<str>,
     pub limits: Limits,
     /// Registrations per client, shared with rest-auth's.
-    pub budgets: Arc<HashingLimits>,
+    pub budgets: Arc<AttemptBudgets>,
 }
 
 impl std::fmt::Debug for SoapRegisterState {

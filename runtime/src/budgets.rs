@@ -121,14 +121,14 @@ pub fn expose_sizes(out: &mut Exposition, sizes: &[(&'static str, usize)]) {
 /// every service of the process that offers them (a registration through
 /// REST and one through SOAP spend the same client's budget).
 #[derive(Debug)]
-pub struct HashingLimits {
+pub struct AttemptBudgets {
     ipv6_prefix: u8,
     registration_per_client: Budget<IpAddr>,
     password_check_per_client: Budget<IpAddr>,
     password_check_per_account: Budget<UserId>,
 }
 
-impl HashingLimits {
+impl AttemptBudgets {
     pub fn new(config: &LimitsConfig, ipv6_prefix: u8) -> Self {
         Self {
             ipv6_prefix,
@@ -174,7 +174,7 @@ impl HashingLimits {
 }
 
 #[async_trait::async_trait]
-impl MetricsSource for HashingLimits {
+impl MetricsSource for AttemptBudgets {
     async fn collect(&self, out: &mut Exposition) {
         expose_sizes(
             out,
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn password_checks_spend_the_client_and_the_account() {
-        let limits = HashingLimits::new(
+        let limits = AttemptBudgets::new(
             &LimitsConfig {
                 registration_per_client: budget(1),
                 password_check_per_client: budget(3),
