@@ -21,9 +21,9 @@ import uuid
 import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 BASE, ADMIN, ADMIN_PASSWORD, IMAGE, OUT, AXE = sys.argv[1:7]
@@ -106,9 +106,24 @@ def press(driver, element, keys=None):
     else:
         element.send_keys(keys)
     try:
-        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+        WebDriverWait(driver, 30).until(lambda _: is_gone(page))
     except Exception as e:  # the page did not change: say where it stood
         fail(f"no next page after pressing {element_name(element)}: {type(e).__name__} {e}")
+
+
+def is_gone(element):
+    """Whether `element` left the document: stale, or (a race Chromium's
+    inspector reports on its own words while the next page replaces it) a
+    node that no longer belongs to it."""
+    try:
+        element.is_enabled()
+        return False
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as e:
+        if "does not belong to the document" in str(e):
+            return True
+        raise
 
 
 def element_name(element):
