@@ -500,6 +500,128 @@ mod tests {
         );
     }
 
+    /// The whole way in memory: the events session changes write to the
+    /// in-memory outbox reach the in-memory activity log exactly once,
+    /// through an outage, a relay that died after recording a batch but
+    /// before marking it, and an event refused until it is quarantined,
+    /// then put back and delivered.
+    #[tokio::test]
+    async fn session_events_reach_the_activity_log_exactly_once_in_memory() {
+        use crate::ports::memory::{InMemoryActivityLog, InMemorySessions, InMemoryUsers};
+        use crate::ports::{NewUser, SessionRepository, UserRepository};
+        use crate::user::{Email, Password, Role, Username};
+
+        let users = Arc::new(InMemoryUsers::default());
+        let alice = Username::parse("alice").unwrap();
+        let password = Password::parse("correct horse", &alice).unwrap();
+        let user = users
+            .insert(NewUser {
+                id: UserId::generate(),
+                username: alice.clone(),
+                email: Email::parse("alice@example.com").unwrap(),
+                password_hash: crate::PasswordHasher::insecure_for_tests(1)
+                    .hash(&password)
+                    .unwrap(),
+                role: Role::User,
+                created_at: OffsetDateTime::now_utc(),
+            })
+            .await
+            .unwrap()
+            .id;
+        let sessions = InMemorySessions::with_users(users);
+        let start = OffsetDateTime::now_utc();
+        let at = |seconds| start + time::Duration::seconds(seconds);
+        let mut opened = Vec::new();
+        for i in 0..4 {
+            let session = Session {
+                id: SessionId::generate(),
+                user_id: user,
+                created_at: at(i),
+                expires_at: at(3600),
+                last_seen_at: at(i),
+                revoked_at: None,
+                client: ClientInfo::default(),
+            };
+            let event = SessionEvent::new(SessionEventKind::Opened, &session, at(i));
+            sessions.open(&session, &event).await.unwrap();
+            opened.push(session);
+        }
+        let mut touched = opened[3].clone();
+        touched.last_seen_at = at(10);
+        let touch = SessionEvent::new(SessionEventKind::Touched, &touched, at(10));
+        assert!(sessions.touch(&touched, &touch).await.unwrap());
+        assert!(
+            sessions
+                .revoke(opened[0].id, at(11), "logout")
+                .await
+                .unwrap()
+        );
+        let events = sessions.events();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+        assert_eq!(ids.len(), 6);
+
+        let outbox = Arc::new(sessions.outbox());
+        let log = Arc::new(InMemoryActivityLog::default());
+        let relay = Relay::new(
+            outbox.clone(),
+            log.clone(),
+            Arc::new(crate::ports::SystemClock),
+            RelaySettings {
+                batch_size: 4,
+                max_attempts: 2,
+                ..RelaySettings::default()
+            },
+        );
+
+        // The activity log is away: nothing moves, nothing is lost.
+        log.set_away(true);
+        let away = relay.deliver_batch().await.unwrap_err();
+        assert_eq!(away.code(), ErrorCode::Unavailable);
+        assert_eq!(outbox.backlog().await.unwrap().pending, 6);
+        log.set_away(false);
+        assert!(log.events().is_empty());
+
+        // A relay recorded three events, then died before marking them.
+        let claimed = outbox.claim(3).await.unwrap();
+        log.record_batch(claimed.events(), OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        drop(claimed);
+
+        // The log refuses the fourth opening: its session's touch waits
+        // behind it, the others go, and the second refusal quarantines it.
+        log.refuse(ids[3]);
+        let refused = relay.deliver_batch().await.unwrap_err();
+        assert_ne!(refused.code(), ErrorCode::Unavailable, "{refused}");
+        assert_eq!(relay.deliver_batch().await.unwrap(), 1, "the revocation");
+        let backlog = outbox.backlog().await.unwrap();
+        assert_eq!((backlog.pending, backlog.quarantined), (1, 1));
+        assert_eq!(relay.deliver_batch().await.unwrap(), 1, "the touch");
+        assert_eq!(relay.deliver_batch().await.unwrap(), 0);
+
+        // Fixed, put back, delivered.
+        log.accept_all();
+        assert_eq!(outbox.retry_quarantined().await.unwrap(), 1);
+        assert_eq!(relay.deliver_batch().await.unwrap(), 1);
+        assert_eq!(outbox.backlog().await.unwrap(), Backlog::default());
+
+        let mut recorded: Vec<Uuid> = log.events().iter().map(|r| r.event.id).collect();
+        recorded.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(recorded, expected, "each event exactly once");
+        let last = log.last_connection(user).await.unwrap().unwrap();
+        assert_eq!(
+            (last.session_id, last.at, last.username),
+            (opened[3].id, at(10), Some(alice)),
+            "the newest opening or touch, not the late opening"
+        );
+        assert!(
+            relay.status().snapshot().repeated >= 3,
+            "the dead relay's batch"
+        );
+    }
+
     #[test]
     fn jitter_takes_at_most_half_off() {
         for _ in 0..100 {
