@@ -24,15 +24,22 @@ impl InMemoryUsers {
         }
     }
 
-    /// Sets the role; false when it already was the user's.
+    /// Sets the role; false when it already was the user's. The last
+    /// admin keeps the role.
     fn set_role(&self, id: UserId, role: Role) -> Result<bool, Error> {
-        self.with(|users| match users.get_mut(&id) {
-            Some(u) if u.role == role => Ok(false),
-            Some(u) => {
-                u.role = role;
-                Ok(true)
+        self.with(|users| {
+            let admins = users.values().filter(|u| u.role == Role::Admin).count();
+            match users.get_mut(&id) {
+                Some(u) if u.role == role => Ok(false),
+                Some(u) if u.role == Role::Admin && admins == 1 => {
+                    Err(Error::with_message(ErrorCode::Forbidden, super::LAST_ADMIN))
+                }
+                Some(u) => {
+                    u.role = role;
+                    Ok(true)
+                }
+                None => Err(Error::new(ErrorCode::UserNotFound)),
             }
-            None => Err(Error::new(ErrorCode::UserNotFound)),
         })?
     }
 

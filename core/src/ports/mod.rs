@@ -149,8 +149,11 @@ pub trait SessionRepository: Send + Sync + 'static {
     /// open session of the user (each with a `role_changed` event) and
     /// forgets their known devices: no token issued under the old role
     /// outlives the change, on any protocol or instance. A role that is
-    /// already the user's changes nothing (0). `USER_NOT_FOUND` when no such
-    /// user. How many sessions were revoked.
+    /// already the user's changes nothing (0). Withdrawing the role of the
+    /// last admin is `FORBIDDEN` ([`LAST_ADMIN`]), decided with every
+    /// admin's row locked, so two admins withdrawing each other at once
+    /// cannot leave none. `USER_NOT_FOUND` when no such user. How many
+    /// sessions were revoked.
     async fn change_role(&self, user: UserId, role: Role, at: OffsetDateTime)
     -> Result<u64, Error>;
     /// The session in whatever state it is, if it exists.
@@ -182,6 +185,9 @@ pub const PASSWORD_CHANGED: &str = "password_changed";
 
 /// Why a role change revokes sessions, as their events record it.
 pub const ROLE_CHANGED: &str = "role_changed";
+
+/// The refusal to withdraw the last admin's role.
+pub const LAST_ADMIN: &str = "the last admin keeps the role: grant admin to someone else first";
 
 /// The devices each user has signed in from, remembered server-side so a
 /// device token counts only while its device is: a password change, a

@@ -15,6 +15,7 @@ async fn a_withdrawn_admin_reads_no_other_users_sessions() {
     let (rest, sessions) = (hub.url(Service::RestAuth), hub.url(Service::Sessions));
     hub_testkit::sign_up(&rest, "alice", "correct horse").await;
     hub_testkit::sign_up(&rest, "bruno", "correct horse").await;
+    hub_testkit::sign_up(&rest, "root", "correct horse").await;
     let alice = hub
         .hub
         .users()
@@ -24,6 +25,8 @@ async fn a_withdrawn_admin_reads_no_other_users_sessions() {
         .unwrap()
         .id;
     let admin = hub.hub.administration();
+    // root stays an admin: the last one's role cannot be withdrawn.
+    admin.set_role("root", Role::Admin).await.unwrap();
     admin.set_role("bruno", Role::Admin).await.unwrap();
     let client = Client::new();
     let login: Value = client

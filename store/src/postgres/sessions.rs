@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use async_trait::async_trait;
-use hub_core::ports::{PASSWORD_CHANGED, ROLE_CHANGED};
+use hub_core::ports::{LAST_ADMIN, PASSWORD_CHANGED, ROLE_CHANGED};
 use hub_core::{
     ClientInfo, CredentialChange, Error, ErrorCode, PasswordHash, Role, Session, SessionEvent,
     SessionEventKind, SessionId, SessionQuery, SessionRepository, User, UserId,
@@ -437,6 +437,20 @@ impl SessionRepository for PgSessionRepository {
             .begin()
             .await
             .map_err(|e| classify("changing a user's role", e))?;
+        // Withdrawing admin: every admin's row is locked first, in one
+        // order, so two admins withdrawing each other are serialized and
+        // the second finds itself the last.
+        if role != Role::Admin {
+            let admins: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM users WHERE role = 'admin' ORDER BY id FOR NO KEY UPDATE",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| classify("changing a user's role", e))?;
+            if admins == [user.as_uuid()] {
+                return Err(Error::with_message(ErrorCode::Forbidden, LAST_ADMIN));
+            }
+        }
         // The row lock this takes orders it with logins and other sessions
         // (FOR SHARE in open_verified and open_beside): a login either
         // committed its session before, and it is revoked below, or reads

@@ -113,6 +113,12 @@ async fn a_registration_elsewhere_ends_a_remembered_miss(pool: PgPool) {
 async fn email_and_role_changes_elsewhere_are_never_answered_stale(pool: PgPool) {
     let elsewhere = PgUserRepository::new(pool.clone());
     let alice = elsewhere.insert(new_user("alice")).await.unwrap();
+    // Another admin, so alice's role can be withdrawn below.
+    let root = elsewhere.insert(new_user("root")).await.unwrap();
+    PgSessionRepository::new(pool.clone())
+        .change_role(root.id, Role::Admin, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     let (cache, stop, task) = listening(&pool, 100).await;
     assert_eq!(
         cache.find_by_id(alice.id).await.unwrap().unwrap().role,

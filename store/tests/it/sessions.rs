@@ -381,3 +381,42 @@ async fn another_session_needs_its_parent_open_and_its_role_current(pool: PgPool
         assert!(repo.find(refused.id).await.unwrap().is_none());
     }
 }
+
+/// The last admin keeps the role, even when two admins withdraw each other
+/// at the same moment: one withdrawal lands, the other is FORBIDDEN.
+#[sqlx::test(migrator = "hub_store::MIGRATOR")]
+async fn two_admins_withdrawing_each_other_leave_one(pool: PgPool) {
+    let repo = PgSessionRepository::new(pool.clone());
+    let (gus, hal) = (user(&pool, "gus").await, user(&pool, "hal").await);
+    let now = SystemClock.now();
+    for admin in [&gus, &hal] {
+        repo.change_role(admin.id, Role::Admin, now).await.unwrap();
+    }
+    for _ in 0..5 {
+        let (a, b) = tokio::join!(
+            repo.change_role(gus.id, Role::User, now),
+            repo.change_role(hal.id, Role::User, now)
+        );
+        let refused: Vec<_> = [&a, &b]
+            .into_iter()
+            .filter_map(|r| r.as_ref().err())
+            .collect();
+        assert_eq!(refused.len(), 1, "{a:?} {b:?}");
+        assert_eq!(refused[0].code(), ErrorCode::Forbidden);
+        let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(admins, 1);
+        // Both admins again for the next round.
+        for admin in [&gus, &hal] {
+            repo.change_role(admin.id, Role::Admin, now).await.unwrap();
+        }
+    }
+    let err = {
+        repo.change_role(hal.id, Role::User, now).await.unwrap();
+        repo.change_role(gus.id, Role::User, now).await.unwrap_err()
+    };
+    assert_eq!(err.code(), ErrorCode::Forbidden);
+    assert_eq!(err.message(), hub_core::ports::LAST_ADMIN);
+}

@@ -1117,6 +1117,9 @@ async fn a_withdrawn_admin_lists_no_other_users_images() {
         .id;
     hub_testkit::sign_up(&hub.hub.url(Service::RestAuth), "bruno", "correct horse").await;
     let admin = hub.hub.hub.administration();
+    // root stays an admin: the last one's role cannot be withdrawn.
+    let _root = hub.token("root").await;
+    admin.set_role("root", hub_core::Role::Admin).await.unwrap();
     admin
         .set_role("bruno", hub_core::Role::Admin)
         .await

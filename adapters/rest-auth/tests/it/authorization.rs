@@ -74,7 +74,10 @@ async fn a_withdrawn_admin_is_refused_at_once_over_rest() {
     let hub = TestHub::with(SERVICES).await;
     let (client, base) = (Client::new(), hub.url(Service::RestAuth));
     register(&client, &base, "bea").await;
+    register(&client, &base, "root").await;
     let admin = hub.hub.administration();
+    // root stays an admin: the last one's role cannot be withdrawn.
+    admin.set_role("root", Role::Admin).await.unwrap();
     admin.set_role("bea", Role::Admin).await.unwrap();
     let (status, body, _) = login(&client, &base, "bea", PASSWORD, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
