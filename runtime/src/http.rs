@@ -259,6 +259,18 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
 /// CORS from an allow-list: only listed origins get CORS headers, so a
 /// browser on any other origin is refused; an empty list allows none.
 /// Origins that are not valid header values are skipped with a warning.
+/// Marks an answer `Cache-Control: no-store`: for routes whose answers are
+/// personal, and so are their refusals. Applied as a layer
+/// (`axum::middleware::map_response(no_store)`), so it also covers the
+/// rejections of extractors that run before a handler, and a route added
+/// under the layer later.
+pub async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 pub fn cors_layer(config: &crate::config::CorsConfig) -> tower_http::cors::CorsLayer {
     use axum::http::Method;
     use tower_http::cors::{AllowOrigin, CorsLayer};

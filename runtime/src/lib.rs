@@ -25,7 +25,9 @@ pub mod telemetry;
 pub use config::Config;
 pub use forwarded::IDENTITY_HEADERS;
 pub use health::Readiness;
-pub use http::{BearerToken, HttpError, JsonBody, QueryParams, cors_layer, service_router};
+pub use http::{
+    BearerToken, HttpError, JsonBody, QueryParams, cors_layer, no_store, service_router,
+};
 pub use secret::Secret;
 pub use service::{Service, ServiceContext};
 pub use shutdown::Shutdown;

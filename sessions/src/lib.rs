@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Json, Response};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use hub_core::{ClientInfo, Error, Outbox, RelayStatus, SessionId, SessionLifecycle, UserId};
 use hub_runtime::health::ReadinessDetail;
@@ -42,18 +42,6 @@ impl std::fmt::Debug for SessionsState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionsState").finish_non_exhaustive()
     }
-}
-
-/// Every answer of both routers is about one user (their sessions, tokens,
-/// addresses, when they were last seen), or why they may not have it: no
-/// cache, shared or the browser's, keeps any of them. A layer on the
-/// routers rather than a line per handler, so a route added later has it
-/// too, and so do the refusals of extractors that run before a handler.
-async fn no_store(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 fn user_id(raw: &str) -> Result<UserId, HttpError> {
@@ -341,7 +329,9 @@ pub fn router(state: SessionsState, mut context: ServiceContext) -> Result<Route
         // the use cases is a dozen reference counts touched across cores
         // (about 3% of a verify, profiled).
         .with_state(Arc::new(state))
-        .layer(axum::middleware::map_response(no_store));
+        // Every answer is about one user (their sessions, tokens, addresses,
+        // last connection), or why they may not have it: no cache keeps any.
+        .layer(axum::middleware::map_response(hub_runtime::no_store));
     Ok(context.serve(routes))
 }
 
@@ -382,6 +372,8 @@ pub fn tracker_router(state: SessionsState, context: ServiceContext) -> Result<R
         .route("/last-connection", get(last_connection))
         .route("/connected/health", get(connected_health))
         .with_state(Arc::new(state))
-        .layer(axum::middleware::map_response(no_store));
+        // Every answer is about one user (their sessions, tokens, addresses,
+        // last connection), or why they may not have it: no cache keeps any.
+        .layer(axum::middleware::map_response(hub_runtime::no_store));
     Ok(context.serve(routes))
 }

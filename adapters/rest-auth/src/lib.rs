@@ -295,19 +295,10 @@ async fn register(
 )]
 async fn profile(
     State(state): State<Arc<RestAuthState>>,
-    token: Result<BearerToken, HttpError>,
-) -> Response {
-    let answer = async {
-        let BearerToken(token) = token?;
-        let (_, user) = state.authentication.authenticate_user(&token).await?;
-        Ok::<_, HttpError>(Json(Profile::from(user)))
-    };
-    // A profile is personal, and so is why it is refused: no cache keeps either.
-    let mut response = answer.await.into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    BearerToken(token): BearerToken,
+) -> Result<Json<Profile>, HttpError> {
+    let (_, user) = state.authentication.authenticate_user(&token).await?;
+    Ok(Json(user.into()))
 }
 
 /// `PUT /profile`
@@ -327,32 +318,22 @@ async fn profile(
 async fn update_profile(
     State(state): State<Arc<RestAuthState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    token: Result<BearerToken, HttpError>,
-    update: Result<JsonBody<ProfileUpdate>, HttpError>,
-) -> Response {
-    let answer = async {
-        // The token's refusal before the body's, as when both were extractors.
-        let BearerToken(token) = token?;
-        let JsonBody(update) = update?;
-        let principal = state.authentication.authenticate(&token).await?;
-        let user = change_profile(
-            &state,
-            addr,
-            &principal,
-            ProfileChange {
-                email: update.email,
-                current_password: update.current_password,
-                new_password: update.new_password,
-            },
-        )
-        .await?;
-        Ok::<_, HttpError>(Json(Profile::from(user)))
-    };
-    let mut response = answer.await.into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    BearerToken(token): BearerToken,
+    JsonBody(update): JsonBody<ProfileUpdate>,
+) -> Result<Json<Profile>, HttpError> {
+    let principal = state.authentication.authenticate(&token).await?;
+    let user = change_profile(
+        &state,
+        addr,
+        &principal,
+        ProfileChange {
+            email: update.email,
+            current_password: update.current_password,
+            new_password: update.new_password,
+        },
+    )
+    .await?;
+    Ok(Json(user.into()))
 }
 
 /// `POST /admin/users/import`
@@ -476,7 +457,14 @@ pub fn router_with(
     let routes = Router::new()
         .route("/login", post(login))
         .route("/register", post(register))
-        .route("/profile", get(profile).put(update_profile))
+        // A profile is personal, and so is why it is refused: no cache
+        // keeps either (the layer covers the extractors' refusals too).
+        .route(
+            "/profile",
+            get(profile)
+                .put(update_profile)
+                .layer(axum::middleware::map_response(hub_runtime::no_store)),
+        )
         .route("/logout", post(logout))
         .route(
             "/admin/users/import",
