@@ -196,26 +196,29 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn grants_a_role_and_refuses_unknown_names() {
-        let users = Arc::new(InMemoryUsers::default());
+    /// Stores `name` with `role` (and a cheap hash) in `users`.
+    async fn stored(users: &InMemoryUsers, name: &str, role: Role) -> User {
+        let username = Username::parse(name).unwrap();
         let hash = crate::PasswordHasher::insecure_for_tests(1_000)
-            .hash(
-                &crate::Password::parse("correct horse", &Username::parse("olivia").unwrap())
-                    .unwrap(),
-            )
+            .hash(&crate::Password::parse("correct horse", &username).unwrap())
             .unwrap();
         users
             .insert(NewUser {
                 id: UserId::generate(),
-                username: Username::parse("olivia").unwrap(),
-                email: Email::parse("olivia@example.com").unwrap(),
+                username,
+                email: Email::parse(&format!("{name}@example.com")).unwrap(),
                 password_hash: hash,
-                role: Role::User,
+                role,
                 created_at: time::OffsetDateTime::now_utc(),
             })
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn grants_a_role_and_refuses_unknown_names() {
+        let users = Arc::new(InMemoryUsers::default());
+        stored(&users, "olivia", Role::User).await;
         let (admin, _) = administration(&users);
         let user = admin.set_role("Olivia", Role::Admin).await.unwrap();
         assert_eq!(user.role, Role::Admin);
@@ -243,35 +246,17 @@ mod tests {
     #[tokio::test]
     async fn the_console_calls_are_for_admins_and_page_by_username() {
         let users = Arc::new(InMemoryUsers::default());
-        let hash = crate::PasswordHasher::insecure_for_tests(1_000)
-            .hash(
-                &crate::Password::parse("correct horse", &Username::parse("anna").unwrap())
-                    .unwrap(),
-            )
-            .unwrap();
-        let mut stored = Vec::new();
+        let mut stored_users = Vec::new();
         for (name, role) in [
             ("anna", Role::Admin),
             ("bert", Role::User),
             ("bella", Role::User),
             ("carl", Role::User),
         ] {
-            stored.push(
-                users
-                    .insert(NewUser {
-                        id: UserId::generate(),
-                        username: Username::parse(name).unwrap(),
-                        email: Email::parse(&format!("{name}@example.com")).unwrap(),
-                        password_hash: hash.clone(),
-                        role,
-                        created_at: time::OffsetDateTime::now_utc(),
-                    })
-                    .await
-                    .unwrap(),
-            );
+            stored_users.push(stored(&users, name, role).await);
         }
         let (admin, _) = administration(&users);
-        let (anna, bert) = (principal(&stored[0]), principal(&stored[1]));
+        let (anna, bert) = (principal(&stored_users[0]), principal(&stored_users[1]));
 
         let page = admin.search_as(&anna, "B", None, 1).await.unwrap();
         let names: Vec<&str> = page.users.iter().map(|u| u.username.as_str()).collect();
@@ -310,30 +295,12 @@ mod tests {
     #[tokio::test]
     async fn a_withdrawn_admin_is_refused_whatever_the_token_claims() {
         let users = Arc::new(InMemoryUsers::default());
-        let hash = crate::PasswordHasher::insecure_for_tests(1_000)
-            .hash(
-                &crate::Password::parse("correct horse", &Username::parse("anna").unwrap())
-                    .unwrap(),
-            )
-            .unwrap();
-        let mut stored = Vec::new();
+        let mut stored_users = Vec::new();
         for name in ["anna", "bert"] {
-            stored.push(
-                users
-                    .insert(NewUser {
-                        id: UserId::generate(),
-                        username: Username::parse(name).unwrap(),
-                        email: Email::parse(&format!("{name}@example.com")).unwrap(),
-                        password_hash: hash.clone(),
-                        role: Role::Admin,
-                        created_at: time::OffsetDateTime::now_utc(),
-                    })
-                    .await
-                    .unwrap(),
-            );
+            stored_users.push(stored(&users, name, Role::Admin).await);
         }
         let (admin, sessions) = administration(&users);
-        let bert = principal(&stored[1]);
+        let bert = principal(&stored_users[1]);
         let now = time::OffsetDateTime::now_utc();
         let session = crate::Session {
             id: bert.session_id,
@@ -376,7 +343,7 @@ mod tests {
         ] {
             assert_eq!(err.code(), ErrorCode::Forbidden, "{err}");
         }
-        let anna = users.find_by_id(stored[0].id).await.unwrap().unwrap();
+        let anna = users.find_by_id(stored_users[0].id).await.unwrap().unwrap();
         assert_eq!(anna.role, Role::Admin);
     }
 }
