@@ -11,6 +11,7 @@
 // A test kit fails loudly: a panic is the test's failure message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod console;
 pub mod soap;
 
 use std::path::{Path, PathBuf};

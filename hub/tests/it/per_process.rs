@@ -8,94 +8,19 @@ use std::time::Duration;
 use hub_grpc_images::pb::image_delivery_client::ImageDeliveryClient;
 use hub_grpc_images::pb::upload_image_request::Data;
 use hub_grpc_images::pb::{UploadImageRequest, UploadMetadata};
+use hub_testkit::console::{form_csrf, noise_png, session_cookies, sign_in};
 use hub_testkit::{Service, TestHub, TestSetup, eventually};
 use reqwest::{StatusCode, header};
 
 const PASSWORD: &str = "correct horse battery";
 const BOUNDARY: &str = "polyhub-test-boundary";
 
-/// A PNG of noise, so it is some KiB and its halves are both non-empty.
-fn png() -> Vec<u8> {
-    let mut seed = 0x2545_f491_u32;
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    image::RgbImage::from_fn(64, 64, |_, _| {
-        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        let [r, g, b, _] = seed.to_be_bytes();
-        image::Rgb([r, g, b])
-    })
-    .write_to(&mut bytes, image::ImageFormat::Png)
-    .unwrap();
-    bytes.into_inner()
-}
-
-/// The value of cookie `name` that `response` sets.
-fn set_cookie(response: &reqwest::Response, name: &str) -> String {
-    response
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|c| c.strip_prefix(&format!("{name}=")))
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("no {name} cookie"))
-        .to_owned()
-}
-
-/// The `csrf` hidden field of the form posting to `action` in `page`.
-fn form_csrf(page: &str, action: &str) -> String {
-    let form = &page[page.find(&format!("action=\"{action}\"")).unwrap()..];
-    let start = form.find("name=\"csrf\" value=\"").unwrap() + 19;
-    form[start..start + form[start..].find('"').unwrap()].to_owned()
-}
-
-/// A form body, url-encoded.
-fn encoded(fields: &[(&str, &str)]) -> String {
-    let escape = |raw: &str| -> String {
-        raw.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
-    fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// A browser signed in to the console at `base` as `name`: its `Cookie`
 /// header and the images page's upload token.
 async fn console_session(http: &reqwest::Client, base: &str, name: &str) -> (String, String) {
-    let page = http
-        .get(format!("{base}/account/signin"))
-        .send()
-        .await
-        .unwrap();
-    let secret = set_cookie(&page, "polyhub_csrf");
-    let csrf = form_csrf(&page.text().await.unwrap(), "/account/signin");
-    let signed_in = http
-        .post(format!("{base}/account/signin"))
-        .header(header::ORIGIN, base)
-        .header(header::COOKIE, format!("polyhub_csrf={secret}"))
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(encoded(&[
-            ("csrf", csrf.as_str()),
-            ("login", name),
-            ("password", PASSWORD),
-        ]))
-        .send()
-        .await
-        .unwrap();
+    let signed_in = sign_in(http, base, name, PASSWORD).await;
     assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
-    let cookies = format!(
-        "polyhub_session={}; polyhub_csrf={}",
-        set_cookie(&signed_in, "polyhub_session"),
-        set_cookie(&signed_in, "polyhub_csrf")
-    );
+    let cookies = session_cookies(&signed_in);
     let page = http
         .get(format!("{base}/account/images"))
         .header(header::COOKIE, &cookies)
@@ -189,7 +114,7 @@ async fn the_console_and_grpc_images_share_one_image_library() {
         .build()
         .unwrap();
     let console = console_session(&http, &base, "ada").await;
-    let png = png();
+    let png = noise_png();
 
     // Half an image over gRPC, then nothing: the upload stays in progress
     // until the stall timeout ends it.

@@ -12,53 +12,7 @@ pub(crate) fn client() -> Client {
         .unwrap()
 }
 
-/// A form body, url-encoded.
-pub(crate) fn encoded(fields: &[(&str, &str)]) -> String {
-    let escape = |raw: &str| -> String {
-        raw.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
-    fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// The value of cookie `name` that `response` sets.
-pub(crate) fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|c| c.strip_prefix(&format!("{name}=")))
-        .and_then(|c| c.split(';').next())
-        .map(str::to_owned)
-}
-
-/// The `Cookie` header a browser sends after `signed_in` (the session and
-/// its CSRF secret).
-pub(crate) fn session_cookies(signed_in: &reqwest::Response) -> String {
-    format!(
-        "polyhub_session={}; polyhub_csrf={}",
-        set_cookie(signed_in, "polyhub_session").unwrap(),
-        set_cookie(signed_in, "polyhub_csrf").unwrap()
-    )
-}
-
-/// The `csrf` hidden field of the form posting to `action` in `page`.
-pub(crate) fn form_csrf(page: &str, action: &str) -> String {
-    let form = &page[page.find(&format!("action=\"{action}\"")).unwrap()..];
-    let start = form.find("name=\"csrf\" value=\"").unwrap() + 19;
-    form[start..start + form[start..].find('"').unwrap()].to_owned()
-}
+pub(crate) use hub_testkit::console::{encoded, form_csrf, session_cookies, set_cookie};
 
 pub(crate) async fn register(http: &Client, base: &str, name: &str) {
     let answer = http
@@ -70,33 +24,7 @@ pub(crate) async fn register(http: &Client, base: &str, name: &str) {
     assert_eq!(answer.status(), 201);
 }
 
-/// Signs in through the console's form: the `Cookie` header of the session.
-pub(crate) async fn sign_in(
-    http: &Client,
-    base: &str,
-    name: &str,
-    password: &str,
-) -> reqwest::Response {
-    let page = http
-        .get(format!("{base}/account/signin"))
-        .send()
-        .await
-        .unwrap();
-    let secret = set_cookie(&page, "polyhub_csrf").unwrap();
-    let csrf = form_csrf(&page.text().await.unwrap(), "/account/signin");
-    http.post(format!("{base}/account/signin"))
-        .header(header::ORIGIN, base)
-        .header(header::COOKIE, format!("polyhub_csrf={secret}"))
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(encoded(&[
-            ("csrf", csrf.as_str()),
-            ("login", name),
-            ("password", password),
-        ]))
-        .send()
-        .await
-        .unwrap()
-}
+pub(crate) use hub_testkit::console::sign_in;
 
 #[tokio::test]
 async fn every_page_is_sent_with_the_browser_policies() {

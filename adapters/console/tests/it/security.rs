@@ -95,16 +95,7 @@ async fn answer_before_the_body_ends(
 /// A PNG of noise, larger than what the form may send before its token is
 /// checked, so the file's bytes straddle that point.
 fn png() -> Vec<u8> {
-    let mut seed = 0x2545_f491_u32;
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    image::RgbImage::from_fn(64, 64, |_, _| {
-        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        let [r, g, b, _] = seed.to_be_bytes();
-        image::Rgb([r, g, b])
-    })
-    .write_to(&mut bytes, image::ImageFormat::Png)
-    .unwrap();
-    let png = bytes.into_inner();
+    let png = hub_testkit::console::noise_png();
     assert!(png.len() > 8 * 1024, "{}", png.len());
     png
 }
