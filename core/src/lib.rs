@@ -10,6 +10,7 @@ pub mod authentication;
 mod container;
 pub mod directory;
 pub mod error;
+pub mod events;
 pub mod images;
 pub mod legacy;
 pub mod lifecycle;

@@ -289,7 +289,11 @@ mod tests {
 
     #[async_trait::async_trait]
     impl ActivityLog for NoActivity {
-        async fn record(&self, _: &SessionEvent, _: Option<&Username>) -> Result<bool, Error> {
+        async fn record(
+            &self,
+            _: &crate::events::DomainEvent,
+            _: Option<&Username>,
+        ) -> Result<bool, Error> {
             Ok(true)
         }
         async fn last_connection(&self, _: UserId) -> Result<Option<LastConnection>, Error> {

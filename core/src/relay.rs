@@ -1,6 +1,8 @@
-//! The outbox relay: carries session events from the source of truth (the
-//! outbox, written in the same transaction as each session change) to the
-//! activity log, in order and in batches.
+//! The outbox relay: carries the event log's events (user and session
+//! events, each written in the same transaction as its change) to the
+//! activity log, its first subscriber, in order and in batches. The relay
+//! reads the activity log's own queue of the log, so its delivery state is
+//! its own: another subscriber's neither waits for it nor is moved by it.
 //!
 //! Delivery is at least once and recording is idempotent by event id, so the
 //! result is exactly once: a batch is marked delivered only after the
@@ -12,8 +14,9 @@
 //! not take) is not an outage: the batch is delivered again event by event,
 //! the events it takes are marked delivered, and each refused one counts an
 //! attempt; refused `max_attempts` times, it is quarantined (`hub outbox
-//! retry` puts it back). Later events of a refused event's session wait in
-//! the outbox behind it, so each session's events arrive in order.
+//! retry` puts it back). Later events of a refused event's stream (its
+//! session, or for a user event its user) wait in the outbox behind it, so
+//! each stream's events arrive in order.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -220,7 +223,7 @@ impl Relay {
         let oldest = claimed
             .events()
             .iter()
-            .map(|p| p.event.at)
+            .map(|p| p.event.at())
             .min()
             .unwrap_or(delivered_at);
         claimed.delivered(delivered_at).await?;
@@ -250,7 +253,7 @@ impl Relay {
         let mut last_refusal = None;
         for pending in claimed.events() {
             let event = &pending.event;
-            if held.contains(&event.session_id) {
+            if held.contains(&event.stream()) {
                 continue;
             }
             match self
@@ -260,8 +263,8 @@ impl Relay {
             {
                 Ok(new) => {
                     recorded += new;
-                    oldest = oldest.min(event.at);
-                    delivered.push(event.id);
+                    oldest = oldest.min(event.at());
+                    delivered.push(event.id());
                 }
                 Err(e) if e.kind() == ErrorKind::Unavailable => {
                     outage = Some(e);
@@ -271,9 +274,9 @@ impl Relay {
                     let cause = e
                         .internal_cause()
                         .map_or_else(|| e.to_string(), |cause| format!("{e}: {cause}"));
-                    tracing::warn!(event = %event.id, session_id = %event.session_id, error = %cause, "the activity log refused an event");
-                    refused.push((event.id, format!("refused by the activity log: {cause}")));
-                    held.insert(event.session_id);
+                    tracing::warn!(event = %event.id(), event_type = event.type_name(), stream = %event.stream(), error = %cause, "the activity log refused an event");
+                    refused.push((event.id(), format!("refused by the activity log: {cause}")));
+                    held.insert(event.stream());
                     last_refusal = Some(e);
                 }
             }
@@ -383,7 +386,7 @@ mod tests {
             &self.0
         }
         async fn delivered(self: Box<Self>, _: OffsetDateTime) -> Result<(), Error> {
-            self.1.lock().unwrap().delivered = self.0.iter().map(|p| p.event.id).collect();
+            self.1.lock().unwrap().delivered = self.0.iter().map(|p| p.event.id()).collect();
             Ok(())
         }
         async fn settle(
@@ -428,10 +431,10 @@ mod tests {
     impl ActivityLog for Refusing {
         async fn record(
             &self,
-            event: &SessionEvent,
+            event: &crate::events::DomainEvent,
             _: Option<&crate::user::Username>,
         ) -> Result<bool, Error> {
-            if event.id == self.poison {
+            if event.id() == self.poison {
                 return Err(Error::internal("document failed validation"));
             }
             Ok(true)
@@ -446,7 +449,7 @@ mod tests {
 
     fn event(session: &Session, kind: SessionEventKind) -> PendingEvent {
         PendingEvent {
-            event: SessionEvent::new(kind, session, OffsetDateTime::now_utc()),
+            event: SessionEvent::new(kind, session, OffsetDateTime::now_utc()).into(),
             username: None,
         }
     }
@@ -474,7 +477,7 @@ mod tests {
             event(&a, SessionEventKind::Touched),
             event(&b, SessionEventKind::Revoked),
         ];
-        let ids: Vec<Uuid> = events.iter().map(|p| p.event.id).collect();
+        let ids: Vec<Uuid> = events.iter().map(|p| p.event.id()).collect();
         let settled = Arc::new(Mutex::new(Settled::default()));
         let relay = Relay::new(
             Arc::new(OneClaim(Mutex::new(Some(Claim(
@@ -500,13 +503,13 @@ mod tests {
         );
     }
 
-    /// The whole way in memory: the events session changes write to the
-    /// in-memory outbox reach the in-memory activity log exactly once,
+    /// The whole way in memory: the events user and session changes write
+    /// to the in-memory log reach the in-memory activity log exactly once,
     /// through an outage, a relay that died after recording a batch but
     /// before marking it, and an event refused until it is quarantined,
     /// then put back and delivered.
     #[tokio::test]
-    async fn session_events_reach_the_activity_log_exactly_once_in_memory() {
+    async fn user_and_session_events_reach_the_activity_log_exactly_once_in_memory() {
         use crate::ports::memory::{InMemoryActivityLog, InMemorySessions, InMemoryUsers};
         use crate::ports::{NewUser, SessionRepository, UserRepository};
         use crate::user::{Email, Password, Role, Username};
@@ -556,9 +559,9 @@ mod tests {
                 .await
                 .unwrap()
         );
-        let events = sessions.events();
-        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-        assert_eq!(ids.len(), 6);
+        // alice's creation, four openings, a touch, a revocation.
+        let ids: Vec<Uuid> = sessions.all_events().iter().map(|e| e.id()).collect();
+        assert_eq!(ids.len(), 7);
 
         let outbox = Arc::new(sessions.outbox());
         let log = Arc::new(InMemoryActivityLog::default());
@@ -567,7 +570,7 @@ mod tests {
             log.clone(),
             Arc::new(crate::ports::SystemClock),
             RelaySettings {
-                batch_size: 4,
+                batch_size: 5,
                 max_attempts: 2,
                 ..RelaySettings::default()
             },
@@ -577,12 +580,12 @@ mod tests {
         log.set_away(true);
         let away = relay.deliver_batch().await.unwrap_err();
         assert_eq!(away.code(), ErrorCode::Unavailable);
-        assert_eq!(outbox.backlog().await.unwrap().pending, 6);
+        assert_eq!(outbox.backlog().await.unwrap().pending, 7);
         log.set_away(false);
         assert!(log.events().is_empty());
 
-        // A relay recorded three events, then died before marking them.
-        let claimed = outbox.claim(3).await.unwrap();
+        // A relay recorded four events, then died before marking them.
+        let claimed = outbox.claim(4).await.unwrap();
         log.record_batch(claimed.events(), OffsetDateTime::now_utc())
             .await
             .unwrap();
@@ -590,7 +593,7 @@ mod tests {
 
         // The log refuses the fourth opening: its session's touch waits
         // behind it, the others go, and the second refusal quarantines it.
-        log.refuse(ids[3]);
+        log.refuse(ids[4]);
         let refused = relay.deliver_batch().await.unwrap_err();
         assert_ne!(refused.code(), ErrorCode::Unavailable, "{refused}");
         assert_eq!(relay.deliver_batch().await.unwrap(), 1, "the revocation");
@@ -605,7 +608,7 @@ mod tests {
         assert_eq!(relay.deliver_batch().await.unwrap(), 1);
         assert_eq!(outbox.backlog().await.unwrap(), Backlog::default());
 
-        let mut recorded: Vec<Uuid> = log.events().iter().map(|r| r.event.id).collect();
+        let mut recorded: Vec<Uuid> = log.events().iter().map(|r| r.event.id()).collect();
         recorded.sort();
         let mut expected = ids.clone();
         expected.sort();

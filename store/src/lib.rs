@@ -13,7 +13,8 @@ pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_
 /// The MongoDB database handle [`connect_mongo`] gives.
 pub use mongodb::Database as MongoDatabase;
 pub use postgres::{
-    CachedSessions, CachedUsers, DirectoryStats, MIGRATOR, PgImageRepository, PgKnownDevices,
+    CachedSessions, CachedUsers, DirectoryStats, MIGRATOR, PgEventLog, PgImageRepository,
+    PgKnownDevices,
     PgOutbox, PgProbe, PgSessionRepository, PgUserRepository, PoolSettings, connect_lazy,
     ensure_database, migrate, ping,
 };

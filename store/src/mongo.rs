@@ -1,11 +1,13 @@
-//! MongoDB: what is append-heavy and document-shaped. `session_events` holds
-//! one document per outbox event (`_id` = the event id, so a repeated
-//! delivery is a duplicate key, not a second document), and `last_connection`
-//! one document per user (`_id` = the user id), moved only forward in time.
+//! MongoDB: what is append-heavy and document-shaped. `session_events` and
+//! `user_events` hold one document per event of the event log (`_id` = the
+//! event id, so a repeated delivery is a duplicate key, not a second
+//! document), and `last_connection` one document per user (`_id` = the user
+//! id), moved only forward in time.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hub_core::events::{DomainEvent, UserEvent};
 use hub_core::{
     ActivityLog, Error, ErrorCode, LastConnection, PendingEvent, SessionEvent, SessionEventKind,
     SessionId, UserId, Username,
@@ -88,6 +90,7 @@ fn from_bson_time(at: BsonDateTime) -> Result<OffsetDateTime, Error> {
 #[derive(Debug, Clone)]
 pub struct MongoActivityLog {
     events: Collection<Document>,
+    user_events: Collection<Document>,
     last: Collection<Document>,
 }
 
@@ -107,6 +110,7 @@ impl MongoActivityLog {
             .build();
         Self {
             events: database.collection_with_options("session_events", durable.clone()),
+            user_events: database.collection_with_options("user_events", durable.clone()),
             last: database.collection_with_options("last_connection", durable),
         }
     }
@@ -147,7 +151,50 @@ impl MongoActivityLog {
             ])
             .await
             .map_err(|e| classify("creating the session_events indexes", e))?;
+        let user_ttl = IndexModel::builder()
+            .keys(doc! { "at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("user_events_retention".to_owned())
+                    .expire_after(retention)
+                    .build(),
+            )
+            .build();
+        self.user_events
+            .create_indexes([
+                index(doc! { "user_id": 1, "at": -1 }, "user_events_by_user"),
+                user_ttl,
+            ])
+            .await
+            .map_err(|e| classify("creating the user_events indexes", e))?;
         Ok(())
+    }
+
+    /// Inserts `documents` into `collection` unordered; how many were new
+    /// (a duplicate key is a document recorded before; any other failure
+    /// fails the call).
+    async fn insert_new(
+        collection: &Collection<Document>,
+        documents: Vec<Document>,
+        doing: &'static str,
+    ) -> Result<u64, Error> {
+        if documents.is_empty() {
+            return Ok(0);
+        }
+        let total = documents.len() as u64;
+        match collection.insert_many(documents).ordered(false).await {
+            Ok(_) => Ok(total),
+            Err(e) => match &*e.kind {
+                ErrorKind::InsertMany(InsertManyError {
+                    write_errors: Some(errors),
+                    write_concern_error: None,
+                    ..
+                }) if errors.iter().all(|w| w.code == 11000) => {
+                    Ok(total.saturating_sub(errors.len() as u64))
+                }
+                _ => Err(classify(doing, e)),
+            },
+        }
     }
 
     async fn move_last_connection_forward(
@@ -199,27 +246,95 @@ fn event_document(event: &SessionEvent, delivered_at: Option<OffsetDateTime>) ->
     document
 }
 
-fn moves_last_connection(kind: SessionEventKind) -> bool {
-    matches!(kind, SessionEventKind::Opened | SessionEventKind::Touched)
+/// One `user_events` document: the event's type-specific fields under
+/// `data`, as the event log keeps them.
+fn user_event_document(
+    event: &UserEvent,
+    username: Option<&Username>,
+    delivered_at: Option<OffsetDateTime>,
+) -> Result<Document, Error> {
+    let data = bson_value(&event.change.data())
+        .ok_or_else(|| Error::internal(format!("event {} has unstorable data", event.id)))?;
+    let mut document = doc! {
+        "_id": event.id.to_string(),
+        "type": event.change.type_name(),
+        "user_id": event.user_id.map(|id| id.to_string()),
+        "username": username.map(Username::as_str),
+        "at": bson_time(event.at),
+        "data": data,
+    };
+    if let Some(delivered_at) = delivered_at {
+        document.insert("delivered_at", bson_time(delivered_at));
+    }
+    Ok(document)
+}
+
+/// An event's JSON data as BSON; `None` for a number BSON cannot hold.
+fn bson_value(value: &serde_json::Value) -> Option<mongodb::bson::Bson> {
+    use mongodb::bson::Bson;
+    use serde_json::Value;
+    Some(match value {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Bson::Int64(i),
+            (None, Some(f)) => Bson::Double(f),
+            (None, None) => return None,
+        },
+        Value::String(s) => Bson::String(s.clone()),
+        Value::Array(items) => Bson::Array(items.iter().map(bson_value).collect::<Option<_>>()?),
+        Value::Object(fields) => {
+            let mut document = Document::new();
+            for (key, value) in fields {
+                document.insert(key.clone(), bson_value(value)?);
+            }
+            Bson::Document(document)
+        }
+    })
+}
+
+/// The session event, when `event` is one that moves its user's last
+/// connection.
+fn moving_last_connection(event: &DomainEvent) -> Option<&SessionEvent> {
+    match event {
+        DomainEvent::Session(event)
+            if matches!(
+                event.kind,
+                SessionEventKind::Opened | SessionEventKind::Touched
+            ) =>
+        {
+            Some(event)
+        }
+        _ => None,
+    }
 }
 
 #[async_trait]
 impl ActivityLog for MongoActivityLog {
     async fn record(
         &self,
-        event: &SessionEvent,
+        event: &DomainEvent,
         username: Option<&Username>,
     ) -> Result<bool, Error> {
-        let document = event_document(event, None);
-        let recorded = match self.events.insert_one(document).await {
+        let inserted = match event {
+            DomainEvent::Session(session) => {
+                self.events.insert_one(event_document(session, None)).await
+            }
+            DomainEvent::User(user) => {
+                self.user_events
+                    .insert_one(user_event_document(user, username, None)?)
+                    .await
+            }
+        };
+        let recorded = match inserted {
             Ok(_) => true,
             Err(e) if is_duplicate_key(&e) => false,
-            Err(e) => return Err(classify("recording a session event", e)),
+            Err(e) => return Err(classify("recording an event", e)),
         };
         // Also on a repeat: the earlier delivery may have stopped between the
         // two writes, and moving forward twice changes nothing.
-        if moves_last_connection(event.kind) {
-            self.move_last_connection_forward(event, username).await?;
+        if let Some(session) = moving_last_connection(event) {
+            self.move_last_connection_forward(session, username).await?;
         }
         Ok(recorded)
     }
@@ -232,40 +347,43 @@ impl ActivityLog for MongoActivityLog {
         events: &[PendingEvent],
         delivered_at: OffsetDateTime,
     ) -> Result<u64, Error> {
-        if events.is_empty() {
-            return Ok(0);
-        }
-        let documents = events
-            .iter()
-            .map(|p| event_document(&p.event, Some(delivered_at)));
-        let total = events.len() as u64;
-        let recorded = match self.events.insert_many(documents).ordered(false).await {
-            Ok(_) => total,
-            Err(e) => match &*e.kind {
-                ErrorKind::InsertMany(InsertManyError {
-                    write_errors: Some(errors),
-                    write_concern_error: None,
-                    ..
-                }) if errors.iter().all(|w| w.code == 11000) => {
-                    total.saturating_sub(errors.len() as u64)
+        let mut sessions = Vec::new();
+        let mut users = Vec::new();
+        for pending in events {
+            match &pending.event {
+                DomainEvent::Session(event) => {
+                    sessions.push(event_document(event, Some(delivered_at)));
                 }
-                _ => return Err(classify("recording a batch of session events", e)),
-            },
-        };
-        let mut newest: std::collections::HashMap<UserId, &PendingEvent> =
-            std::collections::HashMap::new();
-        for pending in events
-            .iter()
-            .filter(|p| moves_last_connection(p.event.kind))
-        {
-            let slot = newest.entry(pending.event.user_id).or_insert(pending);
-            if pending.event.at > slot.event.at {
-                *slot = pending;
+                DomainEvent::User(event) => users.push(user_event_document(
+                    event,
+                    pending.username.as_ref(),
+                    Some(delivered_at),
+                )?),
             }
         }
-        for pending in newest.values() {
-            self.move_last_connection_forward(&pending.event, pending.username.as_ref())
+        let recorded = Self::insert_new(
+            &self.events,
+            sessions,
+            "recording a batch of session events",
+        )
+        .await?
+            + Self::insert_new(&self.user_events, users, "recording a batch of user events")
                 .await?;
+        let mut newest: std::collections::HashMap<UserId, (&SessionEvent, Option<&Username>)> =
+            std::collections::HashMap::new();
+        for pending in events {
+            let Some(event) = moving_last_connection(&pending.event) else {
+                continue;
+            };
+            let slot = newest
+                .entry(event.user_id)
+                .or_insert((event, pending.username.as_ref()));
+            if event.at > slot.0.at {
+                *slot = (event, pending.username.as_ref());
+            }
+        }
+        for (event, username) in newest.values() {
+            self.move_last_connection_forward(event, *username).await?;
         }
         Ok(recorded)
     }

@@ -9,15 +9,30 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::error::ErrorCode;
+use crate::events::{EventLog, LoggedEvent};
 
+/// In-memory users. Each change writes its event to the event log it shares
+/// with the [`InMemorySessions`] built on it, while it still holds the
+/// users' lock (as the real store writes both in one transaction).
 #[derive(Debug, Default)]
 pub struct InMemoryUsers {
     users: Mutex<HashMap<UserId, User>>,
     /// Known devices by user, each with when it was last used.
     devices: Mutex<HashMap<UserId, Vec<(String, OffsetDateTime)>>>,
+    /// The sessions and the event log (locked after `users`, never before).
+    tables: Arc<Mutex<SessionTables>>,
 }
 
 impl InMemoryUsers {
+    /// Appends events to the log; called with the users' lock held.
+    fn log(&self, events: impl IntoIterator<Item = DomainEvent>) -> Result<(), Error> {
+        let mut tables = lock_tables(&self.tables)?;
+        for event in events {
+            tables.push(event);
+        }
+        Ok(())
+    }
+
     fn forget_devices(&self, user: UserId) {
         if let Ok(mut devices) = self.devices.lock() {
             devices.remove(&user);
@@ -26,7 +41,7 @@ impl InMemoryUsers {
 
     /// Sets the role; false when it already was the user's. The last
     /// admin keeps the role.
-    fn set_role(&self, id: UserId, role: Role) -> Result<bool, Error> {
+    fn set_role(&self, id: UserId, role: Role, at: OffsetDateTime) -> Result<bool, Error> {
         self.with(|users| {
             let admins = users.values().filter(|u| u.role == Role::Admin).count();
             match users.get_mut(&id) {
@@ -36,6 +51,8 @@ impl InMemoryUsers {
                 }
                 Some(u) => {
                     u.role = role;
+                    let change = UserChange::RoleChanged { role };
+                    self.log([UserEvent::new(Some(id), at, change).into()])?;
                     Ok(true)
                 }
                 None => Err(Error::new(ErrorCode::UserNotFound)),
@@ -75,7 +92,7 @@ impl InMemoryUsers {
                 user.password_hash = hash.clone();
             }
             user.updated_at = change.at;
-            Ok(())
+            self.log(change.events().into_iter().map(DomainEvent::from))
         })?
     }
 }
@@ -90,6 +107,7 @@ impl UserRepository for InMemoryUsers {
             if users.values().any(|u| u.email == new.email) {
                 return Err(Error::new(ErrorCode::EmailTaken));
             }
+            self.log([new.created_event().into()])?;
             let user = User {
                 id: new.id,
                 username: new.username,
@@ -120,7 +138,8 @@ impl UserRepository for InMemoryUsers {
         self.with(|users| match users.get_mut(&id) {
             Some(u) => {
                 u.password_hash = hash.clone();
-                Ok(())
+                let event = UserEvent::new(Some(id), u.updated_at, UserChange::PasswordChanged);
+                self.log([event.into()])
             }
             None => Err(Error::new(ErrorCode::UserNotFound)),
         })?
@@ -157,13 +176,18 @@ impl UserRepository for InMemoryUsers {
                 };
                 outcomes.push(outcome);
             }
-            if !dry_run {
+            if !dry_run && !added.is_empty() {
+                let at = added.iter().map(|u| u.created_at).max();
+                let count = added.len() as u64;
+                if let Some(at) = at {
+                    self.log([UserEvent::new(None, at, UserChange::Imported { count }).into()])?;
+                }
                 for user in added {
                     users.insert(user.id, user);
                 }
             }
-            outcomes
-        })
+            Ok(outcomes)
+        })?
     }
 
     async fn count_insecure_hashes(&self) -> Result<u64, Error> {
@@ -206,7 +230,10 @@ impl UserRepository for InMemoryUsers {
             match users.get_mut(&id) {
                 Some(u) => {
                     u.email = email.clone();
-                    Ok(())
+                    let change = UserChange::EmailChanged {
+                        email: email.as_str().to_owned(),
+                    };
+                    self.log([UserEvent::new(Some(id), u.updated_at, change).into()])
                 }
                 None => Err(Error::new(ErrorCode::UserNotFound)),
             }
@@ -214,43 +241,39 @@ impl UserRepository for InMemoryUsers {
     }
 }
 
-/// In-memory sessions. Each change writes its event to an outbox table
-/// under the same lock (as the real store does in one transaction), which
-/// [`InMemorySessions::outbox`] drains. It reads the users it is given, as
-/// the real store joins its users table.
-#[derive(Debug, Default)]
+/// In-memory sessions. Each change writes its event to the event log under
+/// the same lock (as the real store does in one transaction), which
+/// [`InMemorySessions::outbox`] drains (one subscriber) and
+/// [`InMemorySessions::event_log`] reads. It reads the users it is given,
+/// as the real store joins its users table, and shares their log.
+#[derive(Debug)]
 pub struct InMemorySessions {
     state: Arc<Mutex<SessionTables>>,
     users: Arc<InMemoryUsers>,
 }
 
-/// The sessions and the outbox, behind one lock.
+impl Default for InMemorySessions {
+    fn default() -> Self {
+        Self::with_users(Arc::default())
+    }
+}
+
+/// The sessions and the event log, behind one lock.
 #[derive(Debug, Default)]
 struct SessionTables {
     sessions: HashMap<SessionId, Session>,
     outbox: OutboxRows,
+    /// The last position given, so positions only grow.
+    positions: i64,
     /// The last claim handed out, so each claim holds its own rows.
     claims: u64,
 }
 
-/// The outbox table: each event with how its delivery went.
-#[derive(Debug, Default)]
-struct OutboxRows(Vec<OutboxRow>);
-
-#[derive(Debug)]
-struct OutboxRow {
-    event: SessionEvent,
-    delivered_at: Option<OffsetDateTime>,
-    attempts: u32,
-    /// Set aside, and why.
-    quarantined: Option<String>,
-    /// The claim holding it, while one does.
-    claim: Option<u64>,
-}
-
-impl OutboxRows {
-    fn push(&mut self, event: SessionEvent) {
-        self.0.push(OutboxRow {
+impl SessionTables {
+    fn push(&mut self, event: DomainEvent) {
+        self.positions += 1;
+        self.outbox.0.push(OutboxRow {
+            position: self.positions,
             event,
             delivered_at: None,
             attempts: 0,
@@ -260,32 +283,70 @@ impl OutboxRows {
     }
 }
 
+/// The event log, with one subscriber's delivery state on each event.
+#[derive(Debug, Default)]
+struct OutboxRows(Vec<OutboxRow>);
+
+#[derive(Debug)]
+struct OutboxRow {
+    position: i64,
+    event: DomainEvent,
+    delivered_at: Option<OffsetDateTime>,
+    attempts: u32,
+    /// Set aside, and why.
+    quarantined: Option<String>,
+    /// The claim holding it, while one does.
+    claim: Option<u64>,
+}
+
 impl InMemorySessions {
     pub fn with_users(users: Arc<InMemoryUsers>) -> Self {
         Self {
-            state: Arc::default(),
+            state: Arc::clone(&users.tables),
             users,
         }
     }
 
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut HashMap<SessionId, Session>, &mut OutboxRows) -> T,
+        f: impl FnOnce(&mut HashMap<SessionId, Session>, &mut SessionTables) -> T,
     ) -> Result<T, Error> {
-        let mut guard = self
-            .state
-            .lock()
-            .map_err(|_| Error::internal("in-memory session store poisoned"))?;
-        let SessionTables {
-            sessions, outbox, ..
-        } = &mut *guard;
-        Ok(f(sessions, outbox))
+        let mut guard = lock_tables(&self.state)?;
+        let tables = &mut *guard;
+        let mut sessions = std::mem::take(&mut tables.sessions);
+        let out = f(&mut sessions, tables);
+        tables.sessions = sessions;
+        Ok(out)
     }
 
-    /// Every event in the outbox (pruned ones are gone), in the order written.
+    /// Every session event in the log (pruned ones are gone), in the order
+    /// written.
     pub fn events(&self) -> Vec<SessionEvent> {
-        self.with(|_, outbox| outbox.0.iter().map(|row| row.event.clone()).collect())
-            .unwrap_or_default()
+        self.all_events()
+            .into_iter()
+            .filter_map(|event| match event {
+                DomainEvent::Session(event) => Some(event),
+                DomainEvent::User(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every event in the log, users' and sessions', in the order written.
+    pub fn all_events(&self) -> Vec<DomainEvent> {
+        self.with(|_, tables| {
+            tables
+                .outbox
+                .0
+                .iter()
+                .map(|row| row.event.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// The log as `hub events tail` reads it.
+    pub fn event_log(&self) -> InMemoryOutbox {
+        self.outbox()
     }
 
     /// The outbox these sessions write to, as a relay sees it.
@@ -350,7 +411,7 @@ impl SessionRepository for InMemorySessions {
     async fn open(&self, session: &Session, event: &SessionEvent) -> Result<(), Error> {
         self.with(|sessions, events| {
             sessions.insert(session.id, session.clone());
-            events.push(event.clone());
+            events.push(event.clone().into());
         })
     }
 
@@ -414,7 +475,7 @@ impl SessionRepository for InMemorySessions {
         role: Role,
         at: OffsetDateTime,
     ) -> Result<u64, Error> {
-        if !self.users.set_role(user, role)? {
+        if !self.users.set_role(user, role, at)? {
             return Ok(0);
         }
         self.revoke_all(user, None, at, super::ROLE_CHANGED).await
@@ -449,7 +510,8 @@ impl SessionRepository for InMemorySessions {
                 s.revoked_at = Some(at);
                 events.push(
                     SessionEvent::new(crate::session::SessionEventKind::Revoked, s, at)
-                        .because(reason),
+                        .because(reason)
+                        .into(),
                 );
                 true
             }
@@ -472,7 +534,8 @@ impl SessionRepository for InMemorySessions {
                     s.revoked_at = Some(at);
                     events.push(
                         SessionEvent::new(crate::session::SessionEventKind::Revoked, s, at)
-                            .because(reason),
+                            .because(reason)
+                            .into(),
                     );
                     count += 1;
                 }
@@ -505,7 +568,7 @@ impl SessionRepository for InMemorySessions {
             Some(s) if s.is_open_at(event.at) => {
                 s.last_seen_at = session.last_seen_at;
                 s.expires_at = session.expires_at;
-                events.push(event.clone());
+                events.push(event.clone().into());
                 true
             }
             _ => false,
@@ -535,7 +598,7 @@ impl InMemoryOutbox {
                 .outbox
                 .0
                 .iter()
-                .find(|row| row.event.id == id)
+                .find(|row| row.event.id() == id)
                 .and_then(|row| row.quarantined.clone())
         })
         .ok()
@@ -600,9 +663,9 @@ impl ClaimedEvents for InMemoryClaim {
     ) -> Result<u64, Error> {
         let mut quarantined = 0;
         self.end(|row| {
-            if delivered.contains(&row.event.id) {
+            if delivered.contains(&row.event.id()) {
                 row.delivered_at = Some(at);
-            } else if let Some((_, why)) = refused.iter().find(|(id, _)| *id == row.event.id) {
+            } else if let Some((_, why)) = refused.iter().find(|(id, _)| *id == row.event.id()) {
                 row.attempts += 1;
                 if row.attempts >= max_attempts {
                     row.quarantined = Some(why.clone());
@@ -628,8 +691,8 @@ impl Outbox for InMemoryOutbox {
                     row.delivered_at.is_none() && row.quarantined.is_none() && row.claim.is_none()
                 })
                 .collect();
-            free.sort_by_key(|row| (row.event.at, row.event.id));
-            let events: Vec<SessionEvent> = free
+            free.sort_by_key(|row| row.position);
+            let events: Vec<DomainEvent> = free
                 .into_iter()
                 .take(usize::try_from(limit).unwrap_or(usize::MAX))
                 .map(|row| {
@@ -646,9 +709,12 @@ impl Outbox for InMemoryOutbox {
             events: Vec::with_capacity(events.len()),
         };
         for event in events {
-            let username = self
-                .users
-                .with(|users| users.get(&event.user_id).map(|u| u.username.clone()))?;
+            let username = match event.user_id() {
+                Some(user) => self
+                    .users
+                    .with(|users| users.get(&user).map(|u| u.username.clone()))?,
+                None => None,
+            };
             claimed.events.push(PendingEvent { event, username });
         }
         Ok(Box::new(claimed))
@@ -662,8 +728,8 @@ impl Outbox for InMemoryOutbox {
                     backlog.quarantined += 1;
                 } else {
                     backlog.pending += 1;
-                    backlog.oldest =
-                        Some(backlog.oldest.map_or(row.event.at, |o| o.min(row.event.at)));
+                    let at = row.event.at();
+                    backlog.oldest = Some(backlog.oldest.map_or(at, |o| o.min(at)));
                 }
             }
             backlog
@@ -697,6 +763,32 @@ impl Outbox for InMemoryOutbox {
     }
 }
 
+#[async_trait]
+impl EventLog for InMemoryOutbox {
+    async fn read(&self, after: Option<i64>, limit: u32) -> Result<Vec<LoggedEvent>, Error> {
+        self.with(|tables| {
+            let rows = &tables.outbox.0;
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let start = match after {
+                None => rows.len().saturating_sub(limit),
+                Some(after) => match rows.iter().position(|row| row.position == after) {
+                    Some(found) => found + 1,
+                    None => return Err(super::super::events::no_such_position(after)),
+                },
+            };
+            Ok(rows
+                .iter()
+                .skip(start)
+                .take(limit)
+                .map(|row| LoggedEvent {
+                    position: row.position,
+                    event: row.event.clone(),
+                })
+                .collect())
+        })?
+    }
+}
+
 /// An in-memory [`ActivityLog`], as the MongoDB one behaves: idempotent by
 /// event id, the last connection moved by openings and touches only, and
 /// only forward. It can be made to be away (`UNAVAILABLE`) or to refuse
@@ -717,7 +809,7 @@ struct LogState {
 /// An event as the activity log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {
-    pub event: SessionEvent,
+    pub event: DomainEvent,
     /// When a relay delivered it (a batch); none when recorded singly.
     pub delivered_at: Option<OffsetDateTime>,
 }
@@ -764,8 +856,8 @@ impl InMemoryActivityLog {
 
 impl LogState {
     /// Keeps the event unless it is there already; whether it was new.
-    fn insert(&mut self, event: &SessionEvent, delivered_at: Option<OffsetDateTime>) -> bool {
-        if self.events.iter().any(|r| r.event.id == event.id) {
+    fn insert(&mut self, event: &DomainEvent, delivered_at: Option<OffsetDateTime>) -> bool {
+        if self.events.iter().any(|r| r.event.id() == event.id()) {
             return false;
         }
         self.events.push(RecordedEvent {
@@ -777,7 +869,10 @@ impl LogState {
 
     /// As the real log's upsert: only an older last connection is replaced,
     /// and a missing username keeps the one known.
-    fn move_forward(&mut self, event: &SessionEvent, username: Option<&Username>) {
+    fn move_forward(&mut self, event: &DomainEvent, username: Option<&Username>) {
+        let DomainEvent::Session(event) = event else {
+            return;
+        };
         if !matches!(
             event.kind,
             crate::session::SessionEventKind::Opened | crate::session::SessionEventKind::Touched
@@ -802,8 +897,8 @@ impl LogState {
         );
     }
 
-    fn refusal(event: &SessionEvent) -> Error {
-        Error::internal(format!("document {} failed validation", event.id))
+    fn refusal(event: &DomainEvent) -> Error {
+        Error::internal(format!("document {} failed validation", event.id()))
     }
 }
 
@@ -811,11 +906,11 @@ impl LogState {
 impl ActivityLog for InMemoryActivityLog {
     async fn record(
         &self,
-        event: &SessionEvent,
+        event: &DomainEvent,
         username: Option<&Username>,
     ) -> Result<bool, Error> {
         self.with(|state| {
-            if state.refused.contains(&event.id) {
+            if state.refused.contains(&event.id()) {
                 return Err(LogState::refusal(event));
             }
             let recorded = state.insert(event, None);
@@ -837,7 +932,7 @@ impl ActivityLog for InMemoryActivityLog {
             let mut recorded = 0;
             let mut refused = None;
             for pending in events {
-                if state.refused.contains(&pending.event.id) {
+                if state.refused.contains(&pending.event.id()) {
                     refused.get_or_insert_with(|| LogState::refusal(&pending.event));
                 } else if state.insert(&pending.event, Some(delivered_at)) {
                     recorded += 1;
@@ -1376,25 +1471,29 @@ mod tests {
     // ---- Outbox (sessions/tests/it/relay.rs, store/src/postgres/outbox.rs) ----
 
     /// Sessions whose outbox holds the openings of `n` sessions of alice,
-    /// written in an order other than their times'.
+    /// in the log's order (alice's `user.created` delivered and pruned).
     async fn outbox_with(n: i64) -> (InMemorySessions, Vec<SessionEvent>) {
         let users = Arc::new(InMemoryUsers::default());
         let alice = user(&users, "alice").await;
         let sessions = InMemorySessions::with_users(users);
+        let outbox = sessions.outbox();
+        let created = outbox.claim(10).await.unwrap();
+        assert_eq!(created.events()[0].event.type_name(), "user.created");
+        created.delivered(t0() - Span::hours(1)).await.unwrap();
+        assert_eq!(outbox.prune(t0() - Span::minutes(1)).await.unwrap(), 1);
         let start = t0();
-        let mut events: Vec<SessionEvent> = (0..n)
+        let events: Vec<SessionEvent> = (0..n)
             .map(|i| opened(&session(alice, start + Span::seconds(i))))
             .collect();
-        for event in events.iter().rev() {
+        for event in &events {
             let s = session(alice, event.at);
             sessions.open(&s, event).await.unwrap();
         }
-        events.sort_by_key(|e| e.at);
         (sessions, events)
     }
 
     fn ids(claim: &dyn ClaimedEvents) -> Vec<Uuid> {
-        claim.events().iter().map(|p| p.event.id).collect()
+        claim.events().iter().map(|p| p.event.id()).collect()
     }
 
     fn ids_of(events: &[SessionEvent]) -> Vec<Uuid> {
@@ -1493,9 +1592,9 @@ mod tests {
         sessions.open(&s, &opened(&s)).await.unwrap();
         assert!(sessions.revoke(s.id, t0(), "logout").await.unwrap());
         let claim = sessions.outbox().claim(10).await.unwrap();
-        let kinds: Vec<_> = claim.events().iter().map(|p| p.event.kind).collect();
-        assert_eq!(kinds, [SessionEventKind::Opened, SessionEventKind::Revoked]);
-        assert_eq!(claim.events()[1].event.reason.as_deref(), Some("logout"));
+        let kinds: Vec<_> = claim.events().iter().map(|p| p.event.type_name()).collect();
+        assert_eq!(kinds, ["user.created", "session.opened", "session.revoked"]);
+        assert_eq!(claim.events()[2].event.data()["reason"], "logout");
     }
 
     // ---- ActivityLog (store/tests/it/mongo.rs) ----
@@ -1504,6 +1603,7 @@ mod tests {
     async fn an_event_is_recorded_once_however_often_it_is_delivered() {
         let log = InMemoryActivityLog::default();
         let event = opened(&session(UserId::generate(), t0()));
+        let event = DomainEvent::from(event);
         assert!(log.record(&event, None).await.unwrap());
         assert!(
             !log.record(&event, None).await.unwrap(),
@@ -1520,14 +1620,18 @@ mod tests {
         let start = t0();
         let newer = session(user, start + Span::seconds(10));
         let older = session(user, start);
-        log.record(&opened(&newer), Some(&alice)).await.unwrap();
-        log.record(&opened(&older), Some(&alice)).await.unwrap();
+        log.record(&opened(&newer).into(), Some(&alice))
+            .await
+            .unwrap();
+        log.record(&opened(&older).into(), Some(&alice))
+            .await
+            .unwrap();
         let last = log.last_connection(user).await.unwrap().unwrap();
         assert_eq!((last.session_id, last.at), (newer.id, newer.created_at));
         assert_eq!(last.username, Some(alice.clone()));
         let later = newer.created_at + Span::seconds(5);
         log.record(
-            &SessionEvent::new(SessionEventKind::Revoked, &newer, later),
+            &SessionEvent::new(SessionEventKind::Revoked, &newer, later).into(),
             None,
         )
         .await
@@ -1538,7 +1642,7 @@ mod tests {
             "a revocation is not a connection"
         );
         let touched = SessionEvent::new(SessionEventKind::Touched, &older, later);
-        log.record(&touched, None).await.unwrap();
+        log.record(&touched.into(), None).await.unwrap();
         let last = log.last_connection(user).await.unwrap().unwrap();
         assert_eq!((last.session_id, last.at), (older.id, later));
         assert_eq!(
@@ -1561,7 +1665,7 @@ mod tests {
         let at = t0();
         let pending: Vec<PendingEvent> = (0..5)
             .map(|i| PendingEvent {
-                event: opened(&session(user, at + Span::seconds(i))),
+                event: opened(&session(user, at + Span::seconds(i))).into(),
                 username: Some(Username::parse("alice").unwrap()),
             })
             .collect();
@@ -1574,7 +1678,10 @@ mod tests {
         let last = log.last_connection(user).await.unwrap().unwrap();
         assert_eq!(
             (last.session_id, last.at),
-            (pending[4].event.session_id, pending[4].event.at)
+            (
+                pending[4].event.session_id().unwrap(),
+                pending[4].event.at()
+            )
         );
     }
 
@@ -1584,7 +1691,7 @@ mod tests {
         let user = UserId::generate();
         let pending: Vec<PendingEvent> = (0..3)
             .map(|i| PendingEvent {
-                event: opened(&session(user, t0() + Span::seconds(i))),
+                event: opened(&session(user, t0() + Span::seconds(i))).into(),
                 username: None,
             })
             .collect();
@@ -1593,7 +1700,7 @@ mod tests {
         assert_eq!(away.kind(), crate::ErrorKind::Unavailable);
         log.set_away(false);
         assert!(log.events().is_empty());
-        log.refuse(pending[1].event.id);
+        log.refuse(pending[1].event.id());
         let refused = log.record_batch(&pending, t0()).await.unwrap_err();
         assert_ne!(
             refused.kind(),

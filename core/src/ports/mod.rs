@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::Error;
+use crate::events::{DomainEvent, UserChange, UserEvent};
 use crate::password::PasswordHash;
 use crate::session::{Session, SessionEvent, SessionId};
 use crate::user::{Email, Role, UserId, Username};
@@ -43,6 +44,13 @@ pub struct NewUser {
 
 /// Where users live. Implementations map a unique-key violation to
 /// `USERNAME_TAKEN` or `EMAIL_TAKEN` and a lost connection to `UNAVAILABLE`.
+///
+/// Every change is written with its event in the event log (see
+/// [`crate::events`]), in one transaction: `insert` with `user.created`, an
+/// email or password change with `user.email_changed` /
+/// `user.password_changed`, an import with one `users.imported` counting
+/// the users stored. Replacing a hash by a stronger one of the same password
+/// (at login) is no change to the user, and writes none.
 #[async_trait]
 pub trait UserRepository: Send + Sync + 'static {
     async fn insert(&self, user: NewUser) -> Result<User, Error>;
@@ -180,6 +188,45 @@ pub struct CredentialChange {
     pub at: OffsetDateTime,
 }
 
+impl CredentialChange {
+    /// The user events the change is written with, in this order.
+    pub fn events(&self) -> Vec<UserEvent> {
+        let mut events = Vec::with_capacity(2);
+        if let Some(email) = &self.email {
+            events.push(UserEvent::new(
+                Some(self.user),
+                self.at,
+                UserChange::EmailChanged {
+                    email: email.as_str().to_owned(),
+                },
+            ));
+        }
+        if self.password_hash.is_some() {
+            events.push(UserEvent::new(
+                Some(self.user),
+                self.at,
+                UserChange::PasswordChanged,
+            ));
+        }
+        events
+    }
+}
+
+impl NewUser {
+    /// The `user.created` event the user is stored with.
+    pub fn created_event(&self) -> UserEvent {
+        UserEvent::new(
+            Some(self.id),
+            self.created_at,
+            UserChange::Created {
+                username: self.username.as_str().to_owned(),
+                email: self.email.as_str().to_owned(),
+                role: self.role,
+            },
+        )
+    }
+}
+
 /// Why a credential change revokes sessions, as their events record it.
 pub const PASSWORD_CHANGED: &str = "password_changed";
 
@@ -228,11 +275,12 @@ pub struct SessionQuery {
     pub limit: u32,
 }
 
-/// An outbox event waiting for delivery, with its user's name for the read
-/// side (none when the user has since been deleted).
+/// An event of the log waiting for delivery to one subscriber, with its
+/// user's name for the read side (none for an import's event, or when the
+/// user has since been deleted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingEvent {
-    pub event: SessionEvent,
+    pub event: DomainEvent,
     pub username: Option<Username>,
 }
 
@@ -246,8 +294,11 @@ pub struct Backlog {
     pub quarantined: u64,
 }
 
-/// The outbox, as its relay sees it: events claimed in order, in batches,
-/// by one relay at a time.
+/// One subscriber's queue of the event log (the outbox), as its relay sees
+/// it: events claimed in the log's order, in batches, by one relay at a
+/// time. Every subscriber has its own delivery state (delivered, attempts,
+/// quarantine) for every event it subscribed to, so what one has or has not
+/// taken changes nothing for another.
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// Claims up to `limit` undelivered events, oldest first, skipping any
@@ -256,7 +307,8 @@ pub trait Outbox: Send + Sync + 'static {
     async fn claim(&self, limit: u32) -> Result<Box<dyn ClaimedEvents>, Error>;
     /// How many events wait, and since when.
     async fn backlog(&self) -> Result<Backlog, Error>;
-    /// Deletes events delivered before `before`; how many went.
+    /// Deletes events older than `before` that every subscriber has had (or
+    /// set aside); how many went.
     async fn prune(&self, before: OffsetDateTime) -> Result<u64, Error>;
     /// Puts every quarantined event back in line (once an operator has
     /// fixed what made it unreadable); how many.
@@ -312,19 +364,17 @@ pub struct LastConnection {
     pub at: OffsetDateTime,
 }
 
-/// What happened in sessions, and when each user was last seen: the
-/// append-heavy, document-shaped side, kept apart from the source of truth.
-/// Delivery may repeat, so recording is idempotent by event id.
+/// What happened to sessions and users, and when each user was last seen:
+/// the append-heavy, document-shaped side, kept apart from the source of
+/// truth; the event log's first subscriber. Delivery may repeat, so
+/// recording is idempotent by event id.
 #[async_trait]
 pub trait ActivityLog: Send + Sync + 'static {
     /// Records one event; `false` when it had been recorded already. An
     /// opening or touching event also moves the user's last connection
     /// forward (never back: events may arrive out of order).
-    async fn record(
-        &self,
-        event: &SessionEvent,
-        username: Option<&Username>,
-    ) -> Result<bool, Error>;
+    async fn record(&self, event: &DomainEvent, username: Option<&Username>)
+    -> Result<bool, Error>;
     /// Records a batch delivered at `delivered_at`, as [`Self::record`] does
     /// one by one; how many were new (the rest had been recorded already).
     async fn record_batch(

@@ -406,13 +406,15 @@ async fn session_changes_arrive_once(hub: &Deployment, http: &Client, name: &str
     let mut db = sqlx::PgConnection::connect(environment.var("POLYHUB_DATABASE__URL"))
         .await
         .unwrap();
-    let outbox: BTreeSet<String> = sqlx::query_as::<_, (uuid::Uuid,)>("SELECT id FROM outbox")
-        .fetch_all(&mut db)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id,)| id.to_string())
-        .collect();
+    let outbox: BTreeSet<String> = sqlx::query_as::<_, (uuid::Uuid,)>(
+        "SELECT event_id FROM events WHERE type LIKE 'session.%'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id,)| id.to_string())
+    .collect();
     assert!(outbox.len() >= 500, "{} events in the outbox", outbox.len());
     let mongo = mongodb::Client::with_uri_str(environment.var("POLYHUB_MONGO__URL"))
         .await

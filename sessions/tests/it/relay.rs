@@ -15,37 +15,40 @@ use sqlx::Connection;
 /// Sessions are opened on rest-auth; the relay runs with the session API.
 const SERVICES: &[Service] = &[Service::RestAuth, Service::Sessions];
 
-/// Every outbox event id, from PostgreSQL.
+/// Every event id of the event log, from PostgreSQL.
 async fn outbox_ids(hub: &Hub) -> BTreeSet<String> {
     let mut db = sqlx::PgConnection::connect(hub.config().database.url.expose())
         .await
         .unwrap();
-    let ids: Vec<(uuid::Uuid,)> = sqlx::query_as("SELECT id FROM outbox")
+    let ids: Vec<(uuid::Uuid,)> = sqlx::query_as("SELECT event_id FROM events")
         .fetch_all(&mut db)
         .await
         .unwrap();
     ids.into_iter().map(|(id,)| id.to_string()).collect()
 }
 
-/// Every recorded event id, from MongoDB, and how many documents there are.
+/// Every recorded event id, users' and sessions', from MongoDB, and how
+/// many documents there are.
 async fn recorded_ids(hub: &Hub) -> (BTreeSet<String>, u64) {
-    let events = hub
-        .mongo()
-        .await
-        .unwrap()
-        .collection::<Document>("session_events");
-    let count = events.count_documents(doc! {}).await.unwrap();
-    let ids = events
-        .distinct("_id", doc! {})
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect();
+    let mongo = hub.mongo().await.unwrap();
+    let mut ids = BTreeSet::new();
+    let mut count = 0;
+    for collection in ["session_events", "user_events"] {
+        let events = mongo.collection::<Document>(collection);
+        count += events.count_documents(doc! {}).await.unwrap();
+        ids.extend(
+            events
+                .distinct("_id", doc! {})
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|id| id.as_str().unwrap().to_owned()),
+        );
+    }
     (ids, count)
 }
 
-/// Each outbox event is in MongoDB exactly once.
+/// Each event of the log is in MongoDB exactly once.
 async fn assert_exactly_once(hub: &Hub, expected: usize) {
     let outbox = outbox_ids(hub).await;
     assert_eq!(outbox.len(), expected);
@@ -74,7 +77,8 @@ async fn user(hub: &Hub, name: &str) -> User {
         .unwrap()
 }
 
-/// A hub that does not relay by itself, with `events` session openings waiting.
+/// A hub that does not relay by itself, with `events` session openings
+/// waiting behind alice's `user.created`.
 async fn hub_with_backlog(events: usize, batch_size: u32) -> Hub {
     let mut setup = TestSetup::new(SERVICES);
     setup.config.relay.enabled = false;
@@ -181,7 +185,8 @@ async fn a_mongodb_outage_loses_nothing_and_repeats_nothing() {
 
     mongo.resume();
     drained(&hub, Duration::from_secs(60)).await;
-    assert_exactly_once(&hub, 201).await;
+    // alice's creation, her login, and the 200 changes.
+    assert_exactly_once(&hub, 202).await;
 
     // The last connection is the newest opening, whatever order things arrived in.
     let newest = devices.last().unwrap();
@@ -206,9 +211,9 @@ async fn two_relays_at_once_deliver_each_event_once() {
         run_relay(&hub, hub.relay().await.unwrap()),
     );
     eprintln!("relay a delivered {}, relay b {}", a.0, b.0);
-    assert_eq!(a.0 + b.0, 300);
+    assert_eq!(a.0 + b.0, 301);
     assert_eq!((a.1, b.1), (0, 0), "no event was claimed twice");
-    assert_exactly_once(&hub, 300).await;
+    assert_exactly_once(&hub, 301).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,8 +248,8 @@ async fn a_relay_resumes_after_a_restart_and_a_crash_mid_batch() {
 
     let (delivered, repeated) = run_relay(&hub, hub.relay().await.unwrap()).await;
     assert_eq!(repeated, 20, "the crashed batch is recognised, not doubled");
-    assert_eq!(first_delivered + delivered + 20, 200);
-    assert_exactly_once(&hub, 200).await;
+    assert_eq!(first_delivered + delivered + 20, 201);
+    assert_exactly_once(&hub, 201).await;
 }
 
 /// One outbox row the relay cannot read (a payload of the wrong shape) is
@@ -262,10 +267,11 @@ async fn a_poison_outbox_row_is_quarantined_and_the_rest_arrive() {
         .await
         .unwrap();
     let poison = uuid::Uuid::now_v7();
-    // The oldest event, so it stands at the head of the line.
+    // The first place in the log, so it stands at the head of the line.
     sqlx::query(
-        "INSERT INTO outbox (id, session_id, user_id, kind, payload, created_at) \
-         VALUES ($1, $2, $3, 'session.opened', '{\"client_ip\": 12}', now() - interval '1 hour')",
+        "INSERT INTO events (id, event_id, session_id, user_id, type, data, occurred_at) \
+         OVERRIDING SYSTEM VALUE \
+         VALUES (0, $1, $2, $3, 'session.opened', '{\"client_ip\": 12}', now() - interval '1 hour')",
     )
     .bind(poison)
     .bind(uuid::Uuid::now_v7())
@@ -274,25 +280,27 @@ async fn a_poison_outbox_row_is_quarantined_and_the_rest_arrive() {
     .await
     .unwrap();
     let (delivered, _) = run_relay(&hub, hub.relay().await.unwrap()).await;
-    assert_eq!(delivered, 3, "the events behind the poison arrive");
+    assert_eq!(delivered, 4, "the events behind the poison arrive");
     let backlog = hub.outbox().backlog().await.unwrap();
     assert_eq!((backlog.pending, backlog.quarantined), (0, 1));
-    let reason: Option<String> =
-        sqlx::query_scalar("SELECT quarantine_reason FROM outbox WHERE id = $1")
-            .bind(poison)
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
+    let reason: Option<String> = sqlx::query_scalar(
+        "SELECT d.quarantine_reason FROM event_deliveries d \
+             JOIN events e ON e.id = d.event_id WHERE e.event_id = $1",
+    )
+    .bind(poison)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
     assert!(
-        reason.unwrap().contains("payload"),
+        reason.unwrap().contains("client_ip"),
         "the reason names what is wrong"
     );
     let (recorded, documents) = recorded_ids(&hub).await;
-    assert_eq!(documents, 3);
+    assert_eq!(documents, 4);
     assert!(!recorded.contains(&poison.to_string()));
 
     // Fixed by an operator, put back, delivered.
-    sqlx::query("UPDATE outbox SET payload = '{}' WHERE id = $1")
+    sqlx::query("UPDATE events SET data = '{}' WHERE event_id = $1")
         .bind(poison)
         .execute(&mut db)
         .await
@@ -300,7 +308,7 @@ async fn a_poison_outbox_row_is_quarantined_and_the_rest_arrive() {
     assert_eq!(hub.outbox().retry_quarantined().await.unwrap(), 1);
     let (delivered, _) = run_relay(&hub, hub.relay().await.unwrap()).await;
     assert_eq!(delivered, 1);
-    assert_exactly_once(&hub, 4).await;
+    assert_exactly_once(&hub, 5).await;
     assert_eq!(hub.outbox().backlog().await.unwrap().quarantined, 0);
 }
 
@@ -347,8 +355,8 @@ async fn an_event_the_activity_log_keeps_refusing_is_quarantined() {
     let (delivered, repeated) = run_relay(&hub, relay).await;
     assert_eq!(
         delivered + repeated,
-        4,
-        "the events around the refused one arrive"
+        5,
+        "the events around the refused one arrive, and alice's creation"
     );
     assert!(
         status.snapshot().failures >= 2,
@@ -361,7 +369,7 @@ async fn an_event_the_activity_log_keeps_refusing_is_quarantined() {
         .await
         .unwrap();
     let (attempts, reason): (i32, String) = sqlx::query_as(
-        "SELECT attempts, quarantine_reason FROM outbox WHERE quarantined_at IS NOT NULL",
+        "SELECT attempts, quarantine_reason FROM event_deliveries WHERE quarantined_at IS NOT NULL",
     )
     .fetch_one(&mut db)
     .await
@@ -371,7 +379,7 @@ async fn an_event_the_activity_log_keeps_refusing_is_quarantined() {
         reason.starts_with("refused by the activity log"),
         "{reason}"
     );
-    assert_eq!(recorded_ids(&hub).await.1, 4);
+    assert_eq!(recorded_ids(&hub).await.1, 5);
 
     // The operator lifts the validator and puts the event back.
     mongo
@@ -381,5 +389,5 @@ async fn an_event_the_activity_log_keeps_refusing_is_quarantined() {
     assert_eq!(hub.outbox().retry_quarantined().await.unwrap(), 1);
     let (delivered, _) = run_relay(&hub, hub.relay().await.unwrap()).await;
     assert_eq!(delivered, 1);
-    assert_exactly_once(&hub, 5).await;
+    assert_exactly_once(&hub, 6).await;
 }

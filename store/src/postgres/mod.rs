@@ -3,6 +3,7 @@
 
 mod devices;
 mod directory_cache;
+mod events;
 mod images;
 mod listen;
 mod outbox;
@@ -12,6 +13,7 @@ mod users;
 
 pub use devices::PgKnownDevices;
 pub use directory_cache::{CachedUsers, DirectoryStats};
+pub use events::PgEventLog;
 pub use images::PgImageRepository;
 pub use outbox::PgOutbox;
 pub use session_cache::CachedSessions;

@@ -1,94 +1,93 @@
-//! The outbox, drained by the sessions service's relay.
+//! One subscriber's queue of the event log (the MongoDB activity log's,
+//! drained by the sessions service's relay): its rows of
+//! `event_deliveries`, one per event it listens to.
 //!
 //! A claim is a transaction holding `FOR UPDATE SKIP LOCKED` row locks on
-//! the oldest undelivered events: another relay skips them and takes the
-//! next ones, and if this relay dies the locks go with its connection and
-//! the events are claimable again. Marking the batch delivered commits.
-
-use std::net::IpAddr;
+//! the subscriber's oldest undelivered events: another relay skips them and
+//! takes the next ones, and if this relay dies the locks go with its
+//! connection and the events are claimable again. Marking the batch
+//! delivered commits. Only this subscriber's rows are locked or changed, so
+//! no other subscriber waits on this one.
 
 use async_trait::async_trait;
-use hub_core::{
-    Backlog, ClaimedEvents, ClientInfo, Error, Outbox, PendingEvent, SessionEvent,
-    SessionEventKind, SessionId, UserId, Username,
-};
-use serde::Deserialize;
+use hub_core::{Backlog, ClaimedEvents, Error, Outbox, PendingEvent, Username};
 use sqlx::postgres::{PgPool, PgTransaction};
-use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::classify;
+use super::events::EventRow;
 
-/// The outbox in PostgreSQL.
+/// The subscriber the activity log reads as (see the event log migration).
+pub const ACTIVITY_SUBSCRIBER: &str = "activity";
+
+/// A subscriber's queue of the event log in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PgOutbox {
     pool: PgPool,
+    subscriber: String,
 }
 
 impl PgOutbox {
+    /// The activity log's queue.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self::for_subscriber(pool, ACTIVITY_SUBSCRIBER)
     }
-}
 
-/// The parts of an event kept only in its JSON payload.
-#[derive(Deserialize)]
-struct Payload {
-    client_ip: Option<String>,
-    user_agent: Option<String>,
-    reason: Option<String>,
+    /// The queue of `subscriber`, a row of `event_subscribers`.
+    pub fn for_subscriber(pool: PgPool, subscriber: &str) -> Self {
+        Self {
+            pool,
+            subscriber: subscriber.to_owned(),
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
-struct OutboxRow {
-    id: Uuid,
-    session_id: Uuid,
-    user_id: Uuid,
-    kind: String,
-    /// Read as any JSON and parsed per row, so one bad payload is that
-    /// row's problem, not the whole claim's.
-    payload: Json<serde_json::Value>,
-    created_at: OffsetDateTime,
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    event: EventRow,
     username: Option<String>,
 }
 
-impl TryFrom<OutboxRow> for PendingEvent {
-    type Error = Error;
+/// A claimed batch: the open transaction holds its row locks. `positions`
+/// are the claimed events' ids in the log, beside `events`.
+struct PgClaim {
+    tx: PgTransaction<'static>,
+    subscriber: String,
+    events: Vec<PendingEvent>,
+    positions: Vec<i64>,
+}
 
-    fn try_from(row: OutboxRow) -> Result<Self, Error> {
-        let corrupt =
-            |field: &str| Error::internal(format!("outbox row {} has a bad {field}", row.id));
-        let payload: Payload =
-            serde_json::from_value(row.payload.0).map_err(|_| corrupt("payload"))?;
-        Ok(PendingEvent {
-            event: SessionEvent {
-                id: row.id,
-                kind: SessionEventKind::parse(&row.kind)?,
-                session_id: SessionId::try_from(row.session_id)
-                    .map_err(|_| corrupt("session_id"))?,
-                user_id: UserId::try_from(row.user_id).map_err(|_| corrupt("user_id"))?,
-                at: row.created_at,
-                client: ClientInfo {
-                    ip: payload
-                        .client_ip
-                        .as_deref()
-                        .map(str::parse::<IpAddr>)
-                        .transpose()
-                        .map_err(|_| corrupt("client_ip"))?,
-                    user_agent: payload.user_agent,
-                },
-                reason: payload.reason,
-            },
-            username: row.username.and_then(|u| Username::parse(&u).ok()),
-        })
+impl PgClaim {
+    /// The log ids of the claimed events named by `ids`.
+    fn positions_of(&self, ids: &[Uuid]) -> Vec<i64> {
+        self.events
+            .iter()
+            .zip(&self.positions)
+            .filter(|(pending, _)| ids.contains(&pending.event.id()))
+            .map(|(_, position)| *position)
+            .collect()
     }
 }
 
-/// A claimed batch: the open transaction holds its row locks.
-struct PgClaim {
-    tx: PgTransaction<'static>,
-    events: Vec<PendingEvent>,
+async fn mark_delivered(
+    tx: &mut PgTransaction<'static>,
+    subscriber: &str,
+    positions: &[i64],
+    at: OffsetDateTime,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE event_deliveries SET delivered_at = $3 \
+         WHERE subscriber = $1 AND event_id = ANY($2)",
+    )
+    .bind(subscriber)
+    .bind(positions)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| classify("marking events delivered", e))?;
+    Ok(())
 }
 
 #[async_trait]
@@ -98,17 +97,12 @@ impl ClaimedEvents for PgClaim {
     }
 
     async fn delivered(mut self: Box<Self>, at: OffsetDateTime) -> Result<(), Error> {
-        let ids: Vec<Uuid> = self.events.iter().map(|p| p.event.id).collect();
-        sqlx::query("UPDATE outbox SET delivered_at = $1 WHERE id = ANY($2)")
-            .bind(at)
-            .bind(&ids)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| classify("marking outbox events delivered", e))?;
+        let positions = std::mem::take(&mut self.positions);
+        mark_delivered(&mut self.tx, &self.subscriber, &positions, at).await?;
         self.tx
             .commit()
             .await
-            .map_err(|e| classify("committing delivered outbox events", e))
+            .map_err(|e| classify("committing delivered events", e))
     }
 
     async fn settle(
@@ -119,34 +113,38 @@ impl ClaimedEvents for PgClaim {
         max_attempts: u32,
     ) -> Result<u64, Error> {
         if !delivered.is_empty() {
-            sqlx::query("UPDATE outbox SET delivered_at = $1 WHERE id = ANY($2)")
-                .bind(at)
-                .bind(delivered)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(|e| classify("marking outbox events delivered", e))?;
+            let positions = self.positions_of(delivered);
+            mark_delivered(&mut self.tx, &self.subscriber, &positions, at).await?;
         }
-        let (ids, reasons): (Vec<Uuid>, Vec<String>) = refused.iter().cloned().unzip();
+        let mut ids = Vec::with_capacity(refused.len());
+        let mut reasons = Vec::with_capacity(refused.len());
+        for (id, reason) in refused {
+            if let Some(position) = self.positions_of(std::slice::from_ref(id)).first() {
+                ids.push(*position);
+                reasons.push(reason.clone());
+            }
+        }
         let quarantined: i64 = sqlx::query_scalar(
             "WITH counted AS ( \
-                 UPDATE outbox o SET attempts = o.attempts + 1, \
-                   quarantined_at = CASE WHEN o.attempts + 1 >= $3 THEN now() END, \
-                   quarantine_reason = CASE WHEN o.attempts + 1 >= $3 THEN r.reason END \
-                 FROM unnest($1::uuid[], $2::text[]) AS r(id, reason) \
-                 WHERE o.id = r.id \
-                 RETURNING o.quarantined_at) \
+                 UPDATE event_deliveries d SET attempts = d.attempts + 1, \
+                   quarantined_at = CASE WHEN d.attempts + 1 >= $4 THEN now() END, \
+                   quarantine_reason = CASE WHEN d.attempts + 1 >= $4 THEN r.reason END \
+                 FROM unnest($2::bigint[], $3::text[]) AS r(id, reason) \
+                 WHERE d.subscriber = $1 AND d.event_id = r.id \
+                 RETURNING d.quarantined_at) \
              SELECT count(*) FILTER (WHERE quarantined_at IS NOT NULL) FROM counted",
         )
+        .bind(&self.subscriber)
         .bind(&ids)
         .bind(&reasons)
         .bind(i64::from(max_attempts))
         .fetch_one(&mut *self.tx)
         .await
-        .map_err(|e| classify("counting refused outbox events", e))?;
+        .map_err(|e| classify("counting refused events", e))?;
         self.tx
             .commit()
             .await
-            .map_err(|e| classify("committing settled outbox events", e))?;
+            .map_err(|e| classify("committing settled events", e))?;
         Ok(u64::try_from(quarantined).unwrap_or(0))
     }
 }
@@ -162,69 +160,91 @@ impl Outbox for PgOutbox {
                 .pool
                 .begin()
                 .await
-                .map_err(|e| classify("claiming outbox events", e))?;
-            // `outbox_pending` holds exactly the pending rows, in this order.
-            let rows: Vec<OutboxRow> = sqlx::query_as(
-                "SELECT o.id, o.session_id, o.user_id, o.kind, o.payload, o.created_at, u.username \
-                 FROM outbox o LEFT JOIN users u ON u.id = o.user_id \
-                 WHERE o.delivered_at IS NULL AND o.quarantined_at IS NULL \
-                 ORDER BY o.created_at, o.id LIMIT $1 \
-                 FOR UPDATE OF o SKIP LOCKED",
+                .map_err(|e| classify("claiming events", e))?;
+            // `event_deliveries_pending` holds exactly the pending rows, in
+            // this order.
+            let rows: Vec<ClaimedRow> = sqlx::query_as(
+                "SELECT e.id, e.event_id, e.type, e.user_id, e.session_id, e.occurred_at, \
+                        e.data, u.username \
+                 FROM event_deliveries d \
+                 JOIN events e ON e.id = d.event_id \
+                 LEFT JOIN users u ON u.id = e.user_id \
+                 WHERE d.subscriber = $1 AND d.delivered_at IS NULL AND d.quarantined_at IS NULL \
+                 ORDER BY d.event_id LIMIT $2 \
+                 FOR UPDATE OF d SKIP LOCKED",
             )
+            .bind(&self.subscriber)
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await
-            .map_err(|e| classify("claiming outbox events", e))?;
+            .map_err(|e| classify("claiming events", e))?;
             let mut events = Vec::with_capacity(rows.len());
+            let mut positions = Vec::with_capacity(rows.len());
             let mut unreadable = Vec::new();
             for row in rows {
-                let id = row.id;
-                match PendingEvent::try_from(row) {
-                    Ok(event) => events.push(event),
-                    Err(e) => unreadable.push((id, e)),
+                match row.event.event() {
+                    Ok(event) => {
+                        positions.push(row.event.id);
+                        events.push(PendingEvent {
+                            event,
+                            username: row.username.and_then(|u| Username::parse(&u).ok()),
+                        });
+                    }
+                    Err(e) => unreadable.push((row.event.id, row.event.event_id, e)),
                 }
             }
             if unreadable.is_empty() {
-                return Ok(Box::new(PgClaim { tx, events }));
+                return Ok(Box::new(PgClaim {
+                    tx,
+                    subscriber: self.subscriber.clone(),
+                    events,
+                    positions,
+                }));
             }
-            for (id, why) in &unreadable {
+            for (position, id, why) in &unreadable {
                 sqlx::query(
-                    "UPDATE outbox SET quarantined_at = now(), quarantine_reason = $2 WHERE id = $1",
+                    "UPDATE event_deliveries SET quarantined_at = now(), quarantine_reason = $3 \
+                     WHERE subscriber = $1 AND event_id = $2",
                 )
-                .bind(id)
+                .bind(&self.subscriber)
+                .bind(position)
                 .bind(why.to_string())
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| classify("quarantining an unreadable outbox event", e))?;
-                tracing::error!(event = %id, reason = %why, "an unreadable outbox event was quarantined; fix the row, then `hub outbox retry`");
+                .map_err(|e| classify("quarantining an unreadable event", e))?;
+                tracing::error!(event = %id, position, subscriber = %self.subscriber, reason = %why, "an unreadable event was quarantined; fix the row, then `hub outbox retry`");
             }
             tx.commit()
                 .await
-                .map_err(|e| classify("committing quarantined outbox events", e))?;
+                .map_err(|e| classify("committing quarantined events", e))?;
         }
     }
 
     async fn retry_quarantined(&self) -> Result<u64, Error> {
         Ok(sqlx::query(
-            "UPDATE outbox SET quarantined_at = NULL, quarantine_reason = NULL, attempts = 0 \
-             WHERE quarantined_at IS NOT NULL AND delivered_at IS NULL",
+            "UPDATE event_deliveries \
+             SET quarantined_at = NULL, quarantine_reason = NULL, attempts = 0 \
+             WHERE subscriber = $1 AND quarantined_at IS NOT NULL AND delivered_at IS NULL",
         )
+        .bind(&self.subscriber)
         .execute(&self.pool)
         .await
-        .map_err(|e| classify("putting quarantined outbox events back", e))?
+        .map_err(|e| classify("putting quarantined events back", e))?
         .rows_affected())
     }
 
     async fn backlog(&self) -> Result<Backlog, Error> {
         let (pending, oldest, quarantined): (i64, Option<OffsetDateTime>, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE quarantined_at IS NULL), \
-             min(created_at) FILTER (WHERE quarantined_at IS NULL), \
-             count(*) FILTER (WHERE quarantined_at IS NOT NULL) \
-             FROM outbox WHERE delivered_at IS NULL",
+            "SELECT count(*) FILTER (WHERE d.quarantined_at IS NULL), \
+             min(e.occurred_at) FILTER (WHERE d.quarantined_at IS NULL), \
+             count(*) FILTER (WHERE d.quarantined_at IS NOT NULL) \
+             FROM event_deliveries d JOIN events e ON e.id = d.event_id \
+             WHERE d.subscriber = $1 AND d.delivered_at IS NULL",
         )
+        .bind(&self.subscriber)
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| classify("measuring the outbox backlog", e))?;
+        .map_err(|e| classify("measuring the event backlog", e))?;
         Ok(Backlog {
             pending: u64::try_from(pending).unwrap_or(0),
             oldest,
@@ -232,12 +252,19 @@ impl Outbox for PgOutbox {
         })
     }
 
+    /// Events go once every subscriber has had them before `before` (or
+    /// none listens and they happened before it): the log keeps what some
+    /// subscriber still waits for, whatever its age.
     async fn prune(&self, before: OffsetDateTime) -> Result<u64, Error> {
-        Ok(sqlx::query("DELETE FROM outbox WHERE delivered_at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| classify("pruning delivered outbox events", e))?
-            .rows_affected())
+        Ok(sqlx::query(
+            "DELETE FROM events e WHERE e.occurred_at < $1 AND NOT EXISTS ( \
+               SELECT 1 FROM event_deliveries d WHERE d.event_id = e.id \
+               AND (d.delivered_at IS NULL OR d.delivered_at >= $1))",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify("pruning delivered events", e))?
+        .rows_affected())
     }
 }

@@ -1,23 +1,23 @@
-//! Sessions in PostgreSQL, each change written with its outbox event in one
-//! transaction.
+//! Sessions in PostgreSQL, each change written with its events (in the
+//! event log) in one transaction.
 
 use std::net::IpAddr;
 
 use async_trait::async_trait;
+use hub_core::events::{DomainEvent, UserChange, UserEvent};
 use hub_core::ports::{LAST_ADMIN, PASSWORD_CHANGED, ROLE_CHANGED};
 use hub_core::{
     ClientInfo, CredentialChange, Error, ErrorCode, PasswordHash, Role, Session, SessionEvent,
     SessionEventKind, SessionId, SessionQuery, SessionRepository, User, UserId,
 };
 use sqlx::postgres::{PgPool, PgTransaction};
-use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::classify;
 use super::users::UserRow;
 
-/// Sessions and the outbox in PostgreSQL.
+/// Sessions in PostgreSQL, with their events in the event log.
 #[derive(Debug, Clone)]
 pub struct PgSessionRepository {
     pool: PgPool,
@@ -87,38 +87,12 @@ macro_rules! session_columns {
     };
 }
 
-/// What downstream consumers (the relay, MongoDB) read of an event.
-pub(super) fn payload(event: &SessionEvent) -> serde_json::Value {
-    serde_json::json!({
-        "event_id": event.id,
-        "kind": event.kind.as_str(),
-        "session_id": event.session_id.to_string(),
-        "user_id": event.user_id.to_string(),
-        "at": event.at.unix_timestamp_nanos() / 1_000,
-        "client_ip": event.client.ip.map(|ip| ip.to_string()),
-        "user_agent": event.client.user_agent,
-        "reason": event.reason,
-    })
-}
-
+/// Writes a session event to the event log, in the change's transaction.
 pub(super) async fn insert_event(
     tx: &mut PgTransaction<'_>,
     event: &SessionEvent,
 ) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO outbox (id, session_id, user_id, kind, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(event.id)
-    .bind(event.session_id.as_uuid())
-    .bind(event.user_id.as_uuid())
-    .bind(event.kind.as_str())
-    .bind(Json(payload(event)))
-    .bind(event.at)
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| classify("writing a session event to the outbox", e))?;
-    Ok(())
+    super::events::insert(tx, &[event.clone().into()]).await
 }
 
 async fn insert_session(
@@ -177,19 +151,26 @@ async fn revoke_sessions_of(
     .map_err(|e| classify("revoking a user's sessions", e))
 }
 
+/// Writes the revocation events of `rows` after `first` (the user events
+/// of the change that revoked them), and commits.
 async fn revoked_with_events(
     mut tx: PgTransaction<'_>,
+    first: Vec<DomainEvent>,
     rows: Vec<SessionRow>,
     at: OffsetDateTime,
     reason: &str,
 ) -> Result<u64, Error> {
-    let mut count = 0;
+    let count = rows.len() as u64;
+    let mut events = first;
     for row in rows {
         let session = Session::try_from(row)?;
-        let event = SessionEvent::new(SessionEventKind::Revoked, &session, at).because(reason);
-        insert_event(&mut tx, &event).await?;
-        count += 1;
+        events.push(
+            SessionEvent::new(SessionEventKind::Revoked, &session, at)
+                .because(reason)
+                .into(),
+        );
     }
+    super::events::insert(&mut tx, &events).await?;
     tx.commit()
         .await
         .map_err(|e| classify("committing a revocation", e))?;
@@ -318,7 +299,9 @@ impl SessionRepository for PgSessionRepository {
                 "the password changed meanwhile; sign in again",
             ));
         }
+        let events: Vec<DomainEvent> = change.events().into_iter().map(Into::into).collect();
         if change.password_hash.is_none() {
+            super::events::insert(&mut tx, &events).await?;
             tx.commit()
                 .await
                 .map_err(|e| classify("committing a credential change", e))?;
@@ -329,7 +312,7 @@ impl SessionRepository for PgSessionRepository {
         // find the hash replaced.
         let rows = revoke_sessions_of(&mut tx, change.user, change.keep, change.at).await?;
         forget_devices(&mut tx, change.user).await?;
-        revoked_with_events(tx, rows, change.at, PASSWORD_CHANGED).await
+        revoked_with_events(tx, events, rows, change.at, PASSWORD_CHANGED).await
     }
 
     async fn find_open(
@@ -398,7 +381,7 @@ impl SessionRepository for PgSessionRepository {
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| classify("revoking a session", e))?;
-        Ok(revoked_with_events(tx, rows, at, reason).await? > 0)
+        Ok(revoked_with_events(tx, Vec::new(), rows, at, reason).await? > 0)
     }
 
     async fn revoke_all(
@@ -423,7 +406,7 @@ impl SessionRepository for PgSessionRepository {
             .map_err(|e| classify("revoking a user's sessions", e))?;
         let rows = revoke_sessions_of(&mut tx, user, keep, at).await?;
         forget_devices(&mut tx, user).await?;
-        revoked_with_events(tx, rows, at, reason).await
+        revoked_with_events(tx, Vec::new(), rows, at, reason).await
     }
 
     async fn change_role(
@@ -477,7 +460,8 @@ impl SessionRepository for PgSessionRepository {
             .map_err(|e| classify("changing a user's role", e))?;
         let rows = revoke_sessions_of(&mut tx, user, None, at).await?;
         forget_devices(&mut tx, user).await?;
-        revoked_with_events(tx, rows, at, ROLE_CHANGED).await
+        let changed = UserEvent::new(Some(user), at, UserChange::RoleChanged { role });
+        revoked_with_events(tx, vec![changed.into()], rows, at, ROLE_CHANGED).await
     }
 
     async fn find(&self, id: SessionId) -> Result<Option<Session>, Error> {

@@ -1,11 +1,13 @@
 //! Users in PostgreSQL.
 
 use async_trait::async_trait;
+use hub_core::events::{DomainEvent, UserChange, UserEvent};
 use hub_core::{
     Email, Error, ErrorCode, ImportOutcome, NewUser, PasswordHash, Role, User, UserId,
     UserRepository, Username,
 };
 use sqlx::postgres::PgPool;
+use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -58,11 +60,19 @@ impl TryFrom<UserRow> for User {
 
 #[async_trait]
 impl UserRepository for PgUserRepository {
+    /// The user and its `user.created` event in one statement: a taken
+    /// name fails both.
     async fn insert(&self, user: NewUser) -> Result<User, Error> {
+        let event = DomainEvent::from(user.created_event());
         let row: UserRow = sqlx::query_as(
-            "INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) \
-             RETURNING id, username, email, password_hash, role, created_at, updated_at",
+            "WITH u AS ( \
+               INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at) \
+               VALUES ($1, $2, $3, $4, $5, $6, $6) \
+               RETURNING id, username, email, password_hash, role, created_at, updated_at), \
+             e AS ( \
+               INSERT INTO events (event_id, type, user_id, occurred_at, data) \
+               SELECT $7, $8, u.id, u.created_at, $9 FROM u) \
+             SELECT * FROM u",
         )
         .bind(user.id.as_uuid())
         .bind(user.username.as_str())
@@ -70,6 +80,9 @@ impl UserRepository for PgUserRepository {
         .bind(user.password_hash.as_str())
         .bind(user.role.as_str())
         .bind(user.created_at)
+        .bind(event.id())
+        .bind(event.type_name())
+        .bind(Json(event.data()))
         .fetch_one(&self.pool)
         .await
         .map_err(|e| classify("inserting a user", e))?;
@@ -116,13 +129,22 @@ impl UserRepository for PgUserRepository {
     }
 
     async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error> {
-        let done =
-            sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
-                .bind(id.as_uuid())
-                .bind(hash.as_str())
-                .execute(&self.pool)
-                .await
-                .map_err(|e| classify("updating a password hash", e))?;
+        let event = UserEvent::new(
+            Some(id),
+            OffsetDateTime::now_utc(),
+            UserChange::PasswordChanged,
+        );
+        let done = bind_event(
+            sqlx::query(with_event!(
+                "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1 RETURNING id"
+            )),
+            id,
+            hash.as_str(),
+            &event.into(),
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify("updating a password hash", e))?;
         found(done.rows_affected())
     }
 
@@ -204,6 +226,17 @@ impl UserRepository for PgUserRepository {
             .into_iter()
             .collect()
         };
+        if !dry_run && !inserted.is_empty() {
+            let at = users
+                .iter()
+                .filter(|u| inserted.contains(&u.id.as_uuid()))
+                .map(|u| u.created_at)
+                .max()
+                .unwrap_or_else(OffsetDateTime::now_utc);
+            let count = inserted.len() as u64;
+            let event = UserEvent::new(None, at, UserChange::Imported { count });
+            super::events::insert(&mut tx, &[event.into()]).await?;
+        }
         if dry_run {
             tx.rollback()
                 .await
@@ -272,14 +305,53 @@ impl UserRepository for PgUserRepository {
     }
 
     async fn update_email(&self, id: UserId, email: &Email) -> Result<(), Error> {
-        let done = sqlx::query("UPDATE users SET email = $2, updated_at = now() WHERE id = $1")
-            .bind(id.as_uuid())
-            .bind(email.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| classify("changing a user's email", e))?;
+        let change = UserChange::EmailChanged {
+            email: email.as_str().to_owned(),
+        };
+        let event = UserEvent::new(Some(id), OffsetDateTime::now_utc(), change);
+        let done = bind_event(
+            sqlx::query(with_event!(
+                "UPDATE users SET email = $2, updated_at = now() WHERE id = $1 RETURNING id"
+            )),
+            id,
+            email.as_str(),
+            &event.into(),
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify("changing a user's email", e))?;
         found(done.rows_affected())
     }
+}
+
+/// An UPDATE of the user `$1` with `$2` (returning its id) and the
+/// change's event (`$3`..`$6`) in one statement: no user, no event; one row
+/// affected per user changed.
+macro_rules! with_event {
+    ($update:literal) => {
+        concat!(
+            "WITH u AS (",
+            $update,
+            ") INSERT INTO events (event_id, type, user_id, occurred_at, data) \
+             SELECT $3, $4, u.id, $5, $6 FROM u"
+        )
+    };
+}
+use with_event;
+
+fn bind_event<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    id: UserId,
+    value: &'q str,
+    event: &DomainEvent,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(id.as_uuid())
+        .bind(value)
+        .bind(event.id())
+        .bind(event.type_name())
+        .bind(event.at())
+        .bind(Json(event.data()))
 }
 
 fn found(rows: u64) -> Result<(), Error> {

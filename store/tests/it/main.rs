@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod directory_cache;
+mod events;
 mod images;
 mod mongo;
 mod s3;

@@ -46,7 +46,7 @@ async fn an_event_is_recorded_once_however_often_it_is_delivered() {
     let db = fresh_database().await;
     let log = MongoActivityLog::new(&db);
     let s = session(UserId::generate(), now_ms());
-    let event = SessionEvent::new(SessionEventKind::Opened, &s, s.created_at);
+    let event = SessionEvent::new(SessionEventKind::Opened, &s, s.created_at).into();
     assert!(log.record(&event, None).await.unwrap());
     assert!(
         !log.record(&event, None).await.unwrap(),
@@ -55,7 +55,7 @@ async fn an_event_is_recorded_once_however_often_it_is_delivered() {
     let events = db.collection::<mongodb::bson::Document>("session_events");
     assert_eq!(events.count_documents(doc! {}).await.unwrap(), 1);
     let stored = events
-        .find_one(doc! { "_id": event.id.to_string() })
+        .find_one(doc! { "_id": event.id().to_string() })
         .await
         .unwrap()
         .unwrap();
@@ -74,14 +74,14 @@ async fn last_connection_only_moves_forward() {
     let newer = session(user, t0 + time::Duration::seconds(10));
     let older = session(user, t0);
     log.record(
-        &SessionEvent::new(SessionEventKind::Opened, &newer, newer.created_at),
+        &SessionEvent::new(SessionEventKind::Opened, &newer, newer.created_at).into(),
         Some(&alice),
     )
     .await
     .unwrap();
     // Delivered late, after the newer one: it must not move the time back.
     log.record(
-        &SessionEvent::new(SessionEventKind::Opened, &older, older.created_at),
+        &SessionEvent::new(SessionEventKind::Opened, &older, older.created_at).into(),
         Some(&alice),
     )
     .await
@@ -93,7 +93,7 @@ async fn last_connection_only_moves_forward() {
     // A revocation is not a connection.
     let later = newer.created_at + time::Duration::seconds(5);
     log.record(
-        &SessionEvent::new(SessionEventKind::Revoked, &newer, later),
+        &SessionEvent::new(SessionEventKind::Revoked, &newer, later).into(),
         None,
     )
     .await
@@ -104,7 +104,7 @@ async fn last_connection_only_moves_forward() {
     );
 
     let touched = SessionEvent::new(SessionEventKind::Touched, &older, later);
-    log.record(&touched, Some(&alice)).await.unwrap();
+    log.record(&touched.into(), Some(&alice)).await.unwrap();
     let last = log.last_connection(user).await.unwrap().unwrap();
     assert_eq!((last.session_id, last.at), (older.id, later));
     assert!(
@@ -181,7 +181,7 @@ async fn a_batch_records_new_events_and_recognises_repeats() {
         .map(|i| {
             let s = session(user, at + time::Duration::seconds(i));
             hub_core::PendingEvent {
-                event: SessionEvent::new(SessionEventKind::Opened, &s, s.created_at),
+                event: SessionEvent::new(SessionEventKind::Opened, &s, s.created_at).into(),
                 username: Some(Username::parse("alice").unwrap()),
             }
         })
@@ -193,14 +193,90 @@ async fn a_batch_records_new_events_and_recognises_repeats() {
     let events = db.collection::<mongodb::bson::Document>("session_events");
     assert_eq!(events.count_documents(doc! {}).await.unwrap(), 5);
     let stored = events
-        .find_one(doc! { "_id": pending[0].event.id.to_string() })
+        .find_one(doc! { "_id": pending[0].event.id().to_string() })
         .await
         .unwrap()
         .unwrap();
     assert!(stored.get_datetime("delivered_at").is_ok());
     // The newest opening of the batch is the last connection.
     let last = log.last_connection(user).await.unwrap().unwrap();
-    assert_eq!(last.session_id, pending[4].event.session_id);
-    assert_eq!(last.at, pending[4].event.at);
+    assert_eq!(Some(last.session_id), pending[4].event.session_id());
+    assert_eq!(last.at, pending[4].event.at());
     assert_eq!(last.username.unwrap().as_str(), "alice");
+}
+
+/// User events go to their own collection, once each however often they
+/// are delivered, beside session events of the same batch.
+#[tokio::test]
+async fn user_events_are_recorded_once_beside_session_events() {
+    use hub_core::events::{UserChange, UserEvent};
+    let db = fresh_database().await;
+    let log = MongoActivityLog::new(&db);
+    log.ensure_indexes(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let user = UserId::generate();
+    let at = now_ms();
+    let alice = Username::parse("alice").unwrap();
+    let s = session(user, at);
+    let changes = [
+        UserChange::Created {
+            username: "alice".into(),
+            email: "alice@example.com".into(),
+            role: hub_core::Role::User,
+        },
+        UserChange::EmailChanged {
+            email: "a@example.org".into(),
+        },
+    ];
+    let mut pending: Vec<hub_core::PendingEvent> = changes
+        .into_iter()
+        .map(|change| hub_core::PendingEvent {
+            event: UserEvent::new(Some(user), at, change).into(),
+            username: Some(alice.clone()),
+        })
+        .collect();
+    pending.push(hub_core::PendingEvent {
+        event: UserEvent::new(None, at, UserChange::Imported { count: 3 }).into(),
+        username: None,
+    });
+    pending.push(hub_core::PendingEvent {
+        event: SessionEvent::new(SessionEventKind::Opened, &s, at).into(),
+        username: Some(alice.clone()),
+    });
+    assert_eq!(log.record_batch(&pending[..1], at).await.unwrap(), 1);
+    assert_eq!(log.record_batch(&pending, at).await.unwrap(), 3);
+    assert!(!log.record(&pending[1].event, None).await.unwrap());
+    let users = db.collection::<mongodb::bson::Document>("user_events");
+    let sessions = db.collection::<mongodb::bson::Document>("session_events");
+    assert_eq!(users.count_documents(doc! {}).await.unwrap(), 3);
+    assert_eq!(sessions.count_documents(doc! {}).await.unwrap(), 1);
+    let changed = users
+        .find_one(doc! { "_id": pending[1].event.id().to_string() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.get_str("type").unwrap(), "user.email_changed");
+    assert_eq!(changed.get_str("username").unwrap(), "alice");
+    assert_eq!(
+        changed
+            .get_document("data")
+            .unwrap()
+            .get_str("email")
+            .unwrap(),
+        "a@example.org"
+    );
+    let imported = users
+        .find_one(doc! { "type": "users.imported" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        imported
+            .get_document("data")
+            .unwrap()
+            .get_i64("count")
+            .unwrap(),
+        3
+    );
 }

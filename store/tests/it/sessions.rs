@@ -55,7 +55,8 @@ async fn open(repo: &PgSessionRepository, s: &Session) {
 
 async fn outbox(pool: &PgPool) -> Vec<(String, serde_json::Value)> {
     sqlx::query_as::<_, (String, sqlx::types::Json<serde_json::Value>)>(
-        "SELECT kind, payload FROM outbox ORDER BY created_at, id",
+        "SELECT type, data || jsonb_build_object('session_id', session_id) FROM events \
+         WHERE type LIKE 'session.%' ORDER BY id",
     )
     .fetch_all(pool)
     .await

@@ -1,0 +1,162 @@
+//! The event log in PostgreSQL: every change's events written inside the
+//! change's own transaction, and the log read in commit-safe order.
+//!
+//! Ids come from an identity column, so they are handed out when a row is
+//! written, not when its transaction commits: a transaction that took id 7
+//! may commit after another that took id 8. A reader that showed 8 and
+//! then resumed "after 8" would never show 7. So the log is read in the
+//! order (transaction id, event id), and only events of transactions older
+//! than every transaction still running (`pg_snapshot_xmin`): any event
+//! that becomes visible later sorts after everything shown before it.
+
+use async_trait::async_trait;
+use hub_core::events::{DomainEvent, EventLog, LoggedEvent, no_such_position};
+use hub_core::{Error, UserId};
+use sqlx::postgres::{PgPool, PgTransaction};
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::classify;
+
+/// Writes `events` in `tx`, in their order, in one statement (their
+/// subscribers' delivery rows come with them, from the table's trigger).
+pub(super) async fn insert(
+    tx: &mut PgTransaction<'_>,
+    events: &[DomainEvent],
+) -> Result<(), Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut users = Vec::with_capacity(events.len());
+    let mut sessions = Vec::with_capacity(events.len());
+    let mut times = Vec::with_capacity(events.len());
+    let mut data = Vec::with_capacity(events.len());
+    for event in events {
+        ids.push(event.id());
+        types.push(event.type_name());
+        users.push(event.user_id().map(|u: UserId| u.as_uuid()));
+        sessions.push(event.session_id().map(|s| s.as_uuid()));
+        times.push(event.at());
+        data.push(Json(event.data()));
+    }
+    sqlx::query(
+        "INSERT INTO events (event_id, type, user_id, session_id, occurred_at, data) \
+         SELECT id, type, user_id, session_id, at, data \
+         FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], \
+                     $5::timestamptz[], $6::jsonb[]) \
+              WITH ORDINALITY AS e(id, type, user_id, session_id, at, data, n) \
+         ORDER BY n",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&users)
+    .bind(&sessions)
+    .bind(&times)
+    .bind(&data)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| classify("writing events to the event log", e))?;
+    Ok(())
+}
+
+/// One row of the log, as read back.
+#[derive(sqlx::FromRow)]
+pub(super) struct EventRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    #[sqlx(rename = "type")]
+    pub type_name: String,
+    pub user_id: Option<Uuid>,
+    pub session_id: Option<Uuid>,
+    pub occurred_at: OffsetDateTime,
+    /// Read as any JSON and parsed per row, so one bad row is that row's
+    /// problem, not the whole read's.
+    pub data: Json<serde_json::Value>,
+}
+
+impl EventRow {
+    pub(super) fn event(&self) -> Result<DomainEvent, Error> {
+        DomainEvent::from_stored(
+            self.event_id,
+            &self.type_name,
+            self.user_id,
+            self.session_id,
+            self.occurred_at,
+            &self.data.0,
+        )
+    }
+}
+
+/// The log, for its readers (`hub events tail`).
+#[derive(Debug, Clone)]
+pub struct PgEventLog {
+    pool: PgPool,
+}
+
+impl PgEventLog {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+/// The columns a reader takes, in [`EventRow`]'s names.
+macro_rules! columns {
+    () => {
+        "e.id, e.event_id, e.type, e.user_id, e.session_id, e.occurred_at, e.data"
+    };
+}
+
+#[async_trait]
+impl EventLog for PgEventLog {
+    async fn read(&self, after: Option<i64>, limit: u32) -> Result<Vec<LoggedEvent>, Error> {
+        let limit = i64::from(limit);
+        let rows: Vec<EventRow> = match after {
+            None => sqlx::query_as(concat!(
+                "SELECT * FROM (SELECT ",
+                columns!(),
+                ", e.tx FROM events e \
+                   WHERE e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+                   ORDER BY e.tx DESC, e.id DESC LIMIT $1) e \
+                 ORDER BY e.tx, e.id"
+            ))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| classify("reading the event log", e))?,
+            Some(after) => {
+                let known: Option<i64> = sqlx::query_scalar("SELECT id FROM events WHERE id = $1")
+                    .bind(after)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| classify("reading the event log", e))?;
+                if known.is_none() {
+                    return Err(no_such_position(after));
+                }
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM events e, events a \
+                     WHERE a.id = $1 AND (e.tx, e.id) > (a.tx, a.id) \
+                       AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+                     ORDER BY e.tx, e.id LIMIT $2"
+                ))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| classify("reading the event log", e))?
+            }
+        };
+        rows.into_iter()
+            .map(|row| {
+                Ok(LoggedEvent {
+                    position: row.id,
+                    event: row.event()?,
+                })
+            })
+            .collect()
+    }
+}
