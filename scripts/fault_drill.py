@@ -377,17 +377,26 @@ def main():
             f"{sum(not o.ok for o in registrations)} refused are absent")
 
         deadline = time.monotonic() + 60
-        while psql("SELECT count(*) FROM outbox WHERE delivered_at IS NULL") != "0":
+        while psql("SELECT count(*) FROM event_deliveries "
+                   "WHERE subscriber = 'activity' AND delivered_at IS NULL") != "0":
             if time.monotonic() > deadline:
-                fail("the outbox did not drain after MongoDB returned")
+                fail("the activity log's queue did not drain after MongoDB returned")
             time.sleep(0.5)
-        outbox = set(psql("SELECT id FROM outbox").split())
-        events = pymongo.MongoClient(env["POLYHUB_MONGO__URL"])["polyhub"]["session_events"]
-        recorded = [d["_id"] for d in events.find({}, {"_id": 1})]
-        if len(recorded) != len(set(recorded)) or set(recorded) != outbox:
-            fail(f"session events: {len(outbox)} in the outbox, {len(recorded)} recorded "
-                 f"({len(set(recorded))} distinct)")
-        say(f"{len(outbox)} session events, each in MongoDB exactly once")
+        activity = pymongo.MongoClient(env["POLYHUB_MONGO__URL"])["polyhub"]
+        for kind, collection in (("session", "session_events"), ("user", "user_events")):
+            logged = set(psql(f"SELECT event_id FROM events WHERE type LIKE '{kind}%'").split())
+            recorded = [d["_id"] for d in activity[collection].find({}, {"_id": 1})]
+            if len(recorded) != len(set(recorded)) or set(recorded) != logged:
+                fail(f"{kind} events: {len(logged)} in the event log, {len(recorded)} recorded "
+                     f"({len(set(recorded))} distinct)")
+            if not logged:
+                fail(f"no {kind} events in the event log")
+            say(f"{len(logged)} {kind} events, each in MongoDB exactly once")
+        created = int(psql("SELECT count(*) FROM events WHERE type = 'user.created'"))
+        users = int(psql("SELECT count(*) FROM users"))
+        if created != users:
+            fail(f"{users} users but {created} user.created events")
+        say(f"{users} users, each with its user.created event")
 
         client = boto3.client("s3", endpoint_url=env["POLYHUB_IMAGES__S3__ENDPOINT"],
                               aws_access_key_id=S3_KEYS[0], aws_secret_access_key=S3_KEYS[1],

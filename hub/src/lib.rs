@@ -7,8 +7,10 @@
 //! - `services`: the registry's build side, each [`Service`] to its router;
 //! - [`serve`]: binding, serving and draining;
 //! - [`launch`]: what every executable does around that;
-//! - [`import`]: `hub users import`, reading a file of legacy users.
+//! - [`import`]: `hub users import`, reading a file of legacy users;
+//! - [`events`]: `hub events tail`, the event log for operators.
 
+pub mod events;
 pub mod import;
 pub mod launch;
 pub mod serve;

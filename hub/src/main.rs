@@ -51,10 +51,32 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// The session-event outbox the relay drains.
+    /// The activity log's queue of the event log, which the relay drains.
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
+    },
+    /// The event log: every user and session change, in order.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Print events as JSON lines (`{"id","event_id","type","occurred_at",
+    /// "user_id","data"}`, `session_id` too for session events): the latest
+    /// ones, or those after the event `--after` names (an `id` printed
+    /// before), so a reader can page through the log without missing any.
+    Tail {
+        /// Print the events after this one (its `id`).
+        #[arg(long)]
+        after: Option<i64>,
+        /// At most this many events (1 to 10000).
+        #[arg(long, default_value_t = 100,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(hub::events::MAX_TAIL)))]
+        limit: u32,
     },
 }
 
@@ -181,6 +203,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let back = hub.outbox().retry_quarantined().await?;
             println!("{back} quarantined events are pending again");
+        }
+        Command::Events {
+            command: EventsCommand::Tail { after, limit },
+        } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            hub::events::tail(&*hub.event_log(), after, limit, &mut out).await?;
         }
         Command::Keys { .. } | Command::Check { .. } => {}
     }

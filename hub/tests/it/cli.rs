@@ -179,6 +179,54 @@ async fn operator_workflow_end_to_end() {
         text(&out.stdout)
     );
 
+    // The event log: olivia's creation and her new role, nothing for the
+    // refused ones, as JSON lines an operator can page through. The log
+    // shows what every running transaction of the server is past, so other
+    // tests' transactions may hold it back for a moment.
+    let tail = |args: &[&str]| {
+        let mut all = vec!["events", "tail"];
+        all.extend_from_slice(args);
+        run(hub_with(&db, &all), "")
+    };
+    let lines = |out: &Output| -> Vec<serde_json::Value> {
+        text(&out.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let out = tail(&["--limit", "10"]);
+        assert!(out.status.success(), "events tail: {}", text(&out.stderr));
+        let events = lines(&out);
+        if events.len() >= 2 || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["user.created", "user.role_changed"], "{events:?}");
+    assert_eq!(events[0]["data"]["username"], "olivia");
+    assert_eq!(events[1]["data"]["role"], "admin");
+    assert_eq!(events[0]["user_id"], events[1]["user_id"]);
+    assert!(events[0]["occurred_at"].as_str().unwrap().ends_with('Z'));
+    assert!(events[0]["data"].get("password_hash").is_none());
+    let first = events[0]["id"].as_i64().unwrap().to_string();
+    let after = lines(&tail(&["--after", &first]));
+    assert_eq!(after, events[1..], "after the first, the rest");
+    assert!(
+        lines(&tail(&["--limit", "1"])) == events[1..],
+        "the latest one"
+    );
+    let out = tail(&["--after", "999999999"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no event 999999999"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!tail(&["--limit", "0"]).status.success(), "a limit of 0");
+
     // Serve, probe, stop with SIGTERM.
     let port = free_port();
     let serve = serve_all(&db, port);
