@@ -3,6 +3,7 @@
 //! protocol in one function and carries the code in its body.
 
 use std::fmt;
+use std::time::Duration;
 
 /// How a failure is classified, whatever protocol carried the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,13 +108,15 @@ impl fmt::Display for ErrorCode {
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// A classified failure: a stable code, a message safe to show a client, and
-/// optionally the internal cause, which is logged and never sent.
+/// A classified failure: a stable code, a message safe to show a client,
+/// optionally the internal cause, which is logged and never sent, and for a
+/// refusal by a budget, when the client may come back.
 #[derive(Debug)]
 pub struct Error {
     code: ErrorCode,
     message: String,
     source: Option<Source>,
+    retry_after: Option<Duration>,
 }
 
 impl Error {
@@ -123,6 +126,7 @@ impl Error {
             code,
             message: code.default_message().to_owned(),
             source: None,
+            retry_after: None,
         }
     }
 
@@ -132,6 +136,7 @@ impl Error {
             code,
             message: message.into(),
             source: None,
+            retry_after: None,
         }
     }
 
@@ -145,6 +150,7 @@ impl Error {
             code,
             message: code.default_message().to_owned(),
             source: Some(source.into()),
+            retry_after: None,
         }
     }
 
@@ -154,6 +160,24 @@ impl Error {
 
     pub fn internal(source: impl Into<Source>) -> Self {
         Self::from_source(ErrorCode::Internal, source)
+    }
+
+    /// `TOO_MANY_ATTEMPTS` from a budget that has room again after `wait`:
+    /// the use case that spent it knows the wait, and every protocol tells
+    /// the client (HTTP's `Retry-After`, the SOAP fault's).
+    pub fn too_many_attempts(wait: Duration) -> Self {
+        Self::new(ErrorCode::TooManyAttempts).with_retry_after(wait)
+    }
+
+    /// The same error, telling the client to come back after `wait`.
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// When the client may come back, if a budget said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -237,6 +261,15 @@ mod tests {
             .map(|c| (c.as_str().to_owned(), c.kind().as_str().to_owned()))
             .collect();
         assert_eq!(documented, actual);
+    }
+
+    #[test]
+    fn a_budget_refusal_carries_its_wait() {
+        let err = Error::too_many_attempts(Duration::from_secs(7));
+        assert_eq!(err.code(), ErrorCode::TooManyAttempts);
+        assert_eq!(err.message(), ErrorCode::TooManyAttempts.default_message());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(Error::new(ErrorCode::TooManyAttempts).retry_after(), None);
     }
 
     #[test]

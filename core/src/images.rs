@@ -204,6 +204,26 @@ impl std::fmt::Display for ImageKey {
     }
 }
 
+/// Where stored images are read from by anyone: every port that shows an
+/// image (gRPC's `Image.url`, the HTTP upload's answer, the console's
+/// pages) builds its address here, so all of them agree.
+#[derive(Debug, Clone)]
+pub enum PublicUrls {
+    /// The image service delivers them: `{base}/images/{key}`.
+    Delivered { base: String },
+    /// A store or CDN with anonymous read: `{base}/{key}`.
+    External { base: String },
+}
+
+impl PublicUrls {
+    pub fn url(&self, key: &str) -> String {
+        match self {
+            PublicUrls::Delivered { base } => format!("{base}/images/{key}"),
+            PublicUrls::External { base } => format!("{base}/{key}"),
+        }
+    }
+}
+
 impl ImageLibrary {
     /// `workers` uploads are sanitized at once (at least one).
     pub fn new(

@@ -19,6 +19,7 @@ pub mod ports;
 pub mod registration;
 pub mod relay;
 pub mod session;
+pub mod sign_in;
 pub mod token;
 pub mod upload;
 pub mod user;
@@ -29,8 +30,8 @@ pub use authentication::{AccountKey, Authentication, LoginName, LoginOutcome, Pr
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use images::{
-    DEFAULT_BUFFER_POOL_BYTES, ImageKey, ImageLibrary, ImageQuota, ImageRepository, StoredImage,
-    UploadSlot,
+    DEFAULT_BUFFER_POOL_BYTES, ImageKey, ImageLibrary, ImageQuota, ImageRepository, PublicUrls,
+    StoredImage, UploadSlot,
 };
 pub use legacy::{
     HashCeilings, HashRefusal, ImportRecord, ImportReport, Importer, import_hash, import_hash_with,
@@ -45,6 +46,7 @@ pub use ports::{
 pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelayError, RelaySettings, RelaySnapshot, RelayStatus};
 pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId, SessionState};
+pub use sign_in::{AccountBudgets, Credential, LoginAttempt, LoginBudgets, SignIn, SignedIn};
 pub use token::{
     Claims, IssuedToken, Jwks, KeySet, KnownDevice, Principal, TokenSettings, Tokens,
     claimed_identity,

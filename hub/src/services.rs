@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use hub_core::{RelayStatus, SystemClock};
+use hub_core::{PublicUrls, RelayStatus, SignIn, SystemClock};
 use hub_runtime::connections::ConnectionStats;
 use hub_runtime::metrics::HashingMetrics;
 use hub_runtime::service::Backing;
@@ -36,12 +36,12 @@ impl Assembly {
     }
 
     /// Where uploaded images are shown from.
-    fn public_urls(&self, base_url: Option<&str>) -> hub_grpc_images::PublicUrls {
+    fn public_urls(&self, base_url: Option<&str>) -> PublicUrls {
         match base_url {
-            Some(base) => hub_grpc_images::PublicUrls::External {
+            Some(base) => PublicUrls::External {
                 base: base.trim_end_matches('/').to_owned(),
             },
-            None => hub_grpc_images::PublicUrls::Delivered {
+            None => PublicUrls::Delivered {
                 base: self.address(Service::GrpcImages).to_owned(),
             },
         }
@@ -57,10 +57,11 @@ impl Assembly {
 }
 
 impl Hub {
-    /// The account console's state, beside rest-auth's own.
+    /// The account console's state: it signs in through `sign_in`, the
+    /// same use case (and budgets) as rest-auth's JSON API.
     async fn console(
         &self,
-        rest: hub_rest_auth::RestAuthState,
+        sign_in: SignIn,
         assembly: &Assembly,
     ) -> anyhow::Result<hub_console::ConsoleState> {
         let http = reqwest::Client::builder()
@@ -68,7 +69,8 @@ impl Hub {
             .build()
             .context("building the console's HTTP client")?;
         Ok(hub_console::ConsoleState {
-            rest,
+            authentication: self.authentication()?,
+            sign_in,
             lifecycle: self.session_lifecycle().await?,
             administration: self.administration(),
             library: self.image_library(),
@@ -132,22 +134,18 @@ impl Hub {
         let hashing = || Arc::new(HashingMetrics(self.hashing.clone()));
         let router = match service {
             Service::RestAuth => {
-                let limiter = self.login_limiter();
+                // One sign-in for the JSON API and the console on its port.
+                let sign_in = self.sign_in()?;
                 let rest = hub_rest_auth::RestAuthState {
                     authentication: self.authentication()?,
-                    registration: self.registration(),
+                    sign_in: sign_in.clone(),
                     database: Arc::new(hub_store::PgProbe::new(self.pool.clone())),
-                    limiter: Arc::clone(&limiter),
-                    budgets: Arc::clone(&self.budgets),
-                    device_cookie: hub_rest_auth::DeviceCookie {
-                        lifetime: self.config.services.rest_auth.login_limit.device_lifetime(),
-                        secure: self.config.http.secure_cookies,
-                    },
+                    secure_cookies: self.config.http.secure_cookies,
                     importer: self.importer(),
                     import_batch: self.config.import.batch_size,
                     import_max_bytes: self.config.import.max_body_bytes,
                 };
-                let console = hub_console::routes(self.console(rest.clone(), assembly).await?);
+                let console = hub_console::routes(self.console(sign_in, assembly).await?);
                 hub_rest_auth::router_with(
                     rest,
                     ServiceContext {
@@ -155,7 +153,7 @@ impl Hub {
                             .readiness
                             .clone()
                             .with_metrics(hashing())
-                            .with_metrics(limiter)
+                            .with_metrics(self.login_limiter())
                             .with_metrics(self.budgets.clone())
                             .with_metrics(self.insecure_hashes()),
                         ..context

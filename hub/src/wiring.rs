@@ -11,9 +11,9 @@ use anyhow::Context;
 use hub_core::{
     ActivityLog, Administration, Authentication, DependencyProbe, Directory, HashingPool,
     ImageLibrary, KeySet, Outbox, PasswordHasher, Registration, Relay, SessionLifecycle,
-    SessionRepository, SystemClock, TokenSettings, Tokens, UserRepository,
+    SessionRepository, SignIn, SystemClock, TokenSettings, Tokens, UserRepository,
 };
-use hub_rest_auth::LoginLimiter;
+use hub_runtime::LoginLimiter;
 use hub_runtime::budgets::AttemptBudgets;
 use hub_runtime::config::TokenConfig;
 use hub_runtime::service::{Backing, Need};
@@ -345,6 +345,19 @@ impl Hub {
     /// The process's login limiter, for every port that signs users in.
     pub fn login_limiter(&self) -> Arc<LoginLimiter> {
         Arc::clone(&self.login_limiter)
+    }
+
+    /// Signing in, signing up and changing a credential, on the process's
+    /// login limiter and attempt budgets: every `SignIn` of a process (the
+    /// JSON API's, the console's) spends the same. Needs the token keys.
+    pub fn sign_in(&self) -> anyhow::Result<SignIn> {
+        Ok(SignIn::new(
+            self.authentication()?,
+            self.registration(),
+            self.login_limiter(),
+            Arc::clone(&self.budgets) as Arc<dyn hub_core::AccountBudgets>,
+            self.config.services.rest_auth.login_limit.device_lifetime(),
+        ))
     }
 
     /// Managing sessions once signed in; needs the token keys.

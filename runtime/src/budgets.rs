@@ -7,7 +7,8 @@
 //! bound what may be spent over time, per entry point:
 //! registrations per client (REST and SOAP together, one budget), and
 //! current-password checks per client and per account. Login has its own
-//! limiter in rest-auth, built from the same [`Budget`].
+//! limiter, [`crate::login_limits::LoginLimiter`], built from the same
+//! [`Budget`]. Both are hub-core's budget ports, spent by its `SignIn`.
 //!
 //! A client is an IPv4 address or an IPv6 network of
 //! `http.client_ipv6_prefix` bits. Each budget's memory is bounded: past
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use hub_core::UserId;
+use hub_core::{AccountBudgets, UserId};
 
 use crate::config::{BudgetConfig, LimitsConfig};
 use crate::connections::client_key;
@@ -170,6 +171,16 @@ impl AttemptBudgets {
             .inspect_err(|_| {
                 tracing::warn!(user_id = %user, "password checks limited for this account");
             })
+    }
+}
+
+impl AccountBudgets for AttemptBudgets {
+    fn register(&self, client: IpAddr) -> Result<(), Duration> {
+        AttemptBudgets::register(self, client)
+    }
+
+    fn password_check(&self, client: IpAddr, user: UserId) -> Result<(), Duration> {
+        AttemptBudgets::password_check(self, client, user)
     }
 }
 

@@ -69,12 +69,14 @@ impl HttpError {
     }
 }
 
+/// A use case's refusal: its kind's status, and the wait a budget named
+/// (if one did) as `Retry-After`.
 impl From<Error> for HttpError {
     fn from(error: Error) -> Self {
         Self {
+            retry_after: error.retry_after(),
             error,
             status: None,
-            retry_after: None,
         }
     }
 }

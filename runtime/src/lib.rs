@@ -8,6 +8,7 @@
 pub mod budgets;
 pub mod config;
 pub mod connections;
+pub mod cookies;
 #[cfg(test)]
 mod doc_table;
 pub mod errors;
@@ -15,12 +16,14 @@ pub mod forwarded;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod login_limits;
 pub mod metrics;
 pub mod pacing;
 pub mod secret;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod upload;
 
 pub use config::Config;
 pub use forwarded::IDENTITY_HEADERS;
@@ -28,6 +31,7 @@ pub use health::Readiness;
 pub use http::{
     BearerToken, HttpError, JsonBody, QueryParams, cors_layer, no_store, service_router,
 };
+pub use login_limits::LoginLimiter;
 pub use secret::Secret;
 pub use service::{Service, ServiceContext};
 pub use shutdown::Shutdown;

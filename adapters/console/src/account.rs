@@ -10,9 +10,12 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use hub_core::{
-    Error, ErrorCode, LoginName, ProfileChange, RegisterUser, Session, SessionId, User,
+    Credential, Error, ErrorCode, LoginAttempt, LoginName, ProfileChange, RegisterUser, Session,
+    SessionId, User,
 };
 use hub_runtime::HttpError;
+use hub_runtime::cookies::{DEVICE_COOKIE, cookie, device_cookie};
+use hub_runtime::upload::receive;
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -47,7 +50,6 @@ pub(crate) fn read<T>(form: Result<Form<T>, FormRejection>) -> Result<T, Early> 
 /// The signed-in user's record and the navigation for a page.
 pub(crate) async fn whoami(state: &ConsoleState, signed: &Signed) -> Result<User, Early> {
     state
-        .rest
         .authentication
         .profile(&signed.principal)
         .await
@@ -149,21 +151,22 @@ pub(crate) async fn signup(
 ) -> Page {
     let form = read(form)?;
     guard::anonymous_post(&headers, form.csrf.as_deref())?;
-    let registered = hub_rest_auth::sign_up(
-        &state.rest,
-        addr,
-        RegisterUser {
-            username: form.username.clone(),
-            email: form.email.clone(),
-            password: form.password.clone(),
-        },
-    )
-    .await;
+    let registered = state
+        .sign_in
+        .sign_up(
+            addr.ip(),
+            RegisterUser {
+                username: form.username.clone(),
+                email: form.email.clone(),
+                password: form.password.clone(),
+            },
+        )
+        .await;
     match registered {
         // The notice is the server's own words (see `SigninQuery`).
         Ok(_) => see_other("/account/signin?created=1"),
         Err(e) => {
-            let problem = Problem::new(&e, signup_field);
+            let problem = Problem::from_error(e, signup_field);
             anonymous_page(&state, &headers, problem.status, |token| {
                 signup_view(token, &form, Some(&problem))
             })
@@ -241,8 +244,8 @@ pub(crate) async fn signin_page(
     })
 }
 
-/// `POST /account/signin`: rest-auth's login, limits and device token
-/// included; the session's token goes into the session cookie.
+/// `POST /account/signin`: the JSON login's use case, budgets and device
+/// cookie included; the session's token goes into the session cookie.
 pub(crate) async fn signin(
     State(state): State<Arc<ConsoleState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -257,7 +260,16 @@ pub(crate) async fn signin(
     } else {
         LoginName::Username(login.to_owned())
     };
-    match hub_rest_auth::sign_in(&state.rest, name, form.password, addr, &headers).await {
+    let attempt = LoginAttempt {
+        name,
+        credential: Credential::Password(form.password),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        device_token: cookie(&headers, DEVICE_COOKIE).map(str::to_owned),
+    };
+    match state.sign_in.sign_in(addr.ip(), attempt).await {
         Ok(signed_in) => {
             // The session's cookie ends with the browser: the server decides
             // how long the session lives (renewed while used, see
@@ -274,13 +286,16 @@ pub(crate) async fn signin(
             {
                 cookies.append(header::SET_COOKIE, cookie);
             }
-            if let Some(device) = signed_in.device_cookie {
+            if let Some(device) = signed_in
+                .device_token
+                .and_then(|device| device_cookie(&device, state.secure_cookies))
+            {
                 cookies.append(header::SET_COOKIE, device);
             }
             Ok(response)
         }
         Err(e) => {
-            let problem = Problem::new(&e, signin_field);
+            let problem = Problem::from_error(e, signin_field);
             anonymous_page(&state, &headers, problem.status, |token| {
                 signin_view(token, login, Some(&problem), None)
             })
@@ -303,7 +318,7 @@ pub(crate) async fn signout(
 ) -> Page {
     let form = read(form)?;
     let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
-    state.rest.authentication.logout(&signed.principal).await?;
+    state.authentication.logout(&signed.principal).await?;
     let mut response = redirect("/account/signin?signed_out=1");
     if let Some(clear) = guard::set_cookie(&state, SESSION_COOKIE, "", Some(0)) {
         response.headers_mut().insert(header::SET_COOKIE, clear);
@@ -466,8 +481,9 @@ pub(crate) async fn change_email(
     change_profile(&state, addr, &signed, change, ProfileForm::Email).await
 }
 
-/// A profile form's change through rest-auth's path: on success back to the
-/// profile saying so, else the profile with the problem at its form.
+/// A profile form's change through the use case the JSON API calls: on
+/// success back to the profile saying so, else the profile with the
+/// problem at its form.
 async fn change_profile(
     state: &ConsoleState,
     addr: SocketAddr,
@@ -479,10 +495,14 @@ async fn change_profile(
         ProfileForm::Email => ("/account?done=email", email_field),
         ProfileForm::Password => ("/account?done=password", password_field),
     };
-    match hub_rest_auth::change_profile(&state.rest, addr, &signed.principal, change).await {
+    match state
+        .sign_in
+        .change_profile(addr.ip(), &signed.principal, change)
+        .await
+    {
         Ok(_) => see_other(done),
         Err(e) => {
-            let problem = Problem::new(&e, field_of);
+            let problem = Problem::from_error(e, field_of);
             profile_page(state, signed, None, Some((which, &problem))).await
         }
     }
@@ -832,9 +852,7 @@ pub(crate) async fn upload(
                 .into());
             }
         };
-        let buffer =
-            hub_grpc_images::receive(field, state.library.new_upload(), state.stall_timeout)
-                .await?;
+        let buffer = receive(field, state.library.new_upload(), state.stall_timeout).await?;
         let image = state.library.upload(&signed.principal, buffer).await?;
         drop(slot);
         Ok(image)

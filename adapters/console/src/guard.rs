@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hub_core::{Error, ErrorCode, Principal, SessionId};
+use hub_runtime::cookies::cookie;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -184,7 +185,7 @@ impl Signed {
 
 /// A well-formed CSRF secret from the browser's cookie.
 fn csrf_secret(headers: &HeaderMap) -> Option<&str> {
-    hub_rest_auth::cookie(headers, CSRF_COOKIE).filter(|t| t.len() == 43)
+    cookie(headers, CSRF_COOKIE).filter(|t| t.len() == 43)
 }
 
 /// Back to the sign-in page, forgetting a cookie that no longer works.
@@ -201,14 +202,13 @@ fn to_sign_in(state: &ConsoleState) -> Response {
 /// browser without its CSRF secret signs in again: its forms could not be
 /// told from forged ones.
 pub(crate) async fn signed_in(state: &ConsoleState, headers: &HeaderMap) -> Result<Signed, Early> {
-    let Some(token) = hub_rest_auth::cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty())
-    else {
+    let Some(token) = cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty()) else {
         return Err(Redirect::to("/account/signin").into_response().into());
     };
     let Some(secret) = csrf_secret(headers) else {
         return Err(to_sign_in(state).into());
     };
-    match state.rest.authentication.authenticate(token).await {
+    match state.authentication.authenticate(token).await {
         Ok(principal) => Ok(Signed {
             principal,
             secret: secret.to_owned(),
@@ -232,7 +232,7 @@ pub(crate) async fn keep_alive(
     next: Next,
 ) -> Response {
     let renewed = match (request.method() == axum::http::Method::GET)
-        .then(|| hub_rest_auth::cookie(request.headers(), SESSION_COOKIE))
+        .then(|| cookie(request.headers(), SESSION_COOKIE))
         .flatten()
         .filter(|t| !t.is_empty())
     {

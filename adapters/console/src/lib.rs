@@ -3,11 +3,12 @@
 //! `/account` (sign up, sign in, profile, devices, images) and for an admin
 //! under `/admin` (users, their sessions and role, the system's state).
 //!
-//! It is mounted on rest-auth's port ([`routes`], merged by
-//! `hub_rest_auth::router_with`), so it works with or without the gateway,
-//! and it goes through hub-core's use cases and rest-auth's own sign-in,
-//! sign-up and profile paths: the same limits, the same hashing budgets, the
-//! same error codes as the API.
+//! It is mounted on rest-auth's port ([`routes`], merged by rest-auth's
+//! `router_with`), so it works with or without the gateway, and it depends
+//! on no other adapter: it signs in, signs up and changes profiles through
+//! hub-core's `SignIn`, the use case the JSON API calls too, so the same
+//! limits, the same hashing budgets, the same device cookie and the same
+//! error codes hold for both.
 //!
 //! Browser security: the session's token lives in an HttpOnly,
 //! SameSite=Strict cookie (`Secure` unless `http.secure_cookies` is off);
@@ -31,9 +32,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use axum::middleware;
 use axum::routing::{get, post};
-use hub_core::{Administration, ImageLibrary, SessionLifecycle};
-use hub_grpc_images::PublicUrls;
-use hub_rest_auth::RestAuthState;
+use hub_core::{
+    Administration, Authentication, ImageLibrary, PublicUrls, SessionLifecycle, SignIn,
+};
 
 pub use crate::guard::{CSRF_COOKIE, SESSION_COOKIE};
 
@@ -45,9 +46,11 @@ const UPLOAD_FORM_OVERHEAD: usize = 64 * 1024;
 /// What the pages need.
 #[derive(Clone)]
 pub struct ConsoleState {
-    /// rest-auth's own state: sign-in, sign-up and profile changes go
-    /// through the same functions, limits and budgets as its JSON API.
-    pub rest: RestAuthState,
+    /// Who a session cookie's token speaks for, and signing out.
+    pub authentication: Authentication,
+    /// Sign-in, sign-up and profile changes: the process's one use case,
+    /// with the same budgets as the JSON API's.
+    pub sign_in: SignIn,
     pub lifecycle: SessionLifecycle,
     pub administration: Administration,
     pub library: ImageLibrary,
@@ -55,7 +58,8 @@ pub struct ConsoleState {
     pub urls: PublicUrls,
     /// An upload that sends nothing for this long is ended.
     pub stall_timeout: Duration,
-    /// Cookies carry `Secure` (off only for plain-HTTP loopback use).
+    /// Cookies (the session's, the CSRF secret's, the device token's) carry
+    /// `Secure` (off only for plain-HTTP loopback use).
     pub secure_cookies: bool,
     /// Every service and the address its `/ready` is read at, for the
     /// admin's system page.

@@ -21,7 +21,9 @@ pub mod pb {
 mod delivery;
 mod upload;
 
-pub use upload::receive;
+/// Where stored images are read from; hub-core's, so the console shows the
+/// same addresses this service answers with.
+pub use hub_core::PublicUrls;
 
 /// The OpenAPI 3.1 document of 5015's HTTP side (the gRPC side is
 /// described by proto/ and reflection).
@@ -65,24 +67,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::image_delivery_server::{ImageDelivery, ImageDeliveryServer};
 use crate::pb::upload_image_request::Data;
-
-/// Where stored images are read from by anyone.
-#[derive(Debug, Clone)]
-pub enum PublicUrls {
-    /// This service delivers them: `{base}/images/{key}`.
-    Delivered { base: String },
-    /// A store or CDN with anonymous read: `{base}/{key}`.
-    External { base: String },
-}
-
-impl PublicUrls {
-    pub fn url(&self, key: &str) -> String {
-        match self {
-            PublicUrls::Delivered { base } => format!("{base}/images/{key}"),
-            PublicUrls::External { base } => format!("{base}/{key}"),
-        }
-    }
-}
 
 /// What the service needs.
 #[derive(Clone)]

@@ -5,14 +5,11 @@
 //! user's uploads in progress, the size cap the moment it is passed, the
 //! stall timeout between chunks, then sanitizing and the quota.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use futures_util::StreamExt;
-use hub_core::{Error, ErrorCode, UploadBuffer};
+use hub_runtime::upload::receive;
 use hub_runtime::{BearerToken, HttpError};
 use serde::Serialize;
 
@@ -34,16 +31,6 @@ pub struct ImageJson {
     pub owner_id: String,
 }
 
-fn stalled(after: Duration) -> HttpError {
-    HttpError::with_status(
-        StatusCode::REQUEST_TIMEOUT,
-        Error::with_message(
-            ErrorCode::RequestTimeout,
-            format!("no upload bytes for {} ms", after.as_millis()),
-        ),
-    )
-}
-
 /// The hub's one error shape.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -51,35 +38,6 @@ pub struct ErrorBody {
     #[schema(value_type = Object)]
     pub error: serde_json::Value,
     pub request_id: Option<String>,
-}
-
-/// Reads an upload's bytes as they come: `IMAGE_TOO_LARGE` the moment the
-/// cap is passed, `REQUEST_TIMEOUT` when no bytes come for `stall`. The
-/// HTTP upload and the account console's upload form both read through here.
-pub async fn receive<S, B, E>(
-    mut chunks: S,
-    mut buffer: UploadBuffer,
-    stall: Duration,
-) -> Result<UploadBuffer, HttpError>
-where
-    S: futures_util::Stream<Item = Result<B, E>> + Unpin,
-    B: AsRef<[u8]>,
-    E: std::fmt::Display,
-{
-    loop {
-        match tokio::time::timeout(stall, chunks.next()).await {
-            Err(_) => return Err(stalled(stall)),
-            Ok(None) => return Ok(buffer),
-            Ok(Some(Ok(chunk))) => buffer.push(chunk)?,
-            Ok(Some(Err(e))) => {
-                return Err(Error::with_message(
-                    ErrorCode::InvalidRequest,
-                    format!("the upload body could not be read: {e}"),
-                )
-                .into());
-            }
-        }
-    }
 }
 
 /// `POST /v1/images`

@@ -6,12 +6,10 @@
 //! into domain calls and back; every rule lives in hub-core.
 
 pub mod api;
-mod limits;
 mod openapi;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequest, State};
@@ -19,82 +17,38 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use hub_core::{
-    Authentication, ClientInfo, DependencyProbe, Error, ErrorCode, LoginName, ProfileChange,
-    RegisterUser, Registration,
+    Authentication, Credential, DependencyProbe, Error, ErrorCode, LoginAttempt, LoginName,
+    ProfileChange, RegisterUser, SignIn,
 };
-use hub_runtime::budgets::AttemptBudgets;
+use hub_runtime::cookies::{DEVICE_COOKIE, cookie, device_cookie};
 use hub_runtime::{BearerToken, HttpError, JsonBody, ServiceContext};
 
 use crate::api::{
     DatabaseCheck, JwkSet, LoginRequest, LoginResponse, Profile, ProfileUpdate, RegisterRequest,
 };
-pub use crate::limits::LoginLimiter;
 
 /// What the handlers need.
 #[derive(Clone)]
 pub struct RestAuthState {
     pub authentication: Authentication,
-    pub registration: Registration,
+    /// Sign-in, sign-up and profile changes with their budgets: the same
+    /// use case (and the same budgets) as the account console's.
+    pub sign_in: SignIn,
     /// The user database, for `/test-db`.
     pub database: Arc<dyn DependencyProbe>,
-    pub limiter: Arc<LoginLimiter>,
-    /// Registration and current-password budgets, shared with soap-register.
-    pub budgets: Arc<AttemptBudgets>,
-    pub device_cookie: DeviceCookie,
+    /// The device token's cookie carries `Secure` (off only for plain-HTTP
+    /// loopback use).
+    pub secure_cookies: bool,
     pub importer: hub_core::Importer,
     /// Users stored per database batch, and the largest import body.
     pub import_batch: usize,
     pub import_max_bytes: usize,
 }
 
-/// How the device token (see [`LoginLimiter`]) is handed out: an HttpOnly,
-/// SameSite=Strict cookie, `Secure` unless `http.secure_cookies` is off.
-#[derive(Debug, Clone, Copy)]
-pub struct DeviceCookie {
-    pub lifetime: Duration,
-    pub secure: bool,
-}
-
-/// The device token's cookie.
-pub const DEVICE_COOKIE: &str = "polyhub_device";
-
-impl DeviceCookie {
-    fn set_cookie(&self, token: &str) -> Option<HeaderValue> {
-        let secure = if self.secure { "; Secure" } else { "" };
-        HeaderValue::from_str(&format!(
-            "{DEVICE_COOKIE}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
-            self.lifetime.as_secs()
-        ))
-        .ok()
-    }
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find_map(|(k, v)| (k == name).then_some(v))
-}
-
-fn too_many(wait: Duration) -> HttpError {
-    HttpError::from(ErrorCode::TooManyAttempts).retry_after(wait)
-}
-
 impl std::fmt::Debug for RestAuthState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RestAuthState").finish_non_exhaustive()
     }
-}
-
-fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
-    ClientInfo::new(Some(addr.ip()), user_agent)
 }
 
 /// `POST /login`
@@ -126,7 +80,22 @@ async fn login(
             .into());
         }
     };
-    let signed_in = sign_in(&state, name, request.password, addr, &headers).await?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let signed_in = state
+        .sign_in
+        .sign_in(
+            addr.ip(),
+            LoginAttempt {
+                name,
+                credential: Credential::Password(request.password),
+                user_agent,
+                device_token: cookie(&headers, DEVICE_COOKIE).map(str::to_owned),
+            },
+        )
+        .await?;
     let mut response = Json(LoginResponse {
         token: signed_in.outcome.token.token,
         token_type: "Bearer".to_owned(),
@@ -134,123 +103,17 @@ async fn login(
         session_id: signed_in.outcome.session.id.as_uuid(),
     })
     .into_response();
-    if let Some(value) = signed_in.device_cookie {
+    // The device's token, for its next login: past the account's lockout.
+    if let Some(value) = signed_in
+        .device_token
+        .and_then(|device| device_cookie(&device, state.secure_cookies))
+    {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
-}
-
-/// A login that passed every limit: the session, and the device token's
-/// `Set-Cookie` for this device's next login.
-#[derive(Debug)]
-pub struct SignedIn {
-    pub outcome: hub_core::LoginOutcome,
-    pub device_cookie: Option<HeaderValue>,
-}
-
-/// A login with this service's limits: per client, then per account unless
-/// the device's own token (the `polyhub_device` cookie in `headers`) names
-/// this account, then the password. The JSON login and the account console
-/// both sign in through here, so the same limits hold for both.
-pub async fn sign_in(
-    state: &RestAuthState,
-    name: LoginName,
-    password: String,
-    addr: SocketAddr,
-    headers: &HeaderMap,
-) -> Result<SignedIn, HttpError> {
-    if let Err(wait) = state.limiter.check_client(addr.ip()) {
-        tracing::warn!(client_ip = %addr.ip(), "login attempts limited for this client");
-        return Err(too_many(wait));
-    }
-    // By account, not by the string typed: a username and an email of one
-    // user share one budget.
-    let account = state.authentication.account_key(&name).await?;
-    // A device that signed in to this account before, and that the account
-    // still remembers, spends its own failures, not the account's budget,
-    // so guesses from elsewhere cannot lock the owner out.
-    let shown = match cookie(headers, DEVICE_COOKIE) {
-        Some(token) => state.authentication.known_device(token, &account).await?,
-        None => None,
-    };
-    let known_device = shown
-        .clone()
-        .filter(|device| !state.limiter.device_locked(&device.device));
-    if known_device.is_none()
-        && let Err(wait) = state.limiter.check_account(&account)
-    {
-        tracing::warn!(client_ip = %addr.ip(), "login attempts limited for this account");
-        return Err(too_many(wait));
-    }
-    let outcome = match state
-        .authentication
-        .login(name, password, client_info(addr, headers))
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            if let Some(device) = &known_device
-                && e.code() == ErrorCode::InvalidCredentials
-            {
-                state.limiter.device_failed(&device.device);
-            }
-            return Err(e.into());
-        }
-    };
-    // A device token at every login, so the next one from this device is
-    // known to the account; a device it knew already keeps its id, and with
-    // it its failure budget.
-    let device_cookie = match state
-        .authentication
-        .device_token(&outcome, state.device_cookie.lifetime, shown.as_ref())
-        .await
-    {
-        Ok(Some(device)) => state.device_cookie.set_cookie(&device.token),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "no device token for this login");
-            None
-        }
-    };
-    Ok(SignedIn {
-        outcome,
-        device_cookie,
-    })
-}
-
-/// A registration with this service's per-client budget (shared with
-/// soap-register).
-pub async fn sign_up(
-    state: &RestAuthState,
-    addr: SocketAddr,
-    request: RegisterUser,
-) -> Result<hub_core::User, HttpError> {
-    state.budgets.register(addr.ip()).map_err(too_many)?;
-    Ok(state.registration.register(request).await?)
-}
-
-/// A profile change, its check of the current password budgeted per
-/// client and per account (each is a full hash), so one token cannot keep
-/// the pool busy.
-pub async fn change_profile(
-    state: &RestAuthState,
-    addr: SocketAddr,
-    principal: &hub_core::Principal,
-    change: ProfileChange,
-) -> Result<hub_core::User, HttpError> {
-    if change.current_password.is_some() {
-        state
-            .budgets
-            .password_check(addr.ip(), principal.user_id)
-            .map_err(too_many)?;
-    }
-    Ok(state
-        .authentication
-        .update_profile(principal, change)
-        .await?)
 }
 
 /// `POST /register`
@@ -270,16 +133,17 @@ async fn register(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     JsonBody(request): JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<Profile>), HttpError> {
-    let user = sign_up(
-        &state,
-        addr,
-        RegisterUser {
-            username: request.username,
-            email: request.email,
-            password: request.password,
-        },
-    )
-    .await?;
+    let user = state
+        .sign_in
+        .sign_up(
+            addr.ip(),
+            RegisterUser {
+                username: request.username,
+                email: request.email,
+                password: request.password,
+            },
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(user.into())))
 }
 
@@ -322,17 +186,18 @@ async fn update_profile(
     JsonBody(update): JsonBody<ProfileUpdate>,
 ) -> Result<Json<Profile>, HttpError> {
     let principal = state.authentication.authenticate(&token).await?;
-    let user = change_profile(
-        &state,
-        addr,
-        &principal,
-        ProfileChange {
-            email: update.email,
-            current_password: update.current_password,
-            new_password: update.new_password,
-        },
-    )
-    .await?;
+    let user = state
+        .sign_in
+        .change_profile(
+            addr.ip(),
+            &principal,
+            ProfileChange {
+                email: update.email,
+                current_password: update.current_password,
+                new_password: update.new_password,
+            },
+        )
+        .await?;
     Ok(Json(user.into()))
 }
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use hub_core::{ErrorCode, RegisterUser, Registration};
+use hub_core::{Error, RegisterUser, Registration};
 use hub_runtime::ServiceContext;
 use hub_runtime::budgets::AttemptBudgets;
 use hub_soap::{Answer, Call, Dispatcher, Fault, Limits, USERS_NS, escape_text};
@@ -61,7 +61,7 @@ async fn register(state: Arc<SoapRegisterState>, call: Call<RegisterUserRequest>
         state
             .budgets
             .register(client.ip())
-            .map_err(|wait| fault(&ErrorCode::TooManyAttempts.into()).retry_after(wait))?;
+            .map_err(|wait| fault(&Error::too_many_attempts(wait)))?;
     }
     let RegisterUserRequest {
         username,

@@ -100,8 +100,9 @@ impl Fault {
     }
 
     /// A domain error: its kind picks the fault code, its code goes in the
-    /// detail, its client message is the reason. Internal causes are logged
-    /// here, inside the request's span, and never sent.
+    /// detail, its client message is the reason, and a budget's wait is the
+    /// `Retry-After`. Internal causes are logged here, inside the request's
+    /// span, and never sent.
     pub fn from_error(version: SoapVersion, error: &hub_core::Error) -> Self {
         log_failure(error);
         Self {
@@ -110,7 +111,7 @@ impl Fault {
             reason: error.message().to_owned(),
             error_code: error.code(),
             status: None,
-            retry_after: None,
+            retry_after: error.retry_after(),
             not_understood: Vec::new(),
         }
     }
@@ -302,6 +303,16 @@ mod tests {
             ),
             "{xml}"
         );
+    }
+
+    #[test]
+    fn a_budgets_wait_is_the_retry_after() {
+        let limited = hub_core::Error::too_many_attempts(std::time::Duration::from_secs(42));
+        let response = Fault::from_error(SoapVersion::V11, &limited).into_response_for(None);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "42");
+        let busy = hub_core::Error::new(ErrorCode::TooManyAttempts);
+        let response = Fault::from_error(SoapVersion::V11, &busy).into_response_for(None);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

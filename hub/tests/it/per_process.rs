@@ -1,14 +1,16 @@
 //! What one process holds once, whichever of its services use it: the
 //! console (on rest-auth's port) and grpc-images upload through one image
 //! library, so a user's uploads in progress are counted once, and both
-//! ports' `/metrics` report the same uploads and the same buffer pool.
+//! ports' `/metrics` report the same uploads and the same buffer pool; the
+//! console and the JSON API sign in through one `SignIn`, so a device known
+//! to one is known to the other.
 
 use std::time::Duration;
 
 use hub_grpc_images::pb::image_delivery_client::ImageDeliveryClient;
 use hub_grpc_images::pb::upload_image_request::Data;
 use hub_grpc_images::pb::{UploadImageRequest, UploadMetadata};
-use hub_testkit::console::{form_csrf, noise_png, session_cookies, sign_in};
+use hub_testkit::console::{form_csrf, noise_png, session_cookies, set_cookie, sign_in};
 use hub_testkit::{Service, TestHub, TestSetup, eventually};
 use reqwest::{StatusCode, header};
 
@@ -169,5 +171,75 @@ async fn the_console_and_grpc_images_share_one_image_library() {
     })
     .await;
     assert!(after >= pooled, "{after} < {pooled}");
+    hub.stop().await;
+}
+
+/// The `polyhub_device` cookie `response` sets, whole: its value and its
+/// attributes apart.
+fn device_cookie(response: &reqwest::Response) -> (String, String) {
+    let whole = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("polyhub_device="))
+        .unwrap_or_else(|| panic!("no device cookie: {:?}", response.headers()))
+        .to_owned();
+    let (value, attributes) = whole.split_once(';').unwrap();
+    (value.to_owned(), attributes.to_owned())
+}
+
+/// One sign-in per process: a device that signed in through the console
+/// shows the JSON login the same cookie, and that login knows it (one use
+/// case, one limiter, one device list), so an attacker's lockout of the
+/// account over the API does not keep the owner's browser out.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_and_the_api_sign_in_through_one_use_case() {
+    let mut setup = TestSetup::new(&[Service::RestAuth]);
+    let limits = &mut setup.config.services.rest_auth.login_limit;
+    limits.per_user_burst = 3;
+    limits.per_user_replenish_ms = 60_000;
+    let hub = setup.start().await;
+    let base = hub.url(Service::RestAuth);
+    hub_testkit::sign_up(&base, "bea", PASSWORD).await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = sign_in(&browser, &base, "bea", PASSWORD).await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    let (device, console_attributes) = device_cookie(&signed_in);
+    assert!(set_cookie(&signed_in, "polyhub_session").is_some());
+
+    let api = reqwest::Client::new();
+    let login = |cookie: Option<String>, password: &'static str| {
+        let mut request = api
+            .post(format!("{base}/login"))
+            .json(&serde_json::json!({"username": "bea", "password": password}));
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        request.send()
+    };
+    // Someone else spends the account's budget: unknown devices are out.
+    let mut locked = None;
+    for _ in 0..5 {
+        let answer = login(None, "wrong wrong wrong").await.unwrap();
+        if answer.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(answer.headers().contains_key(header::RETRY_AFTER));
+            locked = Some(answer.text().await.unwrap());
+            break;
+        }
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+    let locked = locked.expect("the account was never locked");
+    assert!(locked.contains("TOO_MANY_ATTEMPTS"), "{locked}");
+
+    // The console's device cookie gets the browser through the API's login,
+    // and the API hands the same device the same cookie, attributes and all.
+    let answer = login(Some(device.clone()), PASSWORD).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let (_, api_attributes) = device_cookie(&answer);
+    assert_eq!(api_attributes, console_attributes);
     hub.stop().await;
 }

@@ -1,5 +1,8 @@
 //! Login attempt limits, per client and per account, so neither one client
-//! nor a spread of clients can guess one user's password fast.
+//! nor a spread of clients can guess one user's password fast: hub-core's
+//! [`LoginBudgets`], kept here because they are per-process state on
+//! [`Budget`]s. One per process; every port that signs users in spends it
+//! through hub-core's `SignIn`.
 //!
 //! A client is an IPv4 address or an IPv6 network (`http.client_ipv6_prefix`
 //! bits, /64 by default: one host gets a whole /64 and rotates inside it).
@@ -17,11 +20,12 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hub_core::AccountKey;
-use hub_runtime::budgets::{Budget, expose_sizes};
-use hub_runtime::config::LoginLimitConfig;
-use hub_runtime::connections::client_key;
-use hub_runtime::metrics::{Exposition, MetricsSource};
+use hub_core::{AccountKey, LoginBudgets};
+
+use crate::budgets::{Budget, expose_sizes};
+use crate::config::LoginLimitConfig;
+use crate::connections::client_key;
+use crate::metrics::{Exposition, MetricsSource};
 
 /// Account keys are cut to this length so none can grow the map.
 const MAX_ACCOUNT_KEY: usize = 300;
@@ -30,6 +34,7 @@ const MAX_ACCOUNT_KEY: usize = 300;
 /// locks are dropped, and if none had expired the oldest half goes.
 const MAX_LOCKED_DEVICES: usize = 100_000;
 
+/// Login budgets per client, per account and per known device.
 #[derive(Debug)]
 pub struct LoginLimiter {
     per_client: Budget<IpAddr>,
@@ -51,21 +56,30 @@ impl LoginLimiter {
         }
     }
 
+    fn locked_devices(&self) -> usize {
+        match self.locked_devices.lock() {
+            Ok(locked) => locked.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        }
+    }
+}
+
+impl LoginBudgets for LoginLimiter {
     /// Counts one attempt from `ip`; when over the client's limit, how long
     /// to wait.
-    pub fn check_client(&self, ip: IpAddr) -> Result<(), Duration> {
+    fn check_client(&self, ip: IpAddr) -> Result<(), Duration> {
         self.per_client.spend(&client_key(ip, self.ipv6_prefix))
     }
 
     /// Counts one attempt on `account` from a device not known to it; when
     /// over its limit, how long to wait.
-    pub fn check_account(&self, account: &AccountKey) -> Result<(), Duration> {
+    fn check_account(&self, account: &AccountKey) -> Result<(), Duration> {
         let key: String = account.to_string().chars().take(MAX_ACCOUNT_KEY).collect();
         self.per_account.spend(&key)
     }
 
     /// Whether a known device has used up its failure budget.
-    pub fn device_locked(&self, device: &str) -> bool {
+    fn device_locked(&self, device: &str) -> bool {
         let locked = match self.locked_devices.lock() {
             Ok(locked) => locked,
             Err(poisoned) => poisoned.into_inner(),
@@ -78,7 +92,7 @@ impl LoginLimiter {
     /// Counts a failed attempt from a known device; past its budget the
     /// device counts as unknown (the account's budget applies) until the
     /// budget has room again.
-    pub fn device_failed(&self, device: &str) {
+    fn device_failed(&self, device: &str) {
         let Err(wait) = self.per_device.spend(&device.to_owned()) else {
             return;
         };
@@ -98,13 +112,6 @@ impl LoginLimiter {
             }
         }
         locked.insert(device.to_owned(), now + wait);
-    }
-
-    fn locked_devices(&self) -> usize {
-        match self.locked_devices.lock() {
-            Ok(locked) => locked.len(),
-            Err(poisoned) => poisoned.into_inner().len(),
-        }
     }
 }
 

@@ -1,0 +1,699 @@
+//! Signing in, signing up and changing a credential as ONE use case, with
+//! its attempt budgets: every entry point (the JSON API, the account
+//! console, and later OIDC or SOAP's WS-Security) gets the same answers and
+//! spends the same budgets, so no port is a cheaper place to guess a
+//! password.
+//!
+//! A sign-in goes: the client's budget, then the account the name resolves
+//! to, then the device the client shows (a device token from an earlier
+//! sign-in), then the account's budget unless that device is known and not
+//! locked, then the credential, then the session and a device token for the
+//! next time. The budgets themselves live behind ports ([`LoginBudgets`],
+//! [`AccountBudgets`]): they are per-process state with a rate limiter
+//! behind them, which hub-core does not hold.
+//!
+//! Anyone can spend an account's budget, so anyone could lock its owner
+//! out. A device that has signed in to the account before shows the device
+//! token it was given then (OWASP's device cookie): it does not spend the
+//! account's budget, only its own budget of failures; past that it counts
+//! as unknown again until the budget refills.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::authentication::{AccountKey, Authentication, LoginName, LoginOutcome, ProfileChange};
+use crate::error::{Error, ErrorCode};
+use crate::ports::User;
+use crate::registration::{RegisterUser, Registration};
+use crate::session::ClientInfo;
+use crate::token::{IssuedToken, Principal};
+use crate::user::UserId;
+
+/// The login budgets: per client, per account, and the failures of each
+/// known device. One per process, shared by every port that signs users in.
+pub trait LoginBudgets: Send + Sync {
+    /// Spends one attempt of `client`'s budget; when it is empty, how long
+    /// until it has room.
+    fn check_client(&self, client: IpAddr) -> Result<(), Duration>;
+    /// Spends one attempt on `account` from a device it does not know; when
+    /// its budget is empty, how long until it has room.
+    fn check_account(&self, account: &AccountKey) -> Result<(), Duration>;
+    /// Whether a known device has used up its failure budget (it then counts
+    /// as unknown).
+    fn device_locked(&self, device: &str) -> bool;
+    /// Counts one failed attempt from a known device.
+    fn device_failed(&self, device: &str);
+}
+
+/// The budgets of the other requests that cost a password hash:
+/// registrations per client, and checks of a signed-in user's current
+/// password per client and per account.
+pub trait AccountBudgets: Send + Sync {
+    /// Spends one registration of `client`'s budget.
+    fn register(&self, client: IpAddr) -> Result<(), Duration>;
+    /// Spends one current-password check of `client`'s budget and of
+    /// `user`'s, so neither one address nor one stolen token makes the
+    /// check a guessing oracle.
+    fn password_check(&self, client: IpAddr, user: UserId) -> Result<(), Duration>;
+}
+
+/// What a client proves itself with. One kind today; a second factor, a
+/// passkey or a client secret each become a variant checked in
+/// [`SignIn::sign_in`], behind the same budgets.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Credential {
+    Password(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Password(_) => f.write_str("Password(<redacted>)"),
+        }
+    }
+}
+
+/// One sign-in attempt as it arrives from any protocol.
+#[derive(Debug, Clone)]
+pub struct LoginAttempt {
+    pub name: LoginName,
+    pub credential: Credential,
+    /// Kept with the session, so its owner can tell their devices apart.
+    pub user_agent: Option<String>,
+    /// The device token this client was given at an earlier sign-in, if it
+    /// shows one (a cookie, a field): a hint, never a failure.
+    pub device_token: Option<String>,
+}
+
+/// A sign-in that passed every budget: the session, and a device token for
+/// this client's next sign-in, which each port hands over its own way (a
+/// cookie, a field). No device token when the device could not be
+/// remembered; the sign-in stands.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub outcome: LoginOutcome,
+    pub device_token: Option<IssuedToken>,
+}
+
+/// The sign-in use case.
+#[derive(Clone)]
+pub struct SignIn {
+    authentication: Authentication,
+    registration: Registration,
+    logins: Arc<dyn LoginBudgets>,
+    budgets: Arc<dyn AccountBudgets>,
+    /// How long a device token (and so the device's standing) lasts.
+    device_lifetime: Duration,
+}
+
+impl std::fmt::Debug for SignIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignIn")
+            .field("device_lifetime", &self.device_lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignIn {
+    pub fn new(
+        authentication: Authentication,
+        registration: Registration,
+        logins: Arc<dyn LoginBudgets>,
+        budgets: Arc<dyn AccountBudgets>,
+        device_lifetime: Duration,
+    ) -> Self {
+        Self {
+            authentication,
+            registration,
+            logins,
+            budgets,
+            device_lifetime,
+        }
+    }
+
+    /// Signs `from` in: the client's budget, then the account's unless the
+    /// client shows a device the account knows, then the credential. A
+    /// refusal by a budget is `TOO_MANY_ATTEMPTS` with the wait; a wrong
+    /// credential `INVALID_CREDENTIALS`, whoever asked.
+    #[tracing::instrument(name = "sign_in", skip_all)]
+    pub async fn sign_in(&self, from: IpAddr, attempt: LoginAttempt) -> Result<SignedIn, Error> {
+        let LoginAttempt {
+            name,
+            credential,
+            user_agent,
+            device_token,
+        } = attempt;
+        if let Err(wait) = self.logins.check_client(from) {
+            tracing::warn!(client_ip = %from, "login attempts limited for this client");
+            return Err(Error::too_many_attempts(wait));
+        }
+        // By account, not by the string typed: a username and an email of
+        // one user share one budget.
+        let account = self.authentication.account_key(&name).await?;
+        // A device that signed in to this account before, and that the
+        // account still remembers, spends its own failures, not the
+        // account's budget, so guesses from elsewhere cannot lock the owner
+        // out.
+        let shown = match device_token.as_deref() {
+            Some(token) => self.authentication.known_device(token, &account).await?,
+            None => None,
+        };
+        let known = shown
+            .as_ref()
+            .filter(|device| !self.logins.device_locked(&device.device));
+        if known.is_none()
+            && let Err(wait) = self.logins.check_account(&account)
+        {
+            tracing::warn!(client_ip = %from, "login attempts limited for this account");
+            return Err(Error::too_many_attempts(wait));
+        }
+        let client = ClientInfo::new(Some(from), user_agent.as_deref());
+        let outcome = match self.check(name, credential, client).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if let Some(device) = known
+                    && e.code() == ErrorCode::InvalidCredentials
+                {
+                    self.logins.device_failed(&device.device);
+                }
+                return Err(e);
+            }
+        };
+        // A device token at every sign-in, so the next one from this device
+        // is known to the account; a device it knew already keeps its id,
+        // and with it its failure budget.
+        let device_token = match self
+            .authentication
+            .device_token(&outcome, self.device_lifetime, shown.as_ref())
+            .await
+        {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(error = %e, "no device token for this login");
+                None
+            }
+        };
+        Ok(SignedIn {
+            outcome,
+            device_token,
+        })
+    }
+
+    /// Checks the credential and opens the session.
+    async fn check(
+        &self,
+        name: LoginName,
+        credential: Credential,
+        client: ClientInfo,
+    ) -> Result<LoginOutcome, Error> {
+        match credential {
+            Credential::Password(password) => {
+                self.authentication.login(name, password, client).await
+            }
+        }
+    }
+
+    /// Registers a user, within `from`'s registration budget (one budget
+    /// per client for every port that registers, SOAP's included).
+    pub async fn sign_up(&self, from: IpAddr, request: RegisterUser) -> Result<User, Error> {
+        self.budgets
+            .register(from)
+            .map_err(Error::too_many_attempts)?;
+        self.registration.register(request).await
+    }
+
+    /// Changes the principal's email or password. The check of the current
+    /// password is a full hash, so it is budgeted per client and per
+    /// account: one token cannot keep the pool busy or guess with it.
+    pub async fn change_profile(
+        &self,
+        from: IpAddr,
+        principal: &Principal,
+        change: ProfileChange,
+    ) -> Result<User, Error> {
+        if change.current_password.is_some() {
+            self.budgets
+                .password_check(from, principal.user_id)
+                .map_err(Error::too_many_attempts)?;
+        }
+        self.authentication.update_profile(principal, change).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::password::PasswordHasher;
+    use crate::ports::SystemClock;
+    use crate::ports::memory::{InMemorySessions, InMemoryUsers};
+    use crate::token::{KeySet, TokenSettings, Tokens};
+    use crate::work_pool::{HashingPool, WorkPoolConfig};
+
+    const PASSWORD: &str = "correct horse";
+    const WAIT: Duration = Duration::from_secs(7);
+
+    /// Budgets that count what is spent, and refuse what a test says.
+    #[derive(Default)]
+    struct Budgets {
+        refuse_client: bool,
+        refuse_account: bool,
+        refuse_registration: bool,
+        refuse_password_check: bool,
+        clients: Mutex<u32>,
+        accounts: Mutex<Vec<AccountKey>>,
+        device_failures: Mutex<Vec<String>>,
+        locked: Mutex<HashSet<String>>,
+        password_checks: Mutex<u32>,
+    }
+
+    fn spend<T>(log: &Mutex<T>, f: impl FnOnce(&mut T)) {
+        f(&mut log.lock().unwrap());
+    }
+
+    impl LoginBudgets for Budgets {
+        fn check_client(&self, _: IpAddr) -> Result<(), Duration> {
+            spend(&self.clients, |n| *n += 1);
+            if self.refuse_client {
+                Err(WAIT)
+            } else {
+                Ok(())
+            }
+        }
+
+        fn check_account(&self, account: &AccountKey) -> Result<(), Duration> {
+            spend(&self.accounts, |a| a.push(account.clone()));
+            if self.refuse_account {
+                Err(WAIT)
+            } else {
+                Ok(())
+            }
+        }
+
+        fn device_locked(&self, device: &str) -> bool {
+            self.locked.lock().unwrap().contains(device)
+        }
+
+        fn device_failed(&self, device: &str) {
+            spend(&self.device_failures, |f| f.push(device.to_owned()));
+        }
+    }
+
+    impl AccountBudgets for Budgets {
+        fn register(&self, _: IpAddr) -> Result<(), Duration> {
+            if self.refuse_registration {
+                Err(WAIT)
+            } else {
+                Ok(())
+            }
+        }
+
+        fn password_check(&self, _: IpAddr, _: UserId) -> Result<(), Duration> {
+            spend(&self.password_checks, |n| *n += 1);
+            if self.refuse_password_check {
+                Err(WAIT)
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    struct World {
+        sign_in: SignIn,
+        budgets: Arc<Budgets>,
+        users: Arc<InMemoryUsers>,
+    }
+
+    fn world(budgets: Budgets) -> World {
+        let users = Arc::new(InMemoryUsers::default());
+        let sessions = Arc::new(InMemorySessions::with_users(users.clone()));
+        let hashing = HashingPool::new(
+            PasswordHasher::insecure_for_tests(10),
+            WorkPoolConfig::default(),
+        );
+        let key = KeySet::generate().unwrap();
+        let tokens = Arc::new(Tokens::new(
+            KeySet::from_pem(&key.private_pem, &[]).unwrap(),
+            TokenSettings {
+                issuer: "polyhub".into(),
+                audience: "polyhub-api".into(),
+                lifetime: Duration::from_secs(900),
+            },
+        ));
+        let authentication = Authentication::new(
+            users.clone(),
+            sessions.clone(),
+            hashing.clone(),
+            tokens,
+            Arc::new(SystemClock),
+            Duration::from_secs(3600),
+            sessions,
+        );
+        let registration = Registration::new(users.clone(), hashing, Arc::new(SystemClock));
+        let budgets = Arc::new(budgets);
+        World {
+            sign_in: SignIn::new(
+                authentication,
+                registration,
+                budgets.clone(),
+                budgets.clone(),
+                Duration::from_secs(86_400),
+            ),
+            budgets,
+            users,
+        }
+    }
+
+    fn here() -> IpAddr {
+        "192.0.2.1".parse().unwrap()
+    }
+
+    fn attempt(password: &str, device_token: Option<&IssuedToken>) -> LoginAttempt {
+        LoginAttempt {
+            name: LoginName::Username("alice".into()),
+            credential: Credential::Password(password.into()),
+            user_agent: Some("test".into()),
+            device_token: device_token.map(|t| t.token.clone()),
+        }
+    }
+
+    async fn alice(world: &World) -> User {
+        world
+            .sign_in
+            .sign_up(
+                here(),
+                RegisterUser {
+                    username: "alice".into(),
+                    email: "alice@example.com".into(),
+                    password: PASSWORD.into(),
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Alice signed in once from a fresh device: the device token it got.
+    async fn alices_device(world: &World) -> IssuedToken {
+        let signed_in = world
+            .sign_in
+            .sign_in(here(), attempt(PASSWORD, None))
+            .await
+            .unwrap();
+        signed_in.device_token.expect("a device token")
+    }
+
+    fn accounts_spent(world: &World) -> usize {
+        world.budgets.accounts.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_spends_the_client_and_the_account_and_mints_a_device_token() {
+        let world = world(Budgets::default());
+        let user = alice(&world).await;
+        let signed_in = world
+            .sign_in
+            .sign_in(here(), attempt(PASSWORD, None))
+            .await
+            .unwrap();
+        assert_eq!(signed_in.outcome.user.id, user.id);
+        assert_eq!(
+            signed_in.outcome.session.client.user_agent.as_deref(),
+            Some("test")
+        );
+        assert_eq!(signed_in.outcome.session.client.ip, Some(here()));
+        let device = signed_in.device_token.expect("a device token");
+        assert_eq!(device.expires_in, 86_400);
+        assert_eq!(*world.budgets.clients.lock().unwrap(), 1);
+        assert_eq!(
+            *world.budgets.accounts.lock().unwrap(),
+            vec![AccountKey::User(user.id)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_known_device_does_not_spend_the_accounts_budget() {
+        let world = world(Budgets::default());
+        alice(&world).await;
+        let device = alices_device(&world).await;
+        assert_eq!(accounts_spent(&world), 1);
+        for password in [PASSWORD, "wrong wrong wrong"] {
+            let _ = world
+                .sign_in
+                .sign_in(here(), attempt(password, Some(&device)))
+                .await;
+        }
+        assert_eq!(accounts_spent(&world), 1, "the device's sign-ins");
+        assert_eq!(*world.budgets.clients.lock().unwrap(), 3, "the client's");
+    }
+
+    #[tokio::test]
+    async fn a_known_device_passes_the_accounts_lockout() {
+        let world = world(Budgets::default());
+        alice(&world).await;
+        let device = alices_device(&world).await;
+        let locked_out = SignIn {
+            logins: Arc::new(Budgets {
+                refuse_account: true,
+                ..Budgets::default()
+            }),
+            ..world.sign_in.clone()
+        };
+        let refused = locked_out
+            .sign_in(here(), attempt(PASSWORD, None))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::TooManyAttempts);
+        assert_eq!(refused.retry_after(), Some(WAIT));
+        let signed_in = locked_out
+            .sign_in(here(), attempt(PASSWORD, Some(&device)))
+            .await
+            .unwrap();
+        assert!(signed_in.device_token.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_from_a_known_device_spends_the_devices_budget() {
+        let world = world(Budgets::default());
+        alice(&world).await;
+        let device = alices_device(&world).await;
+        let refused = world
+            .sign_in
+            .sign_in(here(), attempt("wrong wrong wrong", Some(&device)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::InvalidCredentials);
+        let failures = world.budgets.device_failures.lock().unwrap().clone();
+        assert_eq!(failures.len(), 1);
+        // The device keeps its id, and so its budget, at its next sign-in.
+        let again = world
+            .sign_in
+            .sign_in(here(), attempt(PASSWORD, Some(&device)))
+            .await
+            .unwrap()
+            .device_token
+            .unwrap();
+        let tokens = world.sign_in.authentication.tokens();
+        let now = time::OffsetDateTime::now_utc();
+        let dev = |t: &IssuedToken| tokens.verify_device(&t.token, now).unwrap().device;
+        assert_eq!(dev(&again), dev(&device));
+        assert_eq!(failures, vec![dev(&device)]);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_from_an_unknown_device_spends_no_devices_budget() {
+        let world = world(Budgets::default());
+        alice(&world).await;
+        let refused = world
+            .sign_in
+            .sign_in(here(), attempt("wrong wrong wrong", None))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::InvalidCredentials);
+        assert!(world.budgets.device_failures.lock().unwrap().is_empty());
+        assert_eq!(accounts_spent(&world), 1);
+    }
+
+    #[tokio::test]
+    async fn a_locked_device_counts_as_unknown() {
+        let world = world(Budgets::default());
+        alice(&world).await;
+        let device = alices_device(&world).await;
+        let id = world
+            .sign_in
+            .authentication
+            .tokens()
+            .verify_device(&device.token, time::OffsetDateTime::now_utc())
+            .unwrap()
+            .device;
+        world.budgets.locked.lock().unwrap().insert(id);
+        let _ = world
+            .sign_in
+            .sign_in(here(), attempt("wrong wrong wrong", Some(&device)))
+            .await;
+        assert_eq!(accounts_spent(&world), 2, "the account's budget again");
+        assert!(
+            world.budgets.device_failures.lock().unwrap().is_empty(),
+            "a locked device's failures are the account's"
+        );
+    }
+
+    #[tokio::test]
+    async fn another_accounts_device_token_is_not_known_here() {
+        let world = world(Budgets::default());
+        alice(&world).await;
+        world
+            .sign_in
+            .sign_up(
+                here(),
+                RegisterUser {
+                    username: "bob".into(),
+                    email: "bob@example.com".into(),
+                    password: PASSWORD.into(),
+                },
+            )
+            .await
+            .unwrap();
+        let bobs = world
+            .sign_in
+            .sign_in(
+                here(),
+                LoginAttempt {
+                    name: LoginName::Username("bob".into()),
+                    ..attempt(PASSWORD, None)
+                },
+            )
+            .await
+            .unwrap()
+            .device_token
+            .unwrap();
+        let _ = world
+            .sign_in
+            .sign_in(here(), attempt("wrong wrong wrong", Some(&bobs)))
+            .await;
+        assert_eq!(accounts_spent(&world), 2, "alice's account paid");
+        assert!(world.budgets.device_failures.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_client_budget_refuses_with_a_retry_after_before_any_lookup() {
+        let world = world(Budgets {
+            refuse_client: true,
+            ..Budgets::default()
+        });
+        alice(&world).await;
+        let refused = world
+            .sign_in
+            .sign_in(here(), attempt(PASSWORD, None))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::TooManyAttempts);
+        assert_eq!(refused.retry_after(), Some(WAIT));
+        assert_eq!(accounts_spent(&world), 0);
+    }
+
+    #[tokio::test]
+    async fn registration_is_budgeted_per_client() {
+        let world = world(Budgets {
+            refuse_registration: true,
+            ..Budgets::default()
+        });
+        let refused = world
+            .sign_in
+            .sign_up(
+                here(),
+                RegisterUser {
+                    username: "carol".into(),
+                    email: "carol@example.com".into(),
+                    password: PASSWORD.into(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::TooManyAttempts);
+        assert_eq!(refused.retry_after(), Some(WAIT));
+        let carol = crate::user::Username::parse("carol").unwrap();
+        use crate::ports::UserRepository;
+        assert!(
+            world
+                .users
+                .find_by_username(&carol)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_change_that_checks_the_current_password_spends_its_budget() {
+        let world = world(Budgets::default());
+        alice(&world).await;
+        let principal = {
+            let signed_in = world
+                .sign_in
+                .sign_in(here(), attempt(PASSWORD, None))
+                .await
+                .unwrap();
+            world
+                .sign_in
+                .authentication
+                .authenticate(&signed_in.outcome.token.token)
+                .await
+                .unwrap()
+        };
+        let unchecked = world
+            .sign_in
+            .change_profile(
+                here(),
+                &principal,
+                ProfileChange {
+                    email: Some("a@example.com".into()),
+                    ..ProfileChange::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(unchecked.code(), ErrorCode::InvalidCredentials);
+        assert_eq!(*world.budgets.password_checks.lock().unwrap(), 0);
+        let changed = world
+            .sign_in
+            .change_profile(
+                here(),
+                &principal,
+                ProfileChange {
+                    email: Some("a@example.com".into()),
+                    current_password: Some(PASSWORD.into()),
+                    new_password: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed.email.as_str(), "a@example.com");
+        assert_eq!(*world.budgets.password_checks.lock().unwrap(), 1);
+
+        let limited = SignIn {
+            budgets: Arc::new(Budgets {
+                refuse_password_check: true,
+                ..Budgets::default()
+            }),
+            ..world.sign_in.clone()
+        };
+        let refused = limited
+            .change_profile(
+                here(),
+                &principal,
+                ProfileChange {
+                    email: Some("b@example.com".into()),
+                    current_password: Some(PASSWORD.into()),
+                    new_password: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::TooManyAttempts);
+        assert_eq!(refused.retry_after(), Some(WAIT));
+    }
+}
