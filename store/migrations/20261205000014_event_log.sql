@@ -29,8 +29,11 @@ CREATE TABLE event_subscribers (
 -- Each subscriber's delivery state of each event it listens to: one row per
 -- (subscriber, event), written with the event (the trigger below), so one
 -- subscriber being away or refusing an event holds back no other.
+-- `subscriber` has no foreign key on purpose: one would make every event's
+-- writer lock the subscriber's row (KEY SHARE), one hot row under every
+-- login; the trigger at the end deletes a removed subscriber's rows.
 CREATE TABLE event_deliveries (
-    subscriber        text        NOT NULL REFERENCES event_subscribers (name) ON DELETE CASCADE,
+    subscriber        text        NOT NULL,
     event_id          bigint      NOT NULL REFERENCES events (id) ON DELETE CASCADE,
     delivered_at      timestamptz,
     attempts          integer     NOT NULL DEFAULT 0,
@@ -69,6 +72,28 @@ $$;
 CREATE TRIGGER events_inserted
     AFTER INSERT ON events REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION events_fan_out();
+
+CREATE FUNCTION event_subscriber_removed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM event_deliveries WHERE subscriber = OLD.name;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER event_subscriber_deleted
+    AFTER DELETE ON event_subscribers
+    FOR EACH ROW EXECUTE FUNCTION event_subscriber_removed();
+
+-- How far pruning has reached, in the log's reading order: a reader
+-- resuming after an event below it could miss pruned events, and is told
+-- so instead (store/src/postgres/events.rs).
+CREATE TABLE event_log_pruned (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    tx       xid8    NOT NULL,
+    id       bigint  NOT NULL
+);
+INSERT INTO event_log_pruned (tx, id) VALUES ('0'::xid8, 0);
 
 -- The MongoDB activity log is the first subscriber, and takes everything.
 INSERT INTO event_subscribers (name, types) VALUES ('activity', ARRAY['*']);

@@ -46,19 +46,18 @@ pub struct NewUser {
 /// `USERNAME_TAKEN` or `EMAIL_TAKEN` and a lost connection to `UNAVAILABLE`.
 ///
 /// Every change is written with its event in the event log (see
-/// [`crate::events`]), in one transaction: `insert` with `user.created`, an
-/// email or password change with `user.email_changed` /
-/// `user.password_changed`, an import with one `users.imported` counting
-/// the users stored. Replacing a hash by a stronger one of the same password
-/// (at login) is no change to the user, and writes none.
+/// [`crate::events`]), in one transaction: `insert` with `user.created`,
+/// `update_email` with `user.email_changed`, an import with one
+/// `users.imported` counting the users stored. A password changes only
+/// through [`SessionRepository::change_credentials`], with the revocations
+/// it brings. Replacing a hash by a stronger one of the same password (at
+/// login) is no change to the user, and writes none.
 #[async_trait]
 pub trait UserRepository: Send + Sync + 'static {
     async fn insert(&self, user: NewUser) -> Result<User, Error>;
     async fn find_by_id(&self, id: UserId) -> Result<Option<User>, Error>;
     async fn find_by_username(&self, username: &Username) -> Result<Option<User>, Error>;
     async fn find_by_email(&self, email: &Email) -> Result<Option<User>, Error>;
-    /// Replaces the stored hash; `USER_NOT_FOUND` when no such user.
-    async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error>;
     /// Replaces the stored hash only while it is still `expected`, so a
     /// rehash at login never overwrites a password changed meanwhile; false
     /// when the hash had changed (or the user is gone).

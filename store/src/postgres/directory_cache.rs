@@ -319,12 +319,6 @@ impl UserRepository for CachedUsers {
         self.inner.search(prefix, after, limit).await
     }
 
-    async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error> {
-        let done = self.inner.update_password_hash(id, hash).await;
-        self.forget_user(id);
-        done
-    }
-
     async fn replace_password_hash(
         &self,
         id: UserId,

@@ -11,7 +11,7 @@
 
 use async_trait::async_trait;
 use hub_core::events::{DomainEvent, EventLog, LoggedEvent, no_such_position};
-use hub_core::{Error, UserId};
+use hub_core::{Error, ErrorCode, UserId};
 use sqlx::postgres::{PgPool, PgTransaction};
 use sqlx::types::Json;
 use time::OffsetDateTime;
@@ -90,6 +90,16 @@ impl EventRow {
     }
 }
 
+/// The refusal of a read after an event that later, pruned events followed.
+fn pruned_past(after: i64) -> Error {
+    Error::with_message(
+        ErrorCode::InvalidRequest,
+        format!(
+            "events after {after} have been pruned from the log; read without --after for the latest"
+        ),
+    )
+}
+
 /// The log, for its readers (`hub events tail`).
 #[derive(Debug, Clone)]
 pub struct PgEventLog {
@@ -127,13 +137,25 @@ impl EventLog for PgEventLog {
             .await
             .map_err(|e| classify("reading the event log", e))?,
             Some(after) => {
-                let known: Option<i64> = sqlx::query_scalar("SELECT id FROM events WHERE id = $1")
-                    .bind(after)
-                    .fetch_optional(&self.pool)
+                // One snapshot for the check and the read, so a prune in
+                // between cannot make the read skip what it deleted.
+                let mut tx = self
+                    .pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await
                     .map_err(|e| classify("reading the event log", e))?;
-                if known.is_none() {
-                    return Err(no_such_position(after));
+                let behind: Option<bool> = sqlx::query_scalar(
+                    "SELECT (a.tx, a.id) < (p.tx, p.id) FROM events a, event_log_pruned p \
+                     WHERE a.id = $1",
+                )
+                .bind(after)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| classify("reading the event log", e))?;
+                match behind {
+                    None => return Err(no_such_position(after)),
+                    Some(true) => return Err(pruned_past(after)),
+                    Some(false) => {}
                 }
                 sqlx::query_as(concat!(
                     "SELECT ",
@@ -145,7 +167,7 @@ impl EventLog for PgEventLog {
                 ))
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(|e| classify("reading the event log", e))?
             }

@@ -254,17 +254,26 @@ impl Outbox for PgOutbox {
 
     /// Events go once every subscriber has had them before `before` (or
     /// none listens and they happened before it): the log keeps what some
-    /// subscriber still waits for, whatever its age.
+    /// subscriber still waits for, whatever its age. The furthest event
+    /// pruned, in reading order, moves `event_log_pruned` forward, so a
+    /// reader resuming below it is refused rather than silently skipping.
     async fn prune(&self, before: OffsetDateTime) -> Result<u64, Error> {
-        Ok(sqlx::query(
-            "DELETE FROM events e WHERE e.occurred_at < $1 AND NOT EXISTS ( \
-               SELECT 1 FROM event_deliveries d WHERE d.event_id = e.id \
-               AND (d.delivered_at IS NULL OR d.delivered_at >= $1))",
+        let pruned: i64 = sqlx::query_scalar(
+            "WITH gone AS ( \
+               DELETE FROM events e WHERE e.occurred_at < $1 AND NOT EXISTS ( \
+                 SELECT 1 FROM event_deliveries d WHERE d.event_id = e.id \
+                 AND (d.delivered_at IS NULL OR d.delivered_at >= $1)) \
+               RETURNING e.tx, e.id), \
+             top AS (SELECT tx, id FROM gone ORDER BY tx DESC, id DESC LIMIT 1), \
+             mark AS ( \
+               UPDATE event_log_pruned p SET tx = top.tx, id = top.id FROM top \
+               WHERE (top.tx, top.id) > (p.tx, p.id) RETURNING 1) \
+             SELECT count(*) FROM gone",
         )
         .bind(before)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
-        .map_err(|e| classify("pruning delivered events", e))?
-        .rows_affected())
+        .map_err(|e| classify("pruning delivered events", e))?;
+        Ok(u64::try_from(pruned).unwrap_or(0))
     }
 }

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use hub_core::events::{DomainEvent, UserChange, UserEvent};
+use hub_core::{Clock, SystemClock};
 use hub_core::{
     Email, Error, ErrorCode, ImportOutcome, NewUser, PasswordHash, Role, User, UserId,
     UserRepository, Username,
@@ -128,26 +129,6 @@ impl UserRepository for PgUserRepository {
         .transpose()
     }
 
-    async fn update_password_hash(&self, id: UserId, hash: &PasswordHash) -> Result<(), Error> {
-        let event = UserEvent::new(
-            Some(id),
-            OffsetDateTime::now_utc(),
-            UserChange::PasswordChanged,
-        );
-        let done = bind_event(
-            sqlx::query(with_event!(
-                "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1 RETURNING id"
-            )),
-            id,
-            hash.as_str(),
-            &event.into(),
-        )
-        .execute(&self.pool)
-        .await
-        .map_err(|e| classify("updating a password hash", e))?;
-        found(done.rows_affected())
-    }
-
     async fn replace_password_hash(
         &self,
         id: UserId,
@@ -227,12 +208,9 @@ impl UserRepository for PgUserRepository {
             .collect()
         };
         if !dry_run && !inserted.is_empty() {
-            let at = users
-                .iter()
-                .filter(|u| inserted.contains(&u.id.as_uuid()))
-                .map(|u| u.created_at)
-                .max()
-                .unwrap_or_else(OffsetDateTime::now_utc);
+            // When the import ran: the users' own `created_at` is the old
+            // system's, years back or anything a file says.
+            let at = SystemClock.now();
             let count = inserted.len() as u64;
             let event = UserEvent::new(None, at, UserChange::Imported { count });
             super::events::insert(&mut tx, &[event.into()]).await?;
@@ -308,7 +286,7 @@ impl UserRepository for PgUserRepository {
         let change = UserChange::EmailChanged {
             email: email.as_str().to_owned(),
         };
-        let event = UserEvent::new(Some(id), OffsetDateTime::now_utc(), change);
+        let event = UserEvent::new(Some(id), SystemClock.now(), change);
         let done = bind_event(
             sqlx::query(with_event!(
                 "UPDATE users SET email = $2, updated_at = now() WHERE id = $1 RETURNING id"

@@ -267,3 +267,37 @@ async fn the_log_reads_in_commit_safe_order(pool: PgPool) {
         ErrorCode::InvalidRequest
     );
 }
+
+/// A reader resuming after an event the log still keeps, past which later
+/// events were pruned, is told so instead of silently skipping them.
+#[sqlx::test(migrator = "hub_store::MIGRATOR")]
+async fn resuming_below_what_was_pruned_is_refused(pool: PgPool) {
+    let users = PgUserRepository::new(pool.clone());
+    let log = PgEventLog::new(pool.clone());
+    for name in ["first", "second", "third"] {
+        users.insert(new_user(name)).await.unwrap();
+    }
+    let read = read_when(&log, None, 3).await;
+    let activity = PgOutbox::new(pool.clone());
+    let claim = activity.claim(10).await.unwrap();
+    let ids: Vec<_> = claim.events().iter().map(|p| p.event.id()).collect();
+    // The first is refused into quarantine, the others delivered.
+    let refused = [(ids[0], "refused".to_owned())];
+    assert_eq!(
+        claim
+            .settle(&ids[1..], &refused, SystemClock.now(), 1)
+            .await
+            .unwrap(),
+        1
+    );
+    let later = SystemClock.now() + time::Duration::hours(1);
+    assert_eq!(
+        activity.prune(later).await.unwrap(),
+        2,
+        "the quarantined one stays"
+    );
+    let refused = log.read(Some(read[0].position), 10).await.unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::InvalidRequest);
+    assert!(refused.to_string().contains("pruned"), "{refused}");
+    assert_eq!(log.read(None, 10).await.unwrap().len(), 1);
+}

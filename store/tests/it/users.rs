@@ -158,7 +158,11 @@ async fn updates_report_missing_users(pool: PgPool) {
     let hash = PasswordHasher::insecure_for_tests(2)
         .hash(&Password::parse("another secret", &user.username).unwrap())
         .unwrap();
-    repo.update_password_hash(user.id, &hash).await.unwrap();
+    assert!(
+        repo.replace_password_hash(user.id, &user.password_hash, &hash)
+            .await
+            .unwrap()
+    );
     let reread = repo.find_by_id(user.id).await.unwrap().unwrap();
     assert_eq!(reread.role, Role::Admin);
     assert_eq!(reread.password_hash, hash);
@@ -173,12 +177,11 @@ async fn updates_report_missing_users(pool: PgPool) {
             .code(),
         ErrorCode::UserNotFound
     );
-    assert_eq!(
-        repo.update_password_hash(missing, &hash)
+    assert!(
+        !repo
+            .replace_password_hash(missing, &hash, &hash)
             .await
-            .unwrap_err()
-            .code(),
-        ErrorCode::UserNotFound
+            .unwrap()
     );
 }
 
