@@ -46,7 +46,9 @@ pub use ports::{
 pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelayError, RelaySettings, RelaySnapshot, RelayStatus};
 pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId, SessionState};
-pub use sign_in::{AccountBudgets, Credential, LoginAttempt, LoginBudgets, SignIn, SignedIn};
+pub use sign_in::{
+    AccountBudgets, Credential, LoginAttempt, LoginBudgets, SignIn, SignUp, SignedIn,
+};
 pub use token::{
     Claims, IssuedToken, Jwks, KeySet, KnownDevice, Principal, TokenSettings, Tokens,
     claimed_identity,

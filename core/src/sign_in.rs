@@ -97,6 +97,46 @@ pub struct SignedIn {
     pub device_token: Option<IssuedToken>,
 }
 
+/// Registration with its per-client budget: what every port that registers
+/// calls (SOAP's RegisterUser, which serves without token keys, included),
+/// so one client's registrations spend one budget whichever port carries
+/// them. [`SignIn::sign_up`] is this, for the ports that sign in too.
+#[derive(Clone)]
+pub struct SignUp {
+    registration: Registration,
+    budgets: Arc<dyn AccountBudgets>,
+}
+
+impl std::fmt::Debug for SignUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignUp").finish_non_exhaustive()
+    }
+}
+
+impl SignUp {
+    pub fn new(registration: Registration, budgets: Arc<dyn AccountBudgets>) -> Self {
+        Self {
+            registration,
+            budgets,
+        }
+    }
+
+    /// Registers a user, within `from`'s registration budget; a request
+    /// whose client is unknown (no peer address) is registered without one.
+    pub async fn sign_up(
+        &self,
+        from: Option<IpAddr>,
+        request: RegisterUser,
+    ) -> Result<User, Error> {
+        if let Some(from) = from {
+            self.budgets
+                .register(from)
+                .map_err(Error::too_many_attempts)?;
+        }
+        self.registration.register(request).await
+    }
+}
+
 /// The sign-in use case.
 #[derive(Clone)]
 pub struct SignIn {
@@ -215,13 +255,12 @@ impl SignIn {
         }
     }
 
-    /// Registers a user, within `from`'s registration budget (one budget
-    /// per client for every port that registers, SOAP's included).
+    /// Registers a user, within `from`'s registration budget (see
+    /// [`SignUp`]).
     pub async fn sign_up(&self, from: IpAddr, request: RegisterUser) -> Result<User, Error> {
-        self.budgets
-            .register(from)
-            .map_err(Error::too_many_attempts)?;
-        self.registration.register(request).await
+        SignUp::new(self.registration.clone(), Arc::clone(&self.budgets))
+            .sign_up(Some(from), request)
+            .await
     }
 
     /// Changes the principal's email or password. The check of the current

@@ -163,10 +163,9 @@ impl Hub {
             }
             Service::SoapRegister => hub_soap_register::router(
                 hub_soap_register::SoapRegisterState {
-                    registration: self.registration(),
+                    sign_up: self.sign_up(),
                     wsdl: assembly.wsdl(),
                     limits: self.soap_limits(),
-                    budgets: Arc::clone(&self.budgets),
                 },
                 ServiceContext {
                     readiness: context

@@ -11,7 +11,7 @@ use anyhow::Context;
 use hub_core::{
     ActivityLog, Administration, Authentication, DependencyProbe, Directory, HashingPool,
     ImageLibrary, KeySet, Outbox, PasswordHasher, Registration, Relay, SessionLifecycle,
-    SessionRepository, SignIn, SystemClock, TokenSettings, Tokens, UserRepository,
+    SessionRepository, SignIn, SignUp, SystemClock, TokenSettings, Tokens, UserRepository,
 };
 use hub_runtime::LoginLimiter;
 use hub_runtime::budgets::AttemptBudgets;
@@ -358,6 +358,15 @@ impl Hub {
             Arc::clone(&self.budgets) as Arc<dyn hub_core::AccountBudgets>,
             self.config.services.rest_auth.login_limit.device_lifetime(),
         ))
+    }
+
+    /// Registration with the process's per-client budget, for every port
+    /// that registers; needs no token keys.
+    pub fn sign_up(&self) -> SignUp {
+        SignUp::new(
+            self.registration(),
+            Arc::clone(&self.budgets) as Arc<dyn hub_core::AccountBudgets>,
+        )
     }
 
     /// Managing sessions once signed in; needs the token keys.

@@ -2,15 +2,14 @@
 //! legacy enterprise clients generated from wsdl/users.wsdl.
 //!
 //! A library: [`router`] builds the service apart from running it. Every rule
-//! is hub-core's `Registration`: the same username rules, hashing and codes as
-//! every other protocol.
+//! is hub-core's `SignUp`: the same username rules, hashing, codes and
+//! per-client budget as every other protocol.
 
 use std::sync::Arc;
 
 use axum::Router;
-use hub_core::{Error, RegisterUser, Registration};
+use hub_core::{RegisterUser, SignUp};
 use hub_runtime::ServiceContext;
-use hub_runtime::budgets::AttemptBudgets;
 use hub_soap::{Answer, Call, Dispatcher, Fault, Limits, USERS_NS, escape_text};
 use time::format_description::well_known::Rfc3339;
 use yaserde::YaDeserialize;
@@ -20,12 +19,11 @@ pub const SERVICE: &str = "soap-register";
 /// What the handler needs.
 #[derive(Clone)]
 pub struct SoapRegisterState {
-    pub registration: Registration,
+    /// Registration with the per-client budget every port shares.
+    pub sign_up: SignUp,
     /// wsdl/users.wsdl with this deployment's addresses.
     pub wsdl: Arc<str>,
     pub limits: Limits,
-    /// Registrations per client, shared with rest-auth's.
-    pub budgets: Arc<AttemptBudgets>,
 }
 
 impl std::fmt::Debug for SoapRegisterState {
@@ -57,24 +55,21 @@ impl std::fmt::Debug for RegisterUserRequest {
 async fn register(state: Arc<SoapRegisterState>, call: Call<RegisterUserRequest>) -> Answer {
     let version = call.version();
     let fault = |e: &hub_core::Error| Fault::from_error(version, e);
-    if let Some(client) = call.client {
-        state
-            .budgets
-            .register(client.ip())
-            .map_err(|wait| fault(&Error::too_many_attempts(wait)))?;
-    }
     let RegisterUserRequest {
         username,
         email,
         password,
     } = call.request;
     let user = state
-        .registration
-        .register(RegisterUser {
-            username,
-            email,
-            password,
-        })
+        .sign_up
+        .sign_up(
+            call.client.map(|client| client.ip()),
+            RegisterUser {
+                username,
+                email,
+                password,
+            },
+        )
         .await
         .map_err(|e| fault(&e))?;
     let created_at = user
