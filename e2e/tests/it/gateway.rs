@@ -671,14 +671,33 @@ async fn console_upload_at_the_edge(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{}",
         &csrf[..10]
     );
-    let stalled: Vec<_> = (0..8)
-        .map(|_| stalled_request(port, &head(&cookie, 100_000), start.as_bytes()))
-        .collect();
-    // Give the gateway the time to take them all in.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut ninth = stalled_request(port, &head(&cookie, 100_000), start.as_bytes());
-    let answered = answer_head(&mut ninth, Duration::from_secs(3))
-        .expect("the ninth upload in flight is answered at once");
+    // Sent one at a time until one is refused: the refused one is at the
+    // latest the ninth (earlier when a request of the steps above is still
+    // in flight at the gateway), and the gateway never took in more than 8.
+    let mut stalled = Vec::new();
+    let mut refused = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while refused.is_none() && std::time::Instant::now() < deadline {
+        if stalled.len() < 12 {
+            stalled.push(stalled_request(
+                port,
+                &head(&cookie, 100_000),
+                start.as_bytes(),
+            ));
+        }
+        for (index, stream) in stalled.iter_mut().enumerate() {
+            if let Some(answer) = answer_head(stream, Duration::from_millis(20)) {
+                refused = Some((index, answer));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (index, answered) = refused.expect("an upload past the 8 in flight is refused");
+    assert!(
+        index <= 8,
+        "the gateway took in {index} uploads before refusing"
+    );
     assert!(answered.starts_with("HTTP/1.1 429"), "{answered}");
     assert!(
         answered.to_ascii_lowercase().contains("retry-after: 1"),
