@@ -304,6 +304,39 @@ pub trait EventLog: Send + Sync + 'static {
     /// later. `INVALID_REQUEST` when `after` names no event the log still
     /// keeps.
     async fn read(&self, after: Option<i64>, limit: u32) -> Result<Vec<LoggedEvent>, Error>;
+    /// Every subscriber and how far behind it is, by name.
+    async fn subscribers(&self) -> Result<Vec<Subscriber>, Error>;
+}
+
+/// A subscriber of the log and its delivery state: what it waits for, and
+/// what it has set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriber {
+    pub name: String,
+    /// The types it takes: exact, `prefix.*` or `*`.
+    pub types: Vec<String>,
+    /// Events it has yet to take (neither delivered nor set aside).
+    pub pending: u64,
+    /// When the oldest of them happened.
+    pub oldest_pending: Option<OffsetDateTime>,
+    /// Events set aside (unreadable, or refused too often): `hub outbox
+    /// retry` puts the activity log's back.
+    pub quarantined: u64,
+}
+
+impl Subscriber {
+    /// As `hub events subscribers` shows it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "types": self.types,
+            "pending": self.pending,
+            "oldest_pending": self.oldest_pending.and_then(|at| {
+                at.format(&time::format_description::well_known::Rfc3339).ok()
+            }),
+            "quarantined": self.quarantined,
+        })
+    }
 }
 
 /// The refusal of a read after a position the log does not keep.

@@ -78,6 +78,10 @@ enum EventsCommand {
               value_parser = clap::value_parser!(u32).range(1..=i64::from(hub::events::MAX_TAIL)))]
         limit: u32,
     },
+    /// Print each subscriber of the log as a JSON line: its name, the types
+    /// it takes, how many events it has yet to take and since when, and
+    /// how many it set aside.
+    Subscribers,
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +214,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             hub::events::tail(&*hub.event_log(), after, limit, &mut out).await?;
+        }
+        Command::Events {
+            command: EventsCommand::Subscribers,
+        } => {
+            for subscriber in hub.event_log().subscribers().await? {
+                println!("{}", subscriber.to_json());
+            }
         }
         Command::Keys { .. } | Command::Check { .. } => {}
     }

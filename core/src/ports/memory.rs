@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::error::ErrorCode;
-use crate::events::{EventLog, LoggedEvent};
+use crate::events::{EventLog, LoggedEvent, Subscriber};
 
 /// In-memory users. Each change writes its event to the event log it shares
 /// with the [`InMemorySessions`] built on it, while it still holds the
@@ -777,6 +777,18 @@ impl EventLog for InMemoryOutbox {
                 })
                 .collect())
         })?
+    }
+
+    /// One subscriber, the activity log's, which takes everything.
+    async fn subscribers(&self) -> Result<Vec<Subscriber>, Error> {
+        let backlog = self.backlog().await?;
+        Ok(vec![Subscriber {
+            name: "activity".to_owned(),
+            types: vec!["*".to_owned()],
+            pending: backlog.pending,
+            oldest_pending: backlog.oldest,
+            quarantined: backlog.quarantined,
+        }])
     }
 }
 

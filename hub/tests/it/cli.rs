@@ -226,6 +226,20 @@ async fn operator_workflow_end_to_end() {
         text(&out.stderr)
     );
     assert!(!tail(&["--limit", "0"]).status.success(), "a limit of 0");
+    // No relay ran: the activity log waits for both.
+    let out = run(hub_with(&db, &["events", "subscribers"]), "");
+    assert!(
+        out.status.success(),
+        "events subscribers: {}",
+        text(&out.stderr)
+    );
+    let subscribers = lines(&out);
+    assert_eq!(subscribers.len(), 1, "{subscribers:?}");
+    assert_eq!(subscribers[0]["name"], "activity");
+    assert_eq!(subscribers[0]["types"], serde_json::json!(["*"]));
+    assert_eq!(subscribers[0]["pending"], 2);
+    assert_eq!(subscribers[0]["quarantined"], 0);
+    assert_eq!(subscribers[0]["oldest_pending"], events[0]["occurred_at"]);
 
     // Serve, probe, stop with SIGTERM.
     let port = free_port();

@@ -10,7 +10,7 @@
 //! that becomes visible later sorts after everything shown before it.
 
 use async_trait::async_trait;
-use hub_core::events::{DomainEvent, EventLog, LoggedEvent, no_such_position};
+use hub_core::events::{DomainEvent, EventLog, LoggedEvent, Subscriber, no_such_position};
 use hub_core::{Error, ErrorCode, UserId};
 use sqlx::postgres::{PgPool, PgTransaction};
 use sqlx::types::Json;
@@ -180,5 +180,36 @@ impl EventLog for PgEventLog {
                 })
             })
             .collect()
+    }
+
+    /// Only the rows each subscriber still waits for or set aside are read
+    /// (the partial indexes), never the delivered ones.
+    async fn subscribers(&self) -> Result<Vec<Subscriber>, Error> {
+        let rows: Vec<(String, Vec<String>, i64, Option<OffsetDateTime>, i64)> = sqlx::query_as(
+            "SELECT s.name, s.types, \
+               count(d.event_id) FILTER (WHERE d.quarantined_at IS NULL), \
+               min(e.occurred_at) FILTER (WHERE d.quarantined_at IS NULL), \
+               count(d.event_id) FILTER (WHERE d.quarantined_at IS NOT NULL) \
+             FROM event_subscribers s \
+             LEFT JOIN event_deliveries d \
+               ON d.subscriber = s.name AND d.delivered_at IS NULL \
+             LEFT JOIN events e ON e.id = d.event_id \
+             GROUP BY s.name, s.types ORDER BY s.name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| classify("reading the event log's subscribers", e))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(name, types, pending, oldest_pending, quarantined)| Subscriber {
+                    name,
+                    types,
+                    pending: u64::try_from(pending).unwrap_or(0),
+                    oldest_pending,
+                    quarantined: u64::try_from(quarantined).unwrap_or(0),
+                },
+            )
+            .collect())
     }
 }

@@ -214,6 +214,20 @@ async fn each_subscriber_has_its_own_delivery_state(pool: PgPool) {
     let backlog = activity.backlog().await.unwrap();
     assert_eq!((backlog.pending, backlog.quarantined), (1, 1));
     assert_eq!(mail.backlog().await.unwrap().quarantined, 0);
+    let states: Vec<_> = PgEventLog::new(pool.clone())
+        .subscribers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.types, s.pending, s.quarantined))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("activity".to_owned(), vec!["*".to_owned()], 1, 1),
+            ("mail".to_owned(), vec!["user.*".to_owned()], 0, 0),
+        ]
+    );
     // Pruning keeps what a subscriber has not had.
     let later = SystemClock.now() + time::Duration::hours(1);
     assert_eq!(activity.prune(later).await.unwrap(), 0);
