@@ -21,12 +21,18 @@ use crate::token::{IssuedToken, Principal};
 use crate::user::{Role, UserId, Username};
 
 /// How long sessions live: `lifetime` from the last touch, never past
-/// `max_lifetime` from the login.
+/// `max_lifetime` from the login; and how many a user may open from a
+/// token (`max_open`), which costs no password and so no budget.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     pub lifetime: Duration,
     pub max_lifetime: Duration,
+    pub max_open: u32,
 }
+
+/// Open sessions a user may have before another is refused, unless
+/// configured otherwise.
+pub const DEFAULT_MAX_OPEN_SESSIONS: u32 = 100;
 
 /// A page of sessions, and where the next one starts.
 #[derive(Debug, Clone)]
@@ -114,6 +120,33 @@ impl SessionLifecycle {
         client: ClientInfo,
     ) -> Result<(Session, IssuedToken), Error> {
         let (parent, user) = self.authentication.authenticate_user(token).await?;
+        // Another session needs only a token, no password and so no
+        // budget: without a bound, one token could fill the sessions table
+        // and the event log at its request rate. Counted before the insert,
+        // so requests racing each other may pass it by their number, no
+        // more (each client's requests in flight are capped).
+        let max_open = self.limits.max_open.max(1);
+        let open = self
+            .sessions
+            .list(
+                user.id,
+                &SessionQuery {
+                    include_closed: false,
+                    now: self.clock.now(),
+                    before: None,
+                    limit: max_open,
+                },
+            )
+            .await?;
+        if open.len() >= max_open as usize {
+            tracing::warn!(user_id = %user.id, max_open, "another session refused: the user's open sessions are at the limit");
+            return Err(Error::with_message(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "at most {max_open} open sessions per user: sign one out (DELETE /api/sessions/{{user}}?session=ID) first"
+                ),
+            ));
+        }
         let (session, token) = self
             .authentication
             .open_session(&user, Some(parent.session_id), client)
@@ -374,11 +407,64 @@ mod tests {
         (user, out.token.token)
     }
 
+    /// Sessions opened from a token cost no password, so they are bounded
+    /// per user: past `max_open` open ones, another is QUOTA_EXCEEDED until
+    /// one is signed out.
+    #[tokio::test]
+    async fn sessions_opened_from_a_token_are_bounded_per_user() {
+        let world = world(SessionLimits {
+            lifetime: hours(1),
+            max_lifetime: hours(2),
+            max_open: 3,
+        });
+        let (alice, token) = signed_in(&world, "alice").await;
+        let mut opened = Vec::new();
+        for _ in 0..2 {
+            let (session, _) = world
+                .lifecycle
+                .open_additional(&token, ClientInfo::default())
+                .await
+                .unwrap();
+            opened.push(session.id);
+        }
+        let refused = world
+            .lifecycle
+            .open_additional(&token, ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::QuotaExceeded);
+        assert!(refused.to_string().contains("at most 3"), "{refused}");
+        // Another user is not held back by alice's.
+        let (_, bob_token) = signed_in(&world, "bob").await;
+        assert!(
+            world
+                .lifecycle
+                .open_additional(&bob_token, ClientInfo::default())
+                .await
+                .is_ok()
+        );
+        let alice_p = world.lifecycle.verify(&token).await.unwrap();
+        world
+            .lifecycle
+            .revoke(&alice_p, alice.id, Some(opened[0]))
+            .await
+            .unwrap();
+        assert!(
+            world
+                .lifecycle
+                .open_additional(&token, ClientInfo::default())
+                .await
+                .is_ok(),
+            "one signed out, one more may open"
+        );
+    }
+
     #[tokio::test]
     async fn users_act_on_their_own_sessions_and_admins_on_anyones() {
         let world = world(SessionLimits {
             lifetime: hours(1),
             max_lifetime: hours(2),
+            max_open: DEFAULT_MAX_OPEN_SESSIONS,
         });
         let (alice, alice_token) = signed_in(&world, "alice").await;
         let (bob, bob_token) = signed_in(&world, "bob").await;
@@ -458,6 +544,7 @@ mod tests {
         let world = world(SessionLimits {
             lifetime: hours(1),
             max_lifetime: hours(2),
+            max_open: DEFAULT_MAX_OPEN_SESSIONS,
         });
         let (alice, token) = signed_in(&world, "alice").await;
         let me = world.lifecycle.verify(&token).await.unwrap();
@@ -526,6 +613,7 @@ mod tests {
         let world = world(SessionLimits {
             lifetime: hours(1),
             max_lifetime: hours(2),
+            max_open: DEFAULT_MAX_OPEN_SESSIONS,
         });
         let (alice, token) = signed_in(&world, "alice").await;
         let me = world.lifecycle.verify(&token).await.unwrap();
@@ -551,6 +639,7 @@ mod tests {
         world(SessionLimits {
             lifetime: hours(1),
             max_lifetime: hours(1),
+            max_open: DEFAULT_MAX_OPEN_SESSIONS,
         })
     }
 }

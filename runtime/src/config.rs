@@ -288,6 +288,9 @@ pub struct SessionConfig {
     pub cache_capacity: usize,
     /// The longest any remembered session is trusted without asking again.
     pub cache_max_age_secs: u64,
+    /// Open sessions a user may have before another one opened from a
+    /// token (`POST /api/sessions`) is refused with QUOTA_EXCEEDED.
+    pub max_open_per_user: u32,
 }
 
 impl Default for SessionConfig {
@@ -297,6 +300,7 @@ impl Default for SessionConfig {
             max_lifetime_secs: 7 * 24 * 60 * 60,
             cache_capacity: 100_000,
             cache_max_age_secs: 30,
+            max_open_per_user: hub_core::lifecycle::DEFAULT_MAX_OPEN_SESSIONS,
         }
     }
 }
@@ -337,6 +341,7 @@ impl SessionConfig {
         hub_core::SessionLimits {
             lifetime: self.lifetime(),
             max_lifetime: Duration::from_secs(self.max_lifetime_secs.max(self.lifetime_secs)),
+            max_open: self.max_open_per_user.max(1),
         }
     }
 }

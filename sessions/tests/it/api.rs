@@ -607,3 +607,48 @@ async fn personal_answers_are_never_stored_by_a_cache() {
     }
     hub.hub.stop().await;
 }
+
+/// Sessions opened from a token cost no password, so a user's open
+/// sessions are bounded: past `sessions.max_open_per_user`, another is 429
+/// QUOTA_EXCEEDED, saying what to do, until one is signed out.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_sessions_are_bounded_per_user() {
+    let mut setup = TestSetup::new(SERVICES);
+    setup.config.sessions.max_open_per_user = 2;
+    let hub = Hub::from(setup.start().await);
+    let (me, token) = hub.signed_in("alice").await;
+    let (status, opened) = hub
+        .sessions(Method::POST, "/api/sessions", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    let (status, body) = hub
+        .sessions(Method::POST, "/api/sessions", Some(&token))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "QUOTA_EXCEEDED",
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2"),
+        "{body}"
+    );
+    let device = opened["session"]["id"].as_str().unwrap();
+    let (status, _) = hub
+        .sessions(
+            Method::DELETE,
+            &format!("/api/sessions/{me}?session={device}"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = hub
+        .sessions(Method::POST, "/api/sessions", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "one signed out, one more");
+    hub.hub.stop().await;
+}

@@ -119,6 +119,8 @@ async fn a_mongodb_outage_loses_nothing_and_repeats_nothing() {
     setup.config.mongo.server_selection_timeout_ms = 500;
     setup.config.relay.min_backoff_ms = 50;
     setup.config.relay.max_backoff_ms = 500;
+    // The login's session and 100 more are open at once.
+    setup.config.sessions.max_open_per_user = 200;
     let test_hub = setup.start().await;
     let hub = test_hub.hub.clone();
     let client = Client::new();
