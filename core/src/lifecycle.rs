@@ -309,12 +309,9 @@ impl SessionLifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::password::PasswordHasher;
     use crate::ports::SystemClock;
-    use crate::ports::memory::{InMemorySessions, InMemoryUsers};
+    use crate::ports::memory::{InMemoryAuth, InMemorySessions};
     use crate::registration::{RegisterUser, Registration};
-    use crate::token::{KeySet, TokenSettings, Tokens};
-    use crate::work_pool::{HashingPool, WorkPoolConfig};
     use crate::{LoginName, User};
 
     /// Remembers nothing: these tests are about sessions, not activity.
@@ -342,30 +339,9 @@ mod tests {
     }
 
     fn world(limits: SessionLimits) -> World {
-        let users = Arc::new(InMemoryUsers::default());
-        let sessions = Arc::new(InMemorySessions::with_users(users.clone()));
-        let hashing = HashingPool::new(
-            PasswordHasher::insecure_for_tests(10),
-            WorkPoolConfig::default(),
-        );
-        let key = KeySet::generate().unwrap();
-        let tokens = Arc::new(Tokens::new(
-            KeySet::from_pem(&key.private_pem, &[]).unwrap(),
-            TokenSettings {
-                issuer: "polyhub".into(),
-                audience: "polyhub".into(),
-                lifetime: Duration::from_secs(900),
-            },
-        ));
-        let auth = Authentication::new(
-            users.clone(),
-            sessions.clone(),
-            hashing.clone(),
-            tokens,
-            Arc::new(SystemClock),
-            limits.lifetime,
-            sessions.clone(),
-        );
+        let world = InMemoryAuth::new(limits.lifetime).unwrap();
+        let registration = world.registration();
+        let (users, sessions, auth) = (world.users, world.sessions, world.authentication);
         World {
             lifecycle: SessionLifecycle::new(
                 auth.clone(),
@@ -376,7 +352,7 @@ mod tests {
                 limits,
             ),
             auth,
-            registration: Registration::new(users.clone(), hashing, Arc::new(SystemClock)),
+            registration,
             sessions,
         }
     }

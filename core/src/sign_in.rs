@@ -287,11 +287,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::password::PasswordHasher;
-    use crate::ports::SystemClock;
-    use crate::ports::memory::{InMemorySessions, InMemoryUsers};
-    use crate::token::{KeySet, TokenSettings, Tokens};
-    use crate::work_pool::{HashingPool, WorkPoolConfig};
+    use crate::ports::memory::{InMemoryAuth, InMemoryUsers};
 
     const PASSWORD: &str = "correct horse";
     const WAIT: Duration = Duration::from_secs(7);
@@ -368,31 +364,9 @@ mod tests {
     }
 
     fn world(budgets: Budgets) -> World {
-        let users = Arc::new(InMemoryUsers::default());
-        let sessions = Arc::new(InMemorySessions::with_users(users.clone()));
-        let hashing = HashingPool::new(
-            PasswordHasher::insecure_for_tests(10),
-            WorkPoolConfig::default(),
-        );
-        let key = KeySet::generate().unwrap();
-        let tokens = Arc::new(Tokens::new(
-            KeySet::from_pem(&key.private_pem, &[]).unwrap(),
-            TokenSettings {
-                issuer: "polyhub".into(),
-                audience: "polyhub-api".into(),
-                lifetime: Duration::from_secs(900),
-            },
-        ));
-        let authentication = Authentication::new(
-            users.clone(),
-            sessions.clone(),
-            hashing.clone(),
-            tokens,
-            Arc::new(SystemClock),
-            Duration::from_secs(3600),
-            sessions,
-        );
-        let registration = Registration::new(users.clone(), hashing, Arc::new(SystemClock));
+        let auth = InMemoryAuth::new(Duration::from_secs(3600)).unwrap();
+        let (authentication, registration) = (auth.authentication.clone(), auth.registration());
+        let users = auth.users;
         let budgets = Arc::new(budgets);
         World {
             sign_in: SignIn::new(

@@ -792,6 +792,70 @@ impl EventLog for InMemoryOutbox {
     }
 }
 
+/// Authentication over in-memory users and sessions, with a signing key
+/// of its own and the cheapest hashing: what the use-case tests and the
+/// adapters' in-memory router tests sign users in with.
+pub struct InMemoryAuth {
+    pub users: Arc<InMemoryUsers>,
+    pub sessions: Arc<InMemorySessions>,
+    pub hashing: crate::work_pool::HashingPool,
+    pub tokens: Arc<crate::token::Tokens>,
+    pub authentication: crate::authentication::Authentication,
+}
+
+impl std::fmt::Debug for InMemoryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryAuth").finish_non_exhaustive()
+    }
+}
+
+impl InMemoryAuth {
+    /// Sessions that live `session_lifetime`; tokens 15 minutes.
+    pub fn new(session_lifetime: std::time::Duration) -> Result<Self, Error> {
+        use crate::token::{KeySet, TokenSettings, Tokens};
+        let users = Arc::new(InMemoryUsers::default());
+        let sessions = Arc::new(InMemorySessions::with_users(users.clone()));
+        let hashing = crate::work_pool::HashingPool::new(
+            crate::password::PasswordHasher::insecure_for_tests(1),
+            crate::work_pool::WorkPoolConfig::default(),
+        );
+        let key = KeySet::generate()?;
+        let tokens = Arc::new(Tokens::new(
+            KeySet::from_pem(&key.private_pem, &[])?,
+            TokenSettings {
+                issuer: "polyhub".into(),
+                audience: "polyhub-api".into(),
+                lifetime: std::time::Duration::from_secs(900),
+            },
+        ));
+        let authentication = crate::authentication::Authentication::new(
+            users.clone(),
+            sessions.clone(),
+            hashing.clone(),
+            tokens.clone(),
+            Arc::new(SystemClock),
+            session_lifetime,
+            sessions.clone(),
+        );
+        Ok(Self {
+            users,
+            sessions,
+            hashing,
+            tokens,
+            authentication,
+        })
+    }
+
+    /// Registration into the same users, with the same hashing.
+    pub fn registration(&self) -> crate::registration::Registration {
+        crate::registration::Registration::new(
+            self.users.clone(),
+            self.hashing.clone(),
+            Arc::new(SystemClock),
+        )
+    }
+}
+
 /// An in-memory [`ActivityLog`], as the MongoDB one behaves: idempotent by
 /// event id, the last connection moved by openings and touches only, and
 /// only forward. It can be made to be away (`UNAVAILABLE`) or to refuse

@@ -10,13 +10,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use hub_core::ports::memory::{
-    InMemoryImages, InMemoryObjectStore, InMemorySessions, InMemoryUsers,
-};
+use hub_core::ports::memory::{InMemoryAuth, InMemoryImages, InMemoryObjectStore};
 use hub_core::{
-    Authentication, ClientInfo, HashingPool, ImageLibrary, ImageLimits, ImageQuota, KeySet,
-    LoginName, PasswordHasher, RegisterUser, Registration, SystemClock, TokenSettings, Tokens,
-    WorkPoolConfig,
+    ClientInfo, ImageLibrary, ImageLimits, ImageQuota, LoginName, RegisterUser, SystemClock,
 };
 use hub_grpc_images::{ImagesState, PublicUrls, router};
 use hub_runtime::config::HttpConfig;
@@ -35,31 +31,9 @@ struct World {
 
 /// grpc-images' router whose users may each hold one image.
 async fn world() -> World {
-    let users = Arc::new(InMemoryUsers::default());
-    let sessions = Arc::new(InMemorySessions::with_users(users.clone()));
-    let hashing = HashingPool::new(
-        PasswordHasher::insecure_for_tests(1),
-        WorkPoolConfig::default(),
-    );
-    let key = KeySet::generate().unwrap();
-    let tokens = Arc::new(Tokens::new(
-        KeySet::from_pem(&key.private_pem, &[]).unwrap(),
-        TokenSettings {
-            issuer: "polyhub".into(),
-            audience: "polyhub-api".into(),
-            lifetime: Duration::from_secs(900),
-        },
-    ));
-    let authentication = Authentication::new(
-        users.clone(),
-        sessions.clone(),
-        hashing.clone(),
-        tokens.clone(),
-        Arc::new(SystemClock),
-        Duration::from_secs(3600),
-        sessions,
-    );
-    Registration::new(users, hashing, Arc::new(SystemClock))
+    let auth = InMemoryAuth::new(Duration::from_secs(3600)).unwrap();
+    let (authentication, tokens) = (auth.authentication.clone(), auth.tokens.clone());
+    auth.registration()
         .register(RegisterUser {
             username: "alice".into(),
             email: "alice@example.com".into(),
