@@ -131,15 +131,17 @@ impl MongoActivityLog {
                 .options(IndexOptions::builder().name(name.to_owned()).build())
                 .build()
         };
-        let ttl = IndexModel::builder()
-            .keys(doc! { "at": 1 })
-            .options(
-                IndexOptions::builder()
-                    .name("session_events_retention".to_owned())
-                    .expire_after(retention)
-                    .build(),
-            )
-            .build();
+        let retained = |name: &str| {
+            IndexModel::builder()
+                .keys(doc! { "at": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name(name.to_owned())
+                        .expire_after(retention)
+                        .build(),
+                )
+                .build()
+        };
         self.events
             .create_indexes([
                 index(
@@ -147,23 +149,14 @@ impl MongoActivityLog {
                     "session_events_by_session",
                 ),
                 index(doc! { "user_id": 1, "at": -1 }, "session_events_by_user"),
-                ttl,
+                retained("session_events_retention"),
             ])
             .await
             .map_err(|e| classify("creating the session_events indexes", e))?;
-        let user_ttl = IndexModel::builder()
-            .keys(doc! { "at": 1 })
-            .options(
-                IndexOptions::builder()
-                    .name("user_events_retention".to_owned())
-                    .expire_after(retention)
-                    .build(),
-            )
-            .build();
         self.user_events
             .create_indexes([
                 index(doc! { "user_id": 1, "at": -1 }, "user_events_by_user"),
-                user_ttl,
+                retained("user_events_retention"),
             ])
             .await
             .map_err(|e| classify("creating the user_events indexes", e))?;

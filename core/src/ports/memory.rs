@@ -108,15 +108,7 @@ impl UserRepository for InMemoryUsers {
                 return Err(Error::new(ErrorCode::EmailTaken));
             }
             self.log([new.created_event().into()])?;
-            let user = User {
-                id: new.id,
-                username: new.username,
-                email: new.email,
-                password_hash: new.password_hash,
-                role: new.role,
-                created_at: new.created_at,
-                updated_at: new.created_at,
-            };
+            let user = User::from(new);
             users.insert(user.id, user.clone());
             Ok(user)
         })?

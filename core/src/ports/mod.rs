@@ -211,6 +211,21 @@ impl CredentialChange {
     }
 }
 
+impl From<NewUser> for User {
+    /// The user as stored: not changed since it was created.
+    fn from(new: NewUser) -> Self {
+        Self {
+            id: new.id,
+            username: new.username,
+            email: new.email,
+            password_hash: new.password_hash,
+            role: new.role,
+            created_at: new.created_at,
+            updated_at: new.created_at,
+        }
+    }
+}
+
 impl NewUser {
     /// The `user.created` event the user is stored with.
     pub fn created_event(&self) -> UserEvent {

@@ -125,18 +125,7 @@ async fn every_user_change_is_in_the_log_and_a_failed_one_is_not(pool: PgPool) {
         .unwrap();
     let imported: Vec<User> = ["carol", "dave", "alice"]
         .into_iter()
-        .map(|name| {
-            let new = new_user(name);
-            User {
-                id: new.id,
-                username: new.username,
-                email: new.email,
-                password_hash: new.password_hash,
-                role: new.role,
-                created_at: new.created_at,
-                updated_at: new.created_at,
-            }
-        })
+        .map(|name| User::from(new_user(name)))
         .collect();
     // A dry run keeps nothing, its event neither.
     users.import(&imported, true).await.unwrap();
