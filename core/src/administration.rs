@@ -210,6 +210,7 @@ mod tests {
                 password_hash: hash,
                 role,
                 created_at: time::OffsetDateTime::now_utc(),
+                created_by: None,
             })
             .await
             .unwrap()

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorCode};
+use crate::password::PasswordHash;
 use crate::ports::{
     Clock, CredentialChange, KnownDevices, SessionRepository, User, UserRepository,
 };
@@ -221,6 +222,22 @@ impl Authentication {
         }
     }
 
+    /// The user `name` resolves to now, as the directory has it (no
+    /// password checked): for a caller that re-checks a credential it
+    /// verified earlier against the user's current hash.
+    pub async fn user_named(&self, name: &LoginName) -> Result<Option<User>, Error> {
+        self.find(name).await
+    }
+
+    /// Whether a stored hash still signs its user in: false for an imported
+    /// insecure hash past `import.insecure_until`.
+    pub fn accepts(&self, hash: &PasswordHash) -> bool {
+        !hash.is_insecure()
+            || self
+                .insecure_until
+                .is_some_and(|until| self.clock.now() <= until)
+    }
+
     /// The account a login name counts against, for attempt limits: the
     /// user's id when the name (username or email) is someone's, so both
     /// names of one account share one budget; otherwise the name's
@@ -236,27 +253,24 @@ impl Authentication {
         Ok(AccountKey::Unknown(folded))
     }
 
-    /// Checks the password and opens a session. A wrong password and an
-    /// unknown user give the same `INVALID_CREDENTIALS` after the same work (a
-    /// dummy verification). A stored hash below today's parameters is raised.
-    #[tracing::instrument(name = "login", skip_all)]
-    pub async fn login(
+    /// Checks `password` against the account `name` resolves to, with no
+    /// session: the user, and the hash verified (or the stronger one it was
+    /// raised to), for a caller that opens a session only while that hash
+    /// is still the user's. A wrong password and an unknown user give the
+    /// same `INVALID_CREDENTIALS` after the same work (a dummy verification).
+    #[tracing::instrument(name = "verify_password", skip_all)]
+    pub async fn verify_password(
         &self,
         name: LoginName,
         password: String,
-        client: ClientInfo,
-    ) -> Result<LoginOutcome, Error> {
+    ) -> Result<(User, PasswordHash), Error> {
         let Some(user) = self.find(&name).await? else {
             self.hashing
                 .run(move |hasher| hasher.verify_dummy(&password))
                 .await?;
             return Err(bad_credentials());
         };
-        if user.password_hash.is_insecure()
-            && self
-                .insecure_until
-                .is_none_or(|until| self.clock.now() > until)
-        {
+        if !self.accepts(&user.password_hash) {
             // The same answer and about the same time as a wrong password:
             // whether the password was right is not told.
             self.hashing
@@ -304,6 +318,20 @@ impl Authentication {
                 Err(e) => tracing::warn!(user_id = %user.id, error = %e, "password rehash failed"),
             }
         }
+        Ok((user, credential))
+    }
+
+    /// Checks the password and opens a session. A wrong password and an
+    /// unknown user give the same `INVALID_CREDENTIALS` after the same work (a
+    /// dummy verification). A stored hash below today's parameters is raised.
+    #[tracing::instrument(name = "login", skip_all)]
+    pub async fn login(
+        &self,
+        name: LoginName,
+        password: String,
+        client: ClientInfo,
+    ) -> Result<LoginOutcome, Error> {
+        let (user, credential) = self.verify_password(name, password).await?;
         // Opened only while that hash is still the user's: a password change
         // that lands while this login was hashing leaves it without a session.
         let (session, event) = self.new_session(&user, client)?;

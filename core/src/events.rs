@@ -24,6 +24,9 @@ pub enum UserChange {
         username: String,
         email: String,
         role: Role,
+        /// The admin who registered the user (a provisioning system
+        /// authenticated over WS-Security), when not the user themself.
+        by: Option<UserId>,
     },
     EmailChanged {
         email: String,
@@ -66,7 +69,16 @@ impl UserChange {
                 username,
                 email,
                 role,
+                by: None,
             } => json!({ "username": username, "email": email, "role": role.as_str() }),
+            UserChange::Created {
+                username,
+                email,
+                role,
+                by: Some(by),
+            } => json!({
+                "username": username, "email": email, "role": role.as_str(), "by": by.to_string()
+            }),
             UserChange::EmailChanged { email } => json!({ "email": email }),
             UserChange::PasswordChanged => json!({}),
             UserChange::RoleChanged { role } => json!({ "role": role.as_str() }),
@@ -90,6 +102,10 @@ impl UserChange {
                 username: text("username")?,
                 email: text("email")?,
                 role: role()?,
+                by: match data.get("by").and_then(Value::as_str) {
+                    Some(by) => Some(UserId::parse(by)?),
+                    None => None,
+                },
             },
             "user.email_changed" => UserChange::EmailChanged {
                 email: text("email")?,
@@ -360,6 +376,13 @@ mod tests {
                 username: "ada".into(),
                 email: "ada@example.com".into(),
                 role: Role::Admin,
+                by: None,
+            },
+            UserChange::Created {
+                username: "bo".into(),
+                email: "bo@example.com".into(),
+                role: Role::User,
+                by: Some(UserId::generate()),
             },
             UserChange::EmailChanged {
                 email: "a@example.org".into(),

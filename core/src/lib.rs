@@ -23,6 +23,7 @@ pub mod sign_in;
 pub mod token;
 pub mod upload;
 pub mod user;
+pub mod verified;
 pub mod work_pool;
 
 pub use administration::{Administration, UserPage, require_admin};
@@ -41,7 +42,7 @@ pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{
     ActivityLog, Backlog, ByteStream, ClaimedEvents, Clock, CredentialChange, DependencyProbe,
     ImportOutcome, KnownDevices, LastConnection, NewUser, ObjectStore, Outbox, PendingEvent,
-    SessionQuery, SessionRepository, StoredObject, SystemClock, User, UserRepository,
+    ReplayGuard, SessionQuery, SessionRepository, StoredObject, SystemClock, User, UserRepository,
 };
 pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelayError, RelaySettings, RelaySnapshot, RelayStatus};
@@ -55,4 +56,5 @@ pub use token::{
 };
 pub use upload::{BufferPool, ImageFormat, ImageLimits, Loan, SanitizedImage, UploadBuffer};
 pub use user::{Email, Password, Role, UserId, Username};
+pub use verified::VerifiedPasswords;
 pub use work_pool::{HashingPool, WorkPool, WorkPoolConfig, as_client};

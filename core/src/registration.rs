@@ -69,6 +69,26 @@ impl Registration {
         request: RegisterUser,
         role: Role,
     ) -> Result<User, Error> {
+        self.store(request, role, None).await
+    }
+
+    /// As [`Self::register_with_role`], by the admin `by`, whom the
+    /// `user.created` event names.
+    pub async fn register_by(
+        &self,
+        request: RegisterUser,
+        role: Role,
+        by: UserId,
+    ) -> Result<User, Error> {
+        self.store(request, role, Some(by)).await
+    }
+
+    async fn store(
+        &self,
+        request: RegisterUser,
+        role: Role,
+        by: Option<UserId>,
+    ) -> Result<User, Error> {
         let username = Username::parse(&request.username)?;
         let email = Email::parse(&request.email)?;
         let password = Password::parse(&request.password, &username)?;
@@ -93,6 +113,7 @@ impl Registration {
                 password_hash,
                 role,
                 created_at: self.clock.now(),
+                created_by: by,
             })
             .await?;
         tracing::info!(user_id = %user.id, "user registered");

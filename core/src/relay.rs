@@ -527,6 +527,7 @@ mod tests {
                     .unwrap(),
                 role: Role::User,
                 created_at: OffsetDateTime::now_utc(),
+                created_by: None,
             })
             .await
             .unwrap()

@@ -28,7 +28,8 @@ use crate::ports::User;
 use crate::registration::{RegisterUser, Registration};
 use crate::session::ClientInfo;
 use crate::token::{IssuedToken, Principal};
-use crate::user::UserId;
+use crate::user::{Role, UserId};
+use crate::verified::VerifiedPasswords;
 
 /// The login budgets: per client, per account, and the failures of each
 /// known device. One per process, shared by every port that signs users in.
@@ -135,6 +136,19 @@ impl SignUp {
         }
         self.registration.register(request).await
     }
+
+    /// Registers a user with `role` for the authenticated admin `by` (a
+    /// provisioning system), whom the `user.created` event names: no
+    /// per-client budget, as the caller is known and answerable. The caller
+    /// checks that `by` is an admin.
+    pub async fn provision(
+        &self,
+        request: RegisterUser,
+        role: Role,
+        by: UserId,
+    ) -> Result<User, Error> {
+        self.registration.register_by(request, role, by).await
+    }
 }
 
 /// The sign-in use case.
@@ -146,6 +160,9 @@ pub struct SignIn {
     budgets: Arc<dyn AccountBudgets>,
     /// How long a device token (and so the device's standing) lasts.
     device_lifetime: Duration,
+    /// Passwords verified a moment ago, for the ports that send one on
+    /// every call ([`Self::verify_password`]).
+    verified: Arc<VerifiedPasswords>,
 }
 
 impl std::fmt::Debug for SignIn {
@@ -170,7 +187,15 @@ impl SignIn {
             logins,
             budgets,
             device_lifetime,
+            verified: Arc::new(VerifiedPasswords::disabled()),
         }
+    }
+
+    /// Remembers verified passwords in `verified` (one per process), so
+    /// [`Self::verify_password`] does not hash on every call.
+    pub fn with_verified_passwords(mut self, verified: Arc<VerifiedPasswords>) -> Self {
+        self.verified = verified;
+        self
     }
 
     /// Signs `from` in: the client's budget, then the account's unless the
@@ -203,11 +228,8 @@ impl SignIn {
         let known = shown
             .as_ref()
             .filter(|device| !self.logins.device_locked(&device.device));
-        if known.is_none()
-            && let Err(wait) = self.logins.check_account(&account)
-        {
-            tracing::warn!(client_ip = %from, "login attempts limited for this account");
-            return Err(Error::too_many_attempts(wait));
+        if known.is_none() {
+            self.check_account(from, &account)?;
         }
         let client = ClientInfo::new(Some(from), user_agent.as_deref());
         let outcome = match self.check(name, credential, client).await {
@@ -239,6 +261,83 @@ impl SignIn {
             outcome,
             device_token,
         })
+    }
+
+    /// Spends one attempt of `account`'s budget.
+    fn check_account(&self, from: IpAddr, account: &AccountKey) -> Result<(), Error> {
+        self.logins.check_account(account).map_err(|wait| {
+            tracing::warn!(client_ip = %from, "login attempts limited for this account");
+            Error::too_many_attempts(wait)
+        })
+    }
+
+    /// The user `key` was verified for a moment ago, if it still counts: the
+    /// map is asked first, so a key never verified costs no read.
+    async fn remembered(
+        &self,
+        key: &crate::verified::CredentialKey,
+        name: &LoginName,
+    ) -> Result<Option<User>, Error> {
+        if !self.verified.contains(key) {
+            return Ok(None);
+        }
+        Ok(self.authentication.user_named(name).await?.filter(|user| {
+            self.authentication.accepts(&user.password_hash)
+                && self.verified.check(key, user.id, &user.password_hash)
+        }))
+    }
+
+    /// Checks a password sent with a call, opening no session: for a
+    /// protocol that authenticates every call (SOAP's WS-Security
+    /// UsernameToken). A password verified a moment ago for the same name,
+    /// against the hash the user still has, is answered from memory without
+    /// a budget (see [`VerifiedPasswords`]); otherwise this is a sign-in's
+    /// checks: the client's budget, the account's, the hash, one miss of a
+    /// name and password at a time. The user as the directory has it now,
+    /// so its role is never a stale one.
+    #[tracing::instrument(name = "verify_password", skip_all)]
+    pub async fn verify_password(
+        &self,
+        from: IpAddr,
+        name: LoginName,
+        password: String,
+    ) -> Result<User, Error> {
+        let key = self.verified.key(&name, &password);
+        if let Some(user) = self.remembered(&key, &name).await? {
+            return Ok(user);
+        }
+        let _turn = if self.verified.is_enabled() {
+            let turn = self.verified.one_at_a_time(key).await;
+            // Verified by the call this one waited for.
+            if let Some(user) = self.remembered(&key, &name).await? {
+                return Ok(user);
+            }
+            Some(turn)
+        } else {
+            None
+        };
+        if let Err(wait) = self.logins.check_client(from) {
+            tracing::warn!(client_ip = %from, "login attempts limited for this client");
+            return Err(Error::too_many_attempts(wait));
+        }
+        let account = self.authentication.account_key(&name).await?;
+        self.check_account(from, &account)?;
+        let (user, verified) = self
+            .authentication
+            .verify_password(name.clone(), password)
+            .await?;
+        // A password change that landed while this one hashed: the password
+        // verified is no longer the user's (as a login opens no session then).
+        let current = self.authentication.user_named(&name).await?;
+        if current
+            .as_ref()
+            .is_none_or(|now| now.password_hash != verified)
+        {
+            tracing::info!(user_id = %user.id, "password check refused: the password changed while it was checked");
+            return Err(Error::new(ErrorCode::InvalidCredentials));
+        }
+        self.verified.remember(key, user.id, &verified);
+        Ok(user)
     }
 
     /// Checks the credential and opens the session.

@@ -1303,6 +1303,7 @@ mod tests {
                 username,
                 role: Role::User,
                 created_at: t0(),
+                created_by: None,
             })
             .await
             .unwrap();
@@ -1777,5 +1778,25 @@ mod tests {
         assert!(log.record(&pending[1].event, None).await.is_err());
         log.accept_all();
         assert_eq!(log.record_batch(&pending, t0()).await.unwrap(), 1);
+    }
+}
+
+/// [`super::ReplayGuard`] in memory, for one process's tests.
+#[derive(Debug, Default)]
+pub struct InMemoryReplayGuard {
+    seen: Mutex<HashMap<[u8; 32], OffsetDateTime>>,
+}
+
+#[async_trait]
+impl super::ReplayGuard for InMemoryReplayGuard {
+    async fn first_use(&self, key: [u8; 32], until: OffsetDateTime) -> Result<bool, Error> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = OffsetDateTime::now_utc();
+        seen.retain(|_, expiry| *expiry > now);
+        if seen.contains_key(&key) {
+            return Ok(false);
+        }
+        seen.insert(key, until);
+        Ok(true)
     }
 }

@@ -40,6 +40,8 @@ pub struct NewUser {
     pub password_hash: PasswordHash,
     pub role: Role,
     pub created_at: OffsetDateTime,
+    /// Who registered the user when not the user themself: an admin.
+    pub created_by: Option<UserId>,
 }
 
 /// Where users live. Implementations map a unique-key violation to
@@ -236,6 +238,7 @@ impl NewUser {
                 username: self.username.as_str().to_owned(),
                 email: self.email.as_str().to_owned(),
                 role: self.role,
+                by: self.created_by,
             },
         )
     }
@@ -346,6 +349,16 @@ pub trait ClaimedEvents: Send {
         at: OffsetDateTime,
         max_attempts: u32,
     ) -> Result<u64, Error>;
+}
+
+/// Message ids seen, for replay protection: WS-Security's nonces. Shared by
+/// every instance of the service, so a message replayed to another instance
+/// is refused too.
+#[async_trait]
+pub trait ReplayGuard: Send + Sync + 'static {
+    /// Records `key` as used until `until`: true the first time, false
+    /// while an earlier record of it has not yet passed its own `until`.
+    async fn first_use(&self, key: [u8; 32], until: OffsetDateTime) -> Result<bool, Error>;
 }
 
 /// The time, as the domain sees it.

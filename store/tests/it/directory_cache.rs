@@ -27,6 +27,7 @@ fn new_user(username: &str) -> NewUser {
         password_hash: hash,
         role: Role::User,
         created_at: SystemClock.now(),
+        created_by: None,
     }
 }
 

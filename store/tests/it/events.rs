@@ -26,6 +26,7 @@ fn new_user(name: &str) -> NewUser {
         username,
         role: Role::User,
         created_at: SystemClock.now(),
+        created_by: None,
     }
 }
 

@@ -21,6 +21,7 @@ async fn owner(pool: &PgPool, name: &str) -> UserId {
         username,
         role: Role::User,
         created_at: SystemClock.now(),
+        created_by: None,
     };
     PgUserRepository::new(pool.clone())
         .insert(user)

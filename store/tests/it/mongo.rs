@@ -224,6 +224,7 @@ async fn user_events_are_recorded_once_beside_session_events() {
             username: "alice".into(),
             email: "alice@example.com".into(),
             role: hub_core::Role::User,
+            by: None,
         },
         UserChange::EmailChanged {
             email: "a@example.org".into(),

@@ -27,6 +27,7 @@ async fn open_session(pool: &PgPool) -> Session {
             password_hash: hash,
             role: Role::User,
             created_at: SystemClock.now(),
+            created_by: None,
         })
         .await
         .unwrap();

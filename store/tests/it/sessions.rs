@@ -24,6 +24,7 @@ async fn user(pool: &PgPool, name: &str) -> User {
             password_hash: hash,
             role: Role::User,
             created_at: SystemClock.now(),
+            created_by: None,
         })
         .await
         .unwrap()

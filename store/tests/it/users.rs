@@ -23,6 +23,7 @@ fn new_user(username: &str, email: &str) -> NewUser {
         username,
         role: Role::User,
         created_at: SystemClock.now(),
+        created_by: None,
     }
 }
 
