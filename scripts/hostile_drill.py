@@ -168,6 +168,9 @@ def main():
         # the login limits are not what this drill is about.
         "POLYHUB_SERVICES__REST_AUTH__LOGIN_LIMIT__PER_USER_BURST": "1000",
         "POLYHUB_SERVICES__REST_AUTH__LOGIN_LIMIT__PER_IP_BURST": "1000",
+        # Nor are anonymous lookups' (the honest client looks up 20 a second).
+        "POLYHUB_LIMITS__ANONYMOUS_LOOKUP_PER_CLIENT__BURST": "100000",
+        "POLYHUB_LIMITS__ANONYMOUS_LOOKUP_PER_CLIENT__REPLENISH_MS": "1",
     }
     subprocess.run([HUB, "keys", "generate", "--out", env["POLYHUB_TOKENS__SIGNING_KEY_PATH"]],
                    env=env, check=True, capture_output=True)

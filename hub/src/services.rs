@@ -47,10 +47,13 @@ impl Assembly {
         }
     }
 
-    fn wsdl(&self) -> Arc<str> {
+    /// The WSDL, with WS-SecurityPolicy where `security` requires a header.
+    fn wsdl(&self, security: &hub_runtime::config::SoapSecurityConfig) -> Arc<str> {
         hub_soap::users_wsdl(
             &format!("{}/register", self.address(Service::SoapRegister)),
             &format!("{}/user/soap", self.address(Service::SoapLookup)),
+            security.register_user,
+            security.lookup_user,
         )
         .into()
     }
@@ -164,8 +167,10 @@ impl Hub {
             Service::SoapRegister => hub_soap_register::router(
                 hub_soap_register::SoapRegisterState {
                     sign_up: self.sign_up(),
-                    wsdl: assembly.wsdl(),
+                    wsdl: assembly.wsdl(&self.config.soap.security),
                     limits: self.soap_limits(),
+                    policy: self.config.soap.security.register_user,
+                    security: self.ws_security()?,
                 },
                 ServiceContext {
                     readiness: context
@@ -179,8 +184,11 @@ impl Hub {
             Service::SoapLookup => hub_soap_lookup::router(
                 hub_soap_lookup::SoapLookupState {
                     directory: self.directory(),
-                    wsdl: assembly.wsdl(),
+                    wsdl: assembly.wsdl(&self.config.soap.security),
                     limits: self.soap_limits(),
+                    policy: self.config.soap.security.lookup_user,
+                    security: self.ws_security()?,
+                    budgets: Arc::clone(&self.budgets),
                 },
                 context,
             ),

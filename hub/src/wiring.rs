@@ -12,16 +12,18 @@ use hub_core::{
     ActivityLog, Administration, Authentication, DependencyProbe, Directory, HashingPool,
     ImageLibrary, KeySet, Outbox, PasswordHasher, Registration, Relay, SessionLifecycle,
     SessionRepository, SignIn, SignUp, SystemClock, TokenSettings, Tokens, UserRepository,
+    VerifiedPasswords,
 };
 use hub_runtime::LoginLimiter;
 use hub_runtime::budgets::AttemptBudgets;
 use hub_runtime::config::TokenConfig;
 use hub_runtime::service::{Backing, Need};
 use hub_runtime::{Config, Readiness, Service};
+use hub_soap::{SecurityPolicy, SecuritySettings, WsSecurity};
 use hub_store::{
     CachedSessions, CachedUsers, MongoActivityLog, MongoDatabase, MongoProbe, MongoSettings,
-    PgImageRepository, PgKnownDevices, PgOutbox, PgProbe, PgSessionRepository, PgUserRepository,
-    PoolSettings, S3ObjectStore, S3Probe, S3Settings,
+    PgImageRepository, PgKnownDevices, PgOutbox, PgProbe, PgReplayGuard, PgSessionRepository,
+    PgUserRepository, PoolSettings, S3ObjectStore, S3Probe, S3Settings,
 };
 use sqlx::PgPool;
 
@@ -47,6 +49,9 @@ pub struct Hub {
     /// Login attempts per client, account and device: one per process, so
     /// every port that signs users in spends the same budgets.
     login_limiter: Arc<LoginLimiter>,
+    /// Passwords verified a moment ago (WS-Security UsernameTokens): one
+    /// per process, so a lockout drops them for every port.
+    verified_passwords: Arc<VerifiedPasswords>,
     /// The parts built on first use, shared by every clone of this hub.
     once: Arc<BuiltOnce>,
 }
@@ -156,9 +161,18 @@ impl Hub {
             &config.services.rest_auth.login_limit,
             config.http.client_ipv6_prefix,
         ));
+        let security = &config.soap.security;
+        let verified_passwords = Arc::new(
+            VerifiedPasswords::new(
+                security.credential_cache(),
+                security.credential_cache_entries,
+            )
+            .context("building the verified-credential cache")?,
+        );
         Ok(Self {
             budgets,
             login_limiter,
+            verified_passwords,
             once: Arc::default(),
             users,
             sessions,
@@ -357,7 +371,34 @@ impl Hub {
             self.login_limiter(),
             Arc::clone(&self.budgets) as Arc<dyn hub_core::AccountBudgets>,
             self.config.services.rest_auth.login_limit.device_lifetime(),
-        ))
+        )
+        .with_verified_passwords(Arc::clone(&self.verified_passwords)))
+    }
+
+    /// The SOAP services' WS-Security processor, when an operation's policy
+    /// takes a header; it verifies passwords and tokens, so it needs the
+    /// token keys then.
+    pub fn ws_security(&self) -> anyhow::Result<Option<Arc<WsSecurity>>> {
+        let security = &self.config.soap.security;
+        if security.register_user == SecurityPolicy::None
+            && security.lookup_user == SecurityPolicy::None
+        {
+            return Ok(None);
+        }
+        let sign_in = self.sign_in().context(
+            "WS-Security (soap.security.register_user or lookup_user not `none`) checks passwords and tokens",
+        )?;
+        Ok(Some(Arc::new(WsSecurity::new(
+            sign_in,
+            self.authentication()?,
+            Arc::new(PgReplayGuard::new(self.pool.clone())),
+            Arc::clone(&self.budgets),
+            Arc::new(SystemClock),
+            SecuritySettings {
+                clock_skew: security.clock_skew(),
+                max_age: security.max_age(),
+            },
+        ))))
     }
 
     /// Registration with the process's per-client budget, for every port

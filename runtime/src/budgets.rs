@@ -127,6 +127,8 @@ pub struct AttemptBudgets {
     registration_per_client: Budget<IpAddr>,
     password_check_per_client: Budget<IpAddr>,
     password_check_per_account: Budget<UserId>,
+    anonymous_lookup_per_client: Budget<IpAddr>,
+    soap_calls_per_account: Budget<UserId>,
 }
 
 impl AttemptBudgets {
@@ -145,7 +147,33 @@ impl AttemptBudgets {
                 "password_check_account",
                 config.password_check_per_account,
             ),
+            anonymous_lookup_per_client: Budget::new(
+                "anonymous_lookup_client",
+                config.anonymous_lookup_per_client,
+            ),
+            soap_calls_per_account: Budget::new(
+                "soap_calls_account",
+                config.soap_calls_per_account,
+            ),
         }
+    }
+
+    /// One SOAP call by `user`, authenticated by WS-Security.
+    pub fn soap_call(&self, user: UserId) -> Result<(), Duration> {
+        self.soap_calls_per_account.spend(&user).inspect_err(|_| {
+            tracing::warn!(user_id = %user, "SOAP calls limited for this account");
+        })
+    }
+
+    /// One lookup by `client` with no credentials: anyone may look a name
+    /// up, but not every name in a row.
+    pub fn anonymous_lookup(&self, client: IpAddr) -> Result<(), Duration> {
+        let key = client_key(client, self.ipv6_prefix);
+        self.anonymous_lookup_per_client
+            .spend(&key)
+            .inspect_err(|_| {
+                tracing::warn!(client = %key, "anonymous lookups limited for this client");
+            })
     }
 
     /// One registration from `client`.
@@ -202,6 +230,14 @@ impl MetricsSource for AttemptBudgets {
                     self.password_check_per_account.name(),
                     self.password_check_per_account.len(),
                 ),
+                (
+                    self.anonymous_lookup_per_client.name(),
+                    self.anonymous_lookup_per_client.len(),
+                ),
+                (
+                    self.soap_calls_per_account.name(),
+                    self.soap_calls_per_account.len(),
+                ),
             ],
         );
     }
@@ -239,6 +275,8 @@ mod tests {
                 registration_per_client: budget(1),
                 password_check_per_client: budget(3),
                 password_check_per_account: budget(2),
+                anonymous_lookup_per_client: budget(2),
+                soap_calls_per_account: budget(2),
             },
             64,
         );

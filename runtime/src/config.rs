@@ -542,6 +542,8 @@ pub struct SoapConfig {
     pub max_body_bytes: usize,
     pub max_depth: usize,
     pub max_elements: usize,
+    /// WS-Security: who may call each operation, and how a header is checked.
+    pub security: SoapSecurityConfig,
 }
 
 impl Default for SoapConfig {
@@ -550,7 +552,83 @@ impl Default for SoapConfig {
             max_body_bytes: 256 * 1024,
             max_depth: 32,
             max_elements: 1_000,
+            security: SoapSecurityConfig::default(),
         }
+    }
+}
+
+/// Whether a SOAP operation takes a WS-Security header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityPolicy {
+    /// No header is processed: a `wsse:Security` marked mustUnderstand is a
+    /// MustUnderstand fault, and every caller is anonymous.
+    None,
+    /// A header is checked when sent; without one the caller is anonymous.
+    Optional,
+    /// Every call must carry a valid header; the WSDL says so
+    /// (WS-SecurityPolicy 1.3).
+    Required,
+}
+
+impl SecurityPolicy {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SecurityPolicy::None => "none",
+            SecurityPolicy::Optional => "optional",
+            SecurityPolicy::Required => "required",
+        }
+    }
+}
+
+/// WS-Security (OASIS WSS 1.1, UsernameToken Profile 1.1) on the SOAP
+/// services.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SoapSecurityConfig {
+    /// The policy of soap-register's RegisterUser.
+    pub register_user: SecurityPolicy,
+    /// The policy of soap-lookup's LookupUser (and its legacy GET, which
+    /// carries no header: refused when `required`).
+    pub lookup_user: SecurityPolicy,
+    /// How far a sender's clock may be ahead of ours (a Created in the
+    /// future) or behind (an Expires just past).
+    pub clock_skew_seconds: u64,
+    /// How old a Created (the Timestamp's or the UsernameToken's) may be;
+    /// also how long a Nonce is remembered against replays.
+    pub max_age_seconds: u64,
+    /// How long a verified UsernameToken password is remembered, so a
+    /// client sending it on every call does not cost a hash on every call;
+    /// 0 hashes every call.
+    pub credential_cache_seconds: u64,
+    /// At most this many remembered verifications.
+    pub credential_cache_entries: usize,
+}
+
+impl Default for SoapSecurityConfig {
+    fn default() -> Self {
+        Self {
+            register_user: SecurityPolicy::Optional,
+            lookup_user: SecurityPolicy::Optional,
+            clock_skew_seconds: 60,
+            max_age_seconds: 300,
+            credential_cache_seconds: 300,
+            credential_cache_entries: hub_core::verified::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+impl SoapSecurityConfig {
+    pub fn clock_skew(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.clock_skew_seconds)
+    }
+
+    pub fn max_age(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.max_age_seconds)
+    }
+
+    pub fn credential_cache(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.credential_cache_seconds)
     }
 }
 
@@ -758,6 +836,13 @@ pub struct LimitsConfig {
     pub password_check_per_client: BudgetConfig,
     /// ...and per account, wherever they come from.
     pub password_check_per_account: BudgetConfig,
+    /// Anonymous SOAP lookups (no WS-Security header) per client address,
+    /// against username enumeration; an authenticated caller spends none.
+    pub anonymous_lookup_per_client: BudgetConfig,
+    /// SOAP calls per account authenticated by WS-Security (admins
+    /// excepted): what one account holder may look up, and the nonces it
+    /// may have recorded.
+    pub soap_calls_per_account: BudgetConfig,
 }
 
 impl Default for LimitsConfig {
@@ -774,6 +859,14 @@ impl Default for LimitsConfig {
             password_check_per_account: BudgetConfig {
                 burst: 5,
                 replenish_ms: 12_000,
+            },
+            anonymous_lookup_per_client: BudgetConfig {
+                burst: 30,
+                replenish_ms: 1_000,
+            },
+            soap_calls_per_account: BudgetConfig {
+                burst: 300,
+                replenish_ms: 100,
             },
         }
     }

@@ -408,6 +408,9 @@ pub fn grpc_service_router(
                                 method = %req.method(),
                                 route,
                                 request_id,
+                                // Who called, once a service has authenticated
+                                // them (SOAP's WS-Security): on the access line.
+                                caller = tracing::field::Empty,
                             )
                         })
                         .on_request(())

@@ -3,14 +3,19 @@
 //!
 //! A library: [`router`] builds the service apart from running it. Every rule
 //! is hub-core's `SignUp`: the same username rules, hashing, codes and
-//! per-client budget as every other protocol.
+//! per-client budget as every other protocol. A caller authenticated by a
+//! WS-Security header (`soap.security.register_user`) is named in the
+//! access log; an admin among them may set the new user's role, and
+//! registers without the per-client budget.
 
 use std::sync::Arc;
 
 use axum::Router;
-use hub_core::{RegisterUser, SignUp};
+use hub_core::{ErrorCode, RegisterUser, Role, SignUp};
 use hub_runtime::ServiceContext;
-use hub_soap::{Answer, Call, Dispatcher, Fault, Limits, USERS_NS, escape_text};
+use hub_soap::{
+    Answer, Call, Dispatcher, Fault, Limits, SecurityPolicy, USERS_NS, WsSecurity, escape_text,
+};
 use time::format_description::well_known::Rfc3339;
 use yaserde::YaDeserialize;
 
@@ -24,12 +29,17 @@ pub struct SoapRegisterState {
     /// wsdl/users.wsdl with this deployment's addresses.
     pub wsdl: Arc<str>,
     pub limits: Limits,
+    /// RegisterUser's WS-Security policy.
+    pub policy: SecurityPolicy,
+    /// The header processor; `None` serves every call anonymously.
+    pub security: Option<Arc<WsSecurity>>,
 }
 
 impl std::fmt::Debug for SoapRegisterState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SoapRegisterState")
             .field("limits", &self.limits)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -41,6 +51,8 @@ struct RegisterUserRequest {
     username: String,
     email: String,
     password: String,
+    /// `user` or `admin`: only an authenticated admin may send it.
+    role: Option<String>,
 }
 
 impl std::fmt::Debug for RegisterUserRequest {
@@ -48,6 +60,7 @@ impl std::fmt::Debug for RegisterUserRequest {
         f.debug_struct("RegisterUserRequest")
             .field("username", &self.username)
             .field("email", &self.email)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -59,19 +72,40 @@ async fn register(state: Arc<SoapRegisterState>, call: Call<RegisterUserRequest>
         username,
         email,
         password,
+        role,
     } = call.request;
-    let user = state
-        .sign_up
-        .sign_up(
-            call.client.map(|client| client.ip()),
-            RegisterUser {
-                username,
-                email,
-                password,
-            },
-        )
-        .await
-        .map_err(|e| fault(&e))?;
+    let request = RegisterUser {
+        username,
+        email,
+        password,
+    };
+    let admin = call.caller.as_ref().filter(|caller| caller.is_admin());
+    let user = match (admin, role) {
+        (Some(admin), role) => {
+            let role = match role {
+                Some(role) => Role::parse(role.trim()).map_err(|e| fault(&e))?,
+                None => Role::User,
+            };
+            let user = state
+                .sign_up
+                .provision(request, role, admin.user_id)
+                .await
+                .map_err(|e| fault(&e))?;
+            tracing::info!(user_id = %user.id, by = %admin.user_id, role = role.as_str(), "user registered by an admin");
+            user
+        }
+        (None, Some(_)) => {
+            return Err(fault(&hub_core::Error::with_message(
+                ErrorCode::Forbidden,
+                "only an admin authenticated by a WS-Security header may set a role",
+            )));
+        }
+        (None, None) => state
+            .sign_up
+            .sign_up(call.client.map(|client| client.ip()), request)
+            .await
+            .map_err(|e| fault(&e))?,
+    };
     let created_at = user
         .created_at
         .format(&Rfc3339)
@@ -93,9 +127,14 @@ pub fn router(
     state: SoapRegisterState,
     context: ServiceContext,
 ) -> Result<Router, hub_core::Error> {
-    let (wsdl, limits) = (Arc::clone(&state.wsdl), state.limits);
-    let routes = Dispatcher::new(state, wsdl, limits)
-        .operation("RegisterUser", register)
+    let (wsdl, limits, policy) = (Arc::clone(&state.wsdl), state.limits, state.policy);
+    let security = state.security.clone();
+    let mut dispatcher = Dispatcher::new(state, wsdl, limits);
+    if let Some(security) = security {
+        dispatcher = dispatcher.with_security(security);
+    }
+    let routes = dispatcher
+        .operation("RegisterUser", policy, register)
         .into_router("/register");
     Ok(context.serve(routes))
 }

@@ -16,21 +16,26 @@ use axum::response::Response;
 use axum::routing::any;
 use yaserde::YaDeserialize;
 
+use hub_runtime::config::SecurityPolicy;
+
 use crate::SoapVersion;
 use crate::envelope::{Limits, OperationCall};
 use crate::fault::Fault;
 use crate::header::QName;
 use crate::http::{method_not_allowed, read_request, request_id, wants_wsdl};
+use crate::security::{Caller, WsSecurity};
 use crate::write::{envelope_response, wsdl_response};
+use crate::wsse::SECURITY;
 
 /// What an operation answers: the content of the response's Body (XML), or
 /// a fault.
 pub type Answer = Result<String, Fault>;
 
 type BoxedAnswer = Pin<Box<dyn Future<Output = Answer> + Send>>;
-type OperationFn<S> =
-    Box<dyn Fn(Arc<S>, OperationCall, Option<SocketAddr>) -> BoxedAnswer + Send + Sync>;
-type GetFn<S> = Box<dyn Fn(Arc<S>, Uri) -> BoxedAnswer + Send + Sync>;
+type OperationFn<S> = Box<
+    dyn Fn(Arc<S>, OperationCall, Option<SocketAddr>, Option<Caller>) -> BoxedAnswer + Send + Sync,
+>;
+type GetFn<S> = Box<dyn Fn(Arc<S>, Uri, Option<SocketAddr>) -> BoxedAnswer + Send + Sync>;
 
 /// One call of an operation, as its function receives it.
 #[derive(Debug)]
@@ -41,6 +46,9 @@ pub struct Call<R> {
     pub client: Option<SocketAddr>,
     /// The envelope as read: version, header blocks, the Body's bytes.
     pub envelope: OperationCall,
+    /// Who called, when the operation takes WS-Security and the message
+    /// carried a valid header; `None` for an anonymous call.
+    pub caller: Option<Caller>,
 }
 
 impl<R> Call<R> {
@@ -52,6 +60,7 @@ impl<R> Call<R> {
 
 struct Operation<S> {
     name: &'static str,
+    policy: SecurityPolicy,
     run: OperationFn<S>,
 }
 
@@ -65,6 +74,7 @@ pub struct Dispatcher<S> {
     understood: Vec<QName>,
     operations: Vec<Operation<S>>,
     get: Option<GetFn<S>>,
+    security: Option<Arc<WsSecurity>>,
 }
 
 impl<S> fmt::Debug for Dispatcher<S> {
@@ -91,20 +101,34 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
             understood: Vec::new(),
             operations: Vec::new(),
             get: None,
+            security: None,
         }
     }
 
+    /// Checks `wsse:Security` headers with `security`, for the operations
+    /// whose policy is not `none`. Without it every operation is `none`.
+    pub fn with_security(mut self, security: Arc<WsSecurity>) -> Self {
+        self.security = Some(security);
+        self
+    }
+
     /// Adds the operation whose Body element is `name` (in
-    /// [`crate::USERS_NS`]): its payload is deserialized into `R`, a payload
-    /// that does not fit is a Client/Sender fault, and what `run` answers is
-    /// put in an envelope of the request's version.
-    pub fn operation<R, F, Fut>(mut self, name: &'static str, run: F) -> Self
+    /// [`crate::USERS_NS`]), with its WS-Security `policy`: its header is
+    /// checked before the payload is read, its payload is deserialized into
+    /// `R`, a payload that does not fit is a Client/Sender fault, and what
+    /// `run` answers is put in an envelope of the request's version.
+    pub fn operation<R, F, Fut>(
+        mut self,
+        name: &'static str,
+        policy: SecurityPolicy,
+        run: F,
+    ) -> Self
     where
         R: YaDeserialize + Send + 'static,
         F: Fn(Arc<S>, Call<R>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Answer> + Send + 'static,
     {
-        let run: OperationFn<S> = Box::new(move |state, envelope, client| {
+        let run: OperationFn<S> = Box::new(move |state, envelope, client, caller| {
             match yaserde::de::from_str::<R>(&envelope.payload) {
                 Ok(request) => Box::pin(run(
                     state,
@@ -112,6 +136,7 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
                         request,
                         client,
                         envelope,
+                        caller,
                     },
                 )),
                 Err(e) => {
@@ -121,7 +146,7 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
                 }
             }
         });
-        self.operations.push(Operation { name, run });
+        self.operations.push(Operation { name, policy, run });
         self
     }
 
@@ -134,13 +159,15 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
     }
 
     /// Answers a `GET` that does not ask for the WSDL, in SOAP 1.1 (without
-    /// one, such a `GET` is refused with 405).
+    /// one, such a `GET` is refused with 405), given the client's address.
     pub fn get<F, Fut>(mut self, run: F) -> Self
     where
-        F: Fn(Arc<S>, Uri) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<S>, Uri, Option<SocketAddr>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Answer> + Send + 'static,
     {
-        self.get = Some(Box::new(move |state, uri| Box::pin(run(state, uri))));
+        self.get = Some(Box::new(move |state, uri, client| {
+            Box::pin(run(state, uri, client))
+        }));
         self
     }
 
@@ -162,9 +189,13 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
         let outcome = match *request.method() {
             Method::GET if wants_wsdl(request.uri()) => Ok(wsdl_response(&self.wsdl)),
             Method::GET => match &self.get {
-                Some(get) => get(Arc::clone(&self.state), request.uri().clone())
-                    .await
-                    .map(|body| envelope_response(SoapVersion::V11, &body)),
+                Some(get) => get(
+                    Arc::clone(&self.state),
+                    request.uri().clone(),
+                    client_of(&request),
+                )
+                .await
+                .map(|body| envelope_response(SoapVersion::V11, &body)),
                 None => Err(method_not_allowed()),
             },
             Method::POST => self.post(request).await,
@@ -174,21 +205,31 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
     }
 
     async fn post(&self, request: Request) -> Result<Response, Fault> {
+        let client = client_of(&request);
         let (parts, body) = request.into_parts();
-        let client = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0);
         let envelope = read_request(&parts.headers, body, &self.limits).await?;
-        // Before anything of the Body runs: SOAP processes no part of a
-        // message whose mandatory headers it cannot honour.
-        envelope.ensure_understood(&self.understood)?;
         let version = envelope.version;
-        let Some(operation) = self
+        let operation = self
             .operations
             .iter()
-            .find(|o| o.name == envelope.operation)
-        else {
+            .find(|o| o.name == envelope.operation);
+        // The operation's policy decides whether wsse:Security is understood.
+        let security = match (&self.security, operation) {
+            (Some(security), Some(operation)) if operation.policy != SecurityPolicy::None => {
+                Some((security, operation.policy))
+            }
+            _ => None,
+        };
+        // Before anything of the Body runs: SOAP processes no part of a
+        // message whose mandatory headers it cannot honour.
+        if security.is_some() {
+            let mut understood = self.understood.clone();
+            understood.push(SECURITY);
+            envelope.ensure_understood(&understood)?;
+        } else {
+            envelope.ensure_understood(&self.understood)?;
+        }
+        let Some(operation) = operation else {
             let offered = self
                 .operations
                 .iter()
@@ -200,9 +241,37 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
                 format!("this endpoint offers {offered}, not {}", envelope.operation),
             ));
         };
-        let body = (operation.run)(Arc::clone(&self.state), envelope, client).await?;
+        let caller = match security {
+            Some((security, policy)) => {
+                security
+                    .check(&envelope, policy, client.map(|c| c.ip()))
+                    .await?
+            }
+            // Fail closed: an operation that requires a header is never
+            // served anonymously for want of a processor.
+            None if operation.policy == SecurityPolicy::Required => {
+                return Err(Fault::from_error(
+                    version,
+                    &hub_core::Error::internal(format!(
+                        "{} requires WS-Security and the endpoint has no processor",
+                        operation.name
+                    )),
+                ));
+            }
+            None => None,
+        };
+        let body = (operation.run)(Arc::clone(&self.state), envelope, client, caller).await?;
         Ok(envelope_response(version, &body))
     }
+}
+
+/// The client's address (the forwarded client behind a trusted gateway),
+/// when the server was started with it.
+fn client_of(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
 }
 
 #[cfg(test)]
@@ -235,6 +304,7 @@ mod tests {
             .understands(QName::new(WSSE, "Security"))
             .operation(
                 "LookupUser",
+                SecurityPolicy::None,
                 |runs: Arc<Runs>, call: Call<Lookup>| async move {
                     runs.0.fetch_add(1, Ordering::SeqCst);
                     let blocks: Vec<String> = call
@@ -316,10 +386,14 @@ mod tests {
         let runs = Arc::new(Runs::default());
         let counted = Arc::clone(&runs);
         let router = Dispatcher::new((), "<wsdl/>".into(), Limits::default())
-            .operation("LookupUser", move |_: Arc<()>, _: Call<Lookup>| {
-                counted.0.fetch_add(1, Ordering::SeqCst);
-                async { Ok(String::new()) }
-            })
+            .operation(
+                "LookupUser",
+                SecurityPolicy::None,
+                move |_: Arc<()>, _: Call<Lookup>| {
+                    counted.0.fetch_add(1, Ordering::SeqCst);
+                    async { Ok(String::new()) }
+                },
+            )
             .into_router("/soap");
         let xml = format!(
             "<s:Envelope xmlns:s=\"{V11}\"><s:Header><x:A xmlns:x=\"urn:x\" s:mustUnderstand=\"1\"/></s:Header>\
@@ -365,7 +439,7 @@ mod tests {
         );
 
         let with_get = Dispatcher::new((), "<wsdl/>".into(), Limits::default())
-            .get(|_: Arc<()>, uri: Uri| async move {
+            .get(|_: Arc<()>, uri: Uri, _: Option<SocketAddr>| async move {
                 Ok(format!("<r>{}</r>", uri.query().unwrap_or("")))
             })
             .into_router("/soap");

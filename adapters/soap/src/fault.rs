@@ -9,6 +9,7 @@ use hub_runtime::errors::{FaultClass, log_failure, mapping};
 
 use crate::header::QName;
 use crate::write::escape_text;
+use crate::wsse::{SecurityFault, WSSE_NS};
 use crate::{SoapVersion, USERS_NS};
 
 /// SOAP's own fault codes.
@@ -55,6 +56,8 @@ pub struct Fault {
     retry_after: Option<std::time::Duration>,
     /// The header blocks a `MustUnderstand` fault is about.
     not_understood: Vec<QName>,
+    /// WS-Security's fault code, for a refusal by the Security header.
+    security: Option<SecurityFault>,
 }
 
 impl Fault {
@@ -71,6 +74,7 @@ impl Fault {
             status: None,
             retry_after: None,
             not_understood: Vec::new(),
+            security: None,
         }
     }
 
@@ -113,7 +117,24 @@ impl Fault {
             status: None,
             retry_after: error.retry_after(),
             not_understood: Vec::new(),
+            security: None,
         }
+    }
+
+    /// A refusal by the `wsse:Security` header: WS-Security's fault code
+    /// (SOAP 1.1's fault code, SOAP 1.2's subcode of `env:Sender`), with
+    /// the domain error's code in the detail and its wait as `Retry-After`.
+    pub fn security(version: SoapVersion, fault: SecurityFault, error: &hub_core::Error) -> Self {
+        Self {
+            code: FaultCode::Client,
+            security: Some(fault),
+            ..Self::from_error(version, error)
+        }
+    }
+
+    /// The WS-Security fault code, for a refusal by the Security header.
+    pub fn security_fault(&self) -> Option<SecurityFault> {
+        self.security
     }
 
     /// An HTTP status other than the binding's default (415, 405, 413).
@@ -170,12 +191,21 @@ impl Fault {
         let reason = escape_text(&self.reason);
         let code = self.code.name(self.version);
         match self.version {
-            SoapVersion::V11 => format!(
-                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
-                 <soap:Envelope xmlns:soap=\"{ns}\"><soap:Body><soap:Fault>\
-                 <faultcode>soap:{code}</faultcode><faultstring>{reason}</faultstring>\
-                 <detail>{detail}</detail></soap:Fault></soap:Body></soap:Envelope>"
-            ),
+            SoapVersion::V11 => {
+                let faultcode = match self.security {
+                    Some(fault) => format!(
+                        "<faultcode xmlns:wsse=\"{WSSE_NS}\">wsse:{}</faultcode>",
+                        fault.local_name()
+                    ),
+                    None => format!("<faultcode>soap:{code}</faultcode>"),
+                };
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+                     <soap:Envelope xmlns:soap=\"{ns}\"><soap:Body><soap:Fault>\
+                     {faultcode}<faultstring>{reason}</faultstring>\
+                     <detail>{detail}</detail></soap:Fault></soap:Body></soap:Envelope>"
+                )
+            }
             SoapVersion::V12 => {
                 // A version mismatch tells the client which envelope we speak;
                 // a MustUnderstand fault, which blocks it did not understand.
@@ -190,10 +220,17 @@ impl Fault {
                 } else {
                     not_understood_header(&self.not_understood)
                 };
+                let subcode = match self.security {
+                    Some(fault) => format!(
+                        "<env:Subcode><env:Value xmlns:wsse=\"{WSSE_NS}\">wsse:{}</env:Value></env:Subcode>",
+                        fault.local_name()
+                    ),
+                    None => String::new(),
+                };
                 format!(
                     "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
                      <env:Envelope xmlns:env=\"{ns}\">{header}<env:Body><env:Fault>\
-                     <env:Code><env:Value>env:{code}</env:Value></env:Code>\
+                     <env:Code><env:Value>env:{code}</env:Value>{subcode}</env:Code>\
                      <env:Reason><env:Text xml:lang=\"en\">{reason}</env:Text></env:Reason>\
                      <env:Detail>{detail}</env:Detail></env:Fault></env:Body></env:Envelope>"
                 )
@@ -321,5 +358,44 @@ mod tests {
         let xml = Fault::from_error(SoapVersion::V11, &err).to_xml(None);
         assert!(!xml.contains("hunter2"), "{xml}");
         assert!(xml.contains("<faultcode>soap:Server</faultcode>"), "{xml}");
+    }
+
+    #[test]
+    fn a_security_refusal_has_the_ws_security_code_in_each_version() {
+        let error = hub_core::Error::new(ErrorCode::InvalidCredentials);
+        let v11 = Fault::security(
+            SoapVersion::V11,
+            SecurityFault::FailedAuthentication,
+            &error,
+        );
+        assert_eq!(v11.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let xml = v11.to_xml(None);
+        assert!(
+            xml.contains(&format!(
+                "<faultcode xmlns:wsse=\"{WSSE_NS}\">wsse:FailedAuthentication</faultcode>"
+            )),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<tns:ErrorCode>INVALID_CREDENTIALS</tns:ErrorCode>"),
+            "{xml}"
+        );
+        let v12 = Fault::security(SoapVersion::V12, SecurityFault::MessageExpired, &error);
+        assert_eq!(v12.status(), StatusCode::BAD_REQUEST);
+        let xml = v12.to_xml(None);
+        assert!(
+            xml.contains(&format!(
+                "<env:Code><env:Value>env:Sender</env:Value><env:Subcode><env:Value xmlns:wsse=\"{WSSE_NS}\">wsse:MessageExpired</env:Value></env:Subcode></env:Code>"
+            )),
+            "{xml}"
+        );
+        let limited = hub_core::Error::too_many_attempts(std::time::Duration::from_secs(9));
+        let response = Fault::security(
+            SoapVersion::V11,
+            SecurityFault::FailedAuthentication,
+            &limited,
+        )
+        .into_response_for(None);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "9");
     }
 }

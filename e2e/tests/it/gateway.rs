@@ -34,6 +34,18 @@ impl Deployment {
         let origin = format!("http://127.0.0.1:{http_port}");
         let mut first = Environment::new();
         first.behind_gateway(&origin);
+        // The honest clients under load are one address behind the gateway:
+        // the anonymous lookups' budget against enumeration is not what is
+        // tested here.
+        first
+            .set(
+                "POLYHUB_LIMITS__ANONYMOUS_LOOKUP_PER_CLIENT__BURST",
+                "1000000",
+            )
+            .set(
+                "POLYHUB_LIMITS__ANONYMOUS_LOOKUP_PER_CLIENT__REPLENISH_MS",
+                "1",
+            );
         let environments = vec![first.instance(), first.instance(), first];
         let instances = environments
             .iter()

@@ -11,8 +11,10 @@ use hub_core::ports::memory::InMemoryUsers;
 use hub_core::{
     Directory, Email, NewUser, Password, PasswordHasher, Role, UserId, UserRepository, Username,
 };
-use hub_runtime::config::{CorsConfig, HttpConfig};
+use hub_runtime::budgets::AttemptBudgets;
+use hub_runtime::config::{CorsConfig, HttpConfig, LimitsConfig};
 use hub_runtime::{Readiness, Service, ServiceContext};
+use hub_soap::SecurityPolicy;
 use hub_soap_lookup::{SoapLookupState, router};
 use hub_testkit::soap::{SOAP12, TEXT_XML, element, lookup_op, v11, v12};
 use tower::ServiceExt;
@@ -32,18 +34,27 @@ async fn lookup_router() -> (axum::Router, UserId) {
                 .unwrap(),
             role: Role::User,
             created_at: time::OffsetDateTime::now_utc(),
+            created_by: None,
         })
         .await
         .unwrap();
     let state = SoapLookupState {
         directory: Directory::new(users),
-        wsdl: hub_soap::users_wsdl("http://soap.test/register", "http://soap.test/user/soap")
-            .into(),
+        wsdl: hub_soap::users_wsdl(
+            "http://soap.test/register",
+            "http://soap.test/user/soap",
+            SecurityPolicy::Optional,
+            SecurityPolicy::Optional,
+        )
+        .into(),
         limits: hub_soap::Limits {
             max_bytes: 64 * 1024,
             max_depth: 32,
             max_elements: 1_000,
         },
+        policy: SecurityPolicy::Optional,
+        security: None,
+        budgets: Arc::new(AttemptBudgets::new(&LimitsConfig::default(), 64)),
     };
     let context = ServiceContext {
         service: Service::SoapLookup,
