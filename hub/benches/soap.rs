@@ -98,7 +98,26 @@ async fn run_wrk(url: &str, body: String, nonce: Option<&'static str>) -> (f64, 
             )
         }
     };
+    // The first refusal of each thread is printed, for the failure's message.
+    let lua = format!(
+        "{lua}local told = false\nfunction response(status, headers, body) if status ~= 200 and not told then told = true; print(status, body) end end\n"
+    );
     std::fs::write(&script, lua).unwrap();
+    // One request first, so a body the service refuses says why.
+    let probe = body.replace(nonce.unwrap_or("\u{0}"), "00000000000000ff");
+    let answer = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "text/xml; charset=utf-8")
+        .body(probe)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        answer.text().await.unwrap()
+    );
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || support::wrk(&url, &[], Some(&script)))
         .await
@@ -218,6 +237,11 @@ async fn main() {
     setup.config.limits.anonymous_lookup_per_client = UNLIMITED;
     setup.config.limits.soap_calls_per_account = UNLIMITED;
     setup.config.soap.security.credential_cache_seconds = 0;
+    // 32 connections hashing at once: let them queue on the pool rather
+    // than be refused as OVERLOADED (which is what the defaults answer).
+    setup.config.hashing.max_waiting = 64;
+    setup.config.hashing.max_per_client = 64;
+    setup.config.hashing.max_wait_ms = 60_000;
     let limits = &mut setup.config.services.rest_auth.login_limit;
     limits.per_ip_burst = u32::MAX;
     limits.per_user_burst = u32::MAX;

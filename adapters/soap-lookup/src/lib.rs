@@ -173,11 +173,8 @@ pub fn router(state: SoapLookupState, context: ServiceContext) -> Result<Router,
         .unwrap_or_default();
     let (wsdl, limits, policy) = (Arc::clone(&state.wsdl), state.limits, state.policy);
     let security = state.security.clone();
-    let mut dispatcher = Dispatcher::new(state, wsdl, limits);
-    if let Some(security) = security {
-        dispatcher = dispatcher.with_security(security);
-    }
-    let routes = dispatcher
+    let routes = Dispatcher::new(state, wsdl, limits)
+        .with_security(security)
         .operation("LookupUser", policy, lookup_user)
         .get(legacy_lookup)
         .into_router("/user/soap");

@@ -129,11 +129,8 @@ pub fn router(
 ) -> Result<Router, hub_core::Error> {
     let (wsdl, limits, policy) = (Arc::clone(&state.wsdl), state.limits, state.policy);
     let security = state.security.clone();
-    let mut dispatcher = Dispatcher::new(state, wsdl, limits);
-    if let Some(security) = security {
-        dispatcher = dispatcher.with_security(security);
-    }
-    let routes = dispatcher
+    let routes = Dispatcher::new(state, wsdl, limits)
+        .with_security(security)
         .operation("RegisterUser", policy, register)
         .into_router("/register");
     Ok(context.serve(routes))

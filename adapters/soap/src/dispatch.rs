@@ -106,9 +106,11 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
     }
 
     /// Checks `wsse:Security` headers with `security`, for the operations
-    /// whose policy is not `none`. Without it every operation is `none`.
-    pub fn with_security(mut self, security: Arc<WsSecurity>) -> Self {
-        self.security = Some(security);
+    /// whose policy is not `none`. Without it an operation whose policy is
+    /// `optional` serves everyone anonymously, and one whose policy is
+    /// `required` no one (a Server fault: it fails closed).
+    pub fn with_security(mut self, security: Option<Arc<WsSecurity>>) -> Self {
+        self.security = security;
         self
     }
 
@@ -411,6 +413,34 @@ mod tests {
         let (status, answer) = send(&router, post("text/xml", &served)).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
         assert_eq!(runs.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_required_policy_without_a_processor_fails_closed() {
+        let runs = Arc::new(Runs::default());
+        let counted = Arc::clone(&runs);
+        let router = Dispatcher::new((), "<wsdl/>".into(), Limits::default())
+            .with_security(None)
+            .operation(
+                "LookupUser",
+                SecurityPolicy::Required,
+                move |_: Arc<()>, _: Call<Lookup>| {
+                    counted.0.fetch_add(1, Ordering::SeqCst);
+                    async { Ok(String::new()) }
+                },
+            )
+            .into_router("/soap");
+        let xml = format!(
+            "<s:Envelope xmlns:s=\"{V11}\"><s:Body><u:LookupUser xmlns:u=\"urn:polyhub:users:v1\">\
+             <u:username>a</u:username></u:LookupUser></s:Body></s:Envelope>"
+        );
+        let (status, answer) = send(&router, post("text/xml", &xml)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+        assert!(
+            answer.contains("<faultcode>soap:Server</faultcode>"),
+            "{answer}"
+        );
+        assert_eq!(runs.0.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
