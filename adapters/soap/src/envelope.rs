@@ -137,6 +137,24 @@ struct OpenBlock {
     depth: usize,
 }
 
+/// A namespace-aware reader of a whole message, and where its positions
+/// start in the message's bytes. quick-xml skips a byte order mark without
+/// counting it in its positions: it is skipped here instead, and counted,
+/// so spans index the message. Text is never trimmed: it arrives in pieces
+/// around references, and trimming a piece would change a password.
+pub(crate) fn message_reader(text: &str) -> (usize, NsReader<&[u8]>) {
+    let (base, text) = match text.strip_prefix('\u{feff}') {
+        Some(rest) => ('\u{feff}'.len_utf8(), rest),
+        None => (0, text),
+    };
+    let mut reader = NsReader::from_str(text);
+    let config = reader.config_mut();
+    config.trim_text(false);
+    config.expand_empty_elements = true;
+    config.check_end_names = true;
+    (base, reader)
+}
+
 /// Reads the envelope of a request whose content type said `version`.
 /// `message` is kept, not copied: header blocks and the Body are spans of it.
 pub fn read_call(
@@ -155,19 +173,7 @@ pub fn read_call(
     let text = std::str::from_utf8(&message)
         .map_err(|e| bad(format!("the message is not valid UTF-8: {e}")))?;
 
-    // quick-xml skips a byte order mark without counting it in its positions:
-    // skip it here instead, and count it, so spans index the message.
-    let (base, text) = match text.strip_prefix('\u{feff}') {
-        Some(rest) => ('\u{feff}'.len_utf8(), rest),
-        None => (0, text),
-    };
-    let mut reader = NsReader::from_str(text);
-    let config = reader.config_mut();
-    // Never trim: text arrives in pieces around references, and trimming a
-    // piece would change a password. Whitespace between elements is ignored below.
-    config.trim_text(false);
-    config.expand_empty_elements = true;
-    config.check_end_names = true;
+    let (base, mut reader) = message_reader(text);
 
     let env_ns = version.envelope_ns();
     let mut place = Place::Prolog;

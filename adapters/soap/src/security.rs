@@ -38,7 +38,7 @@ use time::OffsetDateTime;
 use crate::SoapVersion;
 use crate::envelope::OperationCall;
 use crate::fault::Fault;
-use crate::wsse::{Refusal, SECURITY, SecurityFault, Timestamp, Token, read_security};
+use crate::wsse::{Refusal, SECURITY, SecurityFault, Timestamp, Token, invalid, read_security};
 
 /// How a caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,11 +186,7 @@ impl WsSecurity {
         if ours.next().is_some() {
             return Err(refused(
                 version,
-                Refusal {
-                    fault: SecurityFault::InvalidSecurity,
-                    reason: "the message has more than one wsse:Security header for this service"
-                        .into(),
-                },
+                invalid("the message has more than one wsse:Security header for this service"),
             ));
         }
         let header = match block {
@@ -310,10 +306,7 @@ impl WsSecurity {
             if stamp.created.is_some_and(|created| expires < created) {
                 return Err(refused(
                     version,
-                    Refusal {
-                        fault: SecurityFault::InvalidSecurity,
-                        reason: "the Timestamp expires before it was created".into(),
-                    },
+                    invalid("the Timestamp expires before it was created"),
                 ));
             }
             if expires < earlier(self.clock.now(), self.settings.clock_skew) {

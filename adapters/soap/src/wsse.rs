@@ -15,11 +15,10 @@ use quick_xml::XmlVersion;
 use quick_xml::escape::{resolve_predefined_entity, unescape};
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
-use quick_xml::reader::NsReader;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::envelope::OperationCall;
+use crate::envelope::{OperationCall, message_reader};
 use crate::header::{HeaderBlock, QName};
 
 /// WS-Security 1.0's secext namespace, which 1.1 keeps for `Security`.
@@ -75,14 +74,14 @@ pub struct Refusal {
     pub reason: String,
 }
 
-fn invalid(reason: impl Into<String>) -> Refusal {
+pub(crate) fn invalid(reason: impl Into<String>) -> Refusal {
     Refusal {
         fault: SecurityFault::InvalidSecurity,
         reason: reason.into(),
     }
 }
 
-fn unsupported(reason: impl Into<String>) -> Refusal {
+pub(crate) fn unsupported(reason: impl Into<String>) -> Refusal {
     Refusal {
         fault: SecurityFault::UnsupportedSecurityToken,
         reason: reason.into(),
@@ -196,16 +195,8 @@ fn namespace_of(resolved: ResolveResult<'_>) -> Result<String, Refusal> {
 fn element_of(call: &OperationCall, block: &HeaderBlock) -> Result<Element, Refusal> {
     let message =
         std::str::from_utf8(call.message()).map_err(|_| invalid("the message is not UTF-8"))?;
-    let (base, text) = match message.strip_prefix('\u{feff}') {
-        Some(rest) => ('\u{feff}'.len_utf8(), rest),
-        None => (0, message),
-    };
     let start = block.span().start;
-    let mut reader = NsReader::from_str(text);
-    let config = reader.config_mut();
-    config.trim_text(false);
-    config.expand_empty_elements = true;
-    config.check_end_names = true;
+    let (base, mut reader) = message_reader(message);
     let bad_xml = |e: quick_xml::Error| invalid(format!("the Security header is not XML: {e}"));
     // The elements open inside the block, innermost last.
     let mut open: Vec<Element> = Vec::new();
