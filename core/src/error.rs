@@ -89,6 +89,7 @@ error_codes! {
     MessageExpired => ("MESSAGE_EXPIRED", Unauthenticated, "the message's timestamp is outside the accepted window"),
     MessageReplayed => ("MESSAGE_REPLAYED", Unauthenticated, "this message's nonce was already used"),
     Forbidden => ("FORBIDDEN", Forbidden, "not allowed"),
+    WebhookTargetRefused => ("WEBHOOK_TARGET_REFUSED", Invalid, "webhooks may not reach this address: it is loopback, private, link-local or metadata, and not in webhooks.allowed_networks"),
     EmptyUpload => ("EMPTY_UPLOAD", Invalid, "the upload contained no image bytes"),
     UnsupportedImageType => ("UNSUPPORTED_IMAGE_TYPE", Invalid, "only PNG, JPEG, GIF and WebP images are accepted"),
     CorruptImage => ("CORRUPT_IMAGE", Invalid, "the image could not be decoded"),

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::error::Error;
 use crate::session::{ClientInfo, SessionEvent, SessionEventKind, SessionId};
 use crate::user::{Role, UserId};
+use crate::webhooks::WebhookEvent;
 
 /// What happened to a user (or to many, for an import).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +151,14 @@ impl UserEvent {
 pub enum DomainEvent {
     Session(SessionEvent),
     User(UserEvent),
+    /// A webhook endpoint's own events: added, deleted, rotated, disabled.
+    Webhook(WebhookEvent),
+}
+
+impl From<WebhookEvent> for DomainEvent {
+    fn from(event: WebhookEvent) -> Self {
+        DomainEvent::Webhook(event)
+    }
 }
 
 impl From<SessionEvent> for DomainEvent {
@@ -170,6 +179,7 @@ impl DomainEvent {
         match self {
             DomainEvent::Session(e) => e.id,
             DomainEvent::User(e) => e.id,
+            DomainEvent::Webhook(e) => e.id,
         }
     }
 
@@ -177,6 +187,7 @@ impl DomainEvent {
         match self {
             DomainEvent::Session(e) => e.at,
             DomainEvent::User(e) => e.at,
+            DomainEvent::Webhook(e) => e.at,
         }
     }
 
@@ -184,13 +195,15 @@ impl DomainEvent {
         match self {
             DomainEvent::Session(e) => Some(e.user_id),
             DomainEvent::User(e) => e.user_id,
+            // The admin who changed it (none when polyhub disabled it).
+            DomainEvent::Webhook(e) => e.by,
         }
     }
 
     pub fn session_id(&self) -> Option<SessionId> {
         match self {
             DomainEvent::Session(e) => Some(e.session_id),
-            DomainEvent::User(_) => None,
+            DomainEvent::User(_) | DomainEvent::Webhook(_) => None,
         }
     }
 
@@ -198,6 +211,7 @@ impl DomainEvent {
         match self {
             DomainEvent::Session(e) => e.kind.as_str(),
             DomainEvent::User(e) => e.change.type_name(),
+            DomainEvent::Webhook(e) => e.change.type_name(),
         }
     }
 
@@ -207,6 +221,7 @@ impl DomainEvent {
         match self {
             DomainEvent::Session(e) => e.session_id.as_uuid(),
             DomainEvent::User(e) => e.user_id.map_or(e.id, |user| user.as_uuid()),
+            DomainEvent::Webhook(e) => e.endpoint.as_uuid(),
         }
     }
 
@@ -219,6 +234,7 @@ impl DomainEvent {
                 "reason": e.reason,
             }),
             DomainEvent::User(e) => e.change.data(),
+            DomainEvent::Webhook(e) => e.data(),
         }
     }
 
@@ -266,6 +282,11 @@ impl DomainEvent {
                 },
                 reason: field("reason")?,
             }));
+        }
+        if type_name.starts_with("webhook.") {
+            return Ok(DomainEvent::Webhook(WebhookEvent::parse(
+                id, type_name, user_id, at, data,
+            )?));
         }
         Ok(DomainEvent::User(UserEvent {
             id,

@@ -8,9 +8,11 @@
 pub mod administration;
 pub mod authentication;
 mod container;
+pub mod delivery;
 pub mod directory;
 pub mod error;
 pub mod events;
+pub mod feed;
 pub mod images;
 pub mod legacy;
 pub mod lifecycle;
@@ -24,10 +26,12 @@ pub mod token;
 pub mod upload;
 pub mod user;
 pub mod verified;
+pub mod webhooks;
 pub mod work_pool;
 
 pub use administration::{Administration, UserPage, require_admin};
 pub use authentication::{AccountKey, Authentication, LoginName, LoginOutcome, ProfileChange};
+pub use delivery::{DispatchSettings, DispatchSnapshot, DispatchStatus, Dispatcher};
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use images::{
@@ -57,4 +61,8 @@ pub use token::{
 pub use upload::{BufferPool, ImageFormat, ImageLimits, Loan, SanitizedImage, UploadBuffer};
 pub use user::{Email, Password, Role, UserId, Username};
 pub use verified::VerifiedPasswords;
+pub use webhooks::{
+    Delivery, EndpointId, EventTypes, WebhookEndpoint, WebhookEndpoints, WebhookSecret,
+    WebhookTransport, Webhooks,
+};
 pub use work_pool::{HashingPool, WorkPool, WorkPoolConfig, as_client};

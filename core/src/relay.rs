@@ -449,6 +449,7 @@ mod tests {
 
     fn event(session: &Session, kind: SessionEventKind) -> PendingEvent {
         PendingEvent {
+            position: 0,
             event: SessionEvent::new(kind, session, OffsetDateTime::now_utc()).into(),
             username: None,
         }

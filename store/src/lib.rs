@@ -7,6 +7,7 @@ pub mod background;
 pub mod mongo;
 pub mod postgres;
 pub mod s3;
+pub mod webhook_http;
 
 pub use background::prepare_in_background;
 pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_mongo};
@@ -15,6 +16,7 @@ pub use mongodb::Database as MongoDatabase;
 pub use postgres::{
     CachedSessions, CachedUsers, DirectoryStats, MIGRATOR, PgEventLog, PgImageRepository,
     PgKnownDevices, PgOutbox, PgProbe, PgReplayGuard, PgSessionRepository, PgUserRepository,
-    PoolSettings, connect_lazy, ensure_database, migrate, ping,
+    PgWebhookEndpoints, PoolSettings, connect_lazy, ensure_database, migrate, ping,
 };
 pub use s3::{S3ObjectStore, S3Probe, S3Settings};
+pub use webhook_http::{HttpWebhooks, WebhookHttpSettings};

@@ -262,6 +262,27 @@ fn user_event_document(
     Ok(document)
 }
 
+/// A webhook endpoint's event, kept beside the user events (the admin who
+/// made the change is its `user_id`).
+fn webhook_event_document(
+    event: &hub_core::webhooks::WebhookEvent,
+    delivered_at: Option<OffsetDateTime>,
+) -> Result<Document, Error> {
+    let data = bson_value(&event.data())
+        .ok_or_else(|| Error::internal(format!("event {} has unstorable data", event.id)))?;
+    let mut document = doc! {
+        "_id": event.id.to_string(),
+        "type": event.change.type_name(),
+        "user_id": event.by.map(|id| id.to_string()),
+        "at": bson_time(event.at),
+        "data": data,
+    };
+    if let Some(delivered_at) = delivered_at {
+        document.insert("delivered_at", bson_time(delivered_at));
+    }
+    Ok(document)
+}
+
 /// An event's JSON data as BSON; `None` for a number BSON cannot hold.
 fn bson_value(value: &serde_json::Value) -> Option<mongodb::bson::Bson> {
     use mongodb::bson::Bson;
@@ -318,6 +339,11 @@ impl ActivityLog for MongoActivityLog {
                     .insert_one(user_event_document(user, username, None)?)
                     .await
             }
+            DomainEvent::Webhook(webhook) => {
+                self.user_events
+                    .insert_one(webhook_event_document(webhook, None)?)
+                    .await
+            }
         };
         let recorded = match inserted {
             Ok(_) => true,
@@ -352,6 +378,9 @@ impl ActivityLog for MongoActivityLog {
                     pending.username.as_ref(),
                     Some(delivered_at),
                 )?),
+                DomainEvent::Webhook(event) => {
+                    users.push(webhook_event_document(event, Some(delivered_at))?);
+                }
             }
         }
         let recorded = Self::insert_new(

@@ -306,7 +306,7 @@ impl InMemorySessions {
             .into_iter()
             .filter_map(|event| match event {
                 DomainEvent::Session(event) => Some(event),
-                DomainEvent::User(_) => None,
+                DomainEvent::User(_) | DomainEvent::Webhook(_) => None,
             })
             .collect()
     }
@@ -672,12 +672,12 @@ impl Outbox for InMemoryOutbox {
                 })
                 .collect();
             free.sort_by_key(|row| row.position);
-            let events: Vec<DomainEvent> = free
+            let events: Vec<(i64, DomainEvent)> = free
                 .into_iter()
                 .take(usize::try_from(limit).unwrap_or(usize::MAX))
                 .map(|row| {
                     row.claim = Some(claim);
-                    row.event.clone()
+                    (row.position, row.event.clone())
                 })
                 .collect();
             (claim, events)
@@ -688,14 +688,18 @@ impl Outbox for InMemoryOutbox {
             claim,
             events: Vec::with_capacity(events.len()),
         };
-        for event in events {
+        for (position, event) in events {
             let username = match event.user_id() {
                 Some(user) => self
                     .users
                     .with(|users| users.get(&user).map(|u| u.username.clone()))?,
                 None => None,
             };
-            claimed.events.push(PendingEvent { event, username });
+            claimed.events.push(PendingEvent {
+                position,
+                event,
+                username,
+            });
         }
         Ok(Box::new(claimed))
     }
@@ -1727,6 +1731,7 @@ mod tests {
         let at = t0();
         let pending: Vec<PendingEvent> = (0..5)
             .map(|i| PendingEvent {
+                position: i + 1,
                 event: opened(&session(user, at + Span::seconds(i))).into(),
                 username: Some(Username::parse("alice").unwrap()),
             })
@@ -1753,6 +1758,7 @@ mod tests {
         let user = UserId::generate();
         let pending: Vec<PendingEvent> = (0..3)
             .map(|i| PendingEvent {
+                position: i + 1,
                 event: opened(&session(user, t0() + Span::seconds(i))).into(),
                 username: None,
             })

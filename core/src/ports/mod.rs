@@ -297,6 +297,8 @@ pub struct SessionQuery {
 /// user has since been deleted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingEvent {
+    /// Its position in the log (what `--after` and resumption take).
+    pub position: i64,
     pub event: DomainEvent,
     pub username: Option<Username>,
 }

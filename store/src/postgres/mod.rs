@@ -11,6 +11,7 @@ mod outbox;
 mod session_cache;
 mod sessions;
 mod users;
+mod webhooks;
 
 pub use devices::PgKnownDevices;
 pub use directory_cache::{CachedUsers, DirectoryStats};
@@ -21,6 +22,7 @@ pub use outbox::PgOutbox;
 pub use session_cache::CachedSessions;
 pub use sessions::PgSessionRepository;
 pub use users::PgUserRepository;
+pub use webhooks::PgWebhookEndpoints;
 
 use std::time::{Duration, Instant};
 

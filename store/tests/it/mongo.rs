@@ -181,6 +181,7 @@ async fn a_batch_records_new_events_and_recognises_repeats() {
         .map(|i| {
             let s = session(user, at + time::Duration::seconds(i));
             hub_core::PendingEvent {
+                position: i + 1,
                 event: SessionEvent::new(SessionEventKind::Opened, &s, s.created_at).into(),
                 username: Some(Username::parse("alice").unwrap()),
             }
@@ -233,15 +234,18 @@ async fn user_events_are_recorded_once_beside_session_events() {
     let mut pending: Vec<hub_core::PendingEvent> = changes
         .into_iter()
         .map(|change| hub_core::PendingEvent {
+            position: 0,
             event: UserEvent::new(Some(user), at, change).into(),
             username: Some(alice.clone()),
         })
         .collect();
     pending.push(hub_core::PendingEvent {
+        position: 0,
         event: UserEvent::new(None, at, UserChange::Imported { count: 3 }).into(),
         username: None,
     });
     pending.push(hub_core::PendingEvent {
+        position: 0,
         event: SessionEvent::new(SessionEventKind::Opened, &s, at).into(),
         username: Some(alice.clone()),
     });
