@@ -7,7 +7,13 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "../../proto";
     println!("cargo:rerun-if-changed={proto}");
-    let files = protox::compile(["polyhub/images/v1/images.proto"], [proto])?;
+    let files = protox::compile(
+        [
+            "polyhub/images/v1/images.proto",
+            "polyhub/events/v1/events.proto",
+        ],
+        [proto],
+    )?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("images_descriptor.bin"), files.encode_to_vec())?;
     tonic_prost_build::configure()

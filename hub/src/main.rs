@@ -61,6 +61,43 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Webhook endpoints: URLs that receive the event log's events, signed
+    /// per Standard Webhooks (docs/EVENTS.md).
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// Add an endpoint; prints it as JSON with its `secret` (`whsec_...`),
+    /// shown this once.
+    Add {
+        url: String,
+        /// Event types: exact (user.created), a prefix (user.*) or *.
+        #[arg(long, num_args = 1.., required = true)]
+        events: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Every endpoint as a JSON line, with its state (never its secret).
+    List,
+    /// Delete an endpoint and its queue.
+    Delete { id: String },
+    /// A new secret, printed as JSON; the old one signs beside it for
+    /// webhooks.rotation_grace_hours.
+    RotateSecret { id: String },
+    /// Deliver again every event after the one `--after` names (an `id`
+    /// of `hub events tail`).
+    Replay {
+        id: String,
+        #[arg(long)]
+        after: i64,
+    },
+    /// Deliver to a disabled endpoint again (the events from now on; replay
+    /// the missed ones).
+    Enable { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,7 +259,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", subscriber.to_json());
             }
         }
+        Command::Webhooks { command } => webhooks(&hub, command).await?,
         Command::Keys { .. } | Command::Check { .. } => {}
+    }
+    Ok(())
+}
+
+async fn webhooks(hub: &Hub, command: WebhooksCommand) -> anyhow::Result<()> {
+    let webhooks = hub.webhooks()?;
+    let id = |id: &str| hub_core::EndpointId::parse(id).map_err(operator_error);
+    match command {
+        WebhooksCommand::Add {
+            url,
+            events,
+            description,
+        } => {
+            let types = hub_core::EventTypes::parse(&events).map_err(operator_error)?;
+            let created = webhooks
+                .add(None, &url, types, &description)
+                .await
+                .map_err(operator_error)?;
+            let mut shown = created.endpoint.to_json();
+            if let Some(object) = shown.as_object_mut() {
+                object.insert("secret".to_owned(), created.secret.shown().into());
+            }
+            println!("{shown}");
+        }
+        WebhooksCommand::List => {
+            for endpoint in webhooks.list(None).await.map_err(operator_error)? {
+                println!("{}", endpoint.to_json());
+            }
+        }
+        WebhooksCommand::Delete { id: endpoint } => {
+            webhooks
+                .delete(None, id(&endpoint)?)
+                .await
+                .map_err(operator_error)?;
+            println!("deleted {endpoint}");
+        }
+        WebhooksCommand::RotateSecret { id: endpoint } => {
+            let (secret, until) = webhooks
+                .rotate_secret(None, id(&endpoint)?)
+                .await
+                .map_err(operator_error)?;
+            let until = until
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            println!(
+                "{}",
+                serde_json::json!({ "id": endpoint, "secret": secret.shown(), "previous_secret_until": until })
+            );
+        }
+        WebhooksCommand::Replay {
+            id: endpoint,
+            after,
+        } => {
+            let queued = webhooks
+                .replay(None, id(&endpoint)?, after)
+                .await
+                .map_err(operator_error)?;
+            println!("queued {queued} events again for {endpoint}");
+        }
+        WebhooksCommand::Enable { id: endpoint } => {
+            webhooks
+                .enable(None, id(&endpoint)?)
+                .await
+                .map_err(operator_error)?;
+            println!("enabled {endpoint}");
+        }
     }
     Ok(())
 }

@@ -84,10 +84,18 @@ impl Hub {
             tracing::info!("relay disabled here: another instance delivers the outbox");
             None
         };
+        // Webhooks are delivered beside the relay, in the background of
+        // the requests whose events they carry.
+        let dispatcher = if services.contains(&Service::Sessions) && self.config.webhooks.enabled {
+            Some(self.dispatcher()?)
+        } else {
+            None
+        };
         let assembly = Assembly {
             addresses,
             probes,
             relay: relay.as_ref().map(hub_core::Relay::status),
+            webhooks: dispatcher.as_ref().map(hub_core::Dispatcher::status),
         };
         let mut routers = Vec::new();
         for (_, listener) in &bound {
@@ -117,6 +125,13 @@ impl Hub {
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 relay.run(shutdown.wait()).await;
+                Ok(())
+            });
+        }
+        if let Some(dispatcher) = dispatcher {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                dispatcher.run(shutdown.wait()).await;
                 Ok(())
             });
         }

@@ -25,6 +25,8 @@ pub(crate) struct Assembly {
     /// listener when this process runs it, else its configured address.
     pub probes: Vec<(Service, String)>,
     pub relay: Option<Arc<RelayStatus>>,
+    /// This process's webhook delivery, when it runs it.
+    pub webhooks: Option<Arc<hub_core::DispatchStatus>>,
 }
 
 impl Assembly {
@@ -147,6 +149,8 @@ impl Hub {
                     importer: self.importer(),
                     import_batch: self.config.import.batch_size,
                     import_max_bytes: self.config.import.max_body_bytes,
+                    webhooks: self.webhooks()?,
+                    feeds: self.event_feeds()?,
                 };
                 let console = hub_console::routes(self.console(sign_in, assembly).await?);
                 hub_rest_auth::router_with(
@@ -198,7 +202,15 @@ impl Hub {
                     relay: assembly.relay.clone(),
                     outbox: self.outbox(),
                 },
-                context,
+                ServiceContext {
+                    readiness: context.readiness.clone().with_metrics(Arc::new(
+                        crate::events::WebhookMetrics {
+                            status: assembly.webhooks.clone(),
+                            endpoints: self.webhook_endpoints(),
+                        },
+                    )),
+                    ..context
+                },
             ),
             Service::SessionTracker => hub_sessions::tracker_router(
                 hub_sessions::SessionsState {
@@ -217,6 +229,7 @@ impl Hub {
                     max_message_bytes: self.config.images.max_message_bytes,
                     stall_timeout: self.config.images.stall_timeout(),
                     auth: hub_runtime::grpc::BearerAuth::new(self.tokens()?, Arc::new(SystemClock)),
+                    feeds: self.event_feeds()?,
                 },
                 context,
             ),

@@ -53,20 +53,24 @@ pub struct Hub {
     /// per process, so a lockout drops them for every port.
     verified_passwords: Arc<VerifiedPasswords>,
     /// The parts built on first use, shared by every clone of this hub.
-    once: Arc<BuiltOnce>,
+    pub(crate) once: Arc<BuiltOnce>,
 }
 
 /// What a process builds at most once, on first use (a command that serves
 /// nothing starts no sanitizing threads): every service, and every clone of
 /// the [`Hub`], gets the same one.
 #[derive(Default)]
-struct BuiltOnce {
+pub(crate) struct BuiltOnce {
     /// The S3 client and its connections.
     image_store: OnceLock<S3ObjectStore>,
     /// Its sanitizing pool, upload buffer pool and uploads-in-progress map
     /// are per process: one per service would double the threads and the
     /// pooled bytes, and let a user hold twice their uploads in progress.
     image_library: OnceLock<ImageLibrary>,
+    /// Webhook connections kept for the next delivery.
+    pub(crate) webhook_transport: OnceLock<Arc<hub_store::HttpWebhooks>>,
+    /// The feed slots (events.max_subscribers) are per process.
+    pub(crate) event_feeds: OnceLock<hub_core::feed::EventFeeds>,
 }
 
 impl std::fmt::Debug for Hub {

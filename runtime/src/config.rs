@@ -29,6 +29,8 @@ pub struct Config {
     pub directory: DirectoryConfig,
     pub mongo: MongoConfig,
     pub relay: RelayConfig,
+    pub webhooks: WebhooksConfig,
+    pub events: EventsConfig,
     pub images: ImagesConfig,
     pub soap: SoapConfig,
     pub limits: LimitsConfig,
@@ -421,6 +423,119 @@ impl RelayConfig {
             max_backoff: Duration::from_millis(self.max_backoff_ms.max(self.min_backoff_ms)),
             keep_delivered: Duration::from_secs(self.keep_delivered_hours * 3600),
             max_attempts: self.max_attempts.max(1),
+        }
+    }
+}
+
+/// Webhook endpoints and their delivery (docs/EVENTS.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Off: this process does not deliver (another instance does). On, it
+    /// delivers where the sessions service runs, like the relay.
+    pub enabled: bool,
+    /// Networks webhooks may reach although they are loopback or private
+    /// (CIDRs or addresses); nothing else that is not public.
+    pub allowed_networks: Vec<crate::forwarded::ProxyNet>,
+    pub max_endpoints: usize,
+    pub connect_timeout_ms: u64,
+    /// The whole exchange of one delivery.
+    pub timeout_ms: u64,
+    /// The most of a receiver's answer read.
+    pub max_response_bytes: usize,
+    pub batch_size: u32,
+    /// Users' events delivered side by side, per endpoint.
+    pub concurrency: usize,
+    pub idle_poll_ms: u64,
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// An endpoint failing this long is disabled.
+    pub disable_after_hours: u64,
+    /// How long a rotated secret still signs beside the new one.
+    pub rotation_grace_hours: u64,
+    /// Endpoints delivering at once (each holds a database connection
+    /// while it delivers a batch).
+    pub max_busy_endpoints: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let core = hub_core::DispatchSettings::default();
+        Self {
+            enabled: true,
+            allowed_networks: Vec::new(),
+            max_endpoints: 50,
+            connect_timeout_ms: 5_000,
+            timeout_ms: 15_000,
+            max_response_bytes: 4096,
+            batch_size: core.batch_size,
+            concurrency: core.concurrency,
+            idle_poll_ms: millis(core.idle_poll),
+            min_backoff_ms: millis(core.min_backoff),
+            max_backoff_ms: millis(core.max_backoff),
+            disable_after_hours: core.disable_after.as_secs() / 3600,
+            rotation_grace_hours: 24,
+            max_busy_endpoints: core.max_busy_endpoints,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    pub fn dispatch(&self) -> hub_core::DispatchSettings {
+        hub_core::DispatchSettings {
+            batch_size: self.batch_size.clamp(1, 10_000),
+            concurrency: self.concurrency.clamp(1, 256),
+            idle_poll: Duration::from_millis(self.idle_poll_ms.max(1)),
+            min_backoff: Duration::from_millis(self.min_backoff_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms.max(self.min_backoff_ms)),
+            disable_after: Duration::from_secs(self.disable_after_hours.max(1) * 3600),
+            refresh: hub_core::DispatchSettings::default().refresh,
+            max_busy_endpoints: self.max_busy_endpoints.max(1),
+        }
+    }
+
+    pub fn limits(&self) -> hub_core::webhooks::WebhookLimits {
+        hub_core::webhooks::WebhookLimits {
+            max_endpoints: self.max_endpoints,
+            rotation_grace: Duration::from_secs(self.rotation_grace_hours * 3600),
+        }
+    }
+}
+
+/// The live event feeds: the WebSocket on rest-auth's port and the gRPC
+/// `Events/Watch` stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Feeds open at once, per process; one more is refused (503).
+    pub max_subscribers: usize,
+    /// Events waiting for one slow reader; a full buffer closes its feed.
+    pub buffer: usize,
+    /// How often a feed looks for new events.
+    pub poll_ms: u64,
+    /// How often a feed checks that its caller is still an admin with a
+    /// valid token.
+    pub recheck_secs: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            max_subscribers: 64,
+            buffer: 1024,
+            poll_ms: 100,
+            recheck_secs: 30,
+        }
+    }
+}
+
+impl EventsConfig {
+    pub fn feed(&self) -> hub_core::feed::FeedSettings {
+        hub_core::feed::FeedSettings {
+            buffer: self.buffer.clamp(1, 1_000_000),
+            poll: Duration::from_millis(self.poll_ms.max(10)),
+            recheck: Duration::from_secs(self.recheck_secs.max(1)),
+            batch: 500,
         }
     }
 }

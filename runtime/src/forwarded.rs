@@ -58,6 +58,13 @@ pub const IDENTITY_HEADERS: [HeaderName; 3] = [
 #[serde(try_from = "String")]
 pub struct ProxyNet(IpNet);
 
+impl ProxyNet {
+    /// The network itself.
+    pub const fn network(self) -> IpNet {
+        self.0
+    }
+}
+
 impl FromStr for ProxyNet {
     type Err = String;
 

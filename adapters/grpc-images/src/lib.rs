@@ -13,12 +13,19 @@ pub mod pb {
     #![allow(clippy::all, missing_debug_implementations, unused_qualifications)]
     tonic::include_proto!("polyhub.images.v1");
 
+    pub mod events {
+        //! polyhub.events.v1: the live event feed.
+        #![allow(clippy::all, missing_debug_implementations, unused_qualifications)]
+        tonic::include_proto!("polyhub.events.v1");
+    }
+
     /// The encoded descriptor set of images.proto, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/images_descriptor.bin"));
 }
 
 mod delivery;
+pub mod events;
 mod upload;
 
 /// Where stored images are read from; hub-core's, so the console shows the
@@ -82,6 +89,8 @@ pub struct ImagesState {
     pub stall_timeout: std::time::Duration,
     /// Checks the bearer token of every call before it reaches a handler.
     pub auth: BearerAuth,
+    /// The live event feed's opener (one per process), for Events/Watch.
+    pub feeds: hub_core::feed::EventFeeds,
 }
 
 /// `polyhub_image_uploads_in_progress`: uploads streaming in or being
@@ -354,10 +363,17 @@ pub fn router(
         .max_encoding_message_size(max),
         state.auth.clone(),
     );
+    let events = tonic::service::interceptor::InterceptedService::new(
+        pb::events::events_server::EventsServer::new(events::Events {
+            feeds: state.feeds.clone(),
+        }),
+        state.auth.clone(),
+    );
     fn path<S: NamedService>(_: &S) -> String {
         format!("/{}/{{*rpc}}", S::NAME)
     }
     let images_path = path(&images);
+    let events_path = path(&events);
     let images = tower::ServiceExt::<axum::http::Request<axum::body::Body>>::map_response(
         images,
         move |r| own_refusal(r, max),
@@ -376,6 +392,7 @@ pub fn router(
                 .with_state(state.clone()),
         )
         .route_service(&images_path, images)
+        .route_service(&events_path, events)
         .route_service(&path(&health), health)
         .route_service(&path(&reflection), reflection);
     let methods = grpc_methods(&[

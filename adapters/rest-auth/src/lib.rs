@@ -6,7 +6,9 @@
 //! into domain calls and back; every rule lives in hub-core.
 
 pub mod api;
+pub mod feed;
 mod openapi;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +45,10 @@ pub struct RestAuthState {
     /// Users stored per database batch, and the largest import body.
     pub import_batch: usize,
     pub import_max_bytes: usize,
+    /// Webhook endpoints, for admins.
+    pub webhooks: hub_core::Webhooks,
+    /// The live event feed's opener (one per process).
+    pub feeds: hub_core::feed::EventFeeds,
 }
 
 impl std::fmt::Debug for RestAuthState {
@@ -335,6 +341,18 @@ pub fn router_with(
             "/admin/users/import",
             post(import_users).layer(axum::extract::DefaultBodyLimit::max(import_max_bytes)),
         )
+        .route("/admin/webhooks", get(webhooks::list).post(webhooks::add))
+        .route(
+            "/admin/webhooks/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route(
+            "/admin/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/admin/webhooks/{id}/replay", post(webhooks::replay))
+        .route("/admin/webhooks/{id}/enable", post(webhooks::enable))
+        .route("/events/ws", get(feed::events_ws))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/test-db", get(test_db))
         .route(

@@ -74,6 +74,12 @@ async fn world() -> World {
         max_message_bytes: 4 * 1024 * 1024,
         stall_timeout: Duration::from_secs(5),
         auth: BearerAuth::new(tokens, Arc::new(SystemClock)),
+        feeds: hub_core::feed::EventFeeds::new(
+            Arc::new(auth.sessions.event_log()),
+            auth.authentication.clone(),
+            hub_runtime::config::EventsConfig::default().feed(),
+            4,
+        ),
     };
     let context = ServiceContext {
         service: Service::GrpcImages,
