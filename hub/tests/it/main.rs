@@ -12,3 +12,4 @@ mod import_costs;
 mod metrics;
 mod per_process;
 mod serving;
+mod webhooks;
