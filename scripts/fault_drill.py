@@ -260,6 +260,48 @@ def check_recovery(traffic, name, kinds, back, settle):
     say(f"{name} back: every protocol succeeds again within {RECOVERY}s ({len(after)} answers after)")
 
 
+def check_webhooks(endpoint: str, out: pathlib.Path) -> None:
+    """Every user and session event written after the endpoint was added
+    reached the receiver, verified; each user's in the log's order; a
+    duplicate only ever with the same webhook-id and body."""
+    subscriber = f"webhook:{endpoint}"
+    deadline = time.monotonic() + 90
+    while psql("SELECT count(*) FROM event_deliveries "
+               f"WHERE subscriber = '{subscriber}' AND delivered_at IS NULL") != "0":
+        if time.monotonic() > deadline:
+            fail("the webhook endpoint's queue did not drain after its receiver returned")
+        time.sleep(0.5)
+    lines = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    rejected = [line for line in lines if line["outcome"] == "rejected"]
+    if rejected:
+        fail(f"deliveries the standardwebhooks library refused: {rejected[:3]}")
+    verified = [line for line in lines if line["outcome"] == "verified"]
+    queued = set(psql(f"SELECT e.event_id FROM events e JOIN event_deliveries d ON d.event_id = e.id "
+                      f"WHERE d.subscriber = '{subscriber}'").split())
+    received, first = {}, []
+    for line in verified:
+        body = line["body"]
+        if line["webhook_id"] != body["event_id"]:
+            fail(f"webhook-id {line['webhook_id']} is not its event's id {body['event_id']}")
+        if body["event_id"] in received:
+            if received[body["event_id"]] != body:
+                fail(f"event {body['event_id']} came twice with different bodies")
+            continue
+        received[body["event_id"]] = body
+        first.append(body)
+    missing = queued - set(received)
+    if missing or not queued:
+        fail(f"{len(queued)} events queued for the webhook, {len(missing)} never arrived")
+    last = {}
+    for body in first:
+        user = body["user_id"]
+        if user in last and body["id"] < last[user]:
+            fail(f"user {user}'s event {body['id']} arrived after its later event {last[user]}")
+        last[user] = body["id"]
+    say(f"{len(queued)} webhook deliveries verified by standardwebhooks, each user's in order, "
+        f"{len(verified) - len(first)} repeats, all with their webhook-id")
+
+
 def main():
     mongo_port, s3_port = free_port(), free_port()
     mongo = Server("mongo", mongo_port, [str(ROOT / ".venv/bin/secantusd-py"), "--host", "127.0.0.1",
@@ -279,6 +321,10 @@ def main():
         "POLYHUB_MONGO__URL": f"mongodb://127.0.0.1:{mongo_port}/?retryWrites=false",
         "POLYHUB_MONGO__SERVER_SELECTION_TIMEOUT_MS": "1000",
         "POLYHUB_RELAY__MAX_BACKOFF_MS": "1000",
+        # The drill's webhook receiver is on loopback; it may be reached.
+        "POLYHUB_WEBHOOKS__ALLOWED_NETWORKS": '["127.0.0.1/32"]',
+        "POLYHUB_WEBHOOKS__MIN_BACKOFF_MS": "200",
+        "POLYHUB_WEBHOOKS__MAX_BACKOFF_MS": "2000",
         "POLYHUB_IMAGES__S3__ENDPOINT": f"http://127.0.0.1:{s3_port}",
         "POLYHUB_IMAGES__S3__ACCESS_KEY": S3_KEYS[0],
         "POLYHUB_IMAGES__S3__SECRET_KEY": S3_KEYS[1],
@@ -299,6 +345,19 @@ def main():
     subprocess.run([HUB, "keys", "generate", "--out", env["POLYHUB_TOKENS__SIGNING_KEY_PATH"]],
                    env=env, check=True, capture_output=True)
     subprocess.run([HUB, "migrate"], env=env, check=True, capture_output=True)
+    # A webhook endpoint for every user and session event, added with the
+    # operator's command; its receiver verifies each delivery with the
+    # standardwebhooks library.
+    hook_port = free_port()
+    added = subprocess.run([HUB, "webhooks", "add", f"http://127.0.0.1:{hook_port}/hook",
+                            "--events", "user.*", "session.*"],
+                           env=env, check=True, capture_output=True, text=True)
+    endpoint = json.loads(added.stdout)
+    hooks_out = DRILL / "webhooks.jsonl"
+    receiver = Server("webhook-receiver", hook_port, [
+        str(ROOT / ".venv/bin/python"), str(ROOT / "hub/tests/clients/webhook_receiver.py"),
+        str(hook_port), str(hooks_out), endpoint["secret"], "--max-seconds", "600"])
+    receiver.start()
     log = open(DRILL / "hub.log", "ab")
     hub = subprocess.Popen([HUB, "serve"], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     urls = {}
@@ -364,6 +423,12 @@ def main():
         check_outage(traffic, "S3 (other protocols)", ["login-verify", "rest-register"], down, back,
                      must_fail=False)
         check_recovery(traffic, "S3", ["grpc-upload"], back, time.monotonic())
+
+        # The webhook receiver: away 10 s, deliveries wait and come later.
+        receiver.stop()
+        time.sleep(OUTAGE)
+        receiver.start()
+        time.sleep(RECOVERY)
         traffic.stop()
 
         # Nothing lost, nothing half written.
@@ -398,6 +463,8 @@ def main():
             fail(f"{users} users but {created} user.created events")
         say(f"{users} users, each with its user.created event")
 
+        check_webhooks(endpoint["id"], hooks_out)
+
         client = boto3.client("s3", endpoint_url=env["POLYHUB_IMAGES__S3__ENDPOINT"],
                               aws_access_key_id=S3_KEYS[0], aws_secret_access_key=S3_KEYS[1],
                               region_name="us-east-1",
@@ -417,7 +484,7 @@ def main():
             hub.wait(timeout=30)
         except subprocess.TimeoutExpired:
             hub.kill()
-        for server in (mongo, s3):
+        for server in (mongo, s3, receiver):
             if server.process and server.process.poll() is None:
                 server.process.kill()
 
