@@ -20,8 +20,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
@@ -34,6 +36,11 @@ use crate::webhooks::{
     Delivery, EndpointId, SigningKeys, WebhookChange, WebhookEndpoints, WebhookEvent,
     WebhookTransport,
 };
+
+/// The most one round may take: it stops starting deliveries then. Its
+/// queue's lease (hub-store's `DELIVERY_LEASE`, 60 s) covers this plus one
+/// delivery's timeout (`webhooks.timeout_ms` is at most 25 s).
+pub const ROUND_BUDGET: Duration = Duration::from_secs(30);
 
 /// How the dispatcher paces itself.
 #[derive(Debug, Clone)]
@@ -137,6 +144,7 @@ pub fn body(event: &LoggedEvent) -> Vec<u8> {
 
 /// How one user's run of a batch went.
 struct StreamOutcome {
+    key: Uuid,
     delivered: Vec<Uuid>,
     /// Why the first undelivered event failed.
     failure: Option<String>,
@@ -169,7 +177,9 @@ impl Dispatcher {
     /// and stopped as endpoints are added, deleted, disabled and enabled.
     pub async fn run(self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut workers: HashMap<EndpointId, AbortHandle> = HashMap::new();
+        // Each worker's stop flag: a worker is asked to stop, never aborted,
+        // so it never leaves a database call half done.
+        let mut workers: HashMap<EndpointId, (AbortHandle, Arc<AtomicBool>)> = HashMap::new();
         let mut tasks = JoinSet::new();
         let mut listing_failed = false;
         loop {
@@ -183,17 +193,19 @@ impl Dispatcher {
                         .filter(|e| e.disabled_at.is_none())
                         .map(|e| e.id)
                         .collect();
-                    workers.retain(|id, handle| {
+                    workers.retain(|id, (handle, stop)| {
                         let keep = enabled.contains(id) && !handle.is_finished();
                         if !keep {
-                            handle.abort();
+                            stop.store(true, Ordering::Relaxed);
                         }
-                        keep
+                        keep || !handle.is_finished()
                     });
                     for id in enabled {
                         if let std::collections::hash_map::Entry::Vacant(slot) = workers.entry(id) {
-                            let worker = self.clone();
-                            slot.insert(tasks.spawn(async move { worker.deliver(id).await }));
+                            let (worker, stop) = (self.clone(), Arc::new(AtomicBool::new(false)));
+                            let flag = Arc::clone(&stop);
+                            let handle = tasks.spawn(async move { worker.deliver(id, flag).await });
+                            slot.insert((handle, stop));
                         }
                     }
                 }
@@ -214,27 +226,50 @@ impl Dispatcher {
     }
 
     /// One endpoint's worker: returns when the endpoint is gone or disabled.
-    async fn deliver(self, id: EndpointId) {
+    async fn deliver(self, id: EndpointId, stop: Arc<AtomicBool>) {
         let queue = self.endpoints.queue(id);
         let mut backoff = self.settings.min_backoff;
-        let mut failing = false;
+        let mut blocked = Blocked::default();
+        // Unknown at start (an earlier process may have left failing_since
+        // set): the first clean round clears it.
+        let mut failing = true;
+        let mut warned = false;
         loop {
-            let round = self.round(id, &*queue).await;
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let round = self.round(id, &*queue, &mut blocked).await;
             let pause = match round {
                 Ok(Round::Idle) => self.settings.idle_poll,
-                Ok(Round::Delivered) => {
+                Ok(Round::Waiting(until)) => until
+                    .saturating_duration_since(Instant::now())
+                    .clamp(self.settings.idle_poll, self.settings.max_backoff),
+                Ok(Round::Delivered { failure: None }) if blocked.is_empty() => {
                     if std::mem::take(&mut failing) {
                         backoff = self.settings.min_backoff;
                         if let Err(e) = self.endpoints.recovered(id).await {
                             tracing::warn!(endpoint = %id, error = %e, "cannot record a webhook endpoint's recovery");
                         }
-                        tracing::info!(endpoint = %id, "webhook endpoint accepting deliveries again");
+                        if std::mem::take(&mut warned) {
+                            tracing::info!(endpoint = %id, "webhook endpoint accepting deliveries again");
+                        }
+                    }
+                    Duration::ZERO
+                }
+                // Some users' events went, another's was refused: the others
+                // go on at once, the refused user's after its own backoff.
+                Ok(Round::Delivered { failure }) => {
+                    if let Some(reason) = failure {
+                        failing = true;
+                        if self.record_failure(id, &reason).await {
+                            return;
+                        }
                     }
                     Duration::ZERO
                 }
                 Ok(Round::Stopped) => return,
                 Ok(Round::Failed(reason)) => {
-                    if !failing {
+                    if !std::mem::replace(&mut warned, true) {
                         tracing::warn!(endpoint = %id, reason = %reason, "webhook delivery failing; retrying with backoff");
                     }
                     failing = true;
@@ -247,7 +282,7 @@ impl Dispatcher {
                 }
                 Err(e) => {
                     tracing::warn!(endpoint = %id, error = %e, "webhook queue unreadable; retrying");
-                    jittered(self.settings.min_backoff)
+                    jittered(self.settings.min_backoff.max(Duration::from_millis(100)))
                 }
             };
             if !pause.is_zero() {
@@ -292,14 +327,14 @@ impl Dispatcher {
             None,
             self.clock.now(),
             WebhookChange::Disabled {
-                url: url.clone(),
+                url: crate::webhooks::origin(&url),
                 reason: why.to_owned(),
             },
         );
         match self.endpoints.disable(id, why, &event).await {
             Ok(()) => {
                 self.status.disabled.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(endpoint = %id, url = %url, reason = %why, "webhook endpoint disabled; `hub webhooks enable` resumes it");
+                tracing::error!(endpoint = %id, origin = %crate::webhooks::origin(&url), reason = %why, "webhook endpoint disabled; `hub webhooks enable` resumes it");
                 true
             }
             Err(e) => {
@@ -309,47 +344,59 @@ impl Dispatcher {
         }
     }
 
-    /// One claim of the queue, delivered.
+    /// One claim of the queue, delivered within [`ROUND_BUDGET`]. Users
+    /// whose earlier event was refused are skipped until their own retry
+    /// time (their events stay queued, in order).
     async fn round(
         &self,
         id: EndpointId,
         queue: &dyn crate::ports::Outbox,
+        blocked: &mut Blocked,
     ) -> Result<Round, Error> {
         let Ok(_permit) = self.busy.acquire().await else {
             return Ok(Round::Stopped);
         };
-        let claim = queue.claim(self.settings.batch_size).await?;
-        if claim.events().is_empty() {
-            return Ok(Round::Idle);
-        }
+        // What the round needs is read before the claim.
         let Some(keys) = self.endpoints.keys(id, self.clock.now()).await? else {
             return Ok(Round::Stopped);
         };
         let Some(url) = self.endpoints.get(id).await?.map(|e| e.url) else {
             return Ok(Round::Stopped);
         };
+        let claim = queue.claim(self.settings.batch_size).await?;
+        if claim.events().is_empty() {
+            return Ok(Round::Idle);
+        }
+        let now = Instant::now();
         let mut streams: Vec<(Uuid, Vec<PendingEvent>)> = Vec::new();
+        let mut waiting_until: Option<Instant> = None;
         for pending in claim.events() {
-            let key = pending
-                .event
-                .user_id()
-                .map_or(pending.event.stream(), |user| user.as_uuid());
+            let key = stream_of(pending);
+            if let Some(until) = blocked.until(key, now) {
+                waiting_until = Some(waiting_until.map_or(until, |w| w.min(until)));
+                continue;
+            }
             match streams.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, events)) => events.push(pending.clone()),
                 None => streams.push((key, vec![pending.clone()])),
             }
         }
+        if streams.is_empty() {
+            claim.settle(&[], &[], self.clock.now(), u32::MAX).await?;
+            return Ok(Round::Waiting(waiting_until.unwrap_or(now)));
+        }
+        let deadline = now + ROUND_BUDGET;
         let (keys, url): (Arc<SigningKeys>, Arc<str>) = (Arc::new(keys), url.into());
         let mut running = JoinSet::new();
         let mut outcomes = Vec::with_capacity(streams.len());
-        for (_, events) in streams {
+        for (key, events) in streams {
             if running.len() >= self.settings.concurrency.max(1)
                 && let Some(Ok(outcome)) = running.join_next().await
             {
                 outcomes.push(outcome);
             }
             let (this, keys, url) = (self.clone(), Arc::clone(&keys), Arc::clone(&url));
-            running.spawn(async move { this.stream(&url, &keys, events).await });
+            running.spawn(async move { this.stream(key, &url, &keys, events, deadline).await });
         }
         while let Some(done) = running.join_next().await {
             if let Ok(outcome) = done {
@@ -359,37 +406,48 @@ impl Dispatcher {
         let delivered: Vec<Uuid> = outcomes.iter().flat_map(|o| o.delivered.clone()).collect();
         let gone = outcomes.iter().any(|o| o.gone);
         let failure = outcomes.iter().find_map(|o| o.failure.clone());
-        let all = delivered.len() == claim.events().len();
-        let now = self.clock.now();
-        if all {
-            claim.delivered(now).await?;
+        for outcome in &outcomes {
+            match &outcome.failure {
+                Some(_) => blocked.refused(outcome.key, &self.settings),
+                None => blocked.accepted(outcome.key),
+            }
+        }
+        let at = self.clock.now();
+        if delivered.len() == claim.events().len() {
+            claim.delivered(at).await?;
         } else {
-            claim.settle(&delivered, &[], now, u32::MAX).await?;
+            claim.settle(&delivered, &[], at, u32::MAX).await?;
         }
         if gone {
             self.disable(id, "the receiver answered 410 Gone").await;
             return Ok(Round::Stopped);
         }
         Ok(match failure {
-            Some(reason) => Round::Failed(reason),
-            None => Round::Delivered,
+            Some(reason) if delivered.is_empty() => Round::Failed(reason),
+            failure => Round::Delivered { failure },
         })
     }
 
     /// One user's events of a batch, in order, stopping at the first that
-    /// is not accepted.
+    /// is not accepted, or at the round's deadline.
     async fn stream(
         &self,
+        key: Uuid,
         url: &str,
         keys: &SigningKeys,
         events: Vec<PendingEvent>,
+        deadline: Instant,
     ) -> StreamOutcome {
         let mut outcome = StreamOutcome {
+            key,
             delivered: Vec::with_capacity(events.len()),
             failure: None,
             gone: false,
         };
         for pending in events {
+            if Instant::now() >= deadline {
+                break;
+            }
             let logged = LoggedEvent {
                 position: pending.position,
                 event: pending.event,
@@ -436,12 +494,57 @@ impl Dispatcher {
     }
 }
 
+/// What must arrive in order at a receiver: a user's events (their own and
+/// their sessions'); an event of no user stands alone.
+fn stream_of(pending: &PendingEvent) -> Uuid {
+    pending
+        .event
+        .user_id()
+        .map_or(pending.event.stream(), |user| user.as_uuid())
+}
+
+/// Users whose last event was refused, and when each may be tried again:
+/// one user's refused event holds back that user's later events only.
+#[derive(Debug, Default)]
+struct Blocked(HashMap<Uuid, (Instant, Duration)>);
+
+impl Blocked {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// When `key` may be tried again, if not yet.
+    fn until(&self, key: Uuid, now: Instant) -> Option<Instant> {
+        self.0
+            .get(&key)
+            .map(|(until, _)| *until)
+            .filter(|until| *until > now)
+    }
+
+    fn refused(&mut self, key: Uuid, settings: &DispatchSettings) {
+        let wait = match self.0.get(&key) {
+            Some((_, last)) => (*last * 2).min(settings.max_backoff),
+            None => settings.min_backoff,
+        };
+        // Bounded: at most one entry per user of the claimed batches.
+        if self.0.len() < 100_000 {
+            self.0.insert(key, (Instant::now() + jittered(wait), wait));
+        }
+    }
+
+    fn accepted(&mut self, key: Uuid) {
+        self.0.remove(&key);
+    }
+}
+
 enum Round {
     /// Nothing to deliver.
     Idle,
-    /// Everything claimed was accepted.
-    Delivered,
-    /// Some event was not accepted: why.
+    /// Everything claimed belongs to users waiting for their retry time.
+    Waiting(Instant),
+    /// Some events were accepted; `failure` says why another was not.
+    Delivered { failure: Option<String> },
+    /// Nothing was accepted: why.
     Failed(String),
     /// The endpoint is gone or disabled.
     Stopped,

@@ -99,6 +99,18 @@ impl EventTypes {
     }
 }
 
+/// A URL's scheme, host and port, without path or query: what logs and
+/// events show of an endpoint's URL, whose path or query may itself be a
+/// credential (a token in a chat service's hook URL).
+pub fn origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return String::new();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}")
+}
+
 /// An endpoint's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EndpointId(Uuid);
@@ -568,12 +580,12 @@ impl Webhooks {
             by,
             now,
             WebhookChange::Created {
-                url: endpoint.url.clone(),
+                url: origin(&endpoint.url),
                 types: endpoint.types.as_slice().to_vec(),
             },
         );
         self.endpoints.create(&endpoint, &secret, &event).await?;
-        tracing::info!(endpoint = %endpoint.id, url = %endpoint.url, by = ?by, "webhook endpoint added");
+        tracing::info!(endpoint = %endpoint.id, origin = %origin(&endpoint.url), by = ?by, "webhook endpoint added");
         Ok(CreatedEndpoint { endpoint, secret })
     }
 
@@ -599,13 +611,13 @@ impl Webhooks {
             by,
             self.clock.now(),
             WebhookChange::Deleted {
-                url: endpoint.url.clone(),
+                url: origin(&endpoint.url),
             },
         );
         if !self.endpoints.delete(id, &event).await? {
             return Err(no_endpoint());
         }
-        tracing::info!(endpoint = %id, url = %endpoint.url, by = ?by, "webhook endpoint deleted");
+        tracing::info!(endpoint = %id, origin = %origin(&endpoint.url), by = ?by, "webhook endpoint deleted");
         Ok(())
     }
 
@@ -682,6 +694,19 @@ mod tests {
         );
         assert!(EventTypes::parse(["user.creatd"]).is_err());
         assert!(EventTypes::parse(Vec::<String>::new()).is_err());
+    }
+
+    #[test]
+    fn logs_and_events_show_only_the_origin() {
+        assert_eq!(
+            origin("https://hooks.example.com/services/T0/B0/secret?x=1"),
+            "https://hooks.example.com"
+        );
+        assert_eq!(
+            origin("http://u:p@127.0.0.1:8080?t=1"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(origin("nonsense"), "");
     }
 
     #[test]

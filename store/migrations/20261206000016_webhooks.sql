@@ -28,3 +28,10 @@ CREATE TABLE webhook_endpoints (
 
 -- A subscriber's name must fit event_subscribers' check (64): "webhook:" +
 -- a UUID is 44.
+
+-- A webhook endpoint's queue is delivered by one instance at a time, under
+-- a lease taken in a short transaction (store/src/postgres/leased.rs): no
+-- transaction stays open while a receiver is waited on.
+ALTER TABLE event_subscribers
+    ADD COLUMN lease_owner uuid,
+    ADD COLUMN lease_until timestamptz;

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -98,9 +98,12 @@ impl Target {
             https,
             port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
             host,
-            path: uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            // `http://h?x=1` has no path: the request line needs `/?x=1`.
+            path: match uri.path_and_query().map(|p| p.as_str()) {
+                Some(p) if p.starts_with('/') => p.to_owned(),
+                Some(p) => format!("/{p}"),
+                None => "/".to_owned(),
+            },
         })
     }
 
@@ -139,8 +142,11 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public_v4(v4);
             }
             let s = v6.segments();
-            // NAT64 (64:ff9b::/96) carries an IPv4 address.
-            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+            // NAT64 (64:ff9b::/96) and SIIT (::ffff:0:0:0/96) carry an
+            // IPv4 address.
+            let embedded = (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0])
+                || (s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0);
+            if embedded {
                 let [a, b] = s[6].to_be_bytes();
                 let [c, d] = s[7].to_be_bytes();
                 return is_public_v4(Ipv4Addr::new(a, b, c, d));
@@ -152,6 +158,7 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
                 || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64, 64:ff9b:1::/48
                 || (s[0] == 0x2002) // 6to4 hides an IPv4 address
                 || (s[0] == 0x2001 && s[1] == 0) // Teredo
                 || s[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible, deprecated
@@ -181,8 +188,11 @@ type Sender = SendRequest<Full<Bytes>>;
 pub struct HttpWebhooks {
     settings: WebhookHttpSettings,
     tls: tokio_rustls::TlsConnector,
-    idle: Mutex<HashMap<String, Vec<Sender>>>,
+    idle: Mutex<HashMap<String, Vec<(Sender, Instant)>>>,
 }
+
+/// How long a kept connection waits for the next delivery.
+const KEEP_IDLE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for HttpWebhooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -287,23 +297,31 @@ impl HttpWebhooks {
     fn idle_sender(&self, origin: &str) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
         let senders = idle.get_mut(origin)?;
-        while let Some(sender) = senders.pop() {
-            if !sender.is_closed() {
+        while let Some((sender, since)) = senders.pop() {
+            if !sender.is_closed() && since.elapsed() < KEEP_IDLE {
                 return Some(sender);
             }
         }
         None
     }
 
+    /// Keeps `sender` for the next delivery to `origin`; connections idle
+    /// past [`KEEP_IDLE`] (of any origin, a deleted endpoint's too) go.
     fn keep(&self, origin: String, sender: Sender) {
         if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|_, senders| {
+                senders.retain(|(s, since)| !s.is_closed() && since.elapsed() < KEEP_IDLE);
+                !senders.is_empty()
+            });
             let senders = idle.entry(origin).or_default();
             if senders.len() < self.settings.max_idle_per_origin {
-                senders.push(sender);
+                senders.push((sender, Instant::now()));
             }
         }
     }
 
+    /// One POST: on a kept connection if there is one (once more on a
+    /// fresh one if the receiver had closed it), else on a new one.
     async fn exchange(
         &self,
         target: &Target,
@@ -311,10 +329,29 @@ impl HttpWebhooks {
         body: &[u8],
     ) -> Result<Delivery, Failure> {
         let origin = target.origin();
-        let mut sender = match self.idle_sender(&origin) {
-            Some(sender) => sender,
-            None => self.connect(target).await?,
-        };
+        if let Some(sender) = self.idle_sender(&origin) {
+            match self
+                .send_on(sender, target, origin.clone(), headers, body)
+                .await
+            {
+                Err(Failure::Network(why)) => {
+                    tracing::debug!(reason = %why, "a kept webhook connection failed; trying a new one");
+                }
+                other => return other,
+            }
+        }
+        let sender = self.connect(target).await?;
+        self.send_on(sender, target, origin, headers, body).await
+    }
+
+    async fn send_on(
+        &self,
+        mut sender: Sender,
+        target: &Target,
+        origin: String,
+        headers: &[(&'static str, String)],
+        body: &[u8],
+    ) -> Result<Delivery, Failure> {
         sender
             .ready()
             .await
@@ -362,8 +399,13 @@ impl HttpWebhooks {
                 "HTTP {status}: redirects are not followed; point the endpoint at the final URL"
             ))
         } else {
-            let text = String::from_utf8_lossy(&read);
-            let text: String = text.chars().take(200).collect();
+            // The receiver's words, shown to admins and logged: no control
+            // character passes (no forged log lines).
+            let text: String = String::from_utf8_lossy(&read)
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
             Delivery::Failed(format!("HTTP {status}: {}", text.trim()))
         })
     }
@@ -441,6 +483,8 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:a9fe:a9fe",
             "2002:7f00:1::",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
@@ -458,6 +502,10 @@ mod tests {
             (true, "hooks.example.com", 443, "/in?x=1")
         );
         assert_eq!(Target::parse("http://[::1]:8080").unwrap().host, "::1");
+        assert_eq!(
+            Target::parse("https://h.example?token=x").unwrap().path,
+            "/?token=x"
+        );
         assert_eq!(
             Target::parse("http://[::1]:8080").unwrap().authority(),
             "[::1]:8080"

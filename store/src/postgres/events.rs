@@ -119,6 +119,46 @@ macro_rules! columns {
     };
 }
 
+/// The events after `after`, in one snapshot (see [`PgEventLog`]).
+async fn read_after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<EventRow>, Error> {
+    // One snapshot for the check and the read, so a prune in
+    // between cannot make the read skip what it deleted.
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| classify("reading the event log", e))?;
+    let behind: Option<bool> = sqlx::query_scalar(
+        "SELECT (a.tx, a.id) < (p.tx, p.id) FROM events a, event_log_pruned p \
+         WHERE a.id = $1",
+    )
+    .bind(after)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| classify("reading the event log", e))?;
+    match behind {
+        None => return Err(no_such_position(after)),
+        Some(true) => return Err(pruned_past(after)),
+        Some(false) => {}
+    }
+    let rows = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM events e, events a \
+         WHERE a.id = $1 AND (e.tx, e.id) > (a.tx, a.id) \
+           AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY e.tx, e.id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| classify("reading the event log", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| classify("reading the event log", e))?;
+    Ok(rows)
+}
+
 #[async_trait]
 impl EventLog for PgEventLog {
     async fn read(&self, after: Option<i64>, limit: u32) -> Result<Vec<LoggedEvent>, Error> {
@@ -136,40 +176,15 @@ impl EventLog for PgEventLog {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| classify("reading the event log", e))?,
+            // On a task of its own: a reader that goes away mid-read (a
+            // feed whose client hung up) must not cut the transaction short
+            // between its BEGIN and its end, which could hand the pool a
+            // connection still inside a read-only transaction.
             Some(after) => {
-                // One snapshot for the check and the read, so a prune in
-                // between cannot make the read skip what it deleted.
-                let mut tx = self
-                    .pool
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                let pool = self.pool.clone();
+                tokio::spawn(async move { read_after(&pool, after, limit).await })
                     .await
-                    .map_err(|e| classify("reading the event log", e))?;
-                let behind: Option<bool> = sqlx::query_scalar(
-                    "SELECT (a.tx, a.id) < (p.tx, p.id) FROM events a, event_log_pruned p \
-                     WHERE a.id = $1",
-                )
-                .bind(after)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| classify("reading the event log", e))?;
-                match behind {
-                    None => return Err(no_such_position(after)),
-                    Some(true) => return Err(pruned_past(after)),
-                    Some(false) => {}
-                }
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    columns!(),
-                    " FROM events e, events a \
-                     WHERE a.id = $1 AND (e.tx, e.id) > (a.tx, a.id) \
-                       AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
-                     ORDER BY e.tx, e.id LIMIT $2"
-                ))
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| classify("reading the event log", e))?
+                    .map_err(|e| Error::internal(format!("reading the event log: {e}")))??
             }
         };
         rows.into_iter()

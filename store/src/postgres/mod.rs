@@ -5,6 +5,7 @@ mod devices;
 mod directory_cache;
 mod events;
 mod images;
+mod leased;
 mod listen;
 mod nonces;
 mod outbox;

@@ -26,8 +26,6 @@ pub const ACTIVITY_SUBSCRIBER: &str = "activity";
 pub struct PgOutbox {
     pool: PgPool,
     subscriber: String,
-    /// Only one claim of this queue at a time, across every instance.
-    exclusive: bool,
 }
 
 impl PgOutbox {
@@ -41,26 +39,15 @@ impl PgOutbox {
         Self {
             pool,
             subscriber: subscriber.to_owned(),
-            exclusive: false,
         }
-    }
-
-    /// A queue claimed by one relay at a time, whichever instance it runs
-    /// in (a transaction-scoped advisory lock on the subscriber's name):
-    /// for a subscriber that needs each stream's events strictly in order,
-    /// such as a webhook endpoint. A claim made while another is held comes
-    /// back empty.
-    pub fn one_claim_at_a_time(mut self) -> Self {
-        self.exclusive = true;
-        self
     }
 }
 
 #[derive(sqlx::FromRow)]
-struct ClaimedRow {
+pub(super) struct ClaimedRow {
     #[sqlx(flatten)]
-    event: EventRow,
-    username: Option<String>,
+    pub(super) event: EventRow,
+    pub(super) username: Option<String>,
 }
 
 /// A claimed batch: the open transaction holds its row locks. `positions`
@@ -174,23 +161,6 @@ impl Outbox for PgOutbox {
                 .begin()
                 .await
                 .map_err(|e| classify("claiming events", e))?;
-            if self.exclusive {
-                let ours: bool = sqlx::query_scalar(
-                    "SELECT pg_try_advisory_xact_lock(hashtext('polyhub.outbox'), hashtext($1))",
-                )
-                .bind(&self.subscriber)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| classify("claiming events", e))?;
-                if !ours {
-                    return Ok(Box::new(PgClaim {
-                        tx,
-                        subscriber: self.subscriber.clone(),
-                        events: Vec::new(),
-                        positions: Vec::new(),
-                    }));
-                }
-            }
             // `event_deliveries_pending` holds exactly the pending rows, in
             // this order.
             let rows: Vec<ClaimedRow> = sqlx::query_as(

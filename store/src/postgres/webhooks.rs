@@ -1,7 +1,7 @@
 //! Webhook endpoints (`webhook_endpoints`): hub-core's [`WebhookEndpoints`]
 //! in PostgreSQL. Each endpoint is also a subscriber of the event log named
-//! `webhook:<id>`, whose queue is a [`PgOutbox`] claimed by one instance at
-//! a time, so each user's events reach the endpoint in order.
+//! `webhook:<id>`, whose queue is a [`LeasedQueue`]: one instance delivers
+//! it at a time, with no transaction open while it waits on the receiver.
 
 use std::sync::Arc;
 
@@ -17,7 +17,12 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::classify;
-use super::outbox::PgOutbox;
+use super::leased::LeasedQueue;
+
+/// How long one instance holds an endpoint's queue per round: longer than
+/// the dispatcher's round (`hub_core::delivery::ROUND_BUDGET`) plus one
+/// delivery's timeout, so a round never outlives its lease.
+pub const DELIVERY_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Endpoints in PostgreSQL.
 #[derive(Debug, Clone)]
@@ -374,8 +379,10 @@ impl WebhookEndpoints for PgWebhookEndpoints {
     }
 
     fn queue(&self, id: EndpointId) -> Arc<dyn Outbox> {
-        Arc::new(
-            PgOutbox::for_subscriber(self.pool.clone(), &id.subscriber()).one_claim_at_a_time(),
-        )
+        Arc::new(LeasedQueue::new(
+            self.pool.clone(),
+            &id.subscriber(),
+            DELIVERY_LEASE,
+        ))
     }
 }

@@ -1,0 +1,271 @@
+//! A subscriber's queue delivered by one instance at a time, under a lease,
+//! with no transaction open while it delivers: a webhook endpoint's.
+//!
+//! The activity log's relay holds its claim's transaction while it writes
+//! to MongoDB (milliseconds). A webhook round waits on someone else's HTTP
+//! server for seconds, and an open transaction that long would hold back
+//! every reader of the log (they show only what all running transactions
+//! are past) and vacuum. So a round here:
+//!
+//! 1. looks (read only) whether anything is pending, and stops if not;
+//! 2. takes the subscriber's lease (`event_subscribers.lease_owner`,
+//!    `lease_until`) in a short transaction, unless another instance holds
+//!    an unexpired one, and reads the oldest pending events in the log's
+//!    commit order (transaction, then id: a user's events as they
+//!    committed), only those every running transaction is past;
+//! 3. delivers them with nothing open, within the lease;
+//! 4. marks the delivered ones and gives the lease back, in one short
+//!    transaction.
+//!
+//! An instance that dies mid-round leaves its lease to expire; the next
+//! round re-reads what was not marked. Delivery is at least once.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hub_core::{Backlog, ClaimedEvents, Error, Outbox, PendingEvent, Username};
+use sqlx::postgres::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::classify;
+use super::outbox::{ClaimedRow, PgOutbox};
+
+/// A queue under a lease.
+#[derive(Debug, Clone)]
+pub struct LeasedQueue {
+    pool: PgPool,
+    subscriber: String,
+    /// This queue's holder's name in the lease (one per worker).
+    owner: Uuid,
+    lease: Duration,
+    /// The shared parts (backlog, prune, quarantine), as any queue has them.
+    plain: PgOutbox,
+}
+
+impl LeasedQueue {
+    /// `subscriber`'s queue; a claim holds it for `lease` at most.
+    pub fn new(pool: PgPool, subscriber: &str, lease: Duration) -> Self {
+        Self {
+            plain: PgOutbox::for_subscriber(pool.clone(), subscriber),
+            pool,
+            subscriber: subscriber.to_owned(),
+            owner: Uuid::now_v7(),
+            lease,
+        }
+    }
+
+    fn empty(&self) -> Box<dyn ClaimedEvents> {
+        Box::new(LeasedClaim {
+            pool: self.pool.clone(),
+            subscriber: self.subscriber.clone(),
+            owner: self.owner,
+            events: Vec::new(),
+            positions: Vec::new(),
+            leased: false,
+        })
+    }
+}
+
+/// A round's events; settling marks them and gives the lease back.
+struct LeasedClaim {
+    pool: PgPool,
+    subscriber: String,
+    owner: Uuid,
+    events: Vec<PendingEvent>,
+    positions: Vec<i64>,
+    leased: bool,
+}
+
+impl LeasedClaim {
+    async fn finish(&self, delivered: &[i64], at: OffsetDateTime) -> Result<(), Error> {
+        if !self.leased {
+            return Ok(());
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("marking webhook deliveries", e))?;
+        if !delivered.is_empty() {
+            sqlx::query(
+                "UPDATE event_deliveries SET delivered_at = $3 \
+                 WHERE subscriber = $1 AND event_id = ANY($2) AND delivered_at IS NULL",
+            )
+            .bind(&self.subscriber)
+            .bind(delivered)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify("marking webhook deliveries", e))?;
+        }
+        sqlx::query(
+            "UPDATE event_subscribers SET lease_owner = NULL, lease_until = NULL \
+             WHERE name = $1 AND lease_owner = $2",
+        )
+        .bind(&self.subscriber)
+        .bind(self.owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify("giving a delivery lease back", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| classify("marking webhook deliveries", e))
+    }
+}
+
+#[async_trait]
+impl ClaimedEvents for LeasedClaim {
+    fn events(&self) -> &[PendingEvent] {
+        &self.events
+    }
+
+    async fn delivered(self: Box<Self>, at: OffsetDateTime) -> Result<(), Error> {
+        self.finish(&self.positions, at).await
+    }
+
+    /// Refusals are not counted here: the dispatcher retries each user's
+    /// refused event itself, with backoff, until it is accepted or the
+    /// endpoint is disabled.
+    async fn settle(
+        self: Box<Self>,
+        delivered: &[Uuid],
+        _refused: &[(Uuid, String)],
+        at: OffsetDateTime,
+        _max_attempts: u32,
+    ) -> Result<u64, Error> {
+        let positions: Vec<i64> = self
+            .events
+            .iter()
+            .zip(&self.positions)
+            .filter(|(pending, _)| delivered.contains(&pending.event.id()))
+            .map(|(_, position)| *position)
+            .collect();
+        self.finish(&positions, at).await?;
+        Ok(0)
+    }
+}
+
+#[async_trait]
+impl Outbox for LeasedQueue {
+    async fn claim(&self, limit: u32) -> Result<Box<dyn ClaimedEvents>, Error> {
+        // A look that writes nothing: an idle endpoint costs one read.
+        let pending: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM event_deliveries \
+             WHERE subscriber = $1 AND delivered_at IS NULL AND quarantined_at IS NULL)",
+        )
+        .bind(&self.subscriber)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| classify("looking for webhook events", e))?;
+        if !pending {
+            return Ok(self.empty());
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("claiming webhook events", e))?;
+        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        let ours: Option<i32> = sqlx::query_scalar(
+            "UPDATE event_subscribers \
+             SET lease_owner = $2, lease_until = clock_timestamp() + make_interval(secs => $3::double precision / 1000) \
+             WHERE name = $1 AND (lease_until IS NULL OR lease_until < clock_timestamp() OR lease_owner = $2) \
+             RETURNING 1",
+        )
+        .bind(&self.subscriber)
+        .bind(self.owner)
+        .bind(lease_ms)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| classify("taking a delivery lease", e))?;
+        if ours.is_none() {
+            tx.commit()
+                .await
+                .map_err(|e| classify("claiming webhook events", e))?;
+            return Ok(self.empty());
+        }
+        let rows: Vec<ClaimedRow> = sqlx::query_as(
+            "SELECT e.id, e.event_id, e.type, e.user_id, e.session_id, e.occurred_at, \
+                    e.data, u.username \
+             FROM event_deliveries d \
+             JOIN events e ON e.id = d.event_id \
+             LEFT JOIN users u ON u.id = e.user_id \
+             WHERE d.subscriber = $1 AND d.delivered_at IS NULL AND d.quarantined_at IS NULL \
+               AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY e.tx, e.id LIMIT $2",
+        )
+        .bind(&self.subscriber)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| classify("claiming webhook events", e))?;
+        let mut events = Vec::with_capacity(rows.len());
+        let mut positions = Vec::with_capacity(rows.len());
+        for row in rows {
+            match row.event.event() {
+                Ok(event) => {
+                    positions.push(row.event.id);
+                    events.push(PendingEvent {
+                        position: row.event.id,
+                        event,
+                        username: row.username.and_then(|u| Username::parse(&u).ok()),
+                    });
+                }
+                Err(why) => {
+                    sqlx::query(
+                        "UPDATE event_deliveries SET quarantined_at = now(), quarantine_reason = $3 \
+                         WHERE subscriber = $1 AND event_id = $2",
+                    )
+                    .bind(&self.subscriber)
+                    .bind(row.event.id)
+                    .bind(why.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| classify("quarantining an unreadable event", e))?;
+                    tracing::error!(event = %row.event.event_id, position = row.event.id, subscriber = %self.subscriber, reason = %why, "an unreadable event was set aside");
+                }
+            }
+        }
+        if events.is_empty() {
+            // Nothing every running transaction is past yet: the lease
+            // goes back at once.
+            sqlx::query(
+                "UPDATE event_subscribers SET lease_owner = NULL, lease_until = NULL \
+                 WHERE name = $1 AND lease_owner = $2",
+            )
+            .bind(&self.subscriber)
+            .bind(self.owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify("giving a delivery lease back", e))?;
+            tx.commit()
+                .await
+                .map_err(|e| classify("claiming webhook events", e))?;
+            return Ok(self.empty());
+        }
+        tx.commit()
+            .await
+            .map_err(|e| classify("claiming webhook events", e))?;
+        Ok(Box::new(LeasedClaim {
+            pool: self.pool.clone(),
+            subscriber: self.subscriber.clone(),
+            owner: self.owner,
+            events,
+            positions,
+            leased: true,
+        }))
+    }
+
+    async fn backlog(&self) -> Result<Backlog, Error> {
+        self.plain.backlog().await
+    }
+
+    async fn prune(&self, before: OffsetDateTime) -> Result<u64, Error> {
+        self.plain.prune(before).await
+    }
+
+    async fn retry_quarantined(&self) -> Result<u64, Error> {
+        self.plain.retry_quarantined().await
+    }
+}
