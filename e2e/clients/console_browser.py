@@ -338,6 +338,18 @@ go(admin, "/admin/system")
 check(text(admin).count("Ready") >= 6, f"system: {text(admin)}")
 inspect(admin, "admin-system")
 
+# ---- webhooks: a private address is refused at its form; a public one is
+# added and its secret shown once (user.deleted never happens here, so
+# nothing is ever sent to it) ----
+go(admin, "/admin/hooks")
+fill(admin, {"url": "http://127.0.0.1:9/hooks", "events": "user.*"})
+submit(admin, "/admin/hooks")
+check("WEBHOOK_TARGET_REFUSED" in text(admin), f"a loopback webhook: {text(admin)}")
+fill(admin, {"url": "http://93.184.216.34/hooks", "events": "user.deleted", "description": "HR system"})
+submit(admin, "/admin/hooks")
+check("whsec_" in text(admin) and "Active" in text(admin), f"webhook added: {text(admin)}")
+inspect(admin, "admin-webhooks")
+
 # ---- sign out revokes the session on the server ----
 admin_token = admin.get_cookie("polyhub_session")["value"]
 press(admin, admin.find_element(By.CSS_SELECTOR, 'form.signout button'))

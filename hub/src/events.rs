@@ -64,7 +64,7 @@ impl Hub {
         let transport = Arc::new(
             HttpWebhooks::new(WebhookHttpSettings {
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
-                timeout: Duration::from_millis(config.timeout_ms),
+                timeout: config.timeout(),
                 max_response_bytes: config.max_response_bytes,
                 allowed_networks: config
                     .allowed_networks

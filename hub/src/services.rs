@@ -88,6 +88,7 @@ impl Hub {
                 .map(|(service, url)| (service.name().to_owned(), url.clone()))
                 .collect(),
             http,
+            webhooks: self.webhooks()?,
         })
     }
 

@@ -481,6 +481,12 @@ impl Default for WebhooksConfig {
 }
 
 impl WebhooksConfig {
+    /// One delivery's time, at most 25 s: a round (30 s) plus one delivery
+    /// must fit in the queue's lease (60 s).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.clamp(100, 25_000))
+    }
+
     pub fn dispatch(&self) -> hub_core::DispatchSettings {
         hub_core::DispatchSettings {
             batch_size: self.batch_size.clamp(1, 10_000),

@@ -23,6 +23,7 @@ mod admin;
 mod guard;
 mod pages;
 mod upload_form;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,8 @@ pub struct ConsoleState {
     pub readiness: Vec<(String, String)>,
     /// The client that reads them (short timeouts).
     pub http: reqwest::Client,
+    /// Webhook endpoints, for the admin's page.
+    pub webhooks: hub_core::Webhooks,
 }
 
 impl std::fmt::Debug for ConsoleState {
@@ -142,6 +145,8 @@ pub fn routes(state: ConsoleState) -> Router {
         )
         .route("/admin/user/{username}/role", post(admin::set_role))
         .route("/admin/system", get(admin::system))
+        .route(webhooks::PAGE, get(webhooks::page).post(webhooks::add))
+        .route("/admin/hooks/{id}/{action}", post(webhooks::act))
         .layer(DefaultBodyLimit::max(FORM_MAX_BYTES))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),

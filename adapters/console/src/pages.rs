@@ -96,7 +96,11 @@ const USER_LINKS: [(&str, &str); 3] = [
     ("/account/devices", "Devices"),
     ("/account/images", "Images"),
 ];
-const ADMIN_LINKS: [(&str, &str); 2] = [("/admin/users", "Users"), ("/admin/system", "System")];
+const ADMIN_LINKS: [(&str, &str); 3] = [
+    ("/admin/users", "Users"),
+    ("/admin/hooks", "Webhooks"),
+    ("/admin/system", "System"),
+];
 
 /// A whole page.
 pub(crate) fn layout(title: &str, nav: Option<&Nav<'_>>, main: Markup) -> Markup {

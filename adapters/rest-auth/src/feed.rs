@@ -42,6 +42,11 @@ pub const CLOSE_TOKEN_INVALID: u16 = 4401;
 pub const CLOSE_FORBIDDEN: u16 = 4403;
 pub const CLOSE_BAD_RESUME: u16 = 4400;
 pub const CLOSE_UNAVAILABLE: u16 = 1013;
+pub const CLOSE_NO_SUBSCRIBE: u16 = 4408;
+
+/// A feed must subscribe within this, and is pinged this often after: a
+/// socket that holds a slot without reading, or whose peer is gone, ends.
+const HEARTBEAT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub(crate) struct FeedQuery {
@@ -158,6 +163,8 @@ async fn serve(socket: WebSocket, feed: Feed, buffer: usize) {
     let (closing, mut closed) = oneshot::channel();
     let _producer = AbortOnDrop(tokio::spawn(produce(feed, started, out, closing)));
     let mut start = Some(start);
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
         // The close first: a feed that must end ends before it sends more.
         let message = tokio::select! {
@@ -179,6 +186,20 @@ async fn serve(socket: WebSocket, feed: Feed, buffer: usize) {
                 Some(text) => Some(text),
                 None => break,
             },
+            _ = heartbeat.tick() => {
+                if start.is_some() {
+                    let frame = CloseFrame {
+                        code: CLOSE_NO_SUBSCRIBE,
+                        reason: Utf8Bytes::from_static("subscribe to a topic within 30 s of connecting"),
+                    };
+                    let _ = send(&mut sink, Message::Close(Some(frame))).await;
+                    break;
+                }
+                if send(&mut sink, Message::Ping(axum::body::Bytes::new())).await.is_err() {
+                    break;
+                }
+                None
+            }
         };
         if let Some(message) = message
             && send(&mut sink, Message::Text(message.into()))

@@ -82,6 +82,7 @@ async fn the_console_in_a_real_browser() {
         "admin-users",
         "admin-user",
         "admin-system",
+        "admin-webhooks",
     ] {
         assert!(pages.contains(&page), "{page} was not checked: {report}");
         for width in [1280, 390] {

@@ -7,3 +7,4 @@
 mod pages;
 mod roles;
 mod security;
+mod webhooks;
