@@ -185,18 +185,24 @@ impl Outbox for LeasedQueue {
                 .map_err(|e| classify("claiming webhook events", e))?;
             return Ok(self.empty());
         }
+        // The oldest pending rows by id come from the partial index (a
+        // backlog of a million costs no sort); among them, commit order.
         let rows: Vec<ClaimedRow> = sqlx::query_as(
-            "SELECT e.id, e.event_id, e.type, e.user_id, e.session_id, e.occurred_at, \
+            "WITH candidates AS ( \
+               SELECT d.event_id FROM event_deliveries d \
+               WHERE d.subscriber = $1 AND d.delivered_at IS NULL AND d.quarantined_at IS NULL \
+               ORDER BY d.event_id LIMIT $3) \
+             SELECT e.id, e.event_id, e.type, e.user_id, e.session_id, e.occurred_at, \
                     e.data, u.username \
-             FROM event_deliveries d \
-             JOIN events e ON e.id = d.event_id \
+             FROM candidates c \
+             JOIN events e ON e.id = c.event_id \
              LEFT JOIN users u ON u.id = e.user_id \
-             WHERE d.subscriber = $1 AND d.delivered_at IS NULL AND d.quarantined_at IS NULL \
-               AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+             WHERE e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY e.tx, e.id LIMIT $2",
         )
         .bind(&self.subscriber)
         .bind(i64::from(limit))
+        .bind(i64::from(limit).saturating_mul(4))
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| classify("claiming webhook events", e))?;
