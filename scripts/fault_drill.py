@@ -448,8 +448,11 @@ def main():
                 fail("the activity log's queue did not drain after MongoDB returned")
             time.sleep(0.5)
         activity = pymongo.MongoClient(env["POLYHUB_MONGO__URL"])["polyhub"]
-        for kind, collection in (("session", "session_events"), ("user", "user_events")):
-            logged = set(psql(f"SELECT event_id FROM events WHERE type LIKE '{kind}%'").split())
+        # user_events keeps the users' events and the webhook endpoints' own.
+        for kind, collection, where in (
+                ("session", "session_events", "type LIKE 'session.%'"),
+                ("user", "user_events", "type LIKE 'user%' OR type LIKE 'webhook.%'")):
+            logged = set(psql(f"SELECT event_id FROM events WHERE {where}").split())
             recorded = [d["_id"] for d in activity[collection].find({}, {"_id": 1})]
             if len(recorded) != len(set(recorded)) or set(recorded) != logged:
                 fail(f"{kind} events: {len(logged)} in the event log, {len(recorded)} recorded "
