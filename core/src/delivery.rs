@@ -234,11 +234,16 @@ impl Dispatcher {
         // set): the first clean round clears it.
         let mut failing = true;
         let mut warned = false;
+        let mut target = Target::default();
         loop {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let round = self.round(id, &*queue, &mut blocked).await;
+            let round = match target.current(&*self.endpoints, id, self.clock.now()).await {
+                Ok(Some((keys, url))) => self.round(&*queue, keys, url, &mut blocked).await,
+                Ok(None) => Ok(Round::Stopped),
+                Err(e) => Err(e),
+            };
             let pause = match round {
                 Ok(Round::Idle) => self.settings.idle_poll,
                 Ok(Round::Waiting(until)) => until
@@ -268,6 +273,10 @@ impl Dispatcher {
                     Duration::ZERO
                 }
                 Ok(Round::Stopped) => return,
+                Ok(Round::Gone) => {
+                    self.disable(id, "the receiver answered 410 Gone").await;
+                    return;
+                }
                 Ok(Round::Failed(reason)) => {
                     if !std::mem::replace(&mut warned, true) {
                         tracing::warn!(endpoint = %id, reason = %reason, "webhook delivery failing; retrying with backoff");
@@ -349,18 +358,12 @@ impl Dispatcher {
     /// time (their events stay queued, in order).
     async fn round(
         &self,
-        id: EndpointId,
         queue: &dyn crate::ports::Outbox,
+        keys: Arc<SigningKeys>,
+        url: Arc<str>,
         blocked: &mut Blocked,
     ) -> Result<Round, Error> {
         let Ok(_permit) = self.busy.acquire().await else {
-            return Ok(Round::Stopped);
-        };
-        // What the round needs is read before the claim.
-        let Some(keys) = self.endpoints.keys(id, self.clock.now()).await? else {
-            return Ok(Round::Stopped);
-        };
-        let Some(url) = self.endpoints.get(id).await?.map(|e| e.url) else {
             return Ok(Round::Stopped);
         };
         let claim = queue.claim(self.settings.batch_size).await?;
@@ -386,7 +389,6 @@ impl Dispatcher {
             return Ok(Round::Waiting(waiting_until.unwrap_or(now)));
         }
         let deadline = now + ROUND_BUDGET;
-        let (keys, url): (Arc<SigningKeys>, Arc<str>) = (Arc::new(keys), url.into());
         let mut running = JoinSet::new();
         let mut outcomes = Vec::with_capacity(streams.len());
         for (key, events) in streams {
@@ -419,8 +421,7 @@ impl Dispatcher {
             claim.settle(&delivered, &[], at, u32::MAX).await?;
         }
         if gone {
-            self.disable(id, "the receiver answered 410 Gone").await;
-            return Ok(Round::Stopped);
+            return Ok(Round::Gone);
         }
         Ok(match failure {
             Some(reason) if delivered.is_empty() => Round::Failed(reason),
@@ -548,6 +549,41 @@ enum Round {
     Failed(String),
     /// The endpoint is gone or disabled.
     Stopped,
+    /// The receiver answered 410 Gone.
+    Gone,
+}
+
+/// An endpoint's URL and signing keys, read again at most once a second
+/// (a rotation or a deletion shows within that), not on every round.
+#[derive(Default)]
+struct Target {
+    read: Option<(Arc<SigningKeys>, Arc<str>, Instant)>,
+}
+
+impl Target {
+    const FRESH: Duration = Duration::from_secs(1);
+
+    async fn current(
+        &mut self,
+        endpoints: &dyn WebhookEndpoints,
+        id: EndpointId,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<(Arc<SigningKeys>, Arc<str>)>, Error> {
+        if let Some((keys, url, at)) = &self.read
+            && at.elapsed() < Self::FRESH
+        {
+            return Ok(Some((Arc::clone(keys), Arc::clone(url))));
+        }
+        let (Some(keys), Some(endpoint)) =
+            (endpoints.keys(id, now).await?, endpoints.get(id).await?)
+        else {
+            self.read = None;
+            return Ok(None);
+        };
+        let (keys, url): (Arc<SigningKeys>, Arc<str>) = (Arc::new(keys), endpoint.url.into());
+        self.read = Some((Arc::clone(&keys), Arc::clone(&url), Instant::now()));
+        Ok(Some((keys, url)))
+    }
 }
 
 /// `wait` with up to half of it added at random, so endpoints that failed

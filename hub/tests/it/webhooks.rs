@@ -101,6 +101,26 @@ impl Drop for Receiver {
     }
 }
 
+/// The endpoint at `url` as admins see it, once its status is `status`
+/// (within `secs` seconds).
+async fn status_becomes(
+    http: &reqwest::Client,
+    url: String,
+    admin: &str,
+    status: &str,
+    secs: u64,
+) -> Value {
+    let what = format!("{url} {status}");
+    eventually(Duration::from_secs(secs), &what, || {
+        let (http, url, admin) = (http.clone(), url.clone(), admin.to_owned());
+        async move {
+            let (_, shown) = call(&http, reqwest::Method::GET, url, &admin, None).await;
+            (shown["status"] == status).then_some(shown)
+        }
+    })
+    .await
+}
+
 async fn call(
     http: &reqwest::Client,
     method: reqwest::Method,
@@ -217,14 +237,7 @@ async fn deliveries_are_signed_in_order_per_user_and_retried_with_the_same_id() 
         users.push(name);
     }
     // Away: deliveries fail and back off; the endpoint says it is failing.
-    let failing = eventually(Duration::from_secs(10), "the endpoint failing", || {
-        let (http, url, admin) = (http.clone(), format!("{hooks}/{id}"), admin.clone());
-        async move {
-            let (_, shown) = call(&http, reqwest::Method::GET, url, &admin, None).await;
-            (shown["status"] == "failing").then_some(shown)
-        }
-    })
-    .await;
+    let failing = status_becomes(&http, format!("{hooks}/{id}"), &admin, "failing", 10).await;
     assert!(
         failing["last_error"].as_str().unwrap().contains("connect"),
         "{failing}"
@@ -277,14 +290,7 @@ async fn deliveries_are_signed_in_order_per_user_and_retried_with_the_same_id() 
             "{name}"
         );
     }
-    let shown = eventually(Duration::from_secs(5), "the endpoint active again", || {
-        let (http, url, admin) = (http.clone(), format!("{hooks}/{id}"), admin.clone());
-        async move {
-            let (_, shown) = call(&http, reqwest::Method::GET, url, &admin, None).await;
-            (shown["status"] == "active").then_some(shown)
-        }
-    })
-    .await;
+    let shown = status_becomes(&http, format!("{hooks}/{id}"), &admin, "active", 5).await;
     assert_eq!(shown["events"], json!(["user.*", "session.*"]));
 
     // A rotated secret: the receiver that knows only the old one still
@@ -471,14 +477,8 @@ async fn redirects_are_not_followed_and_410_gone_disables_the_endpoint() {
         ids.push(created["id"].as_str().unwrap().to_owned());
     }
     sign_up(&rest, "hookgone", PASSWORD).await;
-    let redirected = eventually(Duration::from_secs(10), "the redirect reported", || {
-        let (http, url, admin) = (http.clone(), format!("{hooks}/{}", ids[0]), admin.clone());
-        async move {
-            let (_, shown) = call(&http, reqwest::Method::GET, url, &admin, None).await;
-            (shown["status"] == "failing").then_some(shown)
-        }
-    })
-    .await;
+    let redirected =
+        status_becomes(&http, format!("{hooks}/{}", ids[0]), &admin, "failing", 10).await;
     assert!(
         redirected["last_error"]
             .as_str()
@@ -486,14 +486,8 @@ async fn redirects_are_not_followed_and_410_gone_disables_the_endpoint() {
             .contains("redirects are not followed"),
         "{redirected}"
     );
-    let disabled = eventually(Duration::from_secs(10), "the 410 endpoint disabled", || {
-        let (http, url, admin) = (http.clone(), format!("{hooks}/{}", ids[1]), admin.clone());
-        async move {
-            let (_, shown) = call(&http, reqwest::Method::GET, url, &admin, None).await;
-            (shown["status"] == "disabled").then_some(shown)
-        }
-    })
-    .await;
+    let disabled =
+        status_becomes(&http, format!("{hooks}/{}", ids[1]), &admin, "disabled", 10).await;
     assert!(
         disabled["disabled_reason"]
             .as_str()

@@ -20,16 +20,18 @@
 //! An instance that dies mid-round leaves its lease to expire; the next
 //! round re-reads what was not marked. Delivery is at least once.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hub_core::{Backlog, ClaimedEvents, Error, Outbox, PendingEvent, Username};
+use hub_core::{Backlog, ClaimedEvents, Error, Outbox, PendingEvent};
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::classify;
-use super::outbox::{ClaimedRow, PgOutbox};
+use super::outbox::{ClaimedRow, PgOutbox, quarantine};
 
 /// A queue under a lease.
 #[derive(Debug, Clone)]
@@ -39,6 +41,8 @@ pub struct LeasedQueue {
     /// This queue's holder's name in the lease (one per worker).
     owner: Uuid,
     lease: Duration,
+    /// The last claim was a full batch: there is more, no need to look.
+    more: Arc<AtomicBool>,
     /// The shared parts (backlog, prune, quarantine), as any queue has them.
     plain: PgOutbox,
 }
@@ -52,6 +56,7 @@ impl LeasedQueue {
             subscriber: subscriber.to_owned(),
             owner: Uuid::now_v7(),
             lease,
+            more: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -99,19 +104,29 @@ impl LeasedClaim {
             .await
             .map_err(|e| classify("marking webhook deliveries", e))?;
         }
-        sqlx::query(
-            "UPDATE event_subscribers SET lease_owner = NULL, lease_until = NULL \
-             WHERE name = $1 AND lease_owner = $2",
-        )
-        .bind(&self.subscriber)
-        .bind(self.owner)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| classify("giving a delivery lease back", e))?;
+        release(&mut tx, &self.subscriber, self.owner).await?;
         tx.commit()
             .await
             .map_err(|e| classify("marking webhook deliveries", e))
     }
+}
+
+/// Gives `owner`'s lease on `subscriber`'s queue back.
+async fn release(
+    tx: &mut sqlx::PgTransaction<'static>,
+    subscriber: &str,
+    owner: Uuid,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE event_subscribers SET lease_owner = NULL, lease_until = NULL \
+         WHERE name = $1 AND lease_owner = $2",
+    )
+    .bind(subscriber)
+    .bind(owner)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| classify("giving a delivery lease back", e))?;
+    Ok(())
 }
 
 #[async_trait]
@@ -149,15 +164,18 @@ impl ClaimedEvents for LeasedClaim {
 #[async_trait]
 impl Outbox for LeasedQueue {
     async fn claim(&self, limit: u32) -> Result<Box<dyn ClaimedEvents>, Error> {
-        // A look that writes nothing: an idle endpoint costs one read.
-        let pending: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM event_deliveries \
+        // A look that writes nothing: an idle endpoint costs one read. After
+        // a full batch there is more, and the look is skipped.
+        let pending: bool = self.more.load(Ordering::Relaxed)
+            || sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM event_deliveries \
              WHERE subscriber = $1 AND delivered_at IS NULL AND quarantined_at IS NULL)",
-        )
-        .bind(&self.subscriber)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| classify("looking for webhook events", e))?;
+            )
+            .bind(&self.subscriber)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| classify("looking for webhook events", e))?;
+        self.more.store(false, Ordering::Relaxed);
         if !pending {
             return Ok(self.empty());
         }
@@ -209,42 +227,21 @@ impl Outbox for LeasedQueue {
         let mut events = Vec::with_capacity(rows.len());
         let mut positions = Vec::with_capacity(rows.len());
         for row in rows {
-            match row.event.event() {
-                Ok(event) => {
-                    positions.push(row.event.id);
-                    events.push(PendingEvent {
-                        position: row.event.id,
-                        event,
-                        username: row.username.and_then(|u| Username::parse(&u).ok()),
-                    });
+            match row.pending() {
+                Ok((position, pending)) => {
+                    positions.push(position);
+                    events.push(pending);
                 }
-                Err(why) => {
-                    sqlx::query(
-                        "UPDATE event_deliveries SET quarantined_at = now(), quarantine_reason = $3 \
-                         WHERE subscriber = $1 AND event_id = $2",
-                    )
-                    .bind(&self.subscriber)
-                    .bind(row.event.id)
-                    .bind(why.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| classify("quarantining an unreadable event", e))?;
-                    tracing::error!(event = %row.event.event_id, position = row.event.id, subscriber = %self.subscriber, reason = %why, "an unreadable event was set aside");
+                Err((position, id, why)) => {
+                    quarantine(&mut tx, &self.subscriber, position, &why.to_string()).await?;
+                    tracing::error!(event = %id, position, subscriber = %self.subscriber, reason = %why, "an unreadable event was set aside");
                 }
             }
         }
         if events.is_empty() {
             // Nothing every running transaction is past yet: the lease
             // goes back at once.
-            sqlx::query(
-                "UPDATE event_subscribers SET lease_owner = NULL, lease_until = NULL \
-                 WHERE name = $1 AND lease_owner = $2",
-            )
-            .bind(&self.subscriber)
-            .bind(self.owner)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify("giving a delivery lease back", e))?;
+            release(&mut tx, &self.subscriber, self.owner).await?;
             tx.commit()
                 .await
                 .map_err(|e| classify("claiming webhook events", e))?;
@@ -253,6 +250,10 @@ impl Outbox for LeasedQueue {
         tx.commit()
             .await
             .map_err(|e| classify("claiming webhook events", e))?;
+        self.more.store(
+            events.len() >= usize::try_from(limit).unwrap_or(usize::MAX),
+            Ordering::Relaxed,
+        );
         Ok(Box::new(LeasedClaim {
             pool: self.pool.clone(),
             subscriber: self.subscriber.clone(),

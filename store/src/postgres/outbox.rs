@@ -59,6 +59,43 @@ struct PgClaim {
     positions: Vec<i64>,
 }
 
+impl ClaimedRow {
+    /// The row as a pending event, or why it cannot be read.
+    pub(super) fn pending(self) -> Result<(i64, PendingEvent), (i64, Uuid, Error)> {
+        match self.event.event() {
+            Ok(event) => Ok((
+                self.event.id,
+                PendingEvent {
+                    position: self.event.id,
+                    event,
+                    username: self.username.and_then(|u| Username::parse(&u).ok()),
+                },
+            )),
+            Err(e) => Err((self.event.id, self.event.event_id, e)),
+        }
+    }
+}
+
+/// Sets an unreadable row of `subscriber`'s queue aside, with why.
+pub(super) async fn quarantine(
+    tx: &mut PgTransaction<'static>,
+    subscriber: &str,
+    position: i64,
+    why: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE event_deliveries SET quarantined_at = now(), quarantine_reason = $3 \
+         WHERE subscriber = $1 AND event_id = $2",
+    )
+    .bind(subscriber)
+    .bind(position)
+    .bind(why)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| classify("quarantining an unreadable event", e))?;
+    Ok(())
+}
+
 impl PgClaim {
     /// The log ids of the claimed events named by `ids`.
     fn positions_of(&self, ids: &[Uuid]) -> Vec<i64> {
@@ -182,16 +219,12 @@ impl Outbox for PgOutbox {
             let mut positions = Vec::with_capacity(rows.len());
             let mut unreadable = Vec::new();
             for row in rows {
-                match row.event.event() {
-                    Ok(event) => {
-                        positions.push(row.event.id);
-                        events.push(PendingEvent {
-                            position: row.event.id,
-                            event,
-                            username: row.username.and_then(|u| Username::parse(&u).ok()),
-                        });
+                match row.pending() {
+                    Ok((position, pending)) => {
+                        positions.push(position);
+                        events.push(pending);
                     }
-                    Err(e) => unreadable.push((row.event.id, row.event.event_id, e)),
+                    Err(unread) => unreadable.push(unread),
                 }
             }
             if unreadable.is_empty() {
@@ -203,16 +236,7 @@ impl Outbox for PgOutbox {
                 }));
             }
             for (position, id, why) in &unreadable {
-                sqlx::query(
-                    "UPDATE event_deliveries SET quarantined_at = now(), quarantine_reason = $3 \
-                     WHERE subscriber = $1 AND event_id = $2",
-                )
-                .bind(&self.subscriber)
-                .bind(position)
-                .bind(why.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| classify("quarantining an unreadable event", e))?;
+                quarantine(&mut tx, &self.subscriber, *position, &why.to_string()).await?;
                 tracing::error!(event = %id, position, subscriber = %self.subscriber, reason = %why, "an unreadable event was quarantined; fix the row, then `hub outbox retry`");
             }
             tx.commit()
