@@ -92,6 +92,9 @@ impl LeasedClaim {
             .begin()
             .await
             .map_err(|e| classify("marking webhook deliveries", e))?;
+        // The subscriber's row first, as deleting or disabling the endpoint
+        // takes it first (then its deliveries): the same order, no deadlock.
+        release(&mut tx, &self.subscriber, self.owner).await?;
         if !delivered.is_empty() {
             sqlx::query(
                 "UPDATE event_deliveries SET delivered_at = $3 \
@@ -104,7 +107,6 @@ impl LeasedClaim {
             .await
             .map_err(|e| classify("marking webhook deliveries", e))?;
         }
-        release(&mut tx, &self.subscriber, self.owner).await?;
         tx.commit()
             .await
             .map_err(|e| classify("marking webhook deliveries", e))

@@ -278,7 +278,8 @@ impl Outbox for PgOutbox {
     }
 
     /// Events go once every subscriber has had them before `before` (or
-    /// none listens and they happened before it): the log keeps what some
+    /// none listens and they happened before it; a delivery row left for a
+    /// subscriber removed while the event was being written holds nothing): the log keeps what some
     /// subscriber still waits for, whatever its age. The furthest event
     /// pruned, in reading order, moves `event_log_pruned` forward, so a
     /// reader resuming below it is refused rather than silently skipping.
@@ -287,7 +288,8 @@ impl Outbox for PgOutbox {
             "WITH gone AS ( \
                DELETE FROM events e WHERE e.occurred_at < $1 AND NOT EXISTS ( \
                  SELECT 1 FROM event_deliveries d WHERE d.event_id = e.id \
-                 AND (d.delivered_at IS NULL OR d.delivered_at >= $1)) \
+                 AND (d.delivered_at IS NULL OR d.delivered_at >= $1) \
+                 AND EXISTS (SELECT 1 FROM event_subscribers s WHERE s.name = d.subscriber)) \
                RETURNING e.tx, e.id), \
              top AS (SELECT tx, id FROM gone ORDER BY tx DESC, id DESC LIMIT 1), \
              mark AS ( \
