@@ -222,6 +222,16 @@ impl Dispatcher {
                 () = tokio::time::sleep(self.settings.refresh) => {}
             }
         }
+        // Asked to stop, a worker ends its round (and gives its lease back)
+        // first; one still waiting after this is ended where it sleeps or
+        // waits, its lease left to expire.
+        for (_, stop) in workers.values() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         tasks.shutdown().await;
     }
 
@@ -248,7 +258,8 @@ impl Dispatcher {
                 Ok(Round::Idle) => self.settings.idle_poll,
                 Ok(Round::Waiting(until)) => until
                     .saturating_duration_since(Instant::now())
-                    .clamp(self.settings.idle_poll, self.settings.max_backoff),
+                    .min(self.settings.max_backoff)
+                    .max(self.settings.idle_poll),
                 Ok(Round::Delivered { failure: None }) if blocked.is_empty() => {
                     if std::mem::take(&mut failing) {
                         backoff = self.settings.min_backoff;

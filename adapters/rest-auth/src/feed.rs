@@ -78,7 +78,8 @@ pub(crate) async fn events_ws(
         .on_upgrade(move |socket| serve(socket, feed, buffer)))
 }
 
-/// How the log side ends the feed: the close's code and reason.
+/// How the log side ends the feed: the close's code and reason (for a slow
+/// reader the socket side writes it, knowing what it last wrote).
 struct Close(u16, String);
 
 /// Aborts the log side when the socket side ends, however it ends.
@@ -113,13 +114,12 @@ fn close_for(error: &Error) -> (u16, String) {
 async fn produce(
     mut feed: Feed,
     started: oneshot::Receiver<()>,
-    out: mpsc::Sender<String>,
+    out: mpsc::Sender<(i64, String)>,
     closing: oneshot::Sender<Close>,
 ) {
     if started.await.is_err() {
         return;
     }
-    let mut sent = feed.cursor();
     loop {
         let events = match feed.next().await {
             Ok(events) => events,
@@ -137,15 +137,11 @@ async fn produce(
             if let Some(object) = shown.as_object_mut() {
                 object.insert("topic".to_owned(), json!(topic.as_str()));
             }
-            match out.try_send(shown.to_string()) {
-                Ok(()) => sent = Some(event.position),
+            match out.try_send((event.position, shown.to_string())) {
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::info!(after = ?sent, "event feed closed: the reader is too slow");
-                    let reason = match sent {
-                        Some(id) => format!("too slow; resume with after={id} or later"),
-                        None => "too slow; reconnect".to_owned(),
-                    };
-                    let _ = closing.send(Close(CLOSE_SLOW_CONSUMER, reason));
+                    tracing::info!("event feed closed: the reader is too slow");
+                    let _ = closing.send(Close(CLOSE_SLOW_CONSUMER, String::new()));
                     return;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
@@ -157,6 +153,11 @@ async fn produce(
 /// The socket side: the caller's messages, the queued events, the close.
 async fn serve(socket: WebSocket, feed: Feed, buffer: usize) {
     let topics = feed.topics();
+    // The last event written to the socket (at first, where the feed
+    // starts): what a reader closed for slowness resumes after.
+    let mut written = feed.cursor();
+    let mut heard = tokio::time::Instant::now();
+    let opened = heard;
     let (mut sink, mut stream) = socket.split();
     let (out, mut queued) = mpsc::channel(buffer.max(1));
     let (start, started) = oneshot::channel();
@@ -171,23 +172,20 @@ async fn serve(socket: WebSocket, feed: Feed, buffer: usize) {
             biased;
             last = &mut closed => {
                 if let Ok(Close(code, reason)) = last {
+                    let reason = match (code, written) {
+                        (CLOSE_SLOW_CONSUMER, Some(id)) => format!("too slow; resume with after={id}"),
+                        (CLOSE_SLOW_CONSUMER, None) => "too slow; reconnect".to_owned(),
+                        _ => reason,
+                    };
                     let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
                     let _ = send(&mut sink, Message::Close(Some(frame))).await;
                 }
                 break;
             }
-            incoming = stream.next() => match incoming {
-                Some(Ok(Message::Text(text))) => reply(&topics, &text, &mut start),
-                Some(Ok(Message::Binary(_))) => Some(error_message("send JSON text messages")),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => None,
-            },
-            next = queued.recv() => match next {
-                Some(text) => Some(text),
-                None => break,
-            },
+            // Before the caller's messages, so a chatty caller cannot put
+            // off the subscribe deadline or the liveness check.
             _ = heartbeat.tick() => {
-                if start.is_some() {
+                if start.is_some() && opened.elapsed() >= HEARTBEAT {
                     let frame = CloseFrame {
                         code: CLOSE_NO_SUBSCRIBE,
                         reason: Utf8Bytes::from_static("subscribe to a topic within 30 s of connecting"),
@@ -195,11 +193,34 @@ async fn serve(socket: WebSocket, feed: Feed, buffer: usize) {
                     let _ = send(&mut sink, Message::Close(Some(frame))).await;
                     break;
                 }
+                // Nothing heard (not even a pong) for two pings: gone.
+                if heard.elapsed() > HEARTBEAT * 2 {
+                    break;
+                }
                 if send(&mut sink, Message::Ping(axum::body::Bytes::new())).await.is_err() {
                     break;
                 }
                 None
             }
+            incoming = stream.next() => {
+                heard = tokio::time::Instant::now();
+                match incoming {
+                    Some(Ok(Message::Text(text))) => reply(&topics, &text, &mut start),
+                    Some(Ok(Message::Binary(_))) => Some(error_message("send JSON text messages")),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => None,
+                }
+            },
+            next = queued.recv() => match next {
+                Some((position, text)) => {
+                    if send(&mut sink, Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                    written = Some(position);
+                    None
+                }
+                None => break,
+            },
         };
         if let Some(message) = message
             && send(&mut sink, Message::Text(message.into()))

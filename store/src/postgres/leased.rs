@@ -93,9 +93,12 @@ impl LeasedClaim {
             .await
             .map_err(|e| classify("marking webhook deliveries", e))?;
         // The subscriber's row first, as deleting or disabling the endpoint
-        // takes it first (then its deliveries): the same order, no deadlock.
-        release(&mut tx, &self.subscriber, self.owner).await?;
-        if !delivered.is_empty() {
+        // and a replay take it first (then its deliveries): the same order,
+        // no deadlock. A lease that is no longer ours (a replay ended it,
+        // or it expired) marks nothing: what was sent may be sent again,
+        // never skipped.
+        let held = release(&mut tx, &self.subscriber, self.owner).await?;
+        if held && !delivered.is_empty() {
             sqlx::query(
                 "UPDATE event_deliveries SET delivered_at = $3 \
                  WHERE subscriber = $1 AND event_id = ANY($2) AND delivered_at IS NULL",
@@ -114,12 +117,13 @@ impl LeasedClaim {
 }
 
 /// Gives `owner`'s lease on `subscriber`'s queue back.
+/// Whether it still held it.
 async fn release(
     tx: &mut sqlx::PgTransaction<'static>,
     subscriber: &str,
     owner: Uuid,
-) -> Result<(), Error> {
-    sqlx::query(
+) -> Result<bool, Error> {
+    let released = sqlx::query(
         "UPDATE event_subscribers SET lease_owner = NULL, lease_until = NULL \
          WHERE name = $1 AND lease_owner = $2",
     )
@@ -127,8 +131,9 @@ async fn release(
     .bind(owner)
     .execute(&mut **tx)
     .await
-    .map_err(|e| classify("giving a delivery lease back", e))?;
-    Ok(())
+    .map_err(|e| classify("giving a delivery lease back", e))?
+    .rows_affected();
+    Ok(released > 0)
 }
 
 #[async_trait]

@@ -160,13 +160,10 @@ impl WebhookEndpoints for PgWebhookEndpoints {
             .begin()
             .await
             .map_err(|e| classify("deleting a webhook endpoint", e))?;
-        // The subscriber first, so the deletion's own event is not queued
-        // for it; its trigger deletes the queue.
-        sqlx::query("DELETE FROM event_subscribers WHERE name = $1")
-            .bind(id.subscriber())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify("deleting a webhook endpoint", e))?;
+        // The endpoint's row, then its subscriber's (whose trigger deletes
+        // the queue): the order disable and enable take them in. The
+        // deletion's own event is written after both, so it is not queued
+        // for the endpoint.
         let gone = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
             .bind(id.as_uuid())
             .execute(&mut *tx)
@@ -176,6 +173,11 @@ impl WebhookEndpoints for PgWebhookEndpoints {
         if gone == 0 {
             return Ok(false);
         }
+        sqlx::query("DELETE FROM event_subscribers WHERE name = $1")
+            .bind(id.subscriber())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify("deleting a webhook endpoint", e))?;
         log(&mut tx, event).await?;
         tx.commit()
             .await
@@ -217,6 +219,21 @@ impl WebhookEndpoints for PgWebhookEndpoints {
     }
 
     async fn replay(&self, id: EndpointId, after: i64) -> Result<u64, Error> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify("queueing webhook events again", e))?;
+        // The subscriber's row first (as a round's marking takes it), and
+        // any round's lease ends: a round in flight cannot then mark as
+        // delivered an event this replay has just queued again.
+        sqlx::query(
+            "UPDATE event_subscribers SET lease_owner = NULL, lease_until = NULL WHERE name = $1",
+        )
+        .bind(id.subscriber())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify("queueing webhook events again", e))?;
         // Events after `after` in the log's commit-safe order, of the
         // endpoint's types: queued again (a delivered one becomes pending).
         let queued = sqlx::query(
@@ -229,10 +246,13 @@ impl WebhookEndpoints for PgWebhookEndpoints {
         )
         .bind(id.subscriber())
         .bind(after)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| classify("queueing webhook events again", e))?
         .rows_affected();
+        tx.commit()
+            .await
+            .map_err(|e| classify("queueing webhook events again", e))?;
         if queued == 0 {
             let known: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)")
