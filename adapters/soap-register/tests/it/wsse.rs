@@ -178,15 +178,35 @@ async fn zeep_and_npm_soap_authenticate_with_their_ws_security() {
         .await
         .unwrap()
         .unwrap();
-    let events: Vec<serde_json::Value> = hub
-        .hub
-        .event_log()
-        .read(None, 1_000)
-        .await
-        .unwrap()
-        .iter()
-        .map(hub_core::events::LoggedEvent::to_json)
-        .collect();
+    // The log shows an event once every transaction running on the
+    // PostgreSQL server (another test's too) is past it: read until zeep's
+    // two registrations are there.
+    let events: Vec<serde_json::Value> = hub_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "zeep's registrations in the event log",
+        || async {
+            let events: Vec<serde_json::Value> = hub
+                .hub
+                .event_log()
+                .read(None, 1_000)
+                .await
+                .unwrap()
+                .iter()
+                .map(hub_core::events::LoggedEvent::to_json)
+                .collect();
+            let zeeps = events
+                .iter()
+                .filter(|e| {
+                    e["type"] == "user.created"
+                        && e["data"]["username"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with("zeep.wsse."))
+                })
+                .count();
+            (zeeps >= 2).then_some(events)
+        },
+    )
+    .await;
     for soap_version in ["soap11", "soap12"] {
         let name = format!("zeep.wsse.{soap_version}.{tail}");
         let made = hub
