@@ -369,7 +369,7 @@ impl Dispatcher {
     /// time (their events stay queued, in order).
     async fn round(
         &self,
-        queue: &dyn crate::ports::Outbox,
+        queue: &dyn crate::webhooks::WebhookQueue,
         keys: Arc<SigningKeys>,
         url: Arc<str>,
         blocked: &mut Blocked,
@@ -377,9 +377,16 @@ impl Dispatcher {
         let Ok(_permit) = self.busy.acquire().await else {
             return Ok(Round::Stopped);
         };
-        let claim = queue.claim(self.settings.batch_size).await?;
+        let claim = queue
+            .claim(self.settings.batch_size, &blocked.waiting(Instant::now()))
+            .await?;
         if claim.events().is_empty() {
-            return Ok(Round::Idle);
+            // Only waiting users' events, if any: nothing to do before the
+            // first of them may be tried again.
+            return Ok(match blocked.next(Instant::now()) {
+                Some(until) => Round::Waiting(until),
+                None => Round::Idle,
+            });
         }
         let now = Instant::now();
         let mut streams: Vec<(Uuid, Vec<PendingEvent>)> = Vec::new();
@@ -531,6 +538,26 @@ impl Blocked {
             .get(&key)
             .map(|(until, _)| *until)
             .filter(|until| *until > now)
+    }
+
+    /// The users still waiting for their retry time (at most 1,000: the
+    /// claim leaves them out).
+    fn waiting(&self, now: Instant) -> Vec<Uuid> {
+        self.0
+            .iter()
+            .filter(|(_, (until, _))| *until > now)
+            .map(|(key, _)| *key)
+            .take(1_000)
+            .collect()
+    }
+
+    /// When the first waiting user may be tried again.
+    fn next(&self, now: Instant) -> Option<Instant> {
+        self.0
+            .values()
+            .map(|(until, _)| *until)
+            .filter(|until| *until > now)
+            .min()
     }
 
     fn refused(&mut self, key: Uuid, settings: &DispatchSettings) {

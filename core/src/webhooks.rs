@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode};
-use crate::ports::{Clock, Outbox, UserRepository};
+use crate::ports::{Clock, UserRepository};
 use crate::token::Principal;
 use crate::user::UserId;
 
@@ -441,7 +441,20 @@ pub trait WebhookEndpoints: Send + Sync + 'static {
     /// (`replay` fills the gap).
     async fn enable(&self, id: EndpointId, event: &WebhookEvent) -> Result<bool, Error>;
     /// Its queue of the event log.
-    fn queue(&self, id: EndpointId) -> Arc<dyn Outbox>;
+    fn queue(&self, id: EndpointId) -> Arc<dyn WebhookQueue>;
+}
+
+/// An endpoint's queue as its worker claims it.
+#[async_trait::async_trait]
+pub trait WebhookQueue: Send + Sync + 'static {
+    /// Up to `limit` of the oldest pending events, leaving out those of the
+    /// users in `waiting` (whose earlier event waits for its retry), so
+    /// that one such user's backlog never fills a batch and stalls the rest.
+    async fn claim(
+        &self,
+        limit: u32,
+        waiting: &[Uuid],
+    ) -> Result<Box<dyn crate::ports::ClaimedEvents>, Error>;
 }
 
 /// The HTTP side of webhooks: where a URL may point, and one POST.

@@ -396,6 +396,19 @@ async fn answering(
     tokio::task::JoinHandle<()>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    receiving(status, None).await
+}
+
+/// As [`answering`], except that a body containing `refuse` is answered
+/// 503.
+async fn receiving(
+    status: &'static str,
+    refuse: Option<String>,
+) -> (
+    u16,
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -405,7 +418,7 @@ async fn answering(
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
-            let counter = std::sync::Arc::clone(&counter);
+            let (counter, refuse) = (std::sync::Arc::clone(&counter), refuse.clone());
             tokio::spawn(async move {
                 let mut buffer = vec![0u8; 65536];
                 let mut read = Vec::new();
@@ -432,8 +445,17 @@ async fn answering(
                     if read.len() < end + 4 + length {
                         continue;
                     }
+                    let body =
+                        String::from_utf8_lossy(&read[end + 4..end + 4 + length]).into_owned();
                     read.drain(..end + 4 + length);
                     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let status = match &refuse {
+                        Some(refused) if body.contains(refused.as_str()) => {
+                            "503 Service Unavailable"
+                        }
+                        Some(_) => "204 No Content",
+                        None => status,
+                    };
                     let answer = format!(
                         "HTTP/1.1 {status}\r\nlocation: http://127.0.0.1:9/elsewhere\r\ncontent-length: 0\r\n\r\n"
                     );
@@ -619,4 +641,68 @@ async fn a_websocket_reader_too_slow_is_closed_with_4429() {
         read.len(),
         String::from_utf8_lossy(&read[..read.len().min(300)])
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_user_refused_holds_back_only_that_user() {
+    let mut setup = TestSetup::new(&[Service::RestAuth, Service::Sessions]);
+    setup.config.webhooks.allowed_networks = vec!["127.0.0.1/32".parse().unwrap()];
+    setup.config.webhooks.idle_poll_ms = 20;
+    // Smaller than the refused user's backlog: their events alone would fill
+    // every batch if the claim did not leave them out.
+    setup.config.webhooks.batch_size = 3;
+    let hub = setup.start().await;
+    let rest = hub.url(Service::RestAuth);
+    let http = reqwest::Client::new();
+    let (admin, _) = admin_and_user(&hub, &rest, "e").await;
+    let stuck = sign_up(&rest, "hookstuck", PASSWORD).await;
+    let stuck_id = hub
+        .hub
+        .users()
+        .find_by_username(&hub_core::Username::parse("hookstuck").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+        .to_string();
+    drop(stuck);
+    let (port, _task, seen) = receiving("204 No Content", Some(stuck_id.clone())).await;
+    let body = json!({"url": format!("http://127.0.0.1:{port}/in"), "events": ["session.*"]});
+    let (status, created) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{rest}/admin/webhooks"),
+        &admin,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    // Eight sessions of the refused user first, then one of another.
+    for _ in 0..8 {
+        let login = http
+            .post(format!("{rest}/login"))
+            .json(&json!({"username": "hookstuck", "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 200);
+    }
+    sign_up(&rest, "hookfree", PASSWORD).await;
+    let subscriber = format!("webhook:{}", created["id"].as_str().unwrap());
+    eventually(
+        Duration::from_secs(20),
+        "the other user's event delivered",
+        || {
+            let log = hub.hub.event_log();
+            let subscriber = subscriber.clone();
+            async move {
+                let waiting = log.subscribers().await.unwrap();
+                let pending = waiting.iter().find(|s| s.name == subscriber)?.pending;
+                // Only the refused user's eight remain.
+                (pending == 8).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }

@@ -25,13 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hub_core::{Backlog, ClaimedEvents, Error, Outbox, PendingEvent};
+use hub_core::webhooks::WebhookQueue;
+use hub_core::{ClaimedEvents, Error, PendingEvent};
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::classify;
-use super::outbox::{ClaimedRow, PgOutbox, quarantine};
+use super::outbox::{ClaimedRow, quarantine};
 
 /// A queue under a lease.
 #[derive(Debug, Clone)]
@@ -43,15 +44,12 @@ pub struct LeasedQueue {
     lease: Duration,
     /// The last claim was a full batch: there is more, no need to look.
     more: Arc<AtomicBool>,
-    /// The shared parts (backlog, prune, quarantine), as any queue has them.
-    plain: PgOutbox,
 }
 
 impl LeasedQueue {
     /// `subscriber`'s queue; a claim holds it for `lease` at most.
     pub fn new(pool: PgPool, subscriber: &str, lease: Duration) -> Self {
         Self {
-            plain: PgOutbox::for_subscriber(pool.clone(), subscriber),
             pool,
             subscriber: subscriber.to_owned(),
             owner: Uuid::now_v7(),
@@ -169,8 +167,8 @@ impl ClaimedEvents for LeasedClaim {
 }
 
 #[async_trait]
-impl Outbox for LeasedQueue {
-    async fn claim(&self, limit: u32) -> Result<Box<dyn ClaimedEvents>, Error> {
+impl WebhookQueue for LeasedQueue {
+    async fn claim(&self, limit: u32, waiting: &[Uuid]) -> Result<Box<dyn ClaimedEvents>, Error> {
         // A look that writes nothing: an idle endpoint costs one read. After
         // a full batch there is more, and the look is skipped.
         let pending: bool = self.more.load(Ordering::Relaxed)
@@ -214,8 +212,9 @@ impl Outbox for LeasedQueue {
         // backlog of a million costs no sort); among them, commit order.
         let rows: Vec<ClaimedRow> = sqlx::query_as(
             "WITH candidates AS ( \
-               SELECT d.event_id FROM event_deliveries d \
+               SELECT d.event_id FROM event_deliveries d JOIN events w ON w.id = d.event_id \
                WHERE d.subscriber = $1 AND d.delivered_at IS NULL AND d.quarantined_at IS NULL \
+                 AND (w.user_id IS NULL OR NOT (w.user_id = ANY($4))) \
                ORDER BY d.event_id LIMIT $3) \
              SELECT e.id, e.event_id, e.type, e.user_id, e.session_id, e.occurred_at, \
                     e.data, u.username \
@@ -228,6 +227,7 @@ impl Outbox for LeasedQueue {
         .bind(&self.subscriber)
         .bind(i64::from(limit))
         .bind(i64::from(limit).saturating_mul(4))
+        .bind(waiting)
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| classify("claiming webhook events", e))?;
@@ -269,17 +269,5 @@ impl Outbox for LeasedQueue {
             positions,
             leased: true,
         }))
-    }
-
-    async fn backlog(&self) -> Result<Backlog, Error> {
-        self.plain.backlog().await
-    }
-
-    async fn prune(&self, before: OffsetDateTime) -> Result<u64, Error> {
-        self.plain.prune(before).await
-    }
-
-    async fn retry_quarantined(&self) -> Result<u64, Error> {
-        self.plain.retry_quarantined().await
     }
 }

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use hub_core::events::DomainEvent;
 use hub_core::webhooks::{
     EndpointId, EventTypes, SigningKeys, WebhookEndpoint, WebhookEndpoints, WebhookEvent,
-    WebhookSecret,
+    WebhookQueue, WebhookSecret,
 };
-use hub_core::{Error, Outbox, UserId};
+use hub_core::{Error, UserId};
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -398,7 +398,7 @@ impl WebhookEndpoints for PgWebhookEndpoints {
         Ok(true)
     }
 
-    fn queue(&self, id: EndpointId) -> Arc<dyn Outbox> {
+    fn queue(&self, id: EndpointId) -> Arc<dyn WebhookQueue> {
         Arc::new(LeasedQueue::new(
             self.pool.clone(),
             &id.subscriber(),
