@@ -276,6 +276,9 @@ impl Dispatcher {
                 // go on at once, the refused user's after its own backoff.
                 Ok(Round::Delivered { failure }) => {
                     if let Some(reason) = failure {
+                        if !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(endpoint = %id, reason = %reason, "a webhook delivery was refused; that user's events wait for their retry, the others go on");
+                        }
                         failing = true;
                         if self.record_failure(id, &reason).await {
                             return;
@@ -426,6 +429,7 @@ impl Dispatcher {
         let delivered: Vec<Uuid> = outcomes.iter().flat_map(|o| o.delivered.clone()).collect();
         let gone = outcomes.iter().any(|o| o.gone);
         let failure = outcomes.iter().find_map(|o| o.failure.clone());
+        let failed_users = outcomes.iter().filter(|o| o.failure.is_some()).count();
         for outcome in &outcomes {
             match &outcome.failure {
                 Some(_) => blocked.refused(outcome.key, &self.settings),
@@ -442,7 +446,10 @@ impl Dispatcher {
             return Ok(Round::Gone);
         }
         Ok(match failure {
-            Some(reason) if delivered.is_empty() => Round::Failed(reason),
+            // Every user of the batch refused looks like the receiver's
+            // trouble; one user refused is that user's (the next claim
+            // leaves them out).
+            Some(reason) if delivered.is_empty() && failed_users > 1 => Round::Failed(reason),
             failure => Round::Delivered { failure },
         })
     }
@@ -583,7 +590,7 @@ enum Round {
     Waiting(Instant),
     /// Some events were accepted; `failure` says why another was not.
     Delivered { failure: Option<String> },
-    /// Nothing was accepted: why.
+    /// Nothing was accepted, from several users: why.
     Failed(String),
     /// The endpoint is gone or disabled.
     Stopped,
