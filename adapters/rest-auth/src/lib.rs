@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequest, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -341,14 +342,22 @@ pub fn router_with(
             "/admin/users/import",
             post(import_users).layer(axum::extract::DefaultBodyLimit::max(import_max_bytes)),
         )
-        .route("/admin/webhooks", get(webhooks::list).post(webhooks::add))
+        // A new secret is shown once and never cached (nor is a refusal).
+        .route(
+            "/admin/webhooks",
+            get(webhooks::list)
+                .post(webhooks::add.layer(axum::middleware::map_response(hub_runtime::no_store))),
+        )
         .route(
             "/admin/webhooks/{id}",
             get(webhooks::get).delete(webhooks::delete),
         )
         .route(
             "/admin/webhooks/{id}/rotate-secret",
-            post(webhooks::rotate_secret),
+            post(
+                webhooks::rotate_secret
+                    .layer(axum::middleware::map_response(hub_runtime::no_store)),
+            ),
         )
         .route("/admin/webhooks/{id}/replay", post(webhooks::replay))
         .route("/admin/webhooks/{id}/enable", post(webhooks::enable))

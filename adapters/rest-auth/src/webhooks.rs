@@ -161,19 +161,14 @@ pub(crate) async fn add(
         .webhooks
         .add(Some(&principal), &request.url, types, &request.description)
         .await?;
-    let mut response = (
+    Ok((
         StatusCode::CREATED,
         Json(CreatedWebhook {
             endpoint: created.endpoint.into(),
             secret: created.secret.shown(),
         }),
     )
-        .into_response();
-    response.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
-    Ok(response)
+        .into_response())
 }
 
 /// `GET /admin/webhooks/{id}`
@@ -241,18 +236,13 @@ pub(crate) async fn rotate_secret(
     let principal = state.authentication.authenticate(&token).await?;
     let id = endpoint_id(&id)?;
     let (secret, until) = state.webhooks.rotate_secret(Some(&principal), id).await?;
-    let mut response = Json(RotatedSecret {
+    Ok(Json(RotatedSecret {
         secret: secret.shown(),
         previous_secret_until: until
             .format(&time::format_description::well_known::Rfc3339)
             .ok(),
     })
-    .into_response();
-    response.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
-    Ok(response)
+    .into_response())
 }
 
 /// `POST /admin/webhooks/{id}/replay`
