@@ -29,23 +29,54 @@ pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// Where a store a test does not use is pointed: a port nothing listens on.
 const CLOSED: &str = "127.0.0.1:1";
 
-/// A free TCP port on loopback (bound and released).
+/// A free TCP port on loopback, for a server a test starts later.
+///
+/// A port taken by binding `:0` and releasing it can be handed out again by
+/// the kernel, as the source port of any outgoing connection, before the
+/// server binds it. So ports are taken below the kernel's ephemeral range
+/// (which outgoing connections use), from a block of [`PORT_BLOCK`] ports
+/// that belongs to the test's nextest slot (`NEXTEST_TEST_GLOBAL_SLOT`, unique
+/// among the tests running at once), and each is checked free by binding it.
+/// Outside nextest the slot is derived from the process id.
 pub fn free_port() -> u16 {
-    // The kernel may hand a just-released port out again; a test that takes
-    // several (three instances' worth) must not get one twice.
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
+    // Ports given in this process: a test that takes several (three
+    // instances' worth) never gets one twice.
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let (first, last) = port_block();
+    let mut next = NEXT.lock().unwrap();
+    let start = next.unwrap_or(first + (std::process::id() as u16 % PORT_BLOCK) / 2);
+    let mut port = start;
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+        let candidate = port;
+        port = if port >= last { first } else { port + 1 };
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            *next = Some(port);
+            return candidate;
         }
+        assert!(port != start, "no free port in {first}..={last}");
     }
+}
+
+/// How many ports each concurrently running test may take.
+const PORT_BLOCK: u16 = 100;
+/// The first port of slot 0's block: above the well-known servers the
+/// scripts start (5001-5020, 5432, 9014, 27018).
+const PORT_BASE: u16 = 20000;
+
+/// This test's block of ports: `PORT_BASE + slot * PORT_BLOCK`, kept below
+/// the ephemeral range.
+fn port_block() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let blocks = (ephemeral_low.saturating_sub(PORT_BASE) / PORT_BLOCK).max(1);
+    let slot = std::env::var("NEXTEST_TEST_GLOBAL_SLOT")
+        .ok()
+        .and_then(|slot| slot.parse::<u32>().ok())
+        .unwrap_or_else(std::process::id);
+    let first = PORT_BASE + (slot % u32::from(blocks)) as u16 * PORT_BLOCK;
+    (first, first + PORT_BLOCK - 1)
 }
 
 /// A program of the project's Python tools (third-party test clients), which

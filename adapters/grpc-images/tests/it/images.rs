@@ -631,11 +631,7 @@ struct Moto {
 
 impl Moto {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = hub_testkit::free_port();
         let child = std::process::Command::new(hub_testkit::venv_bin("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
