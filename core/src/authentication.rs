@@ -143,6 +143,11 @@ impl Authentication {
         &self.tokens
     }
 
+    /// The same keys, shared.
+    pub fn tokens_arc(&self) -> Arc<Tokens> {
+        Arc::clone(&self.tokens)
+    }
+
     /// The device a device token shows, when its signature holds now, it
     /// names the user `account` resolves to, and that user still remembers
     /// the device: a password change, a role change and "sign out

@@ -424,6 +424,34 @@ impl ImageLibrary {
             Some(owner) => owner,
             None => principal.user_id,
         };
+        self.page(owner, page_size, before).await
+    }
+
+    /// `owner`'s images for a client's own token with scope `images:read`
+    /// (a client has no images of its own, so `owner` is required).
+    pub async fn list_for_client(
+        &self,
+        client: &crate::token::ClientPrincipal,
+        owner: Option<UserId>,
+        page_size: u32,
+        before: Option<Uuid>,
+    ) -> Result<(Vec<StoredImage>, Option<Uuid>), Error> {
+        client.require_scope("images:read")?;
+        let owner = owner.ok_or_else(|| {
+            Error::with_message(
+                ErrorCode::InvalidRequest,
+                "owner_id is required with a client's token: a client has no images of its own",
+            )
+        })?;
+        self.page(owner, page_size, before).await
+    }
+
+    async fn page(
+        &self,
+        owner: UserId,
+        page_size: u32,
+        before: Option<Uuid>,
+    ) -> Result<(Vec<StoredImage>, Option<Uuid>), Error> {
         let limit = if page_size == 0 {
             DEFAULT_PAGE
         } else {

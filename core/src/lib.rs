@@ -16,6 +16,7 @@ pub mod feed;
 pub mod images;
 pub mod legacy;
 pub mod lifecycle;
+pub mod oauth;
 pub mod password;
 pub mod ports;
 pub mod registration;
@@ -42,6 +43,11 @@ pub use legacy::{
     HashCeilings, HashRefusal, ImportRecord, ImportReport, Importer, import_hash, import_hash_with,
 };
 pub use lifecycle::{SessionLifecycle, SessionLimits, SessionPage};
+pub use oauth::{
+    ClientAuthMethod, ClientId, ClientRegistry, ClientSecret, GrantType, NewClient, OAuth,
+    OAuthClient, OAuthClients, OAuthError, OAuthErrorCode, OAuthSettings, PresentedClient, Scopes,
+    TokenResponse,
+};
 pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{
     ActivityLog, Backlog, ByteStream, ClaimedEvents, Clock, CredentialChange, DependencyProbe,
@@ -55,8 +61,8 @@ pub use sign_in::{
     AccountBudgets, Credential, LoginAttempt, LoginBudgets, SignIn, SignUp, SignedIn,
 };
 pub use token::{
-    Claims, IssuedToken, Jwks, KeySet, KnownDevice, Principal, TokenSettings, Tokens,
-    claimed_identity,
+    Claims, ClientPrincipal, IssuedToken, Jwks, KeySet, KnownDevice, Principal, TokenSettings,
+    Tokens, claimed_identity,
 };
 pub use upload::{BufferPool, ImageFormat, ImageLimits, Loan, SanitizedImage, UploadBuffer};
 pub use user::{Email, Password, Role, UserId, Username};

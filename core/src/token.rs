@@ -437,6 +437,137 @@ impl Tokens {
     }
 }
 
+/// The claims of a client-credentials access token (RFC 9068): a client
+/// and its scopes, no user and no session, so [`Tokens::verify`] (which
+/// needs `sid` and `role`) refuses it and [`Tokens::verify_client`] refuses
+/// every other token (it needs `typ: at+jwt`, `client_id`, `scope`, `jti`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ClientClaims {
+    iss: String,
+    aud: String,
+    /// The client itself (RFC 9068 §2.2: no resource owner).
+    sub: String,
+    client_id: String,
+    scope: String,
+    jti: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// The `typ` of a client-credentials access token (RFC 9068 §2.1).
+const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// A client a verified client-credentials token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPrincipal {
+    pub client_id: String,
+    pub scopes: crate::oauth::Scopes,
+    pub jti: uuid::Uuid,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+impl ClientPrincipal {
+    /// `FORBIDDEN` naming the scope unless the token carries it.
+    pub fn require_scope(&self, scope: &str) -> Result<(), Error> {
+        if self.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(Error::with_message(
+                ErrorCode::Forbidden,
+                format!("the token's scope lacks {scope}"),
+            ))
+        }
+    }
+}
+
+impl Tokens {
+    /// Signs a client-credentials access token from `issuer` for `client_id`.
+    pub fn issue_client(
+        &self,
+        issuer: &str,
+        client_id: &str,
+        scopes: &crate::oauth::Scopes,
+        lifetime: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedToken, Error> {
+        let lifetime = time::Duration::try_from(lifetime)
+            .map_err(|e| key_error("access token lifetime out of range", e))?;
+        let expires_at = now + lifetime;
+        let claims = ClientClaims {
+            iss: issuer.to_owned(),
+            aud: self.settings.audience.clone(),
+            sub: client_id.to_owned(),
+            client_id: client_id.to_owned(),
+            scope: scopes.to_string(),
+            jti: uuid::Uuid::now_v7().to_string(),
+            iat: now.unix_timestamp(),
+            exp: expires_at.unix_timestamp(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        header.kid = Some(self.keys.signing_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.keys.signing)
+            .map_err(|e| key_error("signing an access token", e))?;
+        Ok(IssuedToken {
+            token,
+            expires_at,
+            expires_in: u64::try_from(lifetime.whole_seconds()).unwrap_or(0),
+        })
+    }
+
+    /// Checks a client-credentials access token from `issuer`: signature,
+    /// `typ`, claims and expiry. Whether it was revoked is the store's
+    /// question ([`crate::OAuth::machine`]). Every failure is `INVALID_TOKEN`.
+    pub fn verify_client(
+        &self,
+        issuer: &str,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<ClientPrincipal, Error> {
+        let invalid = |why: &dyn std::fmt::Display| {
+            tracing::debug!(reason = %why, "client token refused");
+            Error::new(ErrorCode::InvalidToken)
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
+        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(invalid(&"not an at+jwt EdDSA token"));
+        }
+        let kid = header.kid.ok_or_else(|| invalid(&"no kid in the header"))?;
+        let key = self
+            .keys
+            .verifying
+            .get(&kid)
+            .ok_or_else(|| invalid(&format_args!("unknown kid {kid:?}")))?;
+        let mut validation = self.validation.clone();
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<ClientClaims>(token, &key.decoding, &validation)
+            .map_err(|e| invalid(&e))?
+            .claims;
+        #[allow(clippy::cast_possible_wrap)]
+        let leeway = LEEWAY_SECS as i64;
+        if now.unix_timestamp() > claims.exp + leeway {
+            return Err(invalid(&"expired"));
+        }
+        if claims.iat > now.unix_timestamp() + leeway {
+            return Err(invalid(&"issued in the future"));
+        }
+        if claims.sub != claims.client_id {
+            return Err(invalid(&"sub is not the client"));
+        }
+        let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).map_err(|e| invalid(&e));
+        Ok(ClientPrincipal {
+            scopes: crate::oauth::Scopes::parse(&claims.scope)
+                .map_err(|e| invalid(&e.description))?,
+            jti: uuid::Uuid::parse_str(&claims.jti).map_err(|e| invalid(&e))?,
+            issued_at: at(claims.iat)?,
+            expires_at: at(claims.exp)?,
+            client_id: claims.client_id,
+        })
+    }
+}
+
 /// A new random device id (22 characters): what a device's failure budget
 /// and its place among the user's remembered devices are kept under.
 pub fn new_device_id() -> Result<String, Error> {

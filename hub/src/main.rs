@@ -61,12 +61,53 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// OAuth 2.0 / OpenID Connect clients (docs/OIDC.md).
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
     /// Webhook endpoints: URLs that receive the event log's events, signed
     /// per Standard Webhooks (docs/EVENTS.md).
     Webhooks {
         #[command(subcommand)]
         command: WebhooksCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// Registers a client; prints it as one JSON object with its
+    /// `client_secret` (confidential clients), shown this once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Where the authorization step may send the user back (exact match).
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// A browser or native app: no secret, PKCE required.
+        #[arg(long)]
+        public: bool,
+        /// No consent page for this client.
+        #[arg(long)]
+        first_party: bool,
+        /// authorization_code, refresh_token or client_credentials; default:
+        /// authorization_code and refresh_token.
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+        /// The most its tokens may carry; default: openid profile email
+        /// offline_access.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Where logging out may send the user (exact match).
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+    },
+    /// One JSON object per client, never a secret.
+    List,
+    /// Deletes a client: its tokens stop working.
+    Delete { client_id: String },
+    /// A new secret; the old one stops working at once.
+    RotateSecret { client_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,7 +301,80 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Webhooks { command } => webhooks(&hub, command).await?,
+        Command::Clients { command } => clients(&hub, command).await?,
         Command::Keys { .. } | Command::Check { .. } => {}
+    }
+    Ok(())
+}
+
+async fn clients(hub: &Hub, command: ClientsCommand) -> anyhow::Result<()> {
+    let oauth = hub.client_registry();
+    let id = |id: &str| hub_core::ClientId::parse(id).map_err(operator_error);
+    match command {
+        ClientsCommand::Create {
+            name,
+            redirect_uris,
+            public,
+            first_party,
+            grants,
+            scopes,
+            post_logout_redirect_uris,
+        } => {
+            let grant_types = grants
+                .iter()
+                .map(|g| {
+                    hub_core::GrantType::parse(g).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown grant {g:?}: authorization_code, refresh_token or client_credentials"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (client, secret) = oauth
+                .create_client(hub_core::NewClient {
+                    name,
+                    redirect_uris,
+                    post_logout_redirect_uris,
+                    public,
+                    first_party,
+                    grant_types,
+                    scopes: scopes
+                        .iter()
+                        .flat_map(|s| s.split(' '))
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                })
+                .await
+                .map_err(operator_error)?;
+            let mut shown = client.to_json();
+            if let (Some(object), Some(secret)) = (shown.as_object_mut(), secret) {
+                object.insert("client_secret".to_owned(), secret.shown().into());
+            }
+            println!("{shown}");
+        }
+        ClientsCommand::List => {
+            for client in oauth.clients().await.map_err(operator_error)? {
+                println!("{}", client.to_json());
+            }
+        }
+        ClientsCommand::Delete { client_id } => {
+            oauth
+                .delete_client(&id(&client_id)?)
+                .await
+                .map_err(operator_error)?;
+            println!("deleted {client_id}");
+        }
+        ClientsCommand::RotateSecret { client_id } => {
+            let secret = oauth
+                .rotate_secret(&id(&client_id)?)
+                .await
+                .map_err(operator_error)?;
+            println!(
+                "{}",
+                serde_json::json!({ "client_id": client_id, "client_secret": secret.shown() })
+            );
+        }
     }
     Ok(())
 }

@@ -152,6 +152,7 @@ impl Hub {
                     import_max_bytes: self.config.import.max_body_bytes,
                     webhooks: self.webhooks()?,
                     feeds: self.event_feeds()?,
+                    oauth: self.oauth()?,
                 };
                 let console = hub_console::routes(self.console(sign_in, assembly).await?);
                 hub_rest_auth::router_with(
@@ -202,6 +203,7 @@ impl Hub {
                     lifecycle: self.session_lifecycle().await?,
                     relay: assembly.relay.clone(),
                     outbox: self.outbox(),
+                    oauth: self.oauth()?,
                 },
                 ServiceContext {
                     readiness: context.readiness.clone().with_metrics(Arc::new(
@@ -218,6 +220,7 @@ impl Hub {
                     lifecycle: self.session_lifecycle().await?,
                     relay: None,
                     outbox: self.outbox(),
+                    oauth: self.oauth()?,
                 },
                 context,
             ),
@@ -229,8 +232,10 @@ impl Hub {
                     store_probe: Arc::new(hub_store::S3Probe::new(self.image_store())),
                     max_message_bytes: self.config.images.max_message_bytes,
                     stall_timeout: self.config.images.stall_timeout(),
-                    auth: hub_runtime::grpc::BearerAuth::new(self.tokens()?, Arc::new(SystemClock)),
+                    auth: hub_runtime::grpc::BearerAuth::new(self.tokens()?, Arc::new(SystemClock))
+                        .with_clients(&self.config.oidc.settings().issuer),
                     feeds: self.event_feeds()?,
+                    oauth: self.oauth()?,
                 },
                 context,
             ),

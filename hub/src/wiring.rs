@@ -277,6 +277,25 @@ impl Hub {
         ))
     }
 
+    /// Registering OAuth clients (`hub clients`); needs no token keys.
+    pub fn client_registry(&self) -> hub_core::ClientRegistry {
+        hub_core::ClientRegistry::new(
+            Arc::new(hub_store::PgOAuthClients::new(self.pool.clone())),
+            Arc::new(SystemClock),
+            self.config.oidc.max_clients.max(1),
+        )
+    }
+
+    /// The OAuth 2.0 grants (`oidc.*`); needs the token keys.
+    pub fn oauth(&self) -> anyhow::Result<hub_core::OAuth> {
+        Ok(hub_core::OAuth::new(
+            Arc::new(hub_store::PgOAuthClients::new(self.pool.clone())),
+            self.authentication()?,
+            Arc::new(SystemClock),
+            self.config.oidc.settings(),
+        ))
+    }
+
     pub fn directory(&self) -> Directory {
         Directory::new(self.users())
     }

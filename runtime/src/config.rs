@@ -31,6 +31,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub webhooks: WebhooksConfig,
     pub events: EventsConfig,
+    pub oidc: OidcConfig,
     pub images: ImagesConfig,
     pub soap: SoapConfig,
     pub limits: LimitsConfig,
@@ -542,6 +543,42 @@ impl EventsConfig {
             poll: Duration::from_millis(self.poll_ms.max(10)),
             recheck: Duration::from_secs(self.recheck_secs.max(1)),
             batch: 500,
+        }
+    }
+}
+
+/// The OAuth 2.0 / OpenID Connect provider on rest-auth's port
+/// (docs/OIDC.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL: what clients discover and `iss` of every token
+    /// issued through it; the public origin of rest-auth's port.
+    pub issuer: String,
+    /// How long a client-credentials access token lasts.
+    pub access_token_lifetime_secs: u64,
+    /// The most clients that can be registered.
+    pub max_clients: usize,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "http://127.0.0.1:5001".to_owned(),
+            access_token_lifetime_secs: 600,
+            max_clients: 1000,
+        }
+    }
+}
+
+impl OidcConfig {
+    pub fn settings(&self) -> hub_core::OAuthSettings {
+        hub_core::OAuthSettings {
+            issuer: self.issuer.trim_end_matches('/').to_owned(),
+            // Between a minute and a day.
+            access_token_lifetime: Duration::from_secs(
+                self.access_token_lifetime_secs.clamp(60, 86_400),
+            ),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use hub_core::{Clock, Error, ErrorCode, ErrorKind, Principal, Tokens};
+use hub_core::{ClientPrincipal, Clock, Error, ErrorCode, ErrorKind, Principal, Tokens};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
@@ -37,10 +37,15 @@ pub fn status_of(code: ErrorCode) -> Status {
 /// request's extensions; UNAUTHENTICATED otherwise. Whether the token's
 /// session is still open needs a store, so the handler checks that (see
 /// `hub_core::Authentication::ensure_open`): interceptors cannot wait.
+///
+/// With [`BearerAuth::with_clients`], a client-credentials token of that
+/// issuer is taken too, as a [`ClientPrincipal`]; whether it was revoked is
+/// again the handler's question (`hub_core::OAuth::ensure_active`).
 #[derive(Clone)]
 pub struct BearerAuth {
     tokens: Arc<Tokens>,
     clock: Arc<dyn Clock>,
+    client_issuer: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for BearerAuth {
@@ -51,7 +56,17 @@ impl std::fmt::Debug for BearerAuth {
 
 impl BearerAuth {
     pub fn new(tokens: Arc<Tokens>, clock: Arc<dyn Clock>) -> Self {
-        Self { tokens, clock }
+        Self {
+            tokens,
+            clock,
+            client_issuer: None,
+        }
+    }
+
+    /// Also takes client-credentials tokens issued by `issuer`.
+    pub fn with_clients(mut self, issuer: &str) -> Self {
+        self.client_issuer = Some(issuer.into());
+        self
     }
 }
 
@@ -71,20 +86,53 @@ impl tonic::service::Interceptor for BearerAuth {
                 "the authorization metadata must be 'Bearer <token>'",
             ));
         }
-        let principal = self
-            .tokens
-            .verify(token.trim(), self.clock.now())
-            .map_err(|e| status(&e))?;
-        request.extensions_mut().insert(principal);
+        let now = self.clock.now();
+        match self.tokens.verify(token.trim(), now) {
+            Ok(principal) => {
+                request.extensions_mut().insert(principal);
+            }
+            Err(refused) => {
+                let client = self
+                    .client_issuer
+                    .as_deref()
+                    .and_then(|issuer| self.tokens.verify_client(issuer, token.trim(), now).ok())
+                    .ok_or_else(|| status(&refused))?;
+                request.extensions_mut().insert(client);
+            }
+        }
         Ok(request)
     }
 }
 
-/// The principal the interceptor found; UNAUTHENTICATED when it did not run.
-pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+/// Who a call is for: a signed-in user, or a client acting for itself.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    User(Principal),
+    Client(ClientPrincipal),
+}
+
+/// The caller the interceptor found; UNAUTHENTICATED when it did not run.
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    if let Some(principal) = request.extensions().get::<Principal>() {
+        return Ok(Caller::User(*principal));
+    }
     request
         .extensions()
-        .get::<Principal>()
-        .copied()
+        .get::<ClientPrincipal>()
+        .cloned()
+        .map(Caller::Client)
         .ok_or_else(|| status_of(ErrorCode::InvalidToken))
+}
+
+/// The signed-in user the interceptor found: UNAUTHENTICATED when it did
+/// not run, PERMISSION_DENIED for a client's own token (the call acts for a
+/// user).
+pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    match caller(request)? {
+        Caller::User(principal) => Ok(principal),
+        Caller::Client(_) => Err(status(&Error::with_message(
+            ErrorCode::Forbidden,
+            "this call acts for a user: a client-credentials token cannot make it",
+        ))),
+    }
 }

@@ -111,6 +111,17 @@ pub struct Verified {
     pub expires_at: OffsetDateTime,
 }
 
+/// `GET /api/sessions/verify` -> 200, for a client-credentials token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifiedClient {
+    pub valid: bool,
+    pub client_id: String,
+    /// The token's scopes, space-separated.
+    pub scope: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
 /// `GET /last-connection`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LastConnectionView {

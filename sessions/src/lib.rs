@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Json};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use hub_core::{ClientInfo, Error, Outbox, RelayStatus, SessionId, SessionLifecycle, UserId};
 use hub_runtime::health::ReadinessDetail;
@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::api::{
     DeleteQuery, LastConnectionView, ListQuery, NewSession, Revoked, SessionList, SessionView,
-    Touched, Verified,
+    Touched, Verified, VerifiedClient,
 };
 
 /// What the handlers need.
@@ -36,6 +36,8 @@ pub struct SessionsState {
     /// The relay's counters (this process's relay, when it runs one).
     pub relay: Option<Arc<RelayStatus>>,
     pub outbox: Arc<dyn Outbox>,
+    /// Client-credentials tokens, which `/api/sessions/verify` takes too.
+    pub oauth: hub_core::OAuth,
 }
 
 impl std::fmt::Debug for SessionsState {
@@ -79,8 +81,25 @@ async fn open(
 async fn verify(
     State(state): State<Arc<SessionsState>>,
     BearerToken(token): BearerToken,
-) -> Result<impl IntoResponse, HttpError> {
-    let principal = state.lifecycle.verify(&token).await?;
+) -> Result<Response, HttpError> {
+    let principal = match state.lifecycle.verify(&token).await {
+        Ok(principal) => principal,
+        Err(refused) if refused.code() == hub_core::ErrorCode::InvalidToken => {
+            // A client's own token (client credentials): no user, no
+            // session, so no identity headers; its scopes say what it may do.
+            let Ok(client) = state.oauth.machine(&token).await else {
+                return Err(refused.into());
+            };
+            return Ok(Json(VerifiedClient {
+                valid: true,
+                client_id: client.client_id,
+                scope: client.scopes.to_string(),
+                expires_at: client.expires_at,
+            })
+            .into_response());
+        }
+        Err(refused) => return Err(refused.into()),
+    };
     let [user, session, role] = IDENTITY_HEADERS;
     let user_id = principal.user_id.as_uuid();
     let session_id = principal.session_id.as_uuid();
@@ -98,7 +117,8 @@ async fn verify(
             role: principal.role.as_str().to_owned(),
             expires_at: principal.expires_at,
         }),
-    ))
+    )
+        .into_response())
 }
 
 /// `GET /api/sessions/{user_id}`: open sessions (or all), newest first.

@@ -69,7 +69,7 @@ use hub_core::{
     Authentication, DependencyProbe, ErrorCode, ImageLibrary, Principal, StoredImage, UserId,
 };
 use hub_runtime::ServiceContext;
-use hub_runtime::grpc::{BearerAuth, principal, status};
+use hub_runtime::grpc::{BearerAuth, Caller, caller, principal, status};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::image_delivery_server::{ImageDelivery, ImageDeliveryServer};
@@ -91,6 +91,8 @@ pub struct ImagesState {
     pub auth: BearerAuth,
     /// The live event feed's opener (one per process), for Events/Watch.
     pub feeds: hub_core::feed::EventFeeds,
+    /// Whether a client-credentials token is still good (revocations).
+    pub oauth: hub_core::OAuth,
 }
 
 /// `polyhub_image_uploads_in_progress`: uploads streaming in or being
@@ -266,7 +268,17 @@ impl ImageDelivery for Images {
         &self,
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
-        let principal = self.signed_in(&request).await?;
+        let caller = match caller(&request)? {
+            Caller::User(_) => Caller::User(self.signed_in(&request).await?),
+            Caller::Client(client) => {
+                self.state
+                    .oauth
+                    .ensure_active(&client)
+                    .await
+                    .map_err(|e| status(&e))?;
+                Caller::Client(client)
+            }
+        };
         let request = request.into_inner();
         let owner = if request.owner_id.is_empty() {
             None
@@ -284,17 +296,17 @@ impl ImageDelivery for Images {
         if request.page_size < 0 {
             return Err(invalid("page_size must not be negative"));
         }
-        let (images, next) = self
-            .state
-            .library
-            .list(
-                &principal,
-                owner,
-                u32::try_from(request.page_size).unwrap_or(0),
-                before,
-            )
-            .await
-            .map_err(|e| status(&e))?;
+        let page_size = u32::try_from(request.page_size).unwrap_or(0);
+        let library = &self.state.library;
+        let (images, next) = match &caller {
+            Caller::User(principal) => library.list(principal, owner, page_size, before).await,
+            Caller::Client(client) => {
+                library
+                    .list_for_client(client, owner, page_size, before)
+                    .await
+            }
+        }
+        .map_err(|e| status(&e))?;
         Ok(Response::new(pb::ListImagesResponse {
             images: images.iter().map(|i| to_pb(i, &self.state.urls)).collect(),
             next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),

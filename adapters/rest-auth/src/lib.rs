@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod feed;
+pub mod oauth;
 mod openapi;
 pub mod webhooks;
 
@@ -50,6 +51,8 @@ pub struct RestAuthState {
     pub webhooks: hub_core::Webhooks,
     /// The live event feed's opener (one per process).
     pub feeds: hub_core::feed::EventFeeds,
+    /// OAuth 2.0 clients and grants.
+    pub oauth: hub_core::OAuth,
 }
 
 impl std::fmt::Debug for RestAuthState {
@@ -362,6 +365,9 @@ pub fn router_with(
         .route("/admin/webhooks/{id}/replay", post(webhooks::replay))
         .route("/admin/webhooks/{id}/enable", post(webhooks::enable))
         .route("/events/ws", get(feed::events_ws))
+        .route("/oauth2/token", post(oauth::token))
+        .route("/oauth2/introspect", post(oauth::introspect))
+        .route("/oauth2/revoke", post(oauth::revoke))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/test-db", get(test_db))
         .route(

@@ -1806,3 +1806,98 @@ impl super::ReplayGuard for InMemoryReplayGuard {
         Ok(true)
     }
 }
+
+/// OAuth clients and revoked tokens in memory.
+#[derive(Debug, Default)]
+pub struct InMemoryOAuthClients {
+    state: Mutex<OAuthState>,
+}
+
+#[derive(Debug, Default)]
+struct OAuthState {
+    clients: Vec<crate::oauth::OAuthClient>,
+    revoked: HashMap<Uuid, crate::oauth::ClientId>,
+}
+
+impl InMemoryOAuthClients {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, OAuthState>, Error> {
+        self.state
+            .lock()
+            .map_err(|_| Error::internal("in-memory client store poisoned"))
+    }
+}
+
+#[async_trait]
+impl crate::oauth::OAuthClients for InMemoryOAuthClients {
+    async fn create(&self, client: &crate::oauth::OAuthClient) -> Result<(), Error> {
+        let mut state = self.lock()?;
+        if state.clients.iter().any(|c| c.id == client.id) {
+            return Err(Error::with_message(
+                ErrorCode::InvalidRequest,
+                "duplicate client id",
+            ));
+        }
+        state.clients.push(client.clone());
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        id: &crate::oauth::ClientId,
+    ) -> Result<Option<crate::oauth::OAuthClient>, Error> {
+        let state = self.lock()?;
+        Ok(state.clients.iter().find(|c| c.id == *id).cloned())
+    }
+
+    async fn list(&self) -> Result<Vec<crate::oauth::OAuthClient>, Error> {
+        Ok(self.lock()?.clients.clone())
+    }
+
+    async fn delete(&self, id: &crate::oauth::ClientId) -> Result<bool, Error> {
+        let mut state = self.lock()?;
+        let before = state.clients.len();
+        state.clients.retain(|c| c.id != *id);
+        state.revoked.retain(|_, client| client != id);
+        Ok(state.clients.len() < before)
+    }
+
+    async fn set_secret(
+        &self,
+        id: &crate::oauth::ClientId,
+        secret: &crate::oauth::SecretDigest,
+        now: OffsetDateTime,
+    ) -> Result<bool, Error> {
+        let mut state = self.lock()?;
+        match state
+            .clients
+            .iter_mut()
+            .find(|c| c.id == *id && c.secret.is_some())
+        {
+            Some(client) => {
+                client.secret = Some(secret.clone());
+                client.secret_rotated_at = Some(now);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn revoke_token(
+        &self,
+        client: &crate::oauth::ClientId,
+        jti: Uuid,
+        _expires_at: OffsetDateTime,
+    ) -> Result<(), Error> {
+        self.lock()?.revoked.insert(jti, client.clone());
+        Ok(())
+    }
+
+    async fn token_active(
+        &self,
+        client: &crate::oauth::ClientId,
+        jti: Uuid,
+    ) -> Result<bool, Error> {
+        let state = self.lock()?;
+        Ok(state.clients.iter().any(|c| c.id == *client) && !state.revoked.contains_key(&jti))
+    }
+}

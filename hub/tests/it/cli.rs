@@ -423,3 +423,121 @@ async fn serve_only_runs_the_named_services_and_check_probes_them() {
         "{err}"
     );
 }
+
+/// `hub clients`: an operator registers an OAuth client, sees it listed
+/// without its secret, rotates the secret and deletes it; bad requests are
+/// refused with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_are_registered_listed_rotated_and_deleted() {
+    let db = fresh_database();
+    let out = run(hub_with(&db, &["migrate"]), "");
+    assert!(out.status.success(), "migrate: {}", text(&out.stderr));
+
+    let create = |args: &[&str]| {
+        let mut all = vec!["clients", "create"];
+        all.extend_from_slice(args);
+        run(hub_with(&db, &all), "")
+    };
+    let out = create(&[
+        "--name",
+        "reports",
+        "--grant",
+        "client_credentials",
+        "--scope",
+        "images:read events:read",
+    ]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["client_id"].as_str().unwrap().to_owned();
+    let secret = created["client_secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 43, "{created}");
+    assert_eq!(created["scope"], "events:read images:read");
+    assert_eq!(
+        created["grant_types"],
+        serde_json::json!(["client_credentials"])
+    );
+    assert_eq!(created["public"], false);
+
+    let out = create(&[
+        "--name",
+        "spa",
+        "--public",
+        "--redirect-uri",
+        "http://127.0.0.1:8080/cb",
+    ]);
+    assert!(out.status.success(), "create public: {}", text(&out.stderr));
+    let public: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(public.get("client_secret").is_none(), "{public}");
+    assert_eq!(public["token_endpoint_auth_method"], "none");
+
+    for (args, why) in [
+        (
+            &["--name", "web", "--redirect-uri", "http://app.example/cb"][..],
+            "http is only for loopback hosts",
+        ),
+        (&["--name", "web"][..], "needs at least one redirect URI"),
+        (
+            &[
+                "--name",
+                "m",
+                "--grant",
+                "client_credentials",
+                "--scope",
+                "admin",
+            ][..],
+            "unknown scope",
+        ),
+        (
+            &["--name", "m", "--public", "--grant", "client_credentials"][..],
+            "cannot use client_credentials",
+        ),
+        (&["--name", "m", "--grant", "password"][..], "unknown grant"),
+    ] {
+        let out = create(args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            text(&out.stderr).contains(why),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    let out = run(hub_with(&db, &["clients", "list"]), "");
+    assert!(out.status.success(), "list: {}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed.contains(&id) && !listed.contains(&secret),
+        "{listed}"
+    );
+
+    let out = run(hub_with(&db, &["clients", "rotate-secret", &id]), "");
+    assert!(out.status.success(), "rotate: {}", text(&out.stderr));
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(rotated["client_secret"].as_str().unwrap(), secret);
+    let out = run(
+        hub_with(
+            &db,
+            &[
+                "clients",
+                "rotate-secret",
+                public["client_id"].as_str().unwrap(),
+            ],
+        ),
+        "",
+    );
+    assert!(
+        text(&out.stderr).contains("has no secret"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(hub_with(&db, &["clients", "delete", &id]), "");
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    let out = run(hub_with(&db, &["clients", "delete", &id]), "");
+    assert!(
+        text(&out.stderr).contains("NOT_FOUND"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -10,6 +10,7 @@ mod directory;
 mod import;
 mod import_costs;
 mod metrics;
+mod oauth;
 mod per_process;
 mod serving;
 mod webhooks;

@@ -74,6 +74,12 @@ async fn world() -> World {
         max_message_bytes: 4 * 1024 * 1024,
         stall_timeout: Duration::from_secs(5),
         auth: BearerAuth::new(tokens, Arc::new(SystemClock)),
+        oauth: hub_core::OAuth::new(
+            Arc::new(hub_core::ports::memory::InMemoryOAuthClients::default()),
+            auth.authentication.clone(),
+            Arc::new(SystemClock),
+            hub_runtime::config::OidcConfig::default().settings(),
+        ),
         feeds: hub_core::feed::EventFeeds::new(
             Arc::new(auth.sessions.event_log()),
             auth.authentication.clone(),
