@@ -148,6 +148,30 @@ impl Authentication {
         Arc::clone(&self.tokens)
     }
 
+    /// The user `id`, if any.
+    pub async fn user(&self, id: UserId) -> Result<Option<User>, Error> {
+        self.users.find_by_id(id).await
+    }
+
+    /// The session `id` and its user, while the session is open.
+    pub async fn open_session_with_user(
+        &self,
+        id: SessionId,
+    ) -> Result<Option<(Session, User)>, Error> {
+        self.sessions
+            .find_open_with_user(id, self.clock.now())
+            .await
+    }
+
+    /// Revokes the session `id` (its tokens stop everywhere); nothing when
+    /// it was not open.
+    pub async fn revoke_session(&self, id: SessionId, reason: &str) -> Result<(), Error> {
+        if self.sessions.revoke(id, self.clock.now(), reason).await? {
+            tracing::info!(session_id = %id, reason, "session revoked");
+        }
+        Ok(())
+    }
+
     /// The device a device token shows, when its signature holds now, it
     /// names the user `account` resolves to, and that user still remembers
     /// the device: a password change, a role change and "sign out

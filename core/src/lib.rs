@@ -17,6 +17,7 @@ pub mod images;
 pub mod legacy;
 pub mod lifecycle;
 pub mod oauth;
+pub mod oidc;
 pub mod password;
 pub mod ports;
 pub mod registration;
@@ -47,6 +48,10 @@ pub use oauth::{
     ClientAuthMethod, ClientId, ClientRegistry, ClientSecret, GrantType, NewClient, OAuth,
     OAuthClient, OAuthClients, OAuthError, OAuthErrorCode, OAuthSettings, PresentedClient, Scopes,
     TokenResponse,
+};
+pub use oidc::{
+    AuthorizationRequest, AuthorizeParams, AuthorizeRefusal, IdTokenKey, Next, Oidc, OidcSettings,
+    OidcStore, UserTokens,
 };
 pub use password::{PasswordHash, PasswordHasher};
 pub use ports::{

@@ -491,6 +491,11 @@ pub enum OAuthErrorCode {
     UnsupportedTokenType,
     ServerError,
     TemporarilyUnavailable,
+    // The authorization endpoint's own (RFC 6749 §4.1.2.1, OIDC Core §3.1.2.6).
+    UnsupportedResponseType,
+    AccessDenied,
+    LoginRequired,
+    ConsentRequired,
 }
 
 impl OAuthErrorCode {
@@ -505,6 +510,10 @@ impl OAuthErrorCode {
             Self::UnsupportedTokenType => "unsupported_token_type",
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::UnsupportedResponseType => "unsupported_response_type",
+            Self::AccessDenied => "access_denied",
+            Self::LoginRequired => "login_required",
+            Self::ConsentRequired => "consent_required",
         }
     }
 }
@@ -711,6 +720,11 @@ impl OAuth {
 
     pub fn settings(&self) -> &OAuthSettings {
         &self.settings
+    }
+
+    /// The registered client `id`, if any.
+    pub async fn client(&self, id: &ClientId) -> Result<Option<OAuthClient>, Error> {
+        self.clients.get(id).await
     }
 
     // Clients.

@@ -75,12 +75,19 @@ pub struct IssuedToken {
     pub expires_in: u64,
 }
 
-/// One public key as a JWK (RFC 8037, OKP/Ed25519).
+/// One public key as a JWK: OKP/Ed25519 (RFC 8037, `crv` and `x`) for
+/// access tokens, RSA (`n` and `e`) for ID tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Jwk {
     pub kty: String,
-    pub crv: String,
-    pub x: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
     pub kid: String,
     pub alg: String,
     #[serde(rename = "use")]
@@ -168,8 +175,10 @@ impl KeySet {
             .map_err(|e| key_error("a verification key cannot be used", e))?;
         let jwk = Jwk {
             kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            x,
+            crv: Some("Ed25519".into()),
+            x: Some(x),
+            n: None,
+            e: None,
             kid: kid.clone(),
             alg: "EdDSA".into(),
             use_: "sig".into(),
@@ -794,11 +803,16 @@ mod tests {
         let jwks = tokens_with(&key, &[]).jwks();
         let jwk = &jwks.keys[0];
         assert_eq!(
-            (jwk.kty.as_str(), jwk.crv.as_str(), jwk.alg.as_str()),
+            (
+                jwk.kty.as_str(),
+                jwk.crv.as_deref().unwrap(),
+                jwk.alg.as_str()
+            ),
             ("OKP", "Ed25519", "EdDSA")
         );
-        assert_eq!(B64URL.decode(&jwk.x).unwrap().len(), 32);
-        assert_eq!(jwk.kid, thumbprint(&jwk.x));
+        let x = jwk.x.as_deref().unwrap();
+        assert_eq!(B64URL.decode(x).unwrap().len(), 32);
+        assert_eq!(jwk.kid, thumbprint(x));
         let json = serde_json::to_value(&jwks).unwrap();
         assert_eq!(json["keys"][0]["use"], "sig");
     }

@@ -77,6 +77,18 @@ impl Environment {
         for service in SERVICES {
             vars.push((setting(service, "PORT"), free_port().to_string()));
         }
+        // The OpenID Connect issuer is rest-auth's own address, and every
+        // instance signs ID tokens with the one RSA key.
+        let rest_auth = vars
+            .iter()
+            .find(|(k, _)| *k == setting("rest-auth", "PORT"))
+            .map(|(_, port)| format!("http://127.0.0.1:{port}"))
+            .unwrap();
+        vars.push(("POLYHUB_OIDC__ISSUER".into(), rest_auth));
+        vars.push((
+            "POLYHUB_OIDC__ID_TOKEN_KEY_PATH".into(),
+            hub_testkit::id_token_key().display().to_string(),
+        ));
         let environment = Self { vars };
         let key_arg = key.display().to_string();
         let made = environment
@@ -112,6 +124,7 @@ impl Environment {
         for service in SERVICES {
             self.set(&setting(service, "EXTERNAL_URL"), origin);
         }
+        self.set("POLYHUB_OIDC__ISSUER", origin);
         self
     }
 

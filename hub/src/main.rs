@@ -183,6 +183,16 @@ enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Write a new 2048-bit RSA private key (PKCS#8 PEM, mode 0600) to OUT:
+    /// the key that signs OpenID Connect ID tokens (RS256). Point
+    /// oidc.id_token_key_path at it, the same file on every instance.
+    GenerateIdToken {
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,11 +269,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = hub::launch::load_config(cli.config.as_deref())?;
     // Making keys needs neither a database nor existing keys.
-    if let Command::Keys {
-        command: KeysCommand::Generate { out, force },
-    } = &cli.command
-    {
-        return generate_key(out, *force);
+    match &cli.command {
+        Command::Keys {
+            command: KeysCommand::Generate { out, force },
+        } => return generate_key(out, *force),
+        Command::Keys {
+            command: KeysCommand::GenerateIdToken { out, force },
+        } => return generate_id_token_key(out, *force),
+        _ => {}
     }
     let hub = Hub::build(config)?;
     match cli.command {
@@ -500,31 +513,42 @@ fn operator_error(e: hub_core::Error) -> anyhow::Error {
     anyhow::Error::new(e)
 }
 
-fn generate_key(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+/// Writes `text` to `path` (`mode`), never over a file unless `force`.
+fn write_new(path: &std::path::Path, text: &str, mode: u32, force: bool) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
 
-    let key = hub_core::KeySet::generate().map_err(operator_error)?;
-    let public = out.with_extension("pub.pem");
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let write = |path: &std::path::Path, text: &str, mode: u32| -> anyhow::Result<()> {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).mode(mode);
-        if force {
-            options.create(true).truncate(true);
-        } else {
-            options.create_new(true);
-        }
-        let mut file = options
-            .open(path)
-            .with_context(|| format!("writing {} (--force replaces it)", path.display()))?;
-        file.write_all(text.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))
-    };
-    write(out, &key.private_pem, 0o600)?;
-    write(&public, &key.public_pem, 0o644)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(mode);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {} (--force replaces it)", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn generate_id_token_key(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let pem = hub_core::IdTokenKey::generate_pem().map_err(operator_error)?;
+    let key = hub_core::IdTokenKey::from_pem(&pem).map_err(operator_error)?;
+    write_new(out, &pem, 0o600, force)?;
+    println!("kid {}", key.jwk().kid);
+    println!("private key {}", out.display());
+    Ok(())
+}
+
+fn generate_key(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let key = hub_core::KeySet::generate().map_err(operator_error)?;
+    let public = out.with_extension("pub.pem");
+    write_new(out, &key.private_pem, 0o600, force)?;
+    write_new(&public, &key.public_pem, 0o644, force)?;
     println!("kid {}", key.kid);
     println!("private key {}", out.display());
     println!("public key  {}", public.display());

@@ -89,6 +89,8 @@ impl Hub {
                 .collect(),
             http,
             webhooks: self.webhooks()?,
+            oidc: self.oidc()?,
+            policy: String::new(),
         })
     }
 
@@ -153,6 +155,7 @@ impl Hub {
                     webhooks: self.webhooks()?,
                     feeds: self.event_feeds()?,
                     oauth: self.oauth()?,
+                    oidc: self.oidc()?,
                 };
                 let console = hub_console::routes(self.console(sign_in, assembly).await?);
                 hub_rest_auth::router_with(

@@ -71,6 +71,8 @@ pub(crate) struct BuiltOnce {
     pub(crate) webhook_transport: OnceLock<Arc<hub_store::HttpWebhooks>>,
     /// The feed slots (events.max_subscribers) are per process.
     pub(crate) event_feeds: OnceLock<hub_core::feed::EventFeeds>,
+    /// The ID tokens' RSA key, read (or, unconfigured, made) once.
+    id_token_key: OnceLock<Arc<hub_core::IdTokenKey>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -284,6 +286,45 @@ impl Hub {
             Arc::new(SystemClock),
             self.config.oidc.max_clients.max(1),
         )
+    }
+
+    /// The ID tokens' key: `oidc.id_token_key_path`, or one made for this
+    /// process (with a warning: other instances cannot verify its tokens).
+    fn id_token_key(&self) -> anyhow::Result<Arc<hub_core::IdTokenKey>> {
+        if let Some(key) = self.once.id_token_key.get() {
+            return Ok(Arc::clone(key));
+        }
+        let key = match &self.config.oidc.id_token_key_path {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the ID token key {}", path.display()))?;
+                hub_core::IdTokenKey::from_pem(&pem)
+                    .with_context(|| format!("loading the ID token key {}", path.display()))?
+            }
+            None => {
+                tracing::warn!(
+                    "no oidc.id_token_key_path: this process signs ID tokens with a key of its own, \
+                     which other instances do not publish; `hub keys generate-id-token --out PATH` makes one to share"
+                );
+                let pem = hub_core::IdTokenKey::generate_pem()?;
+                hub_core::IdTokenKey::from_pem(&pem)?
+            }
+        };
+        let key = Arc::clone(self.once.id_token_key.get_or_init(|| Arc::new(key)));
+        tracing::info!(kid = key.jwk().kid, "ID token key loaded");
+        Ok(key)
+    }
+
+    /// OpenID Connect's code flow (`oidc.*`); needs both token keys.
+    pub fn oidc(&self) -> anyhow::Result<hub_core::Oidc> {
+        Ok(hub_core::Oidc::new(
+            self.oauth()?,
+            Arc::new(hub_store::PgOidcStore::new(self.pool.clone())),
+            self.authentication()?,
+            self.id_token_key()?,
+            Arc::new(SystemClock),
+            self.config.oidc.code_flow(),
+        ))
     }
 
     /// The OAuth 2.0 grants (`oidc.*`); needs the token keys.

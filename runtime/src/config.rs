@@ -559,6 +559,14 @@ pub struct OidcConfig {
     pub access_token_lifetime_secs: u64,
     /// The most clients that can be registered.
     pub max_clients: usize,
+    /// The RSA private key (PKCS#8 PEM) that signs ID tokens (RS256);
+    /// `hub keys generate-id-token` makes one. Unset: each process makes
+    /// its own at start, which only a single instance can use.
+    pub id_token_key_path: Option<PathBuf>,
+    /// How long an authorization code may wait for its exchange.
+    pub code_lifetime_secs: u64,
+    /// How long an ID token is valid.
+    pub id_token_lifetime_secs: u64,
 }
 
 impl Default for OidcConfig {
@@ -567,6 +575,9 @@ impl Default for OidcConfig {
             issuer: "http://127.0.0.1:5001".to_owned(),
             access_token_lifetime_secs: 600,
             max_clients: 1000,
+            id_token_key_path: None,
+            code_lifetime_secs: 60,
+            id_token_lifetime_secs: 300,
         }
     }
 }
@@ -579,6 +590,14 @@ impl OidcConfig {
             access_token_lifetime: Duration::from_secs(
                 self.access_token_lifetime_secs.clamp(60, 86_400),
             ),
+        }
+    }
+
+    pub fn code_flow(&self) -> hub_core::OidcSettings {
+        hub_core::OidcSettings {
+            // RFC 6749 §4.1.2: a code lives ten minutes at most.
+            code_lifetime: Duration::from_secs(self.code_lifetime_secs.clamp(1, 600)),
+            id_token_lifetime: Duration::from_secs(self.id_token_lifetime_secs.clamp(60, 86_400)),
         }
     }
 }

@@ -15,9 +15,9 @@ pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_
 pub use mongodb::Database as MongoDatabase;
 pub use postgres::{
     CachedSessions, CachedUsers, DirectoryStats, MIGRATOR, PgEventLog, PgImageRepository,
-    PgKnownDevices, PgOAuthClients, PgOutbox, PgProbe, PgReplayGuard, PgSessionRepository,
-    PgUserRepository, PgWebhookEndpoints, PoolSettings, connect_lazy, ensure_database, migrate,
-    ping,
+    PgKnownDevices, PgOAuthClients, PgOidcStore, PgOutbox, PgProbe, PgReplayGuard,
+    PgSessionRepository, PgUserRepository, PgWebhookEndpoints, PoolSettings, connect_lazy,
+    ensure_database, migrate, ping,
 };
 pub use s3::{S3ObjectStore, S3Probe, S3Settings};
 pub use webhook_http::{HttpWebhooks, WebhookHttpSettings};

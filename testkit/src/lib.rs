@@ -103,6 +103,22 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// The RSA key every test hub signs ID tokens with: made once (RSA key
+/// generation takes a while) under `target/`, then shared by every test.
+pub fn id_token_key() -> PathBuf {
+    let dir = Path::new(ROOT).join("target/test-keys");
+    let path = dir.join("id-token.pem");
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = hub_core::IdTokenKey::generate_pem().unwrap();
+        // Written aside and renamed: a test reading it never sees half a key.
+        let partial = dir.join(format!("id-token.{}.tmp", uuid::Uuid::now_v7().simple()));
+        std::fs::write(&partial, pem).unwrap();
+        std::fs::rename(&partial, &path).unwrap();
+    }
+    path
+}
+
 /// A database URL of its own on the server `DATABASE_URL` names; `hub
 /// migrate` (or [`TestSetup::start`]) creates it.
 pub fn fresh_database_url() -> String {
@@ -204,6 +220,7 @@ impl TestSetup {
             config.images.s3.endpoint = Some(format!("http://{CLOSED}"));
         }
         config.tokens.signing_key_path = Some(keys.private.clone());
+        config.oidc.id_token_key_path = Some(id_token_key());
         Self {
             config,
             keys,

@@ -182,6 +182,9 @@ pub(crate) struct SigninForm {
     csrf: Option<String>,
     login: String,
     password: String,
+    /// Where to continue once signed in: only the OpenID Connect
+    /// authorization step ([`crate::oidc::safe_next`]).
+    next: Option<String>,
 }
 
 /// What the sign-in page was sent to say: flags only, never words. A
@@ -191,6 +194,7 @@ pub(crate) struct SigninForm {
 pub(crate) struct SigninQuery {
     created: Option<String>,
     signed_out: Option<String>,
+    next: Option<String>,
 }
 
 impl SigninQuery {
@@ -213,15 +217,27 @@ fn signin_field(code: ErrorCode) -> Option<&'static str> {
     }
 }
 
-fn signin_view(token: &str, login: &str, problem: Option<&Problem>, note: Option<&str>) -> Markup {
+fn signin_view(
+    token: &str,
+    login: &str,
+    problem: Option<&Problem>,
+    note: Option<&str>,
+    next: Option<&str>,
+) -> Markup {
     layout(
         "Sign in",
         None,
         html! {
             (notice(note))
+            @if next.is_some() {
+                p.notice { "Sign in to continue to the application." }
+            }
             (form_problem(problem))
             form.card method="post" action="/account/signin" {
                 (csrf(token))
+                @if let Some(next) = next {
+                    input type="hidden" name="next" value=(next);
+                }
                 (field(&Field { name: "login", label: "Username or email", kind: "text", autocomplete: "username",
                     value: Some(login), hint: None }, problem))
                 (field(&Field { name: "password", label: "Password", kind: "password", autocomplete: "current-password",
@@ -239,9 +255,16 @@ pub(crate) async fn signin_page(
     headers: HeaderMap,
     Query(query): Query<SigninQuery>,
 ) -> Page {
-    anonymous_page(&state, &headers, StatusCode::OK, |token| {
-        signin_view(token, "", None, query.notice())
-    })
+    let next = crate::oidc::safe_next(query.next.as_deref());
+    let policy = crate::oidc::next_policy(&state, next).await;
+    let mut page = anonymous_page(&state, &headers, StatusCode::OK, |token| {
+        signin_view(token, "", None, query.notice(), next)
+    })?;
+    if let Some(policy) = policy {
+        page.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
+    Ok(page)
 }
 
 /// `POST /account/signin`: the JSON login's use case, budgets and device
@@ -275,7 +298,7 @@ pub(crate) async fn signin(
             // how long the session lives (renewed while used, see
             // `guard::keep_alive`). A fresh CSRF secret for the new session.
             let secret = guard::fresh_csrf()?;
-            let mut response = redirect("/account");
+            let mut response = crate::oidc::after_sign_in(form.next.as_deref());
             let cookies = response.headers_mut();
             for cookie in [
                 guard::set_cookie(&state, SESSION_COOKIE, &signed_in.outcome.token.token, None),
@@ -296,9 +319,16 @@ pub(crate) async fn signin(
         }
         Err(e) => {
             let problem = Problem::from_error(e, signin_field);
-            anonymous_page(&state, &headers, problem.status, |token| {
-                signin_view(token, login, Some(&problem), None)
-            })
+            let next = crate::oidc::safe_next(form.next.as_deref());
+            let policy = crate::oidc::next_policy(&state, next).await;
+            let mut page = anonymous_page(&state, &headers, problem.status, |token| {
+                signin_view(token, login, Some(&problem), None, next)
+            })?;
+            if let Some(policy) = policy {
+                page.headers_mut()
+                    .insert(header::CONTENT_SECURITY_POLICY, policy);
+            }
+            Ok(page)
         }
     }
 }

@@ -29,7 +29,11 @@ pub const CSRF_COOKIE: &str = "polyhub_csrf";
 pub(crate) async fn page_headers(policy: HeaderValue, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, policy);
+    // A page whose forms end at an application (the OpenID Connect steps)
+    // set a wider form-action already.
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(policy);
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     // `same-origin`, not `no-referrer`: under `no-referrer` a browser sends
     // `Origin: null` with the page's own forms, and the origin check needs

@@ -21,6 +21,7 @@
 mod account;
 mod admin;
 mod guard;
+mod oidc;
 mod pages;
 mod upload_form;
 mod webhooks;
@@ -69,6 +70,10 @@ pub struct ConsoleState {
     pub http: reqwest::Client,
     /// Webhook endpoints, for the admin's page.
     pub webhooks: hub_core::Webhooks,
+    /// OpenID Connect's browser steps: authorize, consent, logout, apps.
+    pub oidc: hub_core::Oidc,
+    /// The pages' Content-Security-Policy (set by [`routes`]).
+    pub policy: String,
 }
 
 impl std::fmt::Debug for ConsoleState {
@@ -101,6 +106,8 @@ pub fn routes(state: ConsoleState) -> Router {
          frame-ancestors 'none'; base-uri 'none'",
         image_origin(&state.urls)
     );
+    let mut state = state;
+    state.policy.clone_from(&policy);
     let policy = HeaderValue::from_str(&policy)
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
     let state = Arc::new(state);
@@ -120,6 +127,11 @@ pub fn routes(state: ConsoleState) -> Router {
             get(account::signin_page).post(account::signin),
         )
         .route("/account/signout", post(account::signout))
+        .route("/account/apps", get(oidc::apps))
+        .route("/account/apps/withdraw", post(oidc::withdraw))
+        .route(oidc::AUTHORIZE, get(oidc::authorize))
+        .route("/oauth2/consent", post(oidc::consent))
+        .route("/oauth2/logout", get(oidc::logout))
         .route("/account/email", post(account::change_email))
         .route("/account/password", post(account::change_password))
         .route("/account/devices", get(account::devices))

@@ -91,10 +91,11 @@ pub(crate) struct Nav<'a> {
     pub current: &'a str,
 }
 
-const USER_LINKS: [(&str, &str); 3] = [
+const USER_LINKS: [(&str, &str); 4] = [
     ("/account", "Profile"),
     ("/account/devices", "Devices"),
     ("/account/images", "Images"),
+    ("/account/apps", "Apps"),
 ];
 const ADMIN_LINKS: [(&str, &str); 3] = [
     ("/admin/users", "Users"),

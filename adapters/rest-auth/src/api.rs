@@ -195,8 +195,15 @@ pub struct JsonWebKey {
     #[schema(example = "OKP")]
     pub kty: String,
     #[schema(example = "Ed25519")]
-    pub crv: String,
-    pub x: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    /// An RSA key's modulus (the ID tokens' RS256 key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
     pub kid: String,
     #[schema(example = "EdDSA")]
     pub alg: String,
@@ -215,6 +222,8 @@ impl From<Jwks> for JwkSet {
                     kty: k.kty,
                     crv: k.crv,
                     x: k.x,
+                    n: k.n,
+                    e: k.e,
                     kid: k.kid,
                     alg: k.alg,
                     use_: k.use_,

@@ -53,6 +53,8 @@ pub struct RestAuthState {
     pub feeds: hub_core::feed::EventFeeds,
     /// OAuth 2.0 clients and grants.
     pub oauth: hub_core::OAuth,
+    /// OpenID Connect's code flow, ID tokens and userinfo.
+    pub oidc: hub_core::Oidc,
 }
 
 impl std::fmt::Debug for RestAuthState {
@@ -287,7 +289,7 @@ async fn logout(
     responses((status = 200, description = "The keys that verify our tokens", body = JwkSet))
 )]
 async fn jwks(State(state): State<Arc<RestAuthState>>) -> Response {
-    let keys: JwkSet = state.authentication.tokens().jwks().into();
+    let keys: JwkSet = state.oidc.jwks().into();
     let mut response = Json(keys).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -368,6 +370,11 @@ pub fn router_with(
         .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/introspect", post(oauth::introspect))
         .route("/oauth2/revoke", post(oauth::revoke))
+        .route(
+            "/oauth2/userinfo",
+            get(oauth::userinfo).post(oauth::userinfo_post),
+        )
+        .route("/.well-known/openid-configuration", get(oauth::discovery))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/test-db", get(test_db))
         .route(

@@ -1,6 +1,8 @@
-//! The OAuth 2.0 endpoints that need no browser: `POST /oauth2/token`
-//! (client credentials, RFC 6749 §4.4), `POST /oauth2/introspect` (RFC 7662)
-//! and `POST /oauth2/revoke` (RFC 7009).
+//! The OAuth 2.0 and OpenID Connect endpoints that need no browser:
+//! discovery, `POST /oauth2/token` (authorization code with PKCE, refresh
+//! with rotation, client credentials), `/oauth2/userinfo`,
+//! `POST /oauth2/introspect` (RFC 7662) and `POST /oauth2/revoke` (RFC 7009).
+//! The browser's steps (authorize, consent, logout) are the console's.
 //!
 //! They speak OAuth, not polyhub's JSON: form-encoded requests, and errors
 //! as `{"error", "error_description"}` with RFC 6749's codes. Clients
@@ -12,8 +14,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use std::net::SocketAddr;
+
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use base64::Engine;
@@ -37,7 +41,8 @@ pub struct OAuthErrorBody {
 /// A token endpoint's success (RFC 6749 §5.1).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenBody {
-    /// A JWT (`typ: at+jwt`, EdDSA) naming the client and its scopes.
+    /// A JWT (EdDSA): a client's own (`typ: at+jwt`) or, from a code or a
+    /// refresh, the user's polyhub token for the grant's session.
     pub access_token: String,
     #[schema(example = "Bearer")]
     pub token_type: &'static str,
@@ -46,6 +51,13 @@ pub struct TokenBody {
     /// The scopes granted, space-separated.
     #[schema(example = "images:read")]
     pub scope: String,
+    /// A new refresh token (each refresh rotates it; a used one presented
+    /// again revokes the grant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// An RS256 ID token, with scope `openid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
 }
 
 /// The form of a token, introspection or revocation request (only the
@@ -53,8 +65,12 @@ pub struct TokenBody {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub struct OAuthForm {
-    /// `client_credentials`.
+    /// `authorization_code`, `refresh_token` or `client_credentials`.
     grant_type: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    refresh_token: Option<String>,
     scope: Option<String>,
     /// The token to introspect or revoke.
     token: Option<String>,
@@ -258,6 +274,7 @@ fn no_store(mut response: Response) -> Response {
 )]
 pub async fn token(
     State(state): State<Arc<RestAuthState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthFailure> {
@@ -266,7 +283,52 @@ pub async fn token(
     let grant = parameters
         .get("grant_type")
         .ok_or_else(|| failure(OAuthErrorCode::InvalidRequest, "grant_type is required"))?;
+    let required = |name: &str| {
+        parameters.get(name).map(String::as_str).ok_or_else(|| {
+            failure(
+                OAuthErrorCode::InvalidRequest,
+                format!("{name} is required"),
+            )
+        })
+    };
+    let user_tokens = |tokens: hub_core::UserTokens| {
+        no_store(
+            Json(TokenBody {
+                access_token: tokens.access_token,
+                token_type: "Bearer",
+                expires_in: tokens.expires_in,
+                scope: tokens.scope.to_string(),
+                refresh_token: tokens.refresh_token,
+                id_token: tokens.id_token,
+            })
+            .into_response(),
+        )
+    };
     match grant.as_str() {
+        "authorization_code" => {
+            let tokens = state
+                .oidc
+                .exchange_code(
+                    &client,
+                    required("code")?,
+                    parameters.get("redirect_uri").map(String::as_str),
+                    parameters.get("code_verifier").map(String::as_str),
+                    Some(addr.ip()),
+                )
+                .await?;
+            Ok(user_tokens(tokens))
+        }
+        "refresh_token" => {
+            let tokens = state
+                .oidc
+                .refresh(
+                    &client,
+                    required("refresh_token")?,
+                    parameters.get("scope").map(String::as_str),
+                )
+                .await?;
+            Ok(user_tokens(tokens))
+        }
         "client_credentials" => {
             let issued = state
                 .oauth
@@ -278,6 +340,8 @@ pub async fn token(
                     token_type: "Bearer",
                     expires_in: issued.expires_in,
                     scope: issued.scope.to_string(),
+                    refresh_token: None,
+                    id_token: None,
                 })
                 .into_response(),
             ))
@@ -285,7 +349,7 @@ pub async fn token(
         other => Err(failure(
             OAuthErrorCode::UnsupportedGrantType,
             format!(
-                "grant_type {:?} is not served here; this endpoint grants client_credentials",
+                "grant_type {:?} is not served; use authorization_code, refresh_token or client_credentials",
                 other.chars().take(64).collect::<String>()
             ),
         )),
@@ -299,7 +363,7 @@ pub async fn token(
     responses(
         (status = 200, description = "`{\"active\": false}` for any token that is not active; otherwise its claims (RFC 7662 §2.2)", body = Object),
         (status = 400, description = "invalid_request: no token", body = OAuthErrorBody),
-        (status = 401, description = "invalid_client: a confidential client must authenticate", body = OAuthErrorBody),
+        (status = 401, description = "invalid_client: the client must authenticate (a public one sees only its own tokens)", body = OAuthErrorBody),
         (status = 503, description = "temporarily_unavailable", body = OAuthErrorBody),
     )
 )]
@@ -310,16 +374,32 @@ pub async fn introspect(
 ) -> Result<Response, OAuthFailure> {
     let mut parameters = form(&headers, body)?;
     let client = client(&state, &headers, &mut parameters).await?;
-    if client.is_public() {
-        return Err(failure(
-            OAuthErrorCode::InvalidClient,
-            "introspection is for confidential clients",
-        ));
-    }
     let token = parameters
         .get("token")
         .ok_or_else(|| failure(OAuthErrorCode::InvalidRequest, "token is required"))?;
-    let answer: Value = state.oauth.introspect(token).await?;
+    let mut answer: Value = state.oauth.introspect(token).await?;
+    // A user's token of an app's grant: which app, with which scopes.
+    let session = answer
+        .get("sid")
+        .and_then(Value::as_str)
+        .and_then(|sid| hub_core::SessionId::parse(sid).ok());
+    let grant = match session {
+        Some(session) => state
+            .oidc
+            .grant_of(session)
+            .await
+            .map_err(OAuthError::from)?,
+        None => None,
+    };
+    if let (Some(grant), Some(object)) = (&grant, answer.as_object_mut()) {
+        object.insert("client_id".into(), grant.client_id.as_str().into());
+        object.insert("scope".into(), grant.scopes.to_string().into());
+    }
+    // A public client learns only about its own tokens.
+    let owner = answer.get("client_id").and_then(Value::as_str);
+    if client.is_public() && owner != Some(client.id.as_str()) {
+        answer = serde_json::json!({ "active": false });
+    }
     Ok(no_store(Json(answer).into_response()))
 }
 
@@ -344,6 +424,166 @@ pub async fn revoke(
     let token = parameters
         .get("token")
         .ok_or_else(|| failure(OAuthErrorCode::InvalidRequest, "token is required"))?;
-    state.oauth.revoke(&client, token).await?;
+    // A grant's refresh or access token ends the grant; otherwise a
+    // client's own token.
+    if !state.oidc.revoke(&client, token).await? {
+        state.oauth.revoke(&client, token).await?;
+    }
     Ok(no_store(StatusCode::OK.into_response()))
+}
+
+/// `GET /.well-known/openid-configuration` (OpenID Connect Discovery 1.0
+/// §3, and RFC 8414's fields): what this provider serves, truthfully.
+#[utoipa::path(
+    get, path = "/.well-known/openid-configuration", tag = "oauth",
+    responses((status = 200, description = "The provider's metadata", body = Object))
+)]
+pub async fn discovery(State(state): State<Arc<RestAuthState>>) -> Response {
+    let issuer = state.oidc.issuer();
+    let at = |path: &str| format!("{issuer}{path}");
+    let methods = ["client_secret_basic", "client_secret_post", "none"];
+    let document = serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": at("/oauth2/authorize"),
+        "token_endpoint": at("/oauth2/token"),
+        "userinfo_endpoint": at("/oauth2/userinfo"),
+        "jwks_uri": at("/.well-known/jwks.json"),
+        "end_session_endpoint": at("/oauth2/logout"),
+        "introspection_endpoint": at("/oauth2/introspect"),
+        "revocation_endpoint": at("/oauth2/revoke"),
+        "scopes_supported": hub_core::oauth::SCOPES,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint_auth_methods_supported": methods,
+        "revocation_endpoint_auth_methods_supported": methods,
+        "code_challenge_methods_supported": ["S256"],
+        "prompt_values_supported": ["none", "login", "consent"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash",
+                             "sid", "preferred_username", "updated_at", "email", "email_verified"],
+        "authorization_response_iss_parameter_supported": true,
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
+        "claims_parameter_supported": false,
+    });
+    let mut response = Json(document).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+/// A userinfo refusal (RFC 6750 §3): 401 `invalid_token` or 403
+/// `insufficient_scope`, with the Bearer challenge.
+fn bearer_refusal(error: &hub_core::Error) -> Response {
+    let (status, code) = match error.kind() {
+        hub_core::ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "insufficient_scope"),
+        hub_core::ErrorKind::Unavailable | hub_core::ErrorKind::TooMany => {
+            return OAuthFailure(OAuthError::new(
+                OAuthErrorCode::TemporarilyUnavailable,
+                "the service is unavailable; try again shortly",
+            ))
+            .into_response();
+        }
+        hub_core::ErrorKind::Internal => {
+            hub_runtime::errors::log_failure(error);
+            return OAuthFailure(OAuthError::new(
+                OAuthErrorCode::ServerError,
+                "the request could not be served",
+            ))
+            .into_response();
+        }
+        _ => (StatusCode::UNAUTHORIZED, "invalid_token"),
+    };
+    let mut response = (
+        status,
+        Json(OAuthErrorBody {
+            error: code.to_owned(),
+            error_description: error.message().to_owned(),
+        }),
+    )
+        .into_response();
+    let challenge = format!("Bearer realm=\"polyhub\", error=\"{code}\"");
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    no_store(response)
+}
+
+/// The bearer token of a userinfo request: the Authorization header, or
+/// `access_token` in a POST's form (RFC 6750 §2.2), not both.
+fn userinfo_token(headers: &HeaderMap, form_token: Option<String>) -> Option<String> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    match (header, form_token) {
+        (Some(token), None) | (None, Some(token)) => Some(token),
+        _ => None,
+    }
+}
+
+async fn userinfo_of(state: &RestAuthState, token: Option<String>) -> Response {
+    let Some(token) = token else {
+        return bearer_refusal(&hub_core::Error::with_message(
+            hub_core::ErrorCode::InvalidToken,
+            "send the access token once: Authorization: Bearer, or access_token in a POST form",
+        ));
+    };
+    match state.oidc.userinfo(&token).await {
+        Ok(claims) => no_store(Json(claims).into_response()),
+        Err(e) => bearer_refusal(&e),
+    }
+}
+
+/// `GET /oauth2/userinfo` (OIDC Core §5.3)
+#[utoipa::path(
+    get, path = "/oauth2/userinfo", tag = "oauth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`sub` and the claims the grant's scopes allow", body = Object),
+        (status = 401, description = "invalid_token, with a Bearer challenge", body = OAuthErrorBody),
+        (status = 403, description = "insufficient_scope: the grant lacks openid", body = OAuthErrorBody),
+        (status = 503, description = "temporarily_unavailable", body = OAuthErrorBody),
+    )
+)]
+pub async fn userinfo(State(state): State<Arc<RestAuthState>>, headers: HeaderMap) -> Response {
+    userinfo_of(&state, userinfo_token(&headers, None)).await
+}
+
+/// `POST /oauth2/userinfo`
+#[utoipa::path(
+    post, path = "/oauth2/userinfo", tag = "oauth",
+    security(("bearer" = [])),
+    request_body(content = OAuthForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "As GET", body = Object),
+        (status = 400, description = "invalid_request: a body that is not a form", body = OAuthErrorBody),
+        (status = 401, description = "invalid_token", body = OAuthErrorBody),
+        (status = 403, description = "insufficient_scope", body = OAuthErrorBody),
+        (status = 503, description = "temporarily_unavailable", body = OAuthErrorBody),
+    )
+)]
+pub async fn userinfo_post(
+    State(state): State<Arc<RestAuthState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let form_token = if headers.contains_key(header::CONTENT_TYPE) {
+        match form(&headers, body) {
+            Ok(mut parameters) => parameters.remove("access_token"),
+            Err(refused) => return refused.into_response(),
+        }
+    } else {
+        None
+    };
+    userinfo_of(&state, userinfo_token(&headers, form_token)).await
 }

@@ -7,4 +7,5 @@ mod consistency;
 mod console;
 mod gateway;
 mod journey;
+mod oidc;
 mod standalone;

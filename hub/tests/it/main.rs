@@ -11,6 +11,7 @@ mod import;
 mod import_costs;
 mod metrics;
 mod oauth;
+mod oidc;
 mod per_process;
 mod serving;
 mod webhooks;
