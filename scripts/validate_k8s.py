@@ -85,6 +85,7 @@ def fill_production_secrets(k8s: pathlib.Path) -> None:
     for example in folder.glob("*.example"):
         shutil.copy(example, folder / example.name.removesuffix(".example"))
     (folder / "signing.pem").write_text("throwaway signing key for validation\n")
+    (folder / "id-token.pem").write_text("throwaway ID token key for validation\n")
     (folder / "mongo-keyfile").write_text(secrets.token_urlsafe(64) + "\n")
 
 

@@ -29,6 +29,11 @@ fn compose_project() -> std::path::PathBuf {
         hub_testkit::key_files().private_pem,
     )
     .unwrap();
+    std::fs::copy(
+        hub_testkit::id_token_key(),
+        compose.join("secrets/id-token.pem"),
+    )
+    .unwrap();
     dir
 }
 

@@ -752,17 +752,24 @@ async fn signing_keys_rotate_without_killing_live_tokens() {
     assert_eq!(api.get_auth("/profile", &old_token).await.0, StatusCode::OK);
     let new_token = api.login("kim", "correct horse battery").await;
     let (_, jwks) = api.get_auth("/.well-known/jwks.json", "").await;
-    let kids: Vec<&str> = jwks["keys"]
+    // The access tokens' Ed25519 keys, the signing one first; then the ID
+    // tokens' RSA key.
+    let kids: Vec<(&str, &str)> = jwks["keys"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|k| k["kid"].as_str().unwrap())
+        .map(|k| (k["kty"].as_str().unwrap(), k["kid"].as_str().unwrap()))
         .collect();
     assert_eq!(
-        kids,
-        [hub.keys.kid.as_str(), old_keys.kid.as_str()],
+        kids[..2],
+        [
+            ("OKP", hub.keys.kid.as_str()),
+            ("OKP", old_keys.kid.as_str())
+        ],
         "signing key first"
     );
+    assert_eq!(kids.len(), 3, "{jwks}");
+    assert_eq!(kids[2].0, "RSA");
     let new_keys = hub.stop().await;
 
     let mut setup = TestSetup::new(SERVICES).with_keys(new_keys);

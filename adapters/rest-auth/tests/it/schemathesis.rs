@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use base64::Engine;
+
 use hub_testkit::{Service, TestHub};
 use serde_json::{Value, json};
 
@@ -21,7 +23,13 @@ async fn token(base: &str, username: &str) -> String {
     body["token"].as_str().unwrap().to_owned()
 }
 
-async fn run_schemathesis(base: String, token: String, filter: [&'static str; 2]) -> String {
+/// schemathesis over the operations `filter` selects, each request sent
+/// with `Authorization: {authorization}`.
+async fn run_schemathesis(
+    base: String,
+    authorization: String,
+    filter: [&'static str; 2],
+) -> String {
     let st = hub_testkit::venv_bin("st");
     tokio::task::spawn_blocking(move || {
         let out = Command::new(st)
@@ -32,7 +40,7 @@ async fn run_schemathesis(base: String, token: String, filter: [&'static str; 2]
                 "--max-examples",
                 "40",
                 "--header",
-                &format!("Authorization: Bearer {token}"),
+                &format!("Authorization: {authorization}"),
             ])
             .args(filter)
             .env("SCHEMATHESIS_HOOKS", "")
@@ -72,13 +80,48 @@ async fn schemathesis_finds_no_server_error_and_no_departure_from_the_document()
     let main_token = token(&base, "fuzz").await;
     let logout_token = token(&base, "fuzz").await;
 
-    // Everything but logout, with a token that stays valid throughout...
-    let report = run_schemathesis(base.clone(), main_token, ["--exclude-path", "/logout"]).await;
+    // Everything but logout and OAuth, with a token that stays valid
+    // throughout...
+    let report = run_schemathesis(
+        base.clone(),
+        format!("Bearer {main_token}"),
+        ["--exclude-path-regex", "^/(logout|oauth2/)"],
+    )
+    .await;
     assert!(
         !report.contains("Authentication failed"),
         "authenticated operations must really be exercised:\n{report}"
     );
-    // ...then logout alone, with a token of its own.
-    run_schemathesis(base, logout_token, ["--include-path", "/logout"]).await;
+    // ...then logout alone, with a token of its own...
+    run_schemathesis(
+        base.clone(),
+        format!("Bearer {logout_token}"),
+        ["--include-path", "/logout"],
+    )
+    .await;
+    // ...and the OAuth endpoints, as a registered client authenticates at
+    // them (userinfo refuses it: it wants an app's access token).
+    let (client, secret) = hub
+        .hub
+        .client_registry()
+        .create_client(hub_core::NewClient {
+            name: "fuzz".into(),
+            grant_types: vec![hub_core::GrantType::ClientCredentials],
+            scopes: vec!["images:read".into()],
+            ..hub_core::NewClient::default()
+        })
+        .await
+        .unwrap();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        client.id,
+        secret.unwrap().shown()
+    ));
+    run_schemathesis(
+        base,
+        format!("Basic {basic}"),
+        ["--include-path-regex", "^/oauth2/"],
+    )
+    .await;
     hub.stop().await;
 }
