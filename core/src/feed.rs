@@ -111,11 +111,47 @@ pub struct FeedSettings {
     pub batch: u32,
 }
 
+/// Who may follow the log: an admin (checked against the directory now),
+/// or a client with a client-credentials token carrying `events:read`
+/// (checked against the store now: not revoked, client not deleted).
+#[derive(Clone)]
+struct Access {
+    authentication: Authentication,
+    clients: Option<crate::oauth::OAuth>,
+}
+
+impl Access {
+    /// Who `token` speaks for, when they may follow the log now.
+    async fn check(&self, token: &str) -> Result<String, Error> {
+        let refused = match self.authentication.authenticate(token).await {
+            Ok(principal) => {
+                self.authentication
+                    .require_admin(&principal, "the event feed is for admins")
+                    .await?;
+                return Ok(format!("user {}", principal.user_id));
+            }
+            Err(refused) if refused.code() == ErrorCode::InvalidToken => refused,
+            Err(e) => return Err(e),
+        };
+        let Some(clients) = &self.clients else {
+            return Err(refused);
+        };
+        match clients.machine(token).await {
+            Ok(client) => {
+                client.require_scope("events:read")?;
+                Ok(format!("client {}", client.client_id))
+            }
+            Err(e) if e.code() == ErrorCode::InvalidToken => Err(refused),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Opens feeds, at most `max_feeds` at once in this process.
 #[derive(Clone)]
 pub struct EventFeeds {
     log: Arc<dyn EventLog>,
-    authentication: Authentication,
+    access: Access,
     settings: FeedSettings,
     slots: Arc<Semaphore>,
 }
@@ -137,23 +173,29 @@ impl EventFeeds {
     ) -> Self {
         Self {
             log,
-            authentication,
+            access: Access {
+                authentication,
+                clients: None,
+            },
             settings,
             slots: Arc::new(Semaphore::new(max_feeds)),
         }
+    }
+
+    /// Also opens feeds for client-credentials tokens with `events:read`.
+    pub fn with_clients(mut self, clients: crate::oauth::OAuth) -> Self {
+        self.access.clients = Some(clients);
+        self
     }
 
     pub fn settings(&self) -> &FeedSettings {
         &self.settings
     }
 
-    /// A feed for the holder of `token`, who must be an admin now. It reads
-    /// nothing until [`Feed::start`].
+    /// A feed for the holder of `token`: an admin now, or a client whose
+    /// token carries `events:read`. It reads nothing until [`Feed::start`].
     pub async fn open(&self, token: &str) -> Result<Feed, Error> {
-        let principal = self.authentication.authenticate(token).await?;
-        self.authentication
-            .require_admin(&principal, "the event feed is for admins")
-            .await?;
+        let caller = self.access.check(token).await?;
         let slot = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
             tracing::warn!("event feed refused: every slot (events.max_subscribers) is taken");
             Error::with_message(
@@ -162,10 +204,10 @@ impl EventFeeds {
             )
             .with_retry_after(Duration::from_secs(5))
         })?;
-        tracing::info!(user_id = %principal.user_id, "event feed opened");
+        tracing::info!(caller, "event feed opened");
         Ok(Feed {
             log: Arc::clone(&self.log),
-            authentication: self.authentication.clone(),
+            access: self.access.clone(),
             token: token.to_owned(),
             settings: self.settings.clone(),
             topics: Topics::default(),
@@ -179,7 +221,7 @@ impl EventFeeds {
 /// One caller's cursor on the log.
 pub struct Feed {
     log: Arc<dyn EventLog>,
-    authentication: Authentication,
+    access: Access,
     token: String,
     settings: FeedSettings,
     topics: Topics,
@@ -230,10 +272,7 @@ impl Feed {
     pub async fn next(&mut self) -> Result<Vec<(Topic, LoggedEvent)>, Error> {
         loop {
             if self.checked.elapsed() >= self.settings.recheck {
-                let principal = self.authentication.authenticate(&self.token).await?;
-                self.authentication
-                    .require_admin(&principal, "the event feed is for admins")
-                    .await?;
+                self.access.check(&self.token).await?;
                 self.checked = Instant::now();
             }
             let events = self.log.read(self.cursor, self.settings.batch).await?;

@@ -117,7 +117,8 @@ impl Hub {
             self.authentication()?,
             self.config.events.feed(),
             self.config.events.max_subscribers,
-        );
+        )
+        .with_clients(self.oauth()?);
         Ok(self.once.event_feeds.get_or_init(|| feeds).clone())
     }
 }

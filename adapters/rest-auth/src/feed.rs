@@ -11,8 +11,9 @@
 //!   the first subscribe, and an event is sent when its topic is
 //!   subscribed at the moment the feed reads it.
 //!
-//! The upgrade needs an admin's bearer token (401/403 before any upgrade);
-//! the role and the token are checked again while the feed lasts. A reader
+//! The upgrade needs an admin's bearer token, or a client-credentials token
+//! with scope `events:read` (401/403 before any upgrade); the role, scope
+//! and token are checked again while the feed lasts. A reader
 //! that lets `events.buffer` events pile up is closed with code 4429.
 
 use std::sync::Arc;
@@ -97,7 +98,10 @@ fn close_for(error: &Error) -> (u16, String) {
             CLOSE_TOKEN_INVALID,
             "the token is no longer valid".to_owned(),
         ),
-        ErrorCode::Forbidden => (CLOSE_FORBIDDEN, "the event feed is for admins".to_owned()),
+        ErrorCode::Forbidden => (
+            CLOSE_FORBIDDEN,
+            "the event feed is for admins and clients with events:read".to_owned(),
+        ),
         ErrorCode::InvalidRequest => (CLOSE_BAD_RESUME, "cannot resume there".to_owned()),
         code => (
             CLOSE_UNAVAILABLE,

@@ -342,3 +342,70 @@ async fn refusals_answer_in_oauths_shape() {
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     hub.stop().await;
 }
+
+/// A client-credentials token with `events:read` follows the log over
+/// gRPC `Events/Watch`; one without it is refused, and a revoked one too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_with_events_read_watches_the_log() {
+    use hub_grpc_images::pb::events::WatchRequest;
+    use hub_grpc_images::pb::events::events_client::EventsClient;
+
+    let hub = TestHub::with(&[Service::RestAuth, Service::GrpcImages]).await;
+    let rest = hub.url(Service::RestAuth);
+    let (watcher, watcher_secret) = machine_client(&hub, "watcher", &["events:read"]).await;
+    let (reader, reader_secret) = machine_client(&hub, "reader", &["images:read"]).await;
+    let grant = [("grant_type", "client_credentials")];
+    let token_of = |id: String, secret: String| {
+        let rest = rest.clone();
+        async move {
+            let (status, _, body) =
+                post_form(&rest, "/oauth2/token", Some((&id, &secret)), &grant).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let watching = token_of(watcher.clone(), watcher_secret.clone()).await;
+    let reading = token_of(reader, reader_secret).await;
+    let watch = |token: String| {
+        let grpc = hub.url(Service::GrpcImages);
+        async move {
+            let mut request = tonic::Request::new(WatchRequest {
+                topics: vec!["user_updates".into()],
+                after: None,
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            EventsClient::connect(grpc)
+                .await
+                .unwrap()
+                .watch(request)
+                .await
+        }
+    };
+    let mut stream = watch(watching.clone()).await.unwrap().into_inner();
+    sign_up(&rest, "watched", PASSWORD).await;
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.r#type, "user.created", "{event:?}");
+    drop(stream);
+
+    let refused = watch(reading).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("events:read"), "{refused:?}");
+
+    let (status, _, _) = post_form(
+        &rest,
+        "/oauth2/revoke",
+        Some((&watcher, &watcher_secret)),
+        &[("token", &watching)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let refused = watch(watching).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    hub.stop().await;
+}
