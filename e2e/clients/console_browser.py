@@ -350,6 +350,35 @@ submit(admin, "/admin/hooks")
 check("whsec_" in text(admin) and "Active" in text(admin), f"webhook added: {text(admin)}")
 inspect(admin, "admin-webhooks")
 
+# ---- applications: an http redirect URI off loopback is refused at the
+# form; an https one registers, its secret shown once; its consent page
+# (never submitted: the app's host is not reachable from here); the
+# admin's own apps page, with nothing allowed yet ----
+go(admin, "/admin/apps")
+fill(admin, {"name": "Photo app", "redirect_uris": "http://photos.example.com/callback"})
+submit(admin, "/admin/apps")
+check("http is only for loopback hosts" in text(admin), f"an http redirect URI: {text(admin)}")
+fill(admin, {"name": "Photo app", "redirect_uris": "https://photos.example.com/callback"})
+submit(admin, "/admin/apps")
+registered = re.search(r"Its client id: ([0-9a-f-]{36})", text(admin))
+check(registered and "shown this once" in text(admin), f"client registered: {text(admin)}")
+inspect(admin, "admin-apps")
+client_id = registered.group(1)
+go(admin, "/oauth2/authorize?" + "&".join([
+    "response_type=code",
+    f"client_id={client_id}",
+    "redirect_uri=https%3A%2F%2Fphotos.example.com%2Fcallback",
+    "scope=openid%20profile%20email",
+    "state=screenshot",
+    "code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+    "code_challenge_method=S256",
+]))
+check("Allow Photo app to use your account?" in text(admin), f"consent page: {text(admin)}")
+inspect(admin, "consent")
+go(admin, "/account/apps")
+check("No application has access" in text(admin), f"apps page: {text(admin)}")
+inspect(admin, "account-apps")
+
 # ---- sign out revokes the session on the server ----
 admin_token = admin.get_cookie("polyhub_session")["value"]
 press(admin, admin.find_element(By.CSS_SELECTOR, 'form.signout button'))

@@ -90,6 +90,7 @@ impl Hub {
             http,
             webhooks: self.webhooks()?,
             oidc: self.oidc()?,
+            clients: self.client_registry(),
             policy: String::new(),
         })
     }

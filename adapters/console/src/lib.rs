@@ -20,6 +20,7 @@
 
 mod account;
 mod admin;
+mod clients;
 mod guard;
 mod oidc;
 mod pages;
@@ -72,6 +73,8 @@ pub struct ConsoleState {
     pub webhooks: hub_core::Webhooks,
     /// OpenID Connect's browser steps: authorize, consent, logout, apps.
     pub oidc: hub_core::Oidc,
+    /// Registered applications, for admins (`/admin/apps`).
+    pub clients: hub_core::ClientRegistry,
     /// The pages' Content-Security-Policy (set by [`routes`]).
     pub policy: String,
 }
@@ -159,6 +162,8 @@ pub fn routes(state: ConsoleState) -> Router {
         .route("/admin/system", get(admin::system))
         .route(webhooks::PAGE, get(webhooks::page).post(webhooks::add))
         .route("/admin/hooks/{id}/{action}", post(webhooks::act))
+        .route(clients::PAGE, get(clients::page).post(clients::register))
+        .route("/admin/apps/{id}/{action}", post(clients::act))
         .layer(DefaultBodyLimit::max(FORM_MAX_BYTES))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),

@@ -204,7 +204,7 @@ async fn consent_page(
         None,
         html! {
             section.card {
-                h1 { "Allow " (client.name) " to use your account?" }
+                h2 { "Allow " (client.name) " to use your account?" }
                 p { "Signed in as " strong { (user.username.as_str()) } ". "
                     (client.name) " asks to:" }
                 ul.scopes {
@@ -369,10 +369,9 @@ pub(crate) async fn apps(State(state): State<Arc<ConsoleState>>, headers: Header
     let csrf = signed.csrf();
     let nav = crate::account::nav(&user, &csrf, "/account/apps");
     Ok(layout(
-        "Apps",
+        "Apps with access",
         Some(&nav),
         html! {
-            h1 { "Apps with access" }
             @if consents.is_empty() {
                 p { "No application has access to your account." }
             }

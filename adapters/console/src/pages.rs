@@ -97,9 +97,10 @@ const USER_LINKS: [(&str, &str); 4] = [
     ("/account/images", "Images"),
     ("/account/apps", "Apps"),
 ];
-const ADMIN_LINKS: [(&str, &str); 3] = [
+const ADMIN_LINKS: [(&str, &str); 4] = [
     ("/admin/users", "Users"),
     ("/admin/hooks", "Webhooks"),
+    ("/admin/apps", "Applications"),
     ("/admin/system", "System"),
 ];
 

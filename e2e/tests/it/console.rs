@@ -83,6 +83,9 @@ async fn the_console_in_a_real_browser() {
         "admin-user",
         "admin-system",
         "admin-webhooks",
+        "admin-apps",
+        "consent",
+        "account-apps",
     ] {
         assert!(pages.contains(&page), "{page} was not checked: {report}");
         for width in [1280, 390] {

@@ -649,3 +649,114 @@ async fn refusals_follow_the_standard() {
     );
     hub.stop().await;
 }
+
+/// `/admin/apps`: admins register, rotate and delete applications in the
+/// console; anyone else is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_manage_applications_in_the_console() {
+    let hub = TestHub::with(&[Service::RestAuth]).await;
+    let base = hub.url(Service::RestAuth);
+    let user = signed_in(&base, "appuser").await;
+    let refused = browser()
+        .get(format!("{base}/admin/apps"))
+        .header(header::COOKIE, &user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    sign_up(&base, "appadmin", PASSWORD).await;
+    hub.hub
+        .administration()
+        .set_role("appadmin", hub_core::Role::Admin)
+        .await
+        .unwrap();
+    let admin = session_cookies(&sign_in(&browser(), &base, "appadmin", PASSWORD).await);
+    let page = browser()
+        .get(format!("{base}/admin/apps"))
+        .header(header::COOKIE, &admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = form_csrf(&page, "/admin/apps");
+    let post = |path: String, body: String| {
+        browser()
+            .post(format!("{base}{path}"))
+            .header(header::ORIGIN, &base)
+            .header(header::COOKIE, &admin)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let answer = post(
+        "/admin/apps".into(),
+        encoded(&[
+            ("csrf", &csrf),
+            ("name", "Reports"),
+            ("scopes", "images:read"),
+            ("grant_client_credentials", "on"),
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let page = answer.text().await.unwrap();
+    assert!(page.contains("shown this once"), "{page}");
+    let clients = hub.hub.client_registry().clients().await.unwrap();
+    assert_eq!(clients.len(), 1);
+    let id = clients[0].id.to_string();
+    assert!(page.contains(&id));
+
+    let answer = post(
+        "/admin/apps".into(),
+        encoded(&[
+            ("csrf", &csrf),
+            ("name", "Web"),
+            ("redirect_uris", "http://app.example/cb"),
+            ("grant_code", "on"),
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        answer
+            .text()
+            .await
+            .unwrap()
+            .contains("http is only for loopback hosts")
+    );
+
+    let rotated = post(
+        format!("/admin/apps/{id}/rotate"),
+        encoded(&[("csrf", &csrf)]),
+    )
+    .await
+    .unwrap();
+    assert!(
+        rotated
+            .text()
+            .await
+            .unwrap()
+            .contains("the old secret no longer works")
+    );
+    let deleted = post(
+        format!("/admin/apps/{id}/delete"),
+        encoded(&[("csrf", &csrf)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted.status(), StatusCode::SEE_OTHER);
+    assert!(
+        hub.hub
+            .client_registry()
+            .clients()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    hub.stop().await;
+}
