@@ -163,6 +163,23 @@ impl Authentication {
             .await
     }
 
+    /// How many sessions `user` has open, counted up to `limit`.
+    pub async fn open_sessions(&self, user: UserId, limit: u32) -> Result<usize, Error> {
+        let open = self
+            .sessions
+            .list(
+                user,
+                &crate::ports::SessionQuery {
+                    include_closed: false,
+                    now: self.clock.now(),
+                    before: None,
+                    limit,
+                },
+            )
+            .await?;
+        Ok(open.len())
+    }
+
     /// Revokes the session `id` (its tokens stop everywhere); nothing when
     /// it was not open.
     pub async fn revoke_session(&self, id: SessionId, reason: &str) -> Result<(), Error> {

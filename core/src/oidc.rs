@@ -329,6 +329,10 @@ pub trait OidcStore: Send + Sync {
 pub struct OidcSettings {
     pub code_lifetime: Duration,
     pub id_token_lifetime: Duration,
+    /// A grant is a session: past this many open sessions of the user, a
+    /// code's exchange is refused (`sessions.max_open_per_user`), so codes,
+    /// which cost no password, cannot fill the sessions table.
+    pub max_open_sessions: u32,
 }
 
 impl Default for OidcSettings {
@@ -336,6 +340,7 @@ impl Default for OidcSettings {
         Self {
             code_lifetime: Duration::from_secs(60),
             id_token_lifetime: Duration::from_secs(300),
+            max_open_sessions: 100,
         }
     }
 }
@@ -770,6 +775,13 @@ impl Oidc {
             .user(stored.user_id)
             .await?
             .ok_or_else(|| invalid_grant("the user no longer exists"))?;
+        let max_open = self.settings.max_open_sessions.max(1);
+        if self.authentication.open_sessions(user.id, max_open).await? >= max_open as usize {
+            tracing::warn!(user_id = %user.id, client_id = %client.id, max_open, "code exchange refused: the user's open sessions are at the limit");
+            return Err(invalid_grant(&format!(
+                "the user has {max_open} open sessions, the most allowed; one must end first"
+            )));
+        }
         let (session, token) = self
             .authentication
             .open_session(

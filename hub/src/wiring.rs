@@ -323,7 +323,9 @@ impl Hub {
             self.authentication()?,
             self.id_token_key()?,
             Arc::new(SystemClock),
-            self.config.oidc.code_flow(),
+            self.config
+                .oidc
+                .code_flow(self.config.sessions.max_open_per_user),
         ))
     }
 

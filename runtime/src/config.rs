@@ -593,11 +593,14 @@ impl OidcConfig {
         }
     }
 
-    pub fn code_flow(&self) -> hub_core::OidcSettings {
+    /// The code flow's settings; `max_open_sessions` is
+    /// `sessions.max_open_per_user` (a grant is a session).
+    pub fn code_flow(&self, max_open_sessions: u32) -> hub_core::OidcSettings {
         hub_core::OidcSettings {
             // RFC 6749 §4.1.2: a code lives ten minutes at most.
             code_lifetime: Duration::from_secs(self.code_lifetime_secs.clamp(1, 600)),
             id_token_lifetime: Duration::from_secs(self.id_token_lifetime_secs.clamp(60, 86_400)),
+            max_open_sessions,
         }
     }
 }

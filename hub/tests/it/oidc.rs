@@ -760,3 +760,48 @@ async fn admins_manage_applications_in_the_console() {
     );
     hub.stop().await;
 }
+
+/// A grant is a session: codes, which cost no password, cannot open more
+/// sessions than `sessions.max_open_per_user`.
+#[tokio::test(flavor = "multi_thread")]
+async fn code_exchanges_are_bounded_by_the_open_sessions_a_user_may_have() {
+    let mut setup = hub_testkit::TestSetup::new(&[Service::RestAuth]);
+    setup.config.sessions.max_open_per_user = 3;
+    let hub = setup.start().await;
+    let base = hub.url(Service::RestAuth);
+    let (app, secret) = client(&hub, "bounded", true, false).await;
+    // sign_up's login and the console's sign-in: two sessions open.
+    let cookies = signed_in(&base, "bounded").await;
+    let exchange = |code: String| {
+        let (base, app, secret) = (base.clone(), app.clone(), secret.clone());
+        async move {
+            token(
+                &base,
+                &app,
+                &secret,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", REDIRECT),
+                    ("code_verifier", VERIFIER),
+                ],
+            )
+            .await
+        }
+    };
+    let (status, body) = exchange(code(&base, &cookies, &app).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = exchange(code(&base, &cookies, &app).await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("open sessions"),
+        "{body}"
+    );
+    hub.stop().await;
+}
