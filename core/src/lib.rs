@@ -45,9 +45,9 @@ pub use legacy::{
 };
 pub use lifecycle::{SessionLifecycle, SessionLimits, SessionPage};
 pub use oauth::{
-    ClientAuthMethod, ClientId, ClientRegistry, ClientSecret, GrantType, NewClient, OAuth,
-    OAuthClient, OAuthClients, OAuthError, OAuthErrorCode, OAuthSettings, PresentedClient, Scopes,
-    TokenResponse,
+    ClientAuthMethod, ClientId, ClientRegistry, ClientSecret, GrantType, IdTokenAlg, NewClient,
+    OAuth, OAuthClient, OAuthClients, OAuthError, OAuthErrorCode, OAuthSettings, PresentedClient,
+    Scopes, TokenResponse,
 };
 pub use oidc::{
     AuthorizationRequest, AuthorizeParams, AuthorizeRefusal, IdTokenKey, Next, Oidc, OidcSettings,

@@ -184,6 +184,31 @@ impl GrantType {
     }
 }
 
+/// How a client's ID tokens are signed (its `id_token_signed_response_alg`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IdTokenAlg {
+    /// RSA, what OpenID Connect Discovery requires every provider to offer.
+    #[default]
+    Rs256,
+    /// Ed25519, with the key that signs access tokens.
+    EdDsa,
+}
+
+impl IdTokenAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rs256 => "RS256",
+            Self::EdDsa => "EdDSA",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Rs256, Self::EdDsa]
+            .into_iter()
+            .find(|a| a.as_str() == text)
+    }
+}
+
 /// A confidential client's secret, shown once when made.
 pub struct ClientSecret(String);
 
@@ -256,6 +281,7 @@ pub struct OAuthClient {
     pub grant_types: Vec<GrantType>,
     /// The most a token of this client may carry.
     pub scopes: Scopes,
+    pub id_token_alg: IdTokenAlg,
     pub created_at: OffsetDateTime,
     pub secret_rotated_at: Option<OffsetDateTime>,
 }
@@ -284,6 +310,7 @@ impl OAuthClient {
             "post_logout_redirect_uris": self.post_logout_redirect_uris,
             "grant_types": self.grant_types.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
             "scope": self.scopes.to_string(),
+            "id_token_signed_response_alg": self.id_token_alg.as_str(),
             "token_endpoint_auth_method": if self.is_public() { "none" } else { "client_secret_basic" },
             "created_at": rfc3339(self.created_at),
             "secret_rotated_at": self.secret_rotated_at.map(rfc3339),
@@ -303,6 +330,7 @@ pub struct NewClient {
     pub grant_types: Vec<GrantType>,
     /// Empty: `openid profile email offline_access`.
     pub scopes: Vec<String>,
+    pub id_token_alg: IdTokenAlg,
 }
 
 /// Checks a redirect URI as registered: absolute, no fragment, https, or
@@ -441,6 +469,7 @@ impl NewClient {
             first_party: self.first_party,
             grant_types,
             scopes,
+            id_token_alg: self.id_token_alg,
             created_at: now,
             secret_rotated_at: None,
         };

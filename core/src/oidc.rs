@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 
 use crate::authentication::Authentication;
 use crate::error::{Error, ErrorCode, ErrorKind};
-use crate::oauth::{ClientId, OAuthClient, OAuthError, OAuthErrorCode, Scopes};
+use crate::oauth::{ClientId, IdTokenAlg, OAuthClient, OAuthError, OAuthErrorCode, Scopes};
 use crate::ports::{Clock, User};
 use crate::session::{ClientInfo, SessionId};
 use crate::token::{Jwk, Principal};
@@ -814,7 +814,14 @@ impl Oidc {
             .await?;
         tracing::info!(user_id = %user.id, client_id = %client.id, session_id = %session.id, scope = %grant.scopes, "authorization code exchanged");
         let id_token = if grant.scopes.contains("openid") {
-            Some(self.id_token(&grant, &user, stored.nonce.as_deref(), &token.token, now)?)
+            Some(self.id_token(
+                client,
+                &grant,
+                &user,
+                stored.nonce.as_deref(),
+                &token.token,
+                now,
+            )?)
         } else {
             None
         };
@@ -896,7 +903,7 @@ impl Oidc {
             .tokens()
             .issue(user.id, user.role, &session, now)?;
         let id_token = if grant.scopes.contains("openid") {
-            Some(self.id_token(&grant, &user, None, &token.token, now)?)
+            Some(self.id_token(client, &grant, &user, None, &token.token, now)?)
         } else {
             None
         };
@@ -914,8 +921,11 @@ impl Oidc {
         self.authentication.revoke_session(session, reason).await
     }
 
+    /// An ID token for `grant`, signed as `client` asked (RS256 unless it
+    /// registered EdDSA).
     fn id_token(
         &self,
+        client: &OAuthClient,
         grant: &Grant,
         user: &User,
         nonce: Option<&str>,
@@ -942,10 +952,15 @@ impl Oidc {
                 object.insert(key.into(), value);
             }
         }
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.key.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key.signing)
-            .map_err(|e| key_error("signing an ID token", e))
+        match client.id_token_alg {
+            IdTokenAlg::EdDsa => self.authentication.tokens().sign_ed25519(&claims),
+            IdTokenAlg::Rs256 => {
+                let mut header = Header::new(Algorithm::RS256);
+                header.kid = Some(self.key.kid.clone());
+                jsonwebtoken::encode(&header, &claims, &self.key.signing)
+                    .map_err(|e| key_error("signing an ID token", e))
+            }
+        }
     }
 
     /// OIDC Core §5.3: the claims of the access token's user that its grant's
@@ -1095,13 +1110,26 @@ impl Oidc {
                 "id_token_hint is not an ID token polyhub signed",
             )
         };
-        let rsa = rsa_decoding(&self.key.jwk).ok_or_else(refused)?;
-        let mut validation = jsonwebtoken::Validation::new(Algorithm::RS256);
+        let header = jsonwebtoken::decode_header(token).map_err(|_| refused())?;
+        let rsa;
+        let key = match header.alg {
+            Algorithm::RS256 => {
+                rsa = rsa_decoding(&self.key.jwk).ok_or_else(refused)?;
+                &rsa
+            }
+            Algorithm::EdDSA => self
+                .authentication
+                .tokens()
+                .ed25519_key(header.kid.as_deref().unwrap_or_default())
+                .ok_or_else(refused)?,
+            _ => return Err(refused()),
+        };
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
         validation.validate_exp = false;
         validation.validate_aud = false;
         validation.set_issuer(&[self.issuer()]);
         validation.set_required_spec_claims(&["iss", "aud"]);
-        let data = jsonwebtoken::decode::<Hint>(token, &rsa, &validation).map_err(|_| refused())?;
+        let data = jsonwebtoken::decode::<Hint>(token, key, &validation).map_err(|_| refused())?;
         let sid = data
             .claims
             .sid

@@ -491,6 +491,19 @@ impl ClientPrincipal {
 }
 
 impl Tokens {
+    /// Signs `claims` (an EdDSA ID token's) with the current Ed25519 key.
+    pub fn sign_ed25519(&self, claims: &serde_json::Value) -> Result<String, Error> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.keys.signing_kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.keys.signing)
+            .map_err(|e| key_error("signing an ID token", e))
+    }
+
+    /// The Ed25519 key `kid`, to check a token polyhub signed with it.
+    pub(crate) fn ed25519_key(&self, kid: &str) -> Option<&DecodingKey> {
+        self.keys.verifying.get(kid).map(|k| &k.decoding)
+    }
+
     /// Signs a client-credentials access token from `issuer` for `client_id`.
     pub fn issue_client(
         &self,

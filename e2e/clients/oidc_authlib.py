@@ -16,7 +16,7 @@ and consents; CALLBACK_URL is where it landed: REDIRECT_URI?code=&state=&iss=.
 
 start:
   1. discovery ({ISSUER}/.well-known/openid-configuration): polyhub's
-     endpoints, response type code, PKCE S256 only, RS256 ID
+     endpoints, response type code, PKCE S256 only, RS256 and EdDSA ID
      tokens, the client authentication methods, the `iss` authorization
      response parameter;
   2. create_authorization_url with a state, a nonce and a PKCE verifier,
@@ -89,7 +89,7 @@ ENDPOINTS = {
 LISTS = {
     "response_types_supported": ["code"],
     "code_challenge_methods_supported": ["S256"],
-    "id_token_signing_alg_values_supported": ["RS256"],
+    "id_token_signing_alg_values_supported": ["RS256", "EdDSA"],
     "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
 }
 

@@ -16,7 +16,7 @@
 //
 // start:
 //   1. discovery: the metadata advertises polyhub's endpoints, response type
-//      code, PKCE S256 only, RS256 ID tokens, the client
+//      code, PKCE S256 only, RS256 and EdDSA ID tokens, the client
 //      authentication methods, and the `iss` authorization response parameter;
 //   2. a PKCE verifier, a state and a nonce are made and written to
 //      STATE_FILE; prints {"authorization_url": ...} for scope
@@ -78,7 +78,7 @@ const ENDPOINTS = {
 const LISTS = {
   response_types_supported: ['code'],
   code_challenge_methods_supported: ['S256'],
-  id_token_signing_alg_values_supported: ['RS256'],
+  id_token_signing_alg_values_supported: ['RS256', 'EdDSA'],
   token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'none'],
 };
 

@@ -101,6 +101,9 @@ enum ClientsCommand {
         /// Where logging out may send the user (exact match).
         #[arg(long = "post-logout-redirect-uri")]
         post_logout_redirect_uris: Vec<String>,
+        /// How its ID tokens are signed: RS256 (default) or EdDSA.
+        #[arg(long = "id-token-alg", default_value = "RS256")]
+        id_token_alg: String,
     },
     /// One JSON object per client, never a secret.
     List,
@@ -332,7 +335,10 @@ async fn clients(hub: &Hub, command: ClientsCommand) -> anyhow::Result<()> {
             grants,
             scopes,
             post_logout_redirect_uris,
+            id_token_alg,
         } => {
+            let id_token_alg = hub_core::IdTokenAlg::parse(&id_token_alg)
+                .ok_or_else(|| anyhow::anyhow!("--id-token-alg is RS256 or EdDSA"))?;
             let grant_types = grants
                 .iter()
                 .map(|g| {
@@ -357,6 +363,7 @@ async fn clients(hub: &Hub, command: ClientsCommand) -> anyhow::Result<()> {
                         .filter(|s| !s.is_empty())
                         .map(str::to_owned)
                         .collect(),
+                    id_token_alg,
                 })
                 .await
                 .map_err(operator_error)?;

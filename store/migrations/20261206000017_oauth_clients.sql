@@ -15,6 +15,10 @@ CREATE TABLE oauth_clients (
     first_party               boolean     NOT NULL DEFAULT false,
     grant_types               text[]      NOT NULL,
     scopes                    text[]      NOT NULL,
+    -- How its ID tokens are signed: RS256 (the default Discovery requires)
+    -- or EdDSA.
+    id_token_alg              text        NOT NULL DEFAULT 'RS256'
+                                          CHECK (id_token_alg IN ('RS256', 'EdDSA')),
     created_at                timestamptz NOT NULL,
     secret_rotated_at         timestamptz
 );

@@ -127,6 +127,13 @@ fn register_form(token: &str) -> Markup {
                 label { input type="checkbox" name="public" value="on"; " Public: a browser or mobile app that keeps no secret (PKCE required)" }
                 label { input type="checkbox" name="first_party" value="on"; " First-party: users are not asked for consent" }
             }
+            div.field {
+                label for="id_token_alg" { "ID token signature" }
+                select id="id_token_alg" name="id_token_alg" {
+                    option value="RS256" selected { "RS256 (what every OpenID Connect library expects)" }
+                    option value="EdDSA" { "EdDSA (Ed25519)" }
+                }
+            }
             button type="submit" { "Register" }
         }
     }
@@ -194,6 +201,7 @@ pub(crate) struct RegisterForm {
     grant_client_credentials: Option<String>,
     public: Option<String>,
     first_party: Option<String>,
+    id_token_alg: String,
 }
 
 fn lines(text: &str) -> Vec<String> {
@@ -247,6 +255,7 @@ pub(crate) async fn register(
             first_party: form.first_party.is_some(),
             grant_types,
             scopes: form.scopes.split_whitespace().map(str::to_owned).collect(),
+            id_token_alg: hub_core::IdTokenAlg::parse(&form.id_token_alg).unwrap_or_default(),
         })
         .await;
     match registered {

@@ -51,6 +51,7 @@ async fn client(
                 "email".into(),
                 "offline_access".into(),
             ],
+            ..NewClient::default()
         })
         .await
         .unwrap();
@@ -803,5 +804,66 @@ async fn code_exchanges_are_bounded_by_the_open_sessions_a_user_may_have() {
             .contains("open sessions"),
         "{body}"
     );
+    hub.stop().await;
+}
+
+/// A client that registered EdDSA gets Ed25519-signed ID tokens, with the
+/// kid of a key in the JWKS; logout takes them as hints too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_may_ask_for_eddsa_id_tokens() {
+    let hub = TestHub::with(&[Service::RestAuth]).await;
+    let base = hub.url(Service::RestAuth);
+    let (app, secret) = hub
+        .hub
+        .client_registry()
+        .create_client(NewClient {
+            name: "edwards".into(),
+            redirect_uris: vec![REDIRECT.into()],
+            post_logout_redirect_uris: vec![BYE.into()],
+            first_party: true,
+            id_token_alg: hub_core::IdTokenAlg::EdDsa,
+            ..NewClient::default()
+        })
+        .await
+        .unwrap();
+    let secret = secret.unwrap().shown().to_owned();
+    let cookies = signed_in(&base, "edwards").await;
+    let code = code(&base, &cookies, &app).await;
+    let (status, tokens) = token(
+        &base,
+        &app,
+        &secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let id_token = tokens["id_token"].as_str().unwrap().to_owned();
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(id_token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["kid"], hub.keys.kid.as_str());
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let out = browser()
+        .get(format!(
+            "{base}/oauth2/logout?{}",
+            query(&[
+                ("id_token_hint", &id_token),
+                ("post_logout_redirect_uri", BYE)
+            ])
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location(&out), BYE);
+    assert_eq!(profile(&base, &access).await, StatusCode::UNAUTHORIZED);
     hub.stop().await;
 }

@@ -2,7 +2,9 @@
 //! (`oauth_revoked_tokens`): hub-core's [`OAuthClients`] in PostgreSQL.
 
 use async_trait::async_trait;
-use hub_core::oauth::{ClientId, GrantType, OAuthClient, OAuthClients, Scopes, SecretDigest};
+use hub_core::oauth::{
+    ClientId, GrantType, IdTokenAlg, OAuthClient, OAuthClients, Scopes, SecretDigest,
+};
 use hub_core::{Error, ErrorCode};
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
@@ -32,6 +34,7 @@ struct ClientRow {
     first_party: bool,
     grant_types: Vec<String>,
     scopes: Vec<String>,
+    id_token_alg: String,
     created_at: OffsetDateTime,
     secret_rotated_at: Option<OffsetDateTime>,
 }
@@ -61,6 +64,8 @@ impl ClientRow {
             first_party: self.first_party,
             grant_types,
             scopes,
+            id_token_alg: IdTokenAlg::parse(&self.id_token_alg)
+                .ok_or_else(|| corrupt("unknown ID token algorithm"))?,
             created_at: self.created_at,
             secret_rotated_at: self.secret_rotated_at,
         })
@@ -71,7 +76,7 @@ impl ClientRow {
 macro_rules! columns {
     () => {
         "id, name, secret_sha256, redirect_uris, post_logout_redirect_uris, \
-         first_party, grant_types, scopes, created_at, secret_rotated_at"
+         first_party, grant_types, scopes, id_token_alg, created_at, secret_rotated_at"
     };
 }
 
@@ -82,8 +87,8 @@ impl OAuthClients for PgOAuthClients {
         let scopes: Vec<&str> = client.scopes.iter().collect();
         sqlx::query(
             "INSERT INTO oauth_clients (id, name, secret_sha256, redirect_uris, \
-             post_logout_redirect_uris, first_party, grant_types, scopes, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             post_logout_redirect_uris, first_party, grant_types, scopes, id_token_alg, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(client.id.as_str())
         .bind(&client.name)
@@ -93,6 +98,7 @@ impl OAuthClients for PgOAuthClients {
         .bind(client.first_party)
         .bind(&grants)
         .bind(&scopes)
+        .bind(client.id_token_alg.as_str())
         .bind(client.created_at)
         .execute(&self.pool)
         .await
