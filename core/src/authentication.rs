@@ -10,7 +10,7 @@ use crate::ports::{
     Clock, CredentialChange, KnownDevices, SessionRepository, User, UserRepository,
 };
 use crate::session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId};
-use crate::token::{IssuedToken, KnownDevice, Principal, Tokens};
+use crate::token::{AppPrincipal, IssuedToken, KnownDevice, Principal, Tokens};
 use crate::user::{Email, Password, UserId, Username};
 use crate::work_pool::HashingPool;
 
@@ -161,6 +161,38 @@ impl Authentication {
         self.sessions
             .find_open_with_user(id, self.clock.now())
             .await
+    }
+
+    /// The app a token of an OpenID Connect grant speaks for: a valid app
+    /// token whose session (the grant) is still open. `INVALID_TOKEN`
+    /// otherwise, a user's own token included.
+    pub async fn authenticate_app(&self, token: &str) -> Result<AppPrincipal, Error> {
+        let app = self.tokens.verify_app(token, self.clock.now())?;
+        self.ensure_open(&app.principal).await?;
+        Ok(app)
+    }
+
+    /// A user's own token, or an app's that carries `scope`: what an
+    /// endpoint an app may call on the user's behalf takes (`None`: any
+    /// app's, for one that only ends the token's own session).
+    pub async fn authenticate_for(
+        &self,
+        token: &str,
+        scope: Option<&str>,
+    ) -> Result<Principal, Error> {
+        match self.authenticate(token).await {
+            Ok(principal) => Ok(principal),
+            Err(refused) if refused.code() == ErrorCode::InvalidToken => {
+                let Ok(app) = self.authenticate_app(token).await else {
+                    return Err(refused);
+                };
+                if let Some(scope) = scope {
+                    app.require_scope(scope)?;
+                }
+                Ok(app.principal)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// How many sessions `user` has open, counted up to `limit`.

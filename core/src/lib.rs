@@ -66,8 +66,8 @@ pub use sign_in::{
     AccountBudgets, Credential, LoginAttempt, LoginBudgets, SignIn, SignUp, SignedIn,
 };
 pub use token::{
-    Claims, ClientPrincipal, IssuedToken, Jwks, KeySet, KnownDevice, Principal, TokenSettings,
-    Tokens, claimed_identity,
+    AppPrincipal, Claims, ClientPrincipal, IssuedToken, Jwks, KeySet, KnownDevice, Principal,
+    TokenSettings, Tokens, claimed_identity,
 };
 pub use upload::{BufferPool, ImageFormat, ImageLimits, Loan, SanitizedImage, UploadBuffer};
 pub use user::{Email, Password, Role, UserId, Username};

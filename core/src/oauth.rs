@@ -27,7 +27,8 @@ use uuid::Uuid;
 
 use crate::authentication::Authentication;
 use crate::error::{Error, ErrorCode, ErrorKind};
-use crate::ports::Clock;
+use crate::ports::{Clock, SessionRepository};
+use crate::session::SessionId;
 use crate::token::{ClientPrincipal, Tokens};
 
 /// Every scope polyhub grants. A request naming another is `invalid_scope`.
@@ -503,8 +504,16 @@ pub trait OAuthClients: Send + Sync {
         jti: Uuid,
         expires_at: OffsetDateTime,
     ) -> Result<(), Error>;
-    /// Whether `client` still exists and its token `jti` is not revoked.
-    async fn token_active(&self, client: &ClientId, jti: Uuid) -> Result<bool, Error>;
+    /// Whether `client` still exists, its token `jti` (issued at
+    /// `issued_at`) is not revoked, and its secret was not rotated after.
+    async fn token_active(
+        &self,
+        client: &ClientId,
+        jti: Uuid,
+        issued_at: OffsetDateTime,
+    ) -> Result<bool, Error>;
+    /// The sessions of `client`'s OpenID Connect grants.
+    async fn grant_sessions(&self, client: &ClientId) -> Result<Vec<SessionId>, Error>;
 }
 
 /// The errors of RFC 6749 §5.2, RFC 7009 §2.2.1 and RFC 7662, as the
@@ -633,6 +642,7 @@ pub struct OAuthSettings {
 #[derive(Clone)]
 pub struct ClientRegistry {
     clients: Arc<dyn OAuthClients>,
+    sessions: Arc<dyn SessionRepository>,
     clock: Arc<dyn Clock>,
     max_clients: usize,
 }
@@ -646,9 +656,15 @@ impl std::fmt::Debug for ClientRegistry {
 }
 
 impl ClientRegistry {
-    pub fn new(clients: Arc<dyn OAuthClients>, clock: Arc<dyn Clock>, max_clients: usize) -> Self {
+    pub fn new(
+        clients: Arc<dyn OAuthClients>,
+        sessions: Arc<dyn SessionRepository>,
+        clock: Arc<dyn Clock>,
+        max_clients: usize,
+    ) -> Self {
         Self {
             clients,
+            sessions,
             clock,
             max_clients,
         }
@@ -679,11 +695,20 @@ impl ClientRegistry {
         self.clients.list().await
     }
 
+    /// Deletes a client: its client-credentials tokens stop, and so do
+    /// its grants (their sessions are revoked).
     pub async fn delete_client(&self, id: &ClientId) -> Result<(), Error> {
+        let grants = self.clients.grant_sessions(id).await?;
         if !self.clients.delete(id).await? {
             return Err(no_such_client(id));
         }
-        tracing::info!(client_id = %id, "OAuth client deleted");
+        let now = self.clock.now();
+        for session in &grants {
+            self.sessions
+                .revoke(*session, now, "client deleted")
+                .await?;
+        }
+        tracing::info!(client_id = %id, grants = grants.len(), "OAuth client deleted");
         Ok(())
     }
 
@@ -845,46 +870,80 @@ impl OAuth {
     pub async fn ensure_active(&self, principal: &ClientPrincipal) -> Result<(), Error> {
         let client = ClientId::parse(&principal.client_id)
             .map_err(|_| Error::new(ErrorCode::InvalidToken))?;
-        if self.clients.token_active(&client, principal.jti).await? {
+        // The jti is a UUID v7: its time is the to the millisecond,
+        // finer than `iat`, so a rotation is told from a token of its second.
+        let issued_at = principal
+            .jti
+            .get_timestamp()
+            .and_then(|t| {
+                let (secs, nanos) = t.to_unix();
+                OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(secs) * 1_000_000_000 + i128::from(nanos),
+                )
+                .ok()
+            })
+            .unwrap_or(principal.issued_at);
+        if self
+            .clients
+            .token_active(&client, principal.jti, issued_at)
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::with_message(
                 ErrorCode::InvalidToken,
-                "the token was revoked or its client deleted",
+                "the token was revoked, its client deleted or its secret rotated",
             ))
         }
     }
 
-    /// RFC 7662: what `token` is, for an authenticated client. A token that
-    /// is not active, for whatever reason, is `{"active": false}` alone.
-    pub async fn introspect(&self, token: &str) -> Result<Value, OAuthError> {
-        if let Ok(machine) = self.machine(token).await {
-            return Ok(json!({
-                "active": true,
-                "token_type": "Bearer",
-                "client_id": machine.client_id,
-                "sub": machine.client_id,
-                "scope": machine.scopes.to_string(),
-                "iss": self.settings.issuer,
-                "aud": self.tokens.settings().audience,
-                "iat": machine.issued_at.unix_timestamp(),
-                "exp": machine.expires_at.unix_timestamp(),
-                "jti": machine.jti.to_string(),
-            }));
+    /// RFC 7662: what `token` is, for the authenticated `client`. A client
+    /// learns only about its own tokens: its client-credentials tokens and
+    /// the access tokens of its grants. Anything else, and any token that
+    /// is not active for whatever reason, is `{"active": false}` alone.
+    pub async fn introspect(&self, client: &OAuthClient, token: &str) -> Result<Value, OAuthError> {
+        let inactive = json!({ "active": false });
+        match self.machine(token).await {
+            Ok(machine) if machine.client_id == client.id.as_str() => {
+                return Ok(json!({
+                    "active": true,
+                    "token_type": "Bearer",
+                    "client_id": machine.client_id,
+                    "sub": machine.client_id,
+                    "scope": machine.scopes.to_string(),
+                    "iss": self.settings.issuer,
+                    "aud": self.tokens.settings().audience,
+                    "iat": machine.issued_at.unix_timestamp(),
+                    "exp": machine.expires_at.unix_timestamp(),
+                    "jti": machine.jti.to_string(),
+                }));
+            }
+            Ok(_) => return Ok(inactive),
+            Err(e) if e.kind() == ErrorKind::Unavailable => return Err(e.into()),
+            Err(_) => {}
         }
-        match self.authentication.authenticate(token).await {
-            Ok(user) => Ok(json!({
+        match self.authentication.authenticate_app(token).await {
+            Ok(app) if app.client_id == client.id.as_str() => Ok(json!({
                 "active": true,
                 "token_type": "Bearer",
-                "sub": user.user_id.to_string(),
-                "sid": user.session_id.to_string(),
+                "client_id": app.client_id,
+                "scope": app.scopes.to_string(),
+                "sub": app.principal.user_id.to_string(),
+                "sid": app.principal.session_id.to_string(),
                 "iss": self.tokens.settings().issuer,
                 "aud": self.tokens.settings().audience,
-                "exp": user.expires_at.unix_timestamp(),
+                "exp": app.principal.expires_at.unix_timestamp(),
             })),
+            Ok(_) => Ok(inactive),
             Err(e) if e.kind() == ErrorKind::Unavailable => Err(e.into()),
-            Err(_) => Ok(json!({ "active": false })),
+            Err(_) => Ok(inactive),
         }
+    }
+
+    /// The app (and user) an OpenID Connect grant's access token speaks for,
+    /// while the grant lasts.
+    pub async fn app(&self, token: &str) -> Result<crate::token::AppPrincipal, Error> {
+        self.authentication.authenticate_app(token).await
     }
 
     /// RFC 7009: `token` stops working. A token that is invalid or expired

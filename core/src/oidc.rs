@@ -280,8 +280,14 @@ pub enum Rotation {
 #[async_trait::async_trait]
 pub trait OidcStore: Send + Sync {
     async fn save_code(&self, code: &StoredCode) -> Result<(), Error>;
-    /// Marks the code used and returns it, once.
-    async fn take_code(&self, digest: &[u8; 32], now: OffsetDateTime) -> Result<TakenCode, Error>;
+    /// Marks `client`'s code used and returns it, once; another client's
+    /// code is `Missing` (and stays as it was).
+    async fn take_code(
+        &self,
+        digest: &[u8; 32],
+        client: &ClientId,
+        now: OffsetDateTime,
+    ) -> Result<TakenCode, Error>;
     /// Records the grant a code's exchange opened and its first refresh
     /// token (if any), in one transaction.
     async fn save_grant(
@@ -726,7 +732,7 @@ impl Oidc {
             ));
         }
         let now = self.clock.now();
-        let stored = match self.store.take_code(&digest(code), now).await? {
+        let stored = match self.store.take_code(&digest(code), &client.id, now).await? {
             TakenCode::Fresh(stored) => stored,
             TakenCode::Used(issued) => {
                 if let Some(session) = issued {
@@ -782,7 +788,7 @@ impl Oidc {
                 "the user has {max_open} open sessions, the most allowed; one must end first"
             )));
         }
-        let (session, token) = self
+        let (session, _) = self
             .authentication
             .open_session(
                 &user,
@@ -803,6 +809,15 @@ impl Oidc {
             scopes: stored.scopes.clone(),
             auth_time: stored.auth_time,
         };
+        // The app's token, not the user's: only what names a scope takes it.
+        let token = self.authentication.tokens().issue_app(
+            user.id,
+            user.role,
+            &session,
+            client.id.as_str(),
+            &grant.scopes,
+            now,
+        )?;
         let refresh = self.refresh_for(client, &grant)?;
         self.store
             .save_grant(
@@ -898,10 +913,14 @@ impl Oidc {
             .open_session_with_user(grant.session_id)
             .await?
             .ok_or_else(|| invalid_grant("the grant has ended (signed out, revoked or expired)"))?;
-        let token = self
-            .authentication
-            .tokens()
-            .issue(user.id, user.role, &session, now)?;
+        let token = self.authentication.tokens().issue_app(
+            user.id,
+            user.role,
+            &session,
+            client.id.as_str(),
+            &grant.scopes,
+            now,
+        )?;
         let id_token = if grant.scopes.contains("openid") {
             Some(self.id_token(client, &grant, &user, None, &token.token, now)?)
         } else {
@@ -966,26 +985,26 @@ impl Oidc {
     /// OIDC Core §5.3: the claims of the access token's user that its grant's
     /// scopes allow.
     pub async fn userinfo(&self, access_token: &str) -> Result<Value, Error> {
-        let (principal, user) = self.authentication.authenticate_user(access_token).await?;
-        let grant = self
-            .store
-            .grant(principal.session_id)
-            .await?
-            .ok_or_else(|| {
-                Error::with_message(
+        let app = self
+            .authentication
+            .authenticate_app(access_token)
+            .await
+            .map_err(|e| match e.code() {
+                ErrorCode::InvalidToken => Error::with_message(
                     ErrorCode::InvalidToken,
-                    "userinfo takes an access token an application got through OpenID Connect",
-                )
+                    "userinfo takes a live access token an application got through OpenID Connect",
+                ),
+                _ => e,
             })?;
-        if !grant.scopes.contains("openid") {
-            return Err(Error::with_message(
-                ErrorCode::Forbidden,
-                "the token's scope lacks openid",
-            ));
-        }
+        app.require_scope("openid")?;
+        let user = self
+            .authentication
+            .user(app.principal.user_id)
+            .await?
+            .ok_or_else(|| Error::new(ErrorCode::InvalidToken))?;
         let mut claims = json!({ "sub": user.id.to_string() });
         if let Some(object) = claims.as_object_mut() {
-            for (key, value) in profile_claims(&user, &grant.scopes) {
+            for (key, value) in profile_claims(&user, &app.scopes) {
                 object.insert(key.into(), value);
             }
         }
@@ -1004,10 +1023,10 @@ impl Oidc {
         let grant = match self.store.refresh_grant(&digest(token)).await? {
             Some(grant) => grant,
             None => {
-                let Ok(principal) = self.authentication.authenticate(token).await else {
+                let Ok(app) = self.authentication.authenticate_app(token).await else {
                     return Ok(false);
                 };
-                match self.store.grant(principal.session_id).await? {
+                match self.store.grant(app.principal.session_id).await? {
                     Some(grant) => grant,
                     None => return Ok(false),
                 }
@@ -1042,13 +1061,13 @@ impl Oidc {
             None => None,
         };
         let client_id = match (&hint, client_id) {
-            (Some((aud, _)), Some(given)) if aud != given => {
+            (Some((aud, _, _)), Some(given)) if aud != given => {
                 return Err(Error::with_message(
                     ErrorCode::InvalidRequest,
                     "client_id is not the audience of id_token_hint",
                 ));
             }
-            (Some((aud, _)), _) => Some(aud.clone()),
+            (Some((aud, _, _)), _) => Some(aud.clone()),
             (None, given) => given.map(str::to_owned),
         };
         let client =
@@ -1081,7 +1100,7 @@ impl Oidc {
                 })
             }
         };
-        if let Some((_, Some(sid))) = &hint {
+        if let Some((_, Some(sid), _)) = &hint {
             // Only a grant of the hint's client, whoever holds the browser.
             if let Some(grant) = self.store.grant(*sid).await?
                 && client.as_ref().is_some_and(|c| c.id == grant.client_id)
@@ -1090,7 +1109,11 @@ impl Oidc {
                     .await?;
             }
         }
-        if let Some(principal) = browser {
+        // The browser's own session ends only when it is the hint's user's:
+        // another's ID token signs no one else out.
+        if let (Some(principal), Some((_, _, sub))) = (browser, &hint)
+            && principal.user_id.to_string() == *sub
+        {
             self.authentication.logout(principal).await?;
         }
         Ok(target)
@@ -1098,11 +1121,15 @@ impl Oidc {
 
     /// The audience and session of an ID token polyhub signed; expiry is
     /// not checked (a hint may be old, OIDC RP-Initiated Logout §2).
-    fn read_id_token_hint(&self, token: &str) -> Result<(String, Option<SessionId>), Error> {
+    fn read_id_token_hint(
+        &self,
+        token: &str,
+    ) -> Result<(String, Option<SessionId>, String), Error> {
         #[derive(serde::Deserialize)]
         struct Hint {
             aud: String,
             sid: Option<String>,
+            sub: String,
         }
         let refused = || {
             Error::with_message(
@@ -1128,14 +1155,14 @@ impl Oidc {
         validation.validate_exp = false;
         validation.validate_aud = false;
         validation.set_issuer(&[self.issuer()]);
-        validation.set_required_spec_claims(&["iss", "aud"]);
+        validation.set_required_spec_claims(&["iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Hint>(token, key, &validation).map_err(|_| refused())?;
         let sid = data
             .claims
             .sid
             .as_deref()
             .and_then(|s| SessionId::parse(s).ok());
-        Ok((data.claims.aud, sid))
+        Ok((data.claims.aud, sid, data.claims.sub))
     }
 
     // The console's pages about apps.

@@ -604,6 +604,134 @@ fn device_audience(audience: &str) -> String {
     format!("{audience}#device")
 }
 
+/// The audience of an app's access tokens (OpenID Connect grants): never a
+/// user's own, so no endpoint that acts with the user's full rights takes
+/// one; only those that name a scope do ([`Tokens::verify_app`]).
+fn app_audience(audience: &str) -> String {
+    format!("{audience}#app")
+}
+
+/// The claims of an app's access token: the user's token's, for the
+/// grant's session, with the app and the scopes the user allowed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AppClaims {
+    iss: String,
+    aud: String,
+    sub: String,
+    sid: String,
+    role: Role,
+    client_id: String,
+    scope: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// Who a verified app token speaks for, and for which app and scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPrincipal {
+    /// The user and the grant's session.
+    pub principal: Principal,
+    pub client_id: String,
+    pub scopes: crate::oauth::Scopes,
+}
+
+impl AppPrincipal {
+    /// `FORBIDDEN` naming the scope unless the grant carries it.
+    pub fn require_scope(&self, scope: &str) -> Result<(), Error> {
+        if self.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(Error::with_message(
+                ErrorCode::Forbidden,
+                format!("the application's token lacks the scope {scope}"),
+            ))
+        }
+    }
+}
+
+impl Tokens {
+    /// Signs an app's access token for `session` (a grant's), as
+    /// [`Self::issue`] does a user's, naming the app and its scopes.
+    pub fn issue_app(
+        &self,
+        user_id: UserId,
+        role: Role,
+        session: &Session,
+        client_id: &str,
+        scopes: &crate::oauth::Scopes,
+        now: OffsetDateTime,
+    ) -> Result<IssuedToken, Error> {
+        let lifetime = time::Duration::try_from(self.settings.lifetime)
+            .map_err(|e| key_error("token lifetime out of range", e))?;
+        let expires_at = (now + lifetime).min(session.expires_at);
+        let claims = AppClaims {
+            iss: self.settings.issuer.clone(),
+            aud: app_audience(&self.settings.audience),
+            sub: user_id.to_string(),
+            sid: session.id.to_string(),
+            role,
+            client_id: client_id.to_owned(),
+            scope: scopes.to_string(),
+            iat: now.unix_timestamp(),
+            exp: expires_at.unix_timestamp(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.keys.signing_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.keys.signing)
+            .map_err(|e| key_error("signing an app's token", e))?;
+        let expires_in = u64::try_from((expires_at - now).whole_seconds()).unwrap_or(0);
+        Ok(IssuedToken {
+            token,
+            expires_at,
+            expires_in,
+        })
+    }
+
+    /// Checks an app's access token: signature, its own audience, claims
+    /// and expiry. That its session is still open is
+    /// [`crate::Authentication::authenticate_app`]'s check. Every failure is
+    /// `INVALID_TOKEN`.
+    pub fn verify_app(&self, token: &str, now: OffsetDateTime) -> Result<AppPrincipal, Error> {
+        let invalid = |why: &dyn std::fmt::Display| {
+            tracing::debug!(reason = %why, "app token refused");
+            Error::new(ErrorCode::InvalidToken)
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(invalid(&"not an EdDSA token"));
+        }
+        let kid = header.kid.ok_or_else(|| invalid(&"no kid in the header"))?;
+        let key = self
+            .keys
+            .verifying
+            .get(&kid)
+            .ok_or_else(|| invalid(&format_args!("unknown kid {kid:?}")))?;
+        let mut validation = self.validation.clone();
+        validation.set_audience(&[app_audience(&self.settings.audience)]);
+        let claims = jsonwebtoken::decode::<AppClaims>(token, &key.decoding, &validation)
+            .map_err(|e| invalid(&e))?
+            .claims;
+        #[allow(clippy::cast_possible_wrap)]
+        let leeway = LEEWAY_SECS as i64;
+        if now.unix_timestamp() > claims.exp + leeway || claims.iat > now.unix_timestamp() + leeway
+        {
+            return Err(invalid(&"expired or issued in the future"));
+        }
+        Ok(AppPrincipal {
+            principal: Principal {
+                user_id: UserId::parse(&claims.sub).map_err(|e| invalid(&e))?,
+                session_id: SessionId::parse(&claims.sid).map_err(|e| invalid(&e))?,
+                role: claims.role,
+                expires_at: OffsetDateTime::from_unix_timestamp(claims.exp)
+                    .map_err(|e| invalid(&e))?,
+            },
+            client_id: claims.client_id,
+            scopes: crate::oauth::Scopes::parse(&claims.scope)
+                .map_err(|e| invalid(&e.description))?,
+        })
+    }
+}
+
 /// The longest device token looked at; ours are about 400 bytes.
 const MAX_DEVICE_TOKEN: usize = 2_048;
 

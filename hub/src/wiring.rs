@@ -283,6 +283,7 @@ impl Hub {
     pub fn client_registry(&self) -> hub_core::ClientRegistry {
         hub_core::ClientRegistry::new(
             Arc::new(hub_store::PgOAuthClients::new(self.pool.clone())),
+            Arc::clone(&self.sessions),
             Arc::new(SystemClock),
             self.config.oidc.max_clients.max(1),
         )

@@ -92,6 +92,15 @@ impl tonic::service::Interceptor for BearerAuth {
                 request.extensions_mut().insert(principal);
             }
             Err(refused) => {
+                if let Ok(app) = self.tokens.verify_app(token.trim(), now) {
+                    // An app's token acts for its user within its scopes,
+                    // and never with an admin's rights.
+                    let mut principal = app.principal;
+                    principal.role = hub_core::Role::User;
+                    request.extensions_mut().insert(principal);
+                    request.extensions_mut().insert(AppScopes(app.scopes));
+                    return Ok(request);
+                }
                 let client = self
                     .client_issuer
                     .as_deref()
@@ -101,6 +110,23 @@ impl tonic::service::Interceptor for BearerAuth {
             }
         }
         Ok(request)
+    }
+}
+
+/// The scopes of an app's token (an OpenID Connect grant), beside its
+/// user's [`Principal`].
+#[derive(Debug, Clone)]
+pub struct AppScopes(pub hub_core::Scopes);
+
+/// PERMISSION_DENIED when the call came with an app's token that lacks
+/// `scope`; a user's own token passes.
+pub fn require_app_scope<T>(request: &Request<T>, scope: &str) -> Result<(), Status> {
+    match request.extensions().get::<AppScopes>() {
+        Some(AppScopes(scopes)) if !scopes.contains(scope) => Err(status(&Error::with_message(
+            ErrorCode::Forbidden,
+            format!("the application's token lacks the scope {scope}"),
+        ))),
+        _ => Ok(()),
     }
 }
 

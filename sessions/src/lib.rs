@@ -85,6 +85,30 @@ async fn verify(
     let principal = match state.lifecycle.verify(&token).await {
         Ok(principal) => principal,
         Err(refused) if refused.code() == hub_core::ErrorCode::InvalidToken => {
+            // An app's token (an OpenID Connect grant): its user and
+            // session, as a user's own token would say, for a gateway
+            // passing it to what an app may call; each service checks
+            // the app's scope itself.
+            if let Ok(app) = state.oauth.app(&token).await {
+                let principal = app.principal;
+                let [user, session, role] = IDENTITY_HEADERS;
+                let identity = [
+                    (user, principal.user_id.to_string()),
+                    (session, principal.session_id.to_string()),
+                    (role, principal.role.as_str().to_owned()),
+                ];
+                return Ok((
+                    identity,
+                    Json(Verified {
+                        valid: true,
+                        user_id: principal.user_id.as_uuid(),
+                        session_id: principal.session_id.as_uuid(),
+                        role: principal.role.as_str().to_owned(),
+                        expires_at: principal.expires_at,
+                    }),
+                )
+                    .into_response());
+            }
             // A client's own token (client credentials): no user, no
             // session, so no identity headers; its scopes say what it may do.
             let Ok(client) = state.oauth.machine(&token).await else {

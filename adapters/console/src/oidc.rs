@@ -163,7 +163,7 @@ pub(crate) async fn authorize(
                 serde_urlencoded::from_str::<Vec<(String, String)>>(query.as_deref().unwrap_or(""))
                     .unwrap_or_default()
                     .into_iter()
-                    .filter(|(k, _)| k != "prompt")
+                    .filter(|(k, v)| !(k == "prompt" && v == "login"))
                     .collect();
             let back = format!(
                 "{AUTHORIZE}?{}",

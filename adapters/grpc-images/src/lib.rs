@@ -69,7 +69,7 @@ use hub_core::{
     Authentication, DependencyProbe, ErrorCode, ImageLibrary, Principal, StoredImage, UserId,
 };
 use hub_runtime::ServiceContext;
-use hub_runtime::grpc::{BearerAuth, Caller, caller, principal, status};
+use hub_runtime::grpc::{BearerAuth, Caller, caller, principal, require_app_scope, status};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::image_delivery_server::{ImageDelivery, ImageDeliveryServer};
@@ -197,6 +197,7 @@ impl ImageDelivery for Images {
         &self,
         request: Request<Streaming<pb::UploadImageRequest>>,
     ) -> Result<Response<pb::Image>, Status> {
+        require_app_scope(&request, "images:write")?;
         let principal = self.signed_in(&request).await?;
         // Held until the upload is stored or refused: one user's uploads in
         // progress are capped, whatever their state.
@@ -269,7 +270,10 @@ impl ImageDelivery for Images {
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         let caller = match caller(&request)? {
-            Caller::User(_) => Caller::User(self.signed_in(&request).await?),
+            Caller::User(_) => {
+                require_app_scope(&request, "images:read")?;
+                Caller::User(self.signed_in(&request).await?)
+            }
             Caller::Client(client) => {
                 self.state
                     .oauth

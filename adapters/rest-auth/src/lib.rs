@@ -173,7 +173,18 @@ async fn profile(
     State(state): State<Arc<RestAuthState>>,
     BearerToken(token): BearerToken,
 ) -> Result<Json<Profile>, HttpError> {
-    let (_, user) = state.authentication.authenticate_user(&token).await?;
+    // The user's own token (one query), or an app's with scope `profile`.
+    let user = match state.authentication.authenticate_user(&token).await {
+        Ok((_, user)) => user,
+        Err(refused) if refused.code() == ErrorCode::InvalidToken => {
+            let principal = state
+                .authentication
+                .authenticate_for(&token, Some("profile"))
+                .await?;
+            state.authentication.profile(&principal).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(Json(user.into()))
 }
 
@@ -278,7 +289,8 @@ async fn logout(
     State(state): State<Arc<RestAuthState>>,
     BearerToken(token): BearerToken,
 ) -> Result<StatusCode, HttpError> {
-    let principal = state.authentication.authenticate(&token).await?;
+    // A user's token, or an app's (which ends only its own grant).
+    let principal = state.authentication.authenticate_for(&token, None).await?;
     state.authentication.logout(&principal).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -377,29 +377,7 @@ pub async fn introspect(
     let token = parameters
         .get("token")
         .ok_or_else(|| failure(OAuthErrorCode::InvalidRequest, "token is required"))?;
-    let mut answer: Value = state.oauth.introspect(token).await?;
-    // A user's token of an app's grant: which app, with which scopes.
-    let session = answer
-        .get("sid")
-        .and_then(Value::as_str)
-        .and_then(|sid| hub_core::SessionId::parse(sid).ok());
-    let grant = match session {
-        Some(session) => state
-            .oidc
-            .grant_of(session)
-            .await
-            .map_err(OAuthError::from)?,
-        None => None,
-    };
-    if let (Some(grant), Some(object)) = (&grant, answer.as_object_mut()) {
-        object.insert("client_id".into(), grant.client_id.as_str().into());
-        object.insert("scope".into(), grant.scopes.to_string().into());
-    }
-    // A public client learns only about its own tokens.
-    let owner = answer.get("client_id").and_then(Value::as_str);
-    if client.is_public() && owner != Some(client.id.as_str()) {
-        answer = serde_json::json!({ "active": false });
-    }
+    let answer: Value = state.oauth.introspect(&client, token).await?;
     Ok(no_store(Json(answer).into_response()))
 }
 

@@ -1892,12 +1892,25 @@ impl crate::oauth::OAuthClients for InMemoryOAuthClients {
         Ok(())
     }
 
+    async fn grant_sessions(
+        &self,
+        _client: &crate::oauth::ClientId,
+    ) -> Result<Vec<crate::session::SessionId>, Error> {
+        // Grants live in the OpenID Connect store, which has no fake here.
+        Ok(Vec::new())
+    }
+
     async fn token_active(
         &self,
         client: &crate::oauth::ClientId,
         jti: Uuid,
+        issued_at: OffsetDateTime,
     ) -> Result<bool, Error> {
         let state = self.lock()?;
-        Ok(state.clients.iter().any(|c| c.id == *client) && !state.revoked.contains_key(&jti))
+        let current = state
+            .clients
+            .iter()
+            .any(|c| c.id == *client && c.secret_rotated_at.is_none_or(|at| at <= issued_at));
+        Ok(current && !state.revoked.contains_key(&jti))
     }
 }

@@ -327,19 +327,34 @@ async fn refusals_answer_in_oauths_shape() {
     let oauth = hub.hub.client_registry();
     let client_id = hub_core::ClientId::parse(&id).unwrap();
     let rotated = oauth.rotate_secret(&client_id).await.unwrap();
-    let (status, _, _) = post_form(&rest, "/oauth2/token", Some((&id, &secret)), &grant).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _, _) =
-        post_form(&rest, "/oauth2/token", Some((&id, rotated.shown())), &grant).await;
-    assert_eq!(status, StatusCode::OK);
-    oauth.delete_client(&client_id).await.unwrap();
-    let refused = http
+    // A leaked secret's tokens stop with it.
+    let old = http
         .get(format!("{sessions}/api/sessions/verify"))
         .bearer_auth(&token)
         .send()
         .await
         .unwrap();
-    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
+    let (status, _, _) = post_form(&rest, "/oauth2/token", Some((&id, &secret)), &grant).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) =
+        post_form(&rest, "/oauth2/token", Some((&id, rotated.shown())), &grant).await;
+    assert_eq!(status, StatusCode::OK);
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let verify = |token: String| {
+        let (http, sessions) = (http.clone(), sessions.clone());
+        async move {
+            http.get(format!("{sessions}/api/sessions/verify"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(verify(token.clone()).await, StatusCode::OK);
+    oauth.delete_client(&client_id).await.unwrap();
+    assert_eq!(verify(token).await, StatusCode::UNAUTHORIZED);
     hub.stop().await;
 }
 

@@ -239,8 +239,37 @@ async fn the_code_flow_end_to_end_for_a_first_party_app() {
             .any(|k| k["kid"] == header["kid"] && k["kty"] == "RSA"),
         "{jwks}"
     );
-    // The access token is the user's polyhub token, on every API.
+    // The access token is the app's: /profile (scope profile) takes it, no
+    // endpoint that acts with the user's full rights does.
     assert_eq!(profile(&base, &access).await, StatusCode::OK);
+    for (method, path) in [
+        (reqwest::Method::GET, "/admin/webhooks"),
+        (reqwest::Method::PUT, "/profile"),
+    ] {
+        let refused = Client::new()
+            .request(method.clone(), format!("{base}{path}"))
+            .bearer_auth(&access)
+            .json(&serde_json::json!({"email": "x@example.com", "current_password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}"
+        );
+    }
+    let console = browser()
+        .get(format!("{base}/account"))
+        .header(header::COOKIE, format!("polyhub_session={access}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        console.status(),
+        StatusCode::SEE_OTHER,
+        "the console is not the app's"
+    );
     let info: Value = Client::new()
         .get(format!("{base}/oauth2/userinfo"))
         .bearer_auth(&access)
@@ -865,5 +894,44 @@ async fn a_client_may_ask_for_eddsa_id_tokens() {
         .unwrap();
     assert_eq!(location(&out), BYE);
     assert_eq!(profile(&base, &access).await, StatusCode::UNAUTHORIZED);
+    hub.stop().await;
+}
+
+/// Deleting a client ends its grants: their access tokens stop at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_client_ends_its_grants() {
+    let hub = TestHub::with(&[Service::RestAuth]).await;
+    let base = hub.url(Service::RestAuth);
+    let (app, secret) = client(&hub, "doomed", true, false).await;
+    let cookies = signed_in(&base, "doomeduser").await;
+    let code = code(&base, &cookies, &app).await;
+    let (_, tokens) = token(
+        &base,
+        &app,
+        &secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(profile(&base, &access).await, StatusCode::OK);
+    hub.hub
+        .client_registry()
+        .delete_client(&app.id)
+        .await
+        .unwrap();
+    assert_eq!(profile(&base, &access).await, StatusCode::UNAUTHORIZED);
+    // The browser's own session is not the app's: it stays.
+    let page = browser()
+        .get(format!("{base}/account"))
+        .header(header::COOKIE, &cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
     hub.stop().await;
 }

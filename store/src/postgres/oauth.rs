@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use hub_core::oauth::{
     ClientId, GrantType, IdTokenAlg, OAuthClient, OAuthClients, Scopes, SecretDigest,
 };
-use hub_core::{Error, ErrorCode};
+use hub_core::{Error, ErrorCode, SessionId};
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -192,13 +192,35 @@ impl OAuthClients for PgOAuthClients {
         Ok(())
     }
 
-    async fn token_active(&self, client: &ClientId, jti: Uuid) -> Result<bool, Error> {
+    async fn grant_sessions(&self, client: &ClientId) -> Result<Vec<SessionId>, Error> {
+        let rows: Vec<(Uuid,)> =
+            sqlx::query_as("SELECT session_id FROM oauth_grants WHERE client_id = $1")
+                .bind(client.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| classify("reading a client's grants", e))?;
+        rows.into_iter()
+            .map(|(id,)| {
+                SessionId::try_from(id)
+                    .map_err(|_| Error::internal("oauth_grants holds a bad session id"))
+            })
+            .collect()
+    }
+
+    async fn token_active(
+        &self,
+        client: &ClientId,
+        jti: Uuid,
+        issued_at: OffsetDateTime,
+    ) -> Result<bool, Error> {
         sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM oauth_clients WHERE id = $1) \
+            "SELECT EXISTS (SELECT 1 FROM oauth_clients WHERE id = $1 \
+               AND (secret_rotated_at IS NULL OR secret_rotated_at <= $3)) \
              AND NOT EXISTS (SELECT 1 FROM oauth_revoked_tokens WHERE jti = $2)",
         )
         .bind(client.as_str())
         .bind(jti)
+        .bind(issued_at)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| classify("checking an access token", e))

@@ -98,11 +98,16 @@ impl OidcStore for PgOidcStore {
         Ok(())
     }
 
-    async fn take_code(&self, digest: &[u8; 32], now: OffsetDateTime) -> Result<TakenCode, Error> {
+    async fn take_code(
+        &self,
+        digest: &[u8; 32],
+        client: &ClientId,
+        now: OffsetDateTime,
+    ) -> Result<TakenCode, Error> {
         // Reading what it was and marking it used, in one statement with
         // the row locked: of two exchanges at once, one finds it fresh.
         let row = sqlx::query_as::<_, CodeRow>(
-            "WITH old AS (SELECT * FROM oauth_codes WHERE code_sha256 = $1 FOR UPDATE), \
+            "WITH old AS (SELECT * FROM oauth_codes WHERE code_sha256 = $1 AND client_id = $3 FOR UPDATE), \
              mark AS (UPDATE oauth_codes c SET used_at = $2 FROM old \
                       WHERE c.code_sha256 = old.code_sha256 AND old.used_at IS NULL) \
              SELECT client_id, user_id, browser_session, redirect_uri, scopes, nonce, \
@@ -110,6 +115,7 @@ impl OidcStore for PgOidcStore {
         )
         .bind(digest.as_slice())
         .bind(now)
+        .bind(client.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| classify("taking an authorization code", e))?;
