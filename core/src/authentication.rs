@@ -197,19 +197,9 @@ impl Authentication {
 
     /// How many sessions `user` has open, counted up to `limit`.
     pub async fn open_sessions(&self, user: UserId, limit: u32) -> Result<usize, Error> {
-        let open = self
-            .sessions
-            .list(
-                user,
-                &crate::ports::SessionQuery {
-                    include_closed: false,
-                    now: self.clock.now(),
-                    before: None,
-                    limit,
-                },
-            )
-            .await?;
-        Ok(open.len())
+        self.sessions
+            .count_open(user, self.clock.now(), limit)
+            .await
     }
 
     /// Revokes the session `id` (its tokens stop everywhere); nothing when

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rsa::pkcs1::EncodeRsaPrivateKey;
+use jsonwebtoken::Algorithm;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
@@ -34,7 +33,7 @@ use crate::user::UserId;
 /// The RSA key that signs ID tokens (RS256, which OpenID Connect Discovery
 /// requires every provider to offer).
 pub struct IdTokenKey {
-    signing: EncodingKey,
+    signing: ring::signature::RsaKeyPair,
     kid: String,
     jwk: Jwk,
 }
@@ -62,9 +61,10 @@ impl IdTokenKey {
             ));
         }
         let der = key
-            .to_pkcs1_der()
+            .to_pkcs8_der()
             .map_err(|e| key_error("encoding the ID token key", e))?;
-        let signing = EncodingKey::from_rsa_der(der.as_bytes());
+        let signing = ring::signature::RsaKeyPair::from_pkcs8(der.as_bytes())
+            .map_err(|e| key_error("the ID token key cannot sign", e))?;
         let n = B64URL.encode(key.n().to_bytes_be());
         let e = B64URL.encode(key.e().to_bytes_be());
         // RFC 7638: the required members, sorted, no spaces.
@@ -97,6 +97,26 @@ impl IdTokenKey {
 
     pub fn jwk(&self) -> &Jwk {
         &self.jwk
+    }
+
+    /// `claims` as a compact RS256 JWS (RFC 7515) with this key's `kid`.
+    fn sign(&self, claims: &Value) -> Result<String, Error> {
+        let header = json!({ "alg": "RS256", "typ": "JWT", "kid": self.kid });
+        let input = format!(
+            "{}.{}",
+            B64URL.encode(header.to_string()),
+            B64URL.encode(claims.to_string())
+        );
+        let mut signature = vec![0u8; self.signing.public().modulus_len()];
+        self.signing
+            .sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                input.as_bytes(),
+                &mut signature,
+            )
+            .map_err(|e| key_error("signing an ID token", e))?;
+        Ok(format!("{input}.{}", B64URL.encode(signature)))
     }
 }
 
@@ -273,6 +293,8 @@ pub enum Rotation {
     Rotated(Grant),
     /// The token was used before: the grant it belongs to, to revoke.
     Reused(SessionId),
+    /// Another client's token: nothing changed.
+    OtherClient,
     Missing,
 }
 
@@ -298,9 +320,10 @@ pub trait OidcStore: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<(), Error>;
     async fn grant(&self, session: SessionId) -> Result<Option<Grant>, Error>;
-    /// Replaces the current refresh token `old` by `new`, once.
+    /// Replaces `client`'s current refresh token `old` by `new`, once.
     async fn rotate_refresh(
         &self,
+        client: &ClientId,
         old: &[u8; 32],
         new: &[u8; 32],
         now: OffsetDateTime,
@@ -876,25 +899,24 @@ impl Oidc {
             ));
         }
         let old = digest(refresh_token);
-        // The grant must be this client's before anything changes.
-        match self.store.refresh_grant(&old).await? {
-            Some(grant) if grant.client_id == client.id => {}
-            Some(_) => {
-                return Err(invalid_grant(
-                    "the refresh token was issued to another client",
-                ));
-            }
-            None => return Err(invalid_grant("unknown refresh token")),
-        }
         let next = random_token()?;
         let now = self.clock.now();
-        let grant = match self.store.rotate_refresh(&old, &digest(&next), now).await? {
+        let grant = match self
+            .store
+            .rotate_refresh(&client.id, &old, &digest(&next), now)
+            .await?
+        {
             Rotation::Rotated(grant) => grant,
             Rotation::Reused(session) => {
                 self.end_grant(session, "refresh token reused").await?;
                 tracing::warn!(client_id = %client.id, session_id = %session, "a refresh token was presented twice; the grant is revoked");
                 return Err(invalid_grant(
                     "the refresh token was used already; the grant is revoked",
+                ));
+            }
+            Rotation::OtherClient => {
+                return Err(invalid_grant(
+                    "the refresh token was issued to another client",
                 ));
             }
             Rotation::Missing => return Err(invalid_grant("unknown refresh token")),
@@ -973,12 +995,7 @@ impl Oidc {
         }
         match client.id_token_alg {
             IdTokenAlg::EdDsa => self.authentication.tokens().sign_ed25519(&claims),
-            IdTokenAlg::Rs256 => {
-                let mut header = Header::new(Algorithm::RS256);
-                header.kid = Some(self.key.kid.clone());
-                jsonwebtoken::encode(&header, &claims, &self.key.signing)
-                    .map_err(|e| key_error("signing an ID token", e))
-            }
+            IdTokenAlg::Rs256 => self.key.sign(&claims),
         }
     }
 
@@ -1216,6 +1233,19 @@ fn profile_claims(user: &User, scopes: &Scopes) -> Vec<(&'static str, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rs256_id_tokens_verify_with_the_published_key() {
+        let key = IdTokenKey::from_pem(&IdTokenKey::generate_pem().unwrap()).unwrap();
+        let token = key.sign(&json!({"sub": "u", "aud": "app"})).unwrap();
+        let decoding = rsa_decoding(key.jwk()).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::RS256);
+        validation.set_audience(&["app"]);
+        validation.set_required_spec_claims(&["sub"]);
+        let data = jsonwebtoken::decode::<Value>(&token, &decoding, &validation).unwrap();
+        assert_eq!(data.claims["sub"], "u");
+        assert_eq!(data.header.kid.as_deref(), Some(key.jwk().kid.as_str()));
+    }
 
     #[test]
     fn pkce_s256_matches_rfc_7636_appendix_b() {

@@ -169,6 +169,27 @@ pub trait SessionRepository: Send + Sync + 'static {
     async fn find(&self, id: SessionId) -> Result<Option<Session>, Error>;
     /// One page of a user's sessions, newest first.
     async fn list(&self, user: UserId, query: &SessionQuery) -> Result<Vec<Session>, Error>;
+    /// How many sessions `user` has open at `now`, counted up to `limit`:
+    /// what a bound on open sessions asks, without reading them.
+    async fn count_open(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<usize, Error> {
+        let open = self
+            .list(
+                user,
+                &SessionQuery {
+                    include_closed: false,
+                    now,
+                    before: None,
+                    limit,
+                },
+            )
+            .await?;
+        Ok(open.len())
+    }
     /// Stores `session`'s new `last_seen_at` and `expires_at` with its
     /// `session.touched` event, if it is still open at the event's time;
     /// false when it was not.

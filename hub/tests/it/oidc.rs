@@ -935,3 +935,57 @@ async fn deleting_a_client_ends_its_grants() {
     assert_eq!(page.status(), StatusCode::OK);
     hub.stop().await;
 }
+
+/// Two refreshes with one token at once: exactly one rotates it; the other
+/// is reuse, which ends the grant (the winner's new token too).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_refreshes_with_one_token_rotate_it_once() {
+    let hub = TestHub::with(&[Service::RestAuth]).await;
+    let base = hub.url(Service::RestAuth);
+    let (app, secret) = client(&hub, "racer", true, false).await;
+    let cookies = signed_in(&base, "racer").await;
+    let code = code(&base, &cookies, &app).await;
+    let (_, tokens) = token(
+        &base,
+        &app,
+        &secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let once = || {
+        let (base, app, secret, refresh) =
+            (base.clone(), app.clone(), secret.clone(), refresh.clone());
+        tokio::spawn(async move {
+            token(
+                &base,
+                &app,
+                &secret,
+                &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+            )
+            .await
+        })
+    };
+    let (a, b) = (once(), once());
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let ok: Vec<&(StatusCode, Value)> = [&a, &b]
+        .into_iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .collect();
+    assert_eq!(ok.len(), 1, "{a:?} {b:?}");
+    let winner = ok[0].1["refresh_token"].as_str().unwrap().to_owned();
+    let (status, _) = token(
+        &base,
+        &app,
+        &secret,
+        &[("grant_type", "refresh_token"), ("refresh_token", &winner)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the reuse ended the grant");
+    hub.stop().await;
+}

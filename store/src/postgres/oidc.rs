@@ -152,11 +152,15 @@ impl OidcStore for PgOidcStore {
         refresh: Option<&[u8; 32]>,
         now: OffsetDateTime,
     ) -> Result<(), Error> {
-        let doing = "recording a grant";
-        let mut tx = self.pool.begin().await.map_err(|e| classify(doing, e))?;
+        // One statement, so all or nothing in one round trip.
         sqlx::query(
-            "INSERT INTO oauth_grants (session_id, client_id, user_id, scopes, auth_time, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "WITH g AS (INSERT INTO oauth_grants \
+                 (session_id, client_id, user_id, scopes, auth_time, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING session_id), \
+             c AS (UPDATE oauth_codes SET grant_session = $1 WHERE code_sha256 = $7), \
+             r AS (INSERT INTO oauth_refresh_tokens (token_sha256, session_id, created_at) \
+                 SELECT $8, session_id, $6 FROM g WHERE $8::bytea IS NOT NULL) \
+             SELECT 1",
         )
         .bind(grant.session_id.as_uuid())
         .bind(grant.client_id.as_str())
@@ -164,27 +168,12 @@ impl OidcStore for PgOidcStore {
         .bind(scope_list(&grant.scopes))
         .bind(grant.auth_time)
         .bind(now)
-        .execute(&mut *tx)
+        .bind(code.as_slice())
+        .bind(refresh.map(|r| r.as_slice()))
+        .execute(&self.pool)
         .await
-        .map_err(|e| classify(doing, e))?;
-        sqlx::query("UPDATE oauth_codes SET grant_session = $2 WHERE code_sha256 = $1")
-            .bind(code.as_slice())
-            .bind(grant.session_id.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify(doing, e))?;
-        if let Some(refresh) = refresh {
-            sqlx::query(
-                "INSERT INTO oauth_refresh_tokens (token_sha256, session_id, created_at) VALUES ($1, $2, $3)",
-            )
-            .bind(refresh.as_slice())
-            .bind(grant.session_id.as_uuid())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify(doing, e))?;
-        }
-        tx.commit().await.map_err(|e| classify(doing, e))
+        .map_err(|e| classify("recording a grant", e))?;
+        Ok(())
     }
 
     async fn grant(&self, session: SessionId) -> Result<Option<Grant>, Error> {
@@ -201,58 +190,66 @@ impl OidcStore for PgOidcStore {
 
     async fn rotate_refresh(
         &self,
+        client: &ClientId,
         old: &[u8; 32],
         new: &[u8; 32],
         now: OffsetDateTime,
     ) -> Result<Rotation, Error> {
-        let doing = "rotating a refresh token";
-        let mut tx = self.pool.begin().await.map_err(|e| classify(doing, e))?;
-        // The row locked: of two refreshes with one token, the second sees
-        // it used.
-        let row: Option<(Uuid, Option<OffsetDateTime>)> = sqlx::query_as(
-            "SELECT session_id, used_at FROM oauth_refresh_tokens WHERE token_sha256 = $1 FOR UPDATE",
+        // One statement, one round trip. `cur` locks the token's row: of
+        // two refreshes with one token, the second waits, then sees it used
+        // (and rotates nothing). The successor is stored only when the
+        // token was current and this client's; a used token of the grant
+        // older than a day is forgotten on the way.
+        #[derive(sqlx::FromRow)]
+        struct Rotated {
+            session_id: Uuid,
+            client_id: String,
+            user_id: Uuid,
+            scopes: Vec<String>,
+            auth_time: OffsetDateTime,
+            used_at: Option<OffsetDateTime>,
+        }
+        let row = sqlx::query_as::<_, Rotated>(
+            "WITH cur AS ( \
+                 SELECT r.session_id, r.used_at, g.client_id, g.user_id, g.scopes, g.auth_time \
+                 FROM oauth_refresh_tokens r JOIN oauth_grants g USING (session_id) \
+                 WHERE r.token_sha256 = $1 FOR UPDATE OF r), \
+             go AS (SELECT session_id FROM cur WHERE used_at IS NULL AND client_id = $3), \
+             mark AS (UPDATE oauth_refresh_tokens SET used_at = $4 \
+                 WHERE token_sha256 = $1 AND EXISTS (SELECT 1 FROM go)), \
+             next AS (INSERT INTO oauth_refresh_tokens (token_sha256, session_id, created_at) \
+                 SELECT $2, session_id, $4 FROM go), \
+             gone AS (DELETE FROM oauth_refresh_tokens WHERE session_id IN (SELECT session_id FROM go) \
+                 AND used_at < $4 - interval '1 day') \
+             SELECT session_id, client_id, user_id, scopes, auth_time, used_at FROM cur",
         )
         .bind(old.as_slice())
-        .fetch_optional(&mut *tx)
+        .bind(new.as_slice())
+        .bind(client.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(|e| classify(doing, e))?;
-        let Some((session, used_at)) = row else {
+        .map_err(|e| classify("rotating a refresh token", e))?;
+        let Some(row) = row else {
             return Ok(Rotation::Missing);
         };
-        let session_id = SessionId::try_from(session).map_err(|_| corrupt("session id"))?;
-        if used_at.is_some() {
+        if row.client_id != client.as_str() {
+            return Ok(Rotation::OtherClient);
+        }
+        let session_id = SessionId::try_from(row.session_id).map_err(|_| corrupt("session id"))?;
+        if row.used_at.is_some() {
             return Ok(Rotation::Reused(session_id));
         }
-        sqlx::query(
-            "WITH gone AS (DELETE FROM oauth_refresh_tokens WHERE session_id = $2 \
-             AND used_at < now() - interval '1 day') \
-             UPDATE oauth_refresh_tokens SET used_at = $3 WHERE token_sha256 = $1",
-        )
-        .bind(old.as_slice())
-        .bind(session)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| classify(doing, e))?;
-        sqlx::query(
-            "INSERT INTO oauth_refresh_tokens (token_sha256, session_id, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(new.as_slice())
-        .bind(session)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| classify(doing, e))?;
-        let grant = sqlx::query_as::<_, GrantRow>(
-            "SELECT session_id, client_id, user_id, scopes, auth_time FROM oauth_grants WHERE session_id = $1",
-        )
-        .bind(session)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| classify(doing, e))?
-        .grant()?;
-        tx.commit().await.map_err(|e| classify(doing, e))?;
-        Ok(Rotation::Rotated(grant))
+        Ok(Rotation::Rotated(
+            GrantRow {
+                session_id: row.session_id,
+                client_id: row.client_id,
+                user_id: row.user_id,
+                scopes: row.scopes,
+                auth_time: row.auth_time,
+            }
+            .grant()?,
+        ))
     }
 
     async fn refresh_grant(&self, token: &[u8; 32]) -> Result<Option<Grant>, Error> {

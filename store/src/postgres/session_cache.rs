@@ -279,6 +279,15 @@ impl SessionRepository for CachedSessions {
         self.inner.list(user, query).await
     }
 
+    async fn count_open(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<usize, Error> {
+        self.inner.count_open(user, now, limit).await
+    }
+
     async fn touch(&self, session: &Session, event: &SessionEvent) -> Result<bool, Error> {
         let touched = self.inner.touch(session, event).await;
         self.forget(session.id);

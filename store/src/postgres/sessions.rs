@@ -502,6 +502,25 @@ impl SessionRepository for PgSessionRepository {
         .collect()
     }
 
+    async fn count_open(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<usize, Error> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE user_id = $1 \
+             AND revoked_at IS NULL AND expires_at > $2 LIMIT $3) open",
+        )
+        .bind(user.as_uuid())
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| classify("counting a user's open sessions", e))?;
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
+    }
+
     async fn touch(&self, session: &Session, event: &SessionEvent) -> Result<bool, Error> {
         let mut tx = self
             .pool
