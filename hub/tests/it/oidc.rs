@@ -130,6 +130,28 @@ async fn token(
     (status, response.json().await.unwrap())
 }
 
+/// The code's exchange by `client` (with the redirect URI and verifier the
+/// tests authorize with): the status and the JSON.
+async fn exchange(
+    base: &str,
+    client: &OAuthClient,
+    secret: &str,
+    code: &str,
+) -> (StatusCode, Value) {
+    token(
+        base,
+        client,
+        secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await
+}
+
 /// The claims of a JWT, unverified (openid-client and authlib verify them
 /// in the browser tests).
 fn claims(jwt: &str) -> Value {
@@ -192,18 +214,7 @@ async fn the_code_flow_end_to_end_for_a_first_party_app() {
 
     // Signed in, a first-party app gets its code at once.
     let code = code(&base, &cookies, &app).await;
-    let (status, tokens) = token(
-        &base,
-        &app,
-        &secret,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
+    let (status, tokens) = exchange(&base, &app, &secret, &code).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
@@ -283,18 +294,7 @@ async fn the_code_flow_end_to_end_for_a_first_party_app() {
     assert_eq!(info["email"], "oidcuser@example.com");
 
     // The code again: refused, and what it issued is revoked.
-    let (status, body) = token(
-        &base,
-        &app,
-        &secret,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
+    let (status, body) = exchange(&base, &app, &secret, &code).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_grant"))
@@ -311,18 +311,7 @@ async fn the_code_flow_end_to_end_for_a_first_party_app() {
 
     // A new grant: refresh rotates; the old refresh token again ends it.
     let code = self::code(&base, &cookies, &app).await;
-    let (_, tokens) = token(
-        &base,
-        &app,
-        &secret,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
+    let (_, tokens) = exchange(&base, &app, &secret, &code).await;
     let first = tokens["refresh_token"].as_str().unwrap().to_owned();
     let (status, rotated) = token(
         &base,
@@ -359,18 +348,7 @@ async fn the_code_flow_end_to_end_for_a_first_party_app() {
 
     // A third grant, ended by polyhub's own logout with its token.
     let code = self::code(&base, &cookies, &app).await;
-    let (_, tokens) = token(
-        &base,
-        &app,
-        &secret,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
+    let (_, tokens) = exchange(&base, &app, &secret, &code).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
     let out = Client::new()
@@ -395,18 +373,7 @@ async fn the_code_flow_end_to_end_for_a_first_party_app() {
 
     // RP-initiated logout: the grant ends and the browser goes back.
     let code = self::code(&base, &cookies, &app).await;
-    let (_, tokens) = token(
-        &base,
-        &app,
-        &secret,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
+    let (_, tokens) = exchange(&base, &app, &secret, &code).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let hint = tokens["id_token"].as_str().unwrap().to_owned();
     let out = browser()
@@ -804,20 +771,7 @@ async fn code_exchanges_are_bounded_by_the_open_sessions_a_user_may_have() {
     let cookies = signed_in(&base, "bounded").await;
     let exchange = |code: String| {
         let (base, app, secret) = (base.clone(), app.clone(), secret.clone());
-        async move {
-            token(
-                &base,
-                &app,
-                &secret,
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", &code),
-                    ("redirect_uri", REDIRECT),
-                    ("code_verifier", VERIFIER),
-                ],
-            )
-            .await
-        }
+        async move { exchange(&base, &app, &secret, &code).await }
     };
     let (status, body) = exchange(code(&base, &cookies, &app).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -858,18 +812,7 @@ async fn a_client_may_ask_for_eddsa_id_tokens() {
     let secret = secret.unwrap().shown().to_owned();
     let cookies = signed_in(&base, "edwards").await;
     let code = code(&base, &cookies, &app).await;
-    let (status, tokens) = token(
-        &base,
-        &app,
-        &secret,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
+    let (status, tokens) = exchange(&base, &app, &secret, &code).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     let id_token = tokens["id_token"].as_str().unwrap().to_owned();
     let header: Value = serde_json::from_slice(
@@ -905,18 +848,7 @@ async fn deleting_a_client_ends_its_grants() {
     let (app, secret) = client(&hub, "doomed", true, false).await;
     let cookies = signed_in(&base, "doomeduser").await;
     let code = code(&base, &cookies, &app).await;
-    let (_, tokens) = token(
-        &base,
-        &app,
-        &secret,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
+    let (_, tokens) = exchange(&base, &app, &secret, &code).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     assert_eq!(profile(&base, &access).await, StatusCode::OK);
     hub.hub
@@ -945,18 +877,7 @@ async fn concurrent_refreshes_with_one_token_rotate_it_once() {
     let (app, secret) = client(&hub, "racer", true, false).await;
     let cookies = signed_in(&base, "racer").await;
     let code = code(&base, &cookies, &app).await;
-    let (_, tokens) = token(
-        &base,
-        &app,
-        &secret,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
+    let (_, tokens) = exchange(&base, &app, &secret, &code).await;
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
     let once = || {
         let (base, app, secret, refresh) =
