@@ -9,9 +9,10 @@
 //! 2. Refresh grants per second with rotation: each connection refreshes its
 //!    own grant over and over, each answer a new refresh token and an ID
 //!    token (polyhub keeps the rotation in PostgreSQL, the peer in memory).
-//! 3. Whole code flows per second for a signed-in user: the authorization
-//!    request with the session cookie (PKCE S256) to the redirect with the
-//!    code, then the code's exchange.
+//! 3. Whole code flows per second for signed-in users (each connection a
+//!    user of its own, with its own session on either side): the
+//!    authorization request with the session cookie (PKCE S256) to the
+//!    redirect with the code, then the code's exchange.
 //!
 //! Both are driven by the same client from this process (16 connections,
 //! each a task of its own), sharing the machine's two cores with the server
@@ -44,8 +45,9 @@ struct Target {
     origin: String,
     authorize: String,
     token: String,
-    /// The signed-in user's cookies.
-    cookie: String,
+    /// Each connection's signed-in user's cookies: a user of its own per
+    /// connection, as many users signing in at once are.
+    cookies: Vec<String>,
     client_id: String,
     secret: String,
     redirect: String,
@@ -108,7 +110,7 @@ async fn post_token(
 /// One code flow: the authorization request with the user's cookies (and
 /// whatever cookies the hops set) to the redirect carrying the code, then
 /// its exchange. The tokens.
-async fn code_flow(http: &reqwest::Client, target: &Target) -> Option<Value> {
+async fn code_flow(http: &reqwest::Client, target: &Target, who: usize) -> Option<Value> {
     let query = form_urlencoded::Serializer::new(String::new())
         .extend_pairs([
             ("response_type", "code"),
@@ -122,8 +124,7 @@ async fn code_flow(http: &reqwest::Client, target: &Target) -> Option<Value> {
         ])
         .finish();
     let mut url = format!("{}?{query}", target.authorize);
-    let mut cookies: Vec<(String, String)> = target
-        .cookie
+    let mut cookies: Vec<(String, String)> = target.cookies[who % target.cookies.len()]
         .split("; ")
         .filter_map(|c| c.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -175,14 +176,14 @@ async fn code_flow(http: &reqwest::Client, target: &Target) -> Option<Value> {
 async fn drive<S, I, IF, O, OF>(init: I, op: O) -> Load
 where
     S: Send + 'static,
-    I: Fn() -> IF,
+    I: Fn(usize) -> IF,
     IF: std::future::Future<Output = S> + Send + 'static,
     O: Fn(S) -> OF + Clone + Send + Sync + 'static,
     OF: std::future::Future<Output = (S, bool)> + Send,
 {
     let mut states = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        states.push(init().await);
+    for connection in 0..CONNECTIONS {
+        states.push(init(connection).await);
     }
     let started = Instant::now();
     let deadline = started + support::RUN;
@@ -228,7 +229,7 @@ async fn client_credentials(target: &Target) -> Load {
     let target = Arc::new(target.clone());
     let http = http();
     drive(
-        || async {},
+        |_| async {},
         move |()| {
             let (target, http) = (Arc::clone(&target), http.clone());
             async move {
@@ -254,10 +255,12 @@ async fn refreshes(target: &Target) -> Load {
     let http = http();
     let first = {
         let (target, http) = (Arc::clone(&target), http.clone());
-        move || {
+        move |connection| {
             let (target, http) = (Arc::clone(&target), http.clone());
             async move {
-                let tokens = code_flow(&http, &target).await.expect("a grant to refresh");
+                let tokens = code_flow(&http, &target, connection)
+                    .await
+                    .expect("a grant to refresh");
                 tokens["refresh_token"]
                     .as_str()
                     .expect("a refresh token")
@@ -291,14 +294,14 @@ async fn code_flows(target: &Target) -> Load {
     let target = Arc::new(target.clone());
     let http = http();
     drive(
-        || async {},
-        move |()| {
+        |connection| async move { connection },
+        move |connection: usize| {
             let (target, http) = (Arc::clone(&target), http.clone());
             async move {
-                let ok = code_flow(&http, &target)
+                let ok = code_flow(&http, &target, connection)
                     .await
                     .is_some_and(|t| t["id_token"].is_string());
-                ((), ok)
+                (connection, ok)
             }
         },
     )
@@ -364,14 +367,19 @@ async fn main() {
         .await
         .unwrap();
     let secret = secret.unwrap().shown().to_owned();
-    sign_up(&base, "benchuser", "correct horse battery").await;
-    let signed = sign_in(&http(), &base, "benchuser", "correct horse battery").await;
+    let mut cookies = Vec::with_capacity(CONNECTIONS);
+    for n in 0..CONNECTIONS {
+        let name = format!("benchuser{n}");
+        sign_up(&base, &name, "correct horse battery").await;
+        let signed = sign_in(&http(), &base, &name, "correct horse battery").await;
+        cookies.push(session_cookies(&signed));
+    }
     let polyhub = Target {
         name: "polyhub",
         origin: base.clone(),
         authorize: format!("{base}/oauth2/authorize"),
         token: format!("{base}/oauth2/token"),
-        cookie: session_cookies(&signed),
+        cookies,
         client_id: client.id.to_string(),
         secret: secret.clone(),
         redirect: redirect.clone(),
@@ -394,21 +402,26 @@ async fn main() {
             "account": "benchuser",
         }),
     );
-    let session: Value = http()
-        .post(format!("{peer_base}/bench/session"))
-        .json(&serde_json::json!({"client_id": client.id.to_string(), "scope": SCOPE}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // One session (and grant) per connection there too.
+    let mut peer_cookies = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let session: Value = http()
+            .post(format!("{peer_base}/bench/session"))
+            .json(&serde_json::json!({"client_id": client.id.to_string(), "scope": SCOPE}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        peer_cookies.push(session["cookie"].as_str().unwrap().to_owned());
+    }
     let oidc_provider = Target {
         name: "oidc-provider",
         origin: peer_base.clone(),
         authorize: format!("{peer_base}/auth"),
         token: format!("{peer_base}/token"),
-        cookie: session["cookie"].as_str().unwrap().to_owned(),
+        cookies: peer_cookies,
         client_id: polyhub.client_id.clone(),
         secret: polyhub.secret.clone(),
         redirect: polyhub.redirect.clone(),
@@ -416,7 +429,7 @@ async fn main() {
     // Each side once before measuring: a flow that fails here would only
     // show as a zero below.
     for target in [&polyhub, &oidc_provider] {
-        let tokens = code_flow(&http(), target).await;
+        let tokens = code_flow(&http(), target, 0).await;
         assert!(
             tokens.as_ref().is_some_and(|t| t["id_token"].is_string()),
             "{}: no code flow: {tokens:?}",
