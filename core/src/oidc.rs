@@ -565,13 +565,14 @@ impl Oidc {
                     "code_challenge_method without a code_challenge",
                 ));
             }
-            (None, None) if client.is_public() => {
+            // RFC 9700 §2.1.1: PKCE for every client, confidential ones too
+            // (a stolen code is then useless without the verifier).
+            (None, None) => {
                 return Err(refuse(
                     OAuthErrorCode::InvalidRequest,
-                    "a public client must use PKCE: code_challenge with code_challenge_method=S256",
+                    "PKCE is required: code_challenge with code_challenge_method=S256",
                 ));
             }
-            (None, None) => None,
         };
         let prompt = match params.prompt.as_deref() {
             None | Some("") => Prompt::Default,

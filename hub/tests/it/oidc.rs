@@ -436,6 +436,11 @@ async fn refusals_follow_the_standard() {
     // The rest go back to the app in OAuth's shape, with state and iss.
     for (changes, error) in [
         (&[("code_challenge_method", "plain")][..], "invalid_request"),
+        // PKCE for every client, this confidential one too (RFC 9700).
+        (
+            &[("code_challenge", ""), ("code_challenge_method", "")][..],
+            "invalid_request",
+        ),
         (
             &[("response_type", "token")][..],
             "unsupported_response_type",
