@@ -1029,11 +1029,6 @@ impl Oidc {
         Ok(claims)
     }
 
-    /// The grant behind an access token's session, for introspection.
-    pub async fn grant_of(&self, session: SessionId) -> Result<Option<Grant>, Error> {
-        self.store.grant(session).await
-    }
-
     /// RFC 7009 for tokens of grants: a refresh token or an access token of
     /// one of `client`'s grants ends the grant. `Ok(false)` when `token` is
     /// neither (the caller tries the other kinds).
