@@ -21,6 +21,7 @@ Prints what it saw and exits non-zero on the first broken promise.
 import json
 import os
 import pathlib
+import random
 import shlex
 import socket
 import subprocess
@@ -50,10 +51,26 @@ PSQL = os.environ["PSQL"]
 S3_KEYS = ("drill-access", "drill-secret-key")
 
 
+_GIVEN: set = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range: a port taken
+    by binding 0 and releasing it can be handed out again (as the source
+    port of any outgoing connection) before the server binds it."""
+    low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(20000, max(low, 20001))
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise SystemExit("no free port below the ephemeral range")
 
 
 def wait_port(port: int, up: bool = True, within: float = 30.0) -> None:
@@ -364,7 +381,9 @@ def main():
     while len(urls) < 6:
         line = hub.stdout.readline()
         if not line:
-            fail("hub serve stopped before listening")
+            log.flush()
+            said = (DRILL / "hub.log").read_text(errors="replace").splitlines()[-20:]
+            fail("hub serve stopped before listening:\n" + "\n".join(said))
         service, url = line.split()
         urls[service] = url
     threading.Thread(target=lambda: [None for _ in hub.stdout], daemon=True).start()

@@ -12,6 +12,7 @@ DRILL_DIR, DRILL_SECONDS (10 for the short form), DRILL_IDLE (idle sockets).
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -39,10 +40,27 @@ def fail(message):
     sys.exit(1)
 
 
+_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range: a port taken
+    by binding 0 and releasing it can be handed out again (as the source
+    port of any outgoing connection) before the server binds it."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for _ in range(1000):
+        port = random.randrange(20000, max(low, 20001))
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise SystemExit("no free port below the ephemeral range")
 
 
 def request(port, method, path, body=None, source=None, timeout=10.0, headers=None):
