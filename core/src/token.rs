@@ -347,30 +347,9 @@ impl Tokens {
             tracing::debug!(reason = %why, "token refused");
             Error::new(ErrorCode::InvalidToken)
         };
-        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(invalid(&format_args!(
-                "algorithm {:?} is not accepted",
-                header.alg
-            )));
-        }
-        let kid = header.kid.ok_or_else(|| invalid(&"no kid in the header"))?;
-        let key = self
-            .keys
-            .verifying
-            .get(&kid)
-            .ok_or_else(|| invalid(&format_args!("unknown kid {kid:?}")))?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation)
-            .map_err(|e| invalid(&e))?;
-        let claims = data.claims;
-        #[allow(clippy::cast_possible_wrap)]
-        let leeway = LEEWAY_SECS as i64;
-        if now.unix_timestamp() > claims.exp + leeway {
-            return Err(invalid(&"expired"));
-        }
-        if claims.iat > now.unix_timestamp() + leeway {
-            return Err(invalid(&"issued in the future"));
-        }
+        let claims: Claims = self
+            .decode_ours(token, None, &self.validation, now)
+            .map_err(|why| invalid(&why))?;
         let principal = Principal {
             user_id: UserId::parse(&claims.sub).map_err(|e| invalid(&e))?,
             session_id: SessionId::parse(&claims.sid).map_err(|e| invalid(&e))?,
@@ -551,30 +530,11 @@ impl Tokens {
             tracing::debug!(reason = %why, "client token refused");
             Error::new(ErrorCode::InvalidToken)
         };
-        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
-        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
-            return Err(invalid(&"not an at+jwt EdDSA token"));
-        }
-        let kid = header.kid.ok_or_else(|| invalid(&"no kid in the header"))?;
-        let key = self
-            .keys
-            .verifying
-            .get(&kid)
-            .ok_or_else(|| invalid(&format_args!("unknown kid {kid:?}")))?;
         let mut validation = self.validation.clone();
         validation.set_issuer(&[issuer]);
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        let claims = jsonwebtoken::decode::<ClientClaims>(token, &key.decoding, &validation)
-            .map_err(|e| invalid(&e))?
-            .claims;
-        #[allow(clippy::cast_possible_wrap)]
-        let leeway = LEEWAY_SECS as i64;
-        if now.unix_timestamp() > claims.exp + leeway {
-            return Err(invalid(&"expired"));
-        }
-        if claims.iat > now.unix_timestamp() + leeway {
-            return Err(invalid(&"issued in the future"));
-        }
+        let claims: ClientClaims = self
+            .decode_ours(token, Some(ACCESS_TOKEN_TYP), &validation, now)
+            .map_err(|why| invalid(&why))?;
         if claims.sub != claims.client_id {
             return Err(invalid(&"sub is not the client"));
         }
@@ -587,6 +547,67 @@ impl Tokens {
             expires_at: at(claims.exp)?,
             client_id: claims.client_id,
         })
+    }
+}
+
+/// The times every token of ours carries, checked against the domain clock.
+trait Timed {
+    fn exp(&self) -> i64;
+    fn iat(&self) -> i64;
+}
+
+macro_rules! timed {
+    ($($claims:ty),+) => {
+        $(impl Timed for $claims {
+            fn exp(&self) -> i64 {
+                self.exp
+            }
+            fn iat(&self) -> i64 {
+                self.iat
+            }
+        })+
+    };
+}
+
+timed!(Claims, ClientClaims, AppClaims);
+
+impl Tokens {
+    /// The claims of an EdDSA token of ours: the algorithm pinned (and the
+    /// header's `typ` when one is required), the key by `kid`, the
+    /// signature, `validation`'s claims, then `exp` and `iat` against `now`
+    /// with the leeway. `Err` says why, for the caller's debug log.
+    fn decode_ours<T: serde::de::DeserializeOwned + Timed>(
+        &self,
+        token: &str,
+        typ: Option<&str>,
+        validation: &Validation,
+        now: OffsetDateTime,
+    ) -> Result<T, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(format!("algorithm {:?} is not accepted", header.alg));
+        }
+        if typ.is_some() && header.typ.as_deref() != typ {
+            return Err(format!("typ {:?} is not {typ:?}", header.typ));
+        }
+        let kid = header.kid.ok_or("no kid in the header")?;
+        let key = self
+            .keys
+            .verifying
+            .get(&kid)
+            .ok_or_else(|| format!("unknown kid {kid:?}"))?;
+        let claims = jsonwebtoken::decode::<T>(token, &key.decoding, validation)
+            .map_err(|e| e.to_string())?
+            .claims;
+        #[allow(clippy::cast_possible_wrap)]
+        let leeway = LEEWAY_SECS as i64;
+        if now.unix_timestamp() > claims.exp() + leeway {
+            return Err("expired".into());
+        }
+        if claims.iat() > now.unix_timestamp() + leeway {
+            return Err("issued in the future".into());
+        }
+        Ok(claims)
     }
 }
 
@@ -696,27 +717,11 @@ impl Tokens {
             tracing::debug!(reason = %why, "app token refused");
             Error::new(ErrorCode::InvalidToken)
         };
-        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(invalid(&"not an EdDSA token"));
-        }
-        let kid = header.kid.ok_or_else(|| invalid(&"no kid in the header"))?;
-        let key = self
-            .keys
-            .verifying
-            .get(&kid)
-            .ok_or_else(|| invalid(&format_args!("unknown kid {kid:?}")))?;
         let mut validation = self.validation.clone();
         validation.set_audience(&[app_audience(&self.settings.audience)]);
-        let claims = jsonwebtoken::decode::<AppClaims>(token, &key.decoding, &validation)
-            .map_err(|e| invalid(&e))?
-            .claims;
-        #[allow(clippy::cast_possible_wrap)]
-        let leeway = LEEWAY_SECS as i64;
-        if now.unix_timestamp() > claims.exp + leeway || claims.iat > now.unix_timestamp() + leeway
-        {
-            return Err(invalid(&"expired or issued in the future"));
-        }
+        let claims: AppClaims = self
+            .decode_ours(token, None, &validation, now)
+            .map_err(|why| invalid(&why))?;
         Ok(AppPrincipal {
             principal: Principal {
                 user_id: UserId::parse(&claims.sub).map_err(|e| invalid(&e))?,
