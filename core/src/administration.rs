@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(stored.role, Role::Admin);
         let err = admin.set_role("nobody", Role::Admin).await.unwrap_err();
         assert_eq!(err.code(), ErrorCode::UserNotFound);
-        let err = admin.set_role("x", Role::Admin).await.unwrap_err();
+        let err = admin.set_role("x y", Role::Admin).await.unwrap_err();
         assert_eq!(err.code(), ErrorCode::InvalidUsername);
     }
 

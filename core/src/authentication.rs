@@ -283,10 +283,21 @@ impl Authentication {
                 Ok(username) => self.users.find_by_username(&username).await,
                 Err(_) => Ok(None),
             },
-            LoginName::Email(raw) => match Email::parse(raw) {
-                Ok(email) => self.users.find_by_email(&email).await,
-                Err(_) => Ok(None),
-            },
+            // A name with an `@` is an email first, then a username: a
+            // directory's user principal name (`alice@corp.example`) is a
+            // username, and ports that take either in one field (the
+            // console, SOAP's UsernameToken) cannot tell them apart.
+            LoginName::Email(raw) => {
+                if let Ok(email) = Email::parse(raw)
+                    && let Some(user) = self.users.find_by_email(&email).await?
+                {
+                    return Ok(Some(user));
+                }
+                match Username::parse(raw) {
+                    Ok(username) => self.users.find_by_username(&username).await,
+                    Err(_) => Ok(None),
+                }
+            }
         }
     }
 
@@ -360,6 +371,12 @@ impl Authentication {
         if !verified {
             tracing::info!(user_id = %user.id, "login refused: wrong password");
             return Err(bad_credentials());
+        }
+        // Told only to whoever knows the password: an unknown client learns
+        // nothing of the account from it.
+        if !user.active {
+            tracing::info!(user_id = %user.id, "login refused: the account is deactivated");
+            return Err(Error::new(ErrorCode::AccountDisabled));
         }
         // The credential the session is opened under: the hash verified, or
         // the stronger one it was raised to.

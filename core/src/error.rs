@@ -73,12 +73,13 @@ macro_rules! error_codes {
 
 error_codes! {
     InvalidRequest => ("INVALID_REQUEST", Invalid, "the request is malformed"),
-    InvalidUsername => ("INVALID_USERNAME", Invalid, "username must be 3 to 32 characters of a-z, 0-9, '.', '_' or '-'"),
+    InvalidUsername => ("INVALID_USERNAME", Invalid, "username must be 1 to 256 characters of a-z, 0-9 and . _ - @ + ' ! # ^ ~"),
     InvalidEmail => ("INVALID_EMAIL", Invalid, "email is not a valid address"),
     WeakPassword => ("WEAK_PASSWORD", Invalid, "password must be 8 to 128 characters and differ from the username"),
     InvalidUserId => ("INVALID_USER_ID", Invalid, "user id is not a valid identifier"),
     UsernameTaken => ("USERNAME_TAKEN", Conflict, "username is already registered"),
     EmailTaken => ("EMAIL_TAKEN", Conflict, "email is already registered"),
+    GroupNameTaken => ("GROUP_NAME_TAKEN", Conflict, "a group with this displayName exists"),
     UserNotFound => ("USER_NOT_FOUND", NotFound, "no such user"),
     NotFound => ("NOT_FOUND", NotFound, "no such resource"),
     InvalidCredentials => ("INVALID_CREDENTIALS", Unauthenticated, "username or password is wrong"),
@@ -89,6 +90,7 @@ error_codes! {
     MessageExpired => ("MESSAGE_EXPIRED", Unauthenticated, "the message's timestamp is outside the accepted window"),
     MessageReplayed => ("MESSAGE_REPLAYED", Unauthenticated, "this message's nonce was already used"),
     Forbidden => ("FORBIDDEN", Forbidden, "not allowed"),
+    AccountDisabled => ("ACCOUNT_DISABLED", Forbidden, "this account is deactivated; ask your directory's administrator"),
     WebhookTargetRefused => ("WEBHOOK_TARGET_REFUSED", Invalid, "webhooks may not reach this address: it is loopback, private, link-local or metadata, and not in webhooks.allowed_networks"),
     EmptyUpload => ("EMPTY_UPLOAD", Invalid, "the upload contained no image bytes"),
     UnsupportedImageType => ("UNSUPPORTED_IMAGE_TYPE", Invalid, "only PNG, JPEG, GIF and WebP images are accepted"),

@@ -506,6 +506,7 @@ impl Importer {
             email,
             password_hash,
             role,
+            active: true,
             created_at: record.created_at.unwrap_or(now),
             updated_at: now,
         })

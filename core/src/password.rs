@@ -244,6 +244,9 @@ enum Scheme {
         salt: Vec<u8>,
         hash: Vec<u8>,
     },
+    /// [`PasswordHash::UNSET`]: no password at all (a user a directory
+    /// provisioned without one, who signs in through it). Nothing matches.
+    Unset,
 }
 
 /// Parameters a stored hash may have. Rows past these are corrupt, whatever
@@ -286,9 +289,30 @@ fn number<T: std::str::FromStr>(value: &str) -> Result<T, Error> {
 }
 
 impl PasswordHash {
+    /// What a user without a password has stored: no candidate matches it,
+    /// and a sign-in by password spends the dummy verification's time, as
+    /// for a wrong password.
+    pub const UNSET: &'static str = "$none$";
+
+    /// No password: see [`Self::UNSET`].
+    pub fn unset() -> Self {
+        Self {
+            phc: Self::UNSET.to_owned(),
+            scheme: Scheme::Unset,
+        }
+    }
+
+    /// Whether this is [`Self::UNSET`].
+    pub fn is_unset(&self) -> bool {
+        matches!(self.scheme, Scheme::Unset)
+    }
+
     /// Reads a hash as stored. A malformed one is an internal error: it can
     /// only come from a damaged row, never from a client.
     pub fn parse(phc: &str) -> Result<Self, Error> {
+        if phc == Self::UNSET {
+            return Ok(Self::unset());
+        }
         let scheme =
             if phc.starts_with("$2a$") || phc.starts_with("$2b$") || phc.starts_with("$2y$") {
                 bcrypt_cost(phc)?;
@@ -341,6 +365,7 @@ impl PasswordHash {
                 argon2::Algorithm::Argon2i => "argon2i",
                 argon2::Algorithm::Argon2d => "argon2d",
             },
+            Scheme::Unset => "none",
         }
     }
 
@@ -362,7 +387,7 @@ impl PasswordHash {
                 r: *r,
                 p: *p,
             },
-            Scheme::Insecure { .. } => Cost::Digest,
+            Scheme::Insecure { .. } | Scheme::Unset => Cost::Digest,
             Scheme::Bcrypt { .. } => Cost::Bcrypt {
                 cost: bcrypt_cost(self.phc.trim_start_matches("bcrypt_sha256$")).unwrap_or(31),
             },
@@ -487,6 +512,7 @@ impl PasswordHash {
                     .is_ok()
                     && bool::from(out.ct_eq(hash))
             }
+            Scheme::Unset => false,
         }
     }
 }

@@ -169,7 +169,7 @@ mod tests {
     async fn each_invalid_field_has_its_code_in_a_fixed_order() {
         let (reg, _) = registration();
         let cases = [
-            (request("a", "bad", "short"), ErrorCode::InvalidUsername),
+            (request("a b", "bad", "short"), ErrorCode::InvalidUsername),
             (request("alice", "bad", "short"), ErrorCode::InvalidEmail),
             (
                 request("alice", "a@b.com", "short"),

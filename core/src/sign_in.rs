@@ -282,7 +282,8 @@ impl SignIn {
             return Ok(None);
         }
         Ok(self.authentication.user_named(name).await?.filter(|user| {
-            self.authentication.accepts(&user.password_hash)
+            user.active
+                && self.authentication.accepts(&user.password_hash)
                 && self.verified.check(key, user.id, &user.password_hash)
         }))
     }

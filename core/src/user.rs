@@ -8,22 +8,31 @@ use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode};
 
-/// A username: 3 to 32 characters of `a-z`, `0-9`, `.`, `_`, `-`.
+/// A username: 1 to 256 ASCII characters of `a-z`, `0-9` and
+/// `. _ - @ + ' ! # ^ ~`, so a directory's user principal name
+/// (`alice@corp.example`, what Entra ID and Okta provision over SCIM) or a
+/// UUID is one as it is; not a control character, space, quote, slash,
+/// angle bracket or any non-ASCII letter.
 ///
 /// Usernames compare case-insensitively, so the value is folded to lower case
-/// when parsed and stored that way.
+/// when parsed and stored that way. ASCII only, as an email's local part is
+/// (see [`Email`]): a Cyrillic `а` or a fullwidth `ａ` would give a second
+/// account a name that reads as another's, so it is refused, never mapped
+/// onto the ASCII it resembles.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Username(String);
 
 impl Username {
-    pub const MIN_CHARS: usize = 3;
-    pub const MAX_CHARS: usize = 32;
+    pub const MIN_CHARS: usize = 1;
+    pub const MAX_CHARS: usize = 256;
+    /// The characters besides `a-z` and `0-9`.
+    pub const PUNCTUATION: &'static str = ".-_@+'!#^~";
 
     pub fn parse(raw: &str) -> Result<Self, Error> {
         let len = raw.chars().count();
         let allowed =
-            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || Self::PUNCTUATION.contains(c);
         let folded = raw.to_ascii_lowercase();
         if !(Self::MIN_CHARS..=Self::MAX_CHARS).contains(&len) || !folded.chars().all(allowed) {
             return Err(Error::new(ErrorCode::InvalidUsername));
@@ -279,8 +288,35 @@ mod tests {
     #[test]
     fn username_alphabet() {
         assert!(Username::parse("a.b_c-d9").is_ok());
+        // What directories provision: a user principal name, a UUID.
+        for ok in [
+            "Alice.O'Brien+ops@Corp.example",
+            "3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b",
+            "a",
+            "x!#^~",
+            &"a".repeat(256),
+        ] {
+            assert!(Username::parse(ok).is_ok(), "{ok:?}");
+        }
+        assert_eq!(
+            Username::parse("Alice@Corp.example").unwrap().as_str(),
+            "alice@corp.example"
+        );
         for bad in [
-            "al ice", "alice!", "alicé", "al@ice", " alice", "alice\n", "ali\0ce", "ålice",
+            "",
+            "al ice",
+            "alicé",
+            "аlice@corp.example", // Cyrillic а
+            "ａlice",
+            " alice",
+            "alice\n",
+            "ali\0ce",
+            "ålice",
+            "a\"b",
+            "a/b",
+            "<a>",
+            "a,b",
+            &"a".repeat(257),
         ] {
             assert_eq!(
                 code(Username::parse(bad)),

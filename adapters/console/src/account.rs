@@ -120,7 +120,7 @@ fn signup_view(token: &str, form: &SignupForm, problem: Option<&Problem>) -> Mar
             form.card method="post" action="/account/signup" {
                 (csrf(token))
                 (field(&Field { name: "username", label: "Username", kind: "text", autocomplete: "username",
-                    value: Some(&form.username), hint: Some("3 to 32 characters: a-z, 0-9, '.', '_' or '-'.") }, problem))
+                    value: Some(&form.username), hint: Some("1 to 256 characters: a-z, 0-9 and . _ - @ + ' ! # ^ ~") }, problem))
                 (field(&Field { name: "email", label: "Email", kind: "email", autocomplete: "email",
                     value: Some(&form.email), hint: None }, problem))
                 (field(&Field { name: "password", label: "Password", kind: "password", autocomplete: "new-password",

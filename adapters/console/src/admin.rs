@@ -25,7 +25,10 @@ use crate::pages::{Page, csrf, layout, notice, when};
 /// under `/admin/users/`, whose names rest-auth's API shares (`POST
 /// /admin/users/import`): there a user named `import` would have no page.
 pub(crate) fn user_page(username: &str) -> String {
-    format!("/admin/user/{username}")
+    // A name may hold `#`, `^` or `'`: one path segment, percent-encoded.
+    let segment =
+        percent_encoding::utf8_percent_encode(username, percent_encoding::NON_ALPHANUMERIC);
+    format!("/admin/user/{segment}")
 }
 
 /// Users per page of a search.

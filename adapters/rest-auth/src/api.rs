@@ -11,7 +11,7 @@ use uuid::Uuid;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    #[schema(example = "alice", pattern = r"^[A-Za-z0-9._-]{3,32}$")]
+    #[schema(example = "alice", pattern = r"^[A-Za-z0-9._@+'!#^~-]{1,256}$")]
     pub username: Option<String>,
     #[schema(example = "alice@example.com", max_length = 254)]
     pub email: Option<String>,
@@ -34,8 +34,8 @@ pub struct LoginResponse {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// 3 to 32 characters of a-z, 0-9, '.', '_', '-' (case-insensitive).
-    #[schema(example = "alice", pattern = r"^[A-Za-z0-9._-]{3,32}$")]
+    /// 1 to 256 characters of a-z, 0-9 and . _ - @ + ' ! # ^ ~ (case-insensitive).
+    #[schema(example = "alice", pattern = r"^[A-Za-z0-9._@+'!#^~-]{1,256}$")]
     pub username: String,
     #[schema(
         example = "alice@example.com",

@@ -406,7 +406,7 @@ impl SessionRepository for InMemorySessions {
             .users
             .find_by_id(session.user_id)
             .await?
-            .is_some_and(|u| u.password_hash == *credential && u.role == role);
+            .is_some_and(|u| u.password_hash == *credential && u.role == role && u.active);
         if current {
             self.open(session, event).await?;
         }
@@ -424,7 +424,7 @@ impl SessionRepository for InMemorySessions {
             .users
             .find_by_id(session.user_id)
             .await?
-            .is_some_and(|u| u.role == role);
+            .is_some_and(|u| u.role == role && u.active);
         let parent_open = match parent {
             Some(parent) => self.with(|sessions, _| {
                 sessions

@@ -19,6 +19,9 @@ pub struct User {
     pub email: Email,
     pub password_hash: PasswordHash,
     pub role: Role,
+    /// False for an account deactivated (by a directory, over SCIM): it
+    /// signs in nowhere and holds no session.
+    pub active: bool,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -190,6 +193,12 @@ pub trait SessionRepository: Send + Sync + 'static {
             .await?;
         Ok(open.len())
     }
+    /// Drops whatever this process remembers of `user`'s sessions and of
+    /// the user (a cache): called after a change made elsewhere than
+    /// through this repository (SCIM's deactivation, deletion and role
+    /// changes) revoked them, so this process does not wait for the
+    /// database's notification. Other processes hear the notification.
+    fn forget_user(&self, _user: UserId) {}
     /// Stores `session`'s new `last_seen_at` and `expires_at` with its
     /// `session.touched` event, if it is still open at the event's time;
     /// false when it was not.
@@ -243,6 +252,7 @@ impl From<NewUser> for User {
             email: new.email,
             password_hash: new.password_hash,
             role: new.role,
+            active: true,
             created_at: new.created_at,
             updated_at: new.created_at,
         }

@@ -102,7 +102,7 @@ impl CachedSessions {
         }
     }
 
-    fn forget_user(&self, user: UserId) {
+    fn forget_sessions_of(&self, user: UserId) {
         self.live.bump();
         if let Ok(mut open) = self.open.lock() {
             open.retain(|_, (s, _)| s.user_id != user);
@@ -193,7 +193,7 @@ impl SessionRepository for CachedSessions {
     async fn change_credentials(&self, change: &CredentialChange) -> Result<u64, Error> {
         let changed = self.inner.change_credentials(change).await;
         if change.password_hash.is_some() {
-            self.forget_user(change.user);
+            self.forget_sessions_of(change.user);
         }
         if let Some(directory) = &self.directory {
             directory.forget_user(change.user);
@@ -253,7 +253,7 @@ impl SessionRepository for CachedSessions {
         reason: &str,
     ) -> Result<u64, Error> {
         let revoked = self.inner.revoke_all(user, keep, at, reason).await;
-        self.forget_user(user);
+        self.forget_sessions_of(user);
         revoked
     }
 
@@ -264,11 +264,18 @@ impl SessionRepository for CachedSessions {
         at: OffsetDateTime,
     ) -> Result<u64, Error> {
         let changed = self.inner.change_role(user, role, at).await;
-        self.forget_user(user);
+        self.forget_sessions_of(user);
         if let Some(directory) = &self.directory {
             directory.forget_user(user);
         }
         changed
+    }
+
+    fn forget_user(&self, user: UserId) {
+        self.forget_sessions_of(user);
+        if let Some(directory) = &self.directory {
+            directory.forget_user(user);
+        }
     }
 
     async fn find(&self, id: SessionId) -> Result<Option<Session>, Error> {

@@ -30,7 +30,7 @@ impl PgSessionRepository {
 }
 
 #[derive(sqlx::FromRow)]
-struct SessionRow {
+pub(super) struct SessionRow {
     id: Uuid,
     user_id: Uuid,
     created_at: OffsetDateTime,
@@ -75,6 +75,7 @@ struct SessionWithUser {
     email: String,
     password_hash: String,
     role: String,
+    active: bool,
     user_created_at: OffsetDateTime,
     user_updated_at: OffsetDateTime,
 }
@@ -120,7 +121,7 @@ async fn insert_session(
 
 /// Forgets every known device of `user`, inside the transaction that
 /// revokes their sessions (see `known_devices` in the migrations).
-async fn forget_devices(tx: &mut PgTransaction<'_>, user: UserId) -> Result<(), Error> {
+pub(super) async fn forget_devices(tx: &mut PgTransaction<'_>, user: UserId) -> Result<(), Error> {
     sqlx::query("DELETE FROM known_devices WHERE user_id = $1")
         .bind(user.as_uuid())
         .execute(&mut **tx)
@@ -131,7 +132,7 @@ async fn forget_devices(tx: &mut PgTransaction<'_>, user: UserId) -> Result<(), 
 
 /// Revokes every open session of `user` but `keep`, inside `tx`, and the
 /// rows revoked.
-async fn revoke_sessions_of(
+pub(super) async fn revoke_sessions_of(
     tx: &mut PgTransaction<'_>,
     user: UserId,
     keep: Option<SessionId>,
@@ -151,9 +152,21 @@ async fn revoke_sessions_of(
     .map_err(|e| classify("revoking a user's sessions", e))
 }
 
+/// The `session.revoked` event of a row just revoked.
+pub(super) fn revocation_event(
+    row: SessionRow,
+    at: OffsetDateTime,
+    reason: &str,
+) -> Result<DomainEvent, Error> {
+    let session = Session::try_from(row)?;
+    Ok(SessionEvent::new(SessionEventKind::Revoked, &session, at)
+        .because(reason)
+        .into())
+}
+
 /// Writes the revocation events of `rows` after `first` (the user events
 /// of the change that revoked them), and commits.
-async fn revoked_with_events(
+pub(super) async fn revoked_with_events(
     mut tx: PgTransaction<'_>,
     first: Vec<DomainEvent>,
     rows: Vec<SessionRow>,
@@ -163,12 +176,7 @@ async fn revoked_with_events(
     let count = rows.len() as u64;
     let mut events = first;
     for row in rows {
-        let session = Session::try_from(row)?;
-        events.push(
-            SessionEvent::new(SessionEventKind::Revoked, &session, at)
-                .because(reason)
-                .into(),
-        );
+        events.push(revocation_event(row, at, reason)?);
     }
     super::events::insert(&mut tx, &events).await?;
     tx.commit()
@@ -208,7 +216,7 @@ impl SessionRepository for PgSessionRepository {
         // session, or commits first, and this login then finds the hash or
         // the role replaced.
         let current: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 AND role = $3 FOR SHARE",
+            "SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 AND role = $3 AND active FOR SHARE",
         )
         .bind(session.user_id.as_uuid())
         .bind(credential.as_str())
@@ -242,13 +250,14 @@ impl SessionRepository for PgSessionRepository {
         // (change_credentials, change_role, revoke_all): a revocation then
         // either commits before this, and is seen below, or waits for this
         // session to commit and revokes it with the statement that follows.
-        let current: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1 AND role = $2 FOR SHARE")
-                .bind(session.user_id.as_uuid())
-                .bind(role.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| classify("checking the role of another session", e))?;
+        let current: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM users WHERE id = $1 AND role = $2 AND active FOR SHARE",
+        )
+        .bind(session.user_id.as_uuid())
+        .bind(role.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| classify("checking the role of another session", e))?;
         if current.is_none() {
             return Ok(false); // rolled back on drop
         }
@@ -342,7 +351,7 @@ impl SessionRepository for PgSessionRepository {
         let row: Option<SessionWithUser> = sqlx::query_as(
             "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.last_seen_at, s.revoked_at, \
                     host(s.client_ip) AS client_ip, s.user_agent, \
-                    u.username, u.email, u.password_hash, u.role, \
+                    u.username, u.email, u.password_hash, u.role, u.active, \
                     u.created_at AS user_created_at, u.updated_at AS user_updated_at \
              FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2",
@@ -359,6 +368,7 @@ impl SessionRepository for PgSessionRepository {
             email: row.email,
             password_hash: row.password_hash,
             role: row.role,
+            active: row.active,
             created_at: row.user_created_at,
             updated_at: row.user_updated_at,
         })?;

@@ -33,6 +33,7 @@ pub(super) struct UserRow {
     pub(super) email: String,
     pub(super) password_hash: String,
     pub(super) role: String,
+    pub(super) active: bool,
     pub(super) created_at: OffsetDateTime,
     pub(super) updated_at: OffsetDateTime,
 }
@@ -53,6 +54,7 @@ impl TryFrom<UserRow> for User {
             password_hash: PasswordHash::parse(&row.password_hash)
                 .map_err(|e| corrupt("password_hash", e))?,
             role: Role::parse(&row.role).map_err(|e| corrupt("role", e))?,
+            active: row.active,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -69,7 +71,7 @@ impl UserRepository for PgUserRepository {
             "WITH u AS ( \
                INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at) \
                VALUES ($1, $2, $3, $4, $5, $6, $6) \
-               RETURNING id, username, email, password_hash, role, created_at, updated_at), \
+               RETURNING id, username, email, password_hash, role, active, created_at, updated_at), \
              e AS ( \
                INSERT INTO events (event_id, type, user_id, occurred_at, data) \
                SELECT $7, $8, u.id, u.created_at, $9 FROM u) \
@@ -92,7 +94,7 @@ impl UserRepository for PgUserRepository {
 
     async fn find_by_id(&self, id: UserId) -> Result<Option<User>, Error> {
         sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, email, password_hash, role, created_at, updated_at \
+            "SELECT id, username, email, password_hash, role, active, created_at, updated_at \
              FROM users WHERE id = $1",
         )
         .bind(id.as_uuid())
@@ -105,7 +107,7 @@ impl UserRepository for PgUserRepository {
 
     async fn find_by_username(&self, username: &Username) -> Result<Option<User>, Error> {
         sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, email, password_hash, role, created_at, updated_at \
+            "SELECT id, username, email, password_hash, role, active, created_at, updated_at \
              FROM users WHERE lower(username) = $1",
         )
         .bind(username.as_str())
@@ -118,7 +120,7 @@ impl UserRepository for PgUserRepository {
 
     async fn find_by_email(&self, email: &Email) -> Result<Option<User>, Error> {
         sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, email, password_hash, role, created_at, updated_at \
+            "SELECT id, username, email, password_hash, role, active, created_at, updated_at \
              FROM users WHERE lower(email) = $1",
         )
         .bind(email.as_str())
@@ -265,7 +267,7 @@ impl UserRepository for PgUserRepository {
             })
             .collect();
         sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, email, password_hash, role, created_at, updated_at \
+            "SELECT id, username, email, password_hash, role, active, created_at, updated_at \
              FROM users \
              WHERE (lower(username) LIKE $1 || '%' OR lower(email) LIKE $1 || '%') \
                AND ($2::text IS NULL OR lower(username) > $2) \

@@ -35,7 +35,7 @@ async fn domain_errors_are_faults_with_the_core_codes() {
             "EMAIL_TAKEN",
         ),
         (
-            register_op("q!", "q3@example.com", "correct horse battery"),
+            register_op("q w", "q3@example.com", "correct horse battery"),
             "INVALID_USERNAME",
         ),
         (
