@@ -47,6 +47,34 @@ pub enum UserChange {
     Imported {
         count: u64,
     },
+    /// Attributes a directory changed over SCIM (their SCIM names), by the
+    /// OAuth client it authenticated as. A change of email, password,
+    /// role or `active` has its own event besides.
+    Updated {
+        attributes: Vec<String>,
+        client: String,
+    },
+    /// `active` set false over SCIM: every session was revoked with it.
+    Deactivated,
+    /// `active` set true again over SCIM.
+    Reactivated,
+    /// A SCIM group created, changed (name or members) or deleted; no
+    /// `user_id`. Members are user ids.
+    Group {
+        kind: GroupChangeKind,
+        group_id: Uuid,
+        display_name: String,
+        added: Vec<UserId>,
+        removed: Vec<UserId>,
+    },
+}
+
+/// What happened to a SCIM group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupChangeKind {
+    Created,
+    Updated,
+    Deleted,
 }
 
 impl UserChange {
@@ -59,6 +87,21 @@ impl UserChange {
             UserChange::RoleChanged { .. } => "user.role_changed",
             UserChange::Deleted { .. } => "user.deleted",
             UserChange::Imported { .. } => "users.imported",
+            UserChange::Updated { .. } => "user.updated",
+            UserChange::Deactivated => "user.deactivated",
+            UserChange::Reactivated => "user.reactivated",
+            UserChange::Group {
+                kind: GroupChangeKind::Created,
+                ..
+            } => "group.created",
+            UserChange::Group {
+                kind: GroupChangeKind::Updated,
+                ..
+            } => "group.updated",
+            UserChange::Group {
+                kind: GroupChangeKind::Deleted,
+                ..
+            } => "group.deleted",
         }
     }
 
@@ -85,6 +128,22 @@ impl UserChange {
             UserChange::RoleChanged { role } => json!({ "role": role.as_str() }),
             UserChange::Deleted { username } => json!({ "username": username }),
             UserChange::Imported { count } => json!({ "count": count }),
+            UserChange::Updated { attributes, client } => {
+                json!({ "attributes": attributes, "client": client })
+            }
+            UserChange::Deactivated | UserChange::Reactivated => json!({}),
+            UserChange::Group {
+                group_id,
+                display_name,
+                added,
+                removed,
+                ..
+            } => json!({
+                "group_id": group_id.to_string(),
+                "display_name": display_name,
+                "added": added.iter().map(UserId::to_string).collect::<Vec<_>>(),
+                "removed": removed.iter().map(UserId::to_string).collect::<Vec<_>>(),
+            }),
         }
     }
 
@@ -98,6 +157,21 @@ impl UserChange {
                 .ok_or_else(|| Error::internal(format!("a {type_name} event has no {field}")))
         };
         let role = || text("role").and_then(|r| Role::parse(&r));
+        let texts = |field: &str| -> Result<Vec<String>, Error> {
+            data.get(field)
+                .and_then(Value::as_array)
+                .ok_or_else(|| Error::internal(format!("a {type_name} event has no {field}")))?
+                .iter()
+                .map(|v| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| {
+                        Error::internal(format!("a {type_name} event has a bad {field}"))
+                    })
+                })
+                .collect()
+        };
+        let ids = |field: &str| -> Result<Vec<UserId>, Error> {
+            texts(field)?.iter().map(|id| UserId::parse(id)).collect()
+        };
         Ok(match type_name {
             "user.created" => UserChange::Created {
                 username: text("username")?,
@@ -120,6 +194,25 @@ impl UserChange {
                 count: data.get("count").and_then(Value::as_u64).ok_or_else(|| {
                     Error::internal("a users.imported event has no count".to_owned())
                 })?,
+            },
+            "user.updated" => UserChange::Updated {
+                attributes: texts("attributes")?,
+                client: text("client")?,
+            },
+            "user.deactivated" => UserChange::Deactivated,
+            "user.reactivated" => UserChange::Reactivated,
+            "group.created" | "group.updated" | "group.deleted" => UserChange::Group {
+                kind: match type_name {
+                    "group.created" => GroupChangeKind::Created,
+                    "group.updated" => GroupChangeKind::Updated,
+                    _ => GroupChangeKind::Deleted,
+                },
+                group_id: Uuid::parse_str(&text("group_id")?).map_err(|_| {
+                    Error::internal(format!("a {type_name} event has a bad group_id"))
+                })?,
+                display_name: text("display_name")?,
+                added: ids("added")?,
+                removed: ids("removed")?,
             },
             other => return Err(Error::internal(format!("unknown event type {other:?}"))),
         })

@@ -65,7 +65,10 @@ impl Topic {
 
     /// The topic an event type belongs to.
     pub fn of(type_name: &str) -> Option<Self> {
-        if type_name.starts_with("user.") || type_name.starts_with("users.") {
+        if type_name.starts_with("user.")
+            || type_name.starts_with("users.")
+            || type_name.starts_with("group.")
+        {
             Some(Topic::UserUpdates)
         } else if type_name.starts_with("session.") {
             Some(Topic::SessionUpdates)

@@ -22,6 +22,7 @@ pub mod password;
 pub mod ports;
 pub mod registration;
 pub mod relay;
+pub mod scim;
 pub mod session;
 pub mod sign_in;
 pub mod token;
