@@ -15,7 +15,7 @@ pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_
 pub use mongodb::Database as MongoDatabase;
 pub use postgres::{
     CachedSessions, CachedUsers, DirectoryStats, MIGRATOR, PgEventLog, PgImageRepository,
-    PgKnownDevices, PgOAuthClients, PgOidcStore, PgOutbox, PgProbe, PgReplayGuard,
+    PgKnownDevices, PgOAuthClients, PgOidcStore, PgOutbox, PgProbe, PgReplayGuard, PgScimStore,
     PgSessionRepository, PgUserRepository, PgWebhookEndpoints, PoolSettings, connect_lazy,
     ensure_database, migrate, ping,
 };

@@ -11,6 +11,7 @@ mod nonces;
 mod oauth;
 mod oidc;
 mod outbox;
+mod scim;
 mod session_cache;
 mod sessions;
 mod users;
@@ -24,6 +25,7 @@ pub use nonces::PgReplayGuard;
 pub use oauth::PgOAuthClients;
 pub use oidc::PgOidcStore;
 pub use outbox::PgOutbox;
+pub use scim::PgScimStore;
 pub use session_cache::CachedSessions;
 pub use sessions::PgSessionRepository;
 pub use users::PgUserRepository;
@@ -125,6 +127,9 @@ pub fn classify(doing: &'static str, source: sqlx::Error) -> Error {
                 return Error::new(ErrorCode::UsernameTaken);
             }
             (Some("23505"), Some("users_email_key")) => return Error::new(ErrorCode::EmailTaken),
+            (Some("23505"), Some("scim_groups_display_name")) => {
+                return Error::new(ErrorCode::GroupNameTaken);
+            }
             // Class 08: connection exceptions; 57P0x: the server is shutting
             // down or starting; 53300: too many connections.
             (Some(code), _)
