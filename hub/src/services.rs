@@ -157,6 +157,7 @@ impl Hub {
                     feeds: self.event_feeds()?,
                     oauth: self.oauth()?,
                     oidc: self.oidc()?,
+                    scim: self.scim(),
                 };
                 let console = hub_console::routes(self.console(sign_in, assembly).await?);
                 hub_rest_auth::router_with(

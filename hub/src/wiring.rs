@@ -340,6 +340,17 @@ impl Hub {
         ))
     }
 
+    /// SCIM 2.0 provisioning (`scim.*`).
+    pub fn scim(&self) -> hub_core::scim::Scim {
+        hub_core::scim::Scim::new(
+            Arc::new(hub_store::PgScimStore::new(self.pool.clone())),
+            Arc::clone(&self.sessions),
+            self.hashing.clone(),
+            Arc::new(SystemClock),
+            self.config.scim.settings(&self.config.oidc.issuer),
+        )
+    }
+
     pub fn directory(&self) -> Directory {
         Directory::new(self.users())
     }

@@ -32,6 +32,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub events: EventsConfig,
     pub oidc: OidcConfig,
+    pub scim: ScimConfig,
     pub images: ImagesConfig,
     pub soap: SoapConfig,
     pub limits: LimitsConfig,
@@ -567,6 +568,42 @@ pub struct OidcConfig {
     pub code_lifetime_secs: u64,
     /// How long an ID token is valid.
     pub id_token_lifetime_secs: u64,
+}
+
+/// SCIM 2.0 provisioning (`/scim/v2` on rest-auth's port).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScimConfig {
+    /// Groups whose members are admins while they are in them, by
+    /// displayName (compared case-insensitively): how a directory decides
+    /// who is admin. Empty: no group grants a role.
+    pub admin_groups: Vec<String>,
+    /// The most resources one page of a query holds.
+    pub max_results: u32,
+    /// The most members one group may have.
+    pub max_members: usize,
+}
+
+impl Default for ScimConfig {
+    fn default() -> Self {
+        Self {
+            admin_groups: Vec::new(),
+            max_results: 200,
+            max_members: 10_000,
+        }
+    }
+}
+
+impl ScimConfig {
+    /// The use case's settings; `issuer` is rest-auth's public origin.
+    pub fn settings(&self, issuer: &str) -> hub_core::scim::ScimSettings {
+        hub_core::scim::ScimSettings {
+            base_url: format!("{}/scim/v2", issuer.trim_end_matches('/')),
+            admin_groups: self.admin_groups.clone(),
+            max_results: self.max_results.clamp(1, 1000),
+            max_members: self.max_members.max(1),
+        }
+    }
 }
 
 impl Default for OidcConfig {

@@ -9,6 +9,7 @@ pub mod api;
 pub mod feed;
 pub mod oauth;
 mod openapi;
+mod scim;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ pub struct RestAuthState {
     pub oauth: hub_core::OAuth,
     /// OpenID Connect's code flow, ID tokens and userinfo.
     pub oidc: hub_core::Oidc,
+    /// SCIM 2.0 provisioning, under `/scim/v2`.
+    pub scim: hub_core::scim::Scim,
 }
 
 impl std::fmt::Debug for RestAuthState {
@@ -388,6 +391,7 @@ pub fn router_with(
         )
         .route("/.well-known/openid-configuration", get(oauth::discovery))
         .route("/.well-known/jwks.json", get(jwks))
+        .nest("/scim/v2", scim::routes())
         .route("/test-db", get(test_db))
         .route(
             "/openapi.json",
