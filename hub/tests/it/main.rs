@@ -13,5 +13,6 @@ mod metrics;
 mod oauth;
 mod oidc;
 mod per_process;
+mod scim;
 mod serving;
 mod webhooks;
