@@ -203,7 +203,7 @@ async fn a_csv_file_with_bad_lines_reports_them_by_number_and_imports_the_rest()
     let csv = format!(
         "username,email,password_hash,role,created_at\n\
          good1,good1@example.com,{hash},,\n\
-         bad!,bad@example.com,{hash},,\n\
+         bad name,bad@example.com,{hash},,\n\
          good2,not-an-email,{hash},,\n\
          good3,good3@example.com,md5:0123abcd,,\n\
          GOOD1,other@example.com,{hash},,\n\

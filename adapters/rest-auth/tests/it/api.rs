@@ -1285,7 +1285,7 @@ async fn an_admin_imports_users_over_rest_and_they_log_in() {
         "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b";
     let users = json!([
         {"username": "imported", "email": "imported@example.com", "password_hash": hash},
-        {"username": "no!", "email": "no@example.com", "password_hash": hash},
+        {"username": "no way", "email": "no@example.com", "password_hash": hash},
         {"username": "other", "email": "other@example.com", "password_hash": "md5$x"},
         {"username": "plain", "email": "plain2@example.com", "password_hash": hash},
     ]);
