@@ -742,10 +742,6 @@ fn push_page(qb: &mut QueryBuilder<Postgres>, query: &ListQuery) {
     qb.push_bind(i64::try_from(query.start_index.saturating_sub(1)).unwrap_or(i64::MAX));
 }
 
-fn invalid_filter(e: Error) -> Error {
-    e
-}
-
 /// Users who are in an admin group, among `users`.
 async fn admins_by_group(
     tx: &mut PgTransaction<'_>,
@@ -981,7 +977,7 @@ impl ScimStore for PgScimStore {
             ", count(*) OVER () AS total FROM users u WHERE "
         ));
         match &query.filter {
-            Some(filter) => push_filter(&mut qb, filter, &user_column).map_err(invalid_filter)?,
+            Some(filter) => push_filter(&mut qb, filter, &user_column)?,
             None => {
                 qb.push("true");
             }
