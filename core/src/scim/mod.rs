@@ -35,6 +35,7 @@ use crate::user::{Email, Password, Role, UserId, Username};
 use crate::work_pool::HashingPool;
 
 pub use filter::{AttrPath, CompValue, CompareOp, Filter, PatchPath};
+pub use patch::Resource;
 
 /// SCIM's error response (RFC 7644 §3.12).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,6 +368,81 @@ impl Scim {
         self.admin_groups().contains(&name)
     }
 
+    // ----- either kind, for the routes they share -----
+
+    /// A page of users or groups.
+    pub async fn list(&self, kind: Resource, query: &ListQuery) -> Result<Value, ScimError> {
+        match kind {
+            Resource::User => self.list_users(query).await,
+            Resource::Group => self.list_groups(query).await,
+        }
+    }
+
+    /// POST /Users or /Groups.
+    pub async fn create(
+        &self,
+        kind: Resource,
+        body: &Value,
+        client: &str,
+    ) -> Result<Value, ScimError> {
+        match kind {
+            Resource::User => self.create_user(body, client).await,
+            Resource::Group => self.create_group(body, client).await,
+        }
+    }
+
+    /// GET of one user or group, and its version.
+    pub async fn get(&self, kind: Resource, id: &str) -> Result<(Value, i64), ScimError> {
+        match kind {
+            Resource::User => self.get_user(id).await,
+            Resource::Group => self.get_group(id).await,
+        }
+    }
+
+    /// PUT of one user or group.
+    pub async fn replace(
+        &self,
+        kind: Resource,
+        id: &str,
+        body: &Value,
+        if_match: Option<i64>,
+        client: &str,
+    ) -> Result<(Value, i64), ScimError> {
+        match kind {
+            Resource::User => self.replace_user(id, body, if_match, client).await,
+            Resource::Group => self.replace_group(id, body, if_match, client).await,
+        }
+    }
+
+    /// PATCH of one user or group.
+    pub async fn patch(
+        &self,
+        kind: Resource,
+        id: &str,
+        body: &Value,
+        if_match: Option<i64>,
+        client: &str,
+    ) -> Result<(Value, i64), ScimError> {
+        match kind {
+            Resource::User => self.patch_user(id, body, if_match, client).await,
+            Resource::Group => self.patch_group(id, body, if_match, client).await,
+        }
+    }
+
+    /// DELETE of one user or group.
+    pub async fn delete(
+        &self,
+        kind: Resource,
+        id: &str,
+        if_match: Option<i64>,
+        client: &str,
+    ) -> Result<(), ScimError> {
+        match kind {
+            Resource::User => self.delete_user(id, if_match, client).await,
+            Resource::Group => self.delete_group(id, if_match, client).await,
+        }
+    }
+
     // ----- users -----
 
     /// The user's resource.
@@ -663,9 +739,11 @@ impl Scim {
                 .await?
             {
                 Written::Done(user) => {
-                    if revoke.is_some() {
-                        self.sessions.forget_user(user.id);
-                    }
+                    // What this process remembers of the user (its cached
+                    // sessions, the directory's entry) goes at once, not
+                    // when PostgreSQL's notification comes: a reactivated
+                    // user signs in on the next request.
+                    self.sessions.forget_user(user.id);
                     tracing::info!(user_id = %user.id, client, changes = events.len(), "user changed over SCIM");
                     return Ok((self.render_user(&user), user.version));
                 }
