@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get};
 use hub_core::ErrorCode;
-use hub_core::scim::{AttrPath, Filter, ListQuery, ScimError, etag, parse_etag, project};
+use hub_core::scim::{AttrPath, Filter, ListQuery, Resource, ScimError, etag, parse_etag, project};
 use serde_json::Value;
 
 use crate::RestAuthState;
@@ -302,29 +302,40 @@ fn single(raw: Option<String>) -> Result<(Vec<AttrPath>, Vec<AttrPath>)> {
     ))
 }
 
-// ----- Users -----
+// ----- Users and Groups -----
 
-async fn list_users(
+async fn list(
     State(state): Shared,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
+    kind: Resource,
 ) -> Result<Answer> {
     client(&state, &headers).await?;
     let listing = query_listing(raw, state.scim.settings().max_results)?;
-    let list = state.scim.list_users(&listing.query).await?;
+    let list = state.scim.list(kind, &listing.query).await?;
     Ok(Answer::ok(projected(list, &listing)))
 }
 
-async fn search_users(State(state): Shared, headers: HeaderMap, body: Bytes) -> Result<Answer> {
+async fn search(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: Resource,
+) -> Result<Answer> {
     client(&state, &headers).await?;
     let listing = body_listing(&json_body(&body)?, state.scim.settings().max_results)?;
-    let list = state.scim.list_users(&listing.query).await?;
+    let list = state.scim.list(kind, &listing.query).await?;
     Ok(Answer::ok(projected(list, &listing)))
 }
 
-async fn create_user(State(state): Shared, headers: HeaderMap, body: Bytes) -> Result<Answer> {
+async fn create(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: Resource,
+) -> Result<Answer> {
     let client = client(&state, &headers).await?;
-    let created = state.scim.create_user(&json_body(&body)?, &client).await?;
+    let created = state.scim.create(kind, &json_body(&body)?, &client).await?;
     let version = created
         .pointer("/meta/version")
         .and_then(Value::as_str)
@@ -333,143 +344,94 @@ async fn create_user(State(state): Shared, headers: HeaderMap, body: Bytes) -> R
     Ok(Answer::resource(StatusCode::CREATED, created, version))
 }
 
-async fn get_user(
+async fn get_one(
     State(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
+    kind: Resource,
 ) -> Result<Answer> {
     client(&state, &headers).await?;
     let (attributes, excluded) = single(raw)?;
-    let (mut user, version) = state.scim.get_user(&id).await?;
-    project(&mut user, &attributes, &excluded);
-    Ok(Answer::resource(StatusCode::OK, user, version))
+    let (mut resource, version) = state.scim.get(kind, &id).await?;
+    project(&mut resource, &attributes, &excluded);
+    Ok(Answer::resource(StatusCode::OK, resource, version))
 }
 
-async fn replace_user(
+/// PUT (`patch` false) or PATCH of one resource.
+async fn change(
     State(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
+    kind: Resource,
+    patch: bool,
 ) -> Result<Answer> {
     let client = client(&state, &headers).await?;
-    let (user, version) = state
-        .scim
-        .replace_user(&id, &json_body(&body)?, if_match(&headers)?, &client)
-        .await?;
-    Ok(Answer::resource(StatusCode::OK, user, version))
+    let body = json_body(&body)?;
+    let if_match = if_match(&headers)?;
+    let (resource, version) = if patch {
+        state
+            .scim
+            .patch(kind, &id, &body, if_match, &client)
+            .await?
+    } else {
+        state
+            .scim
+            .replace(kind, &id, &body, if_match, &client)
+            .await?
+    };
+    Ok(Answer::resource(StatusCode::OK, resource, version))
 }
 
-async fn patch_user(
+async fn delete(
     State(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Answer> {
-    let client = client(&state, &headers).await?;
-    let (user, version) = state
-        .scim
-        .patch_user(&id, &json_body(&body)?, if_match(&headers)?, &client)
-        .await?;
-    Ok(Answer::resource(StatusCode::OK, user, version))
-}
-
-async fn delete_user(
-    State(state): Shared,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    kind: Resource,
 ) -> Result<StatusCode> {
     let client = client(&state, &headers).await?;
     state
         .scim
-        .delete_user(&id, if_match(&headers)?, &client)
+        .delete(kind, &id, if_match(&headers)?, &client)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-// ----- Groups -----
-
-async fn list_groups(
-    State(state): Shared,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Answer> {
-    client(&state, &headers).await?;
-    let listing = query_listing(raw, state.scim.settings().max_results)?;
-    let list = state.scim.list_groups(&listing.query).await?;
-    Ok(Answer::ok(projected(list, &listing)))
-}
-
-async fn search_groups(State(state): Shared, headers: HeaderMap, body: Bytes) -> Result<Answer> {
-    client(&state, &headers).await?;
-    let listing = body_listing(&json_body(&body)?, state.scim.settings().max_results)?;
-    let list = state.scim.list_groups(&listing.query).await?;
-    Ok(Answer::ok(projected(list, &listing)))
-}
-
-async fn create_group(State(state): Shared, headers: HeaderMap, body: Bytes) -> Result<Answer> {
-    let client = client(&state, &headers).await?;
-    let created = state.scim.create_group(&json_body(&body)?, &client).await?;
-    let version = created
-        .pointer("/meta/version")
-        .and_then(Value::as_str)
-        .and_then(parse_etag)
-        .unwrap_or(1);
-    Ok(Answer::resource(StatusCode::CREATED, created, version))
-}
-
-async fn get_group(
-    State(state): Shared,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Answer> {
-    client(&state, &headers).await?;
-    let (attributes, excluded) = single(raw)?;
-    let (mut group, version) = state.scim.get_group(&id).await?;
-    project(&mut group, &attributes, &excluded);
-    Ok(Answer::resource(StatusCode::OK, group, version))
-}
-
-async fn replace_group(
-    State(state): Shared,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Answer> {
-    let client = client(&state, &headers).await?;
-    let (group, version) = state
-        .scim
-        .replace_group(&id, &json_body(&body)?, if_match(&headers)?, &client)
-        .await?;
-    Ok(Answer::resource(StatusCode::OK, group, version))
-}
-
-async fn patch_group(
-    State(state): Shared,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Answer> {
-    let client = client(&state, &headers).await?;
-    let (group, version) = state
-        .scim
-        .patch_group(&id, &json_body(&body)?, if_match(&headers)?, &client)
-        .await?;
-    Ok(Answer::resource(StatusCode::OK, group, version))
-}
-
-async fn delete_group(
-    State(state): Shared,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<StatusCode> {
-    let client = client(&state, &headers).await?;
-    state
-        .scim
-        .delete_group(&id, if_match(&headers)?, &client)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+/// `/Users` or `/Groups`, `/.search` below it, and `/{id}`.
+fn resource_routes(
+    router: Router<Arc<RestAuthState>>,
+    endpoint: &str,
+    kind: Resource,
+) -> Router<Arc<RestAuthState>> {
+    router
+        .route(
+            endpoint,
+            get(move |s: Shared, h: HeaderMap, q: RawQuery| list(s, h, q, kind))
+                .post(move |s: Shared, h: HeaderMap, b: Bytes| create(s, h, b, kind))
+                .fallback(method_not_allowed),
+        )
+        .route(
+            &format!("{endpoint}/.search"),
+            axum::routing::post(move |s: Shared, h: HeaderMap, b: Bytes| search(s, h, b, kind))
+                .fallback(method_not_allowed),
+        )
+        .route(
+            &format!("{endpoint}/{{id}}"),
+            get(
+                move |s: Shared, h: HeaderMap, id: Path<String>, q: RawQuery| {
+                    get_one(s, h, id, q, kind)
+                },
+            )
+            .put(move |s: Shared, h: HeaderMap, id: Path<String>, b: Bytes| {
+                change(s, h, id, b, kind, false)
+            })
+            .patch(move |s: Shared, h: HeaderMap, id: Path<String>, b: Bytes| {
+                change(s, h, id, b, kind, true)
+            })
+            .delete(move |s: Shared, h: HeaderMap, id: Path<String>| delete(s, h, id, kind))
+            .fallback(method_not_allowed),
+        )
 }
 
 // ----- discovery -----
@@ -557,43 +519,8 @@ fn read_only(route: MethodRouter<Arc<RestAuthState>>) -> MethodRouter<Arc<RestAu
 
 /// The routes, to nest under `/scim/v2`.
 pub(crate) fn routes() -> Router<Arc<RestAuthState>> {
-    Router::new()
-        .route(
-            "/Users",
-            get(list_users)
-                .post(create_user)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/Users/.search",
-            axum::routing::post(search_users).fallback(method_not_allowed),
-        )
-        .route(
-            "/Users/{id}",
-            get(get_user)
-                .put(replace_user)
-                .patch(patch_user)
-                .delete(delete_user)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/Groups",
-            get(list_groups)
-                .post(create_group)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/Groups/.search",
-            axum::routing::post(search_groups).fallback(method_not_allowed),
-        )
-        .route(
-            "/Groups/{id}",
-            get(get_group)
-                .put(replace_group)
-                .patch(patch_group)
-                .delete(delete_group)
-                .fallback(method_not_allowed),
-        )
+    let router = resource_routes(Router::new(), "/Users", Resource::User);
+    resource_routes(router, "/Groups", Resource::Group)
         .route(
             "/ServiceProviderConfig",
             read_only(get(service_provider_config)),

@@ -302,29 +302,74 @@ fn push_json_path(qb: &mut QueryBuilder<Postgres>, base: &str, path: Vec<String>
     qb.push(")");
 }
 
+/// A term of a filter as SQL.
+type Term<'a> = &'a dyn Fn(&mut QueryBuilder<Postgres>, &Filter) -> Result<(), Error>;
+
+/// `filter`'s `and`, `or` and `not` as SQL, each other term by `term`.
+fn push_logic(
+    qb: &mut QueryBuilder<Postgres>,
+    filter: &Filter,
+    term: Term<'_>,
+) -> Result<(), Error> {
+    match filter {
+        Filter::And(a, b) | Filter::Or(a, b) => {
+            qb.push("(");
+            push_logic(qb, a, term)?;
+            qb.push(if matches!(filter, Filter::And(..)) {
+                " AND "
+            } else {
+                " OR "
+            });
+            push_logic(qb, b, term)?;
+            qb.push(")");
+        }
+        Filter::Not(a) => {
+            qb.push("(NOT coalesce(");
+            push_logic(qb, a, term)?;
+            qb.push(", false))");
+        }
+        other => term(qb, other)?,
+    }
+    Ok(())
+}
+
+/// `EXISTS (... WHERE ` over the values `e` of the multi-valued `name`
+/// kept in `scim`; the caller closes it.
+fn push_elements_exist(qb: &mut QueryBuilder<Postgres>, name: String) {
+    qb.push("EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(u.scim -> ");
+    qb.push_bind(name.clone());
+    qb.push(") = 'array' THEN u.scim -> ");
+    qb.push_bind(name);
+    qb.push(" ELSE '[]'::jsonb END) AS e WHERE ");
+}
+
+/// `EXISTS (... WHERE ` over a user's groups (`mg`) or a group's members
+/// (`mu`); the caller closes it.
+fn membership_exists(of_user: bool) -> &'static str {
+    if of_user {
+        "EXISTS (SELECT 1 FROM scim_group_members m JOIN scim_groups mg ON mg.id = m.group_id WHERE m.user_id = u.id AND "
+    } else {
+        "EXISTS (SELECT 1 FROM scim_group_members m JOIN users mu ON mu.id = m.user_id WHERE m.group_id = g.id AND "
+    }
+}
+
 /// One filter as SQL, for users (`u`) or groups (`g`).
 fn push_filter(
     qb: &mut QueryBuilder<Postgres>,
     filter: &Filter,
     column: &dyn Fn(&AttrPath) -> Result<Column, Error>,
 ) -> Result<(), Error> {
+    push_logic(qb, filter, &|qb, term| push_term(qb, term, column))
+}
+
+/// One term of a filter (a presence, a comparison, a value filter).
+fn push_term(
+    qb: &mut QueryBuilder<Postgres>,
+    filter: &Filter,
+    column: &dyn Fn(&AttrPath) -> Result<Column, Error>,
+) -> Result<(), Error> {
     match filter {
-        Filter::And(a, b) | Filter::Or(a, b) => {
-            qb.push("(");
-            push_filter(qb, a, column)?;
-            qb.push(if matches!(filter, Filter::And(..)) {
-                " AND "
-            } else {
-                " OR "
-            });
-            push_filter(qb, b, column)?;
-            qb.push(")");
-        }
-        Filter::Not(a) => {
-            qb.push("(NOT coalesce(");
-            push_filter(qb, a, column)?;
-            qb.push(", false))");
-        }
+        Filter::And(..) | Filter::Or(..) | Filter::Not(..) => push_filter(qb, filter, column)?,
         Filter::Present(path) => match column(path)? {
             Column::Text(expr, _)
             | Column::Bool(expr)
@@ -355,11 +400,7 @@ fn push_filter(
         Filter::ValuePath { path, filter } => {
             match column(path)? {
                 Column::Elements(name) => {
-                    qb.push("EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(u.scim -> ");
-                    qb.push_bind(name.clone());
-                    qb.push(") = 'array' THEN u.scim -> ");
-                    qb.push_bind(name);
-                    qb.push(" ELSE '[]'::jsonb END) AS e WHERE ");
+                    push_elements_exist(qb, name);
                     push_element_filter(qb, filter)?;
                     qb.push(")");
                 }
@@ -372,11 +413,7 @@ fn push_filter(
                 }
                 Column::UserGroups | Column::GroupMembers => {
                     let is_user = matches!(column(path)?, Column::UserGroups);
-                    qb.push(if is_user {
-                        "EXISTS (SELECT 1 FROM scim_group_members m JOIN scim_groups mg ON mg.id = m.group_id WHERE m.user_id = u.id AND "
-                    } else {
-                        "EXISTS (SELECT 1 FROM scim_group_members m JOIN users mu ON mu.id = m.user_id WHERE m.group_id = g.id AND "
-                    });
+                    qb.push(membership_exists(is_user));
                     push_member_filter(qb, filter, is_user)?;
                     qb.push(")");
                 }
@@ -540,23 +577,15 @@ fn push_compare(
             qb.push(")");
         }
         Column::Elements(name) => {
-            qb.push("EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(u.scim -> ");
-            qb.push_bind(name.clone());
-            qb.push(") = 'array' THEN u.scim -> ");
-            qb.push_bind(name);
-            qb.push(" ELSE '[]'::jsonb END) AS e WHERE ");
+            push_elements_exist(qb, name);
             let sub = path.sub.clone().unwrap_or_else(|| "value".to_owned());
             push_element_compare(qb, &sub, op, value)?;
             qb.push(")");
         }
-        Column::UserGroups => {
-            qb.push("EXISTS (SELECT 1 FROM scim_group_members m JOIN scim_groups mg ON mg.id = m.group_id WHERE m.user_id = u.id AND ");
-            push_member_compare(qb, path.sub.as_deref(), op, value, true)?;
-            qb.push(")");
-        }
-        Column::GroupMembers => {
-            qb.push("EXISTS (SELECT 1 FROM scim_group_members m JOIN users mu ON mu.id = m.user_id WHERE m.group_id = g.id AND ");
-            push_member_compare(qb, path.sub.as_deref(), op, value, false)?;
+        Column::UserGroups | Column::GroupMembers => {
+            let is_user = matches!(column(path)?, Column::UserGroups);
+            qb.push(membership_exists(is_user));
+            push_member_compare(qb, path.sub.as_deref(), op, value, is_user)?;
             qb.push(")");
         }
     }
@@ -565,23 +594,12 @@ fn push_compare(
 
 /// A filter inside `attr[...]`, on the element `e`.
 fn push_element_filter(qb: &mut QueryBuilder<Postgres>, filter: &Filter) -> Result<(), Error> {
+    push_logic(qb, filter, &push_element_term)
+}
+
+fn push_element_term(qb: &mut QueryBuilder<Postgres>, filter: &Filter) -> Result<(), Error> {
     match filter {
-        Filter::And(a, b) | Filter::Or(a, b) => {
-            qb.push("(");
-            push_element_filter(qb, a)?;
-            qb.push(if matches!(filter, Filter::And(..)) {
-                " AND "
-            } else {
-                " OR "
-            });
-            push_element_filter(qb, b)?;
-            qb.push(")");
-        }
-        Filter::Not(a) => {
-            qb.push("(NOT coalesce(");
-            push_element_filter(qb, a)?;
-            qb.push(", false))");
-        }
+        Filter::And(..) | Filter::Or(..) | Filter::Not(..) => push_element_filter(qb, filter)?,
         Filter::Present(p) => {
             qb.push("(e ->> ");
             qb.push_bind(p.attr.clone());
@@ -649,31 +667,15 @@ fn push_member_filter(
     filter: &Filter,
     of_user: bool,
 ) -> Result<(), Error> {
-    match filter {
-        Filter::And(a, b) | Filter::Or(a, b) => {
-            qb.push("(");
-            push_member_filter(qb, a, of_user)?;
-            qb.push(if matches!(filter, Filter::And(..)) {
-                " AND "
-            } else {
-                " OR "
-            });
-            push_member_filter(qb, b, of_user)?;
-            qb.push(")");
-        }
-        Filter::Not(a) => {
-            qb.push("(NOT ");
-            push_member_filter(qb, a, of_user)?;
-            qb.push(")");
-        }
+    push_logic(qb, filter, &|qb, term| match term {
         Filter::Compare { path, op, value } => {
-            push_member_compare(qb, Some(&path.attr), *op, value, of_user)?
+            push_member_compare(qb, Some(&path.attr), *op, value, of_user)
         }
         _ => {
             qb.push("true");
+            Ok(())
         }
-    }
-    Ok(())
+    })
 }
 
 fn push_member_compare(
