@@ -538,8 +538,8 @@ impl Scim {
                     _ => return Err(ScimError::invalid_value("password must be a string".into())),
                 },
                 "active" => {
-                    if let Some(Value::Bool(b)) =
-                        schema::normalize_value(&schema::USER_ATTRS[10], value)?
+                    if let Some(attr) = schema::find(schema::USER_ATTRS, "active")
+                        && let Some(Value::Bool(b)) = schema::normalize_value(attr, value)?
                     {
                         active = b;
                     }
@@ -645,11 +645,7 @@ impl Scim {
             },
         );
         let user = self.store.insert_user(&write, &event).await?;
-        tracing::info!(user_id = %user.id, client, "user provisioned over SCIM");
-        if !user.active {
-            // Created inactive: no session can exist yet, so nothing to revoke.
-            tracing::info!(user_id = %user.id, "provisioned inactive");
-        }
+        tracing::info!(user_id = %user.id, client, active = user.active, "user provisioned over SCIM");
         Ok(self.render_user(&user))
     }
 
@@ -920,9 +916,10 @@ impl Scim {
                     }
                 },
                 "members" => {
-                    let Some(Value::Array(items)) =
-                        schema::normalize_value(&schema::GROUP_ATTRS[1], value)?
-                    else {
+                    let Some(attr) = schema::find(schema::GROUP_ATTRS, "members") else {
+                        continue;
+                    };
+                    let Some(Value::Array(items)) = schema::normalize_value(attr, value)? else {
                         continue;
                     };
                     for item in items {

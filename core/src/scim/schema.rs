@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use super::ScimError;
-use super::filter::{AttrPath, get_ci};
+use super::filter::AttrPath;
 
 pub const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -411,9 +411,4 @@ pub fn key_of(object: &Map<String, Value>, name: &str) -> Option<String> {
         .keys()
         .find(|k| k.eq_ignore_ascii_case(name))
         .cloned()
-}
-
-/// `get_ci` for a map.
-pub fn get<'a>(object: &'a Value, name: &str) -> Option<&'a Value> {
-    get_ci(object, name)
 }
