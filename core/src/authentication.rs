@@ -417,12 +417,26 @@ impl Authentication {
         client: ClientInfo,
     ) -> Result<LoginOutcome, Error> {
         let (user, credential) = self.verify_password(name, password).await?;
-        // Opened only while that hash is still the user's: a password change
-        // that lands while this login was hashing leaves it without a session.
+        self.open_verified_session(user, &credential, client).await
+    }
+
+    /// Opens a session for `user` whose password hash `credential` was
+    /// verified (by [`Self::verify_password`], perhaps a step earlier),
+    /// only while that hash is still the user's and the role the one read:
+    /// a password change that lands meanwhile leaves it without a session.
+    pub async fn open_verified_session(
+        &self,
+        user: User,
+        credential: &PasswordHash,
+        client: ClientInfo,
+    ) -> Result<LoginOutcome, Error> {
+        if !user.active {
+            return Err(Error::new(ErrorCode::AccountDisabled));
+        }
         let (session, event) = self.new_session(&user, client)?;
         if !self
             .sessions
-            .open_verified(&session, &event, &credential, user.role)
+            .open_verified(&session, &event, credential, user.role)
             .await?
         {
             tracing::info!(user_id = %user.id, "login refused: the password or the role changed while it was checked");
@@ -550,6 +564,33 @@ impl Authentication {
             .find_by_id(principal.user_id)
             .await?
             .ok_or_else(|| Error::new(ErrorCode::InvalidToken))
+    }
+
+    /// The principal's user, once `current` is their password: for a
+    /// change that takes effect later (an address to verify by mail).
+    pub async fn check_current_password(
+        &self,
+        principal: &Principal,
+        current: Option<String>,
+    ) -> Result<User, Error> {
+        let user = self.profile(principal).await?;
+        let current = current.ok_or_else(|| {
+            Error::with_message(
+                ErrorCode::InvalidCredentials,
+                "changing the email or the password needs current_password",
+            )
+        })?;
+        let stored = user.password_hash.clone();
+        let verified = self
+            .hashing
+            .run_for_account(principal.user_id, move |hasher| {
+                hasher.verify(&current, &stored)
+            })
+            .await?;
+        if !verified {
+            return Err(bad_credentials());
+        }
+        Ok(user)
     }
 
     /// Changes email and/or password. A password change needs the current

@@ -58,6 +58,29 @@ pub enum UserChange {
     Deactivated,
     /// `active` set true again over SCIM.
     Reactivated,
+    /// A second factor added or removed, recovery codes replaced, or every
+    /// factor reset by the admin `by`. Never a secret or a code.
+    FactorsChanged {
+        change: String,
+        by: Option<UserId>,
+    },
+    /// Someone asked for a password reset link for the user's address
+    /// (mailed by the mail subscriber; the link's secret is derived from
+    /// `reset_id`, never stored or logged).
+    PasswordResetRequested {
+        reset_id: Uuid,
+    },
+    /// The user gave a new address, which becomes theirs once the link
+    /// mailed to it is followed.
+    EmailVerificationRequested {
+        verification_id: Uuid,
+        email: String,
+    },
+    /// A sign-in from a device the account did not know (noticed by mail).
+    NewDevice {
+        client_ip: Option<String>,
+        user_agent: Option<String>,
+    },
     /// A SCIM group created, changed (name or members) or deleted; no
     /// `user_id`. Members are user ids.
     Group {
@@ -90,6 +113,10 @@ impl UserChange {
             UserChange::Updated { .. } => "user.updated",
             UserChange::Deactivated => "user.deactivated",
             UserChange::Reactivated => "user.reactivated",
+            UserChange::FactorsChanged { .. } => "user.factors_changed",
+            UserChange::PasswordResetRequested { .. } => "user.password_reset_requested",
+            UserChange::EmailVerificationRequested { .. } => "user.email_verification_requested",
+            UserChange::NewDevice { .. } => "user.new_device",
             UserChange::Group {
                 kind: GroupChangeKind::Created,
                 ..
@@ -132,6 +159,22 @@ impl UserChange {
                 json!({ "attributes": attributes, "client": client })
             }
             UserChange::Deactivated | UserChange::Reactivated => json!({}),
+            UserChange::FactorsChanged { change, by: None } => json!({ "change": change }),
+            UserChange::FactorsChanged {
+                change,
+                by: Some(by),
+            } => json!({ "change": change, "by": by.to_string() }),
+            UserChange::PasswordResetRequested { reset_id } => {
+                json!({ "reset_id": reset_id.to_string() })
+            }
+            UserChange::EmailVerificationRequested {
+                verification_id,
+                email,
+            } => json!({ "verification_id": verification_id.to_string(), "email": email }),
+            UserChange::NewDevice {
+                client_ip,
+                user_agent,
+            } => json!({ "client_ip": client_ip, "user_agent": user_agent }),
             UserChange::Group {
                 group_id,
                 display_name,
@@ -201,6 +244,34 @@ impl UserChange {
             },
             "user.deactivated" => UserChange::Deactivated,
             "user.reactivated" => UserChange::Reactivated,
+            "user.password_reset_requested" => UserChange::PasswordResetRequested {
+                reset_id: Uuid::parse_str(&text("reset_id")?).map_err(|_| {
+                    Error::internal(format!("a {type_name} event has a bad reset_id"))
+                })?,
+            },
+            "user.email_verification_requested" => UserChange::EmailVerificationRequested {
+                verification_id: Uuid::parse_str(&text("verification_id")?).map_err(|_| {
+                    Error::internal(format!("a {type_name} event has a bad verification_id"))
+                })?,
+                email: text("email")?,
+            },
+            "user.new_device" => UserChange::NewDevice {
+                client_ip: data
+                    .get("client_ip")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                user_agent: data
+                    .get("user_agent")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            },
+            "user.factors_changed" => UserChange::FactorsChanged {
+                change: text("change")?,
+                by: match data.get("by").and_then(Value::as_str) {
+                    Some(by) => Some(UserId::parse(by)?),
+                    None => None,
+                },
+            },
             "group.created" | "group.updated" | "group.deleted" => UserChange::Group {
                 kind: match type_name {
                     "group.created" => GroupChangeKind::Created,

@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod directory;
 pub mod error;
 pub mod events;
+pub mod factors;
 pub mod feed;
 pub mod images;
 pub mod legacy;
@@ -20,6 +21,7 @@ pub mod oauth;
 pub mod oidc;
 pub mod password;
 pub mod ports;
+pub mod recovery;
 pub mod registration;
 pub mod relay;
 pub mod scim;
@@ -37,6 +39,7 @@ pub use authentication::{AccountKey, Authentication, LoginName, LoginOutcome, Pr
 pub use delivery::{DispatchSettings, DispatchSnapshot, DispatchStatus, Dispatcher};
 pub use directory::{Directory, UserSummary};
 pub use error::{Error, ErrorCode, ErrorKind};
+pub use factors::{Challenge, FactorStore, FactorSummary, Factors};
 pub use images::{
     DEFAULT_BUFFER_POOL_BYTES, ImageKey, ImageLibrary, ImageQuota, ImageRepository, PublicUrls,
     StoredImage, UploadSlot,
@@ -64,7 +67,8 @@ pub use registration::{RegisterUser, Registration};
 pub use relay::{Relay, RelayError, RelaySettings, RelaySnapshot, RelayStatus};
 pub use session::{ClientInfo, Session, SessionEvent, SessionEventKind, SessionId, SessionState};
 pub use sign_in::{
-    AccountBudgets, Credential, LoginAttempt, LoginBudgets, SignIn, SignUp, SignedIn,
+    AccountBudgets, Credential, LoginAttempt, LoginBudgets, ProfileChanged, SecondStep,
+    SecondStepDone, SignIn, SignInStep, SignUp, SignedIn,
 };
 pub use token::{
     AppPrincipal, Claims, ClientPrincipal, IssuedToken, Jwks, KeySet, KnownDevice, Principal,

@@ -24,11 +24,13 @@ use std::time::Duration;
 
 use crate::authentication::{AccountKey, Authentication, LoginName, LoginOutcome, ProfileChange};
 use crate::error::{Error, ErrorCode};
+use crate::factors::{Challenge, Factors};
 use crate::ports::User;
+use crate::recovery::Recovery;
 use crate::registration::{RegisterUser, Registration};
 use crate::session::ClientInfo;
 use crate::token::{IssuedToken, Principal};
-use crate::user::{Role, UserId};
+use crate::user::{Email, Role, UserId};
 use crate::verified::VerifiedPasswords;
 
 /// The login budgets: per client, per account, and the failures of each
@@ -98,6 +100,50 @@ pub struct SignedIn {
     pub device_token: Option<IssuedToken>,
 }
 
+/// Where a sign-in stands after the password: done, or waiting for a
+/// second factor (the account has one, or must set one up).
+#[derive(Debug)]
+pub enum SignInStep {
+    Done(Box<SignedIn>),
+    SecondFactor(Challenge),
+}
+
+impl SignInStep {
+    /// The sign-in, when no second step is needed.
+    pub fn signed_in(self) -> Option<SignedIn> {
+        match self {
+            SignInStep::Done(signed_in) => Some(*signed_in),
+            SignInStep::SecondFactor(_) => None,
+        }
+    }
+}
+
+/// The second step of a sign-in, as it arrives from any protocol.
+#[derive(Clone)]
+pub struct SecondStep {
+    /// The ticket the first step gave.
+    pub ticket: String,
+    /// A TOTP code or a recovery code.
+    pub code: String,
+    pub user_agent: Option<String>,
+    pub device_token: Option<String>,
+}
+
+impl std::fmt::Debug for SecondStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecondStep(<redacted>)")
+    }
+}
+
+/// A sign-in completed by its second step: as [`SignedIn`], with the
+/// recovery codes made when the step set up the account's first factor
+/// (shown once).
+#[derive(Debug)]
+pub struct SecondStepDone {
+    pub signed_in: SignedIn,
+    pub recovery_codes: Option<Vec<String>>,
+}
+
 /// Registration with its per-client budget: what every port that registers
 /// calls (SOAP's RegisterUser, which serves without token keys, included),
 /// so one client's registrations spend one budget whichever port carries
@@ -163,6 +209,18 @@ pub struct SignIn {
     /// Passwords verified a moment ago, for the ports that send one on
     /// every call ([`Self::verify_password`]).
     verified: Arc<VerifiedPasswords>,
+    /// Second factors; without them, a password is the whole sign-in.
+    factors: Option<Factors>,
+    /// Mail: new-device notices, and addresses verified before they count.
+    recovery: Option<Recovery>,
+}
+
+/// A profile change as it stands: the user now, and the address waiting
+/// for its link to be followed, when mail verifies new addresses.
+#[derive(Debug)]
+pub struct ProfileChanged {
+    pub user: User,
+    pub email_pending: Option<String>,
 }
 
 impl std::fmt::Debug for SignIn {
@@ -188,7 +246,46 @@ impl SignIn {
             budgets,
             device_lifetime,
             verified: Arc::new(VerifiedPasswords::disabled()),
+            factors: None,
+            recovery: None,
         }
+    }
+
+    /// Mails notices of sign-ins from new devices, and has new addresses
+    /// verified by mail before they become the account's (when mail is on).
+    pub fn with_recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = Some(recovery);
+        self
+    }
+
+    /// "Forgot password?" for `email`, within `from`'s login budget (each
+    /// request may cost a mail): the same answer whoever asks
+    /// ([`Recovery::forgot`]).
+    pub fn forgot_password(&self, from: IpAddr, email: &str) -> Result<(), Error> {
+        let Some(recovery) = &self.recovery else {
+            return Err(Error::new(ErrorCode::MailDisabled));
+        };
+        if let Err(wait) = self.logins.check_client(from) {
+            tracing::warn!(client_ip = %from, "password reset requests limited for this client");
+            return Err(Error::too_many_attempts(wait));
+        }
+        recovery.forgot(email)
+    }
+
+    /// The recovery use case, when configured.
+    pub fn recovery(&self) -> Option<&Recovery> {
+        self.recovery.as_ref()
+    }
+
+    /// Asks for a second factor of the accounts that have one.
+    pub fn with_factors(mut self, factors: Factors) -> Self {
+        self.factors = Some(factors);
+        self
+    }
+
+    /// The second-factor use case, when configured.
+    pub fn factors(&self) -> Option<&Factors> {
+        self.factors.as_ref()
     }
 
     /// Remembers verified passwords in `verified` (one per process), so
@@ -201,9 +298,11 @@ impl SignIn {
     /// Signs `from` in: the client's budget, then the account's unless the
     /// client shows a device the account knows, then the credential. A
     /// refusal by a budget is `TOO_MANY_ATTEMPTS` with the wait; a wrong
-    /// credential `INVALID_CREDENTIALS`, whoever asked.
+    /// credential `INVALID_CREDENTIALS`, whoever asked. An account with a
+    /// second factor gets, for the right password, a ticket for
+    /// [`Self::complete`] instead of a session.
     #[tracing::instrument(name = "sign_in", skip_all)]
-    pub async fn sign_in(&self, from: IpAddr, attempt: LoginAttempt) -> Result<SignedIn, Error> {
+    pub async fn sign_in(&self, from: IpAddr, attempt: LoginAttempt) -> Result<SignInStep, Error> {
         let LoginAttempt {
             name,
             credential,
@@ -232,8 +331,8 @@ impl SignIn {
             self.check_account(from, &account)?;
         }
         let client = ClientInfo::new(Some(from), user_agent.as_deref());
-        let outcome = match self.check(name, credential, client).await {
-            Ok(outcome) => outcome,
+        let verified = match self.check(name, credential).await {
+            Ok(verified) => verified,
             Err(e) => {
                 if let Some(device) = known
                     && e.code() == ErrorCode::InvalidCredentials
@@ -243,9 +342,89 @@ impl SignIn {
                 return Err(e);
             }
         };
-        // A device token at every sign-in, so the next one from this device
-        // is known to the account; a device it knew already keeps its id,
-        // and with it its failure budget.
+        let (user, credential) = verified;
+        if let Some(factors) = &self.factors
+            && let Some(challenge) = factors.challenge(&user, &credential).await?
+        {
+            return Ok(SignInStep::SecondFactor(challenge));
+        }
+        let outcome = self
+            .authentication
+            .open_verified_session(user, &credential, client)
+            .await?;
+        Ok(SignInStep::Done(Box::new(
+            self.with_device(outcome, shown).await,
+        )))
+    }
+
+    /// The second step of a sign-in: the ticket [`Self::sign_in`] gave and
+    /// a TOTP or recovery code. The client's budget, then the ticket's
+    /// tries and the account's wrong-code budget; then the session, opened
+    /// only while the password verified at the first step is still the
+    /// user's.
+    #[tracing::instrument(name = "sign_in_second_step", skip_all)]
+    pub async fn complete(&self, from: IpAddr, step: SecondStep) -> Result<SecondStepDone, Error> {
+        let Some(factors) = &self.factors else {
+            return Err(Error::new(ErrorCode::InvalidMfaTicket));
+        };
+        if let Err(wait) = self.logins.check_client(from) {
+            tracing::warn!(client_ip = %from, "login attempts limited for this client");
+            return Err(Error::too_many_attempts(wait));
+        }
+        let passed = factors.pass(&step.ticket, &step.code).await?;
+        let Some(user) = self.authentication.user(passed.user_id).await? else {
+            return Err(Error::new(ErrorCode::InvalidMfaTicket));
+        };
+        let shown = match step.device_token.as_deref() {
+            Some(token) => {
+                self.authentication
+                    .known_device(token, &AccountKey::User(user.id))
+                    .await?
+            }
+            None => None,
+        };
+        let client = ClientInfo::new(Some(from), step.user_agent.as_deref());
+        let outcome = self
+            .authentication
+            .open_verified_session(user, &passed.credential, client)
+            .await?;
+        Ok(SecondStepDone {
+            signed_in: self.with_device(outcome, shown).await,
+            recovery_codes: passed.recovery_codes,
+        })
+    }
+
+    /// For a ticket whose account must set up an authenticator first
+    /// (`auth.require_mfa_for_admins`): the secret to show; its first code
+    /// completes the sign-in through [`Self::complete`].
+    pub async fn enrol(&self, ticket: &str) -> Result<crate::factors::TotpEnrolment, Error> {
+        let Some(factors) = &self.factors else {
+            return Err(Error::new(ErrorCode::InvalidMfaTicket));
+        };
+        let user_id = factors.enrolling_user(ticket).await?;
+        let Some(user) = self.authentication.user(user_id).await? else {
+            return Err(Error::new(ErrorCode::InvalidMfaTicket));
+        };
+        factors
+            .pending_or_new(user.id, user.username.as_str())
+            .await
+    }
+
+    /// The sign-in with a device token, so the next one from this device
+    /// is known to the account; a device it knew already keeps its id, and
+    /// with it its failure budget.
+    async fn with_device(
+        &self,
+        outcome: LoginOutcome,
+        shown: Option<crate::token::KnownDevice>,
+    ) -> SignedIn {
+        if shown.is_none()
+            && let Some(recovery) = &self.recovery
+        {
+            recovery
+                .new_device(outcome.user.id, &outcome.session.client)
+                .await;
+        }
         let device_token = match self
             .authentication
             .device_token(&outcome, self.device_lifetime, shown.as_ref())
@@ -257,10 +436,10 @@ impl SignIn {
                 None
             }
         };
-        Ok(SignedIn {
+        SignedIn {
             outcome,
             device_token,
-        })
+        }
     }
 
     /// Spends one attempt of `account`'s budget.
@@ -296,8 +475,30 @@ impl SignIn {
     /// checks: the client's budget, the account's, the hash, one miss of a
     /// name and password at a time. The user as the directory has it now,
     /// so its role is never a stale one.
+    ///
+    /// An account with a second factor is refused with `MFA_REQUIRED`
+    /// after the right password: a password alone does not speak for it.
     #[tracing::instrument(name = "verify_password", skip_all)]
     pub async fn verify_password(
+        &self,
+        from: IpAddr,
+        name: LoginName,
+        password: String,
+    ) -> Result<User, Error> {
+        let user = self.verify_password_only(from, name, password).await?;
+        if let Some(factors) = &self.factors
+            && factors.summary(user.id).await?.any()
+        {
+            tracing::info!(user_id = %user.id, "password-only sign-in refused: the account has a second factor");
+            return Err(Error::with_message(
+                ErrorCode::MfaRequired,
+                "this account signs in with a second factor, which a password alone cannot carry: sign in over REST (POST /login, then /login/mfa) and send the token as a BinarySecurityToken",
+            ));
+        }
+        Ok(user)
+    }
+
+    async fn verify_password_only(
         &self,
         from: IpAddr,
         name: LoginName,
@@ -341,16 +542,15 @@ impl SignIn {
         Ok(user)
     }
 
-    /// Checks the credential and opens the session.
+    /// Checks the credential: the user, and the password hash verified.
     async fn check(
         &self,
         name: LoginName,
         credential: Credential,
-        client: ClientInfo,
-    ) -> Result<LoginOutcome, Error> {
+    ) -> Result<(User, crate::password::PasswordHash), Error> {
         match credential {
             Credential::Password(password) => {
-                self.authentication.login(name, password, client).await
+                self.authentication.verify_password(name, password).await
             }
         }
     }
@@ -366,18 +566,54 @@ impl SignIn {
     /// Changes the principal's email or password. The check of the current
     /// password is a full hash, so it is budgeted per client and per
     /// account: one token cannot keep the pool busy or guess with it.
+    ///
+    /// With mail on, a new address is not changed here: a link is mailed
+    /// to it, and it becomes the account's when followed
+    /// ([`Recovery::verify_email`]).
     pub async fn change_profile(
         &self,
         from: IpAddr,
         principal: &Principal,
-        change: ProfileChange,
-    ) -> Result<User, Error> {
+        mut change: ProfileChange,
+    ) -> Result<ProfileChanged, Error> {
         if change.current_password.is_some() {
             self.budgets
                 .password_check(from, principal.user_id)
                 .map_err(Error::too_many_attempts)?;
         }
-        self.authentication.update_profile(principal, change).await
+        let recovery = self.recovery.as_ref().filter(|r| r.mail_on());
+        let (Some(recovery), Some(email)) = (recovery, change.email.clone()) else {
+            let user = self
+                .authentication
+                .update_profile(principal, change)
+                .await?;
+            return Ok(ProfileChanged {
+                user,
+                email_pending: None,
+            });
+        };
+        let email = Email::parse(&email)?;
+        change.email = None;
+        let user = if change.new_password.is_some() {
+            self.authentication
+                .update_profile(principal, change)
+                .await?
+        } else {
+            self.authentication
+                .check_current_password(principal, change.current_password)
+                .await?
+        };
+        if email == user.email {
+            return Ok(ProfileChanged {
+                user,
+                email_pending: None,
+            });
+        }
+        recovery.request_verification(&user, &email).await?;
+        Ok(ProfileChanged {
+            user,
+            email_pending: Some(email.as_str().to_owned()),
+        })
     }
 }
 
@@ -515,6 +751,8 @@ mod tests {
             .sign_in
             .sign_in(here(), attempt(PASSWORD, None))
             .await
+            .unwrap()
+            .signed_in()
             .unwrap();
         signed_in.device_token.expect("a device token")
     }
@@ -531,6 +769,8 @@ mod tests {
             .sign_in
             .sign_in(here(), attempt(PASSWORD, None))
             .await
+            .unwrap()
+            .signed_in()
             .unwrap();
         assert_eq!(signed_in.outcome.user.id, user.id);
         assert_eq!(
@@ -584,6 +824,8 @@ mod tests {
         let signed_in = locked_out
             .sign_in(here(), attempt(PASSWORD, Some(&device)))
             .await
+            .unwrap()
+            .signed_in()
             .unwrap();
         assert!(signed_in.device_token.is_some());
     }
@@ -606,6 +848,8 @@ mod tests {
             .sign_in
             .sign_in(here(), attempt(PASSWORD, Some(&device)))
             .await
+            .unwrap()
+            .signed_in()
             .unwrap()
             .device_token
             .unwrap();
@@ -681,6 +925,8 @@ mod tests {
             )
             .await
             .unwrap()
+            .signed_in()
+            .unwrap()
             .device_token
             .unwrap();
         let _ = world
@@ -749,6 +995,8 @@ mod tests {
                 .sign_in
                 .sign_in(here(), attempt(PASSWORD, None))
                 .await
+                .unwrap()
+                .signed_in()
                 .unwrap();
             world
                 .sign_in
@@ -784,7 +1032,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(changed.email.as_str(), "a@example.com");
+        assert_eq!(changed.user.email.as_str(), "a@example.com");
         assert_eq!(*world.budgets.password_checks.lock().unwrap(), 1);
 
         let limited = SignIn {

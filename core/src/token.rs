@@ -133,6 +133,8 @@ struct VerifyKey {
 /// The signing key and every key that verifies.
 pub struct KeySet {
     signing: EncodingKey,
+    /// The same key, for the deterministic signatures of mailed links.
+    signer: SigningKey,
     signing_kid: String,
     verifying: HashMap<String, VerifyKey>,
 }
@@ -156,6 +158,7 @@ impl KeySet {
             .map_err(|e| key_error("the signing key cannot be used", e))?;
         let mut set = Self {
             signing,
+            signer: signing_key.clone(),
             signing_kid: String::new(),
             verifying: HashMap::new(),
         };
@@ -470,6 +473,18 @@ impl ClientPrincipal {
 }
 
 impl Tokens {
+    /// The secret of a mailed link (a password reset, an address to
+    /// verify): the Ed25519 signature of `purpose` and `id` under the
+    /// current signing key. Deterministic, so the mailer computes it again
+    /// from the id the event log carries, while the log and the database
+    /// keep only the id and the secret's hash; unforgeable without the key,
+    /// which every instance has. A key rotation voids the links in flight.
+    pub fn link_secret(&self, purpose: &str, id: uuid::Uuid) -> String {
+        use ed25519_dalek::Signer as _;
+        let message = format!("polyhub link\0{purpose}\0{id}");
+        B64URL.encode(self.keys.signer.sign(message.as_bytes()).to_bytes())
+    }
+
     /// Signs `claims` (an EdDSA ID token's) with the current Ed25519 key.
     pub fn sign_ed25519(&self, claims: &serde_json::Value) -> Result<String, Error> {
         let mut header = Header::new(Algorithm::EdDSA);

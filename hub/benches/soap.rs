@@ -201,6 +201,8 @@ async fn main() {
         )
         .await
         .unwrap()
+        .signed_in()
+        .expect("no second factor")
         .outcome
         .token
         .token;

@@ -91,6 +91,12 @@ impl Hub {
         } else {
             None
         };
+        // Mail goes out where rest-auth (whose pages the links open) runs.
+        let mailer = if services.contains(&Service::RestAuth) {
+            self.mailer().await?
+        } else {
+            None
+        };
         let assembly = Assembly {
             addresses,
             probes,
@@ -132,6 +138,13 @@ impl Hub {
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 dispatcher.run(shutdown.wait()).await;
+                Ok(())
+            });
+        }
+        if let Some(mailer) = mailer {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                mailer.run(shutdown.wait()).await;
                 Ok(())
             });
         }

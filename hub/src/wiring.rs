@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hub_core::{
-    ActivityLog, Administration, Authentication, DependencyProbe, Directory, HashingPool,
+    ActivityLog, Administration, Authentication, DependencyProbe, Directory, Factors, HashingPool,
     ImageLibrary, KeySet, Outbox, PasswordHasher, Registration, Relay, SessionLifecycle,
     SessionRepository, SignIn, SignUp, SystemClock, TokenSettings, Tokens, UserRepository,
     VerifiedPasswords,
@@ -73,6 +73,8 @@ pub(crate) struct BuiltOnce {
     pub(crate) event_feeds: OnceLock<hub_core::feed::EventFeeds>,
     /// The ID tokens' RSA key, read (or, unconfigured, made) once.
     id_token_key: OnceLock<Arc<hub_core::IdTokenKey>>,
+    /// "Forgot password?" lookups in flight are bounded per process.
+    recovery: OnceLock<hub_core::recovery::Recovery>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -450,7 +452,84 @@ impl Hub {
             Arc::clone(&self.budgets) as Arc<dyn hub_core::AccountBudgets>,
             self.config.services.rest_auth.login_limit.device_lifetime(),
         )
-        .with_verified_passwords(Arc::clone(&self.verified_passwords)))
+        .with_verified_passwords(Arc::clone(&self.verified_passwords))
+        .with_factors(self.factors())
+        .with_recovery(self.recovery()?))
+    }
+
+    /// Reset links, address verification and new-device notices; mail is
+    /// on when `smtp.host` is set.
+    pub fn recovery(&self) -> anyhow::Result<hub_core::recovery::Recovery> {
+        if let Some(recovery) = self.once.recovery.get() {
+            return Ok(recovery.clone());
+        }
+        let recovery = hub_core::recovery::Recovery::new(
+            Arc::new(hub_store::PgRecoveryStore::new(self.pool.clone())),
+            self.users(),
+            Arc::clone(&self.sessions),
+            self.hashing.clone(),
+            self.tokens()?,
+            Arc::new(SystemClock),
+            self.config.smtp.enabled(),
+        );
+        Ok(self.once.recovery.get_or_init(|| recovery).clone())
+    }
+
+    /// The mail subscriber of the event log, when `smtp.host` is set (its
+    /// subscription made then: mail events are written only while mail is
+    /// on, so none wait for a mailer that is not configured).
+    pub async fn mailer(&self) -> anyhow::Result<Option<hub_core::recovery::Mailer>> {
+        let smtp = &self.config.smtp;
+        let Some(host) = smtp.host.as_deref().filter(|h| !h.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let transport = hub_store::SmtpMail::new(&hub_store::SmtpSettings {
+            host: host.trim().to_owned(),
+            port: smtp.port,
+            security: match smtp.security {
+                hub_runtime::config::SmtpSecurityConfig::None => hub_store::SmtpSecurity::None,
+                hub_runtime::config::SmtpSecurityConfig::Starttls => {
+                    hub_store::SmtpSecurity::StartTls
+                }
+                hub_runtime::config::SmtpSecurityConfig::Tls => hub_store::SmtpSecurity::Tls,
+            },
+            username: smtp.username.clone(),
+            password: smtp
+                .password
+                .as_ref()
+                .map(|p| secrecy::SecretString::from(p.expose().clone())),
+            from: smtp.from.clone(),
+            timeout: std::time::Duration::from_millis(smtp.timeout_ms.max(100)),
+        })
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let queue = PgOutbox::for_subscriber(self.pool.clone(), "mail");
+        queue
+            .subscribe(hub_core::recovery::MAIL_EVENTS)
+            .await
+            .context("subscribing the mailer to the event log")?;
+        Ok(Some(hub_core::recovery::Mailer::new(
+            Arc::new(queue),
+            Arc::new(transport),
+            self.users(),
+            self.tokens()?,
+            Arc::new(SystemClock),
+            hub_core::recovery::MailerSettings {
+                base_url: self.config.oidc.issuer.clone(),
+                idle_poll: std::time::Duration::from_millis(500),
+                max_attempts: 20,
+            },
+        )))
+    }
+
+    /// Second factors: TOTP, recovery codes and the sign-in tickets.
+    pub fn factors(&self) -> Factors {
+        Factors::new(
+            Arc::new(hub_store::PgFactorStore::new(self.pool.clone())),
+            Arc::clone(&self.sessions),
+            Arc::new(SystemClock),
+            self.config.auth.totp_issuer.clone(),
+        )
+        .requiring_admins(self.config.auth.require_mfa_for_admins)
     }
 
     /// The SOAP services' WS-Security processor, when an operation's policy

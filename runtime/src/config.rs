@@ -25,6 +25,8 @@ pub struct Config {
     pub hashing: HashingConfig,
     pub http: HttpConfig,
     pub tokens: TokenConfig,
+    pub auth: AuthConfig,
+    pub smtp: SmtpConfig,
     pub sessions: SessionConfig,
     pub directory: DirectoryConfig,
     pub mongo: MongoConfig,
@@ -276,6 +278,77 @@ impl Default for TokenConfig {
 impl TokenConfig {
     pub fn lifetime(&self) -> Duration {
         Duration::from_secs(self.lifetime_secs)
+    }
+}
+
+/// Sign-in rules beyond the password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Admins sign in with a second factor; an admin without one sets up
+    /// an authenticator app at the next sign-in, before any session opens.
+    pub require_mfa_for_admins: bool,
+    /// The name authenticator apps show beside the account (the label's
+    /// issuer in the `otpauth://` URI).
+    pub totp_issuer: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            require_mfa_for_admins: false,
+            totp_issuer: "polyhub".to_owned(),
+        }
+    }
+}
+
+/// How the connection to the mail server is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurityConfig {
+    /// Plain SMTP: a relay on the same host, or a test server.
+    None,
+    /// STARTTLS, required (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// Mail: password reset links, address verification, new-device notices.
+/// With no `host`, mail is off: the pages say so, and an address change
+/// takes effect without a link.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: Option<String>,
+    pub port: u16,
+    pub security: SmtpSecurityConfig,
+    pub username: Option<String>,
+    pub password: Option<Secret<String>>,
+    /// The sender, `Name <address>` or an address.
+    pub from: String,
+    /// One send's limit, connection included.
+    pub timeout_ms: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 587,
+            security: SmtpSecurityConfig::Starttls,
+            username: None,
+            password: None,
+            from: "polyhub <no-reply@localhost>".to_owned(),
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl SmtpConfig {
+    /// Whether mail is on.
+    pub fn enabled(&self) -> bool {
+        self.host.as_deref().is_some_and(|h| !h.trim().is_empty())
     }
 }
 

@@ -7,6 +7,7 @@ pub mod background;
 pub mod mongo;
 pub mod postgres;
 pub mod s3;
+pub mod smtp;
 pub mod webhook_http;
 
 pub use background::prepare_in_background;
@@ -14,10 +15,11 @@ pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_
 /// The MongoDB database handle [`connect_mongo`] gives.
 pub use mongodb::Database as MongoDatabase;
 pub use postgres::{
-    CachedSessions, CachedUsers, DirectoryStats, MIGRATOR, PgEventLog, PgImageRepository,
-    PgKnownDevices, PgOAuthClients, PgOidcStore, PgOutbox, PgProbe, PgReplayGuard, PgScimStore,
-    PgSessionRepository, PgUserRepository, PgWebhookEndpoints, PoolSettings, connect_lazy,
-    ensure_database, migrate, ping,
+    CachedSessions, CachedUsers, DirectoryStats, MIGRATOR, PgEventLog, PgFactorStore,
+    PgImageRepository, PgKnownDevices, PgOAuthClients, PgOidcStore, PgOutbox, PgProbe,
+    PgRecoveryStore, PgReplayGuard, PgScimStore, PgSessionRepository, PgUserRepository,
+    PgWebhookEndpoints, PoolSettings, connect_lazy, ensure_database, migrate, ping,
 };
 pub use s3::{S3ObjectStore, S3Probe, S3Settings};
+pub use smtp::{SmtpMail, SmtpSecurity, SmtpSettings};
 pub use webhook_http::{HttpWebhooks, WebhookHttpSettings};

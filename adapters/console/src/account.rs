@@ -11,10 +11,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use hub_core::{
     Credential, Error, ErrorCode, LoginAttempt, LoginName, ProfileChange, RegisterUser, Session,
-    SessionId, User,
+    SessionId, SignInStep, User,
 };
 use hub_runtime::HttpError;
-use hub_runtime::cookies::{DEVICE_COOKIE, cookie, device_cookie};
+use hub_runtime::cookies::{DEVICE_COOKIE, cookie};
 use hub_runtime::upload::receive;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -77,7 +77,7 @@ fn see_other(to: &str) -> Page {
 /// secret: its own if it has a well-formed one (a signed-in browser keeps
 /// its session's), else a fresh one set in the cookie. The page holds the
 /// token only, never the HttpOnly secret.
-fn anonymous_page(
+pub(crate) fn anonymous_page(
     state: &ConsoleState,
     headers: &HeaderMap,
     status: StatusCode,
@@ -194,6 +194,7 @@ pub(crate) struct SigninForm {
 pub(crate) struct SigninQuery {
     created: Option<String>,
     signed_out: Option<String>,
+    reset: Option<String>,
     next: Option<String>,
 }
 
@@ -204,6 +205,10 @@ impl SigninQuery {
             Some("Account created: sign in with it.")
         } else if set(&self.signed_out) {
             Some("You are signed out.")
+        } else if set(&self.reset) {
+            Some(
+                "Your password is changed, and every device is signed out: sign in with the new one.",
+            )
         } else {
             None
         }
@@ -244,6 +249,7 @@ fn signin_view(
                     value: None, hint: None }, problem))
                 button type="submit" { "Sign in" }
             }
+            p { a href="/account/forgot" { "Forgot password?" } }
             p { "New here? " a href="/account/signup" { "Create an account" } }
         },
     )
@@ -292,51 +298,50 @@ pub(crate) async fn signin(
             .map(str::to_owned),
         device_token: cookie(&headers, DEVICE_COOKIE).map(str::to_owned),
     };
+    let next = crate::oidc::safe_next(form.next.as_deref());
     match state.sign_in.sign_in(addr.ip(), attempt).await {
-        Ok(signed_in) => {
-            // The session's cookie ends with the browser: the server decides
-            // how long the session lives (renewed while used, see
-            // `guard::keep_alive`). A fresh CSRF secret for the new session.
-            let secret = guard::fresh_csrf()?;
-            let mut response = crate::oidc::after_sign_in(form.next.as_deref());
-            let cookies = response.headers_mut();
-            for cookie in [
-                guard::set_cookie(&state, SESSION_COOKIE, &signed_in.outcome.token.token, None),
-                guard::set_cookie(&state, CSRF_COOKIE, &secret, None),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                cookies.append(header::SET_COOKIE, cookie);
-            }
-            if let Some(device) = signed_in
-                .device_token
-                .and_then(|device| device_cookie(&device, state.secure_cookies))
-            {
-                cookies.append(header::SET_COOKIE, device);
-            }
-            Ok(response)
+        Ok(SignInStep::Done(signed_in)) => {
+            crate::security::signed_in_response(&state, *signed_in, next)
+        }
+        Ok(SignInStep::SecondFactor(challenge)) => {
+            crate::security::step_page(&state, &headers, challenge, None, next).await
         }
         Err(e) => {
             let problem = Problem::from_error(e, signin_field);
-            let next = crate::oidc::safe_next(form.next.as_deref());
-            let policy = crate::oidc::next_policy(&state, next).await;
-            let mut page = anonymous_page(&state, &headers, problem.status, |token| {
-                signin_view(token, login, Some(&problem), None, next)
-            })?;
-            if let Some(policy) = policy {
-                page.headers_mut()
-                    .insert(header::CONTENT_SECURITY_POLICY, policy);
-            }
-            Ok(page)
+            signin_problem(&state, &headers, login, &problem, next).await
         }
     }
+}
+
+/// The sign-in page again, saying why it did not go through.
+pub(crate) async fn signin_problem(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    login: &str,
+    problem: &Problem,
+    next: Option<&str>,
+) -> Page {
+    let policy = crate::oidc::next_policy(state, next).await;
+    let mut page = anonymous_page(state, headers, problem.status, |token| {
+        signin_view(token, login, Some(problem), None, next)
+    })?;
+    if let Some(policy) = policy {
+        page.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
+    Ok(page)
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct CsrfOnly {
     csrf: Option<String>,
+}
+
+impl CsrfOnly {
+    pub(crate) fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
 }
 
 /// `POST /account/signout`: the session is revoked on the server, so its
@@ -478,6 +483,9 @@ pub(crate) async fn overview(
     let signed = guard::signed_in(&state, &headers).await?;
     let note = match query.done.as_deref() {
         Some("email") => Some("Your email is changed."),
+        Some("verify") => Some(
+            "We mailed a link to the new address. Your email changes when you open it (within 30 minutes).",
+        ),
         Some("password") => {
             Some("Your password is changed, and your other devices are signed out.")
         }
@@ -530,6 +538,7 @@ async fn change_profile(
         .change_profile(addr.ip(), &signed.principal, change)
         .await
     {
+        Ok(changed) if changed.email_pending.is_some() => see_other("/account?done=verify"),
         Ok(_) => see_other(done),
         Err(e) => {
             let problem = Problem::from_error(e, field_of);

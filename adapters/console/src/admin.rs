@@ -140,11 +140,16 @@ pub(crate) async fn user(
         .await?;
     let sessions = open_sessions(&state, &signed, user.id).await?;
     let last = last_seen(&state, &signed, Some(user.username.as_str())).await;
+    let factors = match state.sign_in.factors() {
+        Some(factors) => Some(factors.summary(user.id).await?),
+        None => None,
+    };
     let token = signed.csrf();
     let base = user_page(user.username.as_str());
     let note = match query.done.as_deref() {
         Some("revoked") => Some("Sessions revoked."),
         Some("role") => Some("Role changed."),
+        Some("factors") => Some("Second factors reset; every session of the user is revoked."),
         _ => None,
     };
     let (role_to, role_label) = match user.role {
@@ -163,6 +168,21 @@ pub(crate) async fn user(
                         (csrf(&token))
                         input type="hidden" name="role" value=(role_to);
                         button type="submit" { (role_label) }
+                    }
+                }
+            }
+            @if let Some(factors) = factors {
+                section aria-labelledby="factors" {
+                    h2 id="factors" { "Second factors" }
+                    ul {
+                        li { "Authenticator app: " @if factors.totp { "on" } @else { "off" } }
+                        li { "Recovery codes unused: " (factors.recovery_codes_left) }
+                    }
+                    @if factors.totp || factors.recovery_codes_left > 0 {
+                        form method="post" action={ (base) "/factors/reset" } {
+                            (csrf(&token))
+                            button.danger type="submit" { "Reset second factors" }
+                        }
                     }
                 }
             }
@@ -222,6 +242,29 @@ pub(crate) async fn revoke_sessions(
         .revoke(&signed.principal, user.id, session)
         .await?;
     let to = format!("{}?done=revoked", user_page(user.username.as_str()));
+    Ok(Redirect::to(&to).into_response())
+}
+
+/// `POST /admin/user/{username}/factors/reset`: every factor of the user
+/// removed, every session and device revoked (for a user who lost their
+/// authenticator and their recovery codes).
+pub(crate) async fn reset_factors(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    form: Result<Form<crate::account::CsrfOnly>, FormRejection>,
+) -> Page {
+    let form = read(form)?;
+    let signed = guard::signed_post(&state, &headers, form.csrf()).await?;
+    let user = state
+        .administration
+        .find_as(&signed.principal, &username)
+        .await?;
+    let Some(factors) = state.sign_in.factors() else {
+        return Err(hub_core::Error::new(hub_core::ErrorCode::NotFound).into());
+    };
+    factors.reset(user.id, signed.principal.user_id).await?;
+    let to = format!("{}?done=factors", user_page(user.username.as_str()));
     Ok(Redirect::to(&to).into_response())
 }
 

@@ -24,6 +24,8 @@ mod clients;
 mod guard;
 mod oidc;
 mod pages;
+mod recover;
+mod security;
 mod upload_form;
 mod webhooks;
 
@@ -129,7 +131,28 @@ pub fn routes(state: ConsoleState) -> Router {
             "/account/signin",
             get(account::signin_page).post(account::signin),
         )
+        .route("/account/signin/mfa", post(security::step))
+        .route(
+            "/account/forgot",
+            get(recover::forgot_page).post(recover::forgot),
+        )
+        .route(
+            "/account/reset",
+            get(recover::reset_page).post(recover::reset),
+        )
+        .route(
+            "/account/verify-email",
+            get(recover::verify_page).post(recover::verify),
+        )
         .route("/account/signout", post(account::signout))
+        .route(security::PAGE, get(security::page))
+        .route("/account/security/totp", post(security::begin))
+        .route("/account/security/totp/confirm", post(security::confirm))
+        .route("/account/security/totp/remove", post(security::remove))
+        .route(
+            "/account/security/recovery-codes",
+            post(security::regenerate),
+        )
         .route("/account/apps", get(oidc::apps))
         .route("/account/apps/withdraw", post(oidc::withdraw))
         .route(oidc::AUTHORIZE, get(oidc::authorize))
@@ -159,6 +182,10 @@ pub fn routes(state: ConsoleState) -> Router {
             post(admin::revoke_sessions),
         )
         .route("/admin/user/{username}/role", post(admin::set_role))
+        .route(
+            "/admin/user/{username}/factors/reset",
+            post(admin::reset_factors),
+        )
         .route("/admin/system", get(admin::system))
         .route(webhooks::PAGE, get(webhooks::page).post(webhooks::add))
         .route("/admin/hooks/{id}/{action}", post(webhooks::act))

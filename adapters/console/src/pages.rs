@@ -91,8 +91,9 @@ pub(crate) struct Nav<'a> {
     pub current: &'a str,
 }
 
-const USER_LINKS: [(&str, &str); 4] = [
+const USER_LINKS: [(&str, &str); 5] = [
     ("/account", "Profile"),
+    ("/account/security", "Security"),
     ("/account/devices", "Devices"),
     ("/account/images", "Images"),
     ("/account/apps", "Apps"),

@@ -127,6 +127,17 @@ pub struct Profile {
     pub created_at: OffsetDateTime,
 }
 
+/// A profile after a change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileUpdated {
+    #[serde(flatten)]
+    pub profile: Profile,
+    /// The new address a verification link was mailed to (mail on): the
+    /// email changes when it is followed, within 30 minutes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_pending: Option<String>,
+}
+
 impl From<User> for Profile {
     fn from(user: User) -> Self {
         Self {

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod feed;
+pub mod mfa;
 pub mod oauth;
 mod openapi;
 mod scim;
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use hub_core::{
     Authentication, Credential, DependencyProbe, Error, ErrorCode, LoginAttempt, LoginName,
-    ProfileChange, RegisterUser, SignIn,
+    ProfileChange, RegisterUser, SignIn, SignInStep,
 };
 use hub_runtime::cookies::{DEVICE_COOKIE, cookie, device_cookie};
 use hub_runtime::{BearerToken, HttpError, JsonBody, ServiceContext};
@@ -73,7 +74,8 @@ impl std::fmt::Debug for RestAuthState {
     responses(
         (status = 200, description = "Signed in; a new session and its token, and a device token in the `polyhub_device` cookie that lets this device through the account's lockout next time", body = LoginResponse),
         (status = 400, description = "Malformed body, or not exactly one of username/email", body = api::ErrorBody),
-        (status = 401, description = "INVALID_CREDENTIALS: wrong password or unknown user", body = api::ErrorBody),
+        (status = 401, description = "INVALID_CREDENTIALS: wrong password or unknown user; MFA_REQUIRED: the password is right and the account has a second factor: the body's `mfa` holds a ticket for `POST /login/mfa`", body = mfa::MfaRequiredBody),
+        (status = 403, description = "ACCOUNT_DISABLED: the password is right and the account is deactivated", body = api::ErrorBody),
         (status = 429, description = "TOO_MANY_ATTEMPTS or OVERLOADED; see Retry-After", body = api::ErrorBody),
         (status = 503, description = "UNAVAILABLE: the database cannot be reached", body = api::ErrorBody),
     )
@@ -99,7 +101,7 @@ async fn login(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let signed_in = state
+    let step = state
         .sign_in
         .sign_in(
             addr.ip(),
@@ -111,6 +113,10 @@ async fn login(
             },
         )
         .await?;
+    let signed_in = match step {
+        SignInStep::Done(signed_in) => *signed_in,
+        SignInStep::SecondFactor(challenge) => return Ok(mfa::mfa_required(challenge, &headers)),
+    };
     let mut response = Json(LoginResponse {
         token: signed_in.outcome.token.token,
         token_type: "Bearer".to_owned(),
@@ -197,7 +203,7 @@ async fn profile(
     security(("bearer" = [])),
     request_body = ProfileUpdate,
     responses(
-        (status = 200, description = "Changed; a password change revokes the caller's other sessions", body = Profile),
+        (status = 200, description = "Changed; a password change revokes the caller's other sessions. With mail on, a new email is not changed yet: `email_pending` names it, and the link mailed to it changes it", body = api::ProfileUpdated),
         (status = 400, description = "INVALID_EMAIL, WEAK_PASSWORD, nothing to change, or a malformed body", body = api::ErrorBody),
         (status = 401, description = "INVALID_TOKEN, or INVALID_CREDENTIALS for a missing or wrong current_password", body = api::ErrorBody),
         (status = 409, description = "EMAIL_TAKEN; nothing was changed", body = api::ErrorBody),
@@ -210,9 +216,9 @@ async fn update_profile(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     BearerToken(token): BearerToken,
     JsonBody(update): JsonBody<ProfileUpdate>,
-) -> Result<Json<Profile>, HttpError> {
+) -> Result<Json<api::ProfileUpdated>, HttpError> {
     let principal = state.authentication.authenticate(&token).await?;
-    let user = state
+    let changed = state
         .sign_in
         .change_profile(
             addr.ip(),
@@ -224,7 +230,10 @@ async fn update_profile(
             },
         )
         .await?;
-    Ok(Json(user.into()))
+    Ok(Json(api::ProfileUpdated {
+        profile: changed.user.into(),
+        email_pending: changed.email_pending,
+    }))
 }
 
 /// `POST /admin/users/import`
@@ -348,6 +357,20 @@ pub fn router_with(
     let import_max_bytes = state.import_max_bytes;
     let routes = Router::new()
         .route("/login", post(login))
+        .route("/login/mfa", post(mfa::login_mfa))
+        .route("/login/mfa/totp", post(mfa::login_enrol))
+        .route("/password/forgot", post(mfa::forgot))
+        .route("/password/reset", post(mfa::reset))
+        .route("/email/verify", post(mfa::verify_email))
+        .route("/mfa", get(mfa::list))
+        .route("/mfa/totp", post(mfa::begin_totp))
+        .route("/mfa/totp/confirm", post(mfa::confirm_totp))
+        .route("/mfa/totp/remove", post(mfa::remove_totp))
+        .route("/mfa/recovery-codes", post(mfa::recovery_codes))
+        .route(
+            "/admin/users/{id}/factors",
+            get(mfa::admin_list).delete(mfa::admin_reset),
+        )
         .route("/register", post(register))
         // A profile is personal, and so is why it is refused: no cache
         // keeps either (the layer covers the extractors' refusals too).

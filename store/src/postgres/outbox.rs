@@ -41,6 +41,22 @@ impl PgOutbox {
             subscriber: subscriber.to_owned(),
         }
     }
+
+    /// Makes this queue's subscriber a row of `event_subscribers` taking
+    /// `types`, if it is not one yet; it gets the events written from then
+    /// on. For a subscriber that exists only while configured (the mailer).
+    pub async fn subscribe(&self, types: &[&str]) -> Result<(), hub_core::Error> {
+        sqlx::query(
+            "INSERT INTO event_subscribers (name, types) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET types = EXCLUDED.types",
+        )
+        .bind(&self.subscriber)
+        .bind(types)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify("adding a subscriber of the event log", e))?;
+        Ok(())
+    }
 }
 
 #[derive(sqlx::FromRow)]
