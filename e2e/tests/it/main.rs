@@ -7,5 +7,6 @@ mod consistency;
 mod console;
 mod gateway;
 mod journey;
+mod mfa;
 mod oidc;
 mod standalone;
