@@ -95,6 +95,7 @@ error_codes! {
     InvalidMfaCode => ("INVALID_MFA_CODE", Unauthenticated, "the code is wrong, expired or already used"),
     InvalidMfaTicket => ("INVALID_MFA_TICKET", Unauthenticated, "the sign-in ticket is unknown, used, expired or out of tries; sign in again"),
     TotpAlreadyEnabled => ("TOTP_ALREADY_ENABLED", Conflict, "an authenticator app is set up already; remove it first"),
+    InvalidPasskey => ("INVALID_PASSKEY", Unauthenticated, "the passkey was not accepted: its answer is not for this site or this request, or it is not registered"),
     InvalidLink => ("INVALID_LINK", Invalid, "the link is unknown, used or expired; ask for a new one"),
     MailDisabled => ("MAIL_DISABLED", NotFound, "this server sends no mail (smtp.host is not set): ask an operator"),
     WebhookTargetRefused => ("WEBHOOK_TARGET_REFUSED", Invalid, "webhooks may not reach this address: it is loopback, private, link-local or metadata, and not in webhooks.allowed_networks"),

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::error::{Error, ErrorCode};
+use crate::passkeys::{Ceremony, Passkeys};
 use crate::password::PasswordHash;
 use crate::ports::{Clock, SessionRepository, User};
 use crate::user::UserId;
@@ -146,6 +147,8 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(900);
 pub struct FactorSummary {
     /// A confirmed TOTP authenticator.
     pub totp: bool,
+    /// Passkeys registered.
+    pub passkeys: u32,
     /// Recovery codes not yet used.
     pub recovery_codes_left: u32,
 }
@@ -154,7 +157,7 @@ impl FactorSummary {
     /// Whether a sign-in needs a second step. Recovery codes alone are
     /// not a factor: they stand in for one.
     pub fn any(&self) -> bool {
-        self.totp
+        self.totp || self.passkeys > 0
     }
 
     /// What a sign-in's step can be answered with, as clients see it.
@@ -162,6 +165,9 @@ impl FactorSummary {
         let mut names = Vec::new();
         if self.totp {
             names.push("totp");
+        }
+        if self.passkeys > 0 {
+            names.push("passkey");
         }
         if self.any() && self.recovery_codes_left > 0 {
             names.push("recovery_code");
@@ -190,6 +196,8 @@ pub enum FactorChange {
     TotpAdded,
     TotpRemoved,
     RecoveryCodesReplaced,
+    PasskeyAdded,
+    PasskeyRemoved,
     /// An admin removed every factor (and revoked the sessions).
     Reset,
 }
@@ -200,6 +208,8 @@ impl FactorChange {
             FactorChange::TotpAdded => "totp_added",
             FactorChange::TotpRemoved => "totp_removed",
             FactorChange::RecoveryCodesReplaced => "recovery_codes_replaced",
+            FactorChange::PasskeyAdded => "passkey_added",
+            FactorChange::PasskeyRemoved => "passkey_removed",
             FactorChange::Reset => "reset",
         }
     }
@@ -287,6 +297,28 @@ impl std::fmt::Debug for TotpEnrolment {
     }
 }
 
+/// What a sign-in's second step is answered with.
+#[derive(Clone)]
+pub enum Answer {
+    /// A TOTP code or a recovery code, as typed.
+    Code(String),
+    /// A passkey's answer (JSON, as the browser gave it) to the ceremony
+    /// [`Factors::passkey_options`] began.
+    Passkey {
+        ceremony: uuid::Uuid,
+        answer: String,
+    },
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Code(_) => f.write_str("Code(<redacted>)"),
+            Answer::Passkey { ceremony, .. } => write!(f, "Passkey({ceremony})"),
+        }
+    }
+}
+
 /// A sign-in waiting for its second step: the ticket the client sends
 /// back, and what it can answer with.
 #[derive(Clone)]
@@ -324,6 +356,8 @@ pub struct Factors {
     /// Told when a change revoked a user's sessions (a cache forgets them
     /// at once, before the database's notification arrives).
     sessions: Arc<dyn SessionRepository>,
+    /// Passkeys, when a relying party is configured.
+    passkeys: Option<Passkeys>,
     clock: Arc<dyn Clock>,
     /// The name authenticator apps show.
     issuer: String,
@@ -387,9 +421,33 @@ impl Factors {
         Self {
             store,
             sessions,
+            passkeys: None,
             clock,
             issuer,
             require_for_admins: false,
+        }
+    }
+
+    /// Takes passkeys as a second factor.
+    pub fn with_passkeys(mut self, passkeys: Passkeys) -> Self {
+        self.passkeys = Some(passkeys);
+        self
+    }
+
+    /// The passkey use case, when configured.
+    pub fn passkeys(&self) -> Option<&Passkeys> {
+        self.passkeys.as_ref()
+    }
+
+    /// The options to answer the ticket `token`'s step with a passkey.
+    pub async fn passkey_options(&self, token: &str) -> Result<Ceremony, Error> {
+        let (_, ticket) = self.live_ticket(token).await?;
+        match &self.passkeys {
+            Some(passkeys) if !ticket.enrol => passkeys.begin_second_factor(ticket.user_id).await,
+            _ => Err(Error::with_message(
+                ErrorCode::InvalidRequest,
+                "this sign-in cannot be answered with a passkey",
+            )),
         }
     }
 
@@ -500,7 +558,7 @@ impl Factors {
     /// The second step: `code` (a TOTP code or a recovery code) for the
     /// ticket `token`. A wrong code spends the ticket's tries and the
     /// account's budget; the ticket is used up only by a right one.
-    pub async fn pass(&self, token: &str, code: &str) -> Result<Passed, Error> {
+    pub async fn pass(&self, token: &str, answer: &Answer) -> Result<Passed, Error> {
         let (hash, ticket) = self.live_ticket(token).await?;
         let user = ticket.user_id;
         let now = self.clock.now();
@@ -509,7 +567,34 @@ impl Factors {
             return Err(Error::too_many_attempts(wait));
         }
         let mut recovery_codes = None;
-        if ticket.enrol {
+        let passed = match answer {
+            Answer::Code(code) => {
+                if ticket.enrol {
+                    None
+                } else {
+                    Some(self.check_code(user, code, now).await?)
+                }
+            }
+            Answer::Passkey { ceremony, answer } => match &self.passkeys {
+                Some(passkeys) if !ticket.enrol => Some(
+                    passkeys
+                        .finish_second_factor(user, *ceremony, answer)
+                        .await?,
+                ),
+                _ => Some(false),
+            },
+        };
+        if let Some(passed) = passed {
+            if !passed {
+                self.store.fail_ticket(&hash).await?;
+                self.store.spend_failure(user, now).await?;
+                tracing::info!(user_id = %user, "second factor refused: wrong or used code, or a passkey refused");
+                return Err(match answer {
+                    Answer::Code(_) => invalid_code(),
+                    Answer::Passkey { .. } => Error::new(ErrorCode::InvalidPasskey),
+                });
+            }
+        } else if let Answer::Code(code) = answer {
             // Setting up the account's first factor, which spends the
             // budget itself on a wrong code.
             match self.confirm(user, code, None).await {
@@ -521,11 +606,6 @@ impl Factors {
                     return Err(e);
                 }
             }
-        } else if !self.check_code(user, code, now).await? {
-            self.store.fail_ticket(&hash).await?;
-            self.store.spend_failure(user, now).await?;
-            tracing::info!(user_id = %user, "second factor refused: wrong or used code");
-            return Err(invalid_code());
         }
         if !self.store.take_ticket(&hash, now).await? {
             return Err(Error::new(ErrorCode::InvalidMfaTicket));
@@ -561,7 +641,7 @@ impl Factors {
             return Ok(true);
         }
         match recovery_hash(user, code) {
-            Some(hash) if self.store.summary(user).await?.totp => {
+            Some(hash) if self.store.summary(user).await?.any() => {
                 let used = self.store.use_recovery_code(user, &hash, now).await?;
                 if used {
                     tracing::info!(user_id = %user, "signed in with a recovery code");

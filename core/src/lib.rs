@@ -19,6 +19,7 @@ pub mod legacy;
 pub mod lifecycle;
 pub mod oauth;
 pub mod oidc;
+pub mod passkeys;
 pub mod password;
 pub mod ports;
 pub mod recovery;

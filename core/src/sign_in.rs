@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::authentication::{AccountKey, Authentication, LoginName, LoginOutcome, ProfileChange};
 use crate::error::{Error, ErrorCode};
-use crate::factors::{Challenge, Factors};
+use crate::factors::{Answer, Challenge, Factors};
 use crate::ports::User;
 use crate::recovery::Recovery;
 use crate::registration::{RegisterUser, Registration};
@@ -123,8 +123,8 @@ impl SignInStep {
 pub struct SecondStep {
     /// The ticket the first step gave.
     pub ticket: String,
-    /// A TOTP code or a recovery code.
-    pub code: String,
+    /// A TOTP code, a recovery code, or a passkey's answer.
+    pub answer: Answer,
     pub user_agent: Option<String>,
     pub device_token: Option<String>,
 }
@@ -371,7 +371,7 @@ impl SignIn {
             tracing::warn!(client_ip = %from, "login attempts limited for this client");
             return Err(Error::too_many_attempts(wait));
         }
-        let passed = factors.pass(&step.ticket, &step.code).await?;
+        let passed = factors.pass(&step.ticket, &step.answer).await?;
         let Some(user) = self.authentication.user(passed.user_id).await? else {
             return Err(Error::new(ErrorCode::InvalidMfaTicket));
         };
@@ -392,6 +392,59 @@ impl SignIn {
             signed_in: self.with_device(outcome, shown).await,
             recovery_codes: passed.recovery_codes,
         })
+    }
+
+    /// Spends one attempt of `from`'s login budget: for a step that costs
+    /// the server before any name is known (a passkey sign-in's options).
+    pub fn spend_client(&self, from: IpAddr) -> Result<(), Error> {
+        self.logins.check_client(from).map_err(|wait| {
+            tracing::warn!(client_ip = %from, "login attempts limited for this client");
+            Error::too_many_attempts(wait)
+        })
+    }
+
+    /// Signs in with a passkey and no password: its answer to the ceremony
+    /// `ceremony` ([`crate::passkeys::Passkeys::begin_sign_in`]), within
+    /// the client's budget. A passkey that verified its user is a second
+    /// factor in itself: no further step.
+    #[tracing::instrument(name = "sign_in_with_passkey", skip_all)]
+    pub async fn sign_in_with_passkey(
+        &self,
+        from: IpAddr,
+        ceremony: uuid::Uuid,
+        answer: &str,
+        user_agent: Option<String>,
+        device_token: Option<String>,
+    ) -> Result<SignedIn, Error> {
+        let Some(passkeys) = self.factors.as_ref().and_then(Factors::passkeys) else {
+            return Err(Error::new(ErrorCode::InvalidPasskey));
+        };
+        if let Err(wait) = self.logins.check_client(from) {
+            tracing::warn!(client_ip = %from, "login attempts limited for this client");
+            return Err(Error::too_many_attempts(wait));
+        }
+        let user_id = passkeys.finish_sign_in(ceremony, answer).await?;
+        let Some(user) = self.authentication.user(user_id).await? else {
+            return Err(Error::new(ErrorCode::InvalidPasskey));
+        };
+        let shown = match device_token.as_deref() {
+            Some(token) => {
+                self.authentication
+                    .known_device(token, &AccountKey::User(user.id))
+                    .await?
+            }
+            None => None,
+        };
+        let client = ClientInfo::new(Some(from), user_agent.as_deref());
+        // No password was verified: the session stands while the hash read
+        // now is the user's, as a password change ends it anyway.
+        let credential = user.password_hash.clone();
+        let outcome = self
+            .authentication
+            .open_verified_session(user, &credential, client)
+            .await?;
+        tracing::info!(user_id = %outcome.user.id, "signed in with a passkey");
+        Ok(self.with_device(outcome, shown).await)
     }
 
     /// For a ticket whose account must set up an authenticator first

@@ -521,15 +521,42 @@ impl Hub {
         )))
     }
 
-    /// Second factors: TOTP, recovery codes and the sign-in tickets.
+    /// Second factors: TOTP, passkeys (when a relying party is
+    /// configured), recovery codes and the sign-in tickets.
     pub fn factors(&self) -> Factors {
-        Factors::new(
+        let factors = Factors::new(
             Arc::new(hub_store::PgFactorStore::new(self.pool.clone())),
             Arc::clone(&self.sessions),
             Arc::new(SystemClock),
             self.config.auth.totp_issuer.clone(),
         )
-        .requiring_admins(self.config.auth.require_mfa_for_admins)
+        .requiring_admins(self.config.auth.require_mfa_for_admins);
+        match self.passkeys() {
+            Some(passkeys) => factors.with_passkeys(passkeys),
+            None => factors,
+        }
+    }
+
+    /// Passkeys, when `webauthn` (or `oidc.issuer`) names a host.
+    fn passkeys(&self) -> Option<hub_core::passkeys::Passkeys> {
+        let settings = match self.config.webauthn.settings(&self.config.oidc.issuer) {
+            Ok(settings) => settings,
+            Err(why) => {
+                tracing::debug!("{why}");
+                return None;
+            }
+        };
+        match hub_core::passkeys::Passkeys::new(
+            &settings,
+            Arc::new(hub_store::PgPasskeyStore::new(self.pool.clone())),
+            Arc::new(SystemClock),
+        ) {
+            Ok(passkeys) => Some(passkeys),
+            Err(e) => {
+                tracing::warn!(error = %e, "passkeys are off");
+                None
+            }
+        }
     }
 
     /// The SOAP services' WS-Security processor, when an operation's policy

@@ -26,6 +26,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub tokens: TokenConfig,
     pub auth: AuthConfig,
+    pub webauthn: WebauthnConfig,
     pub smtp: SmtpConfig,
     pub sessions: SessionConfig,
     pub directory: DirectoryConfig,
@@ -299,6 +300,58 @@ impl Default for AuthConfig {
             require_mfa_for_admins: false,
             totp_issuer: "polyhub".to_owned(),
         }
+    }
+}
+
+/// Passkeys (WebAuthn). They are bound to a host name (the RP ID), never
+/// an IP address: with neither set here nor a host name in `oidc.issuer`,
+/// passkeys are off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebauthnConfig {
+    /// The RP ID: the console's host name or a parent domain of it. Unset:
+    /// the host of `origin`.
+    pub rp_id: Option<String>,
+    /// The console's origin, as browsers show it. Unset: `oidc.issuer`.
+    pub origin: Option<String>,
+    /// The name authenticators show.
+    pub rp_name: String,
+    /// Takes the origin's host on any port (development only).
+    pub allow_any_port: bool,
+}
+
+impl Default for WebauthnConfig {
+    fn default() -> Self {
+        Self {
+            rp_id: None,
+            origin: None,
+            rp_name: "polyhub".to_owned(),
+            allow_any_port: false,
+        }
+    }
+}
+
+impl WebauthnConfig {
+    /// The relying party, or why passkeys are off.
+    pub fn settings(&self, issuer: &str) -> Result<hub_core::passkeys::PasskeySettings, String> {
+        let origin = self.origin.clone().unwrap_or_else(|| issuer.to_owned());
+        let host = origin
+            .split_once("://")
+            .map(|(_, rest)| rest.split(['/', ':']).next().unwrap_or_default())
+            .unwrap_or_default()
+            .to_owned();
+        let rp_id = self.rp_id.clone().unwrap_or(host);
+        if rp_id.is_empty() || rp_id.parse::<std::net::IpAddr>().is_ok() || rp_id.starts_with('[') {
+            return Err(format!(
+                "passkeys are off: the RP ID {rp_id:?} is not a host name (set webauthn.rp_id and webauthn.origin)"
+            ));
+        }
+        Ok(hub_core::passkeys::PasskeySettings {
+            rp_id,
+            origin,
+            rp_name: self.rp_name.clone(),
+            allow_any_port: self.allow_any_port,
+        })
     }
 }
 

@@ -43,3 +43,29 @@ CREATE TABLE mfa_failures (
     window_start timestamptz NOT NULL,
     failures     integer     NOT NULL
 );
+
+-- Passkeys (core/src/passkeys.rs): the credential as webauthn-rs keeps it
+-- (its public key and counter; nothing secret), found by its credential id
+-- at a sign-in without a name.
+CREATE TABLE passkeys (
+    id            uuid        PRIMARY KEY,
+    user_id       uuid        NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    credential_id bytea       NOT NULL UNIQUE CHECK (length(credential_id) <= 1023),
+    name          text        NOT NULL CHECK (length(name) BETWEEN 1 AND 64),
+    credential    jsonb       NOT NULL,
+    created_at    timestamptz NOT NULL,
+    last_used_at  timestamptz
+);
+CREATE INDEX passkeys_user ON passkeys (user_id, created_at);
+
+-- A WebAuthn ceremony between its options and the authenticator's answer:
+-- its state, taken once before `expires_at`.
+CREATE TABLE webauthn_ceremonies (
+    id         uuid        PRIMARY KEY,
+    kind       text        NOT NULL CHECK (kind IN ('register', 'second_factor', 'sign_in')),
+    user_id    uuid        REFERENCES users (id) ON DELETE CASCADE,
+    state      jsonb       NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX webauthn_ceremonies_expiry ON webauthn_ceremonies (expires_at);
+CREATE INDEX webauthn_ceremonies_user ON webauthn_ceremonies (user_id, kind);

@@ -16,8 +16,8 @@ pub use mongo::{MongoActivityLog, MongoProbe, MongoSettings, connect as connect_
 pub use mongodb::Database as MongoDatabase;
 pub use postgres::{
     CachedSessions, CachedUsers, DirectoryStats, MIGRATOR, PgEventLog, PgFactorStore,
-    PgImageRepository, PgKnownDevices, PgOAuthClients, PgOidcStore, PgOutbox, PgProbe,
-    PgRecoveryStore, PgReplayGuard, PgScimStore, PgSessionRepository, PgUserRepository,
+    PgImageRepository, PgKnownDevices, PgOAuthClients, PgOidcStore, PgOutbox, PgPasskeyStore,
+    PgProbe, PgRecoveryStore, PgReplayGuard, PgScimStore, PgSessionRepository, PgUserRepository,
     PgWebhookEndpoints, PoolSettings, connect_lazy, ensure_database, migrate, ping,
 };
 pub use s3::{S3ObjectStore, S3Probe, S3Settings};

@@ -228,6 +228,7 @@ fn signin_view(
     problem: Option<&Problem>,
     note: Option<&str>,
     next: Option<&str>,
+    passkeys: bool,
 ) -> Markup {
     layout(
         "Sign in",
@@ -249,6 +250,9 @@ fn signin_view(
                     value: None, hint: None }, problem))
                 button type="submit" { "Sign in" }
             }
+            @if passkeys {
+                (crate::passkey::signin_form(token, next))
+            }
             p { a href="/account/forgot" { "Forgot password?" } }
             p { "New here? " a href="/account/signup" { "Create an account" } }
         },
@@ -262,15 +266,33 @@ pub(crate) async fn signin_page(
     Query(query): Query<SigninQuery>,
 ) -> Page {
     let next = crate::oidc::safe_next(query.next.as_deref());
-    let policy = crate::oidc::next_policy(&state, next).await;
-    let mut page = anonymous_page(&state, &headers, StatusCode::OK, |token| {
-        signin_view(token, "", None, query.notice(), next)
-    })?;
+    signin_answer(&state, &headers, StatusCode::OK, next, |token, passkeys| {
+        signin_view(token, "", None, query.notice(), next, passkeys)
+    })
+    .await
+}
+
+/// The sign-in page: its policy widened for an OpenID Connect step's
+/// application, and for the passkey script when passkeys are on.
+async fn signin_answer(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    next: Option<&str>,
+    view: impl FnOnce(&str, bool) -> Markup,
+) -> Page {
+    let policy = crate::oidc::next_policy(state, next).await;
+    let passkeys = crate::passkey::passkeys(state).is_some();
+    let mut page = anonymous_page(state, headers, status, |token| view(token, passkeys))?;
     if let Some(policy) = policy {
         page.headers_mut()
             .insert(header::CONTENT_SECURITY_POLICY, policy);
     }
-    Ok(page)
+    Ok(if passkeys {
+        crate::passkey::scripted(state, page)
+    } else {
+        page
+    })
 }
 
 /// `POST /account/signin`: the JSON login's use case, budgets and device
@@ -321,15 +343,10 @@ pub(crate) async fn signin_problem(
     problem: &Problem,
     next: Option<&str>,
 ) -> Page {
-    let policy = crate::oidc::next_policy(state, next).await;
-    let mut page = anonymous_page(state, headers, problem.status, |token| {
-        signin_view(token, login, Some(problem), None, next)
-    })?;
-    if let Some(policy) = policy {
-        page.headers_mut()
-            .insert(header::CONTENT_SECURITY_POLICY, policy);
-    }
-    Ok(page)
+    signin_answer(state, headers, problem.status, next, |token, passkeys| {
+        signin_view(token, login, Some(problem), None, next, passkeys)
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]

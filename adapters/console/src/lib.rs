@@ -24,6 +24,7 @@ mod clients;
 mod guard;
 mod oidc;
 mod pages;
+mod passkey;
 mod recover;
 mod security;
 mod upload_form;
@@ -133,6 +134,24 @@ pub fn routes(state: ConsoleState) -> Router {
         )
         .route("/account/signin/mfa", post(security::step))
         .route(
+            "/account/signin/mfa/passkey-options",
+            post(passkey::step_options),
+        )
+        .route(
+            "/account/signin/passkey/options",
+            post(passkey::signin_options),
+        )
+        .route("/account/signin/passkey", post(passkey::signin))
+        .route(
+            "/account/security/passkeys/options",
+            post(passkey::register_options),
+        )
+        .route("/account/security/passkeys", post(passkey::register))
+        .route(
+            "/account/security/passkeys/{id}/{action}",
+            post(passkey::act),
+        )
+        .route(
             "/account/forgot",
             get(recover::forgot_page).post(recover::forgot),
         )
@@ -202,6 +221,7 @@ pub fn routes(state: ConsoleState) -> Router {
         .with_state(state);
     Router::new()
         .route("/account/console.css", get(stylesheet))
+        .route(passkey::SCRIPT, get(passkey::script))
         .merge(pages)
 }
 

@@ -12,7 +12,7 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use hub_core::factors::TotpEnrolment;
+use hub_core::factors::{Answer, TotpEnrolment};
 use hub_core::{Challenge, Error, ErrorCode, Factors, SecondStep, SignedIn};
 use hub_runtime::cookies::{DEVICE_COOKIE, cookie, device_cookie};
 use maud::{Markup, PreEscaped, html};
@@ -122,6 +122,9 @@ pub(crate) fn step_view(
                 (code_field(if challenge.enrol { APP_CODE } else { ANY_CODE }, problem))
                 button type="submit" { "Continue" }
             }
+            @if challenge.factors.contains(&"passkey") {
+                (crate::passkey::step_form(token, &challenge.ticket, next))
+            }
             @if !challenge.enrol {
                 p { "Lost your authenticator? Enter one of your recovery codes instead." }
             }
@@ -144,8 +147,14 @@ pub(crate) async fn step_page(
         None
     };
     let status = problem.map_or(StatusCode::OK, |p| p.status);
-    crate::account::anonymous_page(state, headers, status, |token| {
+    let with_passkey = challenge.factors.contains(&"passkey");
+    let page = crate::account::anonymous_page(state, headers, status, |token| {
         step_view(token, &challenge, enrolment.as_ref(), problem, next)
+    })?;
+    Ok(if with_passkey {
+        crate::passkey::scripted(state, page)
+    } else {
+        page
     })
 }
 
@@ -185,6 +194,9 @@ pub(crate) struct StepForm {
     csrf: Option<String>,
     ticket: String,
     code: String,
+    /// A passkey's answer instead of a code (filled in by the script).
+    ceremony: String,
+    credential: String,
     next: Option<String>,
 }
 
@@ -198,9 +210,23 @@ pub(crate) async fn step(
     let form = read(form)?;
     guard::anonymous_post(&headers, form.csrf.as_deref())?;
     let next = crate::oidc::safe_next(form.next.as_deref());
+    let answer = if form.credential.is_empty() {
+        Answer::Code(form.code)
+    } else {
+        match crate::passkey::ceremony_of(&form.ceremony, &form.credential) {
+            Ok(ceremony) => Answer::Passkey {
+                ceremony,
+                answer: form.credential,
+            },
+            Err(e) => Answer::Passkey {
+                ceremony: uuid::Uuid::nil(),
+                answer: e.to_string(),
+            },
+        }
+    };
     let attempt = SecondStep {
         ticket: form.ticket.clone(),
-        code: form.code,
+        answer,
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -312,6 +338,10 @@ async fn security_page(
         None => None,
     };
     let enrolment = enrolment.or(pending.as_ref());
+    let passkeys = match crate::passkey::passkeys(state) {
+        Some(passkeys) => Some(passkeys.list(user.id).await?),
+        None => None,
+    };
     let token = signed.csrf();
     let status = problem.map_or(StatusCode::OK, |p| p.status);
     let markup = layout(
@@ -347,21 +377,40 @@ async fn security_page(
                     }
                 }
             }
+            @if let Some(list) = &passkeys {
+                (crate::passkey::security_section(&token, list))
+            }
             section aria-labelledby="recovery" {
                 h2 #recovery { "Recovery codes" }
-                @if summary.totp {
+                @if summary.any() {
                     p { (summary.recovery_codes_left) " unused." }
                     form method="post" action="/account/security/recovery-codes" {
                         (csrf(&token))
                         button type="submit" { "Make new recovery codes" }
                     }
                 } @else {
-                    p { "Made when you set up an authenticator app." }
+                    p { "Made when you set up an authenticator app or a passkey." }
                 }
             }
         },
     );
-    Ok((status, markup).into_response())
+    let page = (status, markup).into_response();
+    Ok(if passkeys.is_some() {
+        crate::passkey::scripted(state, page)
+    } else {
+        page
+    })
+}
+
+/// The Security page after an action elsewhere (a passkey's), saying so.
+pub(crate) async fn after(state: &ConsoleState, headers: &HeaderMap, note: &str) -> Page {
+    security_page(state, headers, Some(note), None, None, None).await
+}
+
+/// The Security page with a refusal.
+pub(crate) async fn refused(state: &ConsoleState, headers: &HeaderMap, error: Error) -> Page {
+    let problem = Problem::from_error(error, |_| None);
+    security_page(state, headers, None, None, None, Some(&problem)).await
 }
 
 #[derive(Debug, Default, Deserialize)]

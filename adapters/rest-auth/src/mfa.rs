@@ -113,6 +113,8 @@ pub struct TotpSetup {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FactorList {
     pub totp: bool,
+    /// Passkeys registered (in the console).
+    pub passkeys: u32,
     pub recovery_codes_left: u32,
     /// What a sign-in's second step takes now.
     pub factors: Vec<String>,
@@ -188,7 +190,7 @@ pub(crate) async fn login_mfa(
             addr.ip(),
             SecondStep {
                 ticket: request.ticket,
-                code: request.code,
+                answer: hub_core::factors::Answer::Code(request.code),
                 user_agent: headers
                     .get(header::USER_AGENT)
                     .and_then(|v| v.to_str().ok())
@@ -263,6 +265,7 @@ async fn summary(factors: &Factors, user: UserId) -> Result<FactorList, HttpErro
     let summary = factors.summary(user).await?;
     Ok(FactorList {
         totp: summary.totp,
+        passkeys: summary.passkeys,
         recovery_codes_left: summary.recovery_codes_left,
         factors: summary.names().iter().map(|f| (*f).to_owned()).collect(),
     })

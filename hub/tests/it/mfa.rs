@@ -208,7 +208,7 @@ async fn totp_and_recovery_codes_on_every_entry_point() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         factors,
-        json!({"totp": false, "recovery_codes_left": 0, "factors": []})
+        json!({"totp": false, "passkeys": 0, "recovery_codes_left": 0, "factors": []})
     );
     let (status, refused) = call(
         &http,
@@ -265,7 +265,7 @@ async fn totp_and_recovery_codes_on_every_entry_point() {
     .await;
     assert_eq!(
         factors,
-        json!({"totp": true, "recovery_codes_left": 10, "factors": ["totp", "recovery_code"]})
+        json!({"totp": true, "passkeys": 0, "recovery_codes_left": 10, "factors": ["totp", "recovery_code"]})
     );
 
     // A password alone: MFA_REQUIRED with a ticket naming the factors; a

@@ -38,7 +38,7 @@ impl PgFactorStore {
     }
 }
 
-fn event(
+pub(super) fn event(
     user: UserId,
     at: OffsetDateTime,
     change: FactorChange,
@@ -62,9 +62,10 @@ fn window() -> time::Duration {
 #[async_trait]
 impl FactorStore for PgFactorStore {
     async fn summary(&self, user: UserId) -> Result<FactorSummary, Error> {
-        let (totp, left): (bool, i64) = sqlx::query_as(
+        let (totp, left, passkeys): (bool, i64, i64) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM user_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL), \
-                    (SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL)",
+                    (SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL), \
+                    (SELECT count(*) FROM passkeys WHERE user_id = $1)",
         )
         .bind(user.as_uuid())
         .fetch_one(&self.pool)
@@ -72,6 +73,7 @@ impl FactorStore for PgFactorStore {
         .map_err(|e| classify("reading a user's factors", e))?;
         Ok(FactorSummary {
             totp,
+            passkeys: u32::try_from(passkeys).unwrap_or(u32::MAX),
             recovery_codes_left: u32::try_from(left).unwrap_or(u32::MAX),
         })
     }
@@ -176,11 +178,15 @@ impl FactorStore for PgFactorStore {
             .map_err(|e| classify("removing an authenticator", e))?
             .rows_affected()
             == 1;
-        sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
-            .bind(user.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify("removing recovery codes", e))?;
+        // Recovery codes stand in for a factor: they go with the last one.
+        sqlx::query(
+            "DELETE FROM recovery_codes WHERE user_id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM passkeys WHERE user_id = $1)",
+        )
+        .bind(user.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify("removing recovery codes", e))?;
         if removed {
             super::events::insert(&mut tx, &[event(user, at, FactorChange::TotpRemoved, None)])
                 .await?;
@@ -257,6 +263,8 @@ impl FactorStore for PgFactorStore {
         for table in [
             "DELETE FROM user_totp WHERE user_id = $1",
             "DELETE FROM recovery_codes WHERE user_id = $1",
+            "DELETE FROM passkeys WHERE user_id = $1",
+            "DELETE FROM webauthn_ceremonies WHERE user_id = $1",
             "DELETE FROM mfa_tickets WHERE user_id = $1",
             "DELETE FROM mfa_failures WHERE user_id = $1",
         ] {
