@@ -257,7 +257,17 @@ impl Passkeys {
                 Some(exclude),
             )
             .map_err(|e| internal("starting a passkey registration", e))?;
-        let options = serde_json::to_value(options).map_err(|e| internal("the options", e))?;
+        let mut options = serde_json::to_value(options).map_err(|e| internal("the options", e))?;
+        // A passkey must be kept by the authenticator (discoverable), or a
+        // sign-in without a name cannot find it; webauthn-rs asks for it
+        // to be "discouraged", and does not check it in the answer.
+        if let Some(selection) = options
+            .pointer_mut("/publicKey/authenticatorSelection")
+            .and_then(Value::as_object_mut)
+        {
+            selection.insert("residentKey".into(), Value::from("required"));
+            selection.insert("requireResidentKey".into(), Value::from(true));
+        }
         let state = serde_json::to_value(state).map_err(|e| internal("the state", e))?;
         self.keep(CeremonyKind::Register, Some(user.id), options, state)
             .await

@@ -333,6 +333,8 @@ pub(crate) async fn register(
     let Some(passkeys) = passkeys(&state) else {
         return Err(not_configured().into());
     };
+    let factors = state.sign_in.factors().ok_or_else(not_configured)?;
+    let first = !factors.summary(user.id).await?.any();
     let result = match ceremony_of(&form.ceremony, &form.credential) {
         Ok(ceremony) => {
             passkeys
@@ -343,12 +345,14 @@ pub(crate) async fn register(
     };
     match result {
         Ok(passkey) => {
-            crate::security::after(
-                &state,
-                &headers,
-                &format!("The passkey {} is added.", passkey.name),
-            )
-            .await
+            let note = format!("The passkey {} is added.", passkey.name);
+            // The account's first factor: its recovery codes, shown once.
+            let codes = if first {
+                Some(factors.regenerate_recovery_codes(user.id).await?)
+            } else {
+                None
+            };
+            crate::security::after(&state, &headers, &note, codes.as_deref()).await
         }
         Err(e) => crate::security::refused(&state, &headers, e).await,
     }
@@ -389,7 +393,7 @@ pub(crate) async fn act(
         _ => Err(Error::new(ErrorCode::NotFound)),
     };
     match result {
-        Ok(note) => crate::security::after(&state, &headers, note).await,
+        Ok(note) => crate::security::after(&state, &headers, note, None).await,
         Err(e) => crate::security::refused(&state, &headers, e).await,
     }
 }

@@ -403,8 +403,13 @@ async fn security_page(
 }
 
 /// The Security page after an action elsewhere (a passkey's), saying so.
-pub(crate) async fn after(state: &ConsoleState, headers: &HeaderMap, note: &str) -> Page {
-    security_page(state, headers, Some(note), None, None, None).await
+pub(crate) async fn after(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    note: &str,
+    codes: Option<&[String]>,
+) -> Page {
+    security_page(state, headers, Some(note), None, codes, None).await
 }
 
 /// The Security page with a refusal.

@@ -9,4 +9,5 @@ mod gateway;
 mod journey;
 mod mfa;
 mod oidc;
+mod passkeys;
 mod standalone;
