@@ -11,7 +11,6 @@ and a screenshot at 1280 and 390 px wide goes to OUT_DIR. Prints a JSON
 report; exits non-zero (with the reason on stderr) at the first failure.
 """
 
-import json
 import pathlib
 import re
 import sys
@@ -19,177 +18,25 @@ import tempfile
 import uuid
 
 import requests
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
+
+from browser_kit import Journey, field_error, fill, text
 
 BASE, ADMIN, ADMIN_PASSWORD, IMAGE, OUT, AXE = sys.argv[1:7]
-OUT = pathlib.Path(OUT)
-OUT.mkdir(parents=True, exist_ok=True)
-AXE_SOURCE = pathlib.Path(AXE).read_text()
-WIDTHS = (1280, 390)
 
 report = {"pages": [], "screenshots": [], "refused": {}, "csp_reports": []}
-browsers = []
-
-
-def fail(why):
-    sys.stderr.write(f"console browser test failed: {why}\n")
-    for driver in browsers:
-        try:
-            page = driver.find_element(By.TAG_NAME, "body").text[:600]
-            sys.stderr.write(f"  at {driver.current_url}:\n{page}\n")
-        except Exception as e:
-            sys.stderr.write(f"  (a browser that cannot tell: {e})\n")
-    for driver in browsers:
-        try:
-            driver.quit()
-        except Exception:
-            pass
-    sys.exit(1)
-
-
-def on_error(kind, value, trace):
-    """Any exception: its trace, then where every browser stood."""
-    import traceback
-    traceback.print_exception(kind, value, trace)
-    fail(f"{kind.__name__}: {value}")
-
-
-sys.excepthook = on_error
-
-
-def check(condition, why):
-    if not condition:
-        fail(why)
-
-
-def browser():
-    """A browser with a profile of its own (its own cookies)."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='polyhub-chromium-')}",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(20)
-    browsers.append(driver)
-    return driver
-
-
-def go(driver, path):
-    driver.get(BASE + path)
-
-
-def fill(driver, values):
-    for name, value in values.items():
-        element = driver.find_element(By.ID, name)
-        element.clear()
-        element.send_keys(value)
-
-
-def press(driver, element, keys=None):
-    """Clicks `element` (or types `keys` into it) and waits for the next page."""
-    page = driver.find_element(By.TAG_NAME, "html")
-    if keys is None:
-        element.click()
-    else:
-        element.send_keys(keys)
-    try:
-        WebDriverWait(driver, 30).until(lambda _: is_gone(page))
-    except Exception as e:  # the page did not change: say where it stood
-        fail(f"no next page after pressing {element_name(element)}: {type(e).__name__} {e}")
-
-
-def is_gone(element):
-    """Whether `element` left the document: stale, or (a race Chromium's
-    inspector reports on its own words while the next page replaces it) a
-    node that no longer belongs to it."""
-    try:
-        element.is_enabled()
-        return False
-    except StaleElementReferenceException:
-        return True
-    except WebDriverException as e:
-        if "does not belong to the document" in str(e):
-            return True
-        raise
-
-
-def element_name(element):
-    try:
-        return f"{element.tag_name} {element.text!r}"
-    except Exception:
-        return "an element that is gone"
-
-
-def submit(driver, action):
-    press(driver, driver.find_element(By.CSS_SELECTOR, f'form[action="{action}"] button[type=submit]'))
-
-
-def text(driver):
-    return driver.find_element(By.TAG_NAME, "body").text
-
-
-def field_error(driver, name):
-    found = driver.find_elements(By.ID, f"{name}-error")
-    return found[0].text if found else ""
+kit = Journey("console browser test", report, BASE, OUT, AXE, network=False,
+              page_load_seconds=20, next_page_seconds=30, axe_fails_on=("serious", "critical"))
+check, browser, go, press, submit = kit.check, kit.browser, kit.go, kit.press, kit.submit
 
 
 def inspect(driver, name):
-    """Everything checked on every page: headers, CSP reports, axe, screenshots."""
-    url = driver.current_url
+    """The page's headers, fetched again with the browser's cookies, and
+    everything else checked on every page."""
     cookies = {c["name"]: c["value"] for c in driver.get_cookies()}
-    head = requests.get(url, cookies=cookies, timeout=10, allow_redirects=False)
-    policy = head.headers.get("content-security-policy", "")
-    check(policy.startswith("default-src 'none';") and "frame-ancestors 'none'" in policy
-          and "script-src" not in policy and "unsafe-inline" not in policy,
-          f"{name}: the CSP is {policy!r}")
-    check(head.headers.get("cache-control") == "no-store", f"{name}: cache-control {head.headers.get('cache-control')}")
-    check(head.headers.get("referrer-policy") == "same-origin", f"{name}: referrer policy")
-    # Chromium logs each CSP violation to the console.
-    for entry in driver.get_log("browser"):
-        if "Content Security Policy" in entry.get("message", ""):
-            report["csp_reports"].append({"page": name, "message": entry["message"]})
-    check(not report["csp_reports"], f"{name}: CSP violations {report['csp_reports']}")
-    # axe-core, injected through the driver (page scripts stay forbidden).
-    driver.execute_script(AXE_SOURCE)
-    result = driver.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations.map("
-        "v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))))"
-        ".catch(e => done([{id: 'axe-failed', impact: 'critical', nodes: [String(e)]}]));"
-    )
-    bad = [v for v in result if v["impact"] in ("serious", "critical")]
-    check(not bad, f"{name}: axe found {bad}")
-    for width in WIDTHS:
-        driver.set_window_size(width, 900)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(width, min(max(height + 140, 600), 2400))
-        shot = OUT / f"{name}-{width}.png"
-        driver.save_screenshot(str(shot))
-        report["screenshots"].append(shot.name)
-        # Nothing is cut off sideways at this width.
-        overflow = driver.execute_script(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
-        check(overflow <= 1, f"{name}: {overflow} px wider than the window at {width} px")
-    # The narrowest phones: nothing cut off sideways at 360 px either.
-    driver.set_window_size(360, 900)
-    overflow = driver.execute_script(
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
-    check(overflow <= 1, f"{name}: {overflow} px wider than the window at 360 px")
-    driver.set_window_size(1280, 900)
-    report["pages"].append({"page": name, "minor_axe": [v["id"] for v in result]})
+    head = requests.get(driver.current_url, cookies=cookies, timeout=10, allow_redirects=False)
+    kit.inspect(driver, name, head.headers)
 
 
 def hidden(driver, action):
@@ -386,6 +233,4 @@ check("You are signed out" in text(admin), "signed out")
 gone = requests.get(BASE + "/profile", headers={"authorization": f"Bearer {admin_token}"}, timeout=10)
 check(gone.status_code == 401, f"the signed-out admin token: {gone.status_code}")
 
-for driver in browsers:
-    driver.quit()
-print(json.dumps(report))
+kit.finish()

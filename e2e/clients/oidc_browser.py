@@ -40,10 +40,10 @@ import threading
 import time
 import urllib.parse
 
-from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
+
+from browser_kit import chromium, is_gone
 
 # How long one page may take.
 WAIT = 20.0
@@ -96,37 +96,6 @@ class Deadline:
         if left <= 0:
             raise StepFailed(f"--max-seconds {self.seconds} passed")
         return left
-
-
-def browser(profile):
-    """Chromium with a profile of its own in `profile` (no cookies from anywhere)."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(WAIT)
-    return driver
-
-
-def is_gone(element):
-    """Whether `element` left the document (the next page replaced it)."""
-    try:
-        element.is_enabled()
-        return False
-    except StaleElementReferenceException:
-        return True
-    except WebDriverException as e:
-        if "does not belong to the document" in str(e):
-            return True
-        raise
 
 
 def press(driver, button, deadline):
@@ -317,7 +286,7 @@ def main():
     error = None
     profile = tempfile.mkdtemp(prefix="polyhub-chromium-")
     try:
-        drivers.append(browser(profile))
+        drivers.append(chromium(profile, WAIT))
         walk(drivers[0], args, deadline, report, step)
         report["callback_url"] = drivers[0].current_url
         check_callback(args, report, step)
