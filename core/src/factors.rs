@@ -260,15 +260,16 @@ pub trait FactorStore: Send + Sync {
     /// session and device of the user, in one transaction, with a
     /// `user.factors_changed` event naming `by`.
     async fn reset(&self, user: UserId, by: UserId, at: OffsetDateTime) -> Result<bool, Error>;
-    /// How long until the account's wrong-code budget has room, when it
-    /// has none now.
-    async fn budget_wait(
+    /// Takes one attempt of the account's wrong-code budget before a code
+    /// is checked, in one statement, so attempts sent at once count each
+    /// other; when the budget is spent, how long until it has room.
+    async fn reserve_attempt(
         &self,
         user: UserId,
         at: OffsetDateTime,
     ) -> Result<Option<Duration>, Error>;
-    /// Spends one wrong code of the account's budget.
-    async fn spend_failure(&self, user: UserId, at: OffsetDateTime) -> Result<(), Error>;
+    /// Gives back an attempt that turned out right.
+    async fn release_attempt(&self, user: UserId) -> Result<(), Error>;
     async fn insert_ticket(&self, ticket: &TicketRecord) -> Result<(), Error>;
     /// The live ticket with `hash`: not expired, not used, not out of tries.
     async fn ticket(
@@ -276,8 +277,9 @@ pub trait FactorStore: Send + Sync {
         hash: &[u8; 32],
         at: OffsetDateTime,
     ) -> Result<Option<TicketRecord>, Error>;
-    /// Counts one wrong code against the ticket.
-    async fn fail_ticket(&self, hash: &[u8; 32]) -> Result<(), Error>;
+    /// Takes one of the ticket's tries before its answer is checked: false
+    /// when it has none left (or is gone).
+    async fn try_ticket(&self, hash: &[u8; 32], at: OffsetDateTime) -> Result<bool, Error>;
     /// Uses the ticket up: true for the one caller that did.
     async fn take_ticket(&self, hash: &[u8; 32], at: OffsetDateTime) -> Result<bool, Error>;
 }
@@ -461,6 +463,13 @@ impl Factors {
         self.store.summary(user).await
     }
 
+    /// Whether a sign-in of `user` needs a second step: a factor, or an
+    /// admin without one under `auth.require_mfa_for_admins`.
+    pub async fn needs_second_step(&self, user: &User) -> Result<bool, Error> {
+        Ok(self.store.summary(user.id).await?.any()
+            || (self.require_for_admins && user.role == crate::Role::Admin))
+    }
+
     /// The second step `user` needs after a verified password, if any: a
     /// ticket bound to `credential`, naming the factors.
     pub async fn challenge(
@@ -562,9 +571,10 @@ impl Factors {
         let (hash, ticket) = self.live_ticket(token).await?;
         let user = ticket.user_id;
         let now = self.clock.now();
-        if let Some(wait) = self.store.budget_wait(user, now).await? {
-            tracing::warn!(user_id = %user, "second-factor attempts limited for this account");
-            return Err(Error::too_many_attempts(wait));
+        // The ticket's try and the account's attempt are taken before the
+        // answer is checked, so answers sent at once count each other.
+        if !self.store.try_ticket(&hash, now).await? {
+            return Err(Error::new(ErrorCode::InvalidMfaTicket));
         }
         let mut recovery_codes = None;
         let passed = match answer {
@@ -572,22 +582,26 @@ impl Factors {
                 if ticket.enrol {
                     None
                 } else {
-                    Some(self.check_code(user, code, now).await?)
+                    self.reserve(user, now).await?;
+                    Some(self.check_code(user, code, now, true).await?)
                 }
             }
-            Answer::Passkey { ceremony, answer } => match &self.passkeys {
-                Some(passkeys) if !ticket.enrol => Some(
-                    passkeys
-                        .finish_second_factor(user, *ceremony, answer)
-                        .await?,
-                ),
-                _ => Some(false),
-            },
+            Answer::Passkey { ceremony, answer } => {
+                self.reserve(user, now).await?;
+                match &self.passkeys {
+                    Some(passkeys) if !ticket.enrol => Some(
+                        passkeys
+                            .finish_second_factor(user, *ceremony, answer)
+                            .await?,
+                    ),
+                    _ => Some(false),
+                }
+            }
         };
         if let Some(passed) = passed {
-            if !passed {
-                self.store.fail_ticket(&hash).await?;
-                self.store.spend_failure(user, now).await?;
+            if passed {
+                self.store.release_attempt(user).await?;
+            } else {
                 tracing::info!(user_id = %user, "second factor refused: wrong or used code, or a passkey refused");
                 return Err(match answer {
                     Answer::Code(_) => invalid_code(),
@@ -597,15 +611,7 @@ impl Factors {
         } else if let Answer::Code(code) = answer {
             // Setting up the account's first factor, which spends the
             // budget itself on a wrong code.
-            match self.confirm(user, code, None).await {
-                Ok(codes) => recovery_codes = codes,
-                Err(e) => {
-                    if e.code() == ErrorCode::InvalidMfaCode {
-                        self.store.fail_ticket(&hash).await?;
-                    }
-                    return Err(e);
-                }
-            }
+            recovery_codes = self.confirm(user, code, None).await?;
         }
         if !self.store.take_ticket(&hash, now).await? {
             return Err(Error::new(ErrorCode::InvalidMfaTicket));
@@ -617,13 +623,26 @@ impl Factors {
         })
     }
 
-    /// Whether `code` is a TOTP code not used before or an unused recovery
-    /// code of `user`; a right code is spent.
+    /// Takes one attempt of `user`'s wrong-code budget, or says how long
+    /// to wait.
+    async fn reserve(&self, user: UserId, now: OffsetDateTime) -> Result<(), Error> {
+        match self.store.reserve_attempt(user, now).await? {
+            None => Ok(()),
+            Some(wait) => {
+                tracing::warn!(user_id = %user, "second-factor attempts limited for this account");
+                Err(Error::too_many_attempts(wait))
+            }
+        }
+    }
+
+    /// Whether `code` is a TOTP code not used before or (with `recovery`)
+    /// an unused recovery code of `user`; a right code is spent.
     async fn check_code(
         &self,
         user: UserId,
         code: &str,
         now: OffsetDateTime,
+        recovery: bool,
     ) -> Result<bool, Error> {
         if let Some(typed) = totp::parse(code) {
             let Some(secret) = self.store.totp_secret(user).await? else {
@@ -640,7 +659,7 @@ impl Factors {
             }
             return Ok(true);
         }
-        match recovery_hash(user, code) {
+        match recovery_hash(user, code).filter(|_| recovery) {
             Some(hash) if self.store.summary(user).await?.any() => {
                 let used = self.store.use_recovery_code(user, &hash, now).await?;
                 if used {
@@ -666,7 +685,8 @@ impl Factors {
         })
     }
 
-    /// The secret awaiting its first code, to show again.
+    /// The secret awaiting its first code (ten minutes at most), to show
+    /// again.
     pub async fn pending(&self, user: &User) -> Result<Option<TotpEnrolment>, Error> {
         Ok(self
             .store
@@ -689,9 +709,6 @@ impl Factors {
         keep_session: Option<crate::session::SessionId>,
     ) -> Result<Option<Vec<String>>, Error> {
         let now = self.clock.now();
-        if let Some(wait) = self.store.budget_wait(user, now).await? {
-            return Err(Error::too_many_attempts(wait));
-        }
         let Some(secret) = self.store.pending_totp(user).await? else {
             return Err(Error::with_message(
                 ErrorCode::InvalidRequest,
@@ -701,10 +718,11 @@ impl Factors {
         let step = totp::parse(code).and_then(|typed| {
             totp::matching_step(&secret, typed, totp::step_at(now.unix_timestamp()))
         });
+        self.reserve(user, now).await?;
         let Some(step) = step else {
-            self.store.spend_failure(user, now).await?;
             return Err(invalid_code());
         };
+        self.store.release_attempt(user).await?;
         if !self
             .store
             .confirm_totp(user, step, now, keep_session)
@@ -721,7 +739,8 @@ impl Factors {
     }
 
     /// Removes the user's TOTP authenticator, proven with a current code
-    /// (or a recovery code), and the recovery codes with it.
+    /// from it (a recovery code does not do), and the recovery codes with
+    /// it unless a passkey is left. The caller checks the password first.
     pub async fn remove_totp(&self, user: UserId, code: &str) -> Result<(), Error> {
         if !self.store.summary(user).await?.totp {
             return Err(Error::with_message(
@@ -730,13 +749,11 @@ impl Factors {
             ));
         }
         let now = self.clock.now();
-        if let Some(wait) = self.store.budget_wait(user, now).await? {
-            return Err(Error::too_many_attempts(wait));
-        }
-        if !self.check_code(user, code, now).await? {
-            self.store.spend_failure(user, now).await?;
+        self.reserve(user, now).await?;
+        if !self.check_code(user, code, now, false).await? {
             return Err(invalid_code());
         }
+        self.store.release_attempt(user).await?;
         self.store.remove_totp(user, now).await?;
         tracing::info!(user_id = %user, "TOTP authenticator removed");
         Ok(())

@@ -98,12 +98,15 @@ pub trait PasskeyStore: Send + Sync {
     /// Stores a new passkey with its event, unless its credential id is
     /// registered already or the user has [`PASSKEYS_PER_USER`]: whether
     /// it was stored.
+    /// Every other session of the user but `keep` is revoked with it, as
+    /// they were opened without it.
     async fn add(
         &self,
         user: UserId,
         summary: &PasskeySummary,
         credential_id: &[u8],
         credential: &Value,
+        keep: Option<crate::session::SessionId>,
     ) -> Result<bool, Error>;
     async fn by_credential_id(&self, credential_id: &[u8]) -> Result<Option<StoredPasskey>, Error>;
     /// Keeps the credential's new state (its counter) and when it was used.
@@ -275,12 +278,14 @@ impl Passkeys {
 
     /// Registers the authenticator's answer to ceremony `id` as `user`'s
     /// passkey called `name`.
+    /// The user's other sessions than `keep` are revoked with it.
     pub async fn finish_registration(
         &self,
         user: &User,
         id: Uuid,
         name: &str,
         answer: &str,
+        keep: Option<crate::session::SessionId>,
     ) -> Result<PasskeySummary, Error> {
         let name = Self::name(name)?;
         let ceremony = self.take(id, CeremonyKind::Register).await?;
@@ -306,7 +311,13 @@ impl Passkeys {
         };
         if !self
             .store
-            .add(user.id, &summary, passkey.cred_id().as_ref(), &credential)
+            .add(
+                user.id,
+                &summary,
+                passkey.cred_id().as_ref(),
+                &credential,
+                keep,
+            )
             .await?
         {
             return Err(Error::with_message(

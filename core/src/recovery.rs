@@ -90,7 +90,8 @@ pub trait RecoveryStore: Send + Sync {
         secret_hash: [u8; 32],
         at: OffsetDateTime,
     ) -> Result<Option<(UserId, String)>, Error>;
-    /// Writes the `user.new_device` event.
+    /// Writes the `user.new_device` event, unless the user had one in the
+    /// last hour.
     async fn new_device(
         &self,
         user: UserId,
@@ -248,15 +249,21 @@ impl Recovery {
         Ok(())
     }
 
+    /// `EMAIL_TAKEN` when `email` is someone's already.
+    pub async fn ensure_free(&self, email: &Email) -> Result<(), Error> {
+        if self.users.find_by_email(email).await?.is_some() {
+            return Err(Error::new(ErrorCode::EmailTaken));
+        }
+        Ok(())
+    }
+
     /// Mails a link to `email`, which becomes `user`'s address once it is
     /// followed.
     pub async fn request_verification(&self, user: &User, email: &Email) -> Result<(), Error> {
         if !self.mail {
             return Err(mail_off());
         }
-        if self.users.find_by_email(email).await?.is_some() {
-            return Err(Error::new(ErrorCode::EmailTaken));
-        }
+        self.ensure_free(email).await?;
         let id = Uuid::now_v7();
         let secret = self.tokens.link_secret(VERIFY, id);
         self.store
@@ -311,8 +318,17 @@ impl Recovery {
     }
 }
 
+/// A client's text as a notice shows it: letters, digits and a few marks,
+/// at most 80 characters.
+fn plain(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || " .;()_-/,".contains(*c))
+        .take(80)
+        .collect()
+}
+
 /// One mail, as the transport sends it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Mail {
     pub to: String,
     pub subject: String,
@@ -321,12 +337,31 @@ pub struct Mail {
     pub message_id: String,
 }
 
+impl std::fmt::Debug for Mail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The body holds a link's secret.
+        f.debug_struct("Mail")
+            .field("subject", &self.subject)
+            .field("message_id", &self.message_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An SMTP client (hub-store's, over lettre).
 #[async_trait]
 pub trait MailTransport: Send + Sync {
-    /// Hands `mail` to the server; the error is the server's or the
-    /// connection's, in words.
-    async fn send(&self, mail: &Mail) -> Result<(), String>;
+    /// Hands `mail` to the server; the refusal is the server's or the
+    /// connection's.
+    async fn send(&self, mail: &Mail) -> Result<(), MailRefused>;
+}
+
+/// Why a mail did not go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailRefused {
+    /// The server refused it for good (an SMTP 5xx): sending it again
+    /// would be refused again.
+    pub permanent: bool,
+    pub why: String,
 }
 
 /// How the mailer paces itself.
@@ -428,7 +463,14 @@ impl Mailer {
                 tracing::info!(event_id = %id, kind = pending.event.type_name(), "mail sent");
                 batch.delivered(self.clock.now()).await?;
             }
-            Err(why) => {
+            Err(refused) if refused.permanent => {
+                // Set aside at once: it holds back no other mail.
+                tracing::error!(event_id = %id, error = %refused.why, "mail refused for good by the server; set aside");
+                batch
+                    .settle(&[], &[(id, refused.why)], self.clock.now(), 1)
+                    .await?;
+            }
+            Err(MailRefused { why, .. }) => {
                 tracing::warn!(event_id = %id, error = %why, "mail not sent; it is tried again");
                 let quarantined = batch
                     .settle(
@@ -497,6 +539,8 @@ impl Mailer {
                 client_ip,
                 user_agent,
             } => (
+                // The agent is the client's to say: plain characters, short,
+                // no scheme, so a notice carries no link of someone else's.
                 user.email.as_str().to_owned(),
                 "New sign-in to your polyhub account".to_owned(),
                 format!(
@@ -508,7 +552,9 @@ impl Mailer {
                         .format(&time::format_description::well_known::Rfc2822)
                         .unwrap_or_default(),
                     client_ip.as_deref().unwrap_or("unknown"),
-                    user_agent.as_deref().unwrap_or("unknown"),
+                    user_agent
+                        .as_deref()
+                        .map_or_else(|| "unknown".to_owned(), plain),
                 ),
             ),
             _ => return Ok(None),

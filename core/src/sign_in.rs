@@ -394,6 +394,24 @@ impl SignIn {
         })
     }
 
+    /// The principal's user once `password` is theirs, within the
+    /// current-password budgets: the fresh proof a change of the account's
+    /// factors asks for, so a stolen session or token alone cannot replace
+    /// them.
+    pub async fn confirm_password(
+        &self,
+        from: IpAddr,
+        principal: &Principal,
+        password: Option<String>,
+    ) -> Result<User, Error> {
+        self.budgets
+            .password_check(from, principal.user_id)
+            .map_err(Error::too_many_attempts)?;
+        self.authentication
+            .check_current_password(principal, password)
+            .await
+    }
+
     /// Spends one attempt of `from`'s login budget: for a step that costs
     /// the server before any name is known (a passkey sign-in's options).
     pub fn spend_client(&self, from: IpAddr) -> Result<(), Error> {
@@ -540,7 +558,7 @@ impl SignIn {
     ) -> Result<User, Error> {
         let user = self.verify_password_only(from, name, password).await?;
         if let Some(factors) = &self.factors
-            && factors.summary(user.id).await?.any()
+            && factors.needs_second_step(&user).await?
         {
             tracing::info!(user_id = %user.id, "password-only sign-in refused: the account has a second factor");
             return Err(Error::with_message(
@@ -647,6 +665,9 @@ impl SignIn {
         };
         let email = Email::parse(&email)?;
         change.email = None;
+        // Refused before anything changes: the answer's "nothing was
+        // changed" holds with mail too.
+        recovery.ensure_free(&email).await?;
         let user = if change.new_password.is_some() {
             self.authentication
                 .update_profile(principal, change)

@@ -15,213 +15,24 @@ screenshot at 1280 and 390 px wide goes to OUT_DIR. Prints a JSON report;
 exits non-zero (with the reason on stderr) at the first failed step.
 """
 
-import json
-import pathlib
 import re
 import sys
-import tempfile
 import time
 
 import pyotp
-from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+
+from browser_kit import Journey, field_error, fill, text
 
 BASE, NAME, PASSWORD, OUT, AXE = sys.argv[1:6]
-OUT = pathlib.Path(OUT)
-OUT.mkdir(parents=True, exist_ok=True)
-AXE_SOURCE = pathlib.Path(AXE).read_text()
-WIDTHS = (1280, 390)
 RECOVERY_CODE = re.compile(r"^[a-z0-9]{4}-[a-z0-9]{4}-[a-z0-9]{4}$")
 
 report = {"pages": [], "screenshots": [], "violations": [], "csp_reports": [], "steps": {}}
-browsers = []
-
-
-def fail(why):
-    sys.stderr.write(f"mfa browser test failed: {why}\n")
-    for driver in browsers:
-        try:
-            page = driver.find_element(By.TAG_NAME, "body").text[:600]
-            sys.stderr.write(f"  at {driver.current_url}:\n{page}\n")
-        except Exception as e:
-            sys.stderr.write(f"  (a browser that cannot tell: {e})\n")
-    for driver in browsers:
-        try:
-            driver.quit()
-        except Exception:
-            pass
-    sys.exit(1)
-
-
-def on_error(kind, value, trace):
-    """Any exception: its trace, then where every browser stood."""
-    import traceback
-    traceback.print_exception(kind, value, trace)
-    fail(f"{kind.__name__}: {value}")
-
-
-sys.excepthook = on_error
-
-
-def check(condition, why):
-    if not condition:
-        fail(why)
-
-
-def step(name, condition, why):
-    """A step of the journey, named in the report once it has passed."""
-    check(condition, f"{name}: {why}")
-    report["steps"][name] = True
-
-
-def browser():
-    """A browser with a profile of its own (its own cookies), logging its
-    console and its network."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='polyhub-chromium-')}",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(10)
-    browsers.append(driver)
-    return driver
-
-
-def answer(driver):
-    """The status and headers of the page the browser shows, from its
-    network log: a page that answered a POST cannot be fetched again."""
-    found = None
-    for entry in driver.get_log("performance"):
-        event = json.loads(entry["message"])["message"]
-        if event["method"] == "Network.responseReceived" and event["params"]["type"] == "Document":
-            found = event["params"]["response"]
-    check(found is not None and found["url"] == driver.current_url,
-          f"no answer logged for {driver.current_url} (last one: {found and found['url']})")
-    headers = {name.lower(): value for name, value in found["headers"].items()}
-    return found["status"], headers
-
-
-def go(driver, path):
-    driver.get(BASE + path)
-    return answer(driver)
-
-
-def fill(driver, values):
-    for name, value in values.items():
-        element = driver.find_element(By.ID, name)
-        element.clear()
-        element.send_keys(value)
-
-
-def press(driver, element):
-    """Clicks `element`, waits for the next page; its status and headers."""
-    page = driver.find_element(By.TAG_NAME, "html")
-    element.click()
-    try:
-        WebDriverWait(driver, 10).until(lambda _: is_gone(page))
-    except Exception as e:  # the page did not change: say where it stood
-        fail(f"no next page after pressing {element_name(element)}: {type(e).__name__} {e}")
-    return answer(driver)
-
-
-def is_gone(element):
-    """Whether `element` left the document: stale, or (a race Chromium's
-    inspector reports on its own words while the next page replaces it) a
-    node that no longer belongs to it."""
-    try:
-        element.is_enabled()
-        return False
-    except StaleElementReferenceException:
-        return True
-    except WebDriverException as e:
-        if "does not belong to the document" in str(e):
-            return True
-        raise
-
-
-def element_name(element):
-    try:
-        return f"{element.tag_name} {element.text!r}"
-    except Exception:
-        return "an element that is gone"
-
-
-def submit(driver, action):
-    return press(driver, driver.find_element(By.CSS_SELECTOR, f'form[action="{action}"] button[type=submit]'))
-
-
-def text(driver):
-    return driver.find_element(By.TAG_NAME, "body").text
-
-
-def field_error(driver, name):
-    found = driver.find_elements(By.ID, f"{name}-error")
-    return found[0].text if found else ""
-
-
-def inspect(driver, name, headers):
-    """Everything checked on every page: headers, CSP reports, axe, screenshots."""
-    policy = headers.get("content-security-policy", "")
-    check(policy.startswith("default-src 'none';") and "frame-ancestors 'none'" in policy
-          and "script-src" not in policy and "unsafe-inline" not in policy,
-          f"{name}: the CSP is {policy!r}")
-    check(headers.get("cache-control") == "no-store", f"{name}: cache-control {headers.get('cache-control')}")
-    check(headers.get("referrer-policy") == "same-origin", f"{name}: referrer policy")
-    # Chromium logs each CSP violation to the console.
-    for entry in driver.get_log("browser"):
-        if "Content Security Policy" in entry.get("message", ""):
-            report["csp_reports"].append({"page": name, "message": entry["message"]})
-    check(not report["csp_reports"], f"{name}: CSP violations {report['csp_reports']}")
-    # axe-core, injected through the driver (page scripts stay forbidden).
-    driver.execute_script(AXE_SOURCE)
-    result = driver.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations.map("
-        "v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))))"
-        ".catch(e => done([{id: 'axe-failed', impact: 'critical', nodes: [String(e)]}]));"
-    )
-    report["violations"].extend({"page": name, **v} for v in result)
-    for width in WIDTHS:
-        driver.set_window_size(width, 900)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(width, min(max(height + 140, 600), 2400))
-        shot = OUT / f"{name}-{width}.png"
-        driver.save_screenshot(str(shot))
-        report["screenshots"].append(shot.name)
-        # Nothing is cut off sideways at this width.
-        overflow = driver.execute_script(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
-        check(overflow <= 1, f"{name}: {overflow} px wider than the window at {width} px")
-    # The narrowest phones: nothing cut off sideways at 360 px either.
-    driver.set_window_size(360, 900)
-    overflow = driver.execute_script(
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
-    check(overflow <= 1, f"{name}: {overflow} px wider than the window at 360 px")
-    driver.set_window_size(1280, 900)
-    report["pages"].append({"page": name})
-
-
-def sign_in(driver):
-    """The password, on the sign-in page; the answer."""
-    go(driver, "/account/signin")
-    fill(driver, {"login": NAME, "password": PASSWORD})
-    return submit(driver, "/account/signin")
-
-
-def sign_out(driver):
-    press(driver, driver.find_element(By.CSS_SELECTOR, "form.signout button"))
-    check("You are signed out" in text(driver), f"signed out: {text(driver)}")
+kit = Journey("mfa browser test", report, BASE, OUT, AXE, network=True,
+              page_load_seconds=10, next_page_seconds=10)
+check, step, browser, go, press, submit, inspect = (
+    kit.check, kit.step, kit.browser, kit.go, kit.press, kit.submit, kit.inspect)
+sign_in, sign_out = kit.sign_in, kit.sign_out
 
 
 def at_second_step(driver, status):
@@ -251,11 +62,12 @@ def signed_in(driver):
 alice = browser()
 
 # ---- signed in with the password alone ----
-sign_in(alice)
+sign_in(alice, NAME, PASSWORD)
 step("signed_in_with_password", signed_in(alice), text(alice))
 
 # ---- an authenticator app set up on the Security page ----
 press(alice, alice.find_element(By.LINK_TEXT, "Security"))
+fill(alice, {"setup_password": PASSWORD})
 status, headers = submit(alice, "/account/security/totp")
 secret = alice.find_element(By.CSS_SELECTOR, "code.secret").text
 qr = alice.find_elements(By.CSS_SELECTOR, "figure.qr svg")
@@ -277,7 +89,7 @@ inspect(alice, "security-codes", headers)
 
 # ---- the password asks for a code: a wrong one, then the next step's ----
 sign_out(alice)
-status, headers = sign_in(alice)
+status, headers = sign_in(alice, NAME, PASSWORD)
 step("password_asks_for_code", at_second_step(alice, status), f"{status} {alice.title}: {text(alice)}")
 inspect(alice, "second-step", headers)
 # The step after the one used to turn the app on: taken with one step of skew.
@@ -291,7 +103,7 @@ step("signed_in_with_totp", signed_in(alice), text(alice))
 
 # ---- the same code again is refused; a recovery code signs in ----
 sign_out(alice)
-status, _ = sign_in(alice)
+status, _ = sign_in(alice, NAME, PASSWORD)
 check(at_second_step(alice, status), f"second sign-in: {status} {alice.title}")
 status, _ = second_step(alice, code)
 step("replayed_code_refused", refused(alice, status), f"{status}: {text(alice)}")
@@ -300,7 +112,7 @@ step("signed_in_with_recovery_code", signed_in(alice), text(alice))
 
 # ---- a recovery code works once ----
 sign_out(alice)
-status, _ = sign_in(alice)
+status, _ = sign_in(alice, NAME, PASSWORD)
 check(at_second_step(alice, status), f"third sign-in: {status} {alice.title}")
 status, _ = second_step(alice, codes[0])
 step("used_recovery_code_refused", refused(alice, status), f"{status}: {text(alice)}")
@@ -312,6 +124,4 @@ status, headers = go(alice, "/account/security")
 step("eight_recovery_codes_left", status == 200 and "8 unused." in text(alice), text(alice))
 inspect(alice, "security-on", headers)
 
-for driver in browsers:
-    driver.quit()
-print(json.dumps(report))
+kit.finish()

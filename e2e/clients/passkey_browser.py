@@ -20,23 +20,16 @@ non-zero (with the reason on stderr) at the first failed step.
 """
 
 import json
-import pathlib
 import sys
-import tempfile
 import uuid
 
-from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from browser_kit import Journey, fill, is_gone, text
+
 BASE, NAME, PASSWORD, OUT, AXE = sys.argv[1:6]
 BASE = BASE.rstrip("/")
-OUT = pathlib.Path(OUT)
-OUT.mkdir(parents=True, exist_ok=True)
-AXE_SOURCE = pathlib.Path(AXE).read_text()
-WIDTHS = (1280, 390)
 # What a page with a passkey form adds to the console's policy.
 SCRIPTED = "; script-src 'self'; connect-src 'self'"
 SIGNIN_BUTTON = 'form[data-passkey="get"][action="/account/signin/passkey"] button[type=submit]'
@@ -47,67 +40,27 @@ report = {
     "pages": [], "screenshots": [], "violations": [], "csp_reports": [],
     "script_errors": [], "steps": {}, "policies": {},
 }
-browsers = []
 
 
-def fail(why):
-    sys.stderr.write(f"passkey browser test failed: {why}\n")
-    for driver in browsers:
-        try:
-            page = driver.find_element(By.TAG_NAME, "body").text[:600]
-            sys.stderr.write(f"  at {driver.current_url}:\n{page}\n")
-            for entry in driver.get_log("browser"):
-                sys.stderr.write(f"  console: {entry.get('level')} {entry.get('message')}\n")
-        except Exception as e:
-            sys.stderr.write(f"  (a browser that cannot tell: {e})\n")
-    for driver in browsers:
-        try:
-            driver.quit()
-        except Exception:
-            pass
-    sys.exit(1)
+class PasskeyJourney(Journey):
+    """A failure also tells the browser's console and, when no next page
+    came, what the passkey form's status line says."""
+
+    def tell(self, driver):
+        super().tell(driver)
+        for entry in driver.get_log("browser"):
+            sys.stderr.write(f"  console: {entry.get('level')} {entry.get('message')}\n")
+
+    def stuck(self, driver):
+        status = driver.find_elements(By.CSS_SELECTOR, "form[data-passkey] p[role=status]")
+        said = [s.text for s in status if s.text]
+        return f"; the passkey form says {said}"
 
 
-def on_error(kind, value, trace):
-    """Any exception: its trace, then where every browser stood."""
-    import traceback
-    traceback.print_exception(kind, value, trace)
-    fail(f"{kind.__name__}: {value}")
-
-
-sys.excepthook = on_error
-
-
-def check(condition, why):
-    if not condition:
-        fail(why)
-
-
-def step(name, condition, why):
-    """A step of the journey, named in the report once it has passed."""
-    check(condition, f"{name}: {why}")
-    report["steps"][name] = True
-
-
-def browser():
-    """A browser with a profile of its own (its own cookies), logging its
-    console and its network."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='polyhub-chromium-')}",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(10)
-    browsers.append(driver)
-    return driver
+kit = PasskeyJourney("passkey browser test", report, BASE, OUT, AXE, network=True,
+                     page_load_seconds=10, next_page_seconds=15)
+fail, check, step, browser, go, press = kit.fail, kit.check, kit.step, kit.browser, kit.go, kit.press
+sign_in, sign_out = kit.sign_in, kit.sign_out
 
 
 def authenticator(driver):
@@ -127,80 +80,6 @@ def authenticator(driver):
 
 def credentials(driver, device):
     return driver.execute_cdp_cmd("WebAuthn.getCredentials", {"authenticatorId": device})["credentials"]
-
-
-def answer(driver):
-    """The status and headers of the page the browser shows, from its
-    network log: a page that answered a POST cannot be fetched again."""
-    found = None
-    for entry in driver.get_log("performance"):
-        event = json.loads(entry["message"])["message"]
-        if event["method"] == "Network.responseReceived" and event["params"]["type"] == "Document":
-            found = event["params"]["response"]
-    check(found is not None and found["url"] == driver.current_url,
-          f"no answer logged for {driver.current_url} (last one: {found and found['url']})")
-    headers = {name.lower(): value for name, value in found["headers"].items()}
-    return found["status"], headers
-
-
-def go(driver, path):
-    driver.get(BASE + path)
-    return answer(driver)
-
-
-def fill(driver, values):
-    for name, value in values.items():
-        element = driver.find_element(By.ID, name)
-        element.clear()
-        element.send_keys(value)
-
-
-def wait_for_next_page(driver, page, what):
-    try:
-        WebDriverWait(driver, 15).until(lambda _: is_gone(page))
-    except Exception as e:  # the page did not change: say where it stood
-        status = driver.find_elements(By.CSS_SELECTOR, "form[data-passkey] p[role=status]")
-        said = [s.text for s in status if s.text]
-        fail(f"no next page after {what}: {type(e).__name__} {e}; the passkey form says {said}")
-    return answer(driver)
-
-
-def press(driver, element):
-    """Clicks `element`, waits for the next page; its status and headers."""
-    page = driver.find_element(By.TAG_NAME, "html")
-    what = f"pressing {element_name(element)}"
-    element.click()
-    return wait_for_next_page(driver, page, what)
-
-
-def is_gone(element):
-    """Whether `element` left the document: stale, or (a race Chromium's
-    inspector reports on its own words while the next page replaces it) a
-    node that no longer belongs to it."""
-    try:
-        element.is_enabled()
-        return False
-    except StaleElementReferenceException:
-        return True
-    except WebDriverException as e:
-        if "does not belong to the document" in str(e):
-            return True
-        raise
-
-
-def element_name(element):
-    try:
-        return f"{element.tag_name} {element.text!r}"
-    except Exception:
-        return "an element that is gone"
-
-
-def submit(driver, action):
-    return press(driver, driver.find_element(By.CSS_SELECTOR, f'form[action="{action}"] button[type=submit]'))
-
-
-def text(driver):
-    return driver.find_element(By.TAG_NAME, "body").text
 
 
 def notice(driver):
@@ -242,10 +121,10 @@ def check_policy(name, headers, scripted):
 
 
 def inspect(driver, name, headers, scripted=True):
-    """Everything checked on every page: headers, CSP reports, axe, screenshots."""
+    """Everything checked on every page: headers, CSP reports and script
+    errors, the page's scripts, axe, screenshots."""
     check_policy(name, headers, scripted)
-    check(headers.get("cache-control") == "no-store", f"{name}: cache-control {headers.get('cache-control')}")
-    check(headers.get("referrer-policy") == "same-origin", f"{name}: referrer policy")
+    kit.check_caching(name, headers)
     console(driver, name)
     check(not report["csp_reports"], f"{name}: CSP violations {report['csp_reports']}")
     check(not report["script_errors"], f"{name}: script errors {report['script_errors']}")
@@ -254,45 +133,7 @@ def inspect(driver, name, headers, scripted=True):
     if scripted:
         check(scripts and all(s == BASE + "/account/passkeys.js" for s in scripts),
               f"{name}: scripts {scripts}")
-    # axe-core, injected through the driver.
-    driver.execute_script(AXE_SOURCE)
-    result = driver.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations.map("
-        "v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))))"
-        ".catch(e => done([{id: 'axe-failed', impact: 'critical', nodes: [String(e)]}]));"
-    )
-    report["violations"].extend({"page": name, **v} for v in result)
-    for width in WIDTHS:
-        driver.set_window_size(width, 900)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(width, min(max(height + 140, 600), 2400))
-        shot = OUT / f"{name}-{width}.png"
-        driver.save_screenshot(str(shot))
-        report["screenshots"].append(shot.name)
-        # Nothing is cut off sideways at this width.
-        overflow = driver.execute_script(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
-        check(overflow <= 1, f"{name}: {overflow} px wider than the window at {width} px")
-    # The narrowest phones: nothing cut off sideways at 360 px either.
-    driver.set_window_size(360, 900)
-    overflow = driver.execute_script(
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
-    check(overflow <= 1, f"{name}: {overflow} px wider than the window at 360 px")
-    driver.set_window_size(1280, 900)
-    report["pages"].append({"page": name})
-
-
-def sign_in(driver):
-    """The password, on the sign-in page; the answer."""
-    go(driver, "/account/signin")
-    fill(driver, {"login": NAME, "password": PASSWORD})
-    return submit(driver, "/account/signin")
-
-
-def sign_out(driver):
-    press(driver, driver.find_element(By.CSS_SELECTOR, "form.signout button"))
-    check("You are signed out" in text(driver), f"signed out: {text(driver)}")
+    kit.axe_and_screenshots(driver, name)
 
 
 def signed_in(driver):
@@ -356,7 +197,7 @@ step("signin_offers_passkey", status == 200 and len(button) == 1 and button[0].t
 inspect(alice, "passkey-signin", headers)
 
 # ---- signed in with the password; a passkey added on the Security page ----
-sign_in(alice)
+sign_in(alice, NAME, PASSWORD)
 check(signed_in(alice), f"signed in with the password: {text(alice)}")
 status, headers = go(alice, "/account")
 check_policy("account", headers, scripted=False)
@@ -365,7 +206,7 @@ add = alice.find_elements(By.CSS_SELECTOR, ADD_BUTTON)
 step("security_offers_passkey", status == 200 and len(add) == 1 and add[0].text == "Add a passkey"
      and not cards(alice), f"{status}: {text(alice)}")
 inspect(alice, "passkey-security-empty", headers)
-fill(alice, {"passkey-name": "Laptop"})
+fill(alice, {"passkey-name": "Laptop", "passkey_password": PASSWORD})
 status, headers = press(alice, alice.find_element(By.CSS_SELECTOR, ADD_BUTTON))
 listed = cards(alice)
 step("passkey_added", status == 200 and alice.current_url == BASE + "/account/security/passkeys"
@@ -398,7 +239,7 @@ step("signed_in_with_passkey", signed_in(alice), f"{alice.current_url}: {text(al
 
 # ---- the password then asks for the second step: the passkey answers ----
 sign_out(alice)
-status, headers = sign_in(alice)
+status, headers = sign_in(alice, NAME, PASSWORD)
 step("password_asks_for_passkey", at_second_step(alice, status), f"{status} {alice.title}: {text(alice)}")
 inspect(alice, "passkey-second-step", headers)
 press(alice, alice.find_element(By.CSS_SELECTOR, STEP_BUTTON))
@@ -454,7 +295,7 @@ alice.execute_script(
     "form.elements.credential.value = arguments[1];"
     "HTMLFormElement.prototype.submit.call(form);",
     str(uuid.uuid4()), forged)
-status, headers = wait_for_next_page(alice, page, "posting a forged answer")
+status, headers = kit.wait_for_next_page(alice, page, "posting a forged answer")
 step("forged_answer_refused", status == 401 and alice.title == "Sign in · polyhub"
      and error_code(alice) == "INVALID_PASSKEY"
      and len(alice.find_elements(By.CSS_SELECTOR, SIGNIN_BUTTON)) == 1,
@@ -462,6 +303,4 @@ step("forged_answer_refused", status == 401 and alice.title == "Sign in · polyh
 inspect(alice, "passkey-signin-error", headers)
 step("forged_answer_signs_nobody_in", signed_out(alice), f"{alice.current_url}: {text(alice)}")
 
-for driver in browsers:
-    driver.quit()
-print(json.dumps(report))
+kit.finish()

@@ -21,3 +21,10 @@ CREATE TABLE email_verifications (
     created_at  timestamptz NOT NULL,
     expires_at  timestamptz NOT NULL
 );
+
+-- The last new-device notice of each user: at most one an hour, so sign-ins
+-- without a device cookie do not turn the hub into a mail cannon.
+CREATE TABLE device_notices (
+    user_id uuid        PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    last_at timestamptz NOT NULL
+);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hub_core::recovery::{Mail, MailTransport};
+use hub_core::recovery::{Mail, MailRefused, MailTransport};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
@@ -84,11 +84,15 @@ impl SmtpMail {
 
 #[async_trait]
 impl MailTransport for SmtpMail {
-    async fn send(&self, mail: &Mail) -> Result<(), String> {
+    async fn send(&self, mail: &Mail) -> Result<(), MailRefused> {
+        let refused = |why: String| MailRefused {
+            permanent: true,
+            why,
+        };
         let to: Mailbox = mail
             .to
             .parse()
-            .map_err(|e| format!("the recipient is not a mailbox: {e}"))?;
+            .map_err(|e| refused(format!("the recipient is not a mailbox: {e}")))?;
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -96,11 +100,14 @@ impl MailTransport for SmtpMail {
             .message_id(Some(mail.message_id.clone()))
             .header(ContentType::TEXT_PLAIN)
             .body(mail.body.clone())
-            .map_err(|e| format!("the mail cannot be built: {e}"))?;
+            .map_err(|e| refused(format!("the mail cannot be built: {e}")))?;
         self.transport
             .send(message)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| MailRefused {
+                permanent: e.is_permanent(),
+                why: e.to_string(),
+            })
     }
 }

@@ -176,9 +176,10 @@ pub(crate) async fn user(
                     h2 id="factors" { "Second factors" }
                     ul {
                         li { "Authenticator app: " @if factors.totp { "on" } @else { "off" } }
+                        li { "Passkeys: " (factors.passkeys) }
                         li { "Recovery codes unused: " (factors.recovery_codes_left) }
                     }
-                    @if factors.totp || factors.recovery_codes_left > 0 {
+                    @if factors.any() || factors.recovery_codes_left > 0 {
                         form method="post" action={ (base) "/factors/reset" } {
                             (csrf(&token))
                             button.danger type="submit" { "Reset second factors" }

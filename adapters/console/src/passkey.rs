@@ -162,6 +162,8 @@ pub(crate) fn security_section(token: &str, list: &[PasskeySummary]) -> Markup {
                 html! {
                     label for="passkey-name" { "Name" }
                     input #passkey-name type="text" name="name" value="Passkey" maxlength="64" required;
+                    label for="passkey_password" { "Current password" }
+                    input #passkey_password type="password" name="passkey_password" autocomplete="current-password" required;
                 },
             ))
         }
@@ -262,14 +264,25 @@ pub(crate) async fn register_options(
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct AnswerForm {
     csrf: Option<String>,
     ceremony: String,
     credential: String,
     name: String,
+    /// Adding a passkey asks for the password: a stolen session alone
+    /// cannot give itself a way back in.
+    passkey_password: Option<String>,
     next: Option<String>,
+}
+
+impl std::fmt::Debug for AnswerForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerForm")
+            .field("ceremony", &self.ceremony)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The ceremony a form names; a form posted without the script has none.
@@ -321,15 +334,24 @@ pub(crate) async fn signin(
     }
 }
 
-/// `POST /account/security/passkeys`: the new passkey's answer.
+/// `POST /account/security/passkeys`: the new passkey's answer, with the
+/// current password; the user's other sessions end with it.
 pub(crate) async fn register(
     State(state): State<Arc<ConsoleState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     form: Result<Form<AnswerForm>, FormRejection>,
 ) -> Page {
     let form = read(form)?;
     let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
-    let user = crate::account::whoami(&state, &signed).await?;
+    let user = match state
+        .sign_in
+        .confirm_password(addr.ip(), &signed.principal, form.passkey_password.clone())
+        .await
+    {
+        Ok(user) => user,
+        Err(e) => return crate::security::refused(&state, &headers, e).await,
+    };
     let Some(passkeys) = passkeys(&state) else {
         return Err(not_configured().into());
     };
@@ -338,7 +360,13 @@ pub(crate) async fn register(
     let result = match ceremony_of(&form.ceremony, &form.credential) {
         Ok(ceremony) => {
             passkeys
-                .finish_registration(&user, ceremony, &form.name, &form.credential)
+                .finish_registration(
+                    &user,
+                    ceremony,
+                    &form.name,
+                    &form.credential,
+                    Some(signed.principal.session_id),
+                )
                 .await
         }
         Err(e) => Err(e),

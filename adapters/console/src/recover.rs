@@ -128,7 +128,7 @@ pub(crate) async fn reset_page(
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct ResetForm {
     csrf: Option<String>,
@@ -190,7 +190,7 @@ pub(crate) async fn verify_page(
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct VerifyForm {
     csrf: Option<String>,
@@ -221,5 +221,17 @@ pub(crate) async fn verify(
                 verify_view(token, &form.token, None, Some(&problem))
             })
         }
+    }
+}
+
+impl std::fmt::Debug for ResetForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetForm(<redacted>)")
+    }
+}
+
+impl std::fmt::Debug for VerifyForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerifyForm(<redacted>)")
     }
 }

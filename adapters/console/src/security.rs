@@ -188,7 +188,7 @@ pub(crate) fn signed_in_response(
     Ok(response)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct StepForm {
     csrf: Option<String>,
@@ -359,7 +359,8 @@ async fn security_page(
                     p { "On. Signing in asks for a code from your app after your password." }
                     form.card method="post" action="/account/security/totp/remove" {
                         (csrf(&token))
-                        (code_field(ANY_CODE, problem))
+                        (password_field("remove_password", problem))
+                        (code_field(APP_CODE, problem))
                         button type="submit" { "Remove the authenticator app" }
                     }
                 } @else if let Some(enrolment) = enrolment {
@@ -371,8 +372,9 @@ async fn security_page(
                     }
                 } @else {
                     p { "Off. With an authenticator app, a stolen password is not enough to sign in." }
-                    form method="post" action="/account/security/totp" {
+                    form.card method="post" action="/account/security/totp" {
                         (csrf(&token))
+                        (password_field("setup_password", problem))
                         button type="submit" { "Set up an authenticator app" }
                     }
                 }
@@ -384,8 +386,9 @@ async fn security_page(
                 h2 #recovery { "Recovery codes" }
                 @if summary.any() {
                     p { (summary.recovery_codes_left) " unused." }
-                    form method="post" action="/account/security/recovery-codes" {
+                    form.card method="post" action="/account/security/recovery-codes" {
                         (csrf(&token))
+                        (password_field("codes_password", problem))
                         button type="submit" { "Make new recovery codes" }
                     }
                 } @else {
@@ -418,26 +421,83 @@ pub(crate) async fn refused(state: &ConsoleState, headers: &HeaderMap, error: Er
     security_page(state, headers, None, None, None, Some(&problem)).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct CodeForm {
     csrf: Option<String>,
     code: String,
+    /// Each form names its password field apart (one page holds two).
+    #[serde(
+        alias = "setup_password",
+        alias = "remove_password",
+        alias = "codes_password"
+    )]
+    current_password: Option<String>,
+}
+
+impl std::fmt::Debug for CodeForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeForm(<redacted>)")
+    }
+}
+
+/// Where a refusal of a form that changes factors goes: the password's
+/// field (`field`), the code's, or above the form.
+fn placed(code: ErrorCode, field: &'static str) -> Option<&'static str> {
+    match code {
+        ErrorCode::InvalidCredentials => Some(field),
+        ErrorCode::InvalidMfaCode => Some("code"),
+        _ => None,
+    }
+}
+
+/// The current password's field: what a change of factors asks for, so
+/// a stolen session alone cannot make one.
+fn password_field(name: &'static str, problem: Option<&Problem>) -> Markup {
+    field(
+        &Field {
+            name,
+            label: "Current password",
+            kind: "password",
+            autocomplete: "current-password",
+            value: None,
+            hint: None,
+        },
+        problem,
+    )
+}
+
+/// The signed-in user of a form that changes factors, once its current
+/// password checks out (within the current-password budgets).
+async fn proven(
+    state: &ConsoleState,
+    addr: SocketAddr,
+    signed: &guard::Signed,
+    password: Option<String>,
+) -> Result<hub_core::User, Error> {
+    state
+        .sign_in
+        .confirm_password(addr.ip(), &signed.principal, password)
+        .await
 }
 
 /// `POST /account/security/totp`: a new secret awaiting its first code.
 pub(crate) async fn begin(
     State(state): State<Arc<ConsoleState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    form: Result<Form<crate::account::CsrfOnly>, FormRejection>,
+    form: Result<Form<CodeForm>, FormRejection>,
 ) -> Page {
     let form = read(form)?;
-    let signed = guard::signed_post(&state, &headers, form.csrf()).await?;
-    let user = whoami(&state, &signed).await?;
-    match factors(&state)?.begin_totp(&user).await {
+    let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
+    let result = match proven(&state, addr, &signed, form.current_password).await {
+        Ok(user) => factors(&state)?.begin_totp(&user).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(enrolment) => security_page(&state, &headers, None, Some(&enrolment), None, None).await,
         Err(e) => {
-            let problem = Problem::from_error(e, |_| None);
+            let problem = Problem::from_error(e, |c| placed(c, "setup_password"));
             security_page(&state, &headers, None, None, None, Some(&problem)).await
         }
     }
@@ -470,23 +530,26 @@ pub(crate) async fn confirm(
     }
 }
 
-/// `POST /account/security/totp/remove`: proven with a current code.
+/// `POST /account/security/totp/remove`: proven with the password and a
+/// current code from the app.
 pub(crate) async fn remove(
     State(state): State<Arc<ConsoleState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     form: Result<Form<CodeForm>, FormRejection>,
 ) -> Page {
     let form = read(form)?;
     let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
-    match factors(&state)?
-        .remove_totp(signed.principal.user_id, &form.code)
-        .await
-    {
+    let result = match proven(&state, addr, &signed, form.current_password).await {
+        Ok(user) => factors(&state)?.remove_totp(user.id, &form.code).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => {
             Ok(axum::response::Redirect::to("/account/security?done=removed").into_response())
         }
         Err(e) => {
-            let problem = Problem::from_error(e, code_problem);
+            let problem = Problem::from_error(e, |c| placed(c, "remove_password"));
             security_page(&state, &headers, None, None, None, Some(&problem)).await
         }
     }
@@ -495,22 +558,30 @@ pub(crate) async fn remove(
 /// `POST /account/security/recovery-codes`: ten new codes, shown once.
 pub(crate) async fn regenerate(
     State(state): State<Arc<ConsoleState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    form: Result<Form<crate::account::CsrfOnly>, FormRejection>,
+    form: Result<Form<CodeForm>, FormRejection>,
 ) -> Page {
     let form = read(form)?;
-    let signed = guard::signed_post(&state, &headers, form.csrf()).await?;
-    match factors(&state)?
-        .regenerate_recovery_codes(signed.principal.user_id)
-        .await
-    {
+    let signed = guard::signed_post(&state, &headers, form.csrf.as_deref()).await?;
+    let result = match proven(&state, addr, &signed, form.current_password).await {
+        Ok(user) => factors(&state)?.regenerate_recovery_codes(user.id).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(codes) => {
             let note = "New recovery codes; the earlier ones no longer work.";
             security_page(&state, &headers, Some(note), None, Some(&codes), None).await
         }
         Err(e) => {
-            let problem = Problem::from_error(e, |_| None);
+            let problem = Problem::from_error(e, |c| placed(c, "codes_password"));
             security_page(&state, &headers, None, None, None, Some(&problem)).await
         }
+    }
+}
+
+impl std::fmt::Debug for StepForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepForm(<redacted>)")
     }
 }

@@ -100,6 +100,26 @@ pub struct CodeRequest {
     pub code: String,
 }
 
+/// The current password: what a change of the account's factors asks for,
+/// so a stolen token alone cannot make one.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    #[schema(max_length = 1024)]
+    pub current_password: String,
+}
+
+/// Removing the authenticator app: the password and a current code from
+/// the app (a recovery code does not do).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveTotpRequest {
+    #[schema(max_length = 1024)]
+    pub current_password: String,
+    #[schema(example = "123456", max_length = 64)]
+    pub code: String,
+}
+
 /// An authenticator being set up: what the app is shown.
 #[derive(Serialize, ToSchema)]
 pub struct TotpSetup {
@@ -275,17 +295,26 @@ async fn summary(factors: &Factors, user: UserId) -> Result<FactorList, HttpErro
 #[utoipa::path(
     post, path = "/mfa/totp", tag = "mfa",
     security(("bearer" = [])),
+    request_body = PasswordRequest,
     responses(
-        (status = 200, description = "A new secret, awaiting its first code at `POST /mfa/totp/confirm`", body = TotpSetup),
-        (status = 401, description = "INVALID_TOKEN", body = ErrorBody),
+        (status = 200, description = "A new secret, awaiting its first code at `POST /mfa/totp/confirm` (within ten minutes)", body = TotpSetup),
+        (status = 400, description = "A malformed body", body = ErrorBody),
+        (status = 401, description = "INVALID_TOKEN, or INVALID_CREDENTIALS: the current password is wrong", body = ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS: current-password checks", body = ErrorBody),
         (status = 409, description = "TOTP_ALREADY_ENABLED", body = ErrorBody),
     )
 )]
 pub(crate) async fn begin_totp(
     State(state): State<Arc<RestAuthState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     BearerToken(token): BearerToken,
+    JsonBody(request): JsonBody<PasswordRequest>,
 ) -> Result<Response, HttpError> {
-    let (_, user) = state.authentication.authenticate_user(&token).await?;
+    let principal = state.authentication.authenticate(&token).await?;
+    let user = state
+        .sign_in
+        .confirm_password(addr.ip(), &principal, Some(request.current_password))
+        .await?;
     let enrolment = factors(&state)?.begin_totp(&user).await?;
     Ok(no_store(
         Json(TotpSetup {
@@ -327,24 +356,27 @@ pub(crate) async fn confirm_totp(
 #[utoipa::path(
     post, path = "/mfa/totp/remove", tag = "mfa",
     security(("bearer" = [])),
-    request_body = CodeRequest,
+    request_body = RemoveTotpRequest,
     responses(
         (status = 204, description = "Removed, with the recovery codes"),
         (status = 400, description = "A malformed body", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no authenticator app is set up", body = ErrorBody),
-        (status = 401, description = "INVALID_TOKEN or INVALID_MFA_CODE", body = ErrorBody),
+        (status = 401, description = "INVALID_TOKEN, INVALID_CREDENTIALS (the current password) or INVALID_MFA_CODE", body = ErrorBody),
         (status = 429, description = "TOO_MANY_ATTEMPTS", body = ErrorBody),
     )
 )]
 pub(crate) async fn remove_totp(
     State(state): State<Arc<RestAuthState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     BearerToken(token): BearerToken,
-    JsonBody(request): JsonBody<CodeRequest>,
+    JsonBody(request): JsonBody<RemoveTotpRequest>,
 ) -> Result<StatusCode, HttpError> {
     let principal = state.authentication.authenticate(&token).await?;
-    factors(&state)?
-        .remove_totp(principal.user_id, &request.code)
+    let user = state
+        .sign_in
+        .confirm_password(addr.ip(), &principal, Some(request.current_password))
         .await?;
+    factors(&state)?.remove_totp(user.id, &request.code).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -352,20 +384,26 @@ pub(crate) async fn remove_totp(
 #[utoipa::path(
     post, path = "/mfa/recovery-codes", tag = "mfa",
     security(("bearer" = [])),
+    request_body = PasswordRequest,
     responses(
         (status = 200, description = "Ten new codes; every earlier one stops working", body = RecoveryCodes),
-        (status = 400, description = "INVALID_REQUEST: no factor to recover", body = ErrorBody),
-        (status = 401, description = "INVALID_TOKEN", body = ErrorBody),
+        (status = 400, description = "INVALID_REQUEST: no factor to recover, or a malformed body", body = ErrorBody),
+        (status = 401, description = "INVALID_TOKEN, or INVALID_CREDENTIALS: the current password is wrong", body = ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS: current-password checks", body = ErrorBody),
     )
 )]
 pub(crate) async fn recovery_codes(
     State(state): State<Arc<RestAuthState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     BearerToken(token): BearerToken,
+    JsonBody(request): JsonBody<PasswordRequest>,
 ) -> Result<Response, HttpError> {
     let principal = state.authentication.authenticate(&token).await?;
-    let recovery_codes = factors(&state)?
-        .regenerate_recovery_codes(principal.user_id)
+    let user = state
+        .sign_in
+        .confirm_password(addr.ip(), &principal, Some(request.current_password))
         .await?;
+    let recovery_codes = factors(&state)?.regenerate_recovery_codes(user.id).await?;
     Ok(no_store(
         Json(RecoveryCodes { recovery_codes }).into_response(),
     ))
@@ -466,7 +504,12 @@ pub struct VerifyRequest {
     pub token: String,
 }
 
-redacted_debug!(ResetRequest, VerifyRequest);
+redacted_debug!(
+    ResetRequest,
+    VerifyRequest,
+    PasswordRequest,
+    RemoveTotpRequest
+);
 
 fn recovery(state: &RestAuthState) -> Result<&hub_core::recovery::Recovery, HttpError> {
     state

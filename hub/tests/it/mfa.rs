@@ -161,7 +161,7 @@ async fn enrol(http: &Client, rest: &str, bearer: &str) -> (String, Vec<String>)
         post.clone(),
         format!("{rest}/mfa/totp"),
         Some(bearer),
-        None,
+        Some(json!({"current_password": PASSWORD})),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{setup}");
@@ -215,7 +215,7 @@ async fn totp_and_recovery_codes_on_every_entry_point() {
         post.clone(),
         format!("{rest}/mfa/recovery-codes"),
         Some(&bearer),
-        None,
+        Some(json!({"current_password": PASSWORD})),
     )
     .await;
     assert_eq!(
@@ -223,13 +223,26 @@ async fn totp_and_recovery_codes_on_every_entry_point() {
         (StatusCode::BAD_REQUEST, "INVALID_REQUEST")
     );
 
+    // Changing factors takes the password, not only a token.
+    let (status, refused) = call(
+        &http,
+        post.clone(),
+        format!("{rest}/mfa/totp"),
+        Some(&bearer),
+        Some(json!({"current_password": "not the password"})),
+    )
+    .await;
+    assert_eq!(
+        (status, code_of(&refused)),
+        (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS")
+    );
     // The authenticator: the app's URI names the issuer and the account.
     let (status, setup) = call(
         &http,
         post.clone(),
         format!("{rest}/mfa/totp"),
         Some(&bearer),
-        None,
+        Some(json!({"current_password": PASSWORD})),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -248,7 +261,7 @@ async fn totp_and_recovery_codes_on_every_entry_point() {
         post.clone(),
         format!("{rest}/mfa/totp"),
         Some(&bearer),
-        None,
+        Some(json!({"current_password": PASSWORD})),
     )
     .await;
     assert_eq!(

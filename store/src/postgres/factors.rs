@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::classify;
-use super::sessions::{forget_devices, revoke_sessions_of, revoked_with_events};
+use super::sessions::{forget_devices, forget_links, revoke_sessions_of, revoked_with_events};
 
 /// Live tickets kept per user: a sign-in past the password makes one, so a
 /// client that knows the password cannot pile them up.
@@ -94,7 +94,8 @@ impl FactorStore for PgFactorStore {
 
     async fn pending_totp(&self, user: UserId) -> Result<Option<Vec<u8>>, Error> {
         sqlx::query_scalar(
-            "SELECT secret FROM user_totp WHERE user_id = $1 AND confirmed_at IS NULL",
+            "SELECT secret FROM user_totp WHERE user_id = $1 AND confirmed_at IS NULL \
+             AND created_at > now() - interval '10 minutes'",
         )
         .bind(user.as_uuid())
         .fetch_optional(&self.pool)
@@ -276,6 +277,7 @@ impl FactorStore for PgFactorStore {
         }
         let rows = revoke_sessions_of(&mut tx, user, None, at).await?;
         forget_devices(&mut tx, user).await?;
+        forget_links(&mut tx, user).await?;
         revoked_with_events(
             tx,
             vec![event(user, at, FactorChange::Reset, Some(by))],
@@ -287,42 +289,51 @@ impl FactorStore for PgFactorStore {
         Ok(true)
     }
 
-    async fn budget_wait(
+    async fn reserve_attempt(
         &self,
         user: UserId,
         at: OffsetDateTime,
     ) -> Result<Option<Duration>, Error> {
-        let start: Option<OffsetDateTime> = sqlx::query_scalar(
-            "SELECT window_start FROM mfa_failures \
-             WHERE user_id = $1 AND failures >= $2 AND window_start > $3",
-        )
-        .bind(user.as_uuid())
-        .bind(FAILURE_BUDGET)
-        .bind(at - window())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| classify("reading a second-factor budget", e))?;
-        Ok(start.map(|start| {
-            let left = (start + window() - at).whole_seconds().max(1);
-            Duration::from_secs(u64::try_from(left).unwrap_or(1))
-        }))
-    }
-
-    async fn spend_failure(&self, user: UserId, at: OffsetDateTime) -> Result<(), Error> {
-        sqlx::query(
+        // One statement: a new window, or one more attempt in this one
+        // while it has room; nothing when it has none.
+        let taken: Option<i32> = sqlx::query_scalar(
             "INSERT INTO mfa_failures (user_id, window_start, failures) VALUES ($1, $2, 1) \
              ON CONFLICT (user_id) DO UPDATE SET \
                window_start = CASE WHEN mfa_failures.window_start <= $3 \
                               THEN EXCLUDED.window_start ELSE mfa_failures.window_start END, \
                failures = CASE WHEN mfa_failures.window_start <= $3 \
-                          THEN 1 ELSE mfa_failures.failures + 1 END",
+                          THEN 1 ELSE mfa_failures.failures + 1 END \
+             WHERE mfa_failures.window_start <= $3 OR mfa_failures.failures < $4 \
+             RETURNING failures",
         )
         .bind(user.as_uuid())
         .bind(at)
         .bind(at - window())
+        .bind(FAILURE_BUDGET)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| classify("taking a second-factor attempt", e))?;
+        if taken.is_some() {
+            return Ok(None);
+        }
+        let start: Option<OffsetDateTime> =
+            sqlx::query_scalar("SELECT window_start FROM mfa_failures WHERE user_id = $1")
+                .bind(user.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| classify("reading a second-factor budget", e))?;
+        let left = start.map_or(1, |start| (start + window() - at).whole_seconds().max(1));
+        Ok(Some(Duration::from_secs(u64::try_from(left).unwrap_or(1))))
+    }
+
+    async fn release_attempt(&self, user: UserId) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE mfa_failures SET failures = greatest(failures - 1, 0) WHERE user_id = $1",
+        )
+        .bind(user.as_uuid())
         .execute(&self.pool)
         .await
-        .map_err(|e| classify("spending a second-factor budget", e))?;
+        .map_err(|e| classify("giving back a second-factor attempt", e))?;
         Ok(())
     }
 
@@ -387,18 +398,23 @@ impl FactorStore for PgFactorStore {
         }))
     }
 
-    async fn fail_ticket(&self, hash: &[u8; 32]) -> Result<(), Error> {
-        sqlx::query("UPDATE mfa_tickets SET failures = failures + 1 WHERE ticket_hash = $1")
-            .bind(&hash[..])
-            .execute(&self.pool)
-            .await
-            .map_err(|e| classify("counting a wrong code", e))?;
-        Ok(())
+    async fn try_ticket(&self, hash: &[u8; 32], at: OffsetDateTime) -> Result<bool, Error> {
+        let tried = sqlx::query(
+            "UPDATE mfa_tickets SET failures = failures + 1 \
+             WHERE ticket_hash = $1 AND expires_at > $2 AND failures < $3",
+        )
+        .bind(&hash[..])
+        .bind(at)
+        .bind(TICKET_ATTEMPTS)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify("trying a sign-in ticket", e))?;
+        Ok(tried.rows_affected() == 1)
     }
 
     async fn take_ticket(&self, hash: &[u8; 32], at: OffsetDateTime) -> Result<bool, Error> {
         let taken = sqlx::query(
-            "DELETE FROM mfa_tickets WHERE ticket_hash = $1 AND expires_at > $2 AND failures < $3",
+            "DELETE FROM mfa_tickets WHERE ticket_hash = $1 AND expires_at > $2 AND failures <= $3",
         )
         .bind(&hash[..])
         .bind(at)

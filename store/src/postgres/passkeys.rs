@@ -6,7 +6,7 @@ use hub_core::factors::FactorChange;
 use hub_core::passkeys::{
     CeremonyKind, CeremonyRecord, PASSKEYS_PER_USER, PasskeyStore, PasskeySummary, StoredPasskey,
 };
-use hub_core::{Error, UserId};
+use hub_core::{Error, SessionId, UserId};
 use serde_json::Value;
 use sqlx::postgres::PgPool;
 use sqlx::types::Json;
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::classify;
 use super::factors::event;
+use super::sessions::{revoke_sessions_of, revoked_with_events};
 
 /// Passkeys in PostgreSQL.
 #[derive(Debug, Clone)]
@@ -83,6 +84,7 @@ impl PasskeyStore for PgPasskeyStore {
         summary: &PasskeySummary,
         credential_id: &[u8],
         credential: &Value,
+        keep: Option<SessionId>,
     ) -> Result<bool, Error> {
         let mut tx = self
             .pool
@@ -116,19 +118,21 @@ impl PasskeyStore for PgPasskeyStore {
         if !added {
             return Ok(false);
         }
-        super::events::insert(
-            &mut tx,
-            &[event(
+        // Whoever else holds a session signed in without it.
+        let rows = revoke_sessions_of(&mut tx, user, keep, summary.created_at).await?;
+        revoked_with_events(
+            tx,
+            vec![event(
                 user,
                 summary.created_at,
                 FactorChange::PasskeyAdded,
                 None,
             )],
+            rows,
+            summary.created_at,
+            "second factor added",
         )
         .await?;
-        tx.commit()
-            .await
-            .map_err(|e| classify("adding a passkey", e))?;
         Ok(true)
     }
 

@@ -217,8 +217,22 @@ impl RecoveryStore for PgRecoveryStore {
             client_ip: client.ip.map(|ip| ip.to_string()),
             user_agent: client.user_agent.clone(),
         };
-        self.with_event("noting a new device", user, at, change, |_| {
-            Box::pin(async { Ok(true) })
+        let since = at - time::Duration::HOUR;
+        self.with_event("noting a new device", user, at, change, move |tx| {
+            Box::pin(async move {
+                // One notice an hour per user at most.
+                let noted = sqlx::query(
+                    "INSERT INTO device_notices (user_id, last_at) VALUES ($1, $2) \
+                     ON CONFLICT (user_id) DO UPDATE SET last_at = EXCLUDED.last_at \
+                     WHERE device_notices.last_at <= $3",
+                )
+                .bind(user.as_uuid())
+                .bind(at)
+                .bind(since)
+                .execute(&mut *tx)
+                .await?;
+                Ok(noted.rows_affected() == 1)
+            })
         })
         .await?;
         Ok(())

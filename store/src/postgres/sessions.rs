@@ -130,6 +130,24 @@ pub(super) async fn forget_devices(tx: &mut PgTransaction<'_>, user: UserId) -> 
     Ok(())
 }
 
+/// Forgets the reset links and address verifications `user` has waiting,
+/// inside the transaction of a change that must end them (a new password,
+/// an admin's reset of the factors): a link mailed before it must not undo
+/// it.
+pub(super) async fn forget_links(tx: &mut PgTransaction<'_>, user: UserId) -> Result<(), Error> {
+    for statement in [
+        "DELETE FROM password_resets WHERE user_id = $1",
+        "DELETE FROM email_verifications WHERE user_id = $1",
+    ] {
+        sqlx::query(statement)
+            .bind(user.as_uuid())
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| classify("forgetting a user's mailed links", e))?;
+    }
+    Ok(())
+}
+
 /// Revokes every open session of `user` but `keep`, inside `tx`, and the
 /// rows revoked.
 pub(super) async fn revoke_sessions_of(
@@ -321,6 +339,7 @@ impl SessionRepository for PgSessionRepository {
         // find the hash replaced.
         let rows = revoke_sessions_of(&mut tx, change.user, change.keep, change.at).await?;
         forget_devices(&mut tx, change.user).await?;
+        forget_links(&mut tx, change.user).await?;
         revoked_with_events(tx, events, rows, change.at, PASSWORD_CHANGED).await
     }
 
