@@ -272,6 +272,15 @@ pub async fn log_in(http: &reqwest::Client, rest_auth: &str, name: &str, passwor
 }
 
 /// A 2 x 2 PNG, made by hand, written to a file named after `name`.
+/// Where the browser tests photograph the console's pages:
+/// `target/console-screenshots/` (under `CARGO_TARGET_DIR` when set).
+pub fn screenshots() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(ROOT).join("target"))
+        .join("console-screenshots")
+}
+
 pub fn png_file(name: &str) -> PathBuf {
     const PNG: &str = "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a730000001149444154789c63f8cfc000440c60f23f001bf203fdf3e74bb10000000049454e44ae426082";
     let image = std::env::temp_dir().join(format!("{name}.png"));

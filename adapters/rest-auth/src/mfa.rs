@@ -165,6 +165,21 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
+/// The caller of `token`, once `password` is theirs: what a change of the
+/// account's factors asks for (within the current-password budgets).
+async fn proven(
+    state: &RestAuthState,
+    addr: SocketAddr,
+    token: &str,
+    password: String,
+) -> Result<hub_core::User, HttpError> {
+    let principal = state.authentication.authenticate(token).await?;
+    Ok(state
+        .sign_in
+        .confirm_password(addr.ip(), &principal, Some(password))
+        .await?)
+}
+
 /// The 401 `MFA_REQUIRED` answer to `POST /login`.
 pub(crate) fn mfa_required(challenge: Challenge, headers: &HeaderMap) -> Response {
     let body = MfaRequiredBody {
@@ -310,11 +325,7 @@ pub(crate) async fn begin_totp(
     BearerToken(token): BearerToken,
     JsonBody(request): JsonBody<PasswordRequest>,
 ) -> Result<Response, HttpError> {
-    let principal = state.authentication.authenticate(&token).await?;
-    let user = state
-        .sign_in
-        .confirm_password(addr.ip(), &principal, Some(request.current_password))
-        .await?;
+    let user = proven(&state, addr, &token, request.current_password).await?;
     let enrolment = factors(&state)?.begin_totp(&user).await?;
     Ok(no_store(
         Json(TotpSetup {
@@ -371,11 +382,7 @@ pub(crate) async fn remove_totp(
     BearerToken(token): BearerToken,
     JsonBody(request): JsonBody<RemoveTotpRequest>,
 ) -> Result<StatusCode, HttpError> {
-    let principal = state.authentication.authenticate(&token).await?;
-    let user = state
-        .sign_in
-        .confirm_password(addr.ip(), &principal, Some(request.current_password))
-        .await?;
+    let user = proven(&state, addr, &token, request.current_password).await?;
     factors(&state)?.remove_totp(user.id, &request.code).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -398,11 +405,7 @@ pub(crate) async fn recovery_codes(
     BearerToken(token): BearerToken,
     JsonBody(request): JsonBody<PasswordRequest>,
 ) -> Result<Response, HttpError> {
-    let principal = state.authentication.authenticate(&token).await?;
-    let user = state
-        .sign_in
-        .confirm_password(addr.ip(), &principal, Some(request.current_password))
-        .await?;
+    let user = proven(&state, addr, &token, request.current_password).await?;
     let recovery_codes = factors(&state)?.regenerate_recovery_codes(user.id).await?;
     Ok(no_store(
         Json(RecoveryCodes { recovery_codes }).into_response(),

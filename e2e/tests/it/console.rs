@@ -5,16 +5,9 @@
 //! forged forms are refused; every page passes axe-core and its CSP, and is
 //! photographed at 1280 and 390 px into target/console-screenshots/.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use hub_e2e::{Environment, ROOT, png_file, python_json};
-
-fn screenshots() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("target"))
-        .join("console-screenshots")
-}
+use hub_e2e::{Environment, ROOT, png_file, python_json, screenshots};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_in_a_real_browser() {

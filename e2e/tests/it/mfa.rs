@@ -7,16 +7,9 @@
 //! CSP, and are photographed at 1280 and 390 px into
 //! target/console-screenshots/.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use hub_e2e::{Environment, ROOT, python_json};
-
-fn screenshots() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("target"))
-        .join("console-screenshots")
-}
+use hub_e2e::{Environment, ROOT, python_json, screenshots};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn second_factors_in_a_real_browser() {

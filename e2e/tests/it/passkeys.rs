@@ -13,16 +13,9 @@
 //! `localhost` (any port), and the browser goes to `localhost`, which
 //! Chromium resolves to the loopback the hub listens on.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use hub_e2e::{Environment, ROOT, python_json};
-
-fn screenshots() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("target"))
-        .join("console-screenshots")
-}
+use hub_e2e::{Environment, ROOT, python_json, screenshots};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn passkeys_in_a_real_browser() {
