@@ -61,8 +61,9 @@ pub trait AccountBudgets: Send + Sync {
     fn password_check(&self, client: IpAddr, user: UserId) -> Result<(), Duration>;
 }
 
-/// What a client proves itself with. One kind today; a second factor, a
-/// passkey or a client secret each become a variant checked in
+/// What a client proves itself with at the first step. One kind today (a
+/// second factor answers the second step, [`SecondStep`]); a client secret
+/// would become a variant checked in
 /// [`SignIn::sign_in`], behind the same budgets.
 #[derive(Clone)]
 #[non_exhaustive]
